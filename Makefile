@@ -1,0 +1,38 @@
+# fedrisk — the two Quickstart commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedrisk-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install fedrisk with test extras
+
+system-deps:  ## Debian packages for the sandbox and the report's browser test (needs root; skipped otherwise)
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		missing=""; for p in bubblewrap chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || echo "warning: could not install$$missing"; fi; \
+	else echo "system-deps: not root or no apt-get; bubblewrap/chromium tests will say they were skipped"; fi
+
+demo: $(STAMP)  ## run a whole local federation over gRPC+TLS on loopback
+	$(BIN)/fedrisk demo
+
+test: $(STAMP) system-deps  ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## run every benchmark in quick mode
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick; done
+
+clean:  ## remove the virtualenv and run folders
+	rm -rf $(VENV) runs .pytest_cache

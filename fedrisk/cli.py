@@ -1,0 +1,127 @@
+"""The ``fedrisk`` command line.
+
+Every command has ``--help``; errors a user can cause print one line
+(``error: ...``) and exit 2; ``--json`` makes the last stdout line the
+machine-readable summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from fedrisk.errors import FedriskError
+
+app = typer.Typer(
+    name="fedrisk",
+    help="Privacy-preserving federated credit-risk modelling for SME lending.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Party data: synthetic SME tables, validation.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+
+
+def _fail(err: Exception) -> None:
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _emit(summary: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def demo(
+    as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
+    rows: int = typer.Option(9_000, help="Synthetic SMEs in the demo."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
+    seed: int = typer.Option(7, help="Seed of the synthetic data and the models."),
+) -> None:
+    """Start a whole local federation over gRPC+TLS on loopback and train on synthetic SME data."""
+    from fedrisk.federation.demo import run_demo
+
+    try:
+        summary = run_demo(runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
+    except FedriskError as err:
+        _fail(err)
+    _emit(summary, as_json)
+
+
+@app.command()
+def train(
+    federation_file: Path = typer.Argument(..., help="FEDERATION.toml naming the parties, their tables and the algorithm."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
+    superlink: Optional[str] = typer.Option(None, help="Join a running SuperLink's Control API (HOST:PORT) instead of starting a local federation."),
+    root_certificates: Optional[Path] = typer.Option(None, help="CA certificate of that SuperLink."),
+) -> None:
+    """Train on the parties' own tables, as FEDERATION.toml describes."""
+    from fedrisk.federation.train import run_training
+
+    try:
+        summary = run_training(
+            federation_file, runs_dir=runs_dir, superlink=superlink, root_certificates=root_certificates, console=console
+        )
+    except FedriskError as err:
+        _fail(err)
+    _emit(summary, as_json)
+
+
+@app.command()
+def bench(
+    name: str = typer.Argument(..., help="Benchmark name: a file benchmarks/NAME.py."),
+    quick: bool = typer.Option(False, "--quick", help="A small shape that finishes in about a minute."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
+) -> None:
+    """Run a benchmark (measures fedrisk and its reference in one run; prints one JSON object)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / f"{name}.py"
+    if not script.exists():
+        available = sorted(p.stem for p in (root / "benchmarks").glob("*.py"))
+        _fail(FedriskError(f"no benchmark {name!r}; available: {', '.join(available) or 'none'}"))
+    argv = [sys.executable, str(script)] + (["--quick"] if quick else [])
+    completed = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None if not as_json else subprocess.DEVNULL, text=True)
+    lines = [line for line in completed.stdout.splitlines() if line.strip()]
+    if completed.returncode != 0 or not lines:
+        _fail(FedriskError(f"benchmark {name} failed with exit code {completed.returncode}"))
+    sys.stdout.write(lines[-1] + "\n")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write bank.csv, tax_bureau.csv and platform.csv into."),
+    rows: int = typer.Option(20_000, help="SMEs known to the bank."),
+    seed: int = typer.Option(0, help="Seed (same seed, same bytes)."),
+) -> None:
+    """Write the synthetic SME tables (bank, tax bureau, platform) as CSV."""
+    from fedrisk.parties.synthetic import generate_sme_data
+
+    try:
+        paths = generate_sme_data(rows, seed=seed).write_csv(out)
+    except FedriskError as err:
+        _fail(err)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

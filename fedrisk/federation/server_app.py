@@ -1,0 +1,96 @@
+"""The fedrisk ServerApp: the coordinator of every federation run.
+
+It reads the run config (``[tool.flwr.app.config]`` or what ``fedrisk train``
+passes), finds the parties, runs the configured protocol and writes the
+coordinator's result (metrics and sizes only, never data) to
+``<run-dir>/coordinator/result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrisk.errors import ConfigError, FedriskError
+from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
+from fedrisk.federation.session import CoordinatorSession
+
+app = ServerApp()
+
+
+def _cfg(context: Context, key: str, default):
+    value = context.run_config.get(key, default)
+    return type(default)(value) if default is not None else value
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_dir = Path(_cfg(context, "run-dir", "") or Path.cwd() / "runs" / "flwr-run")
+    out = run_dir / "coordinator" / "result.json"
+    started = time.perf_counter()
+    run_id = _cfg(context, "fedrisk-run-id", "") or str(getattr(context, "run_id", "run"))
+    try:
+        parties = [p for p in str(_cfg(context, "parties", "")).split(",") if p]
+        mode = _cfg(context, "mode", "horizontal")
+        session = CoordinatorSession(grid, run_id, timeout=float(_cfg(context, "party-timeout", 900.0)))
+        if not parties:
+            raise ConfigError("run config key 'parties' is empty: name the federation's parties")
+        session.discover(parties, timeout=float(_cfg(context, "connect-timeout", 120.0)))
+        if mode == "horizontal":
+            config = FedAvgConfig(
+                rounds=_cfg(context, "num-rounds", 5),
+                aggregation=_cfg(context, "aggregation", "ckks"),
+                local_epochs=_cfg(context, "local-epochs", 1),
+                learning_rate=_cfg(context, "learning-rate", 0.01),
+                batch_size=_cfg(context, "batch-size", 256),
+                model=_cfg(context, "model", "mlp"),
+                hidden_units=_cfg(context, "hidden-units", 64),
+                hidden_layers=_cfg(context, "hidden-layers", 2),
+                seed=_cfg(context, "seed", 7),
+                key_holder=_cfg(context, "key-holder", ""),
+            )
+
+            def progress(round_: int, row: dict) -> None:
+                print(f"[fedrisk] round {round_}/{config.rounds}: {json.dumps(row, sort_keys=True)}", flush=True)
+
+            fedavg = run_fedavg(session, config, progress=progress)
+            result = {
+                "status": "ok",
+                "mode": "horizontal",
+                "algorithm": "fedavg",
+                "aggregation": config.aggregation,
+                "rounds": fedavg.rounds,
+                "final": fedavg.final,
+                "key_holder": fedavg.key_holder,
+                "key_fingerprint": fedavg.key_fingerprint,
+                "n_params": fedavg.n_params,
+            }
+        else:
+            raise ConfigError(f"unknown mode {mode!r}")
+        result.update(
+            parties={n: {"role": p.role, "signing_key_id": p.signing_key_id} for n, p in session.parties.items()},
+            bytes_exchanged=session.traffic.by_party(),
+            bytes_total=session.traffic.total(),
+            seconds=time.perf_counter() - started,
+        )
+        _write_json(out, result)
+    except FedriskError as err:
+        _write_json(out, {"status": "error", "error": str(err).splitlines()[0]})
+        print(f"[fedrisk] error: {str(err).splitlines()[0]}", flush=True)
+        raise
+    except Exception as err:  # unexpected: keep the traceback in the run folder
+        _write_json(out, {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+        raise

@@ -1,0 +1,107 @@
+"""``fedrisk train FEDERATION.toml``: run a federation on the parties' own tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+
+from fedrisk.errors import ConfigError
+from fedrisk.federation.federation_file import FederationFile, load_federation_file
+from fedrisk.federation.local import LocalFederation
+from fedrisk.parties.settings import PartySettings
+
+#: FEDERATION.toml [algorithm] key -> run config key of the ServerApp.
+_RUN_CONFIG_KEYS = {"rounds": "num-rounds"}
+
+
+def new_run_dir(runs_dir: Path, label: str) -> Path:
+    """A fresh, sortable run folder: ``runs/<UTC time>-<label>-<random>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(runs_dir) / f"{stamp}-{label}-{secrets.token_hex(3)}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path.resolve()
+
+
+def run_config_for(fed: FederationFile, **overrides: object) -> dict:
+    config: dict[str, object] = {"mode": fed.mode, "algorithm": fed.algorithm}
+    for key, value in fed.params.items():
+        config[_RUN_CONFIG_KEYS.get(key, key)] = value
+    config.update(overrides)
+    return config
+
+
+def party_settings_for(fed: FederationFile, run_dir: Path) -> list[PartySettings]:
+    return [
+        PartySettings(
+            name=p.name,
+            role=p.role,
+            data=str(p.data),
+            schema=p.schema,
+            state_dir=str(run_dir / "parties" / p.name),
+            validation=dict(fed.validation),
+        )
+        for p in fed.parties
+    ]
+
+
+def weighted_final_metrics(final: dict[str, dict]) -> dict[str, float]:
+    """Validation AUC/KS over the parties' validation rows (row-weighted mean)."""
+    rows = {n: float(m.get("val_rows", 0)) for n, m in final.items() if "val_auc" in m}
+    total = sum(rows.values())
+    if not total:
+        return {}
+    return {
+        "auc_federated": sum(float(final[n]["val_auc"]) * w for n, w in rows.items()) / total,
+        "ks_federated": sum(float(final[n]["val_ks"]) * w for n, w in rows.items()) / total,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def run_training(
+    federation_file: Path,
+    *,
+    runs_dir: Path,
+    superlink: str | None = None,
+    root_certificates: Path | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Validate FEDERATION.toml, run it, write ``summary.json``; returns the summary."""
+    console = console or Console(stderr=True)
+    fed = load_federation_file(federation_file)
+    if superlink is not None:
+        raise ConfigError(
+            "--superlink: joining a remote SuperLink needs the parties started with `fedrisk node start` on their hosts"
+        )
+    run_dir = new_run_dir(runs_dir, fed.name.replace(" ", "-"))
+    started = time.perf_counter()
+    console.print(f"run folder: {run_dir}")
+    with LocalFederation(run_dir, party_settings_for(fed, run_dir), run_config_for(fed), log=console.print) as federation:
+        result = federation.run()
+    summary = {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "federation": fed.name,
+        "mode": fed.mode,
+        "algorithm": fed.algorithm,
+        "parties": [p.name for p in fed.parties],
+        "rounds": len(result.get("rounds", [])),
+        "seconds": time.perf_counter() - started,
+        "bytes_exchanged": result.get("bytes_exchanged", {}),
+        "coordinator": result,
+        **weighted_final_metrics(result.get("final", {})),
+    }
+    write_summary(run_dir, summary)
+    return summary

@@ -1,0 +1,40 @@
+"""The fedrisk ClientApp: a thin relay from Flower to the party's warm process.
+
+In the Deployment Engine the SuperNode runs this in a fresh process for every
+message, so it imports nothing heavy: it forwards the message content to the
+party process named by the node config key ``party-socket`` and returns the
+answer.  Without that key (Flower's Simulation Engine, where ClientApps live
+in long-lived workers) it runs the same party runtime in-process.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedrisk.federation.message_types import MESSAGE_TYPES
+from fedrisk.parties.relay import relay_call
+
+app = ClientApp()
+
+
+def _relay(msg: Message, context: Context) -> Message:
+    meta = {
+        "run_id": int(msg.metadata.run_id),
+        "message_id": msg.metadata.message_id,
+        "group_id": msg.metadata.group_id,
+        "node_id": int(msg.metadata.dst_node_id),
+    }
+    socket_path = context.node_config.get("party-socket")
+    if socket_path:
+        reply = relay_call(str(socket_path), msg.metadata.message_type, meta, msg.content)
+    else:
+        from fedrisk.parties.runtime import runtime_for_context  # heavy: only in simulation
+
+        reply = runtime_for_context(context).handle(msg.metadata.message_type, meta, msg.content)
+    return msg.create_reply(reply)
+
+
+for _message_type in MESSAGE_TYPES:
+    _category, _action = _message_type.split(".")
+    getattr(app, _category)(_action)(_relay)

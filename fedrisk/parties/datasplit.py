@@ -1,0 +1,46 @@
+"""Hold out validation rows of a party's table, or load a separate validation table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrisk.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainValidationSplit:
+    """Feature matrices and labels of one party's training and validation rows."""
+
+    feature_names: tuple[str, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray | None
+
+
+def train_validation_split(table, validation: dict, *, schema: dict) -> TrainValidationSplit:
+    """Split ``table`` (a :class:`~fedrisk.parties.table.PartyTable`) as ``validation`` says.
+
+    ``{"fraction": f, "seed": s}`` holds out a stratified fraction ``f`` of the
+    rows; ``{"table": path}`` trains on every row and validates on that table.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from fedrisk.parties.table import TableSchema, load_party_table
+
+    x = table.feature_matrix()
+    y = table.labels
+    names = tuple(table.features.columns)
+    if "table" in validation:
+        other = load_party_table(str(validation["table"]), TableSchema.from_dict(schema), name="validation")
+        return TrainValidationSplit(names, x, y, other.feature_matrix(), other.labels)
+    fraction = float(validation.get("fraction", 0.2))
+    seed = int(validation.get("seed", 42))
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation.fraction must be in (0, 1), got {fraction}")
+    if y is None:
+        raise ConfigError("a validation split needs a label column")
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
+    return TrainValidationSplit(names, x_train, y_train, x_val, y_val)

@@ -1,0 +1,272 @@
+"""A bank's side of horizontal FedAvg with CKKS-encrypted aggregation.
+
+Every bank trains the same network on its own rows.  What leaves a bank is
+always a CKKS ciphertext under the federation's aggregation key, which only
+the banks hold: the coordinator adds ciphertexts with a public context and
+sends the encrypted sum back; each bank decrypts it itself.
+
+Key ceremony (``aggregation = "ckks"``): the *key holder* bank generates the
+CKKS context and seals its secret copy to every other bank's X25519 key
+(:mod:`fedrisk.crypto.envelope`); the coordinator relays sealed blobs it
+cannot open and receives only the public context.
+
+Update encoding: a bank with ``n`` training rows sends the vector
+``[(n / 1024) * w, n / 1024]``; the encrypted sum over banks divided by its
+last slot is the FedAvg weighted mean.  The 1/1024 keeps sums well inside the
+aggregation preset's value range for a billion rows.  Feature scaling is
+federated the same way: one encrypted ``[n, Σx, Σx²] / 1024`` per bank
+before round 1, so every bank standardises with the pooled mean and std.
+So that those sums stay in range whatever the units (revenue in yuan...),
+each bank first reveals, per feature, only a power-of-two bound on its
+column's magnitude (``ceil(log2 max|x|)``, public by protocol); the banks
+scale every column by the federation-wide maximum bound before summing.
+
+``aggregation = "plain"`` runs the identical algorithm with plaintext
+vectors (classed ``plaintext``: a comparison baseline the ledger flags).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedrisk.errors import ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.models.metrics import auc, ks
+from fedrisk.models.neural import ModelSpec, RiskNet
+from fedrisk.parties.datasplit import train_validation_split
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
+    from fedrisk.parties.runtime import PartyRuntime
+
+SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
+ROW_UNIT = 1024.0
+
+
+class HorizontalParty:
+    """Handlers for the key ceremony and FedAvg rounds of one bank."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        self.runtime = runtime
+        self.mean_: np.ndarray | None = None
+        self.std_: np.ndarray | None = None
+        self.model_: RiskNet | None = None
+        self._context = None  # KeyHolderContext, loaded lazily
+
+    def handlers(self) -> dict:
+        return {
+            mt.KEYGEN: self._on_keygen,
+            mt.KEYSHARE: self._on_keyshare,
+            mt.FEDAVG_SCALE: self._on_scale,
+            mt.FEDAVG_STATS: self._on_stats,
+            mt.FEDAVG_TRAIN: self._on_train,
+            mt.FEDAVG_FINAL: self._on_final,
+        }
+
+    # -- data ----------------------------------------------------------------
+    @cached_property
+    def split(self):
+        settings = self.runtime.settings
+        return train_validation_split(self.runtime.table, settings.validation, schema=settings.schema)
+
+    # -- keys ----------------------------------------------------------------
+    @property
+    def secret_path(self) -> Path:
+        return self.runtime.state_dir / SECRET_CONTEXT_FILE
+
+    def context(self, expected_fingerprint: str):
+        from fedrisk.crypto.ckks import KeyHolderContext
+
+        if self._context is None:
+            if not self.secret_path.exists():
+                raise ProtocolError(f"party {self.runtime.settings.name!r} holds no aggregation key yet")
+            self._context = KeyHolderContext.load(self.secret_path)
+        if self._context.fingerprint != expected_fingerprint:
+            raise ProtocolError(
+                f"party {self.runtime.settings.name!r} holds key {self._context.fingerprint}, "
+                f"the federation uses {expected_fingerprint}"
+            )
+        return self._context
+
+    def _on_keygen(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.ckks import AGGREGATION, KeyHolderContext
+        from fedrisk.crypto.envelope import envelope_aad, seal
+
+        context = KeyHolderContext.generate(AGGREGATION)
+        context.save(self.secret_path)
+        self._context = context
+        peers = dict(zip(exchange.value("peer_names"), exchange.value("peer_keys")))  # type: ignore[arg-type]
+        blobs = {"public_context": context.public_context().to_bytes()}
+        secret = context.to_bytes()
+        for peer_name, peer_key_hex in sorted(peers.items()):
+            blobs[f"sealed:{peer_name}"] = seal(
+                bytes.fromhex(str(peer_key_hex)),
+                secret,
+                aad=envelope_aad(exchange.header.run_id, peer_name),
+                sender=self.runtime.identity.envelope,
+            )
+        header = exchange.header.reply("ciphertext", context.fingerprint)
+        return build_content(header, blobs)
+
+    def _on_keyshare(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.ckks import KeyHolderContext
+        from fedrisk.crypto.envelope import envelope_aad, open_sealed
+
+        name = self.runtime.settings.name
+        # Authenticated: only the key holder's X25519 key can have sealed this.
+        secret = open_sealed(
+            self.runtime.identity.envelope,
+            exchange.blob("sealed"),
+            aad=envelope_aad(exchange.header.run_id, name),
+            sender_public=bytes.fromhex(str(exchange.value("key_holder_public_key"))),
+        )
+        context = KeyHolderContext.from_bytes(secret)
+        if context.fingerprint != exchange.header.key_fingerprint:
+            raise ProtocolError(f"party {name!r}: the shared key's fingerprint does not match the announced one")
+        context.save(self.secret_path)
+        self._context = context
+        return build_content(exchange.header.reply("public", context.fingerprint), config={"fingerprint": context.fingerprint})
+
+    # -- encode / decode vectors --------------------------------------------
+    def _encode(self, exchange: Exchange, vector: np.ndarray, step: str) -> "RecordDict":
+        mode = str(exchange.value("aggregation"))
+        if mode == "ckks":
+            from fedrisk.crypto.ckks import encrypt_vector
+
+            fingerprint = exchange.header.key_fingerprint
+            blob = encrypt_vector(self.context(fingerprint), vector).to_bytes()
+            header = exchange.header.reply("ciphertext", fingerprint, step=step)
+        else:
+            blob = np.ascontiguousarray(vector, dtype="<f8").tobytes()
+            header = exchange.header.reply("plaintext", step=step)
+        return build_content(header, {"vector": blob})
+
+    def _decode(self, exchange: Exchange, name: str) -> np.ndarray:
+        mode = str(exchange.value("aggregation"))
+        blob = exchange.blob(name)
+        if mode == "ckks":
+            from fedrisk.crypto.ckks import EncryptedVector, decrypt_vector
+
+            ciphertext = EncryptedVector.from_bytes(blob)
+            return decrypt_vector(self.context(exchange.header.key_fingerprint), ciphertext)
+        return np.frombuffer(blob, dtype="<f8").copy()
+
+    # -- FedAvg --------------------------------------------------------------
+    def _on_scale(self, exchange: Exchange) -> "RecordDict":
+        magnitude = np.nanmax(np.abs(self.split.x_train), axis=0, initial=1.0)
+        exponents = np.ceil(np.log2(magnitude + 1.0)).astype(int)
+        header = exchange.header.reply("public", step="fedavg.scale")
+        return build_content(header, config={"exponents": [int(e) for e in exponents]})
+
+    def _scale(self, exchange: Exchange) -> np.ndarray:
+        exponents = np.asarray(exchange.value("exponents"), dtype=float)
+        if exponents.shape != (self.split.x_train.shape[1],):
+            raise ProtocolError("scale exponents do not match this party's feature count")
+        return np.exp2(exponents)
+
+    def _on_stats(self, exchange: Exchange) -> "RecordDict":
+        x = np.nan_to_num(self.split.x_train) / self._scale(exchange)
+        stats = np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]) / ROW_UNIT
+        return self._encode(exchange, stats, "fedavg.stats")
+
+    def _apply_stats(self, exchange: Exchange, pooled: np.ndarray) -> None:
+        n_features = self.split.x_train.shape[1]
+        n = pooled[0]
+        if n <= 0:
+            raise ProtocolError("pooled row count is not positive: the stats aggregate is corrupt")
+        scale = self._scale(exchange)
+        mean = pooled[1 : 1 + n_features] / n
+        var = pooled[1 + n_features :] / n - mean**2
+        self.mean_ = mean * scale
+        self.std_ = np.sqrt(np.clip(var, 1e-12, None)) * scale
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        assert self.mean_ is not None and self.std_ is not None
+        # Missing values sit at the pooled mean (0 after standardising).
+        return np.nan_to_num((x - self.mean_) / self.std_)
+
+    def _model(self, exchange: Exchange) -> RiskNet:
+        if self.model_ is None:
+            spec = ModelSpec.from_dict(
+                {
+                    "kind": exchange.value("model"),
+                    "n_features": self.split.x_train.shape[1],
+                    "hidden_units": exchange.value("hidden_units", 64),
+                    "hidden_layers": exchange.value("hidden_layers", 2),
+                }
+            )
+            self.model_ = spec.build(seed=int(exchange.value("seed")))  # type: ignore[arg-type]
+        return self.model_
+
+    def _apply_global(self, exchange: Exchange, model: RiskNet) -> None:
+        pooled = self._decode(exchange, "aggregate")
+        if pooled[-1] <= 0:
+            raise ProtocolError("aggregate carries no rows: corrupt or empty round")
+        model.set_flat(pooled[:-1] / pooled[-1])
+
+    def _validation_metrics(self, model: RiskNet) -> dict[str, float]:
+        split = self.split
+        if split.y_val is None or len(np.unique(split.y_val)) < 2:
+            return {}
+        p = model.predict_proba(self._standardize(split.x_val))
+        return {"val_auc": float(auc(split.y_val, p)), "val_ks": float(ks(split.y_val, p)), "val_rows": int(len(p))}
+
+    def _on_train(self, exchange: Exchange) -> "RecordDict":
+        round_ = exchange.header.round
+        if round_ == 1 or self.mean_ is None:
+            self._apply_stats(exchange, self._decode(exchange, "stats"))
+        model = self._model(exchange)
+        metrics: dict[str, float] = {}
+        if "aggregate" in exchange.blobs:
+            self._apply_global(exchange, model)
+            metrics = self._validation_metrics(model)
+        split = self.split
+        loss = model.fit_local(
+            self._standardize(split.x_train),
+            split.y_train,
+            epochs=int(exchange.value("local_epochs")),  # type: ignore[arg-type]
+            learning_rate=float(exchange.value("learning_rate")),  # type: ignore[arg-type]
+            batch_size=int(exchange.value("batch_size")),  # type: ignore[arg-type]
+            seed=int(exchange.value("seed")) * 1000 + round_,  # type: ignore[operator]
+        )
+        weight = len(split.x_train) / ROW_UNIT
+        update = np.concatenate([model.get_flat() * weight, [weight]])
+        content = self._encode(exchange, update, "fedavg.update")
+        from flwr.app import ConfigRecord
+
+        from fedrisk.federation.exchange import CONFIG_RECORD
+
+        content[CONFIG_RECORD] = ConfigRecord({"train_loss": float(loss), "n_params": int(model.n_params), **metrics})
+        return content
+
+    def _on_final(self, exchange: Exchange) -> "RecordDict":
+        model = self._model(exchange)
+        self._apply_global(exchange, model)
+        metrics = self._validation_metrics(model)
+        bundle = self._write_bundle(exchange, model)
+        header = exchange.header.reply("public", step="fedavg.final")
+        return build_content(header, config={**metrics, "bundle": str(bundle)})
+
+    def _write_bundle(self, exchange: Exchange, model: RiskNet) -> Path:
+        from fedrisk.models.bundle import write_model_bundle
+
+        assert self.mean_ is not None and self.std_ is not None
+        arrays = {f"net.{k}": v for k, v in model.state_arrays().items()}
+        arrays["scaler.mean"] = self.mean_.astype(np.float64)
+        arrays["scaler.std"] = self.std_.astype(np.float64)
+        meta = {
+            "kind": "fedavg",
+            "party": self.runtime.settings.name,
+            "run_id": exchange.header.run_id,
+            "model": model.spec.to_dict(),
+            "features": list(self.split.feature_names),
+            "aggregation": str(exchange.value("aggregation")),
+            "rounds": exchange.header.round,
+        }
+        return write_model_bundle(self.runtime.state_dir / "models" / exchange.header.run_id, arrays, meta, self.runtime.identity.signing)

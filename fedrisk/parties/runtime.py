@@ -1,0 +1,112 @@
+"""The party runtime: a party's warm state and the protocol handlers it serves.
+
+One :class:`PartyRuntime` lives in each party's long-lived process (see
+:mod:`fedrisk.parties.service`) or, in Flower's Simulation Engine, in the
+worker that runs the ClientApp.  It loads the party's table and keys once and
+dispatches each incoming message to the handler of its protocol step.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from flwr.app import Context, RecordDict
+
+from fedrisk.errors import ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.exchange import Exchange, ExchangeHeader, build_content, read_content
+from fedrisk.parties.identity import PartyIdentity
+from fedrisk.parties.settings import PartySettings, ensure_private_dir
+
+Handler = Callable[[Exchange], RecordDict]
+
+
+class PartyRuntime:
+    """A party's state and its handlers, keyed by Flower message type."""
+
+    def __init__(self, settings: PartySettings) -> None:
+        self.settings = settings
+        self.state_dir = ensure_private_dir(Path(settings.state_dir))
+        # Protocol state is per run: a warm party process serves run after run.
+        self._protocol_classes = self._protocol_classes_for_role()
+        self._runs: dict[str, dict[str, object]] = {}
+
+    # -- state loaded once -------------------------------------------------
+    @cached_property
+    def identity(self) -> PartyIdentity:
+        return PartyIdentity.load_or_create(self.state_dir, self.settings.name)
+
+    @cached_property
+    def table(self):  # -> PartyTable
+        from fedrisk.parties.table import TableSchema, load_party_table
+
+        schema = TableSchema.from_dict(self.settings.schema)
+        return load_party_table(self.settings.data, schema, name=self.settings.name)
+
+    # -- dispatch ----------------------------------------------------------
+    def _protocol_classes_for_role(self) -> list[type]:
+        if self.settings.role == "bank":
+            from fedrisk.parties.horizontal import HorizontalParty
+
+            return [HorizontalParty]
+        return []
+
+    def _handler(self, run_id: str, message_type: str) -> Handler | None:
+        if message_type == mt.IDENTITY:
+            return self._on_identity
+        protocols = self._runs.get(run_id)
+        if protocols is None:
+            protocols = {cls.__name__: cls(self) for cls in self._protocol_classes}
+            self._runs = {run_id: protocols}  # keep only the current run warm
+        for protocol in protocols.values():
+            handler = protocol.handlers().get(message_type)  # type: ignore[attr-defined]
+            if handler is not None:
+                return handler
+        return None
+
+    def handle(self, message_type: str, meta: dict, content: RecordDict) -> RecordDict:
+        """Answer one message; raises a one-line error the coordinator will see."""
+        exchange = read_content(content)
+        addressed_to_node = message_type == mt.IDENTITY and exchange.header.receiver.startswith("node:")
+        if exchange.header.receiver != self.settings.name and not addressed_to_node:
+            raise ProtocolError(
+                f"party {self.settings.name!r} got a message addressed to {exchange.header.receiver!r}"
+            )
+        handler = self._handler(exchange.header.run_id, message_type)
+        if handler is None:
+            raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
+        return handler(exchange)
+
+    def _on_identity(self, exchange: Exchange) -> RecordDict:
+        header: ExchangeHeader = exchange.header.reply("public")
+        return build_content(
+            header,
+            config={
+                "name": self.settings.name,
+                "role": self.settings.role,
+                "envelope_public_key": self.identity.envelope_public_key.hex(),
+                "signing_public_key": self.identity.signing_public_key.hex(),
+                "signing_key_id": self.identity.signing_key_id,
+            },
+        )
+
+
+_RUNTIMES: dict[int, PartyRuntime] = {}
+
+
+def runtime_for_context(context: Context) -> PartyRuntime:
+    """The in-process runtime of a simulated node (Flower Simulation Engine)."""
+    node_id = int(context.node_id)
+    runtime = _RUNTIMES.get(node_id)
+    if runtime is None:
+        settings_path = context.node_config.get("party-settings")
+        if not settings_path:
+            raise ProtocolError(
+                "node config has neither 'party-socket' nor 'party-settings': "
+                "start nodes with `fedrisk node start` or `fedrisk simulate`"
+            )
+        runtime = PartyRuntime(PartySettings.read(Path(str(settings_path))))
+        _RUNTIMES[node_id] = runtime
+    return runtime
