@@ -123,7 +123,7 @@ class RiskNet(nn.Module):
                 loss = loss_fn(self(xt[idx]), yt[idx])
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 count += len(idx)
             last = total / max(count, 1)
         return last

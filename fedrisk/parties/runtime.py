@@ -93,20 +93,19 @@ class PartyRuntime:
         )
 
 
-_RUNTIMES: dict[int, PartyRuntime] = {}
+_RUNTIMES: dict[str, PartyRuntime] = {}
 
 
 def runtime_for_context(context: Context) -> PartyRuntime:
     """The in-process runtime of a simulated node (Flower Simulation Engine)."""
-    node_id = int(context.node_id)
-    runtime = _RUNTIMES.get(node_id)
+    settings_path = context.node_config.get("party-settings")
+    if not settings_path:
+        raise ProtocolError(
+            "node config has neither 'party-socket' nor 'party-settings': "
+            "start nodes with `fedrisk node start` or `fedrisk simulate`"
+        )
+    runtime = _RUNTIMES.get(str(settings_path))
     if runtime is None:
-        settings_path = context.node_config.get("party-settings")
-        if not settings_path:
-            raise ProtocolError(
-                "node config has neither 'party-socket' nor 'party-settings': "
-                "start nodes with `fedrisk node start` or `fedrisk simulate`"
-            )
         runtime = PartyRuntime(PartySettings.read(Path(str(settings_path))))
-        _RUNTIMES[node_id] = runtime
+        _RUNTIMES[str(settings_path)] = runtime
     return runtime
