@@ -9,7 +9,7 @@ Prints one JSON object:
 
 Every commit is durable (WAL, ``synchronous=FULL``). Timings cover sealing
 (canonical JSON, SHA-256, Ed25519 signing) and SQLite; building the
-``Exchange`` records (hashing the payloads) is done beforehand.
+``ExchangeRecord`` records (hashing the payloads) is done beforehand.
 
 Usage: ``python benchmarks/ledger_core.py [--quick] [--entries N] [--batch B]``.
 """
@@ -24,14 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedrisk.audit import Ed25519Signer, Exchange, Ledger, verify_ledger
+from fedrisk.audit import Ed25519Signer, ExchangeRecord, Ledger, verify_ledger
 
 GOAL_APPENDS_PER_S = 5000
 
 
-def _exchanges(n: int, offset: int = 0) -> list[Exchange]:
+def _exchanges(n: int, offset: int = 0) -> list[ExchangeRecord]:
     return [
-        Exchange.of_payload(
+        ExchangeRecord.of_payload(
             (offset + i).to_bytes(8, "big") * 4,
             run_id="bench-run",
             round=1 + (offset + i) // 1000,

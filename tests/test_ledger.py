@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fedrisk.audit import ContentClass, Direction, Ed25519Signer, Exchange, Ledger, read_ledger, verify_ledger
+from fedrisk.audit import ContentClass, Direction, Ed25519Signer, ExchangeRecord, Ledger, read_ledger, verify_ledger
 from fedrisk.audit.entry import derive_message_id, entry_hash_of, genesis_hash
 from fedrisk.errors import LedgerError
 
 
-def exchange(i: int = 0, *, direction: str = "sent", sender: str = "bank", receiver: str = "coordinator", **kw) -> Exchange:
+def exchange(i: int = 0, *, direction: str = "sent", sender: str = "bank", receiver: str = "coordinator", **kw) -> ExchangeRecord:
     fields = dict(
         run_id="run-1",
         round=1,
@@ -31,7 +31,7 @@ def exchange(i: int = 0, *, direction: str = "sent", sender: str = "bank", recei
         key_fingerprint="ctx-abc",
     )
     fields.update(kw)
-    return Exchange.of_payload(f"payload {i}".encode(), **fields)
+    return ExchangeRecord.of_payload(f"payload {i}".encode(), **fields)
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def test_exchange_validation(change: dict, match: str) -> None:
 def test_bad_sha_refused() -> None:
     good = exchange(0)
     with pytest.raises(LedgerError, match="payload_sha256"):
-        Exchange(**{**good.__dict__, "payload_sha256": "ABC"})
+        ExchangeRecord(**{**good.__dict__, "payload_sha256": "ABC"})
 
 
 def test_refuses_exchanges_of_another_writer(tmp_path: Path, signer: Ed25519Signer) -> None:
@@ -181,7 +181,7 @@ def test_not_a_ledger_refused(tmp_path: Path, signer: Ed25519Signer) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from fedrisk.audit import Ed25519Signer, Exchange, Ledger
+    from fedrisk.audit import Ed25519Signer, ExchangeRecord, Ledger
 
     path, seed, batch, start = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     led = Ledger(path, "bank", Ed25519Signer.from_private_bytes(seed))
@@ -189,7 +189,7 @@ _WRITER = textwrap.dedent(
     while True:
         batch_ex = []
         for _ in range(batch):
-            batch_ex.append(Exchange.of_payload(
+            batch_ex.append(ExchangeRecord.of_payload(
                 i.to_bytes(8, "big"), run_id="run-1", round=1, step=f"s{i}", sender="bank",
                 receiver="coordinator", message_type="m", direction="sent",
                 content_class="ciphertext", key_fingerprint="k"))

@@ -9,7 +9,7 @@ import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
 
-from fedrisk.audit import Ed25519Signer, Exchange, Ledger, build_report
+from fedrisk.audit import Ed25519Signer, ExchangeRecord, Ledger, build_report
 from fedrisk.audit.store import TRIGGERS
 
 HOSTILE = '<script>alert("x")</script>$\\frac{a}{b}$_&'
@@ -33,7 +33,7 @@ def build_run(tmp_path: Path, party: str = "tax_bureau", plaintext: bool = False
     for rnd, step, sender, receiver, cls, size in plan:
         for direction, writer in (("sent", sender), ("received", receiver)):
             ledgers[writer].append(
-                Exchange.of_payload(
+                ExchangeRecord.of_payload(
                     bytes(size),
                     run_id="run-42",
                     round=rnd,

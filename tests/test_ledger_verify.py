@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrisk.audit import Ed25519Signer, Exchange, Finding, Ledger, cross_check, read_ledger, verify_ledger, verify_run
+from fedrisk.audit import Ed25519Signer, ExchangeRecord, Finding, Ledger, cross_check, read_ledger, verify_ledger, verify_run
 from fedrisk.audit.entry import BODY_FIELDS, seal
 from fedrisk.audit.store import TRIGGERS
 
@@ -47,9 +47,9 @@ class Run:
         return [self.paths[n] for n in NODES]
 
 
-def message(i: int, direction: str, *, run_id: str = "run-7", payload: bytes | None = None, cls: str | None = None) -> Exchange:
+def message(i: int, direction: str, *, run_id: str = "run-7", payload: bytes | None = None, cls: str | None = None) -> ExchangeRecord:
     rnd, step, sender, receiver, content = MESSAGES[i]
-    return Exchange.of_payload(
+    return ExchangeRecord.of_payload(
         payload if payload is not None else f"msg-{i}".encode() * (i + 1),
         run_id=run_id,
         round=rnd,
@@ -63,7 +63,7 @@ def message(i: int, direction: str, *, run_id: str = "run-7", payload: bytes | N
     )
 
 
-def record(run: Run, ex_sent: Exchange, ex_received: Exchange) -> None:
+def record(run: Run, ex_sent: ExchangeRecord, ex_received: ExchangeRecord) -> None:
     with Ledger(run.paths[ex_sent.sender], ex_sent.sender, run.signers[ex_sent.sender]) as led:
         led.append(ex_sent)
     with Ledger(run.paths[ex_received.receiver], ex_received.receiver, run.signers[ex_received.receiver]) as led:
@@ -271,7 +271,7 @@ def test_message_recorded_only_as_received_is_named(run: Run) -> None:
 def test_honest_hash_mismatch_between_sides(run: Run) -> None:
     # Both sides sign what they saw; the payloads differ in transit.
     sent = message(4, "sent", payload=b"A" * 64)
-    received = Exchange(**{**message(4, "received", payload=b"B" * 64).__dict__, "message_id": sent.message_id})
+    received = ExchangeRecord(**{**message(4, "received", payload=b"B" * 64).__dict__, "message_id": sent.message_id})
     record(run, sent, received)
     assert verify_run(run.all_paths(), run.trusted) != []
     findings = cross_check(run.all_paths())
@@ -336,7 +336,7 @@ def test_plaintext_crossing_is_a_violation(run: Run) -> None:
 
 def test_ciphertext_without_key_fingerprint_is_flagged(run: Run) -> None:
     ex = {**message(4, "sent", payload=b"c").__dict__, "key_fingerprint": ""}
-    record(run, Exchange(**ex), Exchange(**{**ex, "direction": "received"}))
+    record(run, ExchangeRecord(**ex), ExchangeRecord(**{**ex, "direction": "received"}))
     findings = cross_check(run.all_paths())
     assert {f.field for f in findings} == {"key_fingerprint"} and len(findings) == 2
 
@@ -346,7 +346,17 @@ def test_other_run_ids_are_flagged(run: Run) -> None:
     findings = cross_check(run.all_paths())
     assert {f.field for f in findings} == {"run_id"} and len(findings) == 2
     assert all("run 'run-8' differs from run 'run-7'" in f.message for f in findings)
-    assert {f.field for f in cross_check(run.all_paths(), run_id="run-8")} == {"run_id"}
+
+
+def test_naming_a_run_checks_only_that_run(run: Run) -> None:
+    # A node's ledger spans every run it served; checking run-7 ignores run-8's entries...
+    record(run, message(2, "sent", run_id="run-8"), message(2, "received", run_id="run-8"))
+    assert cross_check(run.all_paths(), run_id="run-7") == []
+    # ...but a gap inside the named run is still found.
+    sent = message(3, "sent", run_id="run-8")
+    with Ledger(run.paths[sent.sender], sent.sender, run.signers[sent.sender]) as led:
+        led.append(sent)
+    assert {f.field for f in cross_check(run.all_paths(), run_id="run-8")} == {"message_id"}
 
 
 def test_missing_peer_ledger_is_reported_once(run: Run) -> None:

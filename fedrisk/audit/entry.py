@@ -1,6 +1,6 @@
 """Ledger records: what crossed a party line, and how an entry is sealed.
 
-An :class:`Exchange` is what the caller knows about one message (who, what,
+An :class:`ExchangeRecord` is what the caller knows about one message (who, what,
 which key, how big, its SHA-256). The ledger turns it into a
 :class:`LedgerEntry` by giving it a sequence number, a timestamp, the hash of
 the previous entry, its own hash and an Ed25519 signature.
@@ -259,7 +259,7 @@ def _enum(cls: type[Enum], value: object, what: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Exchange:
+class ExchangeRecord:
     """One message crossing a party line, as seen by the ledger's writer.
 
     Attributes
@@ -343,7 +343,7 @@ class Exchange:
         key_fingerprint: str = "",
         message_id: str | None = None,
         timestamp_us: int | None = None,
-    ) -> Exchange:
+    ) -> ExchangeRecord:
         """Build an exchange from the payload bytes (hash and size computed here).
 
         ``message_id`` defaults to :func:`derive_message_id`, which the other
@@ -416,7 +416,7 @@ class LedgerEntry:
 ENTRY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerEntry))
 
 
-def seal(exchange: Exchange, seq: int, prev_hash: str, signer: Signer, now_us: int | None = None) -> tuple[LedgerEntry, str]:
+def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now_us: int | None = None) -> tuple[LedgerEntry, str]:
     """Seal ``exchange`` as entry ``seq`` after ``prev_hash``.
 
     Returns

@@ -30,7 +30,7 @@ from types import TracebackType
 from fedrisk.audit.entry import (
     ENTRY_FIELDS,
     FORMAT,
-    Exchange,
+    ExchangeRecord,
     LedgerEntry,
     Signer,
     check_name,
@@ -335,11 +335,11 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------
 
-    def append(self, exchange: Exchange) -> LedgerEntry:
+    def append(self, exchange: ExchangeRecord) -> LedgerEntry:
         """Append one exchange in its own durable transaction."""
         return self.append_many((exchange,))[0]
 
-    def append_many(self, exchanges: Iterable[Exchange]) -> list[LedgerEntry]:
+    def append_many(self, exchanges: Iterable[ExchangeRecord]) -> list[LedgerEntry]:
         """Append exchanges in one durable transaction: all or none.
 
         Raises
@@ -350,8 +350,8 @@ class Ledger:
         """
         batch = list(exchanges)
         for ex in batch:
-            if not isinstance(ex, Exchange):
-                raise LedgerError(f"{self.path}: append expects Exchange, got {type(ex).__name__}")
+            if not isinstance(ex, ExchangeRecord):
+                raise LedgerError(f"{self.path}: append expects ExchangeRecord, got {type(ex).__name__}")
             if ex.writer != self.writer:
                 side = "sender" if ex.direction.value == "sent" else "receiver"
                 raise LedgerError(

@@ -142,7 +142,8 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
     if len(widths) != 1:
         raise ProtocolError("banks declare different numbers of features: their schemas disagree")
     exponents = np.max([np.asarray(r.value("exponents"), dtype=int) for r in bounds.values()], axis=0)
-    party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents]}
+    row_exponent = max(int(r.value("row_exponent")) for r in bounds.values())  # type: ignore[call-overload]
+    party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
     stats_replies = session.exchange(
         {b: (mt.FEDAVG_STATS, build_content(session.header(0, "fedavg.stats", b, "public", fp), config=party_cfg)) for b in banks}
     )

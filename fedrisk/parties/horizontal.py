@@ -11,15 +11,18 @@ CKKS context and seals its secret copy to every other bank's X25519 key
 cannot open and receives only the public context.
 
 Update encoding: a bank with ``n`` training rows sends the vector
-``[(n / 1024) * w, n / 1024]``; the encrypted sum over banks divided by its
-last slot is the FedAvg weighted mean.  The 1/1024 keeps sums well inside the
-aggregation preset's value range for a billion rows.  Feature scaling is
-federated the same way: one encrypted ``[n, Σx, Σx²] / 1024`` per bank
-before round 1, so every bank standardises with the pooled mean and std.
-So that those sums stay in range whatever the units (revenue in yuan...),
-each bank first reveals, per feature, only a power-of-two bound on its
-column's magnitude (``ceil(log2 max|x|)``, public by protocol); the banks
-scale every column by the federation-wide maximum bound before summing.
+``[(n / U) * w, n / U]``; the encrypted sum over banks divided by its last
+slot is the FedAvg weighted mean.  ``U`` is the federation's *row unit*, the
+smallest power of two at least as large as every bank's row count, so each
+weight ``n / U`` lies in (0, 1] and every slot stays inside the aggregation
+preset's value bound (|v| <= 1024) without losing relative precision.
+Feature scaling is federated the same way: one encrypted ``[n, Σx, Σx²] / U``
+per bank before round 1, so every bank standardises with the pooled mean and
+std.  To set ``U`` and keep those sums in range whatever the units (revenue in
+yuan...), each bank first reveals only powers of two: ``ceil(log2 n)`` and,
+per feature, ``ceil(log2 max|x|)`` (public by protocol; Flower's own FedAvg
+reveals exact row counts); every bank then scales each column by the
+federation-wide bound.
 
 ``aggregation = "plain"`` runs the identical algorithm with plaintext
 vectors (classed ``plaintext``: a comparison baseline the ledger flags).
@@ -46,7 +49,6 @@ if TYPE_CHECKING:
     from fedrisk.parties.runtime import PartyRuntime
 
 SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
-ROW_UNIT = 1024.0
 
 
 class HorizontalParty:
@@ -161,8 +163,12 @@ class HorizontalParty:
     def _on_scale(self, exchange: Exchange) -> "RecordDict":
         magnitude = np.nanmax(np.abs(self.split.x_train), axis=0, initial=1.0)
         exponents = np.ceil(np.log2(magnitude + 1.0)).astype(int)
+        row_exponent = int(np.ceil(np.log2(max(len(self.split.x_train), 1))))
         header = exchange.header.reply("public", step="fedavg.scale")
-        return build_content(header, config={"exponents": [int(e) for e in exponents]})
+        return build_content(header, config={"exponents": [int(e) for e in exponents], "row_exponent": row_exponent})
+
+    def _row_unit(self, exchange: Exchange) -> float:
+        return float(2 ** int(exchange.value("row_exponent")))  # type: ignore[call-overload]
 
     def _scale(self, exchange: Exchange) -> np.ndarray:
         exponents = np.asarray(exchange.value("exponents"), dtype=float)
@@ -172,7 +178,7 @@ class HorizontalParty:
 
     def _on_stats(self, exchange: Exchange) -> "RecordDict":
         x = np.nan_to_num(self.split.x_train) / self._scale(exchange)
-        stats = np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]) / ROW_UNIT
+        stats = np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]) / self._row_unit(exchange)
         return self._encode(exchange, stats, "fedavg.stats")
 
     def _apply_stats(self, exchange: Exchange, pooled: np.ndarray) -> None:
@@ -235,7 +241,7 @@ class HorizontalParty:
             batch_size=int(exchange.value("batch_size")),  # type: ignore[arg-type]
             seed=int(exchange.value("seed")) * 1000 + round_,  # type: ignore[operator]
         )
-        weight = len(split.x_train) / ROW_UNIT
+        weight = len(split.x_train) / self._row_unit(exchange)
         update = np.concatenate([model.get_flat() * weight, [weight]])
         content = self._encode(exchange, update, "fedavg.update")
         from flwr.app import ConfigRecord
