@@ -85,12 +85,17 @@ class LocalFederation:
         The ServerApp's run config (``mode``, ``num-rounds``...).
     tls : bool
         TLS on the Fleet and Control APIs (default; turning it off is for debugging).
+    node_auth : bool
+        Flower SuperNode authentication (default, needs TLS): each party's
+        node key is registered with the SuperLink before its SuperNode starts,
+        and an unregistered node is refused.
     """
 
     run_dir: Path
     parties: list[PartySettings]
     run_config: dict
     tls: bool = True
+    node_auth: bool = True
     log: Callable[[str], None] = lambda line: None
     processes: list[_Process] = field(default_factory=list)
 
@@ -156,6 +161,8 @@ class LocalFederation:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fleet_port, self.control_port = free_port(), free_port()
         pki = None
+        if self.node_auth and not self.tls:
+            raise FedriskError("node authentication needs TLS (Flower refuses it on an insecure SuperLink)")
         if self.tls:
             from fedrisk.crypto.pki import create_federation_pki
 
@@ -187,8 +194,11 @@ class LocalFederation:
             superlink += ["--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.superlink_cert), "--ssl-keyfile", str(pki.superlink_key)]
         else:
             superlink.append("--insecure")
+        if self.node_auth:
+            superlink.append("--enable-supernode-auth")
         self._spawn("superlink", superlink)
         self._wait_for("SuperLink", lambda: _port_open(self.fleet_port) and _port_open(self.control_port))
+        node_keys = self._register_node_keys() if self.node_auth else {}
 
         for party in self.parties:
             state = Path(party.state_dir)
@@ -201,8 +211,30 @@ class LocalFederation:
                 "--port", str(free_port()),
             ]
             argv += ["--root-certificates", str(pki.ca_cert)] if pki is not None else ["--insecure"]
+            if party.name in node_keys:
+                argv += ["--auth-supernode-private-key", str(node_keys[party.name])]
             self._spawn(f"supernode-{party.name}", argv)
-        self.log(f"federation up: SuperLink 127.0.0.1:{self.fleet_port}, {len(self.parties)} parties, TLS {'on' if self.tls else 'off'}")
+        self.log(
+            f"federation up: SuperLink 127.0.0.1:{self.fleet_port}, {len(self.parties)} parties, "
+            f"TLS {'on' if self.tls else 'off'}, node authentication {'on' if self.node_auth else 'off'}"
+        )
+
+    def _register_node_keys(self) -> dict[str, Path]:
+        """Create each party's node key and register its public half with the SuperLink."""
+        from fedrisk.crypto.pki import create_node_auth_keypair
+
+        keys: dict[str, Path] = {}
+        for party in self.parties:
+            private, public = create_node_auth_keypair(ensure_private_dir(self.run_dir / "pki" / "nodes"), party.name)
+            completed = subprocess.run(
+                [str(self.bin_dir / "flwr"), "supernode", "register", str(public), "local"],
+                env=self._env(), cwd=self.run_dir, capture_output=True, text=True, timeout=120,
+            )
+            if completed.returncode != 0:
+                tail = (completed.stdout + completed.stderr).strip().splitlines()[-1:]
+                raise FedriskError(f"could not register node key of {party.name}: {' '.join(tail)}")
+            keys[party.name] = private
+        return keys
 
     def _write_flwr_config(self) -> None:
         home = ensure_private_dir(self.run_dir / "flwr")
@@ -252,6 +284,7 @@ class LocalFederation:
                 time.sleep(0.2)
         finally:
             _terminate(proc.popen)
+            self.processes.remove(proc)
         result = json.loads(result_path.read_text())
         if result.get("status") != "ok":
             raise FedriskError(result.get("error", "the coordinator failed"))
