@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Party data: synthetic SME tables, validation.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+from fedrisk.cli_audit import audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 

@@ -187,7 +187,12 @@ def read_content(content: RecordDict) -> Exchange:
     return Exchange(header=header, blobs=blobs, config=config)
 
 
+def content_digest_bytes(content: RecordDict) -> bytes:
+    """The canonical bytes of a message's content (Flower's protobuf, deterministic)."""
+    return recorddict_to_proto(content).SerializeToString(deterministic=True)
+
+
 def content_digest(content: RecordDict) -> tuple[str, int]:
     """SHA-256 and byte size of a message's content, as both ends compute it."""
-    data = recorddict_to_proto(content).SerializeToString(deterministic=True)
+    data = content_digest_bytes(content)
     return hashlib.sha256(data).hexdigest(), len(data)

@@ -29,7 +29,9 @@ Tap = Callable[[str, int, Message], None]
 class InProcessGrid(Grid):
     """A Flower Grid whose nodes are ClientApps in this process."""
 
-    def __init__(self, parties: list[PartySettings], *, run_id: int = 1, tap: Tap | None = None) -> None:
+    def __init__(
+        self, parties: list[PartySettings], *, run_id: int = 1, tap: Tap | None = None, run_config: dict | None = None
+    ) -> None:
         from fedrisk.parties.client_app import app as client_app
 
         from flwr.supercore.task_identity import TaskIdentity
@@ -50,9 +52,9 @@ class InProcessGrid(Grid):
             self.contexts[node_id] = Context(
                 run_id=run_id,
                 node_id=node_id,
-                node_config={"party": party.name, "party-settings": str(settings_path)},
+                node_config={"party": party.name, "party-settings": str(settings_path), "party-state-dir": party.state_dir},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
         self._replies: dict[str, Message] = {}
         self.offline: set[int] = set()
@@ -81,12 +83,12 @@ class InProcessGrid(Grid):
                 self.tap("to_party", node_id, msg)
             context = self.contexts.get(node_id)
             if context is None or node_id in self.offline:
-                reply = msg.create_error_reply(_error(f"node {node_id} is offline"))
+                reply = Message(_error(f"node {node_id} is offline"), reply_to=msg)
             else:
                 try:
                     reply = self.client_app(msg, context)
                 except Exception as err:  # the Deployment Engine turns these into error replies too
-                    reply = msg.create_error_reply(_error(f"<class '{type(err).__module__}.{type(err).__name__}'>:<'{err}'>"))
+                    reply = Message(_error(f"<class '{type(err).__module__}.{type(err).__name__}'>:<'{err}'>"), reply_to=msg)
             reply.metadata.__dict__["_reply_to_message_id"] = msg.metadata.message_id
             if self.tap is not None and reply.has_content():
                 self.tap("to_coordinator", node_id, reply)

@@ -203,7 +203,7 @@ class LocalFederation:
         for party in self.parties:
             state = Path(party.state_dir)
             self._wait_for(f"party process {party.name}", (state / "party.ready").exists)
-            node_config = f"party='{party.name}' party-socket='{state / 'party.sock'}'"
+            node_config = f"party='{party.name}' party-socket='{state / 'party.sock'}' party-state-dir='{state}'"
             argv = [
                 sys.executable, "-m", "fedrisk.parties.supernode",
                 "--superlink", f"127.0.0.1:{self.fleet_port}",

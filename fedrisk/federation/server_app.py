@@ -18,6 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.errors import ConfigError, FedriskError
+from fedrisk.federation.exchange import COORDINATOR
 from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
 from fedrisk.federation.session import CoordinatorSession
 
@@ -36,6 +37,26 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _ledgered(grid: Grid, folder: Path) -> Grid:
+    """Wrap Flower's grid so that every message in and out lands in the coordinator's ledger."""
+    from fedrisk.audit.recorder import LEDGER_FILE, ExchangeRecorder
+    from fedrisk.federation.ledger_grid import LedgeredGrid
+    from fedrisk.parties.identity import PartyIdentity
+    from fedrisk.parties.settings import ensure_private_dir
+
+    identity = PartyIdentity.load_or_create(ensure_private_dir(folder), COORDINATOR)
+    return LedgeredGrid(grid, ExchangeRecorder(folder / LEDGER_FILE, COORDINATOR, identity.signing))
+
+
+def _write_key_registry(folder: Path, session: CoordinatorSession) -> None:
+    """Who signed which ledger: the public signing keys the parties announced."""
+    from fedrisk.parties.identity import PartyIdentity
+
+    keys = {name: info.signing_public_key for name, info in session.parties.items()}
+    keys[COORDINATOR] = PartyIdentity.load_or_create(folder, COORDINATOR).signing_public_key.hex()
+    _write_json(folder / "signing_keys.json", keys)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_dir = Path(_cfg(context, "run-dir", "") or Path.cwd() / "runs" / "flwr-run")
@@ -45,10 +66,13 @@ def main(grid: Grid, context: Context) -> None:
     try:
         parties = [p for p in str(_cfg(context, "parties", "")).split(",") if p]
         mode = _cfg(context, "mode", "horizontal")
+        if str(context.run_config.get("ledger", True)).lower() not in ("false", "0"):
+            grid = _ledgered(grid, run_dir / "coordinator")
         session = CoordinatorSession(grid, run_id, timeout=float(_cfg(context, "party-timeout", 900.0)))
         if not parties:
             raise ConfigError("run config key 'parties' is empty: name the federation's parties")
         session.discover(parties, timeout=float(_cfg(context, "connect-timeout", 120.0)))
+        _write_key_registry(run_dir / "coordinator", session)
         if mode == "horizontal":
             config = FedAvgConfig(
                 rounds=_cfg(context, "num-rounds", 5),

@@ -13,9 +13,11 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedrisk.federation.message_types import MESSAGE_TYPES
+from fedrisk.parties.ledger_mod import ledger_mod
 from fedrisk.parties.relay import relay_call
 
-app = ClientApp()
+# Every message in and out of a party goes through its audit ledger.
+app = ClientApp(mods=[ledger_mod])
 
 
 def _relay(msg: Message, context: Context) -> Message:
@@ -32,7 +34,7 @@ def _relay(msg: Message, context: Context) -> Message:
         from fedrisk.parties.runtime import runtime_for_context  # heavy: only in simulation
 
         reply = runtime_for_context(context).handle(msg.metadata.message_type, meta, msg.content)
-    return msg.create_reply(reply)
+    return Message(reply, reply_to=msg)
 
 
 for _message_type in MESSAGE_TYPES:

@@ -80,7 +80,9 @@ class PartyRuntime:
         return handler(exchange)
 
     def _on_identity(self, exchange: Exchange) -> RecordDict:
-        header: ExchangeHeader = exchange.header.reply("public")
+        request = exchange.header
+        # The query addressed this node by its Flower id; the answer names the party.
+        header = ExchangeHeader(request.run_id, request.round, request.step, self.settings.name, request.sender, "public")
         return build_content(
             header,
             config={
