@@ -135,3 +135,17 @@ def test_every_update_crossing_the_party_line_was_a_ciphertext(fedavg_runs):
     # 3 updates up + 3 aggregates down (+ the stats aggregate) per round.
     assert per_round / (6 * n_params) > 20
     assert he["key_fingerprint"] != "-"
+
+
+def test_ledgers_of_the_encrypted_run_verify_and_the_plaintext_run_is_flagged(fedavg_runs):
+    from fedrisk.audit import verify_run
+    from fedrisk.audit.run_files import collect_ledgers
+
+    run_dir, _, _ = fedavg_runs
+    ledgers, keys = collect_ledgers([run_dir])
+    assert len(ledgers) == 4  # the coordinator and three banks, each its own file
+    assert keys is not None and set(keys) == {"coordinator", "bank_a", "bank_b", "bank_c"}
+    assert verify_run(ledgers, trusted_keys=keys, run_id="e2e-ckks") == []
+    plain = verify_run(ledgers, trusted_keys=keys, run_id="e2e-plain")
+    assert plain and {f.field for f in plain} == {"content_class"}
+    assert all("plaintext crossed the party line" in f.message for f in plain)

@@ -8,6 +8,8 @@ comes from a ledger (party names, steps, message types...) is passed through
 
 from __future__ import annotations
 
+import dataclasses
+
 import base64
 import html
 import io
@@ -353,6 +355,13 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
 # -- entry point -------------------------------------------------------------------
 
 
+def _only_run(snap: LedgerSnapshot, run_id: str) -> LedgerSnapshot:
+    keep = [i for i, e in enumerate(snap.entries) if e.run_id == run_id]
+    return dataclasses.replace(
+        snap, entries=[snap.entries[i] for i in keep], bodies=[snap.bodies[i] for i in keep]
+    )
+
+
 def build_report(
     paths: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -386,6 +395,8 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     snaps, findings = load_snapshots(paths)
     findings += verify_snapshots(snaps, trusted_keys, run_id)
+    if run_id is not None:  # a node's ledger spans its runs: show only the named one
+        snaps = [_only_run(s, run_id) for s in snaps]
 
     exchanges = _exchanges(snaps)
     traffic = _traffic(snaps)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrisk.federation.local import LocalFederation
-from fedrisk.federation.train import new_run_dir, weighted_final_metrics, write_summary
+from fedrisk.federation.train import audit_run, new_run_dir, weighted_final_metrics, write_summary
 from fedrisk.parties.settings import PartySettings
 
 BANKS = ("bank_a", "bank_b", "bank_c")
@@ -87,6 +87,7 @@ def run_demo(*, runs_dir: Path, rows: int, rounds: int, seed: int, console: Cons
         "bytes_exchanged_plain": plain.get("bytes_exchanged"),
         "seconds_he": he.get("seconds"),
         "seconds_plain": plain.get("seconds"),
+        **audit_run(run_dir, f"{run_dir.name}-ckks"),
         "seconds": time.perf_counter() - started,
     }
     write_summary(run_dir, summary)
@@ -96,5 +97,7 @@ def run_demo(*, runs_dir: Path, rows: int, rounds: int, seed: int, console: Cons
     table.add_row("CKKS", f"{he_metrics.get('auc_federated', 0):.4f}", f"{he_metrics.get('ks_federated', 0):.4f}", f"{he['seconds']:.1f}")
     table.add_row("plain", f"{plain_metrics.get('auc_federated', 0):.4f}", f"{plain_metrics.get('ks_federated', 0):.4f}", f"{plain['seconds']:.1f}")
     console.print(table)
+    verdict = "[green]verified[/green]" if summary["ledger_verified"] else "[red]FINDINGS[/red]"
+    console.print(f"audit ledgers: {summary['ledger_entries']} entries, {verdict}; report: {summary['audit_report']}")
     console.print(f"summary: {run_dir / 'summary.json'}")
     return summary

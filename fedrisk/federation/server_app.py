@@ -105,6 +105,7 @@ def main(grid: Grid, context: Context) -> None:
         else:
             raise ConfigError(f"unknown mode {mode!r}")
         result.update(
+            run_id=run_id,
             parties={n: {"role": p.role, "signing_key_id": p.signing_key_id} for n, p in session.parties.items()},
             bytes_exchanged=session.traffic.by_party(),
             bytes_total=session.traffic.total(),

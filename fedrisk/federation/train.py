@@ -62,6 +62,24 @@ def weighted_final_metrics(final: dict[str, dict]) -> dict[str, float]:
     }
 
 
+def audit_run(run_dir: Path, run_id: str) -> dict:
+    """Verify every ledger of the run and write the compliance report; summary fields."""
+    from fedrisk.audit import build_report
+    from fedrisk.audit.run_files import collect_ledgers
+
+    ledgers, keys = collect_ledgers([run_dir])
+    report = build_report(ledgers, run_dir / "audit", trusted_keys=keys, run_id=run_id)
+    from fedrisk.audit import read_ledger
+
+    entries = sum(sum(1 for e in read_ledger(p).entries if e.run_id == run_id) for p in ledgers)
+    return {
+        "ledger_verified": bool(report.ok),
+        "ledger_entries": entries,
+        "ledger_findings": [str(f) for f in report.findings][:20],
+        "audit_report": str(report.html_path),
+    }
+
+
 def write_summary(run_dir: Path, summary: dict) -> Path:
     path = run_dir / "summary.json"
     tmp = path.with_suffix(".tmp")
@@ -102,6 +120,7 @@ def run_training(
         "bytes_exchanged": result.get("bytes_exchanged", {}),
         "coordinator": result,
         **weighted_final_metrics(result.get("final", {})),
+        **audit_run(run_dir, result.get("run_id", run_dir.name)),
     }
     write_summary(run_dir, summary)
     return summary

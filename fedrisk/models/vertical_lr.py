@@ -1,0 +1,1334 @@
+"""Vertical logistic regression (scorecard) across a bank and feature holders, over CKKS.
+
+The **label holder** (a bank) holds the default labels, its own features and the
+CKKS secret key. **Feature holders** (tax bureau, platform) hold other features
+about the same SMEs, rows already aligned by PSI to the label holder's order
+with a coverage mask. The **coordinator** holds only a public context and
+routes every message. Each party keeps, standardises and updates its own
+coefficients; nobody sees another party's features or the labels.
+
+Message flow (one epoch = one full-batch round; every arrow is a serialised payload
+relayed by the coordinator, content class in brackets)::
+
+    setup   bank ──TrainingPlan [public]──▶ feature holders
+    1.      feature holder k ──EncryptedScores [ciphertext]──▶ coordinator
+    2.      coordinator ──EncryptedScoreSum [aggregate]──▶ bank          (Σ_k [[u_k]])
+    3.      bank ──EpochControl [public]──▶ feature holders               (improved/restart/stop bits)
+    4.      bank ──EncryptedResidual [ciphertext]──▶ feature holders      ([[d]], d = σ(z) − y)
+    5.      feature holder k ──EncryptedMaskedGradient [ciphertext]──▶ bank   ([[X_kᵀd + r_k]])
+    6.      bank ──MaskedGradient [masked]──▶ feature holder k            (X_kᵀd + r_k, decrypted)
+    7.      feature holder k removes r_k, updates w_k; the bank updates its own block
+
+Optimiser. Full-batch block majorisation–minimisation with Nesterov momentum:
+each party ``k`` preconditions its own gradient with
+``P_k = (K/(4n) Z_kᵀZ_k + λI)⁻¹`` (Böhning's curvature bound 1/4; the factor
+``K`` = number of parties makes the block-diagonal bound a global upper bound,
+so the plain step never increases the loss), then
+``w ← y − P_k ∇_k``, ``y = w + (t−1)/(t+2)·(w − w_prev)``. Momentum restarts
+when the bank sees the training loss rise (one public bit). Everything a party
+needs is its own Gram matrix — no cross-party curvature — and on the UCI
+default-credit split it reaches scikit-learn's optimum (AUC within 1e-4) in
+about 15 epochs, where full-batch Adam needs 100 and mini-batch Adam at batch
+10,000 is still 0.003 AUC short after 30. Full batch also means one round of
+messages per epoch (the Flower deployment pays per message).
+λ = 1/(C·n_train) matches scikit-learn's ``LogisticRegression(C=C)``; the
+intercept, held by the bank, is not penalised.
+
+Uncovered rows. A feature holder contributes 0 (its standardised mean) for rows
+it does not cover, and the bank adds one coverage indicator per feature holder
+(``covered:<party>``) to its own block: coverage is public to the bank through
+PSI, and the indicator lets the model learn that a thin file is itself a risk
+signal. Indicators that are constant on the training rows are left out.
+
+Threat model (honest-but-curious parties and coordinator, no coordinator–bank
+collusion, TLS on every link). What each party learns:
+
+* **Bank**: Σ_k u_k on every aligned row each epoch — with a single feature
+  holder that is u_1 = X_1 w_1 itself, which the bank needs anyway to score
+  (over many epochs it reveals the span of X_1, inherent in revealing partial
+  scores); masked gradients ``X_kᵀd + r_k`` whose masks hide each slot to
+  statistical distance ≤ 2^-mask_bits (see :mod:`fedrisk.crypto.encrypted_matvec`);
+  from each feature holder its feature *count*.
+* **Feature holder**: ciphertexts of d, its own gradient ``X_kᵀd`` (inherent:
+  it must update w_k; it is a projection of the residuals on its own columns),
+  the row split and three bits per epoch (validation improved, momentum restart,
+  stop). Never y, d, another party's scores or features.
+* **Coordinator**: ciphertexts, sizes, timing, the public bits; it holds no
+  secret key (its context refuses ``decrypt``).
+
+The bank decrypts each feature holder's product at most once per epoch, only
+ciphertexts shaped like a product (announced count, level, scale Δ·2^20), and
+floods what it returns with Gaussian noise (2^-12) so the exact decryption noise
+never leaves it. That limits, but cannot rule out, an *actively malicious*
+feature holder returning e.g. [[d]]·1 as its "product" to learn d: defending
+against that needs proofs of correct evaluation, outside this threat model (the
+audit ledger records every such request). All payloads carry the context
+fingerprint and are refused under another context.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import tenseal as ts
+from sklearn.base import BaseEstimator
+
+from fedrisk.crypto.encrypted_matvec import (
+    X_SCALE_BITS,
+    CKKSRuntime,
+    EncryptedMatVec,
+    EncryptedVector,
+    MaskState,
+    check_fingerprint,
+    context_fingerprint,
+    decrypt_ciphertexts,
+    pack_frame,
+    peek_frame,
+    residual_level,
+    score_level,
+    unpack_frame,
+)
+from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
+from fedrisk.models.metrics import auc, ks
+
+__all__ = [
+    "CoordinatorLR",
+    "EncryptedMaskedGradient",
+    "EncryptedResidual",
+    "EncryptedScoreSum",
+    "EncryptedScores",
+    "EpochControl",
+    "FeatureHolderLR",
+    "LabelHolderLR",
+    "MaskedGradient",
+    "PAYLOAD_TYPES",
+    "TrainingPlan",
+    "VerticalLogisticRegression",
+    "WireRecord",
+    "content_class_of",
+    "make_context",
+    "train_vertical_lr",
+]
+
+log = logging.getLogger("fedrisk.vertical_lr")
+
+SCORE_LIMIT = 2.0**16
+"""Partial scores beyond this are refused (they would leave the CKKS headroom)."""
+DECRYPT_FLOOD_STD = 2.0**-12
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # exact and overflow-free
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+# =========================================================================== payloads
+
+
+def _h_int(h: Mapping[str, Any], key: str, *, signed: bool = False) -> int:
+    v = h.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and not signed):
+        raise ProtocolError(f"payload field {key!r} must be an integer")
+    return v
+
+
+def _h_bool(h: Mapping[str, Any], key: str) -> bool:
+    v = h.get(key)
+    if not isinstance(v, bool):
+        raise ProtocolError(f"payload field {key!r} must be a boolean")
+    return v
+
+
+def _h_str(h: Mapping[str, Any], key: str) -> str:
+    v = h.get(key)
+    if not isinstance(v, str) or not v:
+        raise ProtocolError(f"payload field {key!r} must be a non-empty string")
+    return v
+
+
+def _h_float(h: Mapping[str, Any], key: str) -> float:
+    v = h.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+        raise ProtocolError(f"payload field {key!r} must be a finite number")
+    return float(v)
+
+
+class VerticalPayload:
+    """Base of the protocol payloads: compact frames with magic, version and fingerprint.
+
+    Subclasses declare ``KIND`` (4 bytes on the wire) and ``content_class`` — one of
+    ``ciphertext``, ``masked``, ``public``, ``aggregate`` — which the audit ledger records.
+    """
+
+    KIND: ClassVar[bytes]
+    content_class: ClassVar[str]
+    fingerprint: str
+
+    def _header(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _blobs(self) -> list[bytes]:
+        return []
+
+    @classmethod
+    def _build(cls, fingerprint: str, header: Mapping[str, Any], blobs: list[bytes]) -> Any:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise (no pickle): see :func:`fedrisk.crypto.encrypted_matvec.pack_frame`."""
+        return pack_frame(self.KIND, self.fingerprint, self._header(), self._blobs())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, context: ts.Context | None = None) -> Any:
+        """Parse; with ``context``, refuse a payload made under another CKKS context."""
+        _, fp, header, blobs = unpack_frame(data, cls.KIND)
+        obj = cls._build(fp, header, blobs)
+        if context is not None:
+            obj.check(context)
+        return obj
+
+    def check(self, context: ts.Context) -> None:
+        """Raise :class:`~fedrisk.errors.ContextMismatchError` unless made under ``context``."""
+        check_fingerprint(context_fingerprint(context), self.fingerprint, type(self).__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan(VerticalPayload):
+    """Bank → feature holders, once: the row split and the shared hyper-parameters."""
+
+    KIND: ClassVar[bytes] = b"VPLN"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    label_holder: str
+    feature_holders: tuple[str, ...]
+    train_mask: np.ndarray = field(repr=False)
+    """Boolean, one per aligned row: True = training row, False = validation row."""
+    l2: float
+    damping: float
+    max_epochs: int
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.train_mask.size)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_mask.sum())
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "label_holder": self.label_holder,
+            "feature_holders": list(self.feature_holders),
+            "n_rows": self.n_rows,
+            "l2": self.l2,
+            "damping": self.damping,
+            "max_epochs": self.max_epochs,
+        }
+
+    def _blobs(self) -> list[bytes]:
+        return [np.packbits(self.train_mask.astype(bool)).tobytes()]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> TrainingPlan:
+        n = _h_int(h, "n_rows")
+        holders = h.get("feature_holders")
+        if not isinstance(holders, list) or not all(isinstance(x, str) and x for x in holders):
+            raise ProtocolError("payload field 'feature_holders' must be a list of names")
+        if len(blobs) != 1 or len(blobs[0]) != (n + 7) // 8:
+            raise ProtocolError("training plan row mask has the wrong size")
+        mask = np.unpackbits(np.frombuffer(blobs[0], dtype=np.uint8), count=n).astype(bool)
+        return cls(
+            fp, _h_str(h, "label_holder"), tuple(holders), mask, _h_float(h, "l2"), _h_float(h, "damping"), _h_int(h, "max_epochs")
+        )
+
+
+@dataclass(frozen=True)
+class _CiphertextList(VerticalPayload):
+    """Common shape: a party, an epoch, a vector length and SEAL ciphertexts."""
+
+    fingerprint: str
+    party: str
+    epoch: int
+    n_values: int
+    ciphertexts: tuple[bytes, ...] = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "epoch": self.epoch, "n": self.n_values}
+
+    def _blobs(self) -> list[bytes]:
+        return list(self.ciphertexts)
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> Any:
+        return cls(fp, _h_str(h, "party"), _h_int(h, "epoch"), _h_int(h, "n"), tuple(blobs))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class EncryptedScores(_CiphertextList):
+    """Feature holder → coordinator: [[u_k]] on every aligned row.
+
+    Training rows carry the score at the momentum look-ahead, validation rows at the
+    current coefficients. ``party`` is the sender.
+    """
+
+    KIND: ClassVar[bytes] = b"VSCR"
+    content_class: ClassVar[str] = "ciphertext"
+
+
+@dataclass(frozen=True)
+class EncryptedScoreSum(_CiphertextList):
+    """Coordinator → bank: Σ_k [[u_k]]. ``party`` lists the summed parties, comma-separated."""
+
+    KIND: ClassVar[bytes] = b"VSUM"
+    content_class: ClassVar[str] = "aggregate"
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self.party.split(","))
+
+
+@dataclass(frozen=True)
+class EncryptedResidual(_CiphertextList):
+    """Bank → feature holders: [[d]] on the training rows, d = σ(z) − y. ``party`` is the bank."""
+
+    KIND: ClassVar[bytes] = b"VRES"
+    content_class: ClassVar[str] = "ciphertext"
+
+
+@dataclass(frozen=True)
+class EncryptedMaskedGradient(_CiphertextList):
+    """Feature holder → bank: packed [[X_kᵀd + r_k]]. ``party`` is the sender."""
+
+    KIND: ClassVar[bytes] = b"VEMG"
+    content_class: ClassVar[str] = "ciphertext"
+
+
+@dataclass(frozen=True)
+class MaskedGradient(VerticalPayload):
+    """Bank → feature holder ``party``: the decrypted, still masked ``X_kᵀd + r_k``."""
+
+    KIND: ClassVar[bytes] = b"VMSK"
+    content_class: ClassVar[str] = "masked"
+
+    fingerprint: str
+    party: str
+    epoch: int
+    values: np.ndarray = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "epoch": self.epoch, "n": int(self.values.size)}
+
+    def _blobs(self) -> list[bytes]:
+        return [np.ascontiguousarray(self.values, dtype="<f8").tobytes()]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> MaskedGradient:
+        n = _h_int(h, "n")
+        if len(blobs) != 1 or len(blobs[0]) != 8 * n:
+            raise ProtocolError("masked gradient has the wrong size")
+        values = np.frombuffer(blobs[0], dtype="<f8").astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ProtocolError("masked gradient contains non-finite values")
+        return cls(fp, _h_str(h, "party"), _h_int(h, "epoch"), values)
+
+
+@dataclass(frozen=True)
+class EpochControl(VerticalPayload):
+    """Bank → feature holders after each scoring round: three public bits.
+
+    ``improved``: the current coefficients are the best so far on validation (keep
+    them); ``restart``: reset momentum; ``stop``: training ends, restore the best.
+    """
+
+    KIND: ClassVar[bytes] = b"VCTL"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    epoch: int
+    improved: bool
+    restart: bool
+    stop: bool
+
+    def _header(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "improved": self.improved, "restart": self.restart, "stop": self.stop}
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EpochControl:
+        if blobs:
+            raise ProtocolError("epoch control carries no data")
+        return cls(fp, _h_int(h, "epoch"), _h_bool(h, "improved"), _h_bool(h, "restart"), _h_bool(h, "stop"))
+
+
+PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
+    cls.KIND: cls
+    for cls in (
+        TrainingPlan,
+        EncryptedScores,
+        EncryptedScoreSum,
+        EncryptedResidual,
+        EncryptedMaskedGradient,
+        MaskedGradient,
+        EpochControl,
+    )
+}
+
+
+def content_class_of(data: bytes) -> str:
+    """Content class (``ciphertext``/``masked``/``public``/``aggregate``) of a serialised payload."""
+    kind, _, _ = peek_frame(data)
+    cls = PAYLOAD_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown vertical-LR payload kind {kind!r}")
+    return cls.content_class
+
+
+# =========================================================================== helpers
+
+
+def _standardise(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale over ``rows`` (NaN ignored); a constant column gets scale 1."""
+    sub = X[rows]
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(sub, axis=0) if sub.size else np.zeros(X.shape[1])
+        std = np.nanstd(sub, axis=0) if sub.size else np.ones(X.shape[1])
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    return mean, std
+
+
+def _apply_standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    Z = (X - mean) / scale
+    return np.where(np.isnan(Z), 0.0, Z)  # missing → training mean
+
+
+def _preconditioner(Z: np.ndarray, n_train: int, damping: float, l2: float, free: int | None = None) -> np.ndarray:
+    """``(K/(4n) ZᵀZ + λI)⁻¹``; column ``free`` (the intercept) is not penalised."""
+    G = (damping / (4.0 * n_train)) * (Z.T @ Z)
+    ridge = np.full(Z.shape[1], l2)
+    if free is not None:
+        ridge[free] = 0.0
+    G[np.diag_indices_from(G)] += ridge + 1e-10 * max(1.0, float(np.trace(G)) / max(1, Z.shape[1]))
+    return np.linalg.inv(G)
+
+
+class _BlockNesterov:
+    """One party's block of the accelerated MM optimiser (identical at every party)."""
+
+    def __init__(self, n_params: int, precond: np.ndarray, l2: float, free: int | None, momentum: bool) -> None:
+        self.w = np.zeros(n_params)
+        self.w_prev = np.zeros(n_params)
+        self.t = 1
+        self.P = precond
+        self.penalty = np.full(n_params, l2)
+        if free is not None:
+            self.penalty[free] = 0.0
+        self.momentum = momentum
+
+    def lookahead(self) -> np.ndarray:
+        beta = (self.t - 1) / (self.t + 2) if self.momentum else 0.0
+        return self.w + beta * (self.w - self.w_prev)
+
+    def step(self, grad_sum: np.ndarray, n_train: int, restart: bool) -> None:
+        y = self.lookahead()
+        grad = grad_sum / n_train + self.penalty * y
+        self.w_prev, self.w = self.w, y - self.P @ grad
+        self.t = 1 if restart else self.t + 1
+
+
+# =========================================================================== parties
+
+
+class LabelHolderLR:
+    """The bank's side: labels, own features, the CKKS secret key.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+        The bank's CKKS context **with** its secret key.
+    name : str
+        Party name used in payloads and the model record.
+    C : float
+        Inverse L2 strength, as in scikit-learn (``λ = 1/(C·n_train)``).
+    max_epochs : int
+        Most gradient updates.
+    patience : int
+        Stop after this many epochs without a better validation AUC.
+    tol : float
+        Also stop once the training loss changes by less than ``tol`` (relative) twice in a row.
+    validation_fraction : float
+        Share of the aligned rows kept for early stopping (0 disables it).
+    damping : float, optional
+        Curvature multiplier ``K`` (default: number of parties, the safe bound).
+    momentum : bool
+        Nesterov acceleration with loss-based restart.
+    flood_std : float
+        Gaussian noise added to every masked value the bank returns.
+    random_state : int, optional
+        Seed of the validation split.
+
+    Attributes
+    ----------
+    coef_ : ndarray
+        Bank-block coefficients on standardised features (best epoch).
+    intercept_ : float
+    feature_names_ : list of str
+        Own features followed by coverage indicators.
+    mean_, scale_ : ndarray
+        Standardisation of the bank block.
+    best_epoch_ : int
+    history_ : list of dict
+        Per epoch: ``epoch``, ``train_loss`` (at the look-ahead), ``val_auc``, ``val_ks``
+        (of the current coefficients), ``improved``, ``restart``.
+    n_epochs_ : int
+        Gradient updates performed.
+    """
+
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        name: str = "bank",
+        C: float = 1.0,
+        max_epochs: int = 30,
+        patience: int = 5,
+        tol: float = 1e-6,
+        validation_fraction: float = 0.1,
+        damping: float | None = None,
+        momentum: bool = True,
+        flood_std: float = DECRYPT_FLOOD_STD,
+        random_state: int | None = None,
+    ) -> None:
+        if not context.is_private():
+            raise CryptoError("the label holder needs the CKKS context with its secret key")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if C <= 0:
+            raise ConfigError(f"C must be positive, got {C}")
+        self.context = context
+        self.name = name
+        self.C = C
+        self.max_epochs = int(max_epochs)
+        self.patience = int(patience)
+        self.tol = float(tol)
+        self.validation_fraction = float(validation_fraction)
+        self.damping = damping
+        self.momentum = momentum
+        self.flood_std = float(flood_std)
+        self.random_state = random_state
+        self.fingerprint = context_fingerprint(context)
+        self.runtime = CKKSRuntime.for_context(context)
+        self._holder_counts: dict[str, int] = {}
+        self._holder_products: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        coverage: Mapping[str, np.ndarray],
+        *,
+        feature_names: Sequence[str] | None = None,
+        train_mask: np.ndarray | None = None,
+    ) -> TrainingPlan:
+        """Prepare the bank block and return the plan for the feature holders.
+
+        Parameters
+        ----------
+        X : ndarray (n_rows, n_features)
+            Own features on the aligned rows.
+        y : ndarray (n_rows,)
+            0/1 default labels.
+        coverage : mapping party → bool ndarray (n_rows,)
+            Which aligned rows each feature holder covers (known from PSI).
+        train_mask : bool ndarray, optional
+            Explicit split; default: a random ``validation_fraction`` held out.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y).ravel()
+        if X.ndim != 2 or X.shape[0] != y.size:
+            raise DataValidationError(f"label holder: X has shape {X.shape} but there are {y.size} labels")
+        if not np.all(np.isin(y, (0, 1))):
+            raise DataValidationError("label holder: labels must be 0/1")
+        n = y.size
+        if train_mask is None:
+            train_mask = np.ones(n, dtype=bool)
+            if self.validation_fraction > 0:
+                rng = np.random.default_rng(self.random_state)
+                n_val = max(1, int(round(self.validation_fraction * n)))
+                train_mask[rng.permutation(n)[:n_val]] = False
+        train_mask = np.asarray(train_mask, dtype=bool)
+        if train_mask.shape != (n,):
+            raise DataValidationError("label holder: train_mask must have one entry per row")
+        self.has_validation_ = bool((~train_mask).any())
+        for part, rows in (("training", train_mask), ("validation", ~train_mask)):
+            if (part == "training" or self.has_validation_) and np.unique(y[rows]).size < 2:
+                raise DataValidationError(f"label holder: the {part} rows hold only one class")
+        names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(X.shape[1])]
+        self.feature_holders_ = tuple(coverage)
+        extra, extra_names = [], []
+        for party, cov in coverage.items():
+            cov = np.asarray(cov, dtype=bool)
+            if cov.shape != (n,):
+                raise DataValidationError(f"coverage of {party!r} must have one entry per aligned row")
+            share = cov[train_mask].mean()
+            if 0.0 < share < 1.0:  # a constant indicator would duplicate the intercept
+                extra.append(cov.astype(np.float64))
+                extra_names.append(f"covered:{party}")
+        self.indicator_parties_ = [nm.split(":", 1)[1] for nm in extra_names]
+        full = np.column_stack([X, *extra]) if extra else X
+        self.feature_names_ = names + extra_names
+        self.mean_, self.scale_ = _standardise(full, train_mask)
+        Z = np.column_stack([_apply_standardise(full, self.mean_, self.scale_), np.ones(n)])
+        self._Z, self._y, self._train = Z, y.astype(np.float64), train_mask
+        self._Z_train, self._Z_val = Z[train_mask], Z[~train_mask]
+        self.n_train_ = int(train_mask.sum())
+        K = float(self.damping) if self.damping is not None else float(1 + len(coverage))
+        l2 = 1.0 / (self.C * self.n_train_)
+        free = Z.shape[1] - 1
+        self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum)
+        self._best_w = self._opt.w.copy()
+        self.best_epoch_ = 0
+        self._best_auc = -np.inf
+        self._prev_loss = np.inf
+        self._small_changes = 0
+        self.epoch_ = 0
+        self._open_epoch: int | None = None
+        self._decrypted: set[tuple[str, int]] = set()
+        self.history_: list[dict[str, Any]] = []
+        self.n_epochs_ = 0
+        self._set_fitted(self._best_w)
+        self.plan_ = TrainingPlan(self.fingerprint, self.name, self.feature_holders_, train_mask, l2, K, self.max_epochs)
+        return self.plan_
+
+    def _set_fitted(self, w: np.ndarray) -> None:
+        self.coef_ = w[:-1].copy()
+        self.intercept_ = float(w[-1])
+
+    # ------------------------------------------------------------------ epoch
+    def receive_scores(self, total: EncryptedScoreSum) -> tuple[EpochControl, EncryptedResidual | None]:
+        """Decrypt Σ_k u_k, evaluate, decide; return the control bits and [[d]] (None when stopping)."""
+        total.check(self.context)
+        if total.epoch != self.epoch_:
+            raise ProtocolError(f"score sum is for epoch {total.epoch}, the bank is at epoch {self.epoch_}")
+        if sorted(total.parties) != sorted(self.feature_holders_):
+            raise ProtocolError(f"score sum covers {sorted(total.parties)}, expected {sorted(self.feature_holders_)}")
+        n = self._y.size
+        if total.n_values != n:
+            raise ProtocolError(f"score sum has {total.n_values} values, expected {n}")
+        others = decrypt_ciphertexts(self.context, total.ciphertexts, n)
+        tr, va = self._train, ~self._train
+        z_train = self._Z_train @ self._opt.lookahead() + others[tr]
+        loss = _log_loss(z_train, self._y[tr])
+        entry: dict[str, Any] = {"epoch": self.epoch_, "train_loss": loss}
+        if self.has_validation_:
+            z_val = self._Z_val @ self._opt.w + others[va]
+            val_auc = auc(self._y[va], z_val)
+            entry.update(val_auc=val_auc, val_ks=ks(self._y[va], z_val))
+            improved = val_auc > self._best_auc
+        else:
+            improved = True
+        if improved:
+            self._best_auc = entry.get("val_auc", np.inf)
+            self.best_epoch_ = self.epoch_
+            self._best_w = self._opt.w.copy()
+        restart = bool(self.momentum and loss > self._prev_loss)
+        change = abs(self._prev_loss - loss) / max(1.0, abs(loss)) if np.isfinite(self._prev_loss) else np.inf
+        self._small_changes = self._small_changes + 1 if change < self.tol else 0
+        self._prev_loss = loss
+        stop = (
+            self.epoch_ >= self.max_epochs
+            or (self.has_validation_ and self.epoch_ - self.best_epoch_ >= self.patience)
+            or self._small_changes >= 2
+        )
+        entry.update(improved=improved, restart=restart, stop=stop)
+        self.history_.append(entry)
+        log.info(
+            "epoch %d: train loss %.6f%s%s",
+            self.epoch_,
+            loss,
+            f", val AUC {entry['val_auc']:.4f}" if "val_auc" in entry else "",
+            " (stop)" if stop else "",
+        )
+        control = EpochControl(self.fingerprint, self.epoch_, improved, restart, stop)
+        if stop:
+            self.converged_ = self._small_changes >= 2
+            self._set_fitted(self._best_w)
+            self._open_epoch = None
+            return control, None
+        d = np.clip(_sigmoid(z_train) - self._y[tr], -1.0, 1.0)  # |d| ≤ 1 bounds the masks
+        blobs = self.runtime.encrypt(d, residual_level(self.runtime))
+        residual = EncryptedResidual(self.fingerprint, self.name, self.epoch_, int(d.size), tuple(blobs))
+        self._opt.step(self._Z_train.T @ d, self.n_train_, restart)
+        self._open_epoch = self.epoch_
+        self.epoch_ += 1
+        self.n_epochs_ = self.epoch_
+        return control, residual
+
+    def decrypt_gradient(self, payload: EncryptedMaskedGradient) -> MaskedGradient:
+        """Decrypt a feature holder's masked product (once per party and epoch) and flood it.
+
+        Only ciphertexts shaped like a packed product are decrypted: the number the
+        feature holder announced at setup, at the residual's level and scale Δ·2^20 —
+        so the encrypted residual or scores sent back as they are get refused.
+        """
+        payload.check(self.context)
+        if payload.party not in self.feature_holders_:
+            raise ProtocolError(f"{payload.party!r} is not a feature holder of this training")
+        if payload.epoch != self._open_epoch:
+            raise ProtocolError(f"masked gradient for epoch {payload.epoch} is not expected now")
+        key = (payload.party, payload.epoch)
+        if key in self._decrypted:
+            raise ProtocolError(f"{payload.party!r} already had its epoch-{payload.epoch} product decrypted")
+        expected = self._holder_products.get(payload.party)
+        if expected is not None and len(payload.ciphertexts) != expected:
+            raise ProtocolError(f"{payload.party!r} sent {len(payload.ciphertexts)} product ciphertexts, announced {expected}")
+        level = residual_level(self.runtime)
+        scale = self.runtime.global_scale * 2.0**X_SCALE_BITS
+        for blob in payload.ciphertexts:
+            ct = self.runtime.load(blob)
+            if self.runtime.level_of(ct) != level or not math.isclose(ct.scale, scale, rel_tol=1e-9):
+                raise ProtocolError(f"{payload.party!r} sent a ciphertext that is not a packed product; refusing to decrypt")
+        self._decrypted.add(key)
+        values = decrypt_ciphertexts(self.context, payload.ciphertexts, flood_std=self.flood_std)
+        return MaskedGradient(self.fingerprint, payload.party, payload.epoch, values)
+
+    # ------------------------------------------------------------------ scoring
+    def decision_function(
+        self,
+        X: np.ndarray,
+        coverage: Mapping[str, np.ndarray],
+        others: EncryptedScoreSum | np.ndarray | None,
+    ) -> np.ndarray:
+        """Joint score (log-odds) for rows given the other parties' summed partial scores."""
+        X = np.asarray(X, dtype=np.float64)
+        cols = [X] + [np.asarray(coverage[p], dtype=np.float64) for p in self.indicator_parties_]
+        Z = _apply_standardise(np.column_stack(cols), self.mean_, self.scale_)
+        z = Z @ self.coef_ + self.intercept_
+        if isinstance(others, EncryptedScoreSum):
+            others.check(self.context)
+            if others.n_values != z.size:
+                raise ProtocolError(f"score sum has {others.n_values} values for {z.size} rows")
+            others = decrypt_ciphertexts(self.context, others.ciphertexts, z.size)
+        if others is not None:
+            z = z + np.asarray(others, dtype=np.float64)
+        return z
+
+    def predict_proba(self, X: np.ndarray, coverage: Mapping[str, np.ndarray], others: Any) -> np.ndarray:
+        """``(n, 2)`` probabilities [no default, default], as scikit-learn."""
+        p = _sigmoid(self.decision_function(X, coverage, others))
+        return np.column_stack([1.0 - p, p])
+
+    def model_record(self) -> dict[str, Any]:
+        """What the bank's model bundle records: who holds which part (counts, not values)."""
+        return {
+            "model": "vertical_logistic_regression",
+            "label_holder": self.name,
+            "context_fingerprint": self.fingerprint,
+            "parts": {self.name: len(self.feature_names_), **self._holder_counts},
+            "label_holder_features": list(self.feature_names_),
+            "label_holder_coef": [float(c) for c in self.coef_],
+            "label_holder_mean": [float(v) for v in self.mean_],
+            "label_holder_scale": [float(v) for v in self.scale_],
+            "intercept": self.intercept_,
+            "best_epoch": self.best_epoch_,
+            "epochs": self.n_epochs_,
+            "validation_auc": None if not np.isfinite(self._best_auc) else float(self._best_auc),
+        }
+
+    def record_feature_count(self, party: str, n_features: int, n_product_ciphertexts: int | None = None) -> None:
+        """Note what a feature holder announces at setup: its feature count and product size."""
+        self._holder_counts = {**self._holder_counts, party: int(n_features)}
+        if n_product_ciphertexts is not None:
+            self._holder_products = {**self._holder_products, party: int(n_product_ciphertexts)}
+
+
+class FeatureHolderLR:
+    """A feature holder's side (tax bureau, platform): own features, public context only.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+        The bank's public context (Galois keys for the packed product).
+    name : str
+    n_jobs : int
+        Worker processes for X_kᵀ[[d]] (feature blocks split between them).
+    max_pack : int, optional
+        Most features per product ciphertext (see :class:`EncryptedMatVec`).
+    cache_bytes : int
+        Memory budget for pre-encoded plaintexts.
+
+    Attributes
+    ----------
+    coef_ : ndarray
+        Coefficients on standardised own features (best epoch).
+    mean_, scale_ : ndarray
+    n_features_in_ : int
+    mask_bits_ : int
+        Statistical hiding of each revealed masked slot (2^-mask_bits_).
+    layout_ : PackingLayout
+        How the masked product packs the features (slots per feature).
+    last_gradient_ : ndarray
+        ``X_kᵀd`` of the last epoch (private to this party).
+    """
+
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        name: str,
+        n_jobs: int = 1,
+        max_pack: int | None = None,
+        cache_bytes: int = 2 << 30,
+    ) -> None:
+        if context.is_private():
+            raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+        self.context = context
+        self.name = name
+        self.n_jobs = n_jobs
+        self.max_pack = max_pack
+        self.cache_bytes = cache_bytes
+        self.fingerprint = context_fingerprint(context)
+        self.runtime = CKKSRuntime.for_context(context)
+        self._kernel: EncryptedMatVec | None = None
+
+    def setup(
+        self,
+        X: np.ndarray,
+        coverage: np.ndarray,
+        plan: TrainingPlan,
+        *,
+        feature_names: Sequence[str] | None = None,
+        momentum: bool = True,
+    ) -> None:
+        """Standardise own features, pre-encode them and get ready for epoch 0.
+
+        Parameters
+        ----------
+        X : ndarray (n_rows, n_features)
+            Own features in the bank's aligned row order; rows outside ``coverage`` are ignored.
+        coverage : bool ndarray (n_rows,)
+        plan : TrainingPlan
+        """
+        plan.check(self.context)
+        if self.name not in plan.feature_holders:
+            raise ProtocolError(f"the training plan does not include {self.name!r}")
+        X = np.asarray(X, dtype=np.float64)
+        cov = np.asarray(coverage, dtype=bool)
+        if X.ndim != 2 or X.shape[0] != plan.n_rows or cov.shape != (plan.n_rows,):
+            raise DataValidationError(f"{self.name}: X has shape {X.shape}, the plan has {plan.n_rows} aligned rows")
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_ = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(X.shape[1])]
+        train = plan.train_mask
+        self.mean_, self.scale_ = _standardise(X, train & cov)
+        Z = _apply_standardise(X, self.mean_, self.scale_)
+        Z[~cov] = 0.0  # uncovered rows contribute nothing; the bank's indicator takes over
+        self._Z, self._train, self._plan = Z, train, plan
+        self._opt = _BlockNesterov(X.shape[1], _preconditioner(Z[train], plan.n_train, plan.damping, plan.l2), plan.l2, None, momentum)
+        self._best_w = self._opt.w.copy()
+        self.coef_ = self._best_w.copy()
+        self.close()
+        self._kernel = EncryptedMatVec(Z[train], self.context, n_jobs=self.n_jobs, max_pack=self.max_pack, cache_bytes=self.cache_bytes)
+        self.mask_bits_ = self._kernel.mask_bits_
+        self.layout_ = self._kernel.layout_
+        self.epoch_ = 0
+        self._mask: MaskState | None = None
+        self._restart = False
+        self.done_ = False
+
+    def scores(self) -> EncryptedScores:
+        """[[u_k]] for this epoch: look-ahead scores on training rows, current on validation rows."""
+        self._require_active()
+        u = np.where(self._train, self._Z @ self._opt.lookahead(), self._Z @ self._opt.w)
+        return self._encrypt_scores(u, self.epoch_)
+
+    def _encrypt_scores(self, u: np.ndarray, epoch: int) -> EncryptedScores:
+        if u.size and np.max(np.abs(u)) > SCORE_LIMIT:
+            raise ProtocolError(f"{self.name}: partial scores exceed ±{SCORE_LIMIT:.0f}; refusing to encrypt")
+        blobs = self.runtime.encrypt(u, score_level(self.runtime))
+        return EncryptedScores(self.fingerprint, self.name, epoch, int(u.size), tuple(blobs))
+
+    def control(self, ctl: EpochControl) -> None:
+        """Apply the bank's bits: keep the current coefficients if best; stop and restore."""
+        ctl.check(self.context)
+        self._require_active()
+        if ctl.epoch != self.epoch_:
+            raise ProtocolError(f"{self.name}: control for epoch {ctl.epoch}, at epoch {self.epoch_}")
+        if ctl.improved:
+            self._best_w = self._opt.w.copy()
+        self._restart = ctl.restart
+        if ctl.stop:
+            self.coef_ = self._best_w.copy()
+            self.done_ = True
+            self.close()
+
+    def gradient(self, residual: EncryptedResidual) -> EncryptedMaskedGradient:
+        """[[X_kᵀd + r_k]] packed; the mask stays here."""
+        residual.check(self.context)
+        self._require_active()
+        if residual.epoch != self.epoch_:
+            raise ProtocolError(f"{self.name}: residual for epoch {residual.epoch}, at epoch {self.epoch_}")
+        assert self._kernel is not None
+        products = self._kernel.compute(EncryptedVector(residual.fingerprint, residual.n_values, residual.ciphertexts))
+        blobs, self._mask = self._kernel.mask(products, epoch=self.epoch_)
+        return EncryptedMaskedGradient(self.fingerprint, self.name, self.epoch_, len(blobs) * self.runtime.slots, tuple(blobs))
+
+    def update(self, masked: MaskedGradient) -> None:
+        """Remove the mask, add the L2 term and take the block step."""
+        masked.check(self.context)
+        self._require_active()
+        if masked.party != self.name or masked.epoch != self.epoch_ or self._mask is None:
+            raise ProtocolError(f"{self.name}: unexpected masked gradient ({masked.party}, epoch {masked.epoch})")
+        assert self._kernel is not None
+        self.last_gradient_ = self._kernel.unmask(masked.values, self._mask)
+        self._mask = None
+        self._opt.step(self.last_gradient_, self._plan.n_train, self._restart)
+        self.epoch_ += 1
+
+    def _require_active(self) -> None:
+        if getattr(self, "_opt", None) is None or getattr(self, "done_", True):
+            raise ProtocolError(f"{self.name}: not set up for training (or already finished)")
+
+    # ------------------------------------------------------------------ scoring
+    def partial_scores(self, X: np.ndarray, coverage: np.ndarray | None = None) -> np.ndarray:
+        """Plaintext ``u_k = Z_k w_k`` for rows (0 where not covered)."""
+        Z = _apply_standardise(np.asarray(X, dtype=np.float64), self.mean_, self.scale_)
+        u = Z @ self.coef_
+        if coverage is not None:
+            u = np.where(np.asarray(coverage, dtype=bool), u, 0.0)
+        return u
+
+    def encrypted_partial_scores(self, X: np.ndarray, coverage: np.ndarray | None = None) -> EncryptedScores:
+        """[[u_k]] for scoring rows, to be summed by the coordinator and decrypted by the bank."""
+        return self._encrypt_scores(self.partial_scores(X, coverage), 0)
+
+    def close(self) -> None:
+        """Stop the kernel's worker processes."""
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
+
+
+class CoordinatorLR:
+    """What the coordinator does: add encrypted partial scores and relay payloads.
+
+    Holds only a public context (no Galois keys needed) and refuses a secret one.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+    label_holder : str
+    feature_holders : sequence of str
+    """
+
+    # (sender role, receiver role) -> payload kinds allowed on that link
+    ROUTES: ClassVar[dict[tuple[str, str], frozenset[bytes]]] = {
+        ("label_holder", "feature_holder"): frozenset({b"VPLN", b"VCTL", b"VRES", b"VMSK"}),
+        ("feature_holder", "label_holder"): frozenset({b"VEMG"}),
+        ("feature_holder", "coordinator"): frozenset({b"VSCR"}),
+        ("coordinator", "label_holder"): frozenset({b"VSUM"}),
+    }
+
+    def __init__(self, context: ts.Context, *, label_holder: str, feature_holders: Sequence[str]) -> None:
+        if context.is_private():
+            raise CryptoError("the coordinator must not hold the CKKS secret key")
+        self.context = context
+        self.fingerprint = context_fingerprint(context)
+        self.runtime = CKKSRuntime.for_context(context)
+        self.label_holder = label_holder
+        self.feature_holders = tuple(feature_holders)
+
+    def role(self, party: str) -> str:
+        if party == self.label_holder:
+            return "label_holder"
+        if party in self.feature_holders:
+            return "feature_holder"
+        if party == "coordinator":
+            return "coordinator"
+        raise ProtocolError(f"unknown party {party!r}")
+
+    def relay(self, sender: str, receiver: str, data: bytes) -> bytes:
+        """Check a payload against the routing policy and pass it on unchanged.
+
+        Raises
+        ------
+        ProtocolError
+            The kind is not allowed on this link, or a party-addressed payload names someone else.
+        ContextMismatchError
+            The payload was made under another context.
+        """
+        kind, fp, header = peek_frame(data)
+        allowed = self.ROUTES.get((self.role(sender), self.role(receiver)), frozenset())
+        if kind not in allowed:
+            raise ProtocolError(f"{kind.decode(errors='replace')} may not travel from {sender} to {receiver}")
+        check_fingerprint(self.fingerprint, fp, f"{kind.decode()} payload from {sender}")
+        if kind in (b"VSCR", b"VEMG") and header.get("party") != sender:
+            raise ProtocolError(f"{sender} sent a payload in the name of {header.get('party')!r}")
+        if kind == b"VMSK" and header.get("party") != receiver:
+            raise ProtocolError(f"masked gradient for {header.get('party')!r} routed to {receiver}")
+        return data
+
+    def sum_scores(self, payloads: Sequence[EncryptedScores]) -> EncryptedScoreSum:
+        """Σ_k [[u_k]] — ciphertext additions only."""
+        if not payloads:
+            raise ProtocolError("no partial scores to add")
+        parties = [p.party for p in payloads]
+        if len(set(parties)) != len(parties) or not set(parties) <= set(self.feature_holders):
+            raise ProtocolError(f"partial scores from {parties}, expected each of {list(self.feature_holders)} once")
+        for p in payloads:
+            p.check(self.context)
+        epoch, n = payloads[0].epoch, payloads[0].n_values
+        if any(p.epoch != epoch or p.n_values != n for p in payloads):
+            raise ProtocolError("partial scores disagree on epoch or length")
+        blobs = self.runtime.add_blobs([p.ciphertexts for p in payloads])
+        return EncryptedScoreSum(self.fingerprint, ",".join(parties), epoch, n, tuple(blobs))
+
+
+# =========================================================================== driver
+
+
+@dataclass
+class WireRecord:
+    """One serialised payload as it crossed a party boundary (for tests and the audit ledger)."""
+
+    epoch: int
+    sender: str
+    receiver: str
+    kind: str
+    content_class: str
+    n_bytes: int
+    data: bytes | None = field(default=None, repr=False)
+
+
+def make_context(*, galois: bool = True) -> ts.Context:
+    """A key holder's CKKS context like ``CKKSParams.COMPUTE`` (N 8192, 60|40|40|60, Δ 2^40)."""
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    ctx.global_scale = 2.0**40
+    if galois:
+        ctx.generate_galois_keys()
+    return ctx
+
+
+def _table_parts(table: Any, label: str | None, who: str) -> tuple[pd.Index, np.ndarray, list[str], np.ndarray | None]:
+    """``(ids, X, feature_names, labels)`` from a PartyTable, DataFrame, ndarray or (X, y)."""
+    if hasattr(table, "feature_matrix") and hasattr(table, "ids"):  # fedrisk.parties.table.PartyTable
+        ids = pd.Index(np.asarray(table.ids))
+        X = np.asarray(table.feature_matrix(), dtype=np.float64)
+        names = list(table.feature_names)
+        labels = None if getattr(table, "labels", None) is None else np.asarray(table.labels)
+    elif isinstance(table, pd.DataFrame):
+        df = table.set_index("id") if "id" in table.columns else table
+        labels = None
+        if label is not None and label in df.columns:
+            labels = df[label].to_numpy()
+            df = df.drop(columns=[label])
+        try:
+            X = df.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataValidationError(f"{who}: feature columns must be numeric") from None
+        ids, names = df.index, [str(c) for c in df.columns]
+    elif isinstance(table, tuple) and len(table) == 2:
+        X = np.asarray(table[0], dtype=np.float64)
+        labels = np.asarray(table[1])
+        ids, names = pd.RangeIndex(X.shape[0]), [f"x{j}" for j in range(X.shape[1])]
+    else:
+        X = np.asarray(table, dtype=np.float64)
+        labels = None
+        ids, names = pd.RangeIndex(X.shape[0]), [f"x{j}" for j in range(X.shape[1])]
+    if X.ndim != 2:
+        raise DataValidationError(f"{who}: features must be a 2-D table")
+    if not ids.is_unique:
+        raise DataValidationError(f"{who}: IDs are not unique")
+    return ids, X, names, labels
+
+
+def _align(ids: pd.Index, table: Any, who: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A feature holder's rows in the bank's order and its coverage (what PSI hands it)."""
+    fids, X, names, _ = _table_parts(table, None, who)
+    pos = fids.get_indexer(ids)
+    cov = pos >= 0
+    aligned = np.zeros((len(ids), X.shape[1]))
+    aligned[cov] = X[pos[cov]]
+    return aligned, cov, names
+
+
+@dataclass(frozen=True)
+class _PublicCopies:
+    feature_holder: ts.Context
+    feature_holder_bytes: int
+    coordinator: ts.Context
+    coordinator_bytes: int
+
+
+_COPIES: weakref.WeakKeyDictionary[ts.Context, _PublicCopies] = weakref.WeakKeyDictionary()
+
+
+def _public_copies(secret: ts.Context) -> _PublicCopies:
+    """Public contexts as the parties would receive them (deserialised from bytes), cached per key.
+
+    Feature holders get the public key and Galois keys; the coordinator only adds
+    ciphertexts and gets the public key alone. Re-deserialising 35 MB of Galois
+    keys per fit would dominate small simulations, hence the cache.
+    """
+    copies = _COPIES.get(secret)
+    if copies is None:
+        fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+        co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+        copies = _PublicCopies(ts.context_from(fh), len(fh), ts.context_from(co), len(co))
+        _COPIES[secret] = copies
+    return copies
+
+
+class _Wire:
+    """Serialises every payload, relays it through the coordinator and counts bytes."""
+
+    def __init__(self, coordinator: CoordinatorLR, transcript: list[WireRecord] | None, keep_bytes: bool) -> None:
+        self.coordinator = coordinator
+        self.transcript = transcript
+        self.keep_bytes = keep_bytes
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+        self.total = 0
+        self.epoch = -1
+
+    def send(self, sender: str, receiver: str, payload: VerticalPayload) -> bytes:
+        data = self.coordinator.relay(sender, receiver, payload.to_bytes())
+        self.sent[sender] = self.sent.get(sender, 0) + len(data)
+        self.received[receiver] = self.received.get(receiver, 0) + len(data)
+        self.total += len(data)
+        if self.transcript is not None:
+            self.transcript.append(
+                WireRecord(self.epoch, sender, receiver, type(payload).__name__, payload.content_class, len(data), data if self.keep_bytes else None)
+            )
+        return data
+
+
+class VerticalLogisticRegression(BaseEstimator):
+    """Vertical logistic regression run in-process with the full encrypted protocol.
+
+    A scikit-learn–shaped facade over :class:`LabelHolderLR`, :class:`FeatureHolderLR`
+    and :class:`CoordinatorLR`: every payload is serialised to bytes between the
+    parties (and counted). ``fit`` takes the bank's table and a mapping of feature
+    holder name → table, joined on ID.
+
+    Attributes
+    ----------
+    label_holder_ : LabelHolderLR
+    feature_holders_ : dict of str → FeatureHolderLR
+    coordinator_ : CoordinatorLR
+    history_ : list of dict
+        The bank's per-epoch record plus ``seconds`` and ``bytes`` of the round.
+    best_epoch_, n_epochs_ : int
+    bytes_sent_, bytes_received_ : dict of str → int
+        Per party, setup included (the public context sent to each party is counted).
+    setup_bytes_ : int
+    bytes_per_epoch_ : float
+        Mean bytes of a full round (scores, sum, control, residual, gradients).
+    epoch_seconds_ : float
+        Mean wall time of a full round.
+    setup_seconds_ : float
+    """
+
+    def __init__(
+        self,
+        *,
+        C: float = 1.0,
+        max_epochs: int = 30,
+        patience: int = 5,
+        tol: float = 1e-6,
+        validation_fraction: float = 0.1,
+        damping: float | None = None,
+        momentum: bool = True,
+        n_jobs: int = 1,
+        max_pack: int | None = None,
+        label: str = "y",
+        label_holder_name: str = "bank",
+        random_state: int | None = 0,
+    ) -> None:
+        self.C = C
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.tol = tol
+        self.validation_fraction = validation_fraction
+        self.damping = damping
+        self.momentum = momentum
+        self.n_jobs = n_jobs
+        self.max_pack = max_pack
+        self.label = label
+        self.label_holder_name = label_holder_name
+        self.random_state = random_state
+
+    def fit(
+        self,
+        label_holder_table: Any,
+        feature_holder_tables: Mapping[str, Any],
+        *,
+        context: ts.Context | None = None,
+        transcript: list[WireRecord] | None = None,
+        keep_bytes: bool = False,
+        train_mask: np.ndarray | None = None,
+    ) -> VerticalLogisticRegression:
+        """Run the protocol to the end (early stopping keeps the best epoch).
+
+        Parameters
+        ----------
+        label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
+        feature_holder_tables : mapping name → PartyTable, DataFrame or ndarray (aligned by position)
+        context : tenseal.Context, optional
+            The bank's secret context (default: a fresh one, see :func:`make_context`).
+        transcript : list, optional
+            Receives a :class:`WireRecord` per payload.
+        keep_bytes : bool
+            Keep each payload's bytes in the transcript.
+        """
+        t_setup = time.perf_counter()
+        ids, Xb, names_b, y = _table_parts(label_holder_table, self.label, "label holder")
+        if y is None:
+            raise DataValidationError(f"label holder table has no label column {self.label!r}")
+        if not feature_holder_tables:
+            raise ConfigError("vertical training needs at least one feature holder")
+        if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
+            raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
+        secret = context if context is not None else make_context()
+        copies = _public_copies(secret)
+        names = list(feature_holder_tables)
+        self.coordinator_ = CoordinatorLR(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
+        wire = _Wire(self.coordinator_, transcript, keep_bytes)
+        bank = LabelHolderLR(
+            secret,
+            name=self.label_holder_name,
+            C=self.C,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            tol=self.tol,
+            validation_fraction=self.validation_fraction,
+            damping=self.damping,
+            momentum=self.momentum,
+            random_state=self.random_state,
+        )
+        aligned = {nm: _align(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+        plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b, train_mask=train_mask)
+        pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
+        wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
+        wire.received["coordinator"] = coord_len
+        holders: dict[str, FeatureHolderLR] = {}
+        try:
+            for nm in names:
+                wire.received[nm] = pub_len
+                data = wire.send(self.label_holder_name, nm, plan)
+                fh = FeatureHolderLR(copies.feature_holder, name=nm, n_jobs=self.n_jobs, max_pack=self.max_pack)
+                X_k, cov_k, fnames = aligned[nm]
+                fh.setup(X_k, cov_k, TrainingPlan.from_bytes(data, context=fh.context), feature_names=fnames, momentum=self.momentum)
+                bank.record_feature_count(nm, fh.n_features_in_, fh.layout_.n_ciphertexts)
+                holders[nm] = fh
+            self.setup_bytes_ = wire.total + coord_len + pub_len * len(names)
+            self.setup_seconds_ = time.perf_counter() - t_setup
+            history, round_bytes, round_secs = self._run(bank, holders, wire)
+        finally:
+            for fh in holders.values():
+                fh.close()
+        self.label_holder_, self.feature_holders_ = bank, holders
+        self.history_ = history
+        self.best_epoch_ = bank.best_epoch_
+        self.n_epochs_ = bank.n_epochs_
+        self.bytes_sent_, self.bytes_received_ = dict(wire.sent), dict(wire.received)
+        self.bytes_per_epoch_ = float(np.mean(round_bytes)) if round_bytes else 0.0
+        self.epoch_seconds_ = float(np.mean(round_secs)) if round_secs else 0.0
+        return self
+
+    def _run(self, bank: LabelHolderLR, holders: dict[str, FeatureHolderLR], wire: _Wire) -> tuple[list[dict[str, Any]], list[int], list[float]]:
+        coord = self.coordinator_
+        bank_name = self.label_holder_name
+        round_bytes, round_secs = [], []
+        while True:
+            t0, b0 = time.perf_counter(), wire.total
+            wire.epoch = bank.epoch_
+            sums = []
+            for nm, fh in holders.items():
+                data = wire.send(nm, "coordinator", fh.scores())
+                sums.append(EncryptedScores.from_bytes(data, context=coord.context))
+            data = wire.send("coordinator", bank_name, coord.sum_scores(sums))
+            control, residual = bank.receive_scores(EncryptedScoreSum.from_bytes(data, context=bank.context))
+            for nm, fh in holders.items():
+                fh.control(EpochControl.from_bytes(wire.send(bank_name, nm, control), context=fh.context))
+            if residual is None:
+                bank.history_[-1].update(seconds=time.perf_counter() - t0, bytes=wire.total - b0)
+                break
+            for nm, fh in holders.items():
+                res = EncryptedResidual.from_bytes(wire.send(bank_name, nm, residual), context=fh.context)
+                emg = fh.gradient(res)
+                got = EncryptedMaskedGradient.from_bytes(wire.send(nm, bank_name, emg), context=bank.context)
+                masked = bank.decrypt_gradient(got)
+                fh.update(MaskedGradient.from_bytes(wire.send(bank_name, nm, masked), context=fh.context))
+            secs, nbytes = time.perf_counter() - t0, wire.total - b0
+            bank.history_[-1].update(seconds=secs, bytes=nbytes)
+            round_secs.append(secs)
+            round_bytes.append(nbytes)
+        return [dict(h) for h in bank.history_], round_bytes, round_secs
+
+    # ------------------------------------------------------------------ scoring
+    def decision_function(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:
+        """Joint log-odds for the bank's rows.
+
+        With ``secure`` each feature holder encrypts its partial scores, the
+        coordinator adds them and the bank decrypts only the sum — as in training.
+        """
+        ids, Xb, _, _ = _table_parts(label_holder_table, self.label, "label holder")
+        coverage, parts = {}, []
+        for nm, fh in self.feature_holders_.items():
+            X_k, cov_k, _ = _align(ids, feature_holder_tables[nm], nm)
+            coverage[nm] = cov_k
+            parts.append(fh.encrypted_partial_scores(X_k, cov_k) if secure else fh.partial_scores(X_k, cov_k))
+        others: Any = self.coordinator_.sum_scores(parts) if secure else np.sum(parts, axis=0)
+        return self.label_holder_.decision_function(Xb, coverage, others)
+
+    def predict_proba(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:
+        """``(n, 2)`` probabilities [no default, default]."""
+        p = _sigmoid(self.decision_function(label_holder_table, feature_holder_tables, secure=secure))
+        return np.column_stack([1.0 - p, p])
+
+    def model_record(self) -> dict[str, Any]:
+        """The bank's record of the joint model (party → feature count)."""
+        return self.label_holder_.model_record()
+
+
+def train_vertical_lr(
+    label_holder_table: Any,
+    feature_holder_tables: Mapping[str, Any],
+    *,
+    context: ts.Context | None = None,
+    transcript: list[WireRecord] | None = None,
+    keep_bytes: bool = False,
+    train_mask: np.ndarray | None = None,
+    **params: Any,
+) -> VerticalLogisticRegression:
+    """Train a vertical logistic regression in-process over the full encrypted protocol.
+
+    ``params`` are :class:`VerticalLogisticRegression` parameters (``C``, ``max_epochs``,
+    ``patience``, ``tol``, ``validation_fraction``, ``damping``, ``momentum``, ``n_jobs``,
+    ``max_pack``, ``label``, ``label_holder_name``, ``random_state``).
+    """
+    model = VerticalLogisticRegression(**params)
+    return model.fit(
+        label_holder_table,
+        feature_holder_tables,
+        context=context,
+        transcript=transcript,
+        keep_bytes=keep_bytes,
+        train_mask=train_mask,
+    )
