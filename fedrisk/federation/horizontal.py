@@ -155,9 +155,8 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
         sent_before = session.traffic.total()
         requests = {}
         for b in banks:
-            blobs = {"stats": stats_blob}
-            if aggregate is not None:
-                blobs["aggregate"] = aggregate
+            # Round 1 carries the pooled feature statistics; later rounds the last aggregate.
+            blobs = {"stats": stats_blob} if aggregate is None else {"aggregate": aggregate}
             requests[b] = (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", b, content_class, fp), blobs, party_cfg))
         replies = session.exchange(requests)
         aggregate = aggregator.sum(replies)

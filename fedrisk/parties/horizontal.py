@@ -225,8 +225,12 @@ class HorizontalParty:
 
     def _on_train(self, exchange: Exchange) -> "RecordDict":
         round_ = exchange.header.round
-        if round_ == 1 or self.mean_ is None:
+        if "stats" in exchange.blobs:
             self._apply_stats(exchange, self._decode(exchange, "stats"))
+        elif self.mean_ is None:
+            raise ProtocolError(
+                f"party {self.runtime.settings.name!r} has no pooled feature statistics: it missed round 1 (restarted?)"
+            )
         model = self._model(exchange)
         metrics: dict[str, float] = {}
         if "aggregate" in exchange.blobs:
