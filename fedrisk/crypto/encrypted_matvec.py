@@ -40,16 +40,18 @@ Masking (what the key holder sees)
 ----------------------------------
 The key holder decrypts ``Out + r + η`` where
 
-* ``r`` is uniform in ``[-M, M]`` per slot with ``M = 2^36`` (``2^(headroom-3)``,
-  the largest that decodes exactly, data-independent so its size leaks nothing).
-  Because ``|d_i| ≤ 1`` a slot's true value is bounded by
-  ``B_s = Σ_{rows of s} |X|``; the statistical distance between what the key
-  holder sees for any two gradients is at most ``B_s / M`` per slot. The
-  guaranteed ``mask_bits = floor(log2(M / max_s B_s))`` is reported (≈ 24 bits
-  for 100,000 standardised rows and L = 16; ≈ 31 bits for 24,000 rows) and the
-  kernel refuses to run below :data:`MIN_MASK_BITS`. ``M`` is capped by CKKS
-  decoding in double precision: the decode error is ≈ |value|·2^-50, i.e.
-  2^-14 per slot at 2^36 (measured: 2^20 → 1.6e-7, 2^30 → 7e-7, 2^40 → 7e-4).
+* ``r`` is uniform in ``[-M, M]`` per slot, drawn from ``os.urandom``, with
+  ``M = 2^36``: two bits inside the 2^39 value headroom of a 100-bit modulus
+  at scale 2^60, and data-independent, so its size leaks nothing. Because
+  ``|d_i| ≤ 1`` a slot's true value is bounded by ``B_s = Σ_{rows of s} |X|``;
+  the statistical distance between what the key holder sees for any two
+  gradients is at most ``B_s / M`` per slot. The guaranteed
+  ``mask_bits = floor(log2(M / max_s B_s))`` is reported (25 bits for the
+  72,000 training rows of the 100,000-row benchmark, 30 bits for the 21,600 of
+  the default-credit test) and the kernel refuses to run below
+  :data:`MIN_MASK_BITS`. ``M`` is capped by CKKS decoding in double precision:
+  the decode error is ≈ |value|·2^-50, i.e. 2^-14 per slot at 2^36 (measured:
+  2^20 → 1.6e-7, 2^30 → 7e-7, 2^40 → 7e-4).
 * ``η`` is complex Gaussian (std 2^-8 per component), encoded as its own
   plaintext so its fine bits survive: it floods the X-dependent evaluation
   noise (≈ 2^-22) that the key holder could otherwise read in the decrypted
@@ -61,42 +63,55 @@ recovery, Li–Micciancio 2021); see :func:`decrypt_ciphertexts`.
 
 Cost model (measured on this 2-core machine, N = 8192, min of repeats)
 ----------------------------------------------------------------------
-Per-operation costs (ms; ``L2`` = 2 data primes, ``L3`` = 3)::
+Per-operation costs in ms (``benchmarks/vertical_lr.py --ops``; ``L3`` = 3 data
+primes, fresh; ``L2`` = 2 primes, where ``d`` and the products live; ``L1`` = 1
+prime, where partial scores travel)::
 
-    encode 4096 doubles (CKKSEncoder)          0.52
-    plain multiply, pre-encoded  L3 / L2       0.13 / 0.086
-    ciphertext add               L3 / L2       0.034 / 0.022
-    rescale                      L3 -> L2      0.53
-    rotation (1 key switch)      L3 / L2       2.0 / 1.2   (non power-of-2 steps: ×NAF weight)
-    encrypt 4096 values (public key, L2)       ~3
-    decrypt + decode (TenSEAL)                 ~1.0
-    serialised ciphertext bytes  L3 / L2 / L1  331 kB / 235 kB / 131 kB
-    masked plaintext returned per ciphertext   32 kB (4096 float64)
+                                          L3        L2        L1
+    encode 4096 doubles (CKKSEncoder)     0.56      0.45      0.34
+    plain multiply, pre-encoded           0.127     0.089      -
+    ciphertext add                        0.032     0.022      -
+    rotation (one key switch)             1.88      1.20       -
+    rescale L3 -> L2                      0.47       -         -
+    encrypt 4096 values (public key)      4.9       3.5       2.7
+    serialise + load (SEAL, zstd)         1.8       0.84      0.32
+    serialised ciphertext                 331 kB    235 kB    131 kB
+    decrypt + decode (TenSEAL)            1.6 per ciphertext
+    masked plaintext returned             32 kB per ciphertext (4096 float64)
 
-Per epoch for n rows, m features, ``C = ceil(n/S)``, groups G (popcount of
-each feature block), with pre-encoded plaintexts::
+Per epoch for n rows, m features, ``C = ceil(n/S)`` chunks and G product
+ciphertexts (the popcount of each worker's feature block), plaintexts cached::
 
-    kernel   = C·m·(mult_L2 + add_L2) + (m - G)·rot_L2 + G·(2·encode + add)
-    bytes    = C·ct_L2 (d, label holder -> feature holder)
-             + G·ct_L2 (masked product) + G·32 kB (returned plaintext)
-    rotations: m - G          (dot per feature: 12·C·m; fold-then-pack: ~(t+1)·m)
-    key-holder decryptions: G
+    feature holder  C·m·(mult + add) + (m − G)·rot + G·(2·encode + 2·add)      all at L2
+    bytes           C·235 kB ([[d]]) + G·235 kB (products) + G·32 kB (returned)
+    rotations       m − G          (one dot per feature and chunk: 12·C·m)
+    decryptions     G at the key holder
 
-100,000 × 300 (C = 25, G = 4): ≈ 7,500·0.11 ms + 296·1.2 ms ≈ 1.2 s on one core
-(0.6 s with two worker processes), 5.9 MB of ``d`` and ≈ 1 MB of products,
-against 90,000 rotations (≈ 3 min) for one ``dot`` per feature and chunk.
+100,000 × 300 (C = 25, G = 4): 7,500·0.111 ms + 296·1.2 ms ≈ 1.2 s on one core,
+≈ 0.6 s on two worker processes; 5.9 MB of ``d`` and 0.9 MB of products.
+End to end (``benchmarks/vertical_lr.py``, 100,000 × (30 + 300), partial scores,
+residual, product, masks, decryption, every payload serialised): ≈ 1.8 s per
+epoch and 11.6 MB, against the 30 s goal and FATE's published 136 s.
+
 Alternatives measured or costed and not taken:
 
-* TenSEAL ``CKKSVector.matmul`` (Halevi–Shoup diagonals over the 4096-row chunk):
-  one encode + one arbitrary-step rotation per *row*; 4096 rotations per chunk
-  (see ``benchmarks/vertical_lr.py --compare-tenseal``) — orders of magnitude slower.
-* no rotations at all (send one ciphertext per feature): m ciphertexts per
-  epoch — 70 MB for m = 300 — and m key-holder decryptions.
-* baby-step/giant-step over the diagonals saves ≈ 40 % of rotation time for
-  one 256-feature group but rotations are < 30 % of the kernel; not worth it.
-* encoding on the fly instead of caching plaintexts: +0.52 ms per
-  multiplication (×5 the multiplication itself). Plaintexts are cached up to
-  ``cache_bytes`` (131 kB each at L2: 1.0 GB for 100,000 × 300).
+* one TenSEAL ``dot`` per feature and chunk (the starting point): 19.3 ms each,
+  ≈ 145 s per epoch for 100,000 × 300; on 8,192 × 8 it takes 309 ms where
+  this kernel takes 14 ms.
+* TenSEAL ``CKKSVector.matmul`` (Halevi–Shoup diagonals over the rows of a
+  chunk): one encode and one arbitrary-step rotation per *row*; 1.1 s for
+  256 rows × 8, so ≈ 18 s per 4096-row chunk, ≈ 7 min per epoch.
+* fold-then-pack (t power-of-two folds per feature, then a mask multiply and a
+  rotation to place it): (t+1)·m rotations at L3 plus a second level; the
+  diagonal layout folds and packs in one pass with ≈ m rotations and no level.
+* no rotations (one product ciphertext per feature): m ciphertexts per epoch —
+  70 MB for m = 300 — and m decryptions. Used automatically when the context
+  has no Galois keys.
+* baby-step/giant-step over the diagonals: saves ≈ 40 % of the rotation time of
+  a 256-feature group, but rotations are < 30 % of the kernel.
+* encoding on the fly: +0.45 ms per multiplication (5× the multiplication).
+  Plaintexts are cached up to ``cache_bytes`` (131 kB each at L2: 1.0 GB for
+  100,000 × 300, split between the workers).
 
 Notes
 -----
@@ -897,12 +912,18 @@ def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a c
             _send(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
+_WORKER_BOOT = (
+    "import os, sys; from fedrisk.crypto.encrypted_matvec import _worker_serve; "
+    "_worker_serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"
+)
+
+
 class _WorkerPool:
     """The feature holder's own worker processes, one per feature block.
 
-    Plain ``python -m fedrisk.crypto.encrypted_matvec`` children talking length-
-    prefixed frames over dedicated pipes: no pickling, and no re-import of the
-    caller's ``__main__`` (which ``multiprocessing`` spawn would need guarded).
+    Fresh ``python`` children talking length-prefixed frames over dedicated pipes:
+    no pickling, and no re-import of the caller's ``__main__`` (which
+    ``multiprocessing`` spawn would need guarded). Their stdout goes to stderr.
     """
 
     def __init__(self, n: int) -> None:
@@ -912,7 +933,7 @@ class _WorkerPool:
             to_child_r, to_child_w = os.pipe()
             from_child_r, from_child_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fedrisk.crypto.encrypted_matvec", str(to_child_r), str(from_child_w)],
+                [sys.executable, "-c", _WORKER_BOOT, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
@@ -1054,7 +1075,7 @@ class EncryptedMatVec:
             self._kernels = [self._local_kernel(X, 0)]
         else:
             self._pool = _WorkerPool(n_workers)
-            self._finalizer = weakref.finalize(self, _WorkerPool.close, self._pool)
+            weakref.finalize(self, _WorkerPool.close, self._pool)
             ctx_bytes = context.serialize(
                 save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False
             )
@@ -1071,7 +1092,11 @@ class EncryptedMatVec:
                     "cache": self.cache_plaintexts_,
                 }
                 frames.append(pack_frame(b"INIT", self.fingerprint, header, [ctx_bytes, block.astype("<f8").tobytes()]))
-            self._pool.scatter(frames)
+            try:
+                self._pool.scatter(frames)
+            except BaseException:
+                self.close()
+                raise
         self._bounds = self._slot_bounds(X)
         worst = max(float(b.max()) for b in self._bounds)
         self.mask_bits_ = 52 if worst == 0 else int(math.floor(math.log2(self.mask_bound_ / worst)))
@@ -1174,7 +1199,3 @@ class EncryptedMatVec:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-if __name__ == "__main__":  # pragma: no cover - worker entry point
-    _worker_serve(os.fdopen(int(sys.argv[1]), "rb"), os.fdopen(int(sys.argv[2]), "wb"))

@@ -608,6 +608,7 @@ class LabelHolderLR:
         self._prev_loss = np.inf
         self._small_changes = 0
         self.epoch_ = 0
+        self.converged_ = False
         self._open_epoch: int | None = None
         self._decrypted: set[tuple[str, int]] = set()
         self.history_: list[dict[str, Any]] = []
@@ -717,6 +718,9 @@ class LabelHolderLR:
     ) -> np.ndarray:
         """Joint score (log-odds) for rows given the other parties' summed partial scores."""
         X = np.asarray(X, dtype=np.float64)
+        missing = [p for p in self.indicator_parties_ if p not in coverage]
+        if missing:
+            raise DataValidationError(f"coverage of {missing[0]!r} is needed to score (the model uses its indicator)")
         cols = [X] + [np.asarray(coverage[p], dtype=np.float64) for p in self.indicator_parties_]
         Z = _apply_standardise(np.column_stack(cols), self.mean_, self.scale_)
         z = Z @ self.coef_ + self.intercept_
@@ -1058,7 +1062,17 @@ def _table_parts(table: Any, label: str | None, who: str) -> tuple[pd.Index, np.
 
 
 def _align(ids: pd.Index, table: Any, who: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A feature holder's rows in the bank's order and its coverage (what PSI hands it)."""
+    """A feature holder's rows in the bank's order and its coverage (what PSI hands it).
+
+    Tables with IDs are joined on them; a bare array is taken as already aligned,
+    an all-NaN row meaning "not covered".
+    """
+    if isinstance(table, np.ndarray):
+        X = np.asarray(table, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] != len(ids):
+            raise DataValidationError(f"{who}: an array without IDs must have the bank's {len(ids)} rows")
+        cov = ~np.all(np.isnan(X), axis=1)
+        return np.where(cov[:, None], X, 0.0), cov, [f"x{j}" for j in range(X.shape[1])]
     fids, X, names, _ = _table_parts(table, None, who)
     pos = fids.get_indexer(ids)
     cov = pos >= 0
@@ -1188,7 +1202,7 @@ class VerticalLogisticRegression(BaseEstimator):
         Parameters
         ----------
         label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
-        feature_holder_tables : mapping name → PartyTable, DataFrame or ndarray (aligned by position)
+        feature_holder_tables : mapping name → PartyTable, DataFrame (joined on ID) or ndarray (already aligned)
         context : tenseal.Context, optional
             The bank's secret context (default: a fresh one, see :func:`make_context`).
         transcript : list, optional
