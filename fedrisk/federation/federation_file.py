@@ -51,7 +51,7 @@ ALGORITHM_KEYS = {
         "model": str, "hidden-units": int, "hidden-layers": int, "seed": int, "key-holder": str,
     },
     "vertical_lr": {
-        "epochs": int, "learning-rate": float, "l2": float, "batch-size": int, "patience": int, "seed": int,
+        "epochs": int, "c": float, "patience": int, "tol": float, "momentum": bool, "n-jobs": int,
     },
     "secureboost": {
         "trees": int, "depth": int, "learning-rate": float, "bins": int, "l2": float, "min-child-weight": float,
@@ -191,15 +191,23 @@ def load_federation_file(path: Path) -> FederationFile:
     allowed = ALGORITHM_KEYS[algorithm]
     _unknown(set(params_raw), set(allowed), "algorithm")
     params = {k: _expect(v, allowed[k], f"algorithm.{k}") for k, v in params_raw.items()}
-    for key in ("rounds", "epochs", "trees", "depth", "bins", "batch-size", "local-epochs"):
+    for key in ("rounds", "epochs", "trees", "depth", "bins", "batch-size", "local-epochs", "n-jobs"):
         if key in params and int(params[key]) < 1:  # type: ignore[arg-type]
             raise ConfigError(f"algorithm.{key}: must be >= 1, got {params[key]}")
+    for key in ("c", "learning-rate"):
+        if key in params and not float(params[key]) > 0:  # type: ignore[arg-type]
+            raise ConfigError(f"algorithm.{key}: must be > 0, got {params[key]}")
     if "aggregation" in params and params["aggregation"] not in ("ckks", "plain"):
         raise ConfigError(f"algorithm.aggregation: expected 'ckks' or 'plain', got {params['aggregation']!r}")
     validation = raw.get("validation", {"fraction": 0.2, "seed": 42})
     if not isinstance(validation, dict):
         raise ConfigError("validation: expected a table")
     _unknown(set(validation), _VALIDATION_KEYS, "validation")
+    if "table" in validation and mode == "vertical":
+        raise ConfigError(
+            "validation.table: vertical federations validate on a fraction of the label holder's rows "
+            "(every party must hold them); use validation.fraction"
+        )
     if "table" in validation:
         table = Path(str(validation["table"]))
         table = table if table.is_absolute() else path.parent / table

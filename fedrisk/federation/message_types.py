@@ -8,12 +8,32 @@ function per entry below, so a protocol adds its message types here.
 from __future__ import annotations
 
 IDENTITY = "query.identity"
+
+# Horizontal FedAvg (several banks).
 KEYGEN = "query.keygen"
 KEYSHARE = "query.keyshare"
 FEDAVG_SCALE = "query.fedavgscale"
 FEDAVG_STATS = "query.fedavgstats"
 FEDAVG_TRAIN = "train.fedavg"
 FEDAVG_FINAL = "evaluate.fedavg"
+
+# Entity alignment (ECDH-PSI), label holder and feature holders.
+PSI_BLIND = "query.psiblind"
+PSI_DOUBLE_BLIND = "query.psidoubleblind"
+PSI_INTERSECT = "query.psiintersect"
+PSI_FINISH = "query.psifinish"
+
+# The label holder's private training order, sealed to each feature holder.
+VERTICAL_ALIGN = "query.verticalalign"
+
+# Vertical logistic regression: setup, then one round of messages per epoch.
+VLR_SETUP = "query.vlrsetup"
+VLR_JOIN = "query.vlrjoin"
+VLR_SCORES = "train.vlrscores"
+VLR_RESIDUAL = "train.vlrresidual"
+VLR_GRADIENT = "train.vlrgradient"
+VLR_DECRYPT = "train.vlrdecrypt"
+VLR_FINISH = "evaluate.vlrfinish"
 
 MESSAGE_TYPES: tuple[str, ...] = (
     IDENTITY,
@@ -23,4 +43,16 @@ MESSAGE_TYPES: tuple[str, ...] = (
     FEDAVG_STATS,
     FEDAVG_TRAIN,
     FEDAVG_FINAL,
+    PSI_BLIND,
+    PSI_DOUBLE_BLIND,
+    PSI_INTERSECT,
+    PSI_FINISH,
+    VERTICAL_ALIGN,
+    VLR_SETUP,
+    VLR_JOIN,
+    VLR_SCORES,
+    VLR_RESIDUAL,
+    VLR_GRADIENT,
+    VLR_DECRYPT,
+    VLR_FINISH,
 )

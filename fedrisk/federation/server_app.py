@@ -57,6 +57,51 @@ def _write_key_registry(folder: Path, session: CoordinatorSession) -> None:
     _write_json(folder / "signing_keys.json", keys)
 
 
+def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
+    """PSI, then the configured vertical algorithm."""
+    from fedrisk.federation.alignment import VerticalRoles, run_alignment
+
+    algorithm = _cfg(context, "algorithm", "vertical_lr")
+    roles = VerticalRoles.of(session)
+    psi_started = time.perf_counter()
+    rows = run_alignment(session, roles)
+    psi_seconds = time.perf_counter() - psi_started
+    print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
+    if algorithm != "vertical_lr":
+        raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
+    from fedrisk.federation.vertical_lr import VerticalLRConfig, run_vertical_lr
+
+    config = VerticalLRConfig(
+        epochs=_cfg(context, "epochs", 30),
+        c=_cfg(context, "c", 1.0),
+        patience=_cfg(context, "patience", 5),
+        tol=_cfg(context, "tol", 1e-6),
+        momentum=str(context.run_config.get("momentum", True)).lower() not in ("false", "0"),
+        n_jobs=_cfg(context, "n-jobs", 1),
+    )
+
+    def progress(epoch: int, row: dict) -> None:
+        print(f"[fedrisk] epoch {epoch}: {json.dumps(row, sort_keys=True)}", flush=True)
+
+    trained = run_vertical_lr(session, roles, config, progress=progress)
+    final = dict(trained.final)
+    intersection = json.loads(str(final.pop("intersection", "{}")))
+    return {
+        "status": "ok",
+        "mode": "vertical",
+        "algorithm": algorithm,
+        "label_holder": roles.label_holder,
+        "feature_holders": list(roles.feature_holders),
+        "rows": rows,
+        "intersection": intersection,
+        "psi_seconds": psi_seconds,
+        "epochs": trained.epochs,
+        "final": final,
+        "bundles": trained.bundles,
+        "key_fingerprint": trained.key_fingerprint,
+    }
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_dir = Path(_cfg(context, "run-dir", "") or Path.cwd() / "runs" / "flwr-run")
@@ -102,6 +147,8 @@ def main(grid: Grid, context: Context) -> None:
                 "key_fingerprint": fedavg.key_fingerprint,
                 "n_params": fedavg.n_params,
             }
+        elif mode == "vertical":
+            result = _run_vertical(session, context)
         else:
             raise ConfigError(f"unknown mode {mode!r}")
         result.update(

@@ -62,6 +62,29 @@ def weighted_final_metrics(final: dict[str, dict]) -> dict[str, float]:
     }
 
 
+def horizontal_metrics(result: dict) -> dict:
+    """Summary fields of a FedAvg run."""
+    return {"rounds": len(result.get("rounds", [])), **weighted_final_metrics(result.get("final", {}))}
+
+
+def vertical_metrics(result: dict) -> dict:
+    """Summary fields of a vertical run: the label holder's validation metrics and the overlap."""
+    final = result.get("final", {})
+    out = {
+        "intersection": result.get("intersection", {}),
+        "rows": result.get("rows"),
+        "epochs": len(result.get("epochs", [])),
+        "best_epoch": final.get("best_epoch"),
+        "bundles": result.get("bundles", {}),
+        "key_fingerprint": result.get("key_fingerprint"),
+        "psi_seconds": result.get("psi_seconds"),
+    }
+    for key in ("auc_federated", "ks_federated", "auc_bank_only", "ks_bank_only"):
+        if key in final:
+            out[key] = final[key]
+    return out
+
+
 def audit_run(run_dir: Path, run_id: str) -> dict:
     """Verify every ledger of the run and write the compliance report; summary fields."""
     from fedrisk.audit import build_report
@@ -115,11 +138,10 @@ def run_training(
         "mode": fed.mode,
         "algorithm": fed.algorithm,
         "parties": [p.name for p in fed.parties],
-        "rounds": len(result.get("rounds", [])),
         "seconds": time.perf_counter() - started,
         "bytes_exchanged": result.get("bytes_exchanged", {}),
         "coordinator": result,
-        **weighted_final_metrics(result.get("final", {})),
+        **(vertical_metrics(result) if fed.mode == "vertical" else horizontal_metrics(result)),
         **audit_run(run_dir, result.get("run_id", run_dir.name)),
     }
     write_summary(run_dir, summary)

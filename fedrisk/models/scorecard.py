@@ -182,12 +182,23 @@ class LabelHolderScorecard(ScorecardPart):
 # --------------------------------------------------------------------------- export
 
 
-def label_holder_bundle(lh: Any, *, run_id: str, schema: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """``(arrays, meta)`` of a fitted :class:`~fedrisk.models.vertical_lr.LabelHolderLR`."""
+def label_holder_bundle(
+    lh: Any,
+    *,
+    run_id: str,
+    schema: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    best_so_far: bool = False,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` of a fitted :class:`~fedrisk.models.vertical_lr.LabelHolderLR`.
+
+    With ``best_so_far`` the best epoch's weights of a training still running (a checkpoint).
+    """
     names = list(lh.feature_names_)
     n_ind = len(lh.indicator_parties_)
     n_own = len(names) - n_ind
-    coef = np.asarray(lh.coef_, dtype=np.float64)
+    coef, intercept = lh.best_weights() if best_so_far else (lh.coef_, lh.intercept_)
+    coef = np.asarray(coef, dtype=np.float64)
     mean = np.asarray(lh.mean_, dtype=np.float64)
     scale = np.asarray(lh.scale_, dtype=np.float64)
     record = lh.model_record()
@@ -198,7 +209,7 @@ def label_holder_bundle(lh: Any, *, run_id: str, schema: Mapping[str, Any] | Non
         "indicator.coef": coef[n_own:],
         "indicator.mean": mean[n_own:],
         "indicator.scale": scale[n_own:],
-        "intercept": np.asarray([float(lh.intercept_)]),
+        "intercept": np.asarray([float(intercept)]),
     }
     meta = {
         "kind": LABEL_HOLDER_KIND,
@@ -217,10 +228,18 @@ def label_holder_bundle(lh: Any, *, run_id: str, schema: Mapping[str, Any] | Non
     return arrays, meta
 
 
-def feature_holder_bundle(fh: Any, *, run_id: str, label_holder: str, schema: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def feature_holder_bundle(
+    fh: Any,
+    *,
+    run_id: str,
+    label_holder: str,
+    schema: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    best_so_far: bool = False,
+) -> tuple[dict[str, np.ndarray], dict]:
     """``(arrays, meta)`` of a fitted :class:`~fedrisk.models.vertical_lr.FeatureHolderLR`."""
     arrays = {
-        "coef": np.asarray(fh.coef_, dtype=np.float64),
+        "coef": np.asarray(fh.best_weights() if best_so_far else fh.coef_, dtype=np.float64),
         "mean": np.asarray(fh.mean_, dtype=np.float64),
         "scale": np.asarray(fh.scale_, dtype=np.float64),
     }

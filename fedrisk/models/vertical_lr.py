@@ -621,6 +621,10 @@ class LabelHolderLR:
         self.coef_ = w[:-1].copy()
         self.intercept_ = float(w[-1])
 
+    def best_weights(self) -> tuple[np.ndarray, float]:
+        """Coefficients and intercept of the best epoch so far (what a checkpoint keeps)."""
+        return self._best_w[:-1].copy(), float(self._best_w[-1])
+
     # ------------------------------------------------------------------ epoch
     def receive_scores(self, total: EncryptedScoreSum) -> tuple[EpochControl, EncryptedResidual | None]:
         """Decrypt Σ_k u_k, evaluate, decide; return the control bits and [[d]] (None when stopping)."""
@@ -903,6 +907,10 @@ class FeatureHolderLR:
         self._mask = None
         self._opt.step(self.last_gradient_, self._plan.n_train, self._restart)
         self.epoch_ += 1
+
+    def best_weights(self) -> np.ndarray:
+        """Coefficients of the best epoch so far (what a checkpoint keeps)."""
+        return self._best_w.copy()
 
     def _require_active(self) -> None:
         if getattr(self, "_opt", None) is None or getattr(self, "done_", True):

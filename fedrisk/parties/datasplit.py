@@ -44,3 +44,28 @@ def train_validation_split(table, validation: dict, *, schema: dict) -> TrainVal
         raise ConfigError("a validation split needs a label column")
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y)
     return TrainValidationSplit(names, x_train, y_train, x_val, y_val)
+
+
+def training_mask(labels: np.ndarray, validation: dict) -> np.ndarray:
+    """Which rows of a label holder's table train (True) and which validate (False).
+
+    Vertical federations validate on rows of the label holder's own table (every
+    party must hold the validation rows too), so only ``{"fraction", "seed"}``
+    applies: a stratified split, the same one :func:`train_validation_split` makes.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if "table" in validation:
+        raise ConfigError(
+            "validation.table: vertical federations validate on a fraction of the label holder's rows; "
+            "use validation.fraction"
+        )
+    fraction = float(validation.get("fraction", 0.2))
+    seed = int(validation.get("seed", 42))
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation.fraction must be in (0, 1), got {fraction}")
+    rows = np.arange(len(labels))
+    _, val_rows = train_test_split(rows, test_size=fraction, random_state=seed, stratify=labels)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[val_rows] = False
+    return mask

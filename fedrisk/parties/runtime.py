@@ -47,17 +47,41 @@ class PartyRuntime:
 
     # -- dispatch ----------------------------------------------------------
     def _protocol_classes_for_role(self) -> list[type]:
-        if self.settings.role == "bank":
+        role = self.settings.role
+        if role == "bank":
             from fedrisk.parties.horizontal import HorizontalParty
 
             return [HorizontalParty]
+        if role == "label_holder":
+            from fedrisk.parties.alignment import LabelHolderAlignment
+            from fedrisk.parties.vertical_lr import LabelHolderVerticalLR
+
+            return [LabelHolderAlignment, LabelHolderVerticalLR]
+        if role == "feature_holder":
+            from fedrisk.parties.alignment import FeatureHolderAlignment
+            from fedrisk.parties.vertical_lr import FeatureHolderVerticalLR
+
+            return [FeatureHolderAlignment, FeatureHolderVerticalLR]
         return []
+
+    def protocol(self, cls: type) -> object | None:
+        """The current run's instance of protocol ``cls`` (protocols of one run share state)."""
+        for protocols in self._runs.values():
+            found = protocols.get(cls.__name__)
+            if found is not None:
+                return found
+        return None
 
     def _handler(self, run_id: str, message_type: str) -> Handler | None:
         if message_type == mt.IDENTITY:
             return self._on_identity
         protocols = self._runs.get(run_id)
         if protocols is None:
+            for old in self._runs.values():
+                for protocol in old.values():
+                    close = getattr(protocol, "close", None)
+                    if close is not None:
+                        close()
             protocols = {cls.__name__: cls(self) for cls in self._protocol_classes}
             self._runs = {run_id: protocols}  # keep only the current run warm
         for protocol in protocols.values():

@@ -1,0 +1,110 @@
+"""The coordinator's side of entity alignment: relay ECDH-PSI, then the sealed training order.
+
+The coordinator only relays (see :mod:`fedrisk.crypto.psi` for the protocol and
+what each party learns, :mod:`fedrisk.parties.alignment` for the parties'
+side). Four PSI exchanges, each with every party that has something to do::
+
+    psi.blind         every party            → its blinded set              [masked]
+    psi.double_blind  feature holder k       ← the label holder's set       [masked]
+                      label holder           ← every feature holder's set   [masked]
+    psi.intersect     label holder           ← every double-blinded set     [masked]
+                                             → a sealed answer per party     [ciphertext]
+    psi.finish        feature holder k       ← its sealed answer            [ciphertext]
+
+then ``vertical.align``: the label holder seals each feature holder's row
+positions in its private training order to that party's identity key, and the
+coordinator hands each its envelope. What the coordinator learns: the set sizes
+(from message sizes) and the number of training rows — not the intersection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedrisk.crypto.envelope import public_key_id
+from fedrisk.errors import ConfigError, ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.exchange import build_content
+from fedrisk.federation.session import CoordinatorSession
+
+
+@dataclass(frozen=True)
+class VerticalRoles:
+    """Who is who in a vertical federation."""
+
+    label_holder: str
+    feature_holders: tuple[str, ...]
+
+    @classmethod
+    def of(cls, session: CoordinatorSession) -> "VerticalRoles":
+        holders = sorted(n for n, p in session.parties.items() if p.role == "label_holder")
+        features = tuple(sorted(n for n, p in session.parties.items() if p.role == "feature_holder"))
+        if len(holders) != 1:
+            raise ConfigError(f"a vertical federation needs exactly one label_holder, found {len(holders)}")
+        if not features:
+            raise ConfigError("a vertical federation needs at least one feature_holder")
+        return cls(holders[0], features)
+
+
+def psi_session_fingerprint(key_ids) -> str:
+    """One name for a PSI session: a hash of its parties' per-run key fingerprints."""
+    import hashlib
+
+    joined = "\n".join(sorted(str(k) for k in key_ids)).encode()
+    return "psi:" + hashlib.sha256(b"fedrisk/psi-session\x00" + joined).hexdigest()[:16]
+
+
+def run_alignment(session: CoordinatorSession, roles: VerticalRoles) -> int:
+    """Run PSI and the sealed training order; returns the number of training-order rows."""
+    lh, fhs = roles.label_holder, roles.feature_holders
+
+    key = "-"
+
+    def request(party: str, message_type: str, step: str, content_class: str, blobs=None, config=None, fingerprint=None):
+        header = session.header(0, step, party, content_class, fingerprint or key)
+        return message_type, build_content(header, blobs, config)
+
+    blinded = session.exchange(
+        {p: request(p, mt.PSI_BLIND, "psi.blind", "public") for p in (lh, *fhs)}
+    )
+    sets = {p: reply.blob("blinded") for p, reply in blinded.items()}
+    # Later PSI payloads are made under every party's per-run key: name the session by all of them.
+    key = psi_session_fingerprint(reply.header.key_fingerprint for reply in blinded.values())
+
+    doubles = session.exchange(
+        {
+            lh: request(lh, mt.PSI_DOUBLE_BLIND, "psi.double_blind", "masked", {f"blinded:{p}": sets[p] for p in fhs}),
+            **{p: request(p, mt.PSI_DOUBLE_BLIND, "psi.double_blind", "masked", {"blinded": sets[lh]}) for p in fhs},
+        }
+    )
+    answers = session.exchange(
+        {lh: request(lh, mt.PSI_INTERSECT, "psi.intersect", "masked", {f"double:{p}": doubles[p].blob("double") for p in fhs})}
+    )[lh]
+    session.exchange(
+        {p: request(p, mt.PSI_FINISH, "psi.finish", "ciphertext", {"result": answers.blob(f"result:{p}")}) for p in fhs}
+    )
+
+    envelope_keys = {p: session.parties[p].envelope_public_key for p in fhs}
+    positions = session.exchange(
+        {
+            lh: request(
+                lh, mt.VERTICAL_ALIGN, "vertical.align", "public", config={"peer_names": list(envelope_keys), "peer_keys": list(envelope_keys.values())}
+            )
+        }
+    )[lh]
+    rows = int(positions.value("rows"))  # type: ignore[call-overload]
+    if rows <= 0:
+        raise ProtocolError(f"label holder {lh!r} has no rows to train on")
+    lh_key = session.parties[lh].envelope_public_key
+    session.exchange(
+        {
+            p: request(
+                p, mt.VERTICAL_ALIGN, "vertical.align", "ciphertext",
+                {"positions": positions.blob(f"positions:{p}")},
+                {"rows": rows, "label_holder_public_key": lh_key},
+                fingerprint=public_key_id(bytes.fromhex(session.parties[p].envelope_public_key)),  # sealed to p
+            )
+            for p in fhs
+        }
+    )
+    return rows

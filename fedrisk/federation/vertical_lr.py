@@ -1,0 +1,172 @@
+"""The coordinator's side of vertical logistic regression over Flower messages.
+
+It holds only the label holder's *public* CKKS context (no Galois keys, no
+secret key — :class:`~fedrisk.models.vertical_lr.CoordinatorLR` refuses a
+secret one), adds the feature holders' encrypted partial scores, and relays
+every other payload after checking it against the routing policy (which
+payload kind may travel on which link, made under which context). See
+:mod:`fedrisk.parties.vertical_lr` for the message flow of an epoch and
+:mod:`fedrisk.models.vertical_lr` for the protocol and its threat model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fedrisk.errors import ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.alignment import VerticalRoles
+from fedrisk.federation.exchange import build_content
+from fedrisk.federation.session import CoordinatorSession
+
+COORDINATOR = "coordinator"
+
+
+@dataclass(frozen=True)
+class VerticalLRConfig:
+    """Parameters of vertical logistic regression (``[algorithm]`` of FEDERATION.toml).
+
+    Parameters
+    ----------
+    epochs : int
+        Most epochs (full-batch block updates).
+    c : float
+        Inverse L2 strength, as scikit-learn's ``C``.
+    patience : int
+        Stop after this many epochs without a better validation AUC.
+    tol : float
+        Stop when the training loss changes by less than this (relative) twice in a row.
+    momentum : bool
+        Nesterov acceleration with restarts.
+    n_jobs : int
+        Worker processes per feature holder for X_kᵀ[[d]].
+    """
+
+    epochs: int = 30
+    c: float = 1.0
+    patience: int = 5
+    tol: float = 1e-6
+    momentum: bool = True
+    n_jobs: int = 1
+
+
+@dataclass
+class VerticalLRResult:
+    """What the coordinator saw: sizes and the label holder's public metrics, never data."""
+
+    epochs: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    bundles: dict[str, str] = field(default_factory=dict)
+    key_fingerprint: str = "-"
+    label_holder: str = ""
+    rows: int = 0
+
+
+def run_vertical_lr(
+    session: CoordinatorSession,
+    roles: VerticalRoles,
+    config: VerticalLRConfig,
+    *,
+    progress: Callable[[int, dict], None] | None = None,
+) -> VerticalLRResult:
+    """Set up the parties and run epochs until the label holder says stop."""
+    from fedrisk.models.vertical_lr import (
+        CoordinatorLR,
+        EncryptedMaskedGradient,
+        EncryptedScores,
+    )
+    from fedrisk.parties.vertical_lr import load_public_context
+
+    lh, fhs = roles.label_holder, roles.feature_holders
+    result = VerticalLRResult(label_holder=lh)
+    params = {"c": config.c, "epochs": config.epochs, "patience": config.patience, "tol": config.tol, "momentum": config.momentum}
+
+    setup = session.exchange({lh: (mt.VLR_SETUP, build_content(session.header(0, "vlr.setup", lh, "public"), config=params))})[lh]
+    coordinator_context = load_public_context(setup.blob("coordinator_context"), "coordinator")
+    fp = setup.header.key_fingerprint
+    coordinator = CoordinatorLR(coordinator_context, label_holder=lh, feature_holders=fhs)
+    if coordinator.fingerprint != fp:
+        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    result.key_fingerprint, result.rows = fp, int(setup.value("rows"))  # type: ignore[call-overload]
+    plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
+    joined = session.exchange(
+        {
+            p: (
+                mt.VLR_JOIN,
+                build_content(
+                    session.header(0, "vlr.join", p, "public", fp),
+                    {"plan": plan, "context": setup.blob("feature_holder_context")},
+                    {"n_jobs": config.n_jobs, "momentum": config.momentum},
+                ),
+            )
+            for p in fhs
+        }
+    )
+    counts = {p: [int(r.value("n_features")), int(r.value("n_products"))] for p, r in joined.items()}  # type: ignore[call-overload]
+
+    masked: dict[str, bytes] = {}
+    epoch = 0
+    while True:
+        started, bytes_before = time.perf_counter(), session.traffic.total()
+        requests = {}
+        for p in fhs:
+            blobs = {"masked_gradient": coordinator.relay(lh, p, masked[p])} if masked else None
+            header = session.header(epoch, "vlr.scores", p, "masked" if masked else "public", fp)
+            requests[p] = (mt.VLR_SCORES, build_content(header, blobs, {"epoch": epoch}))
+        scores = session.exchange(requests)
+        partials = [
+            EncryptedScores.from_bytes(coordinator.relay(p, COORDINATOR, r.blob("scores")), context=coordinator.context)
+            for p, r in scores.items()
+        ]
+        total = coordinator.sum_scores(partials)
+        config_lh: dict[str, object] = {"epoch": epoch}
+        if epoch == 0:
+            config_lh["feature_counts"] = json.dumps(counts, sort_keys=True)
+        decision = session.exchange(
+            {lh: (mt.VLR_RESIDUAL, build_content(session.header(epoch, "vlr.score_sum", lh, "aggregate", fp), {"score_sum": coordinator.relay(COORDINATOR, lh, total.to_bytes())}, config_lh))}
+        )[lh]
+        control = coordinator.relay(lh, fhs[0], bytes(decision.value("control")))  # type: ignore[arg-type]
+        row = {"epoch": epoch, "train_loss": float(decision.value("train_loss"))}  # type: ignore[arg-type]
+        for key in ("val_auc", "val_ks"):
+            if key in decision.config:
+                row[key] = float(decision.value(key))  # type: ignore[arg-type]
+        if "residual" not in decision.blobs:  # the label holder stopped: its best epoch is final
+            result.final = dict(decision.config)
+            result.final.pop("control", None)
+            result.bundles[lh] = str(decision.value("bundle"))
+            finished = session.exchange(
+                {p: (mt.VLR_FINISH, build_content(session.header(epoch, "vlr.finish", p, "public", fp), config={"control": control})) for p in fhs}
+            )
+            result.bundles.update({p: str(r.value("bundle")) for p, r in finished.items()})
+            row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
+            result.epochs.append(row)
+            if progress is not None:
+                progress(epoch, row)
+            return result
+        residual = decision.blob("residual")
+        products = session.exchange(
+            {
+                p: (
+                    mt.VLR_GRADIENT,
+                    build_content(session.header(epoch, "vlr.residual", p, "ciphertext", fp), {"residual": coordinator.relay(lh, p, residual)}, {"control": control}),
+                )
+                for p in fhs
+            }
+        )
+        blobs = {}
+        for p, reply in products.items():
+            data = coordinator.relay(p, lh, reply.blob("product"))
+            EncryptedMaskedGradient.from_bytes(data, context=coordinator.context)  # well-formed, right key
+            blobs[f"product:{p}"] = data
+        decrypted = session.exchange(
+            {lh: (mt.VLR_DECRYPT, build_content(session.header(epoch, "vlr.products", lh, "ciphertext", fp), blobs))}
+        )[lh]
+        masked = {p: decrypted.blob(f"masked:{p}") for p in fhs}
+        row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
+        result.epochs.append(row)
+        if progress is not None:
+            progress(epoch, row)
+        epoch += 1

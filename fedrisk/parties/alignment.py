@@ -1,0 +1,249 @@
+"""A party's side of entity alignment: ECDH-PSI, then the private row order for training.
+
+The coordinator relays the PSI messages of :mod:`fedrisk.crypto.psi` between the
+label holder and each feature holder (steps ``psi.*``). Afterwards the label
+holder fixes the *training order* of its rows — a fresh secret random
+permutation of its table, so that positions say nothing about its table — and
+tells each feature holder, sealed to that party's X25519 identity key
+(:mod:`fedrisk.crypto.envelope`, authenticated as the label holder), where each
+of the feature holder's intersecting rows sits in that order. The coordinator
+relays the sealed blob and cannot open it.
+
+Content classes: blinded ID sets are ``masked`` (each value is ``k·H(id)`` under
+a per-run secret scalar; DDH hides the ID), the PSI answer and the sealed
+positions are ``ciphertext``, acknowledgements are ``public``.
+
+What each party ends with (:class:`AlignedRows`): the label holder its features,
+labels, training mask and, per feature holder, a coverage mask, all in training
+order; a feature holder its own features placed in that order, zeros elsewhere,
+and its coverage mask. Nothing else about the other parties' rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedrisk.errors import DataValidationError, ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.parties.datasplit import training_mask
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
+    from fedrisk.parties.runtime import PartyRuntime
+
+ALIGNMENT_PURPOSE = "vertical-row-positions"
+
+
+@dataclass
+class AlignedRows:
+    """A party's rows in the federation's private training order.
+
+    Attributes
+    ----------
+    X : ndarray (n_rows, n_features)
+        Own features; for a feature holder, rows it does not cover are 0.
+    feature_names : list of str
+    coverage : dict of str → bool ndarray
+        Label holder: per feature holder, which rows it covers. Feature holder:
+        its own coverage under its own name.
+    y : ndarray or None
+        Labels (label holder only).
+    train_mask : ndarray or None
+        True for training rows (label holder only; feature holders get it in the plan).
+    intersection : dict of str → int
+        Label holder: intersection size per feature holder.
+    """
+
+    X: np.ndarray
+    feature_names: list[str]
+    coverage: dict[str, np.ndarray]
+    y: np.ndarray | None = None
+    train_mask: np.ndarray | None = None
+    intersection: dict[str, int] = field(default_factory=dict)
+    order: np.ndarray | None = None
+    """Label holder: table row of each training position."""
+
+
+def psi_key_id(public_key: bytes) -> str:
+    """Fingerprint of a party's per-run PSI public key (what its blinded set was made under)."""
+    from fedrisk.crypto.envelope import public_key_id
+
+    return "psi:" + public_key_id(public_key)
+
+
+def _secret_permutation(n: int) -> np.ndarray:
+    rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    return rng.permutation(n)
+
+
+class _AlignmentParty:
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        self.runtime = runtime
+        self.aligned: AlignedRows | None = None
+
+    @property
+    def name(self) -> str:
+        return self.runtime.settings.name
+
+    def _ids(self) -> list[str]:
+        return [str(i) for i in self.runtime.table.ids]
+
+    def require_aligned(self) -> AlignedRows:
+        if self.aligned is None:
+            raise ProtocolError(f"party {self.name!r} has no aligned rows: entity alignment (PSI) has not run")
+        return self.aligned
+
+
+class LabelHolderAlignment(_AlignmentParty):
+    """The label holder's PSI steps and the sealed training order."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        super().__init__(runtime)
+        self.psi = None
+
+    def handlers(self) -> dict:
+        return {
+            mt.PSI_BLIND: self._on_blind,
+            mt.PSI_DOUBLE_BLIND: self._on_double_blind,
+            mt.PSI_INTERSECT: self._on_intersect,
+            mt.VERTICAL_ALIGN: self._on_align,
+        }
+
+    def _on_blind(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.psi import LabelHolderPSI
+
+        if self.runtime.table.labels is None:
+            raise DataValidationError(f"label holder {self.name!r}: its table has no label column")
+        self.psi = LabelHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name)
+        blinded = self.psi.blind()
+        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
+        return build_content(header, {"blinded": blinded.to_bytes()})
+
+    def _psi(self):
+        if self.psi is None:
+            raise ProtocolError(f"label holder {self.name!r} got a PSI step before blinding its own set")
+        return self.psi
+
+    def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
+        psi = self._psi()
+        for name in sorted(exchange.blobs):
+            psi.double_blind(exchange.blobs[name])
+        return build_content(exchange.header.reply("public", step="psi.double_blinded"), config={"peers": len(exchange.blobs)})
+
+    def _on_intersect(self, exchange: Exchange) -> "RecordDict":
+        psi = self._psi()
+        answers = {}
+        for name in sorted(exchange.blobs):
+            party = name.removeprefix("double:")
+            answers[f"result:{party}"] = psi.intersect(exchange.blobs[name]).to_bytes()
+        for result in psi.results.values():
+            result.require_overlap()  # zero overlap: nothing to train on with that party
+        # Each answer is sealed under a key both ends derive from the PSI session's keys.
+        return build_content(exchange.header.reply("ciphertext", exchange.header.key_fingerprint, step="psi.result"), answers)
+
+    def _on_align(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.envelope import envelope_aad, seal
+
+        psi = self._psi()
+        table = self.runtime.table
+        results = psi.results
+        peers = dict(zip(exchange.value("peer_names"), exchange.value("peer_keys")))  # type: ignore[arg-type]
+        if sorted(peers) != sorted(results):
+            raise ProtocolError(f"alignment asked for {sorted(peers)}, PSI ran with {sorted(results)}")
+        order = _secret_permutation(len(table))
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        labels = np.asarray(table.labels)
+        train_by_row = training_mask(labels, self.runtime.settings.validation)
+        self.aligned = AlignedRows(
+            X=table.feature_matrix()[order],
+            feature_names=list(table.feature_names),
+            coverage={p: r.mask[order] for p, r in results.items()},
+            y=labels[order].astype(np.float64),
+            train_mask=train_by_row[order],
+            intersection={p: r.size for p, r in results.items()},
+            order=order,
+        )
+        blobs = {}
+        for party, result in sorted(results.items()):
+            # Row i of the party's ID-ordered intersection sits at this training position.
+            positions = position[result.rows].astype("<i8").tobytes()
+            blobs[f"positions:{party}"] = seal(
+                bytes.fromhex(str(peers[party])),
+                positions,
+                aad=envelope_aad(exchange.header.run_id, party, ALIGNMENT_PURPOSE),
+                sender=self.runtime.identity.envelope,
+            )
+        from fedrisk.crypto.envelope import public_key_id
+
+        # Sealed and authenticated under the label holder's identity key.
+        header = exchange.header.reply("ciphertext", public_key_id(self.runtime.identity.envelope_public_key), step="vertical.positions")
+        return build_content(header, blobs, {"rows": int(order.size)})
+
+
+class FeatureHolderAlignment(_AlignmentParty):
+    """A feature holder's PSI steps and its rows placed in the label holder's training order."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        super().__init__(runtime)
+        self.psi = None
+
+    def handlers(self) -> dict:
+        return {
+            mt.PSI_BLIND: self._on_blind,
+            mt.PSI_DOUBLE_BLIND: self._on_double_blind,
+            mt.PSI_FINISH: self._on_finish,
+            mt.VERTICAL_ALIGN: self._on_align,
+        }
+
+    def _psi(self):
+        if self.psi is None:
+            raise ProtocolError(f"feature holder {self.name!r} got a PSI step before blinding its own set")
+        return self.psi
+
+    def _on_blind(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.psi import FeatureHolderPSI
+
+        self.psi = FeatureHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name)
+        blinded = self.psi.blind()
+        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
+        return build_content(header, {"blinded": blinded.to_bytes()})
+
+    def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
+        double = self._psi().double_blind(exchange.blob("blinded"))
+        header = exchange.header.reply("masked", exchange.header.key_fingerprint, step="psi.double_blinded")
+        return build_content(header, {"double": double.to_bytes()})
+
+    def _on_finish(self, exchange: Exchange) -> "RecordDict":
+        self._psi().finish(exchange.blob("result")).require_overlap()
+        return build_content(exchange.header.reply("public", step="psi.finished"))
+
+    def _on_align(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.crypto.envelope import envelope_aad, open_sealed
+
+        result = self._psi().result
+        n_rows = int(exchange.value("rows"))  # type: ignore[call-overload]
+        raw = open_sealed(
+            self.runtime.identity.envelope,
+            exchange.blob("positions"),
+            aad=envelope_aad(exchange.header.run_id, self.name, ALIGNMENT_PURPOSE),
+            sender_public=bytes.fromhex(str(exchange.value("label_holder_public_key"))),
+        )
+        positions = np.frombuffer(raw, dtype="<i8")
+        if positions.size != result.size:
+            raise ProtocolError(f"{self.name}: {positions.size} positions for an intersection of {result.size}")
+        if positions.size and (positions.min() < 0 or positions.max() >= n_rows or np.unique(positions).size != positions.size):
+            raise ProtocolError(f"{self.name}: the label holder's row positions are out of range or repeated")
+        own = self.runtime.table.feature_matrix()
+        X = np.zeros((n_rows, own.shape[1]))
+        X[positions] = own[result.rows]
+        coverage = np.zeros(n_rows, dtype=bool)
+        coverage[positions] = True
+        self.aligned = AlignedRows(X=X, feature_names=list(self.runtime.table.feature_names), coverage={self.name: coverage})
+        return build_content(exchange.header.reply("public", step="vertical.aligned"))

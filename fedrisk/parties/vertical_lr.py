@@ -1,0 +1,301 @@
+"""A party's side of vertical logistic regression over Flower messages.
+
+The protocol objects are :class:`~fedrisk.models.vertical_lr.LabelHolderLR` and
+:class:`~fedrisk.models.vertical_lr.FeatureHolderLR`; this module feeds them the
+payloads the coordinator relays and returns theirs. One epoch is four exchanges
+(the coordinator's side is :mod:`fedrisk.federation.vertical_lr`)::
+
+    vlr.scores     coordinator → feature holders   [masked] last epoch's X_kᵀd + r_k (none at epoch 0)
+                   feature holders → coordinator   [ciphertext] [[u_k]]
+    vlr.score_sum  coordinator → label holder      [aggregate] Σ_k [[u_k]]
+                   label holder → coordinator      [ciphertext] [[d]] (+ the epoch's public control bits)
+    vlr.residual   coordinator → feature holders   [ciphertext] [[d]]
+                   feature holders → coordinator   [ciphertext] [[X_kᵀd + r_k]]
+    vlr.products   coordinator → label holder      [ciphertext] every [[X_kᵀd + r_k]]
+                   label holder → coordinator      [masked] every X_kᵀd + r_k, decrypted and flooded
+
+Control bits (improved / restart / stop) and metrics travel in the message's
+public config; the content class describes the blobs.
+
+Every party keeps a signed checkpoint bundle of its own block at the best epoch
+so far (``models/<run-id>/``), replaced atomically after each epoch and by the
+final bundle at the end: a party that leaves mid-training costs the others no
+more than the epochs since.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedrisk.errors import CryptoError, ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.exchange import Exchange, build_content
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
+    from fedrisk.parties.runtime import PartyRuntime
+
+
+def _public_context_bytes(context, *, galois: bool) -> bytes:
+    return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=galois, save_relin_keys=False)
+
+
+def load_public_context(blob: bytes, who: str):
+    """A public CKKS context from bytes; refuses one that carries a secret key."""
+    import tenseal as ts
+
+    try:
+        context = ts.context_from(blob)
+    except Exception:  # TenSEAL raises bare ValueError/RuntimeError on garbage
+        raise ProtocolError(f"{who}: the CKKS context is not a valid TenSEAL context") from None
+    if context.is_private():
+        raise CryptoError(f"{who}: refusing a CKKS context that carries a secret key")
+    return context
+
+
+class _VerticalLRParty:
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        self.runtime = runtime
+
+    @property
+    def name(self) -> str:
+        return self.runtime.settings.name
+
+    def _aligned(self):
+        from fedrisk.parties.alignment import FeatureHolderAlignment, LabelHolderAlignment
+
+        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
+        if alignment is None:
+            raise ProtocolError(f"party {self.name!r} runs no entity alignment")
+        return alignment.require_aligned()
+
+    def _bundle_dir(self, run_id: str) -> Path:
+        return self.runtime.state_dir / "models" / run_id
+
+    def _write(self, run_id: str, arrays: dict, meta: dict) -> Path:
+        from fedrisk.models.bundle import write_model_bundle
+
+        return write_model_bundle(self._bundle_dir(run_id), arrays, meta, self.runtime.identity.signing)
+
+
+class LabelHolderVerticalLR(_VerticalLRParty):
+    """The bank's handlers: key generation, residuals, decryption of masked products."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        super().__init__(runtime)
+        self.model = None  # LabelHolderLR
+        self.baseline: dict[str, float] = {}
+
+    def handlers(self) -> dict:
+        return {mt.VLR_SETUP: self._on_setup, mt.VLR_RESIDUAL: self._on_score_sum, mt.VLR_DECRYPT: self._on_products}
+
+    def _require_model(self):
+        if self.model is None:
+            raise ProtocolError(f"label holder {self.name!r} got a training step before setup")
+        return self.model
+
+    def _on_setup(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import LabelHolderLR, make_context
+
+        aligned = self._aligned()
+        assert aligned.y is not None and aligned.train_mask is not None
+        context = make_context()  # generated here; the secret key never leaves this process
+        model = LabelHolderLR(
+            context,
+            name=self.name,
+            C=float(exchange.value("c", 1.0)),  # type: ignore[arg-type]
+            max_epochs=int(exchange.value("epochs", 30)),  # type: ignore[call-overload]
+            patience=int(exchange.value("patience", 5)),  # type: ignore[call-overload]
+            tol=float(exchange.value("tol", 1e-6)),  # type: ignore[arg-type]
+            momentum=bool(exchange.value("momentum", True)),
+        )
+        plan = model.setup(aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names, train_mask=aligned.train_mask)
+        self.model = model
+        self.baseline = _bank_only_metrics(aligned.X, aligned.y, aligned.train_mask, float(exchange.value("c", 1.0)))  # type: ignore[arg-type]
+        blobs = {
+            "plan": plan.to_bytes(),
+            "feature_holder_context": _public_context_bytes(context, galois=True),
+            "coordinator_context": _public_context_bytes(context, galois=False),
+        }
+        header = exchange.header.reply("public", model.fingerprint, step="vlr.plan")
+        return build_content(header, blobs, {"rows": int(plan.n_rows), "train_rows": int(plan.n_train)})
+
+    def _on_score_sum(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import EncryptedScoreSum
+
+        model = self._require_model()
+        if "feature_counts" in exchange.config:
+            counts = json.loads(str(exchange.value("feature_counts")))
+            for party, (n_features, n_products) in counts.items():
+                model.record_feature_count(party, int(n_features), int(n_products))
+        total = EncryptedScoreSum.from_bytes(exchange.blob("score_sum"), context=model.context)
+        control, residual = model.receive_scores(total)
+        entry = dict(model.history_[-1])
+        config: dict[str, Any] = {"control": control.to_bytes(), "train_loss": float(entry["train_loss"])}
+        for key in ("val_auc", "val_ks"):
+            if key in entry:
+                config[key] = float(entry[key])
+        run_id = exchange.header.run_id
+        if residual is None:
+            bundle = self._write_bundle(run_id, final=True)
+            config.update(self._final_metrics(), bundle=str(bundle))
+            return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.stop"), config=config)
+        if entry.get("improved"):
+            self._write_bundle(run_id, final=False)
+        header = exchange.header.reply("ciphertext", model.fingerprint, step="vlr.residual")
+        return build_content(header, {"residual": residual.to_bytes()}, config)
+
+    def _on_products(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import EncryptedMaskedGradient
+
+        model = self._require_model()
+        out = {}
+        for name in sorted(exchange.blobs):
+            party = name.removeprefix("product:")
+            payload = EncryptedMaskedGradient.from_bytes(exchange.blobs[name], context=model.context)
+            if payload.party != party:
+                raise ProtocolError(f"product of {payload.party!r} relayed as {party!r}")
+            out[f"masked:{party}"] = model.decrypt_gradient(payload).to_bytes()
+        return build_content(exchange.header.reply("masked", model.fingerprint, step="vlr.masked_products"), out)
+
+    def _write_bundle(self, run_id: str, *, final: bool) -> Path:
+        from fedrisk.models.scorecard import label_holder_bundle
+
+        model = self._require_model()
+        aligned = self._aligned()
+        extra = {
+            "status": "final" if final else "checkpoint",
+            "intersection": aligned.intersection,
+            "bank_only": self.baseline,
+        }
+        arrays, meta = label_holder_bundle(model, run_id=run_id, schema=self.runtime.settings.schema, extra=extra, best_so_far=not final)
+        return self._write(run_id, arrays, meta)
+
+    def _final_metrics(self) -> dict[str, Any]:
+        model = self._require_model()
+        aligned = self._aligned()
+        best = next((h for h in model.history_ if h["epoch"] == model.best_epoch_), model.history_[-1])
+        out: dict[str, Any] = {
+            "best_epoch": int(model.best_epoch_),
+            "epochs": int(model.n_epochs_),
+            "rows": int(aligned.X.shape[0]),
+            "train_rows": int(model.n_train_),
+            "intersection": json.dumps(aligned.intersection, sort_keys=True),
+        }
+        if "val_auc" in best:
+            out.update(auc_federated=float(best["val_auc"]), ks_federated=float(best["val_ks"]))
+        out.update({f"{k}_bank_only": v for k, v in self.baseline.items()})
+        return out
+
+
+class FeatureHolderVerticalLR(_VerticalLRParty):
+    """A feature holder's handlers: partial scores, X_kᵀ[[d]] masked, its own update."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        super().__init__(runtime)
+        self.model = None  # FeatureHolderLR
+        self.label_holder = ""
+
+    def handlers(self) -> dict:
+        return {
+            mt.VLR_JOIN: self._on_join,
+            mt.VLR_SCORES: self._on_scores,
+            mt.VLR_GRADIENT: self._on_residual,
+            mt.VLR_FINISH: self._on_finish,
+        }
+
+    def _require_model(self):
+        if self.model is None:
+            raise ProtocolError(f"feature holder {self.name!r} got a training step before joining")
+        return self.model
+
+    def close(self) -> None:
+        """Stop the product kernel's worker processes (a new run replaces this one)."""
+        if self.model is not None:
+            self.model.close()
+
+    def _on_join(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import FeatureHolderLR, TrainingPlan
+
+        aligned = self._aligned()
+        context = load_public_context(exchange.blob("context"), f"feature holder {self.name!r}")
+        plan = TrainingPlan.from_bytes(exchange.blob("plan"), context=context)
+        if self.model is not None:
+            self.model.close()
+        model = FeatureHolderLR(context, name=self.name, n_jobs=int(exchange.value("n_jobs", 1)))  # type: ignore[call-overload]
+        model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=bool(exchange.value("momentum", True)))
+        self.model, self.label_holder = model, plan.label_holder
+        config = {"n_features": int(model.n_features_in_), "n_products": int(model.layout_.n_ciphertexts), "mask_bits": int(model.mask_bits_)}
+        return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.joined"), config=config)
+
+    def _on_scores(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import MaskedGradient
+
+        model = self._require_model()
+        if "masked_gradient" in exchange.blobs:
+            model.update(MaskedGradient.from_bytes(exchange.blob("masked_gradient"), context=model.context))
+        elif model.epoch_ > 0:
+            raise ProtocolError(f"feature holder {self.name!r} at epoch {model.epoch_} got no masked gradient to apply")
+        scores = model.scores()
+        return build_content(exchange.header.reply("ciphertext", model.fingerprint, step="vlr.scores"), {"scores": scores.to_bytes()})
+
+    def _apply_control(self, exchange: Exchange) -> None:
+        from fedrisk.models.vertical_lr import EpochControl
+
+        model = self._require_model()
+        control = EpochControl.from_bytes(bytes(exchange.value("control")), context=model.context)  # type: ignore[arg-type]
+        model.control(control)
+        if control.improved and not control.stop:
+            self._write_bundle(exchange.header.run_id, final=False)
+
+    def _on_residual(self, exchange: Exchange) -> "RecordDict":
+        from fedrisk.models.vertical_lr import EncryptedResidual
+
+        model = self._require_model()
+        self._apply_control(exchange)
+        residual = EncryptedResidual.from_bytes(exchange.blob("residual"), context=model.context)
+        product = model.gradient(residual)
+        return build_content(exchange.header.reply("ciphertext", model.fingerprint, step="vlr.product"), {"product": product.to_bytes()})
+
+    def _on_finish(self, exchange: Exchange) -> "RecordDict":
+        model = self._require_model()
+        self._apply_control(exchange)
+        if not model.done_:
+            raise ProtocolError(f"feature holder {self.name!r} was told to finish without a stop bit")
+        bundle = self._write_bundle(exchange.header.run_id, final=True)
+        return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.finished"), config={"bundle": str(bundle)})
+
+    def _write_bundle(self, run_id: str, *, final: bool) -> Path:
+        from fedrisk.models.scorecard import feature_holder_bundle
+
+        model = self._require_model()
+        arrays, meta = feature_holder_bundle(
+            model,
+            run_id=run_id,
+            label_holder=self.label_holder,
+            schema=self.runtime.settings.schema,
+            extra={"status": "final" if final else "checkpoint"},
+            best_so_far=not final,
+        )
+        return self._write(run_id, arrays, meta)
+
+
+def _bank_only_metrics(X: np.ndarray, y: np.ndarray, train: np.ndarray, C: float) -> dict[str, float]:
+    """The bank's own model on its own features and the same rows: the baseline to beat."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fedrisk.models.metrics import auc, ks
+    from fedrisk.models.vertical_lr import _apply_standardise, _standardise
+
+    if (~train).sum() == 0:
+        return {}
+    mean, scale = _standardise(X, train)
+    Z = _apply_standardise(X, mean, scale)
+    model = LogisticRegression(C=C, max_iter=5000).fit(Z[train], y[train])
+    p = model.predict_proba(Z[~train])[:, 1]
+    return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
