@@ -1,0 +1,1360 @@
+"""Vertical SecureBoost across a bank and feature holders, over CKKS.
+
+The **label holder** (a bank) holds the default labels, its own features and the
+CKKS secret key. **Feature holders** (tax bureau, platform) hold other features
+of the same SMEs, rows aligned by PSI to the bank's order with a coverage mask.
+The **coordinator** holds a public context only and relays every payload after
+checking its route and context. The tree algorithm is the one of
+:mod:`fedrisk.models.secureboost_tree` (second-order boosting of the logistic
+loss, level-wise trees, learned default directions); this module runs it across
+parties.
+
+Message flow (every arrow a serialised payload relayed by the coordinator; content
+class in brackets)::
+
+    setup   bank ──BoostPlan [public]──▶ feature holders
+            feature holder ──BinLayout [public]──▶ bank            (bins per feature, packing)
+    tree t  bank ──EncryptedGradients [ciphertext]──▶ feature holders   ([[g + i·h]], once per tree)
+            bank ──HistogramRequest [public]──▶ feature holders     (nodes: their row sets, or
+                                                                      "the left child of your split v")
+            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (masked per-bin sums per node)
+            bank decrypts, derives each sibling as parent − child, picks the best split
+            bank ──SplitDecisions [public]──▶ owner only            ("your feature j, your bin b",
+                                                                      split id, default direction, node rows)
+            owner ──SplitPartitions [public]──▶ bank                (which of the node's rows go left)
+            … level by level to max_depth; the bank computes the leaves itself
+    end     bank ──TrainingDone [public]──▶ feature holders
+    score   feature holder ──SplitAnswers [public]──▶ bank          (left/right per own split id and row)
+
+In a round the bank's :meth:`LabelHolderSB.outbox` returns what each feature
+holder must get now; :meth:`FeatureHolderSB.handle` returns the replies, which go
+to :meth:`LabelHolderSB.receive`. With one feature holder a tree takes at most
+``max_depth + 1`` rounds.
+
+Threat model (honest-but-curious parties and coordinator, no coordinator–bank
+collusion, TLS on every link). What each party learns:
+
+* **Bank**: per node and feature holder, the per-bin sums of g and h (exact to
+  ≈1e-4) — that is SecureBoost's inherent disclosure, aggregated over the rows
+  of a bin, never a row's value; the number of bins of each feature (≤ 32, which
+  reveals how many distinct values a low-cardinality feature has) and which
+  features have missing values; for the splits it chose on another party's
+  feature, that feature's index and bin index and which rows go left (needed to
+  route its own training rows) — never the threshold. The slots it decrypts are
+  masked so that only each bin's total is recoverable (statistical distance
+  ≤ 2^-mask_bits, see :mod:`fedrisk.crypto.encrypted_histogram`).
+* **Feature holder**: ciphertexts of g/h (never decryptable by it); the instance
+  space (row set) of each node it computes a histogram for, hence the partition
+  the tree makes of the training rows — as in SecureBoost; its own splits'
+  thresholds. Never labels, gradients, the bank's features, other parties'
+  features or splits, or leaf weights.
+* **Coordinator**: kinds, sizes and timing of payloads and the public ones'
+  contents (row sets, split/bin indices); it holds no secret key.
+
+The bank decrypts a node's histogram from a party at most once and only
+ciphertexts shaped like a histogram product (announced count, top level, scale
+Δ·2^60), so a cheating feature holder cannot echo ``[[g + ih]]`` back to have it
+decrypted. An actively malicious feature holder could still return a chosen
+linear function of ``g`` of the same shape; proofs of correct evaluation are
+outside this threat model (the audit ledger records each request). Payloads carry
+the context fingerprint and are refused under any other context.
+
+Cost (see :mod:`fedrisk.crypto.encrypted_histogram` for the per-operation model):
+one encryption of ``[[g + ih]]`` per tree, ``1 + 1 + 2 + … + 2^(D−2)`` histogram
+products per tree and feature holder (histogram subtraction), two decryptions per
+product ciphertext at the bank, plaintext work for the bank's own features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import tenseal as ts
+from sklearn.base import BaseEstimator
+
+from fedrisk.crypto.encrypted_histogram import (
+    DEFAULT_MASK_BITS,
+    EncryptedHistogramKernel,
+    HistogramLayout,
+    decrypt_histogram,
+    encrypt_gradients,
+)
+from fedrisk.crypto.encrypted_matvec import (
+    CKKSRuntime,
+    check_fingerprint,
+    context_fingerprint,
+    peek_frame,
+)
+from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
+from fedrisk.models.secureboost_tree import (
+    MISSING,
+    BoostParams,
+    Histogram,
+    QuantileBinner,
+    RoutingTable,
+    SecureBoostModel,
+    SplitCandidate,
+    TreeBuilder,
+    base_score,
+    best_split,
+    gradients,
+    leaf_weight,
+    new_node,
+    plain_histogram,
+    sample_rows,
+    sigmoid,
+)
+from fedrisk.models.vertical_lr import (
+    VerticalPayload,
+    WireRecord,
+    _align,
+    _h_bool,
+    _h_int,
+    _h_str,
+    _public_copies,
+    _table_parts,
+    _Wire,
+    make_context,
+)
+
+__all__ = [
+    "PAYLOAD_TYPES",
+    "BinLayout",
+    "BoostPlan",
+    "CoordinatorSB",
+    "EncryptedGradients",
+    "EncryptedHistograms",
+    "FeatureHolderSB",
+    "HistogramRequest",
+    "LabelHolderSB",
+    "NodeRequest",
+    "SplitAnswers",
+    "SplitDecisions",
+    "SplitOrder",
+    "SplitPartitions",
+    "TrainingDone",
+    "VerticalSecureBoost",
+    "WireRecord",
+    "answer_splits",
+    "content_class_of",
+    "feature_holder_bundle",
+    "label_holder_bundle",
+    "load_feature_holder_bundle",
+    "load_label_holder_bundle",
+    "make_context",
+]
+
+log = logging.getLogger("fedrisk.secureboost")
+
+
+# =========================================================================== payload helpers
+
+
+def _pack_rows(rows: np.ndarray) -> bytes:
+    return np.packbits(np.asarray(rows, dtype=bool)).tobytes()
+
+
+def _unpack_rows(blob: bytes, n: int, what: str) -> np.ndarray:
+    if len(blob) != (n + 7) // 8:
+        raise ProtocolError(f"{what} has {len(blob)} bytes for {n} rows")
+    return np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).astype(bool)
+
+
+def _h_list(h: Mapping[str, Any], key: str) -> list[Any]:
+    v = h.get(key)
+    if not isinstance(v, list):
+        raise ProtocolError(f"payload field {key!r} must be a list")
+    return v
+
+
+def _int_items(values: list[Any], key: str) -> list[int]:
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+        raise ProtocolError(f"payload field {key!r} must hold non-negative integers")
+    return list(values)
+
+
+# =========================================================================== payloads
+
+
+@dataclass(frozen=True)
+class BoostPlan(VerticalPayload):
+    """Bank → feature holders, once: who takes part and the shared hyper-parameters."""
+
+    KIND: ClassVar[bytes] = b"SPLN"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    label_holder: str
+    feature_holders: tuple[str, ...]
+    n_rows: int
+    n_bins: int
+    n_trees: int
+    max_depth: int
+
+    def _header(self) -> dict[str, Any]:
+        return {"label_holder": self.label_holder, "feature_holders": list(self.feature_holders), "n_rows": self.n_rows,
+                "n_bins": self.n_bins, "n_trees": self.n_trees, "max_depth": self.max_depth}
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> BoostPlan:
+        holders = _h_list(h, "feature_holders")
+        if not all(isinstance(x, str) and x for x in holders) or blobs:
+            raise ProtocolError("boost plan is malformed")
+        return cls(fp, _h_str(h, "label_holder"), tuple(holders), _h_int(h, "n_rows"), _h_int(h, "n_bins"),
+                   _h_int(h, "n_trees"), _h_int(h, "max_depth"))
+
+
+@dataclass(frozen=True)
+class BinLayout(VerticalPayload):
+    """Feature holder → bank, once: its bins per feature and how histograms are packed.
+
+    ``layout`` is None when the party covers none of the rows (it then takes no part).
+    """
+
+    KIND: ClassVar[bytes] = b"SLAY"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    party: str
+    n_features: int
+    layout: HistogramLayout | None
+    mask_bits: int
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "n_features": self.n_features, "mask_bits": self.mask_bits,
+                "layout": None if self.layout is None else self.layout.to_dict()}
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> BinLayout:
+        raw = h.get("layout")
+        if blobs or not (raw is None or isinstance(raw, dict)):
+            raise ProtocolError("bin layout is malformed")
+        layout = None if raw is None else HistogramLayout.from_dict(raw)
+        n_features = _h_int(h, "n_features")
+        if layout is not None and layout.n_features != n_features:
+            raise ProtocolError("bin layout: feature count disagrees with its bins")
+        return cls(fp, _h_str(h, "party"), n_features, layout, _h_int(h, "mask_bits"))
+
+
+@dataclass(frozen=True)
+class EncryptedGradients(VerticalPayload):
+    """Bank → feature holders, once per tree: ``[[g + i·h]]`` on every aligned row."""
+
+    KIND: ClassVar[bytes] = b"SGRD"
+    content_class: ClassVar[str] = "ciphertext"
+
+    fingerprint: str
+    tree: int
+    n_values: int
+    ciphertexts: tuple[bytes, ...] = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"tree": self.tree, "n": self.n_values}
+
+    def _blobs(self) -> list[bytes]:
+        return list(self.ciphertexts)
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedGradients:
+        return cls(fp, _h_int(h, "tree"), _h_int(h, "n"), tuple(blobs))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """One node a feature holder must compute a histogram for.
+
+    ``source`` is ``"rows"`` (the row set is in ``rows``) or ``"left_of"`` /
+    ``"right_of"`` (a child of ``parent``, which the receiver itself split).
+    """
+
+    node: int
+    source: str
+    parent: int = -1
+    rows: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class HistogramRequest(VerticalPayload):
+    """Bank → a feature holder: the nodes of tree ``tree`` to compute histograms for."""
+
+    KIND: ClassVar[bytes] = b"SHRQ"
+    content_class: ClassVar[str] = "public"
+    SOURCES: ClassVar[frozenset[str]] = frozenset({"rows", "left_of", "right_of"})
+
+    fingerprint: str
+    party: str
+    tree: int
+    n_rows: int
+    nodes: tuple[NodeRequest, ...]
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "tree": self.tree, "n_rows": self.n_rows,
+                "nodes": [{"node": r.node, "source": r.source, "parent": r.parent} for r in self.nodes]}
+
+    def _blobs(self) -> list[bytes]:
+        return [_pack_rows(r.rows) for r in self.nodes if r.source == "rows"]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> HistogramRequest:
+        n = _h_int(h, "n_rows")
+        items, it = [], iter(blobs)
+        for entry in _h_list(h, "nodes"):
+            if not isinstance(entry, dict) or entry.get("source") not in cls.SOURCES:
+                raise ProtocolError("histogram request has a malformed node entry")
+            node, parent = _h_int(entry, "node"), entry.get("parent")
+            if not isinstance(parent, int) or isinstance(parent, bool):
+                raise ProtocolError("histogram request has a malformed parent")
+            rows = None
+            if entry["source"] == "rows":
+                blob = next(it, None)
+                if blob is None:
+                    raise ProtocolError("histogram request lacks a node's row set")
+                rows = _unpack_rows(blob, n, "node row set")
+            items.append(NodeRequest(node, entry["source"], parent, rows))
+        if next(it, None) is not None:
+            raise ProtocolError("histogram request carries extra data")
+        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), n, tuple(items))
+
+
+@dataclass(frozen=True)
+class EncryptedHistograms(VerticalPayload):
+    """Feature holder → bank: per requested node, its masked histogram ciphertexts."""
+
+    KIND: ClassVar[bytes] = b"SHST"
+    content_class: ClassVar[str] = "ciphertext"
+
+    fingerprint: str
+    party: str
+    tree: int
+    nodes: tuple[int, ...]
+    per_node: int
+    ciphertexts: tuple[bytes, ...] = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "tree": self.tree, "nodes": list(self.nodes), "per_node": self.per_node}
+
+    def _blobs(self) -> list[bytes]:
+        return list(self.ciphertexts)
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedHistograms:
+        nodes = tuple(_int_items(_h_list(h, "nodes"), "nodes"))
+        per = _h_int(h, "per_node")
+        if len(blobs) != per * len(nodes):
+            raise ProtocolError(f"encrypted histograms carry {len(blobs)} ciphertexts for {len(nodes)} nodes of {per}")
+        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), nodes, per, tuple(blobs))
+
+    def node_ciphertexts(self, i: int) -> tuple[bytes, ...]:
+        return self.ciphertexts[i * self.per_node : (i + 1) * self.per_node]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class SplitOrder:
+    """"Your feature, your bin": the bank's choice at ``node``, with the id to file it under."""
+
+    node: int
+    feature: int
+    bin: int
+    split_id: int
+    default_left: bool
+    rows: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SplitDecisions(VerticalPayload):
+    """Bank → the owning feature holder only: splits on its own features in tree ``tree``."""
+
+    KIND: ClassVar[bytes] = b"SDEC"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    party: str
+    tree: int
+    n_rows: int
+    splits: tuple[SplitOrder, ...]
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "tree": self.tree, "n_rows": self.n_rows,
+                "splits": [{"node": s.node, "feature": s.feature, "bin": s.bin, "split_id": s.split_id,
+                            "default_left": s.default_left} for s in self.splits]}
+
+    def _blobs(self) -> list[bytes]:
+        return [_pack_rows(s.rows) for s in self.splits]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> SplitDecisions:
+        n = _h_int(h, "n_rows")
+        entries = _h_list(h, "splits")
+        if len(entries) != len(blobs):
+            raise ProtocolError("split decisions and row sets differ in number")
+        splits = []
+        for e, blob in zip(entries, blobs, strict=True):
+            if not isinstance(e, dict):
+                raise ProtocolError("split decision entry is not an object")
+            splits.append(SplitOrder(_h_int(e, "node"), _h_int(e, "feature"), _h_int(e, "bin"), _h_int(e, "split_id"),
+                                     _h_bool(e, "default_left"), _unpack_rows(blob, n, "split node row set")))
+        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), n, tuple(splits))
+
+
+@dataclass(frozen=True)
+class SplitPartitions(VerticalPayload):
+    """Owner → bank: for each decided node, which of its rows (in row order) go left."""
+
+    KIND: ClassVar[bytes] = b"SPRT"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    party: str
+    tree: int
+    nodes: tuple[int, ...]
+    go_left: tuple[np.ndarray, ...] = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "tree": self.tree, "nodes": list(self.nodes), "sizes": [int(g.size) for g in self.go_left]}
+
+    def _blobs(self) -> list[bytes]:
+        return [_pack_rows(g) for g in self.go_left]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> SplitPartitions:
+        nodes = _int_items(_h_list(h, "nodes"), "nodes")
+        sizes = _int_items(_h_list(h, "sizes"), "sizes")
+        if not len(nodes) == len(sizes) == len(blobs):
+            raise ProtocolError("split partitions are malformed")
+        parts = tuple(_unpack_rows(b, s, "split partition") for b, s in zip(blobs, sizes, strict=True))
+        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), tuple(nodes), parts)
+
+
+@dataclass(frozen=True)
+class TrainingDone(VerticalPayload):
+    """Bank → feature holders: training is over after ``n_trees`` trees."""
+
+    KIND: ClassVar[bytes] = b"SDON"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    n_trees: int
+
+    def _header(self) -> dict[str, Any]:
+        return {"n_trees": self.n_trees}
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> TrainingDone:
+        if blobs:
+            raise ProtocolError("training-done carries no data")
+        return cls(fp, _h_int(h, "n_trees"))
+
+
+@dataclass(frozen=True)
+class SplitAnswers(VerticalPayload):
+    """Feature holder → bank when scoring: left (True) / right per row and own split id."""
+
+    KIND: ClassVar[bytes] = b"SANS"
+    content_class: ClassVar[str] = "public"
+
+    fingerprint: str
+    party: str
+    split_ids: np.ndarray
+    go_left: np.ndarray = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "n_rows": int(self.go_left.shape[0]), "split_ids": [int(s) for s in self.split_ids]}
+
+    def _blobs(self) -> list[bytes]:
+        return [_pack_rows(self.go_left.ravel())]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> SplitAnswers:
+        ids = np.array(_int_items(_h_list(h, "split_ids"), "split_ids"), dtype=np.int64)
+        n = _h_int(h, "n_rows")
+        if len(blobs) != 1:
+            raise ProtocolError("split answers carry one bit matrix")
+        bits = _unpack_rows(blobs[0], n * ids.size, "split answers")
+        return cls(fp, _h_str(h, "party"), ids, bits.reshape(n, ids.size))
+
+
+PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
+    cls.KIND: cls
+    for cls in (BoostPlan, BinLayout, EncryptedGradients, HistogramRequest, EncryptedHistograms,
+                SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
+}
+
+
+def content_class_of(data: bytes) -> str:
+    """Content class (``ciphertext``/``public``/…) of a serialised SecureBoost payload."""
+    kind, _, _ = peek_frame(data)
+    cls = PAYLOAD_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown SecureBoost payload kind {kind!r}")
+    return cls.content_class
+
+
+def parse_payload(data: bytes, *, context: ts.Context | None = None) -> VerticalPayload:
+    """Parse any SecureBoost payload by its kind (refused under another context if given)."""
+    kind, _, _ = peek_frame(data)
+    cls = PAYLOAD_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown SecureBoost payload kind {kind!r}")
+    return cls.from_bytes(data, context=context)
+
+
+# =========================================================================== label holder
+
+
+@dataclass
+class _Node:
+    """The bank's view of a node of the tree being grown."""
+
+    index: int
+    depth: int
+    parent: int = -1
+    side: str = ""                      # "left"/"right" of parent
+    rows: np.ndarray | None = None      # training rows reaching the node
+    grad: float = 0.0
+    hess: float = 0.0
+    own: Histogram | None = None
+    raw: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)   # party -> (G, H, G_nan, H_nan)
+    derive_from: int = -1               # sibling whose histograms minus the parent's give ours
+    decided: bool = False
+    waiting_partition: str = ""         # owner whose partition is outstanding
+    children: tuple[int, int] | None = None
+
+
+class LabelHolderSB:
+    """The bank's side: labels, own features, the CKKS secret key, the tree structure.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+        The bank's CKKS context **with** its secret key.
+    name : str
+    n_trees, max_depth, learning_rate, reg_lambda, min_child_weight, subsample, n_bins
+        See :class:`~fedrisk.models.secureboost_tree.BoostParams`.
+    random_state : int, optional
+        Seed of the row subsampling.
+
+    Attributes
+    ----------
+    model_ : SecureBoostModel
+        The trees (available when :attr:`done_`).
+    binner_ : QuantileBinner
+        Bins of the bank's own features.
+    history_ : list of dict
+        Per tree: ``tree``, ``seconds``, ``train_loss`` (before the tree), ``splits`` per party.
+    """
+
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        name: str = "bank",
+        n_trees: int = 30,
+        max_depth: int = 3,
+        learning_rate: float = 0.3,
+        reg_lambda: float = 1.0,
+        min_child_weight: float = 1.0,
+        subsample: float = 1.0,
+        n_bins: int = 32,
+        random_state: int | None = 0,
+    ) -> None:
+        if not context.is_private():
+            raise CryptoError("the label holder needs the CKKS context with its secret key")
+        self.context = context
+        self.name = name
+        self.params = BoostParams(n_trees, max_depth, float(learning_rate), float(reg_lambda), float(min_child_weight),
+                                  float(subsample), n_bins)
+        self.random_state = random_state
+        self.fingerprint = context_fingerprint(context)
+        self.runtime = CKKSRuntime.for_context(context)
+        self.done_ = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, X: np.ndarray, y: np.ndarray, coverage: Mapping[str, np.ndarray], *,
+              feature_names: Sequence[str] | None = None) -> BoostPlan:
+        """Bin own features, fix the base score; return the plan for the feature holders.
+
+        Parameters
+        ----------
+        X : ndarray (n_rows, n_features)
+            Own features on the aligned training rows (NaN = missing).
+        y : ndarray (n_rows,)
+            0/1 default labels.
+        coverage : mapping party → bool ndarray (n_rows,)
+            Rows each feature holder covers (known from PSI).
+        """
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y).ravel()
+        if X.ndim != 2 or X.shape[0] != y.size:
+            raise DataValidationError(f"label holder: X has shape {X.shape} but there are {y.size} labels")
+        if not np.all(np.isin(y, (0, 1))):
+            raise DataValidationError("label holder: labels must be 0/1")
+        if np.unique(y).size < 2:
+            raise DataValidationError("label holder: the training rows hold only one class")
+        if not coverage:
+            raise ConfigError("vertical training needs at least one feature holder")
+        n = y.size
+        self.coverage_ = {}
+        for party, cov in coverage.items():
+            cov = np.asarray(cov, dtype=bool)
+            if cov.shape != (n,):
+                raise DataValidationError(f"coverage of {party!r} must have one entry per aligned row")
+            self.coverage_[party] = cov
+        self.feature_holders_ = tuple(coverage)
+        self.feature_names_ = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(X.shape[1]))
+        self.binner_ = QuantileBinner(self.params.n_bins).fit(X)
+        self._codes = self.binner_.transform(X)
+        self._y = y.astype(np.float64)
+        self.base_score_ = base_score(self._y)
+        self._raw = np.full(n, self.base_score_)
+        self._rng = np.random.default_rng(self.random_state)
+        self._layouts: dict[str, HistogramLayout | None] = {}
+        self._split_ids = {p: 0 for p in self.feature_holders_}
+        self._builder = TreeBuilder()
+        self.history_: list[dict[str, Any]] = []
+        self.tree_ = -1
+        self.done_ = False
+        self._outbox: dict[str, list[VerticalPayload]] = {}
+        self.plan_ = BoostPlan(self.fingerprint, self.name, self.feature_holders_, n, self.params.n_bins,
+                               self.params.n_trees, self.params.max_depth)
+        return self.plan_
+
+    def register_layout(self, payload: BinLayout) -> None:
+        """Note a feature holder's bins and packing; the first tree starts once all are in."""
+        payload.check(self.context)
+        if payload.party not in self.feature_holders_:
+            raise ProtocolError(f"{payload.party!r} is not a feature holder of this training")
+        if payload.party in self._layouts:
+            raise ProtocolError(f"{payload.party!r} announced its layout twice")
+        layout = payload.layout
+        if layout is not None and not self.coverage_[payload.party].any():
+            raise ProtocolError(f"{payload.party!r} announces bins but covers no row")
+        if layout is not None and max(layout.n_bins) > self.params.n_bins:
+            raise ProtocolError(f"{payload.party!r} announces more than {self.params.n_bins} bins")
+        self._layouts[payload.party] = layout
+        if set(self._layouts) == set(self.feature_holders_):
+            self.active_ = tuple(p for p in self.feature_holders_ if self._layouts[p] is not None)
+            self._start_tree()
+
+    @property
+    def layouts_(self) -> dict[str, HistogramLayout | None]:
+        return dict(self._layouts)
+
+    # ------------------------------------------------------------------ rounds
+    def outbox(self) -> dict[str, list[VerticalPayload]]:
+        """Payloads to deliver now, per feature holder (decisions before requests)."""
+        out, self._outbox = self._outbox, {}
+        merged: dict[str, list[VerticalPayload]] = {}
+        for party, items in out.items():
+            grads = [p for p in items if isinstance(p, EncryptedGradients)]
+            decs = [p for p in items if isinstance(p, SplitDecisions)]
+            reqs = [p for p in items if isinstance(p, HistogramRequest)]
+            rest = [p for p in items if not isinstance(p, EncryptedGradients | SplitDecisions | HistogramRequest)]
+            batch: list[VerticalPayload] = list(grads)
+            if decs:
+                batch.append(SplitDecisions(self.fingerprint, party, decs[0].tree, decs[0].n_rows,
+                                            tuple(s for d in decs for s in d.splits)))
+            if reqs:
+                batch.append(HistogramRequest(self.fingerprint, party, reqs[0].tree, reqs[0].n_rows,
+                                              tuple(r for q in reqs for r in q.nodes)))
+            merged[party] = batch + rest
+        return merged
+
+    def _send(self, party: str, payload: VerticalPayload) -> None:
+        self._outbox.setdefault(party, []).append(payload)
+
+    def receive(self, payload: VerticalPayload) -> None:
+        """Take a feature holder's reply (histograms or partitions) and advance the trees."""
+        payload.check(self.context)
+        if self.done_ or self.tree_ < 0:
+            raise ProtocolError(f"{type(payload).__name__} arrived while no tree is being grown")
+        if isinstance(payload, EncryptedHistograms):
+            self._receive_histograms(payload)
+        elif isinstance(payload, SplitPartitions):
+            self._receive_partitions(payload)
+        else:
+            raise ProtocolError(f"the label holder does not accept {type(payload).__name__} during training")
+        self._advance()
+
+    # ------------------------------------------------------------------ tree growth
+    def _start_tree(self) -> None:
+        self.tree_ += 1
+        self._t0 = time.perf_counter()
+        n = self._y.size
+        g, h = gradients(self._raw, self._y)
+        sampled = sample_rows(self._rng, n, self.params.subsample)
+        self._g, self._h = np.where(sampled, g, 0.0), np.where(sampled, h, 0.0)
+        loss = float(np.mean(np.logaddexp(0.0, self._raw) - self._y * self._raw))
+        self.history_.append({"tree": self.tree_, "train_loss": loss})
+        self._nodes = [_Node(0, 0)]
+        self._records = [new_node(0)]
+        self._requested: dict[tuple[str, int], str] = {}   # (party, node) -> "pending"/"received"
+        if self.active_:
+            blobs = encrypt_gradients(self.context, self._g, self._h)
+            for party in self.active_:
+                self._send(party, EncryptedGradients(self.fingerprint, self.tree_, n, tuple(blobs)))
+        self._set_rows(self._nodes[0], np.ones(n, dtype=bool))
+        self._request(self._nodes[0], {p: NodeRequest(0, "rows", -1, self._nodes[0].rows) for p in self.active_})
+        self._advance()
+
+    def _set_rows(self, node: _Node, rows: np.ndarray) -> None:
+        node.rows = rows
+        node.grad, node.hess = float(self._g[rows].sum()), float(self._h[rows].sum())
+        if node.depth < self.params.max_depth:
+            node.own = plain_histogram(self._codes, self.binner_.n_bins_, self._g, self._h, rows)
+
+    def _request(self, node: _Node, requests: Mapping[str, NodeRequest]) -> None:
+        if node.depth >= self.params.max_depth:
+            return
+        for party, req in requests.items():
+            self._requested[(party, node.index)] = "pending"
+            self._send(party, HistogramRequest(self.fingerprint, party, self.tree_, self._y.size, (req,)))
+
+    def _receive_histograms(self, payload: EncryptedHistograms) -> None:
+        party = payload.party
+        layout = self._layouts.get(party)
+        if layout is None:
+            raise ProtocolError(f"{party!r} sent histograms but takes no part in histogram building")
+        if payload.tree != self.tree_:
+            raise ProtocolError(f"histograms for tree {payload.tree}, the bank is at tree {self.tree_}")
+        if payload.per_node != layout.n_ciphertexts:
+            raise ProtocolError(f"{party!r} sent {payload.per_node} ciphertexts per node, announced {layout.n_ciphertexts}")
+        for i, node_id in enumerate(payload.nodes):
+            if self._requested.get((party, node_id)) != "pending":
+                raise ProtocolError(f"{party!r} sent a histogram for node {node_id} that was not requested (or twice)")
+            self._requested[(party, node_id)] = "received"
+            G, H = decrypt_histogram(self.context, payload.node_ciphertexts(i), layout)
+            g_bins, g_nan = layout.split_columns(G)
+            h_bins, h_nan = layout.split_columns(H)
+            self._nodes[node_id].raw[party] = (g_bins, h_bins, g_nan, h_nan)
+
+    def _receive_partitions(self, payload: SplitPartitions) -> None:
+        if payload.tree != self.tree_:
+            raise ProtocolError(f"partitions for tree {payload.tree}, the bank is at tree {self.tree_}")
+        for node_id, go_left in zip(payload.nodes, payload.go_left, strict=True):
+            if node_id >= len(self._nodes) or self._nodes[node_id].waiting_partition != payload.party:
+                raise ProtocolError(f"{payload.party!r} sent a partition of node {node_id} it was not asked for")
+            node = self._nodes[node_id]
+            assert node.rows is not None
+            if go_left.size != int(node.rows.sum()):
+                raise ProtocolError(f"partition of node {node_id} has {go_left.size} rows, the node {int(node.rows.sum())}")
+            node.waiting_partition = ""
+            left_rows = np.zeros_like(node.rows)
+            left_rows[np.flatnonzero(node.rows)] = go_left
+            self._make_children(node, left_rows, owner=payload.party)
+
+    def _make_children(self, node: _Node, left_rows: np.ndarray, owner: str | None) -> None:
+        """Rows of both children are known: compute own histograms, ask the others for the left one."""
+        assert node.rows is not None and node.children is not None
+        left, right = (self._nodes[i] for i in node.children)
+        self._set_rows(left, left_rows)
+        self._set_rows(right, node.rows & ~left_rows)
+        right.derive_from = left.index
+        others = {p: NodeRequest(left.index, "rows", -1, left.rows) for p in self.active_ if p != owner}
+        self._request(left, others)
+
+    def _advance(self) -> None:
+        """Decide every node whose histograms are complete; finish the tree when nothing is open."""
+        progress = True
+        while progress:
+            progress = False
+            for node in list(self._nodes):
+                if not node.decided and self._ready(node):
+                    self._decide(node)
+                    progress = True
+        if all(n.decided and not n.waiting_partition for n in self._nodes) and all(
+            n.rows is not None for n in self._nodes
+        ):
+            self._finish_tree()
+
+    def _ready(self, node: _Node) -> bool:
+        if node.rows is None:
+            return False
+        if node.depth >= self.params.max_depth:
+            return True
+        for party in self.active_:
+            if party in node.raw:
+                continue
+            sib = self._nodes[node.derive_from] if node.derive_from >= 0 else None
+            parent = self._nodes[node.parent] if node.parent >= 0 else None
+            if sib is None or parent is None or party not in sib.raw or party not in parent.raw:
+                return False
+            node.raw[party] = tuple(a - b for a, b in zip(parent.raw[party], sib.raw[party], strict=True))
+        return True
+
+    def _party_histogram(self, node: _Node, party: str) -> Histogram:
+        """A feature holder's histogram at a node; its missing bucket adds the rows it does not cover."""
+        assert node.rows is not None
+        g_bins, h_bins, g_nan, h_nan = node.raw[party]
+        unc = node.rows & ~self.coverage_[party]
+        layout = self._layouts[party]
+        assert layout is not None
+        return Histogram(g_bins, h_bins, g_nan + float(self._g[unc].sum()), h_nan + float(self._h[unc].sum()),
+                         np.array(layout.n_bins))
+
+    def _decide(self, node: _Node) -> None:
+        node.decided = True
+        record = self._records[node.index]
+        choice: tuple[str, SplitCandidate] | None = None
+        if node.depth < self.params.max_depth:
+            assert node.own is not None
+            options = [(self.name, best_split(node.own, node.grad, node.hess, self.params))]
+            options += [(p, best_split(self._party_histogram(node, p), node.grad, node.hess, self.params)) for p in self.active_]
+            for party, cand in options:  # first strictly better wins: ties go to the earlier party
+                if cand is not None and (choice is None or cand.gain > choice[1].gain):
+                    choice = (party, cand)
+        if choice is None:
+            record["value"] = leaf_weight(node.grad, node.hess, self.params)
+            return
+        party, cand = choice
+        left, right = len(self._nodes), len(self._nodes) + 1
+        node.children = (left, right)
+        self._nodes += [_Node(left, node.depth + 1, node.index, "left"), _Node(right, node.depth + 1, node.index, "right")]
+        self._records += [new_node(node.depth + 1), new_node(node.depth + 1)]
+        record.update(left=left, right=right, default_left=int(cand.default_left), gain=cand.gain)
+        if party == self.name:
+            record.update(owner=0, feature=cand.feature, bin=cand.bin, threshold=self.binner_.threshold(cand.feature, cand.bin))
+            code = self._codes[:, cand.feature]
+            go_left = np.where(code == MISSING, cand.default_left, code <= cand.bin)
+            self._make_children(node, node.rows & go_left, owner=None)
+            return
+        split_id = self._split_ids[party]
+        self._split_ids[party] += 1
+        record.update(owner=1 + self.feature_holders_.index(party), split_id=split_id)
+        node.waiting_partition = party
+        assert node.rows is not None
+        order = SplitOrder(node.index, cand.feature, cand.bin, split_id, cand.default_left, node.rows)
+        self._send(party, SplitDecisions(self.fingerprint, party, self.tree_, self._y.size, (order,)))
+        # the owner knows the partition at once: it computes the left child's histogram in the same round
+        self._request(self._nodes[left], {party: NodeRequest(left, "left_of", node.index)})
+
+    def _finish_tree(self) -> None:
+        leaf_value = np.array([r["value"] for r in self._records])
+        for node in self._nodes:
+            if node.children is None:
+                assert node.rows is not None
+                self._raw[node.rows] += leaf_value[node.index]
+        self._builder.add_tree(self._records)
+        owners = [r["owner"] for r in self._records if r["left"] >= 0]
+        names = (self.name, *self.feature_holders_)
+        self.history_[-1].update(seconds=time.perf_counter() - self._t0,
+                                 splits={names[k]: owners.count(k) for k in range(len(names))})
+        log.info("tree %d done in %.2f s (loss before %.5f)", self.tree_, self.history_[-1]["seconds"],
+                 self.history_[-1]["train_loss"])
+        self._nodes, self._records = [], []
+        if self.tree_ + 1 < self.params.n_trees:
+            self._start_tree()
+        else:
+            self.done_ = True
+            self.model_ = SecureBoostModel((self.name, *self.feature_holders_), self.feature_names_, self.base_score_,
+                                           self._builder.arrays(), self.params)
+            for party in self.feature_holders_:
+                self._send(party, TrainingDone(self.fingerprint, self.params.n_trees))
+
+    # ------------------------------------------------------------------ scoring
+    def decision_function(self, X: np.ndarray, answers: Mapping[str, SplitAnswers | None]) -> np.ndarray:
+        """Raw scores for rows given each feature holder's :class:`SplitAnswers` on the same rows."""
+        if not self.done_:
+            raise ProtocolError("the model is not trained yet")
+        for party, ans in answers.items():
+            if ans is not None:
+                ans.check(self.context)
+                if ans.party != party:
+                    raise ProtocolError(f"answers filed under {party!r} come from {ans.party!r}")
+        return self.model_.decision_function(X, answers)
+
+    def predict_proba(self, X: np.ndarray, answers: Mapping[str, SplitAnswers | None]) -> np.ndarray:
+        p = sigmoid(self.decision_function(X, answers))
+        return np.column_stack([1.0 - p, p])
+
+
+# =========================================================================== feature holder
+
+
+class FeatureHolderSB:
+    """A feature holder's side (tax bureau, platform): own features, public context only.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+        The bank's public context with Galois keys.
+    name : str
+    n_jobs : int
+        Worker processes of the histogram kernel.
+    mask_bits : int
+        Target hiding of the partial sums inside a histogram ciphertext.
+    cache_bytes : int
+        Memory budget for pre-encoded one-hot plaintexts.
+
+    Attributes
+    ----------
+    binner_ : QuantileBinner
+        Own bins (fitted on own covered rows).
+    routing_table_ : RoutingTable
+        Own splits: split id → feature, bin, threshold, default direction.
+    layout_ : HistogramLayout or None
+    mask_bits_ : int
+    """
+
+    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, mask_bits: int = DEFAULT_MASK_BITS,
+                 cache_bytes: int = 2 << 30) -> None:
+        if context.is_private():
+            raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+        self.context = context
+        self.name = name
+        self.n_jobs = n_jobs
+        self.mask_bits = mask_bits
+        self.cache_bytes = cache_bytes
+        self.fingerprint = context_fingerprint(context)
+        self._kernel: EncryptedHistogramKernel | None = None
+        self.done_ = False
+
+    def setup(self, X: np.ndarray, coverage: np.ndarray, plan: BoostPlan, *,
+              feature_names: Sequence[str] | None = None) -> BinLayout:
+        """Bin own features on own covered rows, pre-encode the bins; announce the layout.
+
+        Parameters
+        ----------
+        X : ndarray (n_rows, n_features)
+            Own features in the bank's aligned row order (NaN = missing; uncovered rows ignored).
+        coverage : bool ndarray (n_rows,)
+        plan : BoostPlan
+        """
+        plan.check(self.context)
+        if self.name not in plan.feature_holders:
+            raise ProtocolError(f"the boost plan does not include {self.name!r}")
+        X = np.asarray(X, dtype=np.float64)
+        cov = np.asarray(coverage, dtype=bool)
+        if X.ndim != 2 or X.shape[0] != plan.n_rows or cov.shape != (plan.n_rows,):
+            raise DataValidationError(f"{self.name}: X has shape {X.shape}, the plan has {plan.n_rows} aligned rows")
+        self.plan_ = plan
+        self.feature_names_ = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(X.shape[1]))
+        self.n_features_in_ = X.shape[1]
+        self.binner_ = QuantileBinner(plan.n_bins).fit(X, cov)
+        codes = self.binner_.transform(X)
+        codes[~cov] = MISSING  # a row it does not know is missing everywhere
+        self._codes = codes
+        self.routing_table_ = RoutingTable.empty(self.name, self.feature_names_)
+        self.close()
+        self.layout_: HistogramLayout | None = None
+        self.mask_bits_ = 0
+        if cov.any() and X.shape[1] > 0:
+            self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_, self.binner_.has_missing_, cov, self.context,
+                                                    n_jobs=self.n_jobs, mask_bits=self.mask_bits, cache_bytes=self.cache_bytes)
+            self.layout_, self.mask_bits_ = self._kernel.layout_, self._kernel.mask_bits_
+        self._tree = -1
+        self._node_rows: dict[int, np.ndarray] = {}
+        self._partitions: dict[int, np.ndarray] = {}
+        self.done_ = False
+        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_, self.mask_bits_)
+
+    def handle(self, payloads: Sequence[VerticalPayload]) -> list[VerticalPayload]:
+        """Process one round's payloads in order; return the replies (partitions before histograms)."""
+        replies: list[VerticalPayload] = []
+        for payload in payloads:
+            if isinstance(payload, EncryptedGradients):
+                self.receive_gradients(payload)
+            elif isinstance(payload, SplitDecisions):
+                replies.append(self.apply_splits(payload))
+            elif isinstance(payload, HistogramRequest):
+                replies.append(self.histograms(payload))
+            elif isinstance(payload, TrainingDone):
+                self.finish(payload)
+            else:
+                raise ProtocolError(f"{self.name} does not accept {type(payload).__name__}")
+        return replies
+
+    def _require_active(self) -> None:
+        if getattr(self, "plan_", None) is None or self.done_:
+            raise ProtocolError(f"{self.name}: not set up for training (or already finished)")
+
+    def receive_gradients(self, payload: EncryptedGradients) -> None:
+        """Load the tree's encrypted gradients; forget the previous tree's row sets."""
+        payload.check(self.context)
+        self._require_active()
+        if self._kernel is None:
+            raise ProtocolError(f"{self.name} covers no row and takes no gradients")
+        if payload.tree != self._tree + 1:
+            raise ProtocolError(f"{self.name}: gradients for tree {payload.tree}, expected tree {self._tree + 1}")
+        self._kernel.set_gradients(payload.ciphertexts, payload.n_values, payload.tree)
+        self._tree = payload.tree
+        self._node_rows, self._partitions = {}, {}
+
+    def apply_splits(self, payload: SplitDecisions) -> SplitPartitions:
+        """File each "your feature, your bin" under its split id; say which node rows go left."""
+        payload.check(self.context)
+        self._require_active()
+        if payload.party != self.name or payload.tree != self._tree:
+            raise ProtocolError(f"{self.name}: split decisions for {payload.party!r}, tree {payload.tree}")
+        nodes, parts = [], []
+        for s in payload.splits:
+            if s.feature >= self.n_features_in_ or s.bin >= int(self.binner_.n_bins_[s.feature]):
+                raise ProtocolError(f"{self.name}: no feature {s.feature} bin {s.bin} to split on")
+            if s.rows.shape != (self.plan_.n_rows,):
+                raise ProtocolError(f"{self.name}: split node row set has the wrong size")
+            code = self._codes[:, s.feature]
+            go_left = np.where(code == MISSING, s.default_left, code <= s.bin)
+            self.routing_table_.add(s.split_id, s.feature, s.bin, self.binner_.threshold(s.feature, s.bin), s.default_left)
+            self._node_rows[s.node] = s.rows
+            self._partitions[s.node] = s.rows & go_left
+            nodes.append(s.node)
+            parts.append(go_left[s.rows])
+        return SplitPartitions(self.fingerprint, self.name, self._tree, tuple(nodes), tuple(parts))
+
+    def histograms(self, payload: HistogramRequest) -> EncryptedHistograms:
+        """Masked encrypted histograms of the requested nodes."""
+        payload.check(self.context)
+        self._require_active()
+        if payload.party != self.name or payload.tree != self._tree or self._kernel is None:
+            raise ProtocolError(f"{self.name}: histogram request for {payload.party!r}, tree {payload.tree}")
+        blobs: list[bytes] = []
+        for req in payload.nodes:
+            if req.source == "rows":
+                assert req.rows is not None
+                rows = req.rows
+            elif req.parent in self._partitions:
+                left = self._partitions[req.parent]
+                rows = left if req.source == "left_of" else self._node_rows[req.parent] & ~left
+            else:
+                raise ProtocolError(f"{self.name}: node {req.parent} is not a split of mine in this tree")
+            self._node_rows[req.node] = rows
+            blobs.extend(self._kernel.node_histogram(rows))
+        per = self._kernel.layout_.n_ciphertexts
+        return EncryptedHistograms(self.fingerprint, self.name, self._tree, tuple(r.node for r in payload.nodes), per, tuple(blobs))
+
+    def finish(self, payload: TrainingDone) -> None:
+        """Training is over: keep the routing table, stop the workers."""
+        payload.check(self.context)
+        self.done_ = True
+        self.close()
+
+    # ------------------------------------------------------------------ scoring
+    def answer(self, X: np.ndarray) -> SplitAnswers:
+        """Left/right for every own split id on rows of own features (NaN → default)."""
+        return answer_splits(self.routing_table_, X, fingerprint=self.fingerprint)
+
+    def close(self) -> None:
+        """Stop the histogram kernel's worker processes."""
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
+
+
+# =========================================================================== coordinator
+
+
+class CoordinatorSB:
+    """What the coordinator does for SecureBoost: check routes and contexts, relay.
+
+    Holds only a public context and refuses a secret one.
+    """
+
+    ROUTES: ClassVar[dict[tuple[str, str], frozenset[bytes]]] = {
+        ("label_holder", "feature_holder"): frozenset({b"SPLN", b"SGRD", b"SHRQ", b"SDEC", b"SDON"}),
+        ("feature_holder", "label_holder"): frozenset({b"SLAY", b"SHST", b"SPRT", b"SANS"}),
+    }
+    SENDER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SLAY", b"SHST", b"SPRT", b"SANS"})
+    RECEIVER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SHRQ", b"SDEC"})
+
+    def __init__(self, context: ts.Context, *, label_holder: str, feature_holders: Sequence[str]) -> None:
+        if context.is_private():
+            raise CryptoError("the coordinator must not hold the CKKS secret key")
+        self.context = context
+        self.fingerprint = context_fingerprint(context)
+        self.label_holder = label_holder
+        self.feature_holders = tuple(feature_holders)
+
+    def role(self, party: str) -> str:
+        if party == self.label_holder:
+            return "label_holder"
+        if party in self.feature_holders:
+            return "feature_holder"
+        raise ProtocolError(f"unknown party {party!r}")
+
+    def relay(self, sender: str, receiver: str, data: bytes) -> bytes:
+        """Check a payload against the routing policy and pass it on unchanged.
+
+        Raises
+        ------
+        ProtocolError
+            The kind may not travel on this link, or a payload names another party.
+        ContextMismatchError
+            The payload was made under another context.
+        """
+        kind, fp, header = peek_frame(data)
+        allowed = self.ROUTES.get((self.role(sender), self.role(receiver)), frozenset())
+        if kind not in allowed:
+            raise ProtocolError(f"{kind.decode(errors='replace')} may not travel from {sender} to {receiver}")
+        check_fingerprint(self.fingerprint, fp, f"{kind.decode()} payload from {sender}")
+        if kind in self.SENDER_NAMED and header.get("party") != sender:
+            raise ProtocolError(f"{sender} sent a payload in the name of {header.get('party')!r}")
+        if kind in self.RECEIVER_NAMED and header.get("party") != receiver:
+            raise ProtocolError(f"{kind.decode()} for {header.get('party')!r} routed to {receiver}")
+        return data
+
+
+# =========================================================================== model export and scoring
+
+
+def answer_splits(table: RoutingTable, X: np.ndarray, *, fingerprint: str) -> SplitAnswers:
+    """A party's answers for all of its split ids on rows of its own features.
+
+    This is what the scoring node asks each feature holder: ``X`` in the party's
+    training column order, one row per application (all-NaN for an SME the party
+    does not know); ``fingerprint`` is the training context's (bundle metadata).
+    """
+    return SplitAnswers(fingerprint, table.party, table.split_id.copy(), table.answer(X))
+
+
+def label_holder_bundle(model: SecureBoostModel | LabelHolderSB, *, context_fingerprint: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The bank's bundle content: tree structure, leaf weights, split owners, own thresholds.
+
+    Write it with :func:`fedrisk.models.bundle.write_model_bundle`. No other party's
+    threshold, feature or bin is in it.
+    """
+    fp = context_fingerprint
+    if isinstance(model, LabelHolderSB):
+        if not model.done_:
+            raise ProtocolError("the label holder has not finished training")
+        fp = fp or model.fingerprint
+        model = model.model_
+    arrays, meta = model.to_bundle()
+    meta["context_fingerprint"] = fp
+    return arrays, meta
+
+
+def feature_holder_bundle(table: RoutingTable | FeatureHolderSB, *, context_fingerprint: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A feature holder's bundle content: only its own split thresholds (its routing table)."""
+    fp = context_fingerprint
+    if isinstance(table, FeatureHolderSB):
+        fp = fp or table.fingerprint
+        table = table.routing_table_
+    arrays, meta = table.to_bundle()
+    meta["context_fingerprint"] = fp
+    return arrays, meta
+
+
+def load_label_holder_bundle(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> SecureBoostModel:
+    """Inverse of :func:`label_holder_bundle` (after :func:`fedrisk.models.bundle.load_model_bundle`)."""
+    return SecureBoostModel.from_bundle(arrays, meta)
+
+
+def load_feature_holder_bundle(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> RoutingTable:
+    """Inverse of :func:`feature_holder_bundle`."""
+    return RoutingTable.from_bundle(arrays, meta)
+
+
+# =========================================================================== in-process driver
+
+
+class VerticalSecureBoost(BaseEstimator):
+    """Vertical SecureBoost run in-process with the full encrypted protocol.
+
+    A scikit-learn–shaped facade over :class:`LabelHolderSB`, :class:`FeatureHolderSB`
+    and :class:`CoordinatorSB`: every payload is serialised to bytes, relayed through
+    the coordinator's checks, parsed by the receiver (and counted).
+
+    Parameters
+    ----------
+    n_trees, max_depth, learning_rate, reg_lambda, min_child_weight, subsample, n_bins
+        See :class:`~fedrisk.models.secureboost_tree.BoostParams`; the defaults are
+        FATE's benchmark configuration (30 trees, depth 3, 32 bins) with XGBoost's
+        and FATE's learning rate 0.3.
+    random_state : int, optional
+        Seed of the row subsampling.
+    n_jobs : int
+        Worker processes per feature holder for the histogram kernel.
+    mask_bits : int
+        Target hiding of partial sums in histogram ciphertexts.
+    label : str
+        Label column of the bank's table.
+    label_holder_name : str
+
+    Attributes
+    ----------
+    label_holder_ : LabelHolderSB
+    feature_holders_ : dict of str → FeatureHolderSB
+    coordinator_ : CoordinatorSB
+    model_ : SecureBoostModel
+        The bank's model.
+    routing_tables_ : dict of str → RoutingTable
+        Each feature holder's own splits.
+    tree_seconds_ : list of float
+        Wall time per tree (all parties' work, in-process).
+    setup_seconds_, fit_seconds_ : float
+    rounds_ : int
+        Bank → feature holders rounds (Flower round trips a deployment would need).
+    bytes_sent_, bytes_received_ : dict of str → int
+    bytes_per_tree_ : float
+    """
+
+    def __init__(
+        self,
+        *,
+        n_trees: int = 30,
+        max_depth: int = 3,
+        learning_rate: float = 0.3,
+        reg_lambda: float = 1.0,
+        min_child_weight: float = 1.0,
+        subsample: float = 1.0,
+        n_bins: int = 32,
+        random_state: int | None = 0,
+        n_jobs: int = 1,
+        mask_bits: int = DEFAULT_MASK_BITS,
+        label: str = "y",
+        label_holder_name: str = "bank",
+    ) -> None:
+        self.n_trees = n_trees
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.reg_lambda = reg_lambda
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.n_bins = n_bins
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.mask_bits = mask_bits
+        self.label = label
+        self.label_holder_name = label_holder_name
+
+    def fit(
+        self,
+        label_holder_table: Any,
+        feature_holder_tables: Mapping[str, Any],
+        *,
+        context: ts.Context | None = None,
+        transcript: list[WireRecord] | None = None,
+        keep_bytes: bool = False,
+    ) -> VerticalSecureBoost:
+        """Train over the full protocol.
+
+        Parameters
+        ----------
+        label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
+        feature_holder_tables : mapping name → PartyTable, DataFrame (joined on ID) or ndarray (already aligned)
+        context : tenseal.Context, optional
+            The bank's secret context (default: a fresh one, see :func:`make_context`).
+        transcript : list, optional
+            Receives a :class:`WireRecord` per payload (``epoch`` = tree index).
+        keep_bytes : bool
+            Keep each payload's bytes in the transcript.
+        """
+        t_start = time.perf_counter()
+        ids, Xb, names_b, y = _table_parts(label_holder_table, self.label, "label holder")
+        if y is None:
+            raise DataValidationError(f"label holder table has no label column {self.label!r}")
+        if not feature_holder_tables:
+            raise ConfigError("vertical training needs at least one feature holder")
+        if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
+            raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
+        secret = context if context is not None else make_context()
+        copies = _public_copies(secret)
+        names = list(feature_holder_tables)
+        self.coordinator_ = CoordinatorSB(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
+        wire = _Wire(self.coordinator_, transcript, keep_bytes)  # type: ignore[arg-type]
+        bank = LabelHolderSB(secret, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
+                             learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
+                             min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,
+                             random_state=self.random_state)
+        aligned = {nm: self._aligned(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+        plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b)
+        pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
+        wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
+        wire.received["coordinator"] = coord_len
+        holders: dict[str, FeatureHolderSB] = {}
+        try:
+            layouts = []
+            for nm in names:
+                wire.received[nm] = pub_len
+                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs, mask_bits=self.mask_bits)
+                holders[nm] = fh
+                got = BoostPlan.from_bytes(wire.send(self.label_holder_name, nm, plan), context=fh.context)
+                X_k, cov_k, fnames = aligned[nm]
+                layouts.append(wire.send(nm, self.label_holder_name, fh.setup(X_k, cov_k, got, feature_names=fnames)))
+            for data in layouts:
+                bank.register_layout(BinLayout.from_bytes(data, context=bank.context))
+            self.setup_seconds_ = time.perf_counter() - t_start
+            self.rounds_ = self._run(bank, holders, wire)
+        finally:
+            for fh in holders.values():
+                fh.close()
+        self.label_holder_, self.feature_holders_ = bank, holders
+        self.model_ = bank.model_
+        self.routing_tables_ = {nm: fh.routing_table_ for nm, fh in holders.items()}
+        self.tree_seconds_ = [float(h["seconds"]) for h in bank.history_]
+        self.fit_seconds_ = time.perf_counter() - t_start
+        self.bytes_sent_, self.bytes_received_ = dict(wire.sent), dict(wire.received)
+        self.bytes_per_tree_ = (wire.total - self._setup_bytes) / max(1, self.n_trees)
+        return self
+
+    @staticmethod
+    def _aligned(ids: Any, table: Any, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        X, cov, names = _align(ids, table, name)
+        X = X.copy()
+        X[~cov] = np.nan  # a row the party does not cover is missing in every feature
+        return X, cov, names
+
+    def _run(self, bank: LabelHolderSB, holders: dict[str, FeatureHolderSB], wire: _Wire) -> int:
+        self._setup_bytes = wire.total
+        rounds = 0
+        while True:
+            out = bank.outbox()
+            if not out:
+                if bank.done_:
+                    return rounds
+                raise ProtocolError("SecureBoost stalled: the bank has nothing to send and is not done")
+            rounds += 1
+            wire.epoch = bank.tree_
+            for party, payloads in out.items():
+                fh = holders[party]
+                got = [parse_payload(wire.send(bank.name, party, p), context=fh.context) for p in payloads]
+                for reply in fh.handle(got):
+                    bank.receive(parse_payload(wire.send(party, bank.name, reply), context=bank.context))
+
+    # ------------------------------------------------------------------ scoring
+    def answers(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, SplitAnswers]]:
+        """The bank's own rows and every feature holder's serialised answers on them."""
+        ids, Xb, _, _ = _table_parts(label_holder_table, self.label, "label holder")
+        answers = {}
+        for nm, fh in self.feature_holders_.items():
+            X_k = self._aligned(ids, feature_holder_tables[nm], nm)[0] if nm in feature_holder_tables else np.full((len(ids), fh.n_features_in_), np.nan)
+            data = self.coordinator_.relay(nm, self.label_holder_name, fh.answer(X_k).to_bytes())
+            answers[nm] = SplitAnswers.from_bytes(data, context=self.label_holder_.context)
+        return Xb, answers
+
+    def decision_function(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> np.ndarray:
+        """Joint log-odds for the bank's rows, each split answered by its owner."""
+        Xb, answers = self.answers(label_holder_table, feature_holder_tables)
+        return self.label_holder_.decision_function(Xb, answers)
+
+    def predict_proba(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> np.ndarray:
+        """``(n, 2)`` probabilities [no default, default]."""
+        p = sigmoid(self.decision_function(label_holder_table, feature_holder_tables))
+        return np.column_stack([1.0 - p, p])
+
+
+def train_secureboost(
+    label_holder_table: Any,
+    feature_holder_tables: Mapping[str, Any],
+    *,
+    context: ts.Context | None = None,
+    transcript: list[WireRecord] | None = None,
+    keep_bytes: bool = False,
+    **params: Any,
+) -> VerticalSecureBoost:
+    """Train vertical SecureBoost in-process; ``params`` are :class:`VerticalSecureBoost` parameters."""
+    return VerticalSecureBoost(**params).fit(label_holder_table, feature_holder_tables, context=context,
+                                             transcript=transcript, keep_bytes=keep_bytes)
