@@ -29,6 +29,9 @@ app.add_typer(data_app, name="data")
 from fedrisk.cli_audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
+from fedrisk.cli_score import score_app  # noqa: E402
+
+app.add_typer(score_app, name="score")
 
 console = Console(stderr=True)
 
@@ -48,8 +51,9 @@ def _emit(summary: dict, as_json: bool) -> None:
 @app.command()
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
-    rows: int = typer.Option(9_000, help="Synthetic SMEs in the demo."),
-    rounds: int = typer.Option(5, help="Federated rounds."),
+    mode: str = typer.Option("vertical", help="vertical (bank + tax bureau + platform) or horizontal (three banks)."),
+    rows: int = typer.Option(10_000, help="Synthetic SMEs known to the bank."),
+    rounds: int = typer.Option(15, "--rounds", "--epochs", help="Most epochs (vertical) or rounds (horizontal)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
     seed: int = typer.Option(7, help="Seed of the synthetic data and the models."),
 ) -> None:
@@ -57,7 +61,7 @@ def demo(
     from fedrisk.federation.demo import run_demo
 
     try:
-        summary = run_demo(runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
+        summary = run_demo(mode=mode, runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
     except FedriskError as err:
         _fail(err)
     _emit(summary, as_json)
