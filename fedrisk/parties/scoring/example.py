@@ -1,0 +1,135 @@
+"""A small, fully trained federation on disk, for examples, tests and benchmarks.
+
+:func:`build_example` draws synthetic SME data, trains the vertical scorecard
+in-process over the real encrypted protocol, has each party sign its own bundle,
+and writes everything a scoring deployment needs into one folder::
+
+    tables/{bank,tax_bureau,platform}.csv    each party's own table
+    bundles/{bank,tax_bureau,platform}/      signed model bundles (each party's part)
+    trusted_keys.json                        party -> Ed25519 public key (hex)
+    allow/{tax_bureau,platform}.txt          IDs each party may answer for (trained intersection)
+    pki/                                     federation CA, client and server certificates
+    signing/<party>.key                      the parties' signing keys (0600)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedrisk.crypto.keyfiles import write_public_file
+from fedrisk.crypto.pki import FederationPKI, create_federation_pki, create_server_cert, load_federation_pki
+from fedrisk.crypto.signing import SigningIdentity
+from fedrisk.models.bundle import write_model_bundle
+from fedrisk.models.scorecard import feature_holder_bundle, label_holder_bundle
+from fedrisk.models.vertical_lr import make_context, train_vertical_lr
+from fedrisk.parties.synthetic import SyntheticSMEData, generate_sme_data
+
+_INDEX = "example.json"
+
+__all__ = ["ExampleFederation", "build_example", "load_or_build_example", "FEATURE_HOLDERS", "NODE_CERT", "LOAN_SYSTEM"]
+
+FEATURE_HOLDERS = ("tax_bureau", "platform")
+NODE_CERT = "scoring-node"
+LOAN_SYSTEM = "loan_system"
+
+
+@dataclass
+class ExampleFederation:
+    """Paths (and the data) of a trained example federation."""
+
+    folder: Path
+    data: SyntheticSMEData | None
+    run_id: str
+    pki: FederationPKI
+    tables: dict[str, Path] = field(default_factory=dict)
+    bundles: dict[str, Path] = field(default_factory=dict)
+    allow_lists: dict[str, Path] = field(default_factory=dict)
+    trusted_keys: Path = Path()
+    signers: dict[str, SigningIdentity] = field(default_factory=dict, repr=False)
+    offline_pd: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def server_cert(self, name: str) -> tuple[Path, Path]:
+        """``(cert, key)`` of a server certificate (the node's or a party service's)."""
+        return self.pki.server_certs[name]
+
+    def client_cert(self, name: str) -> tuple[Path, Path]:
+        """``(cert, key)`` of a party's client certificate."""
+        return self.pki.party_certs[name]
+
+
+def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_epochs: int = 8, run_id: str = "example-run") -> ExampleFederation:
+    """Train and write an example federation (about 3 s for 3,000 SMEs on 2 cores).
+
+    ``offline_pd`` of the result maps each bank SME to the trained model's
+    probability of default (plaintext scoring of the same model, in-process) —
+    what the deployed node must reproduce.
+    """
+    root = Path(folder)
+    data = generate_sme_data(rows, seed=seed)
+    tables = {name: table for name, table in data.parties.items()}
+    model = train_vertical_lr(
+        tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, context=make_context(), max_epochs=max_epochs, random_state=seed
+    )
+    paths = data.write_csv(root / "tables")
+    pki = create_federation_pki(root / "pki", parties=["bank", *FEATURE_HOLDERS, LOAN_SYSTEM])
+    for name in (NODE_CERT, *(f"{p}-scoring" for p in FEATURE_HOLDERS)):
+        create_server_cert(pki, name, ["127.0.0.1", "localhost"])
+    ex = ExampleFederation(folder=root, data=data, run_id=run_id, pki=pki, tables=dict(paths))
+    for party in ("bank", *FEATURE_HOLDERS):
+        ex.signers[party] = SigningIdentity.generate()
+        ex.signers[party].save(root / "signing" / f"{party}.key")
+    arrays, meta = label_holder_bundle(model.label_holder_, run_id=run_id, schema=tables["bank"].schema.to_dict())
+    ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])
+    bank_ids = set(tables["bank"].ids.tolist())
+    for party in FEATURE_HOLDERS:
+        arrays, meta = feature_holder_bundle(model.feature_holders_[party], run_id=run_id, label_holder="bank", schema=tables[party].schema.to_dict())
+        ex.bundles[party] = write_model_bundle(root / "bundles" / party, arrays, meta, ex.signers[party])
+        intersection = sorted(bank_ids & set(tables[party].ids.tolist()))
+        ex.allow_lists[party] = write_public_file(root / "allow" / f"{party}.txt", ("\n".join(intersection) + "\n").encode())
+    keys = {p: s.public_key_bytes.hex() for p, s in ex.signers.items()}
+    ex.trusted_keys = write_public_file(root / "trusted_keys.json", json.dumps(keys, indent=2, sort_keys=True).encode())
+    pd = model.predict_proba(tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, secure=False)[:, 1]
+    ex.offline_pd = dict(zip(tables["bank"].ids.tolist(), np.asarray(pd, dtype=float).tolist()))
+    index = {
+        "run_id": run_id,
+        "rows": rows,
+        "seed": seed,
+        "tables": {k: str(v) for k, v in ex.tables.items()},
+        "bundles": {k: str(v) for k, v in ex.bundles.items()},
+        "allow_lists": {k: str(v) for k, v in ex.allow_lists.items()},
+        "trusted_keys": str(ex.trusted_keys),
+        "offline_pd": ex.offline_pd,
+    }
+    write_public_file(root / _INDEX, json.dumps(index).encode())
+    return ex
+
+
+def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFederation:
+    """Reuse an example federation already written to ``folder`` (same arguments), else build it.
+
+    The reloaded federation has no in-memory ``data`` nor signing identities
+    (their keys are in ``signing/``).
+    """
+    root = Path(folder)
+    index_path = root / _INDEX
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        wanted = {"rows": kwargs.get("rows", 3000), "seed": kwargs.get("seed", 11), "run_id": kwargs.get("run_id", "example-run")}
+        if all(index.get(k) == v for k, v in wanted.items()):
+            return ExampleFederation(
+                folder=root,
+                data=None,
+                run_id=index["run_id"],
+                pki=load_federation_pki(root / "pki"),
+                tables={k: Path(v) for k, v in index["tables"].items()},
+                bundles={k: Path(v) for k, v in index["bundles"].items()},
+                allow_lists={k: Path(v) for k, v in index["allow_lists"].items()},
+                trusted_keys=Path(index["trusted_keys"]),
+                signers={p: SigningIdentity.load(root / "signing" / f"{p}.key") for p in ("bank", *FEATURE_HOLDERS)},
+                offline_pd={k: float(v) for k, v in index["offline_pd"].items()},
+            )
+    return build_example(root, **kwargs)  # type: ignore[arg-type]

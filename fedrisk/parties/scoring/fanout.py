@@ -1,0 +1,277 @@
+"""Fan-out from the bank's scoring node to each feature holder's party scoring service.
+
+One :class:`PartyFanout` per feature holder keeps one long-lived mTLS channel
+and asks for partial scores under a per-call deadline. It never raises and
+never hangs: every :meth:`PartyFanout.ask` resolves to a :class:`PartyResult`
+whose state is ``COVERED``, ``NOT_COVERED``, ``TIMEOUT``, ``UNAVAILABLE`` or
+``CIRCUIT_OPEN``; the credit policy decides what a missing part means.
+
+Coalescing. Decisions that need a party while a call to it is already in
+flight wait for the next call and ride on it together (the request carries a
+list of IDs): at most ``max_inflight`` calls per party are outstanding, and a
+batch is sent as soon as one finishes — no timer, so a lone request goes out at
+once and under load each call carries every decision that arrived meanwhile.
+This is what keeps the parties' per-RPC cost off the critical path at
+thousands of decisions a second.
+
+Circuit breaker. After ``failure_threshold`` failed calls in a row a party
+"rests" for ``reset_after_s`` seconds: decisions skip it at once (state
+``CIRCUIT_OPEN``) instead of each paying the deadline; the first call after the
+rest probes it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from fedrisk.v1 import scoring_pb2 as pb
+
+__all__ = ["PartyResult", "PartyFanout", "FanoutStats"]
+
+_METHOD = "/fedrisk.v1.PartyScoringService/PartialScores"
+_MAX_PARTIAL = 50.0  # a partial log-odds beyond this is a broken or hostile answer
+
+
+@dataclass(frozen=True)
+class PartyResult:
+    """One party's answer for one SME."""
+
+    party: str
+    state: int
+    partial_score: float | None = None
+    reasons: tuple[str, ...] = ()
+    latency_ms: float = 0.0
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """The party's part is missing because of a failure (not because it does not cover the SME)."""
+        return self.state in (pb.UNAVAILABLE, pb.TIMEOUT, pb.CIRCUIT_OPEN)
+
+
+@dataclass
+class FanoutStats:
+    """Counters of one party's fan-out (what the benchmark reports)."""
+
+    calls: int = 0
+    ids: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    skipped: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else 0.0
+
+        return {
+            "calls": self.calls,
+            "ids": self.ids,
+            "mean_batch": round(self.ids / self.calls, 2) if self.calls else 0.0,
+            "failures": self.failures,
+            "timeouts": self.timeouts,
+            "skipped": self.skipped,
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+        }
+
+
+class PartyFanout:
+    """Ask one feature holder for partial scores, coalescing concurrent requests.
+
+    Parameters
+    ----------
+    party : str
+        The feature holder's name (as in the bank's model).
+    channel : grpc.aio.Channel
+        A long-lived mTLS channel to its party scoring service.
+    model_version : str
+        The joint model's run id (the party refuses another).
+    deadline_s : float
+        Per-call deadline.
+    max_reasons : int
+        Adverse factors to ask for per SME.
+    max_batch, max_inflight : int
+        Coalescing bounds.
+    failure_threshold : int
+        Failed calls in a row that open the circuit.
+    reset_after_s : float
+        How long an open circuit rests.
+    request_prefix : str
+        Prefix of request ids (the node's identity and start time).
+    clock : callable
+        Monotonic clock (tests).
+    """
+
+    def __init__(
+        self,
+        party: str,
+        channel: grpc.aio.Channel,
+        *,
+        model_version: str,
+        deadline_s: float,
+        max_reasons: int = 3,
+        max_batch: int = 512,
+        max_inflight: int = 2,
+        failure_threshold: int = 3,
+        reset_after_s: float = 2.0,
+        request_prefix: str = "node",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.party = party
+        self.channel = channel
+        self.model_version = model_version
+        self.deadline_s = float(deadline_s)
+        self.max_reasons = int(max_reasons)
+        self.max_batch = int(max_batch)
+        self.max_inflight = int(max_inflight)
+        self.failure_threshold = int(failure_threshold)
+        self.reset_after_s = float(reset_after_s)
+        self._call = channel.unary_unary(
+            _METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
+        )
+        self._clock = clock
+        self._pending: list[tuple[str, float, asyncio.Future[PartyResult]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._failures_in_row = 0
+        self._open_until = 0.0
+        self._ids = itertools.count(1)
+        self._prefix = request_prefix
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = FanoutStats()
+        self.last_error = ""
+
+    # ------------------------------------------------------------------ state
+    @property
+    def circuit_open(self) -> bool:
+        """Whether the party is resting after repeated failures."""
+        return self._clock() < self._open_until
+
+    def status(self) -> pb.PartyStatus:
+        """The node's current view of the party."""
+        if self.circuit_open:
+            return pb.PartyStatus(party=self.party, state=pb.CIRCUIT_OPEN, detail=self.last_error)
+        if self._failures_in_row:
+            return pb.PartyStatus(party=self.party, state=pb.UNAVAILABLE, detail=self.last_error)
+        return pb.PartyStatus(party=self.party, state=pb.COVERED, detail="answering")
+
+    # ------------------------------------------------------------------- asks
+    def ask(self, sme_id: str, budget_s: float | None = None) -> asyncio.Future[PartyResult]:
+        """A future of this party's answer for ``sme_id`` (never fails, resolves within the deadline)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[PartyResult] = loop.create_future()
+        if self.circuit_open:
+            self.stats.skipped += 1
+            fut.set_result(PartyResult(self.party, pb.CIRCUIT_OPEN, detail=f"resting after {self._failures_in_row} failed calls: {self.last_error}"))
+            return fut
+        deadline = self.deadline_s if budget_s is None else max(0.001, min(self.deadline_s, budget_s))
+        self._pending.append((sme_id, deadline, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and self._inflight < self.max_inflight:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._inflight += 1
+            task = loop.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, float, asyncio.Future[PartyResult]]]) -> None:
+        deadline = min(d for _, d, _ in batch)
+        ids = [i for i, _, _ in batch]
+        request = pb.PartyScoreRequest(
+            request_id=f"{self._prefix}-{next(self._ids)}",
+            model_version=self.model_version,
+            kind=pb.SCORECARD,
+            sme_ids=ids,
+            max_reasons=self.max_reasons,
+            deadline_ms=max(1, int(deadline * 1000)),
+        )
+        t0 = time.perf_counter()
+        results: list[PartyResult]
+        try:
+            response = await self._call(request, timeout=deadline, wait_for_ready=False)
+            latency = (time.perf_counter() - t0) * 1000.0
+            results = self._parse(response, ids, latency)
+            self._failures_in_row = 0
+        except grpc.aio.AioRpcError as err:
+            latency = (time.perf_counter() - t0) * 1000.0
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                state, detail = pb.TIMEOUT, f"no answer within {deadline * 1000:.0f} ms"
+                self.stats.timeouts += 1
+            else:
+                state, detail = pb.UNAVAILABLE, f"{err.code().name}: {(err.details() or '').splitlines()[0] if err.details() else ''}".rstrip(": ")
+            results = self._failed(ids, state, detail, latency)
+        except _BrokenAnswer as err:
+            latency = (time.perf_counter() - t0) * 1000.0
+            results = self._failed(ids, pb.UNAVAILABLE, str(err), latency)
+        except Exception as err:  # never let a decision hang on an unexpected error
+            latency = (time.perf_counter() - t0) * 1000.0
+            results = self._failed(ids, pb.UNAVAILABLE, f"{type(err).__name__}: {err}", latency)
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        self.stats.calls += 1
+        self.stats.ids += len(ids)
+        self.stats.latencies_ms.append(latency)
+        for (_, _, fut), result in zip(batch, results):
+            if not fut.done():
+                fut.set_result(result)
+
+    def _failed(self, ids: list[str], state: int, detail: str, latency: float) -> list[PartyResult]:
+        self.stats.failures += 1
+        self._failures_in_row += 1
+        self.last_error = detail
+        if self._failures_in_row >= self.failure_threshold:
+            self._open_until = self._clock() + self.reset_after_s
+        return [PartyResult(self.party, state, latency_ms=latency, detail=detail) for _ in ids]
+
+    def _parse(self, response: pb.PartyScoreResponse, ids: list[str], latency: float) -> list[PartyResult]:
+        answers = response.answers
+        if len(answers) != len(ids):
+            raise _BrokenAnswer(f"answered {len(answers)} IDs for {len(ids)} asked")
+        out = []
+        for sme_id, answer in zip(ids, answers):
+            if answer.sme_id != sme_id:
+                raise _BrokenAnswer("answers are not in request order")
+            if answer.state == pb.COVERED:
+                if answer.WhichOneof("part") != "scorecard":
+                    raise _BrokenAnswer("a covered answer without a scorecard part")
+                u = answer.scorecard.partial_score
+                if not math.isfinite(u) or abs(u) > _MAX_PARTIAL:
+                    raise _BrokenAnswer(f"partial score {u!r} is out of range")
+                out.append(PartyResult(self.party, pb.COVERED, u, tuple(answer.scorecard.reasons[: self.max_reasons]), latency))
+            elif answer.state == pb.NOT_COVERED:
+                out.append(PartyResult(self.party, pb.NOT_COVERED, None, (), latency))
+            else:
+                raise _BrokenAnswer(f"unexpected answer state {answer.state}")
+        return out
+
+    async def close(self) -> None:
+        """Close the channel (pending asks resolve as unavailable)."""
+        await self.channel.close()
+
+
+class _BrokenAnswer(Exception):
+    """The party's response does not follow the protocol."""
+
+    def __str__(self) -> str:
+        return f"broken answer: {self.args[0]}"

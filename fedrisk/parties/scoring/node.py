@@ -1,0 +1,371 @@
+"""The bank's scoring node: live credit decisions from the jointly trained model.
+
+For each application the node
+
+1. parses and validates it (:mod:`~fedrisk.parties.scoring.validation`);
+2. takes the bank's own features from the application or from its own table;
+3. asks every feature holder's party scoring service for its partial score,
+   concurrently, under the policy's per-call deadline
+   (:mod:`~fedrisk.parties.scoring.fanout`; a party that is down, slow or
+   resting becomes "missing" instead of an error);
+4. combines the parts exactly as training did
+   (:class:`~fedrisk.parties.scoring.bundles.LinearScorer`), a missing party
+   scored as not covering the SME;
+5. applies the credit policy (:mod:`~fedrisk.parties.scoring.policy`): band,
+   decision, differentiated limit, what a missing party means;
+6. records the application durably unless it is an estimate
+   (:mod:`~fedrisk.parties.scoring.register`), and answers.
+
+The node serves ``fedrisk.v1.ScoringService`` plus gRPC health checking
+(``grpc.health.v1.Health``: ``""`` and ``fedrisk.v1.ScoringService`` report
+SERVING once the model is loaded and the parties' channels are open) and server
+reflection. It reads requests as raw bytes and parses them itself so that every
+bad input is an ``INVALID_ARGUMENT`` naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedrisk.errors import ConfigError, DataValidationError, FedriskError, LedgerError
+from fedrisk.parties.scoring.bundles import LinearScorer, load_bank_model, parse_trusted_keys
+from fedrisk.parties.scoring.config import NodeConfig
+from fedrisk.parties.scoring.fanout import PartyFanout, PartyResult
+from fedrisk.parties.scoring.policy import APPROVE, DECLINE, load_policy
+from fedrisk.parties.scoring.register import DuplicateApplication, LocalRegister, Register, RemoteRegister
+from fedrisk.parties.scoring.tables import load_feature_lookup
+from fedrisk.parties.scoring.transport import SERVER_OPTIONS, bind, secure_channel, server_credentials
+from fedrisk.parties.scoring.validation import ApplicationValidator, ValidApplication
+from fedrisk.v1 import scoring_pb2 as pb
+
+__all__ = ["ScoringNode", "SmeNotFound", "SERVICE_NAME"]
+
+log = logging.getLogger("fedrisk.scoring.node")
+SERVICE_NAME = "fedrisk.v1.ScoringService"
+_OUTCOMES = {APPROVE: pb.APPROVE, DECLINE: pb.DECLINE, "refer": pb.REFER}
+_OUTCOME_NAMES = {pb.APPROVE: "approve", pb.DECLINE: "decline", pb.REFER: "refer", pb.OUTCOME_UNSPECIFIED: "none"}
+_STATE_NAMES = {v.number: v.name for v in pb.PartyState.DESCRIPTOR.values}
+_PURPOSE_NAMES = {v.number: v.name.lower() for v in pb.Purpose.DESCRIPTOR.values}
+_BATCH_WINDOW = 128
+_BUDGET_MARGIN_S = 0.003
+
+
+class SmeNotFound(DataValidationError):
+    """The application carries no bank features and the bank's table does not hold the SME."""
+
+
+class ScoringNode:
+    """The scoring node: model, policy, fan-out, register and the gRPC server.
+
+    Parameters
+    ----------
+    config : NodeConfig
+        Paths are as seen by this process (inside the sandbox when sandboxed).
+
+    Raises
+    ------
+    CryptoError
+        When the bundle is unsigned, tampered or signed by an untrusted key.
+    ConfigError
+        When the policy, the parties or the TLS files do not fit the model.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.model = load_bank_model(config.bundle, parse_trusted_keys(config.trusted_keys))
+        lh = self.model.scorecard
+        self.scorer = LinearScorer(lh)  # type: ignore[arg-type]
+        self.policy = load_policy(config.policy or None)
+        self.validator = ApplicationValidator.for_model(
+            lh.features, lh.mean, lh.scale, self.model.schema, max_bytes=config.max_message_bytes, max_abs_z=config.max_abs_z
+        )
+        self.table = load_feature_lookup(config.bank_table, self.model.schema, lh.features, name="bank") if config.bank_table else None
+        wanted, given = set(self.scorer.parties), set(config.parties)
+        if wanted - given:
+            raise ConfigError(f"the model needs feature holder {sorted(wanted - given)[0]!r}, but no endpoint was given for it")
+        if given - wanted:
+            raise ConfigError(f"endpoint given for {sorted(given - wanted)[0]!r}, which is not part of the model {self.model.run_id}")
+        self.register: Register | None = None
+        self.fanouts: dict[str, PartyFanout] = {}
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self.decisions = 0
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> str:
+        """Open channels and the register, bind, and serve; returns the bound address."""
+        cfg = self.config
+        prefix = f"{self.model.run_id[:12]}-{int(time.time())}"
+        for party in self.scorer.parties:
+            endpoint = cfg.parties[party]
+            channel = secure_channel(endpoint.target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=endpoint.authority or None)
+            self.fanouts[party] = PartyFanout(
+                party,
+                channel,  # type: ignore[arg-type]
+                model_version=self.model.run_id,
+                deadline_s=self.policy.deadline_ms / 1000.0,
+                max_reasons=self.policy.max_reasons_per_party,
+                max_inflight=cfg.max_inflight_per_party,
+                request_prefix=prefix,
+            )
+        await self._warm_up()
+        if cfg.register_socket:
+            self.register = RemoteRegister(cfg.register_socket)
+        elif cfg.register:
+            self.register = LocalRegister(cfg.register)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((self._handlers(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        creds = server_credentials(cfg.tls_cert, cfg.tls_key, client_ca=cfg.client_ca or None)
+        self.address = bind(server, cfg.listen, creds)
+        await server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("scoring node %s serving on %s (model %s, policy %s)", prefix, self.address, self.model.model_version, self.policy.label)
+        return self.address
+
+    async def _warm_up(self, timeout: float = 5.0) -> None:
+        """Connect to every party (TCP + TLS) before serving; a party that is down is left to the policy."""
+
+        async def ready(party: str, fanout: PartyFanout) -> None:
+            try:
+                await asyncio.wait_for(fanout.channel.channel_ready(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("party %s is not reachable yet; decisions will follow the policy until it is", party)
+
+        await asyncio.gather(*(ready(p, f) for p, f in self.fanouts.items()))
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving (in-flight decisions get ``grace`` seconds), then close everything."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for fanout in self.fanouts.values():
+            await fanout.close()
+        if self.register is not None:
+            await self.register.close()
+
+    async def wait(self) -> None:
+        """Until :meth:`stop` has run."""
+        await self._stopped.wait()
+
+    def fanout_summary(self) -> dict[str, Any]:
+        """Per-party fan-out counters (calls, mean batch, latency percentiles)."""
+        return {p: f.stats.summary() for p, f in self.fanouts.items()}
+
+    # -------------------------------------------------------------- handlers
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Score": grpc.unary_unary_rpc_method_handler(self._score, response_serializer=pb.Decision.SerializeToString),
+                "ScoreBatch": grpc.stream_stream_rpc_method_handler(self._score_batch, response_serializer=pb.Decision.SerializeToString),
+                "Describe": grpc.unary_unary_rpc_method_handler(self._describe, response_serializer=pb.NodeDescription.SerializeToString),
+            },
+        )
+
+    async def _score(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Decision:
+        t0 = time.perf_counter()
+        try:
+            app = self.validator.validate(self.validator.parse(request))
+            return await self.decide(app, t0, context.time_remaining())
+        except Exception as exc:  # mapped to a status with one line
+            code, message = _status_of(exc)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+
+    async def _score_batch(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Decision]:
+        queue: asyncio.Queue[asyncio.Future[pb.Decision] | BaseException | None] = asyncio.Queue(maxsize=_BATCH_WINDOW)
+
+        async def reader() -> None:
+            index = 0
+            try:
+                async for raw in requests:
+                    what = f"application #{index}"
+                    try:
+                        app = self.validator.validate(self.validator.parse(raw, what), what)
+                    except DataValidationError as exc:
+                        await queue.put(exc)
+                        return
+                    await queue.put(asyncio.ensure_future(self._decide_in_batch(app, index)))
+                    index += 1
+            except Exception as exc:  # a broken stream ends the batch
+                await queue.put(exc)
+                return
+            await queue.put(None)
+
+        feeder = asyncio.ensure_future(reader())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    code, message = _status_of(item)
+                    await context.abort(code, message)
+                try:
+                    yield await item  # type: ignore[misc]
+                except Exception as exc:
+                    code, message = _status_of(exc)
+                    await context.abort(code, message)
+        finally:
+            feeder.cancel()
+
+    async def _decide_in_batch(self, app: ValidApplication, index: int) -> pb.Decision:
+        t0 = time.perf_counter()
+        try:
+            decision = await self.decide(app, t0, None)
+        except SmeNotFound as exc:
+            decision = pb.Decision(
+                application_id=app.application_id,
+                sme_id=app.sme_id,
+                outcome=pb.OUTCOME_UNSPECIFIED,
+                reasons=[pb.Reason(party="node", code="NOT_FOUND", text=str(exc))],
+                model_version=self.model.model_version,
+                policy_version=self.policy.label,
+            )
+        decision.index = index
+        return decision
+
+    async def _describe(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.NodeDescription:
+        return pb.NodeDescription(
+            model_version=self.model.model_version,
+            policy_version=self.policy.label,
+            label_holder=self.model.scorecard.party,
+            feature_holders=list(self.scorer.parties),
+            bank_features=list(self.scorer.features),
+            id_format=self.validator.id_format,
+            sandbox=self.config.sandbox,
+            parties=[f.status() for f in self.fanouts.values()],
+        )
+
+    # -------------------------------------------------------------- decision
+    async def decide(self, app: ValidApplication, t0: float, budget_s: float | None) -> pb.Decision:
+        """One decision (raises :class:`FedriskError` subclasses for the caller to map)."""
+        x = app.features
+        if x is None:
+            if self.table is None:
+                raise DataValidationError("Application.features is empty and this node has no bank table to read them from")
+            x = self.table.row(app.sme_id)
+            if x is None:
+                raise SmeNotFound(f"SME {app.sme_id} is not in the bank's table and the application carries no features")
+        party_budget = None if budget_s is None else budget_s - _BUDGET_MARGIN_S
+        results: list[PartyResult]
+        if self.fanouts:
+            results = list(await asyncio.gather(*(f.ask(app.sme_id, party_budget) for f in self.fanouts.values())))
+        else:
+            results = []
+        partials: dict[str, float | None] = {}
+        covered: dict[str, bool] = {}
+        missing: list[str] = []
+        for r in results:
+            partials[r.party] = r.partial_score if r.state == pb.COVERED else None
+            covered[r.party] = r.state == pb.COVERED
+            if r.failed:
+                missing.append(r.party)
+        own = self.scorer.contributions(x)
+        indicators = self.scorer.indicator_contributions(covered)
+        z = self.scorer.log_odds(own, indicators, partials)
+        pd = LinearScorer.probability(z)
+        outcome = self.policy.decide(pd, declared_revenue=app.declared_revenue, requested_amount=app.requested_amount, unavailable=missing)
+        reasons = [pb.Reason(party="policy", code=r.code, text=r.text) for r in outcome.reasons]
+        reasons += self._bank_reasons(own, indicators, covered)
+        for r in results:
+            for feature in r.reasons:
+                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk"))
+        decision = pb.Decision(
+            application_id=app.application_id,
+            sme_id=app.sme_id,
+            outcome=_OUTCOMES[outcome.decision],
+            probability_of_default=pd,
+            score=outcome.score,
+            credit_limit=outcome.credit_limit,
+            currency=self.policy.currency,
+            risk_band=outcome.band,
+            reasons=reasons,
+            parties=[pb.PartyStatus(party=r.party, state=r.state, latency_ms=round(r.latency_ms, 3), detail=r.detail) for r in results],
+            model_version=self.model.model_version,
+            policy_version=self.policy.label,
+            degraded=bool(missing),
+        )
+        if not app.estimate_only and self.register is not None:
+            decision.latency_ms = (time.perf_counter() - t0) * 1000.0
+            await self.register.record(self._record(app, decision))
+            decision.recorded = True
+        self.decisions += 1
+        decision.latency_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        return decision
+
+    def _bank_reasons(self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool]) -> list[pb.Reason]:
+        k = self.policy.max_reasons_per_party
+        if k <= 0:
+            return []
+        items = [(c, name, False) for c, name in zip(own, self.scorer.features) if c > 0]
+        items += [(c, party, True) for party, c in indicators.items() if c > 0 and not covered.get(party, False)]
+        items.sort(key=lambda t: -t[0])
+        out = []
+        for _, name, is_indicator in items[:k]:
+            if is_indicator:
+                out.append(pb.Reason(party="bank", code=f"thin_file:{name}", text=f"{name} holds no data on this SME (thin file)"))
+            else:
+                out.append(pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk"))
+        return out
+
+    def _record(self, app: ValidApplication, d: pb.Decision) -> dict[str, Any]:
+        return {
+            "application_id": d.application_id,
+            "sme_id": d.sme_id,
+            "received_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "purpose": _PURPOSE_NAMES.get(app.purpose, "application"),
+            "outcome": _OUTCOME_NAMES[d.outcome],
+            "probability_of_default": d.probability_of_default,
+            "score": d.score,
+            "risk_band": d.risk_band,
+            "credit_limit": d.credit_limit,
+            "currency": d.currency,
+            "degraded": d.degraded,
+            "reasons": [[r.party, r.code] for r in d.reasons],
+            "parties": {p.party: _STATE_NAMES[p.state] for p in d.parties},
+            "applicant_declared_revenue": app.declared_revenue,
+            "applicant_requested_amount": app.requested_amount,
+            "model_version": d.model_version,
+            "policy_version": d.policy_version,
+            "latency_ms": round(d.latency_ms, 3),
+        }
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """gRPC status and one-line message for an error raised while deciding."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, SmeNotFound):
+        return grpc.StatusCode.NOT_FOUND, message
+    if isinstance(exc, DataValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, DuplicateApplication):
+        return grpc.StatusCode.ALREADY_EXISTS, message
+    if isinstance(exc, LedgerError):
+        return grpc.StatusCode.UNAVAILABLE, f"application register: {message}"
+    if isinstance(exc, FedriskError):
+        return grpc.StatusCode.FAILED_PRECONDITION, message
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "cancelled"
+    log.exception("internal error while deciding", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the node's log"

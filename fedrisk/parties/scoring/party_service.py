@@ -1,0 +1,236 @@
+"""A feature holder's party scoring service: its part of the joint model, on its own table.
+
+Runs at the tax bureau or the platform, next to its data. For each SME the bank's
+node asks about, it answers with its partial log-odds ``u_k = Σ_j w_kj·std(x_kj)``
+and the *names* of its features that raise the risk most — never a feature
+value, never its coefficients. It answers only
+
+* to callers whose mTLS client certificate (signed by the federation CA) has a
+  common name on its ``allowed_callers`` list — by default the label holder
+  named in its own bundle;
+* for IDs on its allow-list: the trained intersection plus newly aligned IDs
+  (append them to the file and send ``SIGHUP``). Any other ID — unknown to the
+  party, or known but not allowed — gets ``NOT_COVERED``, so the bank learns
+  nothing about the party's table beyond the allow-list;
+* for the joint model it was trained in (``model_version`` = run id; another
+  gets ``FAILED_PRECONDITION``).
+
+What the party learns: which SMEs the bank scores and when (the ID travels in
+the request; inherent to scoring at decision time, and logged per caller).
+
+Answers are precomputed when the table is loaded (one vectorised pass), so a
+request costs a dictionary lookup per ID: each answer's protobuf encoding is
+cached and the response is assembled by concatenation — valid protobuf, as a
+repeated field's elements may be written one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedrisk.errors import ConfigError, DataValidationError
+from fedrisk.parties.scoring.bundles import load_party_model, parse_trusted_keys
+from fedrisk.parties.scoring.config import PartyServiceConfig
+from fedrisk.parties.scoring.tables import FeatureLookup, load_feature_lookup
+from fedrisk.parties.scoring.transport import SERVER_OPTIONS, bind, peer_common_name, server_credentials
+from fedrisk.parties.scoring.validation import check_known_fields, check_size, normalise_id
+from fedrisk.v1 import scoring_pb2 as pb
+
+__all__ = ["PartyScoringService", "read_allow_list", "SERVICE_NAME"]
+
+log = logging.getLogger("fedrisk.scoring.party")
+SERVICE_NAME = "fedrisk.v1.PartyScoringService"
+
+
+def read_allow_list(path: str | Path, id_format: str) -> set[str]:
+    """IDs from a file, one per line (``#`` comments and blank lines ignored), normalised."""
+    out: set[str] = set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read allow-list {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            out.add(normalise_id(text, id_format, f"{Path(path).name} line {number}"))
+    return out
+
+
+class PartyScoringService:
+    """Answer the bank's node with this party's partial scores.
+
+    Parameters
+    ----------
+    config : PartyServiceConfig
+        Paths as seen by this process.
+    """
+
+    def __init__(self, config: PartyServiceConfig) -> None:
+        self.config = config
+        self.model = load_party_model(config.bundle, parse_trusted_keys(config.trusted_keys))
+        self.scorecard = self.model.scorecard
+        self.party = self.scorecard.party
+        self.id_format = str(self.model.schema.get("id_format", "opaque"))
+        self.callers = set(config.allowed_callers) or {str(self.scorecard.meta.get("label_holder", ""))} - {""}
+        if not self.callers:
+            raise ConfigError("no caller may ask: the bundle names no label holder and allowed_callers is empty")
+        if not config.allow_list and not config.allow_any_known:
+            raise ConfigError("give an allow-list of IDs this party may answer for (or allow_any_known explicitly)")
+        self.lookup: FeatureLookup = load_feature_lookup(config.table, self.model.schema, self.scorecard.features, name=self.party)
+        self._answers: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._encoded: dict[tuple[str, int], bytes] = {}
+        self.reload()
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self.requests = Counter()
+        self.ids_asked = Counter()
+        self.ids_answered = Counter()
+        self._health = health.aio.HealthServicer()
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------- answers
+    def reload(self) -> int:
+        """(Re)read the allow-list and precompute answers; returns how many IDs it answers for."""
+        allowed = read_allow_list(self.config.allow_list, self.id_format) if self.config.allow_list else None
+        ids = [i for i in self.lookup.index if allowed is None or i in allowed]
+        rows = np.array([self.lookup.index[i] for i in ids], dtype=np.int64)
+        answers: dict[str, tuple[float, tuple[str, ...]]] = {}
+        if len(rows):
+            contrib = self.scorecard.contributions(self.lookup.matrix[rows])
+            partial = contrib.sum(axis=1)
+            order = np.argsort(-contrib, axis=1, kind="stable")[:, :20]
+            names = self.scorecard.features
+            for k, sme_id in enumerate(ids):
+                top = tuple(names[j] for j in order[k] if contrib[k, j] > 0)
+                answers[sme_id] = (float(partial[k]), top)
+        self._answers = answers
+        self._encoded = {}
+        log.info("%s answers for %d IDs (%d in its table)", self.party, len(answers), len(self.lookup))
+        return len(answers)
+
+    def answer_bytes(self, sme_id: str, max_reasons: int) -> bytes:
+        """The encoded ``PartyAnswer`` for one ID (cached)."""
+        key = (sme_id, max_reasons)
+        cached = self._encoded.get(key)
+        if cached is not None:
+            return cached
+        encoded = self._answer_as(sme_id, sme_id, max_reasons)
+        if sme_id in self._answers:  # only IDs it answers for: the cache is bounded by the allow-list
+            self._encoded[key] = encoded
+        return encoded
+
+    # ----------------------------------------------------------- lifecycle
+    async def start(self) -> str:
+        """Bind and serve; returns the bound address."""
+        cfg = self.config
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(SERVICE_NAME, {"PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores)}),
+        ))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+        if not cfg.client_ca:
+            raise ConfigError("a party scoring service requires mTLS: give the federation CA for client certificates")
+        self.address = bind(server, cfg.listen, server_credentials(cfg.tls_cert, cfg.tls_key, client_ca=cfg.client_ca))
+        await server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        log.info("%s party scoring service on %s (model %s)", self.party, self.address, self.model.run_id)
+        return self.address
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving and log who asked for what."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self._health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for caller in sorted(self.requests):
+            log.info("%s answered %s: %d requests, %d IDs asked, %d covered", self.party, caller, self.requests[caller], self.ids_asked[caller], self.ids_answered[caller])
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------- handler
+    async def _partial_scores(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        caller = peer_common_name(context)
+        if caller not in self.callers:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller or 'an unauthenticated caller'} may not ask {self.party} for scores")
+        try:
+            check_size(request, "PartyScoreRequest", self.config.max_message_bytes)
+            req = pb.PartyScoreRequest.FromString(request)
+            check_known_fields(req, "PartyScoreRequest")
+        except DataValidationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message")
+        if req.model_version != self.model.run_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.party} serves model {self.model.run_id!r}, not {req.model_version!r}")
+        if req.kind not in (pb.SCORECARD, pb.MODEL_KIND_UNSPECIFIED):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves a scorecard; model kind {pb.ModelKind.Name(req.kind) if req.kind in pb.ModelKind.values() else req.kind} is not available")
+        n = len(req.sme_ids)
+        if n > self.config.max_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was read")
+        k = min(int(req.max_reasons), 20)
+        parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=self.model.run_id).SerializeToString()]
+        covered = 0
+        answers = self._answers
+        for raw_id in req.sme_ids:
+            if raw_id in answers:
+                covered += 1
+                parts.append(self.answer_bytes(raw_id, k))
+                continue
+            try:
+                sme_id = normalise_id(raw_id, self.id_format, "sme_id")
+            except DataValidationError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}")
+            covered += sme_id in answers
+            parts.append(self._answer_as(raw_id, sme_id, k))
+        self.requests[caller] += 1
+        self.ids_asked[caller] += n
+        self.ids_answered[caller] += covered
+        return b"".join(parts)
+
+    def _answer_as(self, raw_id: str, sme_id: str, k: int) -> bytes:
+        """Encoded answer for ``sme_id``, reported under the ID as the caller wrote it.
+
+        A ``PartyScoreResponse`` field 4 element: tag 0x22, varint length, bytes.
+        """
+        found = self._answers.get(sme_id)
+        if found is None:
+            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.NOT_COVERED)
+        else:
+            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, scorecard=pb.ScorecardPart(partial_score=found[0], reasons=found[1][:k]))
+        body = answer.SerializeToString()
+        return b"\x22" + _varint(len(body)) + body
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+

@@ -1,0 +1,191 @@
+"""The scoring sandbox denies writes outside its private dir and any connection but the configured doors.
+
+Each mechanism that works on this machine is tested (the test id names it:
+``bwrap`` = bubblewrap, ``namespaces`` = the fallback trampoline); one that is
+not available is skipped with the reason, so the report says which ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedrisk.parties.scoring.config import Limits
+from fedrisk.parties.scoring.launcher import SandboxSession
+from fedrisk.parties.scoring.sandbox import bwrap_usable, choose_mechanism, namespaces_usable
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, socket, sys
+    args = json.loads(sys.argv[1])
+    out = {"uid": os.getuid(), "hostname": socket.gethostname()}
+
+    def attempt(name, fn):
+        try:
+            fn()
+            out[name] = "ok"
+        except OSError as exc:
+            out[name] = f"denied: {exc.strerror or exc}"
+
+    def write(path):
+        with open(path, "w") as handle:
+            handle.write("x")
+
+    attempt("write_private", lambda: write(os.path.join(args["private"], "scratch.txt")))
+    attempt("write_readonly_bind", lambda: write(os.path.join(args["readonly"], "new.txt")))
+    attempt("write_outside", lambda: write(args["outside"]))
+    attempt("write_root", lambda: write("/fedrisk-probe.txt"))
+    attempt("write_usr", lambda: write("/usr/fedrisk-probe.txt"))
+    attempt("write_dev_shm", lambda: write("/dev/shm/fedrisk-probe.txt"))
+    attempt("write_tmp", lambda: write("/tmp/fedrisk-probe.txt"))
+    attempt("write_dev_null", lambda: write("/dev/null"))
+
+    def dial(port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        s.sendall(b"escaped")
+        s.close()
+
+    def door():
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect(args["door"])
+        s.sendall(b"through the door")
+        s.close()
+
+    attempt("connect_unlisted", lambda: dial(args["unlisted"]))
+    attempt("connect_listed_by_address", lambda: dial(args["listed"]))
+    attempt("connect_door", door)
+    attempt("read_readonly_bind", lambda: open(os.path.join(args["readonly"], "data.txt")).read())
+    print(json.dumps(out))
+    """
+)
+
+
+class _Listener:
+    """A TCP server on 127.0.0.1 that records what it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(2)
+            data = b""
+            try:
+                while chunk := conn.recv(1024):
+                    data += chunk
+            except OSError:
+                pass
+            conn.close()
+            self.received.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _available(mechanism: str) -> bool:
+    return bwrap_usable() if mechanism == "bwrap" else namespaces_usable()
+
+
+@pytest.mark.parametrize("mechanism", ["bwrap", "namespaces"])
+def test_sandbox_denies_writes_outside_its_dir_and_unlisted_connections(mechanism, tmp_path):
+    if not _available(mechanism):
+        pytest.skip(f"sandbox mechanism {mechanism!r} is not available on this machine")
+    readonly = tmp_path / "bundle"
+    readonly.mkdir()
+    (readonly / "data.txt").write_text("model")
+    outside = tmp_path / "outside.txt"
+    unlisted, listed = _Listener(), _Listener()
+
+    async def run() -> dict:
+        session = SandboxSession(mechanism, read_only=[str(readonly)], doors={"party": ("127.0.0.1", listed.port)})
+        private = await session.open()
+        args = {"private": str(private), "readonly": str(readonly), "outside": str(outside), "door": str(session.door("party")),
+                "unlisted": unlisted.port, "listed": listed.port}  # fmt: skip
+        proc = await session.spawn([sys.executable, "-c", PROBE, json.dumps(args)], stdin=asyncio.subprocess.DEVNULL)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        await asyncio.sleep(0.3)  # let the door's forwarder deliver
+        await session.close()
+        assert not private.exists(), "the private dir is removed afterwards"
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    try:
+        result = asyncio.run(run())
+    finally:
+        unlisted.close()
+        listed.close()
+    print(f"sandbox mechanism that ran: {mechanism}: {result}")
+    assert result["write_private"] == "ok"
+    assert result["read_readonly_bind"] == "ok"
+    assert result["write_dev_null"] == "ok"
+    for key in ("write_readonly_bind", "write_outside", "write_root", "write_usr", "write_dev_shm", "write_tmp"):
+        assert result[key].startswith("denied"), (key, result[key])
+    assert not outside.exists()
+    assert result["connect_unlisted"].startswith("denied")
+    assert result["connect_listed_by_address"].startswith("denied")  # even the party's own address: only the door
+    assert result["connect_door"] == "ok"
+    assert unlisted.received == []
+    assert b"through the door" in listed.received
+    assert result["uid"] == 1000 and result["hostname"] == "fedrisk-sandbox"
+
+
+def test_auto_picks_the_strongest_available_mechanism():
+    chosen = choose_mechanism("auto")
+    expected = "bwrap" if bwrap_usable() else "namespaces" if namespaces_usable() else "rlimits"
+    print(f"sandbox mechanism chosen by auto: {chosen}")
+    assert chosen == expected
+
+
+def test_resource_limits_cap_memory_and_are_irreversible():
+    code = textwrap.dedent(
+        """
+        import resource, sys
+        from fedrisk.parties.scoring.config import Limits
+        from fedrisk.parties.scoring.limits import apply_limits
+        apply_limits(Limits(memory_mb=400, max_open_files=64, file_size_mb=1))
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            raised = True
+        except (ValueError, OSError):
+            raised = False
+        try:
+            block = bytearray(800 * 1024 * 1024)
+            allocated = True
+        except MemoryError:
+            allocated = False
+        print(raised, allocated, resource.getrlimit(resource.RLIMIT_NOFILE)[1], resource.getrlimit(resource.RLIMIT_CORE)[1])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    raised, allocated, nofile, core = out.stdout.split()
+    # root keeps CAP_SYS_RESOURCE outside a sandbox and may raise them back; inside, nobody can
+    if raised == "True":
+        import os
+
+        assert os.geteuid() == 0
+    assert allocated == "False" and nofile == "64" and core == "0"
+
+
+def test_limits_default_is_a_bounded_process():
+    limits = Limits()
+    assert limits.memory_mb > 0 and limits.max_open_files > 0 and limits.file_size_mb > 0
