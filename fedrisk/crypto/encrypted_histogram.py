@@ -114,6 +114,10 @@ Alternatives measured and not taken
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,12 +129,16 @@ import tenseal.sealapi as sa
 from fedrisk.crypto.encrypted_matvec import (
     MIN_MASK_BITS,
     CKKSRuntime,
-    EncryptedMatVec,
-    EncryptedVector,
     PackingLayout,
+    _has_fileno,
+    _recv,
+    _send,
+    _WorkerPool,
     decrypt_ciphertexts,
+    pack_frame,
     secure_normal,
     secure_uniform,
+    unpack_frame,
 )
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
@@ -142,15 +150,19 @@ __all__ = [
     "HistogramLayout",
     "decrypt_histogram",
     "encrypt_gradients",
+    "KernelCosts",
     "gradient_level",
+    "histogram_level",
     "one_hot_bins",
+    "packing_cost",
+    "plan_packing",
     "product_scale",
 ]
 
-NODE_MASK_SCALE_BITS = 30
-"""Scale of the node's 0/1 row mask."""
-ONE_HOT_SCALE_BITS = 30
-"""Scale of the one-hot bin plaintexts."""
+NODE_MASK_SCALE_BITS = 33
+"""Scale of the node's 0/1 row mask; the rescale after it leaves the gradients at ≈2^33."""
+ONE_HOT_SCALE_BITS = 27
+"""Scale of the one-hot bin plaintexts; products carry ≈2^60 on two primes."""
 DEFAULT_MASK_BITS = 20
 """Target statistical hiding of a column's partial sums (TV ≤ 2^-20)."""
 FLOOD_STD = 2.0**-20
@@ -158,33 +170,47 @@ FLOOD_STD = 2.0**-20
 ROW_BOUND = 1.25
 """``|g| + |h| ≤ 1.25`` for the logistic loss: what one row adds to a slot at most."""
 MISSING_CODE = 255
+VALUE_HEADROOM_BITS = 36
+"""Bits a histogram product must hold above its scale: bin totals (≤ 2^16) plus masks."""
 
 
 # --------------------------------------------------------------------------- levels
 
 
 def gradient_level(runtime: CKKSRuntime) -> int:
-    """Level of the encrypted gradients and of the histogram products (the top one).
+    """Level of the encrypted gradients: the top one (the node mask needs a rescale below it)."""
+    if len(runtime.level_bits) < 3:
+        raise CryptoError("encrypted histograms need a CKKS modulus chain with at least three levels")
+    return 0
+
+
+def histogram_level(runtime: CKKSRuntime) -> int:
+    """Level of the histogram kernel and its products (one below the gradients).
 
     Raises
     ------
     CryptoError
-        The top level cannot hold a product of scale Δ·2^30·2^30 plus masked values.
+        That level cannot hold a product of scale ≈2^60 plus masked values.
     """
-    need = math.log2(runtime.global_scale) + NODE_MASK_SCALE_BITS + ONE_HOT_SCALE_BITS + MIN_MASK_BITS + 16 + 3
-    if runtime.level_bits[0] < need:
-        raise CryptoError(f"CKKS modulus too small for encrypted histograms: needs {need:.0f} bits, has {runtime.level_bits[0]:.0f}")
-    return 0
+    level = gradient_level(runtime) + 1
+    need = math.log2(product_scale(runtime)) + VALUE_HEADROOM_BITS + 2
+    if runtime.level_bits[level] < need:
+        raise CryptoError(f"CKKS modulus too small for encrypted histograms: needs {need:.0f} bits, has {runtime.level_bits[level]:.0f}")
+    return level
 
 
 def product_scale(runtime: CKKSRuntime) -> float:
-    """Scale of a histogram product: Δ (gradients) · 2^30 (node mask) · 2^30 (one-hot)."""
-    return runtime.global_scale * 2.0**NODE_MASK_SCALE_BITS * 2.0**ONE_HOT_SCALE_BITS
+    """Exact scale of a histogram product: Δ · 2^33 / q (the rescale's prime) · 2^27."""
+    data = runtime.seal.first_context_data()
+    for _ in range(gradient_level(runtime)):
+        data = data.next_context_data()
+    prime = float(data.parms().coeff_modulus()[-1].value())
+    return runtime.global_scale * 2.0**NODE_MASK_SCALE_BITS / prime * 2.0**ONE_HOT_SCALE_BITS
 
 
 def _value_limit(runtime: CKKSRuntime) -> float:
     """Largest |slot value| a product may carry (q/4 at its scale: a factor two of margin)."""
-    return 2.0 ** (runtime.level_bits[gradient_level(runtime)] - math.log2(product_scale(runtime)) - 2)
+    return 2.0 ** (runtime.level_bits[histogram_level(runtime)] - math.log2(product_scale(runtime)) - 2)
 
 
 # --------------------------------------------------------------------------- label holder: encrypt
@@ -271,16 +297,14 @@ class HistogramLayout:
             raise ProtocolError("histogram layout: bins and missing flags differ in length")
         if any(b < 1 or b > 254 for b in self.n_bins):
             raise ProtocolError("histogram layout: every feature needs 1..254 bins")
-        if self.packing.n_features != self.n_columns:
-            raise ProtocolError(f"histogram layout packs {self.packing.n_features} columns, the bins need {self.n_columns}")
         slots = self.packing.slots
         pos = 0
         for start, size in self.packing.groups:
             if start != pos or size < 1 or size & (size - 1) or slots % size:
                 raise ProtocolError("histogram layout: packing groups must be contiguous powers of two")
             pos += size
-        if pos != self.n_columns:
-            raise ProtocolError("histogram layout: packing groups do not cover every column")
+        if pos != self.packing.n_features or not 0 <= pos - self.n_columns < max(1, self.packing.groups[-1][1] if self.packing.groups else 1):
+            raise ProtocolError("histogram layout: packing groups do not cover every column (or pad too much)")
 
     @property
     def n_features(self) -> int:
@@ -337,7 +361,7 @@ class HistogramLayout:
             raise ProtocolError(f"histogram layout is malformed: {exc}") from None
         if any(len(g) != 2 for g in groups) or any(len(b) != 2 for b in blocks) or slots < 1:
             raise ProtocolError("histogram layout is malformed: groups and blocks are pairs")
-        n_cols = int(sum(n_bins) + sum(has_missing))
+        n_cols = sum(int(g[1]) for g in groups)
         packing = PackingLayout(n_cols, slots, groups, blocks)  # type: ignore[arg-type]
         return cls(n_bins, has_missing, packing)
 
@@ -346,6 +370,269 @@ def _int_list(values: Any) -> list[int]:
     if not isinstance(values, list) or any(not isinstance(v, int) or isinstance(v, bool) for v in values):
         raise TypeError("expected a list of integers")
     return list(values)
+
+
+# --------------------------------------------------------------------------- packing plan
+
+
+@dataclass(frozen=True)
+class KernelCosts:
+    """Per-operation costs (ms, one core) the packing plan minimises (see the module docstring)."""
+
+    multiply_add: float = 0.111
+    """Plain multiplication and addition on two primes."""
+    rotation: float = 1.20
+    """Rotation on two primes (giant steps)."""
+    node_mask: float = 1.16
+    """Encode a rotated node mask, multiply on three primes, rescale: per chunk and baby step."""
+    baby_rotation: float = 1.88
+    """Rotation on three primes (baby steps, once per tree)."""
+    nodes_per_tree: float = 4.0
+    output: float = 9.0
+    """Per output ciphertext: two mask encodes, serialise, and at the key holder load,
+    the imaginary-part product, serialise and two decryptions."""
+
+
+def packing_cost(n_columns: int, n_chunks: int, slots: int, F: int, B: int, n_jobs: int = 1,
+                 costs: KernelCosts = KernelCosts()) -> tuple[float, float]:
+    """Modelled ``(wall, total CPU)`` ms per node histogram for ``F`` columns per output and ``B`` baby steps.
+
+    Per node: ``C·m'`` plain multiplications and ``G·(F/B − 1)`` giant-step rotations,
+    shared between the workers; ``C·B`` node-mask products done by every worker;
+    ``G`` output ciphertexts (``m'`` = columns padded to ``G·F``); plus the
+    ``(B − 1)·C`` baby rotations of each tree spread over its nodes. ``B = 1`` is the
+    plain diagonal layout of the vertical-LR kernel (about one rotation per column).
+    """
+    G = -(-n_columns // F)
+    workers = max(1, min(n_jobs, len(_units(G, F // B, n_jobs))))
+    shared = n_chunks * G * F * costs.multiply_add + G * (F // B - 1) * costs.rotation
+    each = n_chunks * B * costs.node_mask + (B - 1) * n_chunks * costs.baby_rotation / costs.nodes_per_tree
+    return shared / workers + each + G * costs.output, shared + workers * each + G * costs.output
+
+
+def plan_packing(n_columns: int, n_chunks: int, slots: int, n_jobs: int = 1,
+                 costs: KernelCosts = KernelCosts()) -> tuple[int, int]:
+    """Columns per output ciphertext ``F`` and baby steps ``B`` minimising :func:`packing_cost`.
+
+    The objective is the wall time plus a tenth of the total CPU time (near-ties go
+    to less CPU: the cores are shared).
+    """
+    best: tuple[float, int, int] | None = None
+    F = 1
+    while F <= slots:
+        B = 1
+        while B <= F:
+            wall, total = packing_cost(n_columns, n_chunks, slots, F, B, n_jobs, costs)
+            score = wall + 0.1 * total
+            if best is None or score < best[0] - 1e-9:
+                best = (score, F, B)
+            B *= 2
+        F *= 2
+    assert best is not None
+    return best[1], best[2]
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(1, int(x)).bit_length() - 1)
+
+
+def _units(n_groups: int, giant: int, n_jobs: int) -> list[tuple[int, int, int]]:
+    """Work units ``(group, first giant step, end)``: whole groups, or power-of-two parts of one."""
+    parts = 1 if n_groups >= n_jobs else min(giant, _pow2_floor(max(1, n_jobs // n_groups)))
+    step = giant // parts
+    return [(q, p * step, (p + 1) * step) for q in range(n_groups) for p in range(parts)]
+
+
+# --------------------------------------------------------------------------- the kernel (one process)
+
+
+class _BSGSKernel:
+    """Baby-step/giant-step product ``Bᵀ(m_v ⊙ d)`` for some work units, in one process.
+
+    Column block ``q`` (``F`` columns, ``L = S/F`` slots each) uses the diagonal
+    layout of :mod:`fedrisk.crypto.encrypted_matvec` with diagonal ``k = jB + i``::
+
+        Out_q = Σ_j rot_{jBL}( Σ_i Σ_c P'[q, j, i, c] ⊙ rot_{iL}(d_c) )
+        P'[q, j, i, c][t] = B[c·S + (t + iL) mod S,  qF + (t//L − jB) mod F]
+
+    so the ``B − 1`` baby rotations of each input chunk are shared by every diagonal
+    and block, and each block needs ``F/B − 1`` giant rotations (Horner in ``BL``).
+    """
+
+    def __init__(self, runtime: CKKSRuntime, onehot: np.ndarray, *, F: int, B: int,
+                 units: Sequence[tuple[int, int, int]], level: int, cache_plaintexts: bool) -> None:
+        self.rt = runtime
+        self.S = runtime.slots
+        self.F, self.B, self.L = F, B, self.S // F
+        self.level = level
+        self.grad_level = gradient_level(runtime)
+        self.units = [tuple(int(v) for v in u) for u in units]
+        self.n_rows = onehot.shape[0]
+        self.n_chunks = max(1, -(-self.n_rows // self.S))
+        groups = sorted({u[0] for u in self.units})
+        self._col0 = {q: i * F for i, q in enumerate(groups)}   # where block q starts in `onehot`
+        padded = np.zeros((self.n_chunks * self.S, len(groups) * F), dtype=np.uint8)
+        padded[: self.n_rows, : onehot.shape[1]] = onehot
+        self.X = padded
+        self._t = np.arange(self.S)
+        self.cache: dict[tuple[int, int, int, int], Any] | None = {} if cache_plaintexts else None
+        if self.cache is not None:
+            for q, j0, j1 in self.units:
+                for j in range(j0, j1):
+                    for i in range(B):
+                        for c in range(self.n_chunks):
+                            self.cache[(q, j, i, c)] = self._encode(q, j, i, c)
+        if B > 1 or F > B:
+            _ = runtime.galois_keys  # load once, up front
+        self._grad: list[Any] | None = None
+
+    def _encode(self, q: int, j: int, i: int, c: int) -> Any:
+        t = self._t
+        rows = c * self.S + (t + i * self.L) % self.S
+        cols = self._col0[q] + (t // self.L - j * self.B) % self.F
+        diag = self.X[rows, cols]
+        if not diag.any():
+            return None  # SEAL refuses products with an all-zero plaintext; skip them
+        return self.rt.encode(diag.astype(np.float64), self.level, 2.0**ONE_HOT_SCALE_BITS)
+
+    def plaintext(self, q: int, j: int, i: int, c: int) -> Any:
+        if self.cache is not None:
+            return self.cache[(q, j, i, c)]
+        return self._encode(q, j, i, c)
+
+    def set_gradients(self, cts: Sequence[Any]) -> None:
+        """Take the tree's ``[[g + ih]]`` chunks and rotate each by ``iL`` (i < B) once for all nodes."""
+        if len(cts) != self.n_chunks:
+            raise ProtocolError(f"gradients have {len(cts)} ciphertexts, expected {self.n_chunks}")
+        ev, keys = self.rt.evaluator, (self.rt.galois_keys if self.B > 1 else None)
+        self._grad = []
+        for ct in cts:
+            steps = [ct]
+            for _ in range(1, self.B):
+                nxt = sa.Ciphertext()
+                ev.rotate_vector(steps[-1], self.L, keys, nxt)
+                steps.append(nxt)
+            self._grad.append(steps)
+
+    def run(self, rows: np.ndarray) -> list[Any]:
+        """One (partial) output ciphertext per work unit, scale ≈2^60, or None if empty."""
+        if self._grad is None:
+            raise ProtocolError("no encrypted gradients loaded for this tree")
+        rt, ev, S = self.rt, self.rt.evaluator, self.S
+        # rot_iL(m_v ⊙ d_c) = rot_iL(m_v) ⊙ rot_iL(d_c): the node mask is rotated in the clear
+        baby: list[list[Any]] = []
+        chunks: list[int] = []
+        for c, steps in enumerate(self._grad):
+            part = rows[c * S : (c + 1) * S].astype(np.float64)
+            if part.size < S:
+                part = np.concatenate([part, np.zeros(S - part.size)])
+            if not part.any():
+                continue  # no node row in this chunk: it adds nothing
+            masked = []
+            for i, rotated in enumerate(steps):
+                cur = sa.Ciphertext()
+                ev.multiply_plain(rotated, rt.encode(np.roll(part, -i * self.L), self.grad_level, 2.0**NODE_MASK_SCALE_BITS), cur)
+                ev.rescale_to_next_inplace(cur)  # to the kernel's level: cheaper products and rotations
+                masked.append(cur)
+            baby.append(masked)
+            chunks.append(c)
+        tmp = sa.Ciphertext()
+        out = []
+        for q, j0, j1 in self.units:
+            acc = None
+            for j in range(j1 - 1, j0 - 1, -1):
+                if acc is not None:
+                    ev.rotate_vector_inplace(acc, self.B * self.L, rt.galois_keys)
+                z = None
+                for steps, c in zip(baby, chunks, strict=True):
+                    for i in range(self.B):
+                        pt = self.plaintext(q, j, i, c)
+                        if pt is None:
+                            continue
+                        if z is None:
+                            z = sa.Ciphertext()
+                            ev.multiply_plain(steps[i], pt, z)
+                        else:
+                            ev.multiply_plain(steps[i], pt, tmp)
+                            ev.add_inplace(z, tmp)
+                if z is not None:
+                    if acc is None:
+                        acc = z
+                    else:
+                        ev.add_inplace(acc, z)
+            if acc is not None and j0 > 0:
+                ev.rotate_vector_inplace(acc, j0 * self.B * self.L, rt.galois_keys)
+            out.append(acc)
+        return out
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
+    """Serve HINI/HGRD/HNOD/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
+    kernel: _BSGSKernel | None = None
+    runtime: CKKSRuntime | None = None
+    while True:
+        try:
+            kind, fp, header, blobs = unpack_frame(_recv(inp))
+        except EOFError:
+            return
+        try:
+            if kind == b"STOP":
+                return
+            if kind == b"HINI":
+                context = ts.context_from(blobs[0])
+                runtime = CKKSRuntime(context)
+                onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
+                kernel = _BSGSKernel(runtime, onehot, F=int(header["F"]), B=int(header["B"]),
+                                     units=[tuple(u) for u in header["units"]], level=int(header["level"]),
+                                     cache_plaintexts=bool(header["cache"]))
+                _send(out, pack_frame(b"OKAY", fp, {}))
+            elif kind == b"HGRD":
+                if kernel is None or runtime is None:
+                    raise ProtocolError("worker got gradients before HINI")
+                kernel.set_gradients([runtime.load(b) for b in blobs])
+                _send(out, pack_frame(b"OKAY", fp, {}))
+            elif kind == b"HNOD":
+                if kernel is None or runtime is None:
+                    raise ProtocolError("worker got a node before HINI")
+                rows = np.unpackbits(np.frombuffer(blobs[0], dtype=np.uint8), count=kernel.n_rows).astype(bool)
+                parts = kernel.run(rows)
+                _send(out, pack_frame(b"RSLT", fp, {"empty": [p is None for p in parts]},
+                                      [b"" if p is None else runtime.dump(p) for p in parts]))
+            else:
+                raise ProtocolError(f"unknown worker command {kind!r}")
+        except Exception as exc:  # report, keep serving
+            _send(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+_BOOT = (
+    "import os, sys; from fedrisk.crypto.encrypted_histogram import _serve; "
+    "_serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"
+)
+
+
+class _Workers(_WorkerPool):
+    """The vertical-LR kernel's worker pool (frames over pipes, no pickle), booting this module's loop."""
+
+    def __init__(self, n: int) -> None:  # only the boot line differs from the parent's
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.links: list[tuple[Any, Any]] = []
+        for _ in range(n):
+            to_child_r, to_child_w = os.pipe()
+            from_child_r, from_child_w = os.pipe()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                close_fds=True,
+            )
+            os.close(to_child_r)
+            os.close(from_child_w)
+            self.procs.append(proc)
+            self.links.append((os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb")))
 
 
 # --------------------------------------------------------------------------- feature holder: kernel
@@ -365,14 +652,16 @@ class EncryptedHistogramKernel:
     context : tenseal.Context
         The key holder's public context with Galois keys.
     n_jobs : int
-        Worker processes of the underlying :class:`EncryptedMatVec`.
+        Worker processes (1: in-process). Work units are column blocks or
+        power-of-two ranges of a block's giant steps.
     mask_bits : int
         Target hiding of partial sums (lowered to what the headroom allows, never
         below :data:`MIN_MASK_BITS`).
-    max_pack : int, optional
-        Most columns per output ciphertext.
+    columns_per_ciphertext, baby_steps : int, optional
+        Override the packing plan (:func:`plan_packing`); both powers of two.
     cache_bytes : int
-        Memory budget for the cached one-hot plaintexts.
+        Memory budget for the cached one-hot plaintexts (beyond it they are encoded
+        on the fly, ≈ 5× slower per multiplication).
 
     Attributes
     ----------
@@ -382,6 +671,10 @@ class EncryptedHistogramKernel:
         that depends only on the column's sum.
     column_counts_ : ndarray
         Covered rows per column (bounds every node's bin counts).
+    F_, B_ : int
+        Columns per output ciphertext and baby steps.
+    rotations_per_node_ : int
+        Key switches per node histogram (all workers).
     """
 
     def __init__(
@@ -394,7 +687,8 @@ class EncryptedHistogramKernel:
         *,
         n_jobs: int = 1,
         mask_bits: int = DEFAULT_MASK_BITS,
-        max_pack: int | None = None,
+        columns_per_ciphertext: int | None = None,
+        baby_steps: int | None = None,
         cache_bytes: int = 2 << 30,
     ) -> None:
         if context.is_private():
@@ -402,39 +696,69 @@ class EncryptedHistogramKernel:
         self.runtime = CKKSRuntime.for_context(context)
         self.context = context
         self.fingerprint = self.runtime.fingerprint
-        self.level = gradient_level(self.runtime)
-        onehot = one_hot_bins(codes, n_bins, has_missing, covered)
-        if onehot.shape[1] == 0:
+        self.grad_level = gradient_level(self.runtime)
+        self.level = histogram_level(self.runtime)
+        if not self.runtime.has_galois_keys:
+            raise CryptoError("the histogram kernel needs a context with Galois keys")
+        onehot = one_hot_bins(codes, n_bins, has_missing, covered).astype(np.uint8)
+        m = onehot.shape[1]
+        if m == 0:
             raise DataValidationError("a histogram needs at least one bin column")
+        slots = self.runtime.slots
         self.n_rows = onehot.shape[0]
-        self.n_chunks = max(1, -(-self.n_rows // self.runtime.slots))
-        self.column_counts_ = onehot.sum(axis=0)
-        self._matvec = EncryptedMatVec(
-            onehot,
-            context,
-            max_pack=max_pack,
-            n_jobs=n_jobs,
-            cache_bytes=cache_bytes,
-            x_scale_bits=ONE_HOT_SCALE_BITS,
-            min_mask_bits=0,  # its own masks are not used: ours are zero-sum per column
-        )
-        if self._matvec.level_ != self.level:
-            self.close()
-            raise CryptoError("histogram kernel level does not match the gradients' level")
-        self.layout_ = HistogramLayout(tuple(int(b) for b in n_bins), tuple(bool(m) for m in has_missing), self._matvec.layout_)
+        self.n_chunks = max(1, -(-self.n_rows // slots))
+        self.column_counts_ = onehot.sum(axis=0).astype(np.float64)
+        F, B = plan_packing(m, self.n_chunks, slots, n_jobs)
+        F = int(columns_per_ciphertext or F)
+        B = int(baby_steps or min(B, F))
+        if F & (F - 1) or B & (B - 1) or not 1 <= B <= F <= slots:
+            raise CryptoError(f"columns per ciphertext ({F}) and baby steps ({B}) must be powers of two, B ≤ F ≤ {slots}")
+        self.F_, self.B_ = F, B
+        n_groups = -(-m // F)
+        groups = tuple((q * F, F) for q in range(n_groups))
+        packing = PackingLayout(n_groups * F, slots, groups, ((0, n_groups),))
+        self.layout_ = HistogramLayout(tuple(int(b) for b in n_bins), tuple(bool(x) for x in has_missing), packing)
         self._bounds, self.mask_bits_ = self._mask_bounds(int(mask_bits))
-        self._grad: list[Any] | None = None
+        units = _units(n_groups, F // B, max(1, int(n_jobs)))
+        n_workers = min(max(1, int(n_jobs)), len(units))
+        self._assign = [units[w::n_workers] for w in range(n_workers)]
+        per_plain = slots * 2 * 8 * 2  # NTT form, two primes
+        cache = self.n_chunks * n_groups * F * per_plain <= cache_bytes
+        self.rotations_per_node_ = n_groups * (F // B - 1)
+        self.rotations_per_tree_ = (B - 1) * self.n_chunks * n_workers
+        padded = np.zeros((self.n_rows, n_groups * F), dtype=np.uint8)
+        padded[:, :m] = onehot
+        self._pool: _Workers | None = None
+        self._local: _BSGSKernel | None = None
+        if n_workers == 1:
+            self._local = _BSGSKernel(self.runtime, padded, F=F, B=B, units=units, level=self.level, cache_plaintexts=cache)
+        else:
+            self._pool = _Workers(n_workers)
+            weakref.finalize(self, _WorkerPool.close, self._pool)
+            ctx_bytes = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+            frames = []
+            for mine in self._assign:
+                qs = sorted({u[0] for u in mine})
+                block = np.ascontiguousarray(np.concatenate([padded[:, q * F : (q + 1) * F] for q in qs], axis=1))
+                header = {"rows": self.n_rows, "cols": block.shape[1], "F": F, "B": B, "units": [list(u) for u in mine],
+                          "level": self.level, "cache": cache}
+                frames.append(pack_frame(b"HINI", self.fingerprint, header, [ctx_bytes, block.tobytes()]))
+            try:
+                self._pool.scatter(frames)
+            except BaseException:
+                self.close()
+                raise
         self._grad_tag: Any = None
 
     def _mask_bounds(self, target: int) -> tuple[list[float], int]:
         limit = _value_limit(self.runtime)
         bounds, worst = [], 64
         for start, size in self.layout_.packing.groups:
-            top = ROW_BOUND * max(1.0, float(self.column_counts_[start : start + size].max()))
+            counts = self.column_counts_[start : start + size]
+            top = ROW_BOUND * max(1.0, float(counts.max(initial=0.0)))
             exp = min(math.ceil(math.log2(top)) + target, math.floor(math.log2((limit - top) / 2.0)))
             bits = math.floor(math.log2(2.0**exp / top))
             if bits < MIN_MASK_BITS:
-                self.close()
                 raise CryptoError(f"histogram masks would hide partial sums by only {bits} bits (< {MIN_MASK_BITS}); use fewer rows")
             bounds.append(2.0**exp)
             worst = min(worst, bits)
@@ -449,9 +773,15 @@ class EncryptedHistogramKernel:
             raise ProtocolError(f"encrypted gradients have {len(blobs)} ciphertexts, expected {self.n_chunks}")
         cts = [self.runtime.load(b) for b in blobs]
         for ct in cts:
-            if self.runtime.level_of(ct) != self.level or not math.isclose(ct.scale, self.runtime.global_scale, rel_tol=1e-9):
+            if self.runtime.level_of(ct) != self.grad_level or not math.isclose(ct.scale, self.runtime.global_scale, rel_tol=1e-9):
                 raise ProtocolError("encrypted gradients are not fresh top-level ciphertexts at the global scale")
-        self._grad, self._grad_tag = cts, tag
+        if self._local is not None:
+            self._local.set_gradients(cts)
+        else:
+            assert self._pool is not None
+            frame = pack_frame(b"HGRD", self.fingerprint, {}, list(blobs))
+            self._pool.scatter([frame] * len(self._assign))
+        self._grad_tag = tag
 
     @property
     def gradients_tag(self) -> Any:
@@ -459,24 +789,29 @@ class EncryptedHistogramKernel:
 
     def node_histogram(self, rows: np.ndarray) -> list[bytes]:
         """Masked ``Bᵀ(m_v ⊙ [[g + ih]])`` for the node whose rows are ``rows`` (serialised)."""
-        if self._grad is None:
-            raise ProtocolError("no encrypted gradients loaded for this tree")
         rows = np.asarray(rows, dtype=bool)
         if rows.shape != (self.n_rows,):
             raise ProtocolError(f"node row mask has {rows.size} entries, expected {self.n_rows}")
-        rt, ev, slots = self.runtime, self.runtime.evaluator, self.runtime.slots
-        mask_scale = 2.0**NODE_MASK_SCALE_BITS
-        masked = []
-        for c, ct in enumerate(self._grad):
-            part = rows[c * slots : (c + 1) * slots].astype(np.float64)
-            if part.any():
-                out = sa.Ciphertext()
-                ev.multiply_plain(ct, rt.encode(part, self.level, mask_scale), out)
-            else:  # SEAL refuses a product with an all-zero plaintext
-                out = rt.encrypt_zero(self.level, ct.scale * mask_scale)
-            masked.append(rt.dump(out))
-        products = self._matvec.compute(EncryptedVector(self.fingerprint, self.n_rows, tuple(masked)))
-        return [self._mask(ct, g) for g, ct in enumerate(products)]
+        n_groups = self.layout_.n_ciphertexts
+        sums: list[Any] = [None] * n_groups
+        if self._local is not None:
+            results = [list(zip(self._local.units, self._local.run(rows), strict=True))]
+        else:
+            assert self._pool is not None
+            frame = pack_frame(b"HNOD", self.fingerprint, {}, [np.packbits(rows).tobytes()])
+            replies = self._pool.scatter([frame] * len(self._assign))
+            results = [[(u, self.runtime.load(b) if b else None) for u, b in zip(mine, blobs, strict=True)]
+                       for mine, blobs in zip(self._assign, replies, strict=True)]
+        for part in results:
+            for (q, _, _), ct in part:
+                if ct is None:
+                    continue
+                if sums[q] is None:
+                    sums[q] = ct
+                else:
+                    self.runtime.evaluator.add_inplace(sums[q], ct)
+        scale = product_scale(self.runtime)
+        return [self._mask(self.runtime.encrypt_zero(self.level, scale) if ct is None else ct, q) for q, ct in enumerate(sums)]
 
     def _mask(self, ct: Any, group: int) -> bytes:
         """Add the zero-sum-per-column mask and the flooding noise; serialise."""
@@ -495,9 +830,10 @@ class EncryptedHistogramKernel:
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""
-        matvec = getattr(self, "_matvec", None)
-        if matvec is not None:
-            matvec.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+            self._pool = None
 
     def __enter__(self) -> EncryptedHistogramKernel:
         return self
@@ -543,7 +879,7 @@ def decrypt_histogram(context: ts.Context, blobs: Sequence[bytes], layout: Histo
     runtime = CKKSRuntime.for_context(context)
     if len(blobs) != layout.n_ciphertexts:
         raise ProtocolError(f"histogram has {len(blobs)} ciphertexts, the layout announced {layout.n_ciphertexts}")
-    level, scale = gradient_level(runtime), product_scale(runtime)
+    level, scale = histogram_level(runtime), product_scale(runtime)
     imag_blobs = []
     for blob in blobs:
         ct = runtime.load(blob)
@@ -554,4 +890,5 @@ def decrypt_histogram(context: ts.Context, blobs: Sequence[bytes], layout: Histo
     real = decrypt_ciphertexts(context, blobs)
     sign = np.tile(np.where(np.arange(runtime.slots) % 2 == 0, 1.0, -1.0), len(blobs))
     imag = decrypt_ciphertexts(context, imag_blobs) * sign
-    return layout.packing.unpack(real), layout.packing.unpack(imag)
+    m = layout.n_columns  # columns past m pad the last block
+    return layout.packing.unpack(real)[:m], layout.packing.unpack(imag)[:m]

@@ -847,7 +847,7 @@ class LabelHolderSB:
             if node.children is None:
                 assert node.rows is not None
                 self._raw[node.rows] += leaf_value[node.index]
-        self._builder.add_tree(self._records)
+        self._builder.add_tree(self._breadth_first(self._records))
         owners = [r["owner"] for r in self._records if r["left"] >= 0]
         names = (self.name, *self.feature_holders_)
         self.history_[-1].update(seconds=time.perf_counter() - self._t0,
@@ -863,6 +863,26 @@ class LabelHolderSB:
                                            self._builder.arrays(), self.params)
             for party in self.feature_holders_:
                 self._send(party, TrainingDone(self.fingerprint, self.params.n_trees))
+
+    @staticmethod
+    def _breadth_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Renumber a tree's nodes level by level, left before right.
+
+        Nodes are created in the order their histograms arrive, which depends on
+        message timing; the stored tree must not.
+        """
+        order = [0]
+        for old in order:
+            if records[old]["left"] >= 0:
+                order += [records[old]["left"], records[old]["right"]]
+        new = {old: i for i, old in enumerate(order)}
+        out = []
+        for old in order:
+            rec = dict(records[old])
+            if rec["left"] >= 0:
+                rec["left"], rec["right"] = new[rec["left"]], new[rec["right"]]
+            out.append(rec)
+        return out
 
     # ------------------------------------------------------------------ scoring
     def decision_function(self, X: np.ndarray, answers: Mapping[str, SplitAnswers | None]) -> np.ndarray:

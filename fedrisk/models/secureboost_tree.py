@@ -65,6 +65,7 @@ __all__ = [
     "SplitCandidate",
     "TreeBuilder",
     "best_split",
+    "candidate_gains",
     "gradients",
     "leaf_weight",
     "plain_histogram",
@@ -285,16 +286,16 @@ def _score(G: np.ndarray, H: np.ndarray, lam: float) -> np.ndarray:
     return G * G / (H + lam)
 
 
-def best_split(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams) -> SplitCandidate | None:
-    """Best split by XGBoost gain, or None if no candidate is valid.
+def candidate_gains(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams) -> tuple[np.ndarray, np.ndarray]:
+    """Gain of every candidate ``(feature, bin, missing side)`` and its left sums.
 
-    ``grad_total``/``hess_total`` are the node's exact sums (the label holder knows
-    them); left sums come from the histogram, right = total − left.
+    Returns ``gains`` of shape ``(F, B, 2)`` (−inf where not a valid candidate;
+    side 0 sends missing values right, side 1 left) and ``lefts`` ``(F, B, 2, 2)``
+    holding ``(G_L, H_L)``. Right sums are ``total − left``: the label holder knows
+    the node's totals exactly.
     """
     lam = params.reg_lambda
     n_feat, width = hist.grad.shape
-    if n_feat == 0 or width == 0:
-        return None
     least = max(params.min_child_weight, EMPTY_HESSIAN)
     bins = np.arange(width)[None, :]
     nb = hist.n_bins[:, None]
@@ -318,6 +319,18 @@ def best_split(hist: Histogram, grad_total: float, hess_total: float, params: Bo
             gain = 0.5 * (_score(gl, hl, lam) + _score(gr, hr, lam) - gain_parent)
         gains[:, :, d] = np.where(ok, gain, -np.inf)
         lefts[:, :, d, 0], lefts[:, :, d, 1] = gl, hl
+    return gains, lefts
+
+
+def best_split(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams) -> SplitCandidate | None:
+    """Best split by XGBoost gain, or None if no candidate has a positive gain.
+
+    Ties go to the first candidate in (feature, bin, missing-right-first) order.
+    """
+    n_feat, width = hist.grad.shape
+    if n_feat == 0 or width == 0:
+        return None
+    gains, lefts = candidate_gains(hist, grad_total, hess_total, params)
     flat = int(np.argmax(gains))
     best = float(gains.flat[flat])
     if not best > 0.0:
@@ -327,7 +340,7 @@ def best_split(hist: Histogram, grad_total: float, hess_total: float, params: Bo
     gl, hl = float(lefts[f, b, d, 0]), float(lefts[f, b, d, 1])
     if d == 1:
         default_left = True
-    elif bool(miss_full[f, 0]):
+    elif hist.miss_hess[f] > EMPTY_HESSIAN:
         default_left = False
     else:  # nothing missing here: unseen missing values follow the heavier child
         default_left = hl >= hess_total - hl
