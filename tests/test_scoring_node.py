@@ -55,6 +55,15 @@ def node_config(ex: ExampleFederation, parties: dict[str, PartyEndpoint], tmp: P
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+def patient_policy(folder: Path) -> str:
+    """The shipped policy with a 2 s fan-out deadline (a loaded machine must not turn checks into fallbacks)."""
+    from fedrisk.parties.scoring.policy import default_policy_path
+
+    path = folder / "patient_policy.toml"
+    path.write_text(default_policy_path().read_text().replace("deadline_ms = 40", "deadline_ms = 2000"))
+    return str(path)
+
+
 @contextlib.asynccontextmanager
 async def running(ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (), node_kw: dict | None = None) -> AsyncIterator[tuple[ScoringNode, rpc.ScoringServiceStub, grpc.aio.Channel]]:
     services = []
@@ -66,7 +75,7 @@ async def running(ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (
         svc = PartyScoringService(party_config(ex, party))
         parties[party] = PartyEndpoint(await svc.start())
         services.append(svc)
-    node = ScoringNode(node_config(ex, parties, tmp, **(node_kw or {})))
+    node = ScoringNode(node_config(ex, parties, tmp, **{"policy": patient_policy(tmp), **(node_kw or {})}))
     address = await node.start()
     channel = secure_channel(address, ca=ex.pki.ca_cert)
     try:

@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class ScoringServiceStub:
-    """============================================================== ScoringService
-
+    """The bank's scoring node: live credit decisions from the jointly trained model.
     """
 
     def __init__(self, channel):
@@ -54,8 +53,7 @@ class ScoringServiceStub:
 
 
 class ScoringServiceServicer:
-    """============================================================== ScoringService
-
+    """The bank's scoring node: live credit decisions from the jointly trained model.
     """
 
     def Score(self, request, context):
@@ -66,9 +64,11 @@ class ScoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScoreBatch(self, request_iterator, context):
-        """Decisions for a stream of applications (portfolio jobs), in request order.
-        A malformed or invalid application aborts the stream with INVALID_ARGUMENT
-        naming its position; decisions already sent stay valid.
+        """Decisions for a stream of applications (portfolio jobs), in request order,
+        each with its `index`. A malformed or invalid application aborts the stream
+        with INVALID_ARGUMENT naming its position (decisions already sent stay
+        valid); an SME the bank's table does not hold gets a Decision with outcome
+        OUTCOME_UNSPECIFIED and reason code NOT_FOUND, and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,8 +108,7 @@ def add_ScoringServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ScoringService:
-    """============================================================== ScoringService
-
+    """The bank's scoring node: live credit decisions from the jointly trained model.
     """
 
     @staticmethod
@@ -195,8 +194,7 @@ class ScoringService:
 
 
 class PartyScoringServiceStub:
-    """========================================================= PartyScoringService
-
+    """A feature holder's part of the joint model, answered on its own data over mTLS.
     """
 
     def __init__(self, channel):
@@ -213,8 +211,7 @@ class PartyScoringServiceStub:
 
 
 class PartyScoringServiceServicer:
-    """========================================================= PartyScoringService
-
+    """A feature holder's part of the joint model, answered on its own data over mTLS.
     """
 
     def PartialScores(self, request, context):
@@ -241,8 +238,7 @@ def add_PartyScoringServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PartyScoringService:
-    """========================================================= PartyScoringService
-
+    """A feature holder's part of the joint model, answered on its own data over mTLS.
     """
 
     @staticmethod

@@ -18,6 +18,7 @@ aborting the stream; an SME the bank's table does not hold comes back as
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ def _applications(df: pd.DataFrame, id_format: str, purpose: int, estimate: bool
         app = pb.Application(sme_id=sme_id, estimate_only=estimate, purpose=purpose)
         for field in ("declared_annual_revenue", "requested_amount"):
             value = getattr(row, field, None)
-            if value is not None and isinstance(value, float) and math.isfinite(value) and value >= 0:
+            if isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0:
                 if field == "requested_amount" and value == 0:
                     continue
                 setattr(app, field, float(value))
@@ -161,6 +162,7 @@ def run_batch(
             "reasons": _reasons(d),
         })
     out = pd.DataFrame(rows)
+    out["score"] = out["score"].astype("Int64")
     target = Path(out_csv)
     target.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(target, index=False, lineterminator="\n")
@@ -228,6 +230,7 @@ def run_watch(
             "flagged": flagged, "status": "ok", "risk_band": d.risk_band, "degraded": d.degraded, "reasons": _reasons(d),
         })  # fmt: skip
     out = pd.DataFrame(rows)
+    out["current_score"] = out["current_score"].astype("Int64")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "watch.csv"
