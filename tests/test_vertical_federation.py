@@ -89,7 +89,7 @@ def test_federated_auc_on_the_hold_out_matches_scikit_learn_on_the_joined_table(
     y_test = guest.loc[test_ids, "y"].to_numpy()
     auc_federated = roc_auc_score(y_test, z)
 
-    joined = guest.join(host, rsuffix="_tax")
+    joined = guest.merge(host, left_index=True, right_index=True, how="left", suffixes=("", "_tax"))
     features = [c for c in joined.columns if c != "y"]
     reference = LogisticRegression(max_iter=5000).fit(joined.loc[train_ids, features], joined.loc[train_ids, "y"])
     auc_reference = roc_auc_score(y_test, reference.predict_proba(joined.loc[test_ids, features])[:, 1])

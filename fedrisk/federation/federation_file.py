@@ -112,8 +112,9 @@ def _header_columns(path: Path, key: str) -> list[str]:
         raise ConfigError(f"{key}: cannot read {path}: {err.strerror}") from None
 
 
-def _party(raw: object, index: int, base: Path, mode: str) -> PartyEntry:
-    where = f"parties[{index}]"
+def party_entry(raw: object, index: int, base: Path, mode: str, *, where: str | None = None, local_data: bool = True) -> PartyEntry:
+    """Validate one party's declaration; ``local_data=False`` skips reading its table (another host holds it)."""
+    where = where if where is not None else f"parties[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     _unknown(set(raw), _PARTY_KEYS, where)
@@ -127,6 +128,8 @@ def _party(raw: object, index: int, base: Path, mode: str) -> PartyEntry:
         raise ConfigError(f"{where}.role: {role!r} is not a {mode} role ({', '.join(roles)})")
     data = Path(str(_expect(raw["data"], str, f"{where}.data")))
     data = data if data.is_absolute() else (base / data)
+    if not local_data:
+        return PartyEntry(name=name, role=role, data=data, schema={}, index=index)
     if not data.exists():
         raise ConfigError(f"{where}.data: file not found: {data}")
     id_column = str(_expect(raw["id-column"], str, f"{where}.id-column"))
@@ -165,8 +168,12 @@ def _party(raw: object, index: int, base: Path, mode: str) -> PartyEntry:
     return PartyEntry(name=name, role=role, data=data.resolve(), schema=schema, index=index)
 
 
-def load_federation_file(path: Path) -> FederationFile:
-    """Parse and validate FEDERATION.toml; raises :class:`ConfigError` naming the bad key."""
+def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFile:
+    """Parse and validate FEDERATION.toml; raises :class:`ConfigError` naming the bad key.
+
+    ``local_data=False`` is for a coordinator whose parties run on their own hosts:
+    their tables are not read (nor needed) here.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -208,7 +215,7 @@ def load_federation_file(path: Path) -> FederationFile:
             "validation.table: vertical federations validate on a fraction of the label holder's rows "
             "(every party must hold them); use validation.fraction"
         )
-    if "table" in validation:
+    if "table" in validation and local_data:
         table = Path(str(validation["table"]))
         table = table if table.is_absolute() else path.parent / table
         if not table.exists():
@@ -221,7 +228,7 @@ def load_federation_file(path: Path) -> FederationFile:
     parties_raw = raw.get("parties")
     if not isinstance(parties_raw, list) or not parties_raw:
         raise ConfigError("parties: declare at least one [[parties]] entry")
-    parties = tuple(_party(p, i, path.parent, mode) for i, p in enumerate(parties_raw))
+    parties = tuple(party_entry(p, i, path.parent, mode, local_data=local_data) for i, p in enumerate(parties_raw))
     names = [p.name for p in parties]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

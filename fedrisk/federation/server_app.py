@@ -24,6 +24,9 @@ from fedrisk.federation.session import CoordinatorSession
 
 app = ServerApp()
 
+#: Prefix of the log line that carries the coordinator's result (sizes and metrics only).
+RESULT_PREFIX = "[fedrisk] result "
+
 
 def _cfg(context: Context, key: str, default):
     value = context.run_config.get(key, default)
@@ -159,9 +162,12 @@ def main(grid: Grid, context: Context) -> None:
             seconds=time.perf_counter() - started,
         )
         _write_json(out, result)
+        # The result travels back in the log stream too: `fedrisk train --superlink` reads it there.
+        print(RESULT_PREFIX + json.dumps(result, sort_keys=True, default=str), flush=True)
     except FedriskError as err:
         _write_json(out, {"status": "error", "error": str(err).splitlines()[0]})
         print(f"[fedrisk] error: {str(err).splitlines()[0]}", flush=True)
+        print(RESULT_PREFIX + json.dumps({"status": "error", "error": str(err).splitlines()[0]}), flush=True)
         raise
     except Exception as err:  # unexpected: keep the traceback in the run folder
         _write_json(out, {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedrisk.errors import ConfigError
 from fedrisk.federation.federation_file import FederationFile, load_federation_file
 from fedrisk.federation.local import LocalFederation
 from fedrisk.parties.settings import PartySettings
@@ -121,16 +120,21 @@ def run_training(
 ) -> dict:
     """Validate FEDERATION.toml, run it, write ``summary.json``; returns the summary."""
     console = console or Console(stderr=True)
-    fed = load_federation_file(federation_file)
-    if superlink is not None:
-        raise ConfigError(
-            "--superlink: joining a remote SuperLink needs the parties started with `fedrisk node start` on their hosts"
-        )
+    fed = load_federation_file(federation_file, local_data=superlink is None)
     run_dir = new_run_dir(runs_dir, fed.name.replace(" ", "-"))
     started = time.perf_counter()
     console.print(f"run folder: {run_dir}")
-    with LocalFederation(run_dir, party_settings_for(fed, run_dir), run_config_for(fed), log=console.print) as federation:
-        result = federation.run()
+    if superlink is None:
+        with LocalFederation(run_dir, party_settings_for(fed, run_dir), run_config_for(fed), log=console.print) as federation:
+            result = federation.run()
+        audit = audit_run(run_dir, result.get("run_id", run_dir.name))
+    else:
+        from fedrisk.federation.remote import RemoteFederation
+
+        remote = RemoteFederation(run_dir, superlink, root_certificates, [p.name for p in fed.parties], log=console.print)
+        result = remote.run(run_config_for(fed, **{"run-dir": f"runs/{run_dir.name}"}))
+        # Each party's ledger lives on its own host: verify them together with `fedrisk audit verify`.
+        audit = {"ledger_verified": None, "ledger_note": "ledgers are on the parties' hosts; collect them and run `fedrisk audit verify`"}
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -142,7 +146,7 @@ def run_training(
         "bytes_exchanged": result.get("bytes_exchanged", {}),
         "coordinator": result,
         **(vertical_metrics(result) if fed.mode == "vertical" else horizontal_metrics(result)),
-        **audit_run(run_dir, result.get("run_id", run_dir.name)),
+        **audit,
     }
     write_summary(run_dir, summary)
     return summary

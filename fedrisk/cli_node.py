@@ -1,0 +1,53 @@
+"""``fedrisk node``: run this host's party in a federation whose SuperLink runs elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from fedrisk.errors import FedriskError
+
+node_app = typer.Typer(help="Run this host's party node (its table stays here).", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@node_app.command("start")
+def node_start(
+    name: str = typer.Option(..., "--name", help="This party's name in the federation (as in FEDERATION.toml)."),
+    role: str = typer.Option(..., "--role", help="bank (horizontal), label_holder or feature_holder (vertical)."),
+    data: Path = typer.Option(..., "--data", help="This party's table (CSV or Parquet)."),
+    id_column: str = typer.Option("id", help="Column holding the SME identifier."),
+    label_column: Optional[str] = typer.Option(None, help="0/1 label column (bank or label holder only)."),
+    id_format: str = typer.Option("opaque", help="opaque, or credit_code to validate GB 32100-2015 check digits."),
+    superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink's Fleet API."),
+    root_certificates: Optional[Path] = typer.Option(None, help="CA certificate that signed the SuperLink's TLS certificate."),
+    auth_key: Optional[Path] = typer.Option(None, help="This node's Flower authentication private key (registered with the SuperLink)."),
+    state_dir: Path = typer.Option(Path("fedrisk-node"), help="Private folder for keys, the ledger and model bundles (0700)."),
+    validation_fraction: float = typer.Option(0.2, help="Share of the label holder's rows held out for validation."),
+    validation_seed: int = typer.Option(42, help="Seed of the validation split."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain-text gRPC: debugging only, never across hosts."),
+) -> None:
+    """Start this party's warm process and its SuperNode, and serve until Ctrl-C."""
+    from fedrisk.federation.federation_file import party_entry
+    from fedrisk.parties.node import PartyNode
+    from fedrisk.parties.settings import PartySettings
+
+    try:
+        mode = "horizontal" if role == "bank" else "vertical"
+        raw = {"name": name, "role": role, "data": str(data), "id-column": id_column, "id-format": id_format}
+        if label_column is not None:
+            raw["label-column"] = label_column
+        entry = party_entry(raw, 0, Path.cwd(), mode, where="node")
+        settings = PartySettings(
+            name=entry.name, role=entry.role, data=str(entry.data), schema=entry.schema,
+            state_dir=str(state_dir.resolve()), validation={"fraction": validation_fraction, "seed": validation_seed},
+        )
+        node = PartyNode(settings, superlink, root_certificates, auth_key=auth_key, insecure=insecure)
+        code = node.serve_forever(log=console.print)
+    except FedriskError as err:
+        console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
+        raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
