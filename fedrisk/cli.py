@@ -29,6 +29,9 @@ app.add_typer(data_app, name="data")
 from fedrisk.cli_audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
+from fedrisk.cli_node import node_app  # noqa: E402
+
+app.add_typer(node_app, name="node")
 from fedrisk.cli_score import score_app  # noqa: E402
 
 app.add_typer(score_app, name="score")
