@@ -40,7 +40,6 @@ from fedrisk.models.secureboost import (
     parse_payload,
 )
 from fedrisk.models.secureboost_tree import (
-    EMPTY_HESSIAN,
     BoostParams,
     PlainSecureBoost,
     candidate_gains,
@@ -420,7 +419,5 @@ def test_estimator_shape(small):
     params = VerticalSecureBoost().get_params()
     assert params["n_trees"] == 30 and params["max_depth"] == 3 and params["n_bins"] == 32
     assert len(model.tree_seconds_) == SMALL["n_trees"] and model.rounds_ > 0 and model.bytes_per_tree_ > 0
-    assert all(h["train_loss"] > 0 for h in model.label_holder_.history_)
     losses = [h["train_loss"] for h in model.label_holder_.history_]
     assert losses == sorted(losses, reverse=True)  # boosting lowers the training loss tree by tree
-    assert EMPTY_HESSIAN < SMALL["n_trees"]

@@ -2,113 +2,136 @@
 
 The label holder (key holder) encrypts the gradients ``g`` and hessians ``h`` of
 its training rows; a feature holder, which bins its own features locally, must
-return for a tree node ``v`` the per-bin sums ``Σ_{i∈v, bin_f(i)=b} g_i`` and the
-same for ``h`` — without seeing ``g`` or ``h``, and without the label holder
-seeing anything finer than those sums.
+return for a tree node ``v`` the per-bin sums ``Σ_{i∈v, bin_f(i)=b} g_i`` (and the
+same for ``h``) without seeing ``g`` or ``h``, and without the label holder seeing
+anything finer than those sums.
 
 Packing
 -------
 * **g and h in one slot.** CKKS slots are complex: the label holder encrypts
   ``g + i·h`` (``|g + i·h| ≤ 1`` for the logistic loss), 4096 rows per ciphertext,
-  once per tree (:func:`encrypt_gradients`), at the top level with scale Δ = 2^40.
-  Every product below is with *real* plaintexts, so real and imaginary parts stay
-  separate and one kernel run yields both histograms. The key holder reads the
-  imaginary part by multiplying with the monomial ``X^{N/2}``, which SEAL's slot
-  order encodes exactly as ``(−i, +i, −i, …)`` at scale 1 (no level, no noise),
-  and flipping the odd slots' signs (:func:`decrypt_histogram`).
-* **Histogram = one-hot transpose product.** The feature holder's bins form a fixed
-  0/1 matrix ``B`` (rows × Σ_f bins_f, plus one "NaN" column for a feature with
-  missing values; rows it does not cover are all-zero and reach the label
-  holder's exact missing bucket). The node's per-bin sums are ``Bᵀ (m_v ⊙ (g+ih))``,
-  with ``m_v`` the node's 0/1 row mask — the instance space the label holder
-  discloses (as SecureBoost does). ``Bᵀ[[·]]`` is exactly the packed
-  :class:`~fedrisk.crypto.encrypted_matvec.EncryptedMatVec` kernel: ``B`` is
-  encoded once (cached plaintexts, split over worker processes), about one
-  rotation per column, no rotation per row.
-* **Node masks at the feature holder.** ``m_v`` is applied with one plaintext
-  multiplication per 4096 rows (encoded at 2^30, no rescale) instead of the label
-  holder encrypting ``g + ih`` again for each node: the gradients cross the wire
-  once per tree, not once per node.
-* **Histogram subtraction.** The label holder asks for one child of each split
-  and derives its sibling as parent − child. Which child does not matter for
-  cost: the kernel's cost does not depend on how many rows a node holds.
+  once per tree (:func:`encrypt_gradients`), on the top level (three primes) at
+  Δ = 2^40. Every later product is with *real* plaintexts, so real and imaginary
+  parts stay apart and one product yields both histograms. The key holder reads
+  the imaginary part by multiplying with the monomial ``X^{N/2}``, which SEAL's
+  slot order encodes exactly as ``(−i, +i, −i, …)`` at scale 1 (no level, no
+  noise), and flipping the odd slots' signs (:func:`decrypt_histogram`).
+* **Histogram = one-hot transpose product.** The feature holder's bins form a
+  fixed 0/1 matrix ``B`` (rows × Σ_f bins_f, plus one "NaN" column for a feature
+  with missing values; rows it does not cover are all-zero and fall into the label
+  holder's exact missing bucket). A node's sums are ``Bᵀ(m_v ⊙ (g + ih))``, with
+  ``m_v`` the node's 0/1 row mask — its instance space, which the label holder
+  discloses as SecureBoost does.
+* **Baby-step/giant-step diagonals.** ``B``'s columns are cut into blocks of ``F``
+  (a power of two; ``L = 4096/F`` slots per column) and multiplied in the diagonal
+  layout of :mod:`fedrisk.crypto.encrypted_matvec` with diagonal ``k = jb + i``::
+
+      Out_q = Σ_j rot_{j·b·L}( Σ_i Σ_c P'[q,j,i,c] ⊙ rot_{iL}(m_v ⊙ d_c) )
+
+  with pre-rotated, cached one-hot plaintexts ``P'``. The vertical-LR kernel does
+  about one rotation per column (``b = 1``); here each block needs ``F/b − 1``
+  giant rotations, and the ``b − 1`` baby rotations of each input chunk are done
+  **once per tree** on the fresh gradients: ``rot_{iL}(m_v ⊙ d) = rot_{iL}(m_v) ⊙
+  rot_{iL}(d)``, so each node only multiplies the rotated copies by its rotated
+  mask (in the clear) and rescales. :func:`plan_packing` picks ``F`` and ``b`` from
+  the cost model below (default credit, 120 columns: ``F = 128``, ``b = 2`` or 4 —
+  one output ciphertext per node).
+* **Node masks at the feature holder.** The gradients cross the wire once per
+  tree, not once per node (the label holder does not encrypt ``m_v ⊙ (g + ih)``).
+* **Histogram subtraction.** The label holder asks for one child of each split and
+  derives its sibling as parent − child: 4 products per depth-3 tree, not 7. Which
+  child does not matter: a product costs the same whatever the node's size.
+* **Worker processes.** ``n_jobs`` child processes (fresh interpreters talking
+  length-prefixed frames over pipes, never pickle) each hold the plaintexts of
+  their share — whole blocks, or power-of-two ranges of a block's giant steps.
 
 Levels and precision
 --------------------
-``(g+ih)`` at 2^40 × node mask at 2^30 × ``B`` at 2^30 gives products at scale
-2^100 in the 140-bit top level: 38 bits of value headroom, no rescale (a rescale
-would add ≈2^-22 of noise per row, ≈1e-2 on a bin of 14,000 rows). Encoding ``B``
-at the vertical-LR kernel's 2^20 instead would let the kernel run one level lower
-(35 % cheaper) but adds 2.5e-5 per row to every bin sum (5e-3 on 24,000 rows,
-measured), enough to flip close split choices; at 2^30 it is 5e-9 per row.
+Gradients at 2^40 on three primes × node mask at 2^33, rescaled to two primes
+(≈2^33) × one-hot at 2^27 → products at ≈2^60 on a 100-bit modulus: 38 bits of
+headroom for bin totals (≤ 2^16) and masks (≤ 2^36). Measured error of a bin sum
+(max over all bins): 2.5e-5 on 3,000 rows, 1e-4 on 24,000 rows — dominated by
+decoding the masked slots (≈ ``M·2^-50`` each); the rescale adds 1.6e-7 per row and
+the one-hot encoding ≈3e-7 per row (random signs). Measured and not taken: one-hot
+at 2^20 with the node mask at 2^40 (3.8e-3: the encoding error of ``B``), baby
+rotations after the rescale at ≈2^33 (8e-4: key-switching noise at a low scale).
 
 Masking (what the key holder sees)
 ----------------------------------
-A column's sum is spread over the ``L = 4096/F`` slots of its packing group
-(``F`` columns per output ciphertext), each slot a partial sum over a fixed
+A column's sum is spread over its ``L`` slots, each a partial sum over a fixed
 subset of rows. The feature holder adds a *zero-sum* mask to each column's ``L``
 slots — ``r = u − mean(u)``, ``u`` uniform in ``[−M, M]`` (real and imaginary
-parts, from ``os.urandom``) — so the key holder recovers the column sum exactly
-but nothing about how it splits into partial sums: for two inputs with the same
-column sums the views differ by a zero-sum shift ``δ``, and
-``TV ≤ Σ|δ|/(2M) ≤ 1.25·count/M`` (``count`` = rows in the bin, ``|g|+|h| ≤ 1.25``).
-``M`` is the power of two giving ``mask_bits`` (default 20) for the group's
-largest bin, capped by the headroom (then at least :data:`MIN_MASK_BITS` or the
-kernel refuses). A complex Gaussian ``η`` (std 2^-20 per slot) floods the
-evaluation noise. The decode error of a masked slot is ≈ ``M·2^-50``, so a bin
-sum is exact to ≈ ``2^-50·M·√L`` — 1e-5 to 5e-4 on the 24,000-row benchmark.
+parts, from ``os.urandom``) — so the key holder recovers each column sum but
+nothing about how it splits into partial sums: for two inputs with the same column
+sums the views differ by a zero-sum shift ``δ``, and ``TV ≤ Σ|δ|/(2M) ≤
+1.25·count/M`` (``count`` = covered rows in the bin, ``|g| + |h| ≤ 1.25``). ``M``
+is the power of two giving ``mask_bits`` (default 20) for the block's largest bin,
+capped by the headroom (at least :data:`MIN_MASK_BITS`, or the kernel refuses). A
+complex Gaussian ``η`` (std 2^-20 per slot) floods the evaluation noise. The
+feature holder never sees a sum: only the key holder decrypts.
 
 Cost model
 ----------
-Measured on this 2-core machine (N = 8192, 60|40|40|60), ms, min of repeats,
-with and without another engineer's jobs on the cores (``benchmarks/secureboost.py --ops``)::
+Per-operation costs, ms, one core of this 2-core machine, N = 8192 (quiet-machine
+figures from ``benchmarks/vertical_lr.py --ops``; ``benchmarks/secureboost.py
+--ops`` re-measures them — with other jobs on the cores they come out 1.5–4×
+higher)::
 
-                                            top level (3 primes)
-    plain multiply, pre-encoded               0.127 (0.18 loaded)
-    ciphertext add                            0.032
-    rotation                                  1.88  (3.0 loaded)
-    encode 4096 values                        0.56
-    encrypt 4096 complex values               4.9   (public key)
-    serialise + load                          1.8
-    ciphertext                                331 kB
-    decrypt + decode                          1.6
+                                       3 primes   2 primes
+    plain multiply (pre-encoded)        0.127      0.089
+    add                                 0.032      0.022
+    rotation                            1.88       1.20
+    encode 4096 values                  0.56       0.45
+    rescale 3 → 2 primes                0.47
+    encrypt 4096 complex values         4.9
+    serialise + load                    1.8        0.84
+    decrypt + decode                    1.6 per ciphertext
+    ciphertext                          331 kB     235 kB
 
-Per node and feature holder, ``C = ceil(n/4096)`` row chunks, ``m`` one-hot
-columns, ``G`` output ciphertexts::
+Per node histogram, ``C = ceil(rows/4096)`` chunks, ``m'`` columns padded to ``G``
+blocks of ``F``, ``b`` baby steps, ``W`` workers (:func:`packing_cost`)::
 
-    node mask          C·(encode + multiply + serialise)           ≈ 0.015 s (C = 6)
-    Bᵀ[[·]]            C·m·(multiply + add) + (m − G)·rotation     split over n_jobs workers
-    masks              G·(2·encode + 2·add + serialise)
-    label holder       G·(load + multiply + serialise) + 2·G decryptions
+    shared by the workers   C·m'·(multiply + add) + G·(F/b − 1)·rotation     (2 primes)
+    in every worker         C·b·(encode + multiply + rescale)                (node mask)
+    main process            G·(2 encodes + serialise); key holder G·(load + multiply
+                            + serialise + 2 decryptions)
+    per tree                C encryptions; (b − 1)·C rotations (3 primes) per worker
 
-Per tree of depth D: ``D`` levels need histograms; with subtraction
-``1 + 1 + 2 + … + 2^(D−2)`` = 4 products for D = 3 (not 7), and one
-encryption of ``C`` ciphertexts. Default-credit feature holder (24,000 training
-rows, C = 6; 10 features, 132 columns since 8 features have fewer than 32
-distinct values; G = 4 on 2 workers): 792 multiplications + 128 rotations ≈
-0.34 s on one core, ≈ 0.18 s on two, per product; ≈ 0.8 s per tree, 24 s for 30
-trees. Bytes per tree: 2.0 MB of gradients + 4 × 1.3 MB of histograms.
+Default-credit feature holder (24,000 training rows, C = 6; 10 features → 120
+columns since 8 features have fewer than 32 distinct values; F = 128): 768
+multiplications and 31 (b = 4) or 63 (b = 2) rotations per node, against 768 and
+116 for the vertical-LR kernel on the same one-hot matrix — measured on one core
+with the same load 233 ms against 484 ms (481 against 914 under heavier load).
+The model gives ≈ 0.19 s of CPU per node (0.1 s wall on two workers); measured with
+other jobs on the cores (load 2–3), 0.55–0.6 s of worker CPU per node — the
+one-hot plaintexts (100 MB per node) stream through caches the other jobs share —
+and ≈ 1.5 s wall per tree. The key holder decrypts one ciphertext pair per node
+(≈ 8 ms). Bytes per tree: 2.0 MB of
+gradients (six 331 kB ciphertexts) and 4 × 235 kB of histograms.
 
 Alternatives measured and not taken
 -----------------------------------
+* **The vertical-LR kernel** (:class:`~fedrisk.crypto.encrypted_matvec.EncryptedMatVec`)
+  on the one-hot matrix, node-masked input: 2× slower per node (above), 6 output
+  ciphertexts per node for 120 columns (its blocks are the binary decomposition of
+  the column count), so 6× the key holder's decryptions (60–80 ms per node under load).
 * **g and h in separate ciphertexts** (or 2n slots): twice the products.
-* **Label holder encrypts per node** (zeros outside the node) instead of the
-  node mask: 6 encryptions ≈ 30 ms (≈ 100 ms with the cores shared) per node and
-  1.4 MB per node on the wire, against ≈ 15 ms and nothing on the wire; it would
-  hide the instance spaces from the feature holders, which SecureBoost discloses
-  anyway.
-* **One-hot at scale 2^20 on two primes** (the vertical-LR kernel's default
-  level): 35 % faster kernel, 1000× less precise histograms (above).
-* **Rotate-and-sum each column to one slot, then select with a 0/1 plaintext**
-  (no large masks, exact decode): log2(L) more rotations per output ciphertext
-  in the feature holder's main process (≈ 17 for 132 columns on two blocks) and a
-  selection product that needs a level; the zero-sum mask costs two encodes.
-* **Independent uniform masks that the feature holder removes** (as vertical
-  LR does): the feature holder would then learn the histogram — g/h sums are
-  label information; here only the key holder ever sees a sum.
-* **Cumulative bins** (``x ≤ t_b`` columns): the same number of columns and
-  products; the label holder forms prefix sums in plaintext instead.
-* **Computing the smaller child**: same cost as any child (see above).
+* **The label holder encrypting per node** (zeros outside the node) instead of node
+  masks: six encryptions per node (30 ms quiet, ≈100 ms under load) and 2 MB per node
+  on the wire, against ≈ 14 ms of masking at the feature holder and nothing on the
+  wire. It would hide instance spaces from the feature holders, which SecureBoost
+  discloses anyway.
+* **Kernel on three primes** (no rescale, one-hot at 2^30): 1.5× the multiplication
+  and rotation cost for precision that the masks' decoding error swamps anyway.
+* **Rotate-and-sum each column to one slot, then select with a 0/1 plaintext** (exact
+  decoding, no large masks): log2(L) more rotations per output ciphertext and a
+  selection product needing a spare level; the zero-sum mask costs two encodes.
+* **Independent masks removed by the feature holder** (as vertical LR does): the
+  feature holder would learn the histogram — label information.
+* **Cumulative bins** (``x ≤ t_b`` columns): same column count and cost; the key
+  holder forms prefix sums in plaintext instead.
+* **Python threads** for parallelism: SEAL calls hold the GIL (two threads ran 1.1×
+  slower than one); hence worker processes.
 """
 
 from __future__ import annotations
@@ -845,19 +868,16 @@ class EncryptedHistogramKernel:
 # --------------------------------------------------------------------------- label holder: decrypt
 
 
-_IMAG_PT: dict[tuple[int, int], Any] = {}
+_IMAG_PT: weakref.WeakKeyDictionary[CKKSRuntime, dict[int, Any]] = weakref.WeakKeyDictionary()
 
 
 def _imag_plaintext(runtime: CKKSRuntime, level: int) -> Any:
     """``X^{N/2}`` at scale 1: multiplies slot j by −i (even j) or +i (odd j), exactly."""
-    key = (id(runtime), level)
-    pt = _IMAG_PT.get(key)
-    if pt is None:
+    per_level = _IMAG_PT.setdefault(runtime, {})
+    if level not in per_level:
         pattern = np.where(np.arange(runtime.slots) % 2 == 0, -1j, 1j)
-        pt = runtime.encode(pattern, level, 1.0)
-        _IMAG_PT.clear()  # one runtime at a time is the common case; keep the cache small
-        _IMAG_PT[key] = pt
-    return pt
+        per_level[level] = runtime.encode(pattern, level, 1.0)
+    return per_level[level]
 
 
 def decrypt_histogram(context: ts.Context, blobs: Sequence[bytes], layout: HistogramLayout) -> tuple[np.ndarray, np.ndarray]:
