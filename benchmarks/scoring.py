@@ -51,7 +51,7 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
     from fedrisk.parties.scoring.transport import secure_channel
     from fedrisk.v1 import scoring_pb2 as pb
 
-    channel = secure_channel(address, ca=ca)
+    channel = secure_channel(address, ca=ca, authority="localhost" if address.startswith("unix:") else None)
     call = channel.unary_unary("/fedrisk.v1.ScoringService/Score", request_serializer=pb.Application.SerializeToString, response_deserializer=pb.Decision.FromString)  # type: ignore[union-attr]
     await asyncio.wait_for(channel.channel_ready(), 10)  # type: ignore[union-attr]
     rng = random.Random(7)
@@ -121,8 +121,15 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
     }
 
 
-def _cpu_ticks(pid: int) -> float:
-    """CPU seconds of ``pid`` and all its live descendants, from /proc (10 ms resolution)."""
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes on this machine have used (user+nice+system+irq+softirq), from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int, descendants: bool = True) -> float:
+    """CPU seconds of ``pid`` (and all its live descendants), from /proc (10 ms resolution)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -144,8 +151,16 @@ def _cpu_ticks(pid: int) -> float:
             continue
         seen.add(p)
         total += cpu.get(p, 0.0)
-        stack += [c for c, pp in parents.items() if pp == p]
+        if descendants:
+            stack += [c for c, pp in parents.items() if pp == p]
     return total
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------- main
@@ -160,11 +175,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--sandbox", default="auto")
     parser.add_argument("--estimate", action="store_true", help="Estimates only: nothing recorded in the register.")
+    parser.add_argument("--via", choices=("tcp", "unix"), default="tcp",
+                        help="tcp: the node's public address (through the launcher's door when sandboxed); unix: its socket inside the sandbox, as a loan system on the same host could use")
     parser.add_argument("--drive", nargs=2, metavar=("ADDRESS", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
         spec = json.loads(Path(args.drive[1]).read_text())
-        result = asyncio.run(_drive(args.drive[0], spec["ca"], spec["ids"], spec["concurrency"], spec["seconds"], spec["warmup"], spec["estimate"]))
+        from fedrisk.parties.scoring.main import run_loop
+
+        result = run_loop(_drive(args.drive[0], spec["ca"], spec["ids"], spec["concurrency"], spec["seconds"], spec["warmup"], spec["estimate"]))
         sys.stdout.write(json.dumps(result) + "\n")
         return
     seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0)
@@ -178,6 +197,7 @@ def main() -> None:
         _log(f"training the example federation ({args.rows} SMEs)")
         example = build_example(root / "federation", rows=args.rows)
         _log(f"trained and signed in {time.perf_counter() - t0:.1f} s; starting two party services and the node")
+        load_before = round(os.getloadavg()[0], 2)
         deployment = start_example_deployment(example, None if args.estimate else root / "state", sandbox=args.sandbox)
         try:
             node = deployment.node
@@ -187,8 +207,18 @@ def main() -> None:
                                              "seconds": seconds, "warmup": args.warmup, "estimate": args.estimate}))  # fmt: skip
             pids = {"node": node.process.pid, **{p: s.process.pid for p, s in deployment.parties.items()}}
             cpu_before = {k: _cpu_ticks(pid) for k, pid in pids.items()}
-            driver = subprocess.run([sys.executable, __file__, "--drive", node.address, str(spec_path)], capture_output=True, text=True, timeout=seconds + 120)
+            launcher_before = {k: _cpu_ticks(pid, descendants=False) for k, pid in pids.items()}
+            busy_before, children_before = _busy_cpu_seconds(), _children_cpu()
+            target = node.address
+            if args.via == "unix" and node.ready.get("unix"):
+                target = "unix:" + str(node.ready["unix"])
+            wall0 = time.perf_counter()
+            driver = subprocess.run([sys.executable, __file__, "--drive", target, str(spec_path)], capture_output=True, text=True, timeout=seconds + 120)
             cpu_after = {k: _cpu_ticks(pid) for k, pid in pids.items()}
+            launcher_after = {k: _cpu_ticks(pid, descendants=False) for k, pid in pids.items()}
+            busy = _busy_cpu_seconds() - busy_before
+            wall = time.perf_counter() - wall0
+            driver_cpu = _children_cpu() - children_before
             if driver.returncode != 0:
                 raise SystemExit(f"driver failed: {driver.stderr.strip().splitlines()[-1:]}")
             result = json.loads(driver.stdout.strip().splitlines()[-1])
@@ -199,12 +229,20 @@ def main() -> None:
         fanout = (node.stopped or {}).get("fanout") or {}
         summary = {
             **result,
+            "loadavg_1m_before": load_before,
             "fanout_parties": len(deployment.parties),
             "concurrency": args.concurrency,
             "sandbox": node.sandbox,
+            "via": "unix" if target.startswith("unix:") else "tcp",
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "recorded": not args.estimate,
             "fanout": fanout,
             "server_cpu_s": {k: round(cpu_after[k] - cpu_before[k], 2) for k in pids},
+            "launcher_cpu_s": {k: round(launcher_after[k] - launcher_before[k], 2) for k in pids},  # doors + register, outside the sandbox
+            "driver_process_cpu_s": round(driver_cpu, 2),
+            # CPU that other processes on this shared machine used during the run (noise)
+            "other_processes_cpu_s": round(busy - driver_cpu - sum(cpu_after[k] - cpu_before[k] for k in pids), 2),
+            "wall_s": round(wall, 2),
             "max_abs_pd_error": max(errors) if errors else None,
             "reference": "offline in-process decision of the same model (PD must match)",
             "goal": {"rps": 1000, "p99_ms": 20},

@@ -62,8 +62,10 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
             return 1
         return 0
 
+    from fedrisk.parties.scoring.main import run_loop
+
     try:
-        code = asyncio.run(run())
+        code = run_loop(run())
     except FedriskError as err:
         _fail(err)
     raise typer.Exit(code)

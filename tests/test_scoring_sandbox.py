@@ -189,3 +189,68 @@ def test_resource_limits_cap_memory_and_are_irreversible():
 def test_limits_default_is_a_bounded_process():
     limits = Limits()
     assert limits.memory_mb > 0 and limits.max_open_files > 0 and limits.file_size_mb > 0
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    from fedrisk.parties.scoring.example import load_or_build_example
+
+    return load_or_build_example(tmp_path_factory.getbasetemp() / "scoring-example")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mechanism", ["bwrap", "namespaces", "rlimits"])
+def test_a_party_scoring_service_serves_from_each_mechanism(mechanism, example):
+    if mechanism != "rlimits" and not _available(mechanism):
+        pytest.skip(f"sandbox mechanism {mechanism!r} is not available on this machine")
+    from fedrisk.parties.scoring.config import PartyServiceConfig
+    from fedrisk.parties.scoring.launcher import Launcher
+    from fedrisk.parties.scoring.transport import secure_channel
+    from fedrisk.v1 import scoring_pb2 as pb
+    from fedrisk.v1 import scoring_pb2_grpc as rpc
+
+    cert, key = example.server_cert("tax_bureau-scoring")
+    config = PartyServiceConfig(bundle=str(example.bundles["tax_bureau"]), trusted_keys=list(json.loads(example.trusted_keys.read_text()).values()),
+                                table=str(example.tables["tax_bureau"]), tls_cert=str(cert), tls_key=str(key), client_ca=str(example.pki.ca_cert),
+                                allow_list=str(example.allow_lists["tax_bureau"]))  # fmt: skip
+    some_id = Path(example.allow_lists["tax_bureau"]).read_text().split()[0]
+
+    async def run() -> tuple[dict, pb.PartyScoreResponse]:
+        launcher = Launcher(config, sandbox=mechanism)
+        ready = await launcher.start()
+        try:
+            bcert, bkey = example.client_cert("bank")
+            channel = secure_channel(ready["address"], ca=example.pki.ca_cert, cert=bcert, key=bkey)
+            response = await rpc.PartyScoringServiceStub(channel).PartialScores(pb.PartyScoreRequest(model_version=example.run_id, sme_ids=[some_id]), timeout=10)
+            await channel.close()  # type: ignore[union-attr]
+        finally:
+            await launcher.stop()
+        return ready, response
+
+    ready, response = asyncio.run(run())
+    print(f"party scoring service ran under: {ready['sandbox']}")
+    assert ready["sandbox"] == mechanism
+    assert response.answers[0].state == pb.COVERED
+    assert (ready["unix"] is not None) == (mechanism in ("bwrap", "namespaces"))
+
+
+@pytest.mark.e2e
+def test_a_tampered_bundle_is_refused_before_any_sandbox_starts(example, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bank"
+    shutil.copytree(example.bundles["bank"], bad)
+    meta = bad / "model.json"
+    meta.write_text(meta.read_text().replace('"bank"', '"bonk"', 1))  # same size, other bytes
+    cert, key = example.server_cert("scoring-node")
+    ccert, ckey = example.client_cert("bank")
+    done = subprocess.run(
+        [sys.executable, "-m", "fedrisk.cli", "score", "serve", "--bundle", str(bad), "--trusted-keys", str(example.trusted_keys),
+         "--tls-cert", str(cert), "--tls-key", str(key), "--ca", str(example.pki.ca_cert), "--client-cert", str(ccert), "--client-key", str(ckey),
+         "--party", "tax_bureau=127.0.0.1:9", "--party", "platform=127.0.0.1:9", "--no-register"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["error: bundle file model.json: sha256 differs from the manifest"]

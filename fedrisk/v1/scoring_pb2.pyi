@@ -221,13 +221,17 @@ class PartyAnswer(_message.Message):
     def __init__(self, sme_id: _Optional[str] = ..., state: _Optional[_Union[PartyState, str]] = ..., scorecard: _Optional[_Union[ScorecardPart, _Mapping]] = ..., routing: _Optional[_Union[TreeRouting, _Mapping]] = ...) -> None: ...
 
 class PartyScoreResponse(_message.Message):
-    __slots__ = ("request_id", "party", "model_version", "answers")
+    __slots__ = ("request_id", "party", "model_version", "answers", "error_code", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     party: str
     model_version: str
     answers: _containers.RepeatedCompositeFieldContainer[PartyAnswer]
-    def __init__(self, request_id: _Optional[str] = ..., party: _Optional[str] = ..., model_version: _Optional[str] = ..., answers: _Optional[_Iterable[_Union[PartyAnswer, _Mapping]]] = ...) -> None: ...
+    error_code: int
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., party: _Optional[str] = ..., model_version: _Optional[str] = ..., answers: _Optional[_Iterable[_Union[PartyAnswer, _Mapping]]] = ..., error_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...

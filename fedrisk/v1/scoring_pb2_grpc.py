@@ -208,6 +208,11 @@ class PartyScoringServiceStub:
                 request_serializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.SerializeToString,
                 response_deserializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.FromString,
                 _registered_method=True)
+        self.PartialScoresStream = channel.stream_stream(
+                '/fedrisk.v1.PartyScoringService/PartialScoresStream',
+                request_serializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.SerializeToString,
+                response_deserializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.FromString,
+                _registered_method=True)
 
 
 class PartyScoringServiceServicer:
@@ -221,11 +226,27 @@ class PartyScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PartialScoresStream(self, request_iterator, context):
+        """The same over one long-lived stream: one response per request, in order,
+        matched by request_id. The caller enforces each request's deadline_ms (it
+        stops waiting and treats the party as timed out); a request the party
+        refuses gets a response with `error_code`/`error` set and no answers. The
+        stream itself is refused (PERMISSION_DENIED) for a caller not allowed to ask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartyScoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PartialScores': grpc.unary_unary_rpc_method_handler(
                     servicer.PartialScores,
+                    request_deserializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.FromString,
+                    response_serializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.SerializeToString,
+            ),
+            'PartialScoresStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PartialScoresStream,
                     request_deserializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.FromString,
                     response_serializer=fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.SerializeToString,
             ),
@@ -256,6 +277,33 @@ class PartyScoringService:
             request,
             target,
             '/fedrisk.v1.PartyScoringService/PartialScores',
+            fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.SerializeToString,
+            fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PartialScoresStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedrisk.v1.PartyScoringService/PartialScoresStream',
             fedrisk_dot_v1_dot_scoring__pb2.PartyScoreRequest.SerializeToString,
             fedrisk_dot_v1_dot_scoring__pb2.PartyScoreResponse.FromString,
             options,

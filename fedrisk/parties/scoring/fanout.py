@@ -14,6 +14,14 @@ once and under load each call carries every decision that arrived meanwhile.
 This is what keeps the parties' per-RPC cost off the critical path at
 thousands of decisions a second.
 
+Transport. Batches travel as messages on one long-lived bidirectional stream
+per party (``PartialScoresStream``), matched to their answers by request id;
+the node enforces each batch's deadline itself and replaces a stream that timed
+out. A stream message costs a fraction of a new unary call in Python gRPC (no
+call setup, headers or per-call deadline timer), which matters at thousands of
+decisions a second. A party that does not offer the stream is asked with unary
+``PartialScores`` calls.
+
 Circuit breaker. After ``failure_threshold`` failed calls in a row a party
 "rests" for ``reset_after_s`` seconds: decisions skip it at once (state
 ``CIRCUIT_OPEN``) instead of each paying the deadline; the first call after the
@@ -37,6 +45,7 @@ from fedrisk.v1 import scoring_pb2 as pb
 __all__ = ["PartyResult", "PartyFanout", "FanoutStats"]
 
 _METHOD = "/fedrisk.v1.PartyScoringService/PartialScores"
+_STREAM_METHOD = "/fedrisk.v1.PartyScoringService/PartialScoresStream"
 _MAX_PARTIAL = 50.0  # a partial log-odds beyond this is a broken or hostile answer
 
 
@@ -109,6 +118,10 @@ class PartyFanout:
         How long an open circuit rests.
     request_prefix : str
         Prefix of request ids (the node's identity and start time).
+    use_stream : bool
+        Send batches as messages on one long-lived ``PartialScoresStream`` (2-3x
+        less CPU per batch than a unary call in Python gRPC); falls back to unary
+        calls for a party that does not offer the stream.
     clock : callable
         Monotonic clock (tests).
     """
@@ -126,6 +139,7 @@ class PartyFanout:
         failure_threshold: int = 3,
         reset_after_s: float = 2.0,
         request_prefix: str = "node",
+        use_stream: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.party = party
@@ -140,6 +154,12 @@ class PartyFanout:
         self._call = channel.unary_unary(
             _METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
         )
+        self._stream_call = channel.stream_stream(
+            _STREAM_METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
+        )
+        self.use_stream = bool(use_stream)
+        self._stream: grpc.aio.StreamStreamCall | None = None
+        self._waiting: dict[str, asyncio.Future[pb.PartyScoreResponse]] = {}
         self._clock = clock
         self._pending: list[tuple[str, float, asyncio.Future[PartyResult]]] = []
         self._inflight = 0
@@ -206,17 +226,21 @@ class PartyFanout:
         t0 = time.perf_counter()
         results: list[PartyResult]
         try:
-            response = await self._call(request, timeout=deadline, wait_for_ready=False)
+            response = await self._exchange(request, deadline)
             latency = (time.perf_counter() - t0) * 1000.0
+            if response.error_code:
+                raise _BrokenAnswer(f"refused ({_code_name(response.error_code)}): {response.error}")
             results = self._parse(response, ids, latency)
             self._failures_in_row = 0
-        except grpc.aio.AioRpcError as err:
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError) as err:
             latency = (time.perf_counter() - t0) * 1000.0
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if isinstance(err, asyncio.TimeoutError) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 state, detail = pb.TIMEOUT, f"no answer within {deadline * 1000:.0f} ms"
                 self.stats.timeouts += 1
+                self._reset_stream()  # a hung stream is replaced, not reused
             else:
-                state, detail = pb.UNAVAILABLE, f"{err.code().name}: {(err.details() or '').splitlines()[0] if err.details() else ''}".rstrip(": ")
+                details = (err.details() or "").splitlines()
+                state, detail = pb.UNAVAILABLE, f"{err.code().name}: {details[0] if details else 'call failed'}"
             results = self._failed(ids, state, detail, latency)
         except _BrokenAnswer as err:
             latency = (time.perf_counter() - t0) * 1000.0
@@ -235,6 +259,64 @@ class PartyFanout:
         for (_, _, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)
+
+    async def _exchange(self, request: pb.PartyScoreRequest, deadline: float) -> pb.PartyScoreResponse:
+        """One request/response, on the long-lived stream (or unary when the party has no stream)."""
+        if not self.use_stream:
+            return await self._call(request, timeout=deadline, wait_for_ready=False)
+        try:
+            return await asyncio.wait_for(self._over_stream(request), deadline)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self.use_stream = False  # an older party: ask it one call at a time
+            return await self._call(request, timeout=deadline, wait_for_ready=False)
+
+    async def _over_stream(self, request: pb.PartyScoreRequest) -> pb.PartyScoreResponse:
+        loop = asyncio.get_running_loop()
+        call = self._stream
+        if call is None:
+            call = self._stream_call(wait_for_ready=False)
+            self._stream = call
+            reader = loop.create_task(self._read(call))
+            self._tasks.add(reader)
+            reader.add_done_callback(self._tasks.discard)
+        fut: asyncio.Future[pb.PartyScoreResponse] = loop.create_future()
+        self._waiting[request.request_id] = fut
+        try:
+            await call.write(request)
+            return await fut
+        except asyncio.InvalidStateError:
+            raise _BrokenAnswer("the stream to the party closed") from None
+        finally:
+            self._waiting.pop(request.request_id, None)
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        error: BaseException = _BrokenAnswer("the party closed the stream")
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    break
+                fut = self._waiting.pop(response.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(response)
+        except grpc.aio.AioRpcError as err:
+            error = err
+        except asyncio.CancelledError:
+            error = _BrokenAnswer("the stream to the party was reset")
+        finally:
+            if self._stream is call:
+                self._stream = None
+            waiting, self._waiting = self._waiting, {}
+            for fut in waiting.values():
+                if not fut.done():
+                    fut.set_exception(error)
+
+    def _reset_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
 
     def _failed(self, ids: list[str], state: int, detail: str, latency: float) -> list[PartyResult]:
         self.stats.failures += 1
@@ -266,8 +348,16 @@ class PartyFanout:
         return out
 
     async def close(self) -> None:
-        """Close the channel (pending asks resolve as unavailable)."""
+        """Close the stream and the channel (pending asks resolve as unavailable)."""
+        self._reset_stream()
         await self.channel.close()
+
+
+def _code_name(number: int) -> str:
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code.name
+    return str(number)
 
 
 class _BrokenAnswer(Exception):

@@ -268,11 +268,9 @@ class ScoringNode:
             if x is None:
                 raise SmeNotFound(f"SME {app.sme_id} is not in the bank's table and the application carries no features")
         party_budget = None if budget_s is None else budget_s - _BUDGET_MARGIN_S
-        results: list[PartyResult]
-        if self.fanouts:
-            results = list(await asyncio.gather(*(f.ask(app.sme_id, party_budget) for f in self.fanouts.values())))
-        else:
-            results = []
+        # every ask is already in flight; awaiting them in turn costs less than a gather
+        pending = [f.ask(app.sme_id, party_budget) for f in self.fanouts.values()]
+        results: list[PartyResult] = [await fut for fut in pending]
         partials: dict[str, float | None] = {}
         covered: dict[str, bool] = {}
         missing: list[str] = []

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -134,7 +135,10 @@ class PartyScoringService:
         cfg = self.config
         server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((
-            grpc.method_handlers_generic_handler(SERVICE_NAME, {"PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores)}),
+            grpc.method_handlers_generic_handler(SERVICE_NAME, {
+                "PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores),
+                "PartialScoresStream": grpc.stream_stream_rpc_method_handler(self._partial_scores_stream),
+            }),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
@@ -166,29 +170,53 @@ class PartyScoringService:
     async def wait(self) -> None:
         await self._stopped.wait()
 
-    # ------------------------------------------------------------- handler
+    # ------------------------------------------------------------- handlers
     async def _partial_scores(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         caller = peer_common_name(context)
         if caller not in self.callers:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller or 'an unauthenticated caller'} may not ask {self.party} for scores")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._denied(caller))
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was read")
+        try:
+            return self.answer(request, caller or "")
+        except _Refused as refusal:
+            await context.abort(refusal.code, refusal.message)
+            raise  # unreachable
+
+    async def _partial_scores_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        caller = peer_common_name(context)
+        if caller not in self.callers:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._denied(caller))
+        async for request in requests:
+            try:
+                yield self.answer(request, caller or "")
+            except _Refused as refusal:
+                request_id = _request_id_of(request)
+                yield pb.PartyScoreResponse(request_id=request_id, party=self.party, model_version=self.model.run_id,
+                                            error_code=refusal.code.value[0], error=refusal.message).SerializeToString()  # fmt: skip
+
+    def _denied(self, caller: str | None) -> str:
+        return f"{caller or 'an unauthenticated caller'} may not ask {self.party} for scores"
+
+    def answer(self, request: bytes, caller: str) -> bytes:
+        """Encoded ``PartyScoreResponse`` for an encoded request (raises :class:`_Refused`)."""
         try:
             check_size(request, "PartyScoreRequest", self.config.max_message_bytes)
             req = pb.PartyScoreRequest.FromString(request)
             check_known_fields(req, "PartyScoreRequest")
         except DataValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except Exception:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message") from None
         if req.model_version != self.model.run_id:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.party} serves model {self.model.run_id!r}, not {req.model_version!r}")
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{self.party} serves model {self.model.run_id!r}, not {req.model_version!r}")
         if req.kind not in (pb.SCORECARD, pb.MODEL_KIND_UNSPECIFIED):
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves a scorecard; model kind {pb.ModelKind.Name(req.kind) if req.kind in pb.ModelKind.values() else req.kind} is not available")
+            kind = pb.ModelKind.Name(req.kind) if req.kind in pb.ModelKind.values() else str(req.kind)
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves a scorecard; model kind {kind} is not available")
         n = len(req.sme_ids)
         if n > self.config.max_ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was read")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
         k = min(int(req.max_reasons), 20)
         parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=self.model.run_id).SerializeToString()]
         covered = 0
@@ -201,7 +229,7 @@ class PartyScoringService:
             try:
                 sme_id = normalise_id(raw_id, self.id_format, "sme_id")
             except DataValidationError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}")
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}") from None
             covered += sme_id in answers
             parts.append(self._answer_as(raw_id, sme_id, k))
         self.requests[caller] += 1
@@ -221,6 +249,21 @@ class PartyScoringService:
             answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, scorecard=pb.ScorecardPart(partial_score=found[0], reasons=found[1][:k]))
         body = answer.SerializeToString()
         return b"\x22" + _varint(len(body)) + body
+
+
+class _Refused(Exception):
+    """A request the party will not answer: a gRPC status and one line."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _request_id_of(request: bytes) -> str:
+    try:
+        return pb.PartyScoreRequest.FromString(request).request_id
+    except Exception:
+        return ""
 
 
 def _varint(n: int) -> bytes:
