@@ -94,7 +94,7 @@ def test_slots_are_masked_so_only_each_bin_total_is_readable(keys, data, kernel)
     np.testing.assert_allclose(G1, G2, atol=2 * tolerance(N_ROWS))
 
 
-def test_two_worker_processes_give_the_same_histogram(keys, data):
+def test_two_worker_processes_and_batched_nodes_give_the_same_histograms(keys, data):
     secret, public = keys
     codes, n_bins, has_missing, covered, g, h = data
     rows = np.random.default_rng(9).random(N_ROWS) < 0.6
@@ -102,9 +102,11 @@ def test_two_worker_processes_give_the_same_histogram(keys, data):
     with EncryptedHistogramKernel(codes, n_bins, has_missing, covered, public, n_jobs=2, columns_per_ciphertext=16, baby_steps=4) as k:
         assert k.layout_.n_ciphertexts == 3  # 37 columns in blocks of 16 (padded to 48)
         k.set_gradients(encrypt_gradients(secret, g, h), N_ROWS)
-        G, H = decrypt_histogram(secret, k.node_histogram(rows), k.layout_)
-    np.testing.assert_allclose(G, onehot.T @ (g * rows), atol=tolerance(rows.sum()))
-    np.testing.assert_allclose(H, onehot.T @ (h * rows), atol=tolerance(rows.sum()))
+        both = k.node_histograms([rows, ~rows])  # one pass over the cached plaintexts
+    for node, blobs in zip((rows, ~rows), both, strict=True):
+        G, H = decrypt_histogram(secret, blobs, k.layout_)
+        np.testing.assert_allclose(G, onehot.T @ (g * node), atol=tolerance(node.sum()))
+        np.testing.assert_allclose(H, onehot.T @ (h * node), atol=tolerance(node.sum()))
 
 
 def test_key_holder_refuses_what_is_not_a_histogram(keys, data, kernel):

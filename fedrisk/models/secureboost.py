@@ -716,7 +716,7 @@ class FeatureHolderSB:
         self._require_active()
         if payload.party != self.name or payload.tree != self._tree or self._kernel is None:
             raise ProtocolError(f"{self.name}: histogram request for {payload.party!r}, tree {payload.tree}")
-        blobs: list[bytes] = []
+        node_rows = []
         for req in payload.nodes:
             if req.source == "rows":
                 assert req.rows is not None
@@ -727,7 +727,8 @@ class FeatureHolderSB:
             else:
                 raise ProtocolError(f"{self.name}: node {req.parent} is not a split of mine in this tree")
             self._node_rows[req.node] = rows
-            blobs.extend(self._kernel.node_histogram(rows))
+            node_rows.append(rows)
+        blobs = [b for per_node in self._kernel.node_histograms(node_rows) for b in per_node]
         per = self._kernel.layout_.n_ciphertexts
         return EncryptedHistograms(self.fingerprint, self.name, self._tree, tuple(r.node for r in payload.nodes), per, tuple(blobs))
 
