@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import math
 import shutil
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,6 +86,23 @@ async def running(ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (
         await node.stop(0)
         for svc in services:
             await svc.stop(0)
+
+
+@pytest.fixture(scope="module")
+def served(example, tmp_path_factory) -> Iterator[str]:
+    """One node and its parties for many tests, on an event loop in a background thread; yields the node's address."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    manager = running(example, tmp_path_factory.mktemp("served"))
+    node, _stub, _channel = asyncio.run_coroutine_threadsafe(manager.__aenter__(), loop).result(60)
+    try:
+        yield node.address
+    finally:
+        asyncio.run_coroutine_threadsafe(manager.__aexit__(None, None, None), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def bank_ids(ex: ExampleFederation, n: int) -> list[str]:
@@ -237,7 +255,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", range(len(BAD) + 4))
-def test_every_bad_input_is_invalid_argument_with_a_precise_message(example, tmp_path, case):
+def test_every_bad_input_is_invalid_argument_with_a_precise_message(example, served, case):
     ok_id = bank_ids(example, 1)[0]
     if case < len(BAD):
         build, expected = BAD[case]
@@ -252,16 +270,15 @@ def test_every_bad_input_is_invalid_argument_with_a_precise_message(example, tmp
     else:  # over the deliberate 1 MiB transport cap: gRPC itself refuses it before the node reads it
         raw, expected = pb.Application(sme_id=ok_id, application_id="x" * 1_100_000).SerializeToString(), "RESOURCE_EXHAUSTED"
 
-    async def scenario() -> tuple[grpc.StatusCode, str]:
-        async with running(example, tmp_path) as (_, _stub, channel):
-            call = channel.unary_unary("/fedrisk.v1.ScoringService/Score", request_serializer=None, response_deserializer=pb.Decision.FromString)
-            try:
-                await call(raw, timeout=5)
-            except grpc.aio.AioRpcError as err:
-                return err.code(), err.details() or ""
-            return grpc.StatusCode.OK, ""
-
-    code, details = asyncio.run(scenario())
+    channel = secure_channel(served, ca=example.pki.ca_cert, aio=False)
+    call = channel.unary_unary("/fedrisk.v1.ScoringService/Score", request_serializer=None, response_deserializer=pb.Decision.FromString)
+    try:
+        call(raw, timeout=5)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+    finally:
+        channel.close()
     if expected == "RESOURCE_EXHAUSTED":
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     else:
@@ -394,3 +411,21 @@ def test_node_requires_client_certificates_when_configured(example, tmp_path):
     code, outcome = asyncio.run(scenario())
     assert code == grpc.StatusCode.UNAVAILABLE
     assert outcome in (pb.APPROVE, pb.REFER, pb.DECLINE)
+
+
+def test_newly_aligned_ids_are_answered_after_a_reload(example, tmp_path):
+    ids = Path(example.allow_lists["platform"]).read_text().split()
+    allow = tmp_path / "allow.txt"
+    allow.write_text("# trained intersection\n" + "\n".join(ids[:10]) + "\n")
+    svc = PartyScoringService(party_config(example, "platform", allow_list=str(allow)))
+
+    def state(sme_id: str) -> int:
+        request = pb.PartyScoreRequest(request_id="r", model_version=example.run_id, sme_ids=[sme_id]).SerializeToString()
+        return pb.PartyScoreResponse.FromString(svc.answer(request, "bank")).answers[0].state
+
+    assert state(ids[0]) == pb.COVERED and state(ids[10]) == pb.NOT_COVERED
+    with allow.open("a") as handle:
+        handle.write(f"{ids[10]}  # aligned by PSI run 2\n")
+    assert svc.reload() == 11  # what SIGHUP does
+    assert state(ids[10]) == pb.COVERED
+    assert svc.ids_asked["bank"] == 3 and svc.ids_answered["bank"] == 2

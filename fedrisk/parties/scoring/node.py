@@ -141,14 +141,23 @@ class ScoringNode:
 
     async def _warm_up(self, timeout: float = 5.0) -> None:
         """Connect to every party (TCP + TLS) before serving; a party that is down is left to the policy."""
+        loop = asyncio.get_running_loop()
 
-        async def ready(party: str, fanout: PartyFanout) -> None:
-            try:
-                await asyncio.wait_for(fanout.channel.channel_ready(), timeout)
-            except asyncio.TimeoutError:
-                log.warning("party %s is not reachable yet; decisions will follow the policy until it is", party)
+        async def ready(party: str, channel: grpc.aio.Channel) -> None:
+            deadline = loop.time() + timeout
+            state = channel.get_state(try_to_connect=True)
+            while state != grpc.ChannelConnectivity.READY:
+                remaining = deadline - loop.time()
+                if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE or remaining <= 0:
+                    log.warning("party %s is not reachable yet; decisions follow the policy until it is", party)
+                    return
+                try:
+                    await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+                except asyncio.TimeoutError:
+                    continue
+                state = channel.get_state()
 
-        await asyncio.gather(*(ready(p, f) for p, f in self.fanouts.items()))
+        await asyncio.gather(*(ready(p, f.channel) for p, f in self.fanouts.items()))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight decisions get ``grace`` seconds), then close everything."""
