@@ -812,6 +812,9 @@ def answer_splits(table: RoutingTable, X: np.ndarray, *, fingerprint: str) -> Sp
     This is what the scoring node asks each feature holder: ``X`` in the party's
     training column order, one row per application (all-NaN for an SME the party
     does not know); ``fingerprint`` is the training context's (bundle metadata).
+    One round for any number of trees, at a price: the bank learns the side of every
+    split of the party for each scored row, not only of the splits on the row's
+    path (asking node by node would reveal less and cost ``max_depth`` rounds).
     """
     return SplitAnswers(fingerprint, table.party, table.split_id.copy(), table.answer(X))
 
