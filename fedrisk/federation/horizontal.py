@@ -4,21 +4,75 @@ The coordinator never holds a secret key: it receives the aggregation
 context's public half from the key-holder bank (and refuses it if it carries
 a secret key), adds the banks' update ciphertexts and sends the encrypted sum
 back.  See :mod:`fedrisk.parties.horizontal` for the banks' side.
+
+Dropouts
+--------
+Setup steps (key ceremony, scale bounds, pooled statistics) need every bank.
+A training round carries on past banks that fail or do not answer within the
+round deadline (run config ``round-timeout``, default ``party-timeout``) as
+long as at least ``min-parties`` banks (default 2, never fewer: the aggregate
+of one bank *is* that bank's model) answered; the round's row names who
+dropped and why.  The aggregate is over the banks that answered, and it is
+still the FedAvg weighted mean: each bank sends ``[(n/U)·w, n/U]``, so the sum
+over any subset divided by its last slot is that subset's weighted mean.  A
+bank that missed round 1 gets the pooled feature statistics with its next
+request.  The final step (every bank decrypts the final model and writes its
+signed bundle) needs every bank again: a bank gone for good fails the run,
+named.
+
+Differential privacy (local, per bank)
+--------------------------------------
+Encrypted aggregation rules out central DP (the coordinator never sees an
+update in the clear to noise it), so each bank clips its round update
+``Δ = w_local - w_global`` to L2 norm ``C`` (``dp-clip``; Flower's
+``compute_clip_model_update``, the FlatClip of McMahan et al. 2018) and adds
+Gaussian noise of standard deviation ``z·C`` before encrypting (what Flower's
+``LocalDpMod`` does to plaintext replies; it cannot run here because the reply
+it would see is already a ciphertext).  The unit of privacy is one bank's
+whole data; neighbouring = that data replaced by anything else, so the
+clipped update moves by at most ``2C`` (sensitivity ``2C``).  ``z`` is
+calibrated for the whole run, not per round: ``T`` Gaussian releases with
+sensitivity ``2C`` and std ``zC`` are exactly ``μ``-GDP with
+``μ = 2·sqrt(T)/z`` (Dong, Roth & Su 2022, Gaussian differential privacy,
+JRSS-B, Cor. 3.3 and Thm 2.7), whose tight (ε, δ) curve is
+``δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)`` (their Cor. 2.13; Balle & Wang
+2018, Thm 8).  :func:`gaussian_epsilon` is that accountant;
+:func:`calibrate_noise_multiplier` inverts it for ``dp-epsilon``/``dp-delta``.
+The RDP bound Flower's ``RdpAccountant`` (``flwr[dp]``, Google's
+dp-accounting) would give for the same events is reported beside it
+(:func:`rdp_epsilon`); it is never smaller.  Flower's per-release formula
+``σ = Δ·sqrt(2 ln(1.25/δ))/ε`` (``LocalDpMod``) is not used: it holds only
+for ε < 1 and says nothing about T rounds.  Noise comes from fresh OS
+entropy; ``dp-noise-seed`` makes it reproducible *for simulations only*
+(noise anyone can regenerate protects nothing).
+
+Simulation hooks
+----------------
+``sim-dropout`` (a fraction of banks told to fail in each round, drawn with
+``seed``), ``sim-stragglers`` and ``sim-straggler-delay`` (a fraction of banks
+told to answer that many seconds late, inside the deadline).  The hooks ride
+on the request so that they exercise the same failure path as a real crash
+on every engine (in-process, Flower's Simulation Engine, Deployment Engine).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Mapping
 
 import numpy as np
+from flwr.app import Message, RecordDict
 
-from fedrisk.errors import ConfigError, ProtocolError
+from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.federation.session import CoordinatorSession
+from fedrisk.federation.exchange import COORDINATOR, Exchange, build_content, content_digest, read_content
+from fedrisk.federation.session import CoordinatorSession, _reason
 
 AGGREGATIONS = ("ckks", "plain")
+#: Longest simulated straggler delay a bank accepts (seconds).
+MAX_SIM_DELAY = 300.0
 
 
 @dataclass(frozen=True)
@@ -35,12 +89,71 @@ class FedAvgConfig:
     hidden_layers: int = 2
     seed: int = 7
     key_holder: str = ""
+    #: Fewest banks whose updates a round may aggregate (run config ``min-parties``).
+    min_parties: int = 2
+    #: Deadline of one training round in seconds; 0 = the session's party timeout.
+    round_timeout: float = 0.0
+    #: Local DP budget for the whole run; 0 or inf = no DP.
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
+    #: Seed of the DP noise (simulation only); -1 = fresh OS entropy.
+    dp_noise_seed: int = -1
+    sim_dropout: float = 0.0
+    sim_stragglers: float = 0.0
+    sim_straggler_delay: float = 0.0
+
+    #: Run config key of each option above that has one (the ServerApp reads them).
+    RUN_CONFIG_KEYS = {
+        "min-parties": "min_parties",
+        "round-timeout": "round_timeout",
+        "dp-epsilon": "dp_epsilon",
+        "dp-delta": "dp_delta",
+        "dp-clip": "dp_clip",
+        "dp-noise-seed": "dp_noise_seed",
+        "sim-dropout": "sim_dropout",
+        "sim-stragglers": "sim_stragglers",
+        "sim-straggler-delay": "sim_straggler_delay",
+    }
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.min_parties < 2:
+            raise ConfigError(f"min-parties must be >= 2 (one bank's aggregate is its own model), got {self.min_parties}")
+        if self.round_timeout < 0:
+            raise ConfigError(f"round-timeout must be >= 0, got {self.round_timeout}")
+        if not (self.dp_epsilon >= 0):  # also refuses NaN
+            raise ConfigError(f"dp-epsilon must be > 0 (or 0/inf for no DP), got {self.dp_epsilon}")
+        if self.dp_enabled:
+            if not 0.0 < self.dp_delta < 1.0:
+                raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta}")
+            if not (0.0 < self.dp_clip < math.inf):
+                raise ConfigError(f"dp-clip must be > 0, got {self.dp_clip}")
+        for key, share in (("sim-dropout", self.sim_dropout), ("sim-stragglers", self.sim_stragglers)):
+            if not 0.0 <= share < 1.0:
+                raise ConfigError(f"{key} must be in [0, 1), got {share}")
+        if not 0.0 <= self.sim_straggler_delay <= MAX_SIM_DELAY:
+            raise ConfigError(f"sim-straggler-delay must be in [0, {MAX_SIM_DELAY:.0f}] seconds, got {self.sim_straggler_delay}")
+
+    @classmethod
+    def options_from_run_config(cls, run_config: Mapping[str, object]) -> dict[str, object]:
+        """The dropout, DP and simulation options present in a Flower run config, typed."""
+        types = {f.name: type(f.default) for f in fields(cls)}
+        out: dict[str, object] = {}
+        for key, name in cls.RUN_CONFIG_KEYS.items():
+            if key in run_config:
+                try:
+                    out[name] = types[name](run_config[key])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"run config {key}: expected a number, got {run_config[key]!r}") from None
+        return out
+
+    @property
+    def dp_enabled(self) -> bool:
+        return 0.0 < self.dp_epsilon < math.inf
 
     def party_config(self) -> dict[str, object]:
         return {
@@ -64,6 +177,186 @@ class FedAvgResult:
     key_fingerprint: str = "-"
     key_holder: str = ""
     n_params: int = 0
+    #: The DP accounting of the run (empty without DP).
+    dp: dict = field(default_factory=dict)
+
+
+# -- differential privacy accountant ------------------------------------------
+
+
+def _log_phi(x: float) -> float:
+    """log of the standard normal CDF, finite far into the lower tail."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    # Mills-ratio asymptotics: Φ(x) ≈ φ(x)/|x| · (1 - 1/x² + 3/x⁴)
+    return -0.5 * x * x - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log1p(-1.0 / (x * x) + 3.0 / x**4)
+
+
+def gdp_delta(epsilon: float, mu: float) -> float:
+    """δ(ε) of a μ-GDP mechanism: ``Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)`` (tight).
+
+    Parameters
+    ----------
+    epsilon : float
+        ε >= 0.
+    mu : float
+        The GDP parameter, > 0.
+    """
+    a = _log_phi(-epsilon / mu + mu / 2.0)
+    b = epsilon + _log_phi(-epsilon / mu - mu / 2.0)
+    return max(math.exp(a) - math.exp(b), 0.0) if b < a else 0.0
+
+
+def gaussian_mu(noise_multiplier: float, releases: int, sensitivity_in_clips: float = 2.0) -> float:
+    """μ of ``releases`` Gaussian releases with sensitivity ``s·C`` and std ``z·C``: ``s·sqrt(T)/z``."""
+    return sensitivity_in_clips * math.sqrt(releases) / noise_multiplier
+
+
+def gaussian_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """Smallest ε with δ(ε) <= ``delta`` for the run's Gaussian releases (exact, by GDP).
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        ``z``: the noise std over the clipping norm.
+    releases : int
+        How many updates one bank released (rounds it answered).
+    delta : float
+        Target δ in (0, 1).
+
+    Returns
+    -------
+    float
+        ε (0 when no release was made).
+    """
+    if releases <= 0:
+        return 0.0
+    mu = gaussian_mu(noise_multiplier, releases)
+    if gdp_delta(0.0, mu) <= delta:
+        return 0.0
+    low, high = 0.0, 1.0
+    while gdp_delta(high, mu) > delta:
+        high *= 2.0
+        if high > 1e6:
+            return math.inf
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if gdp_delta(mid, mu) > delta:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-12 * max(high, 1.0):
+            break
+    return high
+
+
+def calibrate_noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
+    """The noise multiplier ``z`` whose ``releases`` Gaussian releases are exactly (ε, δ)-DP."""
+    low, high = 1e-6, 1.0  # bounds on μ; δ(ε; μ) grows with μ
+    while gdp_delta(epsilon, high) < delta:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if gdp_delta(epsilon, mid) < delta:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-14 * high:
+            break
+    return 2.0 * math.sqrt(releases) / low  # the largest μ within budget, as a noise multiplier
+
+
+def rdp_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """The RDP bound on ε for the same releases (what Flower's ``RdpAccountant`` computes).
+
+    Rényi DP of the Gaussian mechanism at order α is ``α μ₁²/2`` per release
+    (Mironov 2017), composed additively; converted with
+    ``ε = rdp + log((α-1)/α) - (log δ + log α)/(α-1)`` (Canonne, Kamath & Steinke
+    2020, Prop. 12, as dp-accounting does), minimised over α.
+    """
+    if releases <= 0:
+        return 0.0
+    mu2 = gaussian_mu(noise_multiplier, releases) ** 2
+    orders = 1.0 + np.logspace(-4, 5, 20_000)
+    eps = orders * mu2 / 2.0 + np.log((orders - 1.0) / orders) - (math.log(delta) + np.log(orders)) / (orders - 1.0)
+    return float(max(np.min(eps), 0.0))
+
+
+def dp_report(config: FedAvgConfig, noise_multiplier: float, releases: int) -> dict[str, object]:
+    """The run's DP accounting as recorded in its result."""
+    return {
+        "mechanism": "local Gaussian on each bank's clipped round update, before encryption",
+        "neighbouring": "one bank's whole data replaced (sensitivity 2 x clip)",
+        "accountant": "exact Gaussian DP composition (Dong, Roth & Su 2022; Balle & Wang 2018)",
+        "epsilon_target": config.dp_epsilon,
+        "epsilon": gaussian_epsilon(noise_multiplier, releases, config.dp_delta),
+        "epsilon_rdp": rdp_epsilon(noise_multiplier, releases, config.dp_delta),
+        "delta": config.dp_delta,
+        "clip": config.dp_clip,
+        "noise_multiplier": noise_multiplier,
+        "noise_std": noise_multiplier * config.dp_clip,
+        "releases": releases,
+        "rounds": config.rounds,
+        "seeded_noise": config.dp_noise_seed >= 0,
+    }
+
+
+# -- tolerant exchange ----------------------------------------------------------
+
+
+def _exchange_tolerant(
+    session: CoordinatorSession, requests: dict[str, tuple[str, RecordDict]], *, timeout: float
+) -> tuple[dict[str, Exchange], dict[str, str]]:
+    """Like :meth:`CoordinatorSession.exchange`, but a party that fails or is late is reported, not raised.
+
+    Returns the replies of the parties that answered and, for the others, a
+    one-line reason.  A reply that breaks the protocol (wrong sender) still raises.
+    """
+    messages: list[Message] = []
+    names: dict[int, str] = {}
+    for name, (message_type, content) in requests.items():
+        info = session.parties.get(name)
+        if info is None:
+            raise ProtocolError(f"unknown party {name!r}")
+        header = read_content(content).header
+        session.traffic.add(name, header.round, sent=content_digest(content)[1])
+        messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(header.round)))
+        names[info.node_id] = name
+    step = read_content(messages[0].content).header.step if messages else "?"
+    ids = list(session.grid.push_messages(messages))
+    id_to_name = {mid: names[msg.metadata.dst_node_id] for mid, msg in zip(ids, messages)}
+    pending = set(ids)
+    replies: dict[str, Exchange] = {}
+    failures: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for reply in session.grid.pull_messages(list(pending)):
+            mid = reply.metadata.reply_to_message_id
+            if mid not in pending:
+                continue
+            pending.discard(mid)
+            name = id_to_name[mid]
+            if reply.has_error():
+                failures[name] = _reason(reply.error.reason)
+                continue
+            exchange = read_content(reply.content)
+            if exchange.header.sender != name or exchange.header.receiver != COORDINATOR:
+                raise ProtocolError(f"step {step!r}: reply from node of {name!r} claims sender {exchange.header.sender!r}")
+            session.traffic.add(name, exchange.header.round, received=content_digest(reply.content)[1])
+            replies[name] = exchange
+        if pending:
+            if time.monotonic() > deadline:
+                for mid in pending:
+                    failures[id_to_name[mid]] = f"no answer within {timeout:.0f} s"
+                break
+            time.sleep(session.poll_interval)
+    return replies, failures
+
+
+def _sample(banks: list[str], share: float, rng: np.random.Generator) -> list[str]:
+    """``share`` of the banks (half rounds up: 0.3 of 10 is 3), drawn without replacement."""
+    count = int(math.floor(share * len(banks) + 0.5 + 1e-9))
+    return sorted(rng.choice(banks, size=count, replace=False).tolist()) if count else []
 
 
 class _Aggregator:
@@ -101,6 +394,8 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
     banks = sorted(n for n, p in session.parties.items() if p.role == "bank")
     if len(banks) < 2:
         raise ConfigError(f"horizontal FedAvg needs at least two banks, got {len(banks)}")
+    if config.min_parties > len(banks):
+        raise ConfigError(f"min-parties is {config.min_parties} but the federation has {len(banks)} banks")
     result = FedAvgResult()
     aggregator = _Aggregator(config.aggregation)
     party_cfg = config.party_config()
@@ -149,23 +444,60 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
     )
     stats_blob = aggregator.sum(stats_replies)
 
+    if config.dp_enabled:
+        noise_multiplier = calibrate_noise_multiplier(config.dp_epsilon, config.dp_delta, config.rounds)
+        party_cfg = {
+            **party_cfg,
+            "dp_noise_multiplier": noise_multiplier,
+            "dp_clip": config.dp_clip,
+            "dp_noise_seed": config.dp_noise_seed,
+        }
+    releases = {b: 0 for b in banks}
+    has_stats: set[str] = set()  # banks that installed the pooled statistics
+    round_timeout = config.round_timeout or session.timeout
+    sim_rng = np.random.default_rng([config.seed, 0x51D])
+
     aggregate: bytes | None = None
     for round_ in range(1, config.rounds + 1):
         started = time.perf_counter()
         sent_before = session.traffic.total()
+        told_to_drop = _sample(banks, config.sim_dropout, sim_rng) if config.sim_dropout else []
+        stragglers = _sample(banks, config.sim_stragglers, sim_rng) if config.sim_stragglers else []
         requests = {}
         for b in banks:
-            # Round 1 carries the pooled feature statistics; later rounds the last aggregate.
-            blobs = {"stats": stats_blob} if aggregate is None else {"aggregate": aggregate}
-            requests[b] = (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", b, content_class, fp), blobs, party_cfg))
-        replies = session.exchange(requests)
+            # A bank's first round carries the pooled feature statistics; later rounds the last aggregate.
+            blobs: dict[str, bytes] = {} if b in has_stats else {"stats": stats_blob}
+            if aggregate is not None:
+                blobs["aggregate"] = aggregate
+            cfg = dict(party_cfg)
+            if b in told_to_drop:
+                cfg["sim_drop"] = True
+            if b in stragglers and config.sim_straggler_delay > 0:
+                cfg["sim_delay"] = config.sim_straggler_delay
+            requests[b] = (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", b, content_class, fp), blobs, cfg))
+        replies, failures = _exchange_tolerant(session, requests, timeout=round_timeout)
+        if len(replies) < config.min_parties:
+            why = "; ".join(f"{name}: {reason}" for name, reason in sorted(failures.items()))
+            raise PartyUnavailableError(
+                f"round {round_}: only {len(replies)} of {len(banks)} banks answered, fewer than min-parties "
+                f"{config.min_parties} (dropped {why})"
+            )
+        replies = dict(sorted(replies.items()))
         aggregate = aggregator.sum(replies)
+        for name in replies:
+            releases[name] += 1
+            has_stats.add(name)
         row = {
             "round": round_,
             "seconds": time.perf_counter() - started,
             "bytes": session.traffic.total() - sent_before,
             "train_loss": float(np.mean([float(r.value("train_loss")) for r in replies.values()])),
+            "answered": len(replies),
+            "dropped": sorted(failures),
+            "stragglers": [b for b in stragglers if b in replies],
         }
+        if failures:
+            row["drop_reasons"] = {name: reason for name, reason in sorted(failures.items())}
         aucs = [float(r.value("val_auc")) for r in replies.values() if "val_auc" in r.config]
         if aucs:  # validation of the previous round's global model, as seen by each bank
             row["val_auc_prev_global"] = float(np.mean(aucs))
@@ -174,6 +506,8 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
         if progress is not None:
             progress(round_, row)
 
+    if config.dp_enabled:
+        result.dp = dp_report(config, noise_multiplier, max(releases.values()))
     assert aggregate is not None
     finals = session.exchange(
         {

@@ -70,6 +70,12 @@ def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
     rows = run_alignment(session, roles)
     psi_seconds = time.perf_counter() - psi_started
     print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
+    if algorithm == "secureboost":
+        return {
+            "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
+            "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
+            **_run_secureboost(session, context, roles),
+        }
     if algorithm != "vertical_lr":
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
     from fedrisk.federation.vertical_lr import VerticalLRConfig, run_vertical_lr
@@ -105,6 +111,27 @@ def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
     }
 
 
+def _run_secureboost(session: CoordinatorSession, context: Context, roles) -> dict:
+    from fedrisk.federation.secureboost import SecureBoostConfig, run_secureboost, secureboost_summary
+
+    config = SecureBoostConfig(
+        trees=_cfg(context, "trees", 30),
+        depth=_cfg(context, "depth", 3),
+        learning_rate=_cfg(context, "learning-rate", 0.3),
+        l2=_cfg(context, "l2", 1.0),
+        min_child_weight=_cfg(context, "min-child-weight", 1.0),
+        subsample=_cfg(context, "subsample", 1.0),
+        bins=_cfg(context, "bins", 32),
+        seed=_cfg(context, "seed", 0),
+        n_jobs=_cfg(context, "n-jobs", 1),
+    )
+
+    def progress(tree: int, row: dict) -> None:
+        print(f"[fedrisk] tree {tree + 1}/{config.trees}: {json.dumps(row, sort_keys=True)}", flush=True)
+
+    return secureboost_summary(run_secureboost(session, roles, config, progress=progress))
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_dir = Path(_cfg(context, "run-dir", "") or Path.cwd() / "runs" / "flwr-run")
@@ -133,6 +160,7 @@ def main(grid: Grid, context: Context) -> None:
                 hidden_layers=_cfg(context, "hidden-layers", 2),
                 seed=_cfg(context, "seed", 7),
                 key_holder=_cfg(context, "key-holder", ""),
+                **FedAvgConfig.options_from_run_config(context.run_config),  # min-parties, round-timeout, dp-*, sim-*
             )
 
             def progress(round_: int, row: dict) -> None:
@@ -149,6 +177,7 @@ def main(grid: Grid, context: Context) -> None:
                 "key_holder": fedavg.key_holder,
                 "key_fingerprint": fedavg.key_fingerprint,
                 "n_params": fedavg.n_params,
+                "dp": fedavg.dp,
             }
         elif mode == "vertical":
             result = _run_vertical(session, context)

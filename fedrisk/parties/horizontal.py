@@ -26,17 +26,30 @@ federation-wide bound.
 
 ``aggregation = "plain"`` runs the identical algorithm with plaintext
 vectors (classed ``plaintext``: a comparison baseline the ledger flags).
+
+Local differential privacy: when the request carries ``dp_noise_multiplier``
+``z`` and ``dp_clip`` ``C``, the bank clips its round update (its trained
+weights minus the weights it started the round from) to L2 norm ``C`` with
+Flower's ``compute_clip_model_update`` and adds ``N(0, (zC)²)`` to every
+weight before encoding; the coordinator calibrates ``z`` for the run and keeps
+the accounting (:mod:`fedrisk.federation.horizontal`).  The noise is drawn
+from fresh OS entropy unless ``dp_noise_seed >= 0`` (simulations only).
+
+Simulation hooks: ``sim_drop`` makes the bank fail the round (the same error
+path as a crash), ``sim_delay`` makes it answer that many seconds late.
 """
 
 from __future__ import annotations
 
+import time
+import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedrisk.errors import ProtocolError
+from fedrisk.errors import PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.models.metrics import auc, ks
@@ -49,6 +62,36 @@ if TYPE_CHECKING:
     from fedrisk.parties.runtime import PartyRuntime
 
 SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
+#: Longest simulated delay a bank accepts (seconds): a coordinator cannot stall a bank longer.
+MAX_SIM_DELAY = 300.0
+
+
+def privatise_update(
+    local: np.ndarray, reference: np.ndarray, *, clip: float, noise_multiplier: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Clip ``local - reference`` to L2 norm ``clip`` and add Gaussian noise of std ``noise_multiplier * clip``.
+
+    Parameters
+    ----------
+    local, reference : numpy.ndarray
+        The bank's trained weights and the weights it started the round from (flat float64).
+    clip : float
+        ``C``, the L2 bound of the update (Flower's FlatClip, ``compute_clip_model_update``).
+    noise_multiplier : float
+        ``z``; the noise std is ``z * C`` per weight.
+    rng : numpy.random.Generator
+        Source of the noise.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``reference + clip(local - reference) + noise``.
+    """
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    params = [np.array(local, dtype=np.float64)]
+    compute_clip_model_update(params, [np.asarray(reference, dtype=np.float64)], clip)
+    return params[0] + rng.normal(0.0, noise_multiplier * clip, size=params[0].shape)
 
 
 class HorizontalParty:
@@ -223,8 +266,20 @@ class HorizontalParty:
         p = model.predict_proba(self._standardize(split.x_val))
         return {"val_auc": float(auc(split.y_val, p)), "val_ks": float(ks(split.y_val, p)), "val_rows": int(len(p))}
 
+    def _noise_rng(self, exchange: Exchange) -> np.random.Generator:
+        seed = int(exchange.value("dp_noise_seed", -1))  # type: ignore[call-overload]
+        if seed < 0:
+            return np.random.default_rng()  # fresh OS entropy
+        name = zlib.crc32(self.runtime.settings.name.encode())
+        return np.random.default_rng([seed, exchange.header.round, name])
+
     def _on_train(self, exchange: Exchange) -> "RecordDict":
         round_ = exchange.header.round
+        delay = float(exchange.value("sim_delay", 0.0))  # type: ignore[arg-type]
+        if delay > 0:
+            time.sleep(min(delay, MAX_SIM_DELAY))
+        if exchange.value("sim_drop", False):
+            raise PartyUnavailableError(f"party {self.runtime.settings.name!r} dropped out of round {round_} (simulated)")
         if "stats" in exchange.blobs:
             self._apply_stats(exchange, self._decode(exchange, "stats"))
         elif self.mean_ is None:
@@ -237,6 +292,7 @@ class HorizontalParty:
             self._apply_global(exchange, model)
             metrics = self._validation_metrics(model)
         split = self.split
+        reference = model.get_flat()
         loss = model.fit_local(
             self._standardize(split.x_train),
             split.y_train,
@@ -245,8 +301,13 @@ class HorizontalParty:
             batch_size=int(exchange.value("batch_size")),  # type: ignore[arg-type]
             seed=int(exchange.value("seed")) * 1000 + round_,  # type: ignore[operator]
         )
+        weights = model.get_flat()
+        noise_multiplier = float(exchange.value("dp_noise_multiplier", 0.0))  # type: ignore[arg-type]
+        if noise_multiplier > 0:
+            clip = float(exchange.value("dp_clip"))  # type: ignore[arg-type]
+            weights = privatise_update(weights, reference, clip=clip, noise_multiplier=noise_multiplier, rng=self._noise_rng(exchange))
         weight = len(split.x_train) / self._row_unit(exchange)
-        update = np.concatenate([model.get_flat() * weight, [weight]])
+        update = np.concatenate([weights * weight, [weight]])
         content = self._encode(exchange, update, "fedavg.update")
         from flwr.app import ConfigRecord
 
