@@ -45,7 +45,7 @@ def simulate(
 
                 loaded = replace(loaded, sweep=sweep, quick=quick)
     except FedriskError as err:
-        console.print(f"[red]error:[/red] {scenario.name}: {str(err).splitlines()[0]}", highlight=False)
+        console.print(f"[red]error:[/red] {scenario.name}: {str(err).splitlines()[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
     from fedrisk.simulation.comparison import render_run
@@ -85,7 +85,7 @@ def simulate(
             run = run_scenario(loaded, runs_dir=runs_dir, on_event=on_event)
         except FedriskError as err:
             progress.stop()
-            console.print(f"[red]error:[/red] {scenario.name}: {str(err).splitlines()[0]}", highlight=False)
+            console.print(f"[red]error:[/red] {scenario.name}: {str(err).splitlines()[0]}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
     render_run(console, run)
     if as_json:

@@ -9,7 +9,8 @@ round (horizontal) or epoch (vertical) with the same columns either way:
     Validation AUC of the model *after* this round: the global model on the
     common hold-out (horizontal; every bank scores it at the start of the next
     round, the last one in the final step) or the label holder's validation
-    rows (vertical).
+    rows (vertical; round 1 is epoch 0, the all-zero starting model, whose
+    tied scores make its AUC a draw of CKKS noise).
 ``train_loss``, ``seconds``, ``bytes``
     Mean training loss of the banks that answered (vertical: the label
     holder's), wall time and bytes that crossed the coordinator in the round.
