@@ -58,6 +58,8 @@ def _emit(summary: dict, as_json: bool) -> None:
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
     mode: str = typer.Option("vertical", help="vertical (bank + tax bureau + platform) or horizontal (three banks)."),
+    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard) or secureboost (trees)."),
+    trees: int = typer.Option(10, help="SecureBoost trees (depth 3, 32 bins)."),
     rows: int = typer.Option(10_000, help="Synthetic SMEs known to the bank."),
     rounds: int = typer.Option(15, "--rounds", "--epochs", help="Most epochs (vertical) or rounds (horizontal)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
@@ -67,7 +69,7 @@ def demo(
     from fedrisk.federation.demo import run_demo
 
     try:
-        summary = run_demo(mode=mode, runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
+        summary = run_demo(mode=mode, model=model, runs_dir=runs_dir, rows=rows, rounds=rounds, trees=trees, seed=seed, console=console)
     except FedriskError as err:
         _fail(err)
     _emit(summary, as_json)

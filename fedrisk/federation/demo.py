@@ -31,19 +31,25 @@ VERTICAL_PARTIES = {"bank": "label_holder", "tax_bureau": "feature_holder", "pla
 VALIDATION = {"fraction": 0.2, "seed": 42}
 
 
-def run_demo(*, mode: str = "vertical", runs_dir: Path, rows: int, rounds: int, seed: int, console: Console | None = None) -> dict:
+def run_demo(
+    *, mode: str = "vertical", model: str = "vertical_lr", runs_dir: Path, rows: int, rounds: int, trees: int = 10,
+    seed: int, console: Console | None = None,
+) -> dict:
     """Run the demo federation (``vertical`` or ``horizontal``) and write ``runs/<run-id>/summary.json``."""
     from fedrisk.errors import ConfigError
 
     if mode == "vertical":
-        return run_vertical_demo(runs_dir=runs_dir, rows=rows, epochs=rounds, seed=seed, console=console)
+        if model not in ("vertical_lr", "secureboost"):
+            raise ConfigError(f"--model: expected 'vertical_lr' or 'secureboost', got {model!r}")
+        return run_vertical_demo(runs_dir=runs_dir, rows=rows, epochs=rounds, trees=trees, model=model, seed=seed, console=console)
     if mode == "horizontal":
         return run_horizontal_demo(runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
     raise ConfigError(f"--mode: expected 'vertical' or 'horizontal', got {mode!r}")
 
 
-def _centralised_reference(data, train_by_row: np.ndarray) -> dict[str, float]:
-    """Logistic regression on the joined table, same rows, same split: what no party may build."""
+def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertical_lr", trees: int = 10) -> dict[str, float]:
+    """The same kind of model on the joined table, same rows, same split: what no party may build."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
     from fedrisk.models.metrics import auc, ks
@@ -58,6 +64,10 @@ def _centralised_reference(data, train_by_row: np.ndarray) -> dict[str, float]:
     X = np.column_stack(blocks)
     y = np.asarray(data.bank.labels)
     train = train_by_row
+    if model == "secureboost":
+        boosted = HistGradientBoostingClassifier(max_iter=trees, max_depth=3, learning_rate=0.3, max_bins=32, early_stopping=False)
+        p = boosted.fit(X[train], y[train]).predict_proba(X[~train])[:, 1]
+        return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
     mean = np.nanmean(X[train], axis=0)
     std = np.nanstd(X[train], axis=0)
     std = np.where(std > 1e-12, std, 1.0)
@@ -67,8 +77,10 @@ def _centralised_reference(data, train_by_row: np.ndarray) -> dict[str, float]:
     return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
 
 
-def run_vertical_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, console: Console | None = None) -> dict:
-    """Bank + tax bureau + platform: PSI and an encrypted scorecard over gRPC+TLS; writes ``summary.json``."""
+def run_vertical_demo(
+    *, runs_dir: Path, rows: int, epochs: int, seed: int, model: str = "vertical_lr", trees: int = 10, console: Console | None = None,
+) -> dict:
+    """Bank + tax bureau + platform: PSI and an encrypted model over gRPC+TLS; writes ``summary.json``."""
     from fedrisk.parties.datasplit import training_mask
     from fedrisk.parties.synthetic import PARTY_SCHEMAS, generate_sme_data
 
@@ -85,18 +97,23 @@ def run_vertical_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, cons
         )
         for name, role in VERTICAL_PARTIES.items()
     ]
-    config = {"mode": "vertical", "algorithm": "vertical_lr", "epochs": epochs, "seed": seed}
+    if model == "secureboost":
+        config = {"mode": "vertical", "algorithm": "secureboost", "trees": trees, "depth": 3, "bins": 32, "seed": seed}
+        what = f"PSI and encrypted SecureBoost, {trees} trees of depth 3"
+    else:
+        config = {"mode": "vertical", "algorithm": "vertical_lr", "epochs": epochs, "seed": seed}
+        what = f"PSI and encrypted vertical logistic regression, at most {epochs} epochs"
     with LocalFederation(run_dir, parties, config, log=console.print) as federation:
-        with console.status(f"PSI and encrypted vertical logistic regression, at most {epochs} epochs"):
+        with console.status(what):
             result = federation.run()
     metrics = vertical_metrics(result)
-    central = _centralised_reference(data, training_mask(np.asarray(data.bank.labels), VALIDATION))
+    central = _centralised_reference(data, training_mask(np.asarray(data.bank.labels), VALIDATION), model, trees)
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
         "mode": "vertical",
-        "algorithm": "vertical_lr",
-        "model": "vertical_lr",
+        "algorithm": model,
+        "model": model,
         "parties": list(VERTICAL_PARTIES),
         "rows": rows,
         "rounds": metrics["epochs"],
@@ -116,7 +133,8 @@ def run_vertical_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, cons
 
 
 def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
-    table = Table(title="fedrisk demo: bank + tax bureau + platform, encrypted vertical scorecard")
+    kind = "SecureBoost trees" if summary.get("model") == "secureboost" else "vertical scorecard"
+    table = Table(title=f"fedrisk demo: bank + tax bureau + platform, encrypted {kind}")
     for column in ("model", "AUC", "KS"):
         table.add_column(column)
     rows = (
@@ -134,7 +152,8 @@ def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
         traffic.add_row(party, f"{counts['sent_to_party']:,}", f"{counts['received_from_party']:,}")
     console.print(traffic)
     overlap = ", ".join(f"{p} {n:,}" for p, n in summary.get("intersection", {}).items())
-    console.print(f"intersection with the bank: {overlap}; {summary['rounds']} epochs in {summary.get('seconds_training', 0):.1f} s")
+    unit = "trees" if summary.get("model") == "secureboost" else "epochs"
+    console.print(f"intersection with the bank: {overlap}; {summary['rounds']} {unit} in {summary.get('seconds_training', 0):.1f} s")
     verdict = "[green]verified[/green]" if summary["ledger_verified"] else "[red]FINDINGS[/red]"
     console.print(f"audit ledgers: {summary['ledger_entries']} entries, {verdict}; report: {summary['audit_report']}")
     console.print(f"summary: {run_dir / 'summary.json'}")

@@ -55,7 +55,7 @@ ALGORITHM_KEYS = {
     },
     "secureboost": {
         "trees": int, "depth": int, "learning-rate": float, "bins": int, "l2": float, "min-child-weight": float,
-        "subsample": float, "seed": int,
+        "subsample": float, "seed": int, "n-jobs": int,
     },
 }
 
@@ -201,6 +201,10 @@ def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFi
     for key in ("rounds", "epochs", "trees", "depth", "bins", "batch-size", "local-epochs", "n-jobs"):
         if key in params and int(params[key]) < 1:  # type: ignore[arg-type]
             raise ConfigError(f"algorithm.{key}: must be >= 1, got {params[key]}")
+    if "subsample" in params and not 0 < float(params["subsample"]) <= 1:  # type: ignore[arg-type]
+        raise ConfigError(f"algorithm.subsample: must be in (0, 1], got {params['subsample']}")
+    if "bins" in params and not 2 <= int(params["bins"]) <= 255:  # type: ignore[call-overload]
+        raise ConfigError(f"algorithm.bins: must be between 2 and 255, got {params['bins']}")
     for key in ("c", "learning-rate"):
         if key in params and not float(params[key]) > 0:  # type: ignore[arg-type]
             raise ConfigError(f"algorithm.{key}: must be > 0, got {params[key]}")

@@ -35,6 +35,12 @@ VLR_GRADIENT = "train.vlrgradient"
 VLR_DECRYPT = "train.vlrdecrypt"
 VLR_FINISH = "evaluate.vlrfinish"
 
+# Vertical SecureBoost: setup, then rounds of (feature holders, label holder).
+SB_SETUP = "query.sbsetup"
+SB_JOIN = "query.sbjoin"
+SB_ROUND = "train.sbround"
+SB_BANK_ROUND = "train.sbbank"
+
 MESSAGE_TYPES: tuple[str, ...] = (
     IDENTITY,
     KEYGEN,
@@ -55,4 +61,8 @@ MESSAGE_TYPES: tuple[str, ...] = (
     VLR_GRADIENT,
     VLR_DECRYPT,
     VLR_FINISH,
+    SB_SETUP,
+    SB_JOIN,
+    SB_ROUND,
+    SB_BANK_ROUND,
 )

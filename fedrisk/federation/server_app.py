@@ -20,8 +20,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedrisk.errors import ConfigError, FedriskError
 from fedrisk.federation.exchange import COORDINATOR
 from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
+from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
 from fedrisk.federation.session import CoordinatorSession
 
+shorten_object_pull_backoff()  # flwr-serverapp imports this module before it pulls any reply
 app = ServerApp()
 
 #: Prefix of the log line that carries the coordinator's result (sizes and metrics only).
@@ -70,6 +72,12 @@ def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
     rows = run_alignment(session, roles)
     psi_seconds = time.perf_counter() - psi_started
     print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
+    if algorithm == "secureboost":
+        return {
+            "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
+            "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
+            **_run_secureboost(session, context, roles),
+        }
     if algorithm != "vertical_lr":
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
     from fedrisk.federation.vertical_lr import VerticalLRConfig, run_vertical_lr
@@ -103,6 +111,27 @@ def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
         "bundles": trained.bundles,
         "key_fingerprint": trained.key_fingerprint,
     }
+
+
+def _run_secureboost(session: CoordinatorSession, context: Context, roles) -> dict:
+    from fedrisk.federation.secureboost import SecureBoostConfig, run_secureboost, secureboost_summary
+
+    config = SecureBoostConfig(
+        trees=_cfg(context, "trees", 30),
+        depth=_cfg(context, "depth", 3),
+        learning_rate=_cfg(context, "learning-rate", 0.3),
+        l2=_cfg(context, "l2", 1.0),
+        min_child_weight=_cfg(context, "min-child-weight", 1.0),
+        subsample=_cfg(context, "subsample", 1.0),
+        bins=_cfg(context, "bins", 32),
+        seed=_cfg(context, "seed", 0),
+        n_jobs=_cfg(context, "n-jobs", 1),
+    )
+
+    def progress(tree: int, row: dict) -> None:
+        print(f"[fedrisk] tree {tree + 1}/{config.trees}: {json.dumps(row, sort_keys=True)}", flush=True)
+
+    return secureboost_summary(run_secureboost(session, roles, config, progress=progress))
 
 
 @app.main()

@@ -72,7 +72,7 @@ def vertical_metrics(result: dict) -> dict:
     out = {
         "intersection": result.get("intersection", {}),
         "rows": result.get("rows"),
-        "epochs": len(result.get("epochs", [])),
+        "epochs": len(result.get("epochs", result.get("trees", []))),
         "best_epoch": final.get("best_epoch"),
         "bundles": result.get("bundles", {}),
         "key_fingerprint": result.get("key_fingerprint"),

@@ -54,14 +54,16 @@ class PartyRuntime:
             return [HorizontalParty]
         if role == "label_holder":
             from fedrisk.parties.alignment import LabelHolderAlignment
+            from fedrisk.parties.secureboost import LabelHolderSecureBoost
             from fedrisk.parties.vertical_lr import LabelHolderVerticalLR
 
-            return [LabelHolderAlignment, LabelHolderVerticalLR]
+            return [LabelHolderAlignment, LabelHolderVerticalLR, LabelHolderSecureBoost]
         if role == "feature_holder":
             from fedrisk.parties.alignment import FeatureHolderAlignment
+            from fedrisk.parties.secureboost import FeatureHolderSecureBoost
             from fedrisk.parties.vertical_lr import FeatureHolderVerticalLR
 
-            return [FeatureHolderAlignment, FeatureHolderVerticalLR]
+            return [FeatureHolderAlignment, FeatureHolderVerticalLR, FeatureHolderSecureBoost]
         return []
 
     def protocol(self, cls: type) -> object | None:

@@ -50,7 +50,7 @@ class PartySettings:
         return Path(self.state_dir)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2)  # key order is meaningful: features are in model order
 
     @classmethod
     def from_json(cls, text: str) -> "PartySettings":

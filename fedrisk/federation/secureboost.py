@@ -1,0 +1,139 @@
+"""The coordinator's side of vertical SecureBoost over Flower messages.
+
+It holds only the label holder's public context (no secret key:
+:class:`~fedrisk.models.secureboost.CoordinatorSB` refuses one) and relays:
+each round it hands every feature holder what the bank's outbox holds for it,
+then hands the bank every reply — checking each payload against the routing
+policy (kind per link, context fingerprint, the party named in it) on the way.
+See :mod:`fedrisk.parties.secureboost` for the messages of a round and
+:mod:`fedrisk.models.secureboost` for the protocol and its threat model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fedrisk.errors import ProtocolError
+from fedrisk.federation import message_types as mt
+from fedrisk.federation.alignment import VerticalRoles
+from fedrisk.federation.exchange import build_content
+from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
+from fedrisk.federation.session import CoordinatorSession
+
+
+@dataclass(frozen=True)
+class SecureBoostConfig:
+    """Parameters of SecureBoost (``[algorithm]`` of FEDERATION.toml).
+
+    FATE's reference configuration is 30 trees, depth 3, 32 bins.
+    """
+
+    trees: int = 30
+    depth: int = 3
+    learning_rate: float = 0.3
+    l2: float = 1.0
+    min_child_weight: float = 1.0
+    subsample: float = 1.0
+    bins: int = 32
+    seed: int = 0
+    n_jobs: int = 1
+
+
+@dataclass
+class SecureBoostResult:
+    """What the coordinator saw: per-tree progress, sizes, the bank's public metrics."""
+
+    trees: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    bundles: dict[str, str] = field(default_factory=dict)
+    key_fingerprint: str = "-"
+    rounds: int = 0
+
+
+def run_secureboost(
+    session: CoordinatorSession,
+    roles: VerticalRoles,
+    config: SecureBoostConfig,
+    *,
+    progress: Callable[[int, dict], None] | None = None,
+) -> SecureBoostResult:
+    """Set up the parties and relay rounds until the bank has evaluated the finished model."""
+    from fedrisk.models.secureboost import CoordinatorSB
+    from fedrisk.parties.vertical_lr import load_public_context
+
+    lh, fhs = roles.label_holder, roles.feature_holders
+    result = SecureBoostResult()
+    params = {
+        "trees": config.trees, "depth": config.depth, "learning_rate": config.learning_rate, "l2": config.l2,
+        "min_child_weight": config.min_child_weight, "subsample": config.subsample, "bins": config.bins, "seed": config.seed,
+    }
+    setup = session.exchange({lh: (mt.SB_SETUP, build_content(session.header(0, "sb.setup", lh, "public"), config=params))})[lh]
+    fp = setup.header.key_fingerprint
+    coordinator = CoordinatorSB(load_public_context(setup.blob("coordinator_context"), "coordinator"), label_holder=lh, feature_holders=fhs)
+    if coordinator.fingerprint != fp:
+        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    result.key_fingerprint = fp
+    plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
+    joined = session.exchange(
+        {
+            p: (
+                mt.SB_JOIN,
+                build_content(
+                    session.header(0, "sb.join", p, "public", fp),
+                    {"plan": plan, "context": setup.blob("feature_holder_context")},
+                    {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
+                ),
+            )
+            for p in fhs
+        }
+    )
+    to_bank = [BatchItem(coordinator.relay(p, lh, item.data), item.content_class, p) for p, r in joined.items() for item in batch_items(r)]
+
+    started, trees_done = time.perf_counter(), 0
+    while True:
+        result.rounds += 1
+        round_ = result.rounds
+        header = session.header(round_, "sb.bank", lh, batch_class(to_bank), fp)
+        bank = session.exchange({lh: (mt.SB_BANK_ROUND, batch_content(header, to_bank))})[lh]
+        if int(bank.value("trees_done", trees_done)) > trees_done:  # type: ignore[call-overload]
+            trees_done = int(bank.value("trees_done"))  # type: ignore[call-overload]
+            row = {"tree": trees_done - 1, "seconds": time.perf_counter() - started, "bytes": session.traffic.total(),
+                   "train_loss": float(bank.value("train_loss", float("nan")))}  # type: ignore[arg-type]
+            result.trees.append(row)
+            started = time.perf_counter()
+            if progress is not None:
+                progress(trees_done - 1, row)
+        if bank.value("done", False):
+            result.final = {k: v for k, v in bank.config.items() if not k.startswith("item") and k not in ("done",)}
+            result.bundles[lh] = str(bank.value("bundle"))
+            return result
+        outbox: dict[str, list[BatchItem]] = {}
+        for item in batch_items(bank):
+            outbox.setdefault(item.party, []).append(BatchItem(coordinator.relay(lh, item.party, item.data), item.content_class))
+        if not outbox:
+            raise ProtocolError("SecureBoost stalled: the label holder sent nothing and is not done")
+        replies = session.exchange(
+            {
+                p: (mt.SB_ROUND, batch_content(session.header(round_, "sb.round", p, batch_class(items), fp), items))
+                for p, items in outbox.items()
+            }
+        )
+        to_bank = [BatchItem(coordinator.relay(p, lh, item.data), item.content_class, p) for p, r in replies.items() for item in batch_items(r)]
+        result.bundles.update({p: str(r.value("bundle")) for p, r in replies.items() if "bundle" in r.config})
+
+
+def secureboost_summary(result: SecureBoostResult) -> dict:
+    """The coordinator-side result fields of a SecureBoost run."""
+    final = dict(result.final)
+    return {
+        "trees": result.trees,
+        "rounds": result.rounds,
+        "final": final,
+        "intersection": json.loads(str(final.pop("intersection", "{}"))),
+        "bundles": result.bundles,
+        "key_fingerprint": result.key_fingerprint,
+    }
+
