@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from fedrisk.errors import DataValidationError, PartyUnavailableError, ProtocolError
+from fedrisk.errors import PartyUnavailableError
 from fedrisk.federation.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app

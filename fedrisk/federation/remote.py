@@ -11,7 +11,6 @@ SuperLink, so its files are not here).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass

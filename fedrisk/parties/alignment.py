@@ -83,9 +83,23 @@ def _secret_permutation(n: int) -> np.ndarray:
 
 
 class _AlignmentParty:
+    role = ""
+
     def __init__(self, runtime: "PartyRuntime") -> None:
         self.runtime = runtime
         self.aligned: AlignedRows | None = None
+        self.psi = None
+
+    def _psi(self):
+        if self.psi is None:
+            raise ProtocolError(f"{self.role} {self.name!r} got a PSI step before blinding its own set")
+        return self.psi
+
+    def _blinded_reply(self, exchange: Exchange, psi) -> "RecordDict":
+        self.psi = psi
+        blinded = psi.blind()
+        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
+        return build_content(header, {"blinded": blinded.to_bytes()})
 
     @property
     def name(self) -> str:
@@ -103,9 +117,7 @@ class _AlignmentParty:
 class LabelHolderAlignment(_AlignmentParty):
     """The label holder's PSI steps and the sealed training order."""
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
-        super().__init__(runtime)
-        self.psi = None
+    role = "label holder"
 
     def handlers(self) -> dict:
         return {
@@ -120,15 +132,7 @@ class LabelHolderAlignment(_AlignmentParty):
 
         if self.runtime.table.labels is None:
             raise DataValidationError(f"label holder {self.name!r}: its table has no label column")
-        self.psi = LabelHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name)
-        blinded = self.psi.blind()
-        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
-        return build_content(header, {"blinded": blinded.to_bytes()})
-
-    def _psi(self):
-        if self.psi is None:
-            raise ProtocolError(f"label holder {self.name!r} got a PSI step before blinding its own set")
-        return self.psi
+        return self._blinded_reply(exchange, LabelHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name))
 
     def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
         psi = self._psi()
@@ -190,9 +194,7 @@ class LabelHolderAlignment(_AlignmentParty):
 class FeatureHolderAlignment(_AlignmentParty):
     """A feature holder's PSI steps and its rows placed in the label holder's training order."""
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
-        super().__init__(runtime)
-        self.psi = None
+    role = "feature holder"
 
     def handlers(self) -> dict:
         return {
@@ -202,18 +204,10 @@ class FeatureHolderAlignment(_AlignmentParty):
             mt.VERTICAL_ALIGN: self._on_align,
         }
 
-    def _psi(self):
-        if self.psi is None:
-            raise ProtocolError(f"feature holder {self.name!r} got a PSI step before blinding its own set")
-        return self.psi
-
     def _on_blind(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.crypto.psi import FeatureHolderPSI
 
-        self.psi = FeatureHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name)
-        blinded = self.psi.blind()
-        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
-        return build_content(header, {"blinded": blinded.to_bytes()})
+        return self._blinded_reply(exchange, FeatureHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name))
 
     def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
         double = self._psi().double_blind(exchange.blob("blinded"))
@@ -247,3 +241,26 @@ class FeatureHolderAlignment(_AlignmentParty):
         coverage[positions] = True
         self.aligned = AlignedRows(X=X, feature_names=list(self.runtime.table.feature_names), coverage={self.name: coverage})
         return build_content(exchange.header.reply("public", step="vertical.aligned"))
+
+
+class AlignedRowsProtocol:
+    """Base of a vertical protocol's party handlers: the aligned rows and the party's own bundles."""
+
+    def __init__(self, runtime: "PartyRuntime") -> None:
+        self.runtime = runtime
+
+    @property
+    def name(self) -> str:
+        return self.runtime.settings.name
+
+    def _aligned(self) -> AlignedRows:
+        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
+        if alignment is None:
+            raise ProtocolError(f"party {self.name!r} runs no entity alignment")
+        return alignment.require_aligned()  # type: ignore[attr-defined]
+
+    def _write(self, run_id: str, arrays: dict, meta: dict):
+        """Write (or atomically replace) this party's signed bundle of run ``run_id``."""
+        from fedrisk.models.bundle import write_model_bundle
+
+        return write_model_bundle(self.runtime.state_dir / "models" / run_id, arrays, meta, self.runtime.identity.signing)

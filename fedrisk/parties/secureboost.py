@@ -23,7 +23,6 @@ writes a signed bundle of its own part.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +30,7 @@ import numpy as np
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.parties.alignment import AlignedRowsProtocol
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.vertical_lr import _public_context_bytes, load_public_context
 
@@ -44,29 +44,7 @@ def _item(payload, party: str = "") -> BatchItem:
     return BatchItem(payload.to_bytes(), payload.content_class, party)
 
 
-class _SecureBoostParty:
-    def __init__(self, runtime: "PartyRuntime") -> None:
-        self.runtime = runtime
-
-    @property
-    def name(self) -> str:
-        return self.runtime.settings.name
-
-    def _aligned(self):
-        from fedrisk.parties.alignment import FeatureHolderAlignment, LabelHolderAlignment
-
-        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
-        if alignment is None:
-            raise ProtocolError(f"party {self.name!r} runs no entity alignment")
-        return alignment.require_aligned()
-
-    def _write(self, run_id: str, arrays: dict, meta: dict) -> Path:
-        from fedrisk.models.bundle import write_model_bundle
-
-        return write_model_bundle(self.runtime.state_dir / "models" / run_id, arrays, meta, self.runtime.identity.signing)
-
-
-class LabelHolderSecureBoost(_SecureBoostParty):
+class LabelHolderSecureBoost(AlignedRowsProtocol):
     """The bank's handlers: the plan, every round's decisions, the final evaluation."""
 
     def __init__(self, runtime: "PartyRuntime") -> None:
@@ -175,7 +153,7 @@ class LabelHolderSecureBoost(_SecureBoostParty):
         return out
 
 
-class FeatureHolderSecureBoost(_SecureBoostParty):
+class FeatureHolderSecureBoost(AlignedRowsProtocol):
     """A feature holder's handlers: bins, encrypted histograms, its own splits."""
 
     def __init__(self, runtime: "PartyRuntime") -> None:

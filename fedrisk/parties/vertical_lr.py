@@ -34,6 +34,7 @@ import numpy as np
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.parties.alignment import AlignedRowsProtocol
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -58,32 +59,7 @@ def load_public_context(blob: bytes, who: str):
     return context
 
 
-class _VerticalLRParty:
-    def __init__(self, runtime: "PartyRuntime") -> None:
-        self.runtime = runtime
-
-    @property
-    def name(self) -> str:
-        return self.runtime.settings.name
-
-    def _aligned(self):
-        from fedrisk.parties.alignment import FeatureHolderAlignment, LabelHolderAlignment
-
-        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
-        if alignment is None:
-            raise ProtocolError(f"party {self.name!r} runs no entity alignment")
-        return alignment.require_aligned()
-
-    def _bundle_dir(self, run_id: str) -> Path:
-        return self.runtime.state_dir / "models" / run_id
-
-    def _write(self, run_id: str, arrays: dict, meta: dict) -> Path:
-        from fedrisk.models.bundle import write_model_bundle
-
-        return write_model_bundle(self._bundle_dir(run_id), arrays, meta, self.runtime.identity.signing)
-
-
-class LabelHolderVerticalLR(_VerticalLRParty):
+class LabelHolderVerticalLR(AlignedRowsProtocol):
     """The bank's handlers: key generation, residuals, decryption of masked products."""
 
     def __init__(self, runtime: "PartyRuntime") -> None:
@@ -193,7 +169,7 @@ class LabelHolderVerticalLR(_VerticalLRParty):
         return out
 
 
-class FeatureHolderVerticalLR(_VerticalLRParty):
+class FeatureHolderVerticalLR(AlignedRowsProtocol):
     """A feature holder's handlers: partial scores, X_kᵀ[[d]] masked, its own update."""
 
     def __init__(self, runtime: "PartyRuntime") -> None:
