@@ -38,12 +38,7 @@ def simulate(
     try:
         loaded = load_scenario(scenario, quick=quick)
         if engine is not None:
-            sweep = loaded.sweep
-            loaded = loaded.with_value("scenario.engine", engine)
-            if sweep is not None:
-                from dataclasses import replace
-
-                loaded = replace(loaded, sweep=sweep, quick=quick)
+            loaded = loaded.with_value("scenario.engine", engine, keep_sweep=True)
     except FedriskError as err:
         console.print(f"[red]error:[/red] {scenario.name}: {str(err).splitlines()[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

@@ -36,8 +36,9 @@ def runs(tmp_path_factory):
         key = name + json.dumps(overrides, sort_keys=True)
         if key not in cache:
             scenario = load_scenario(SCENARIOS / f"{name}.toml", quick=True)
-            for dotted, value in overrides.items():
-                scenario = scenario.with_value(dotted, value)
+            # The lab's default engine (Ray, when installed, is optional and never needed here).
+            for dotted, value in {"scenario.engine": "inprocess", **overrides}.items():
+                scenario = scenario.with_value(dotted, value, keep_sweep=True)
             cache[key] = run_scenario(scenario, runs_dir=root)
         return cache[key]
 
@@ -105,7 +106,8 @@ def test_dp_sweep_runs_from_the_cli_with_its_accuracy_cost(tmp_path):
     from fedrisk.cli import app
     from fedrisk.federation.horizontal import gaussian_epsilon
 
-    result = CliRunner().invoke(app, ["simulate", str(SCENARIOS / "dp_sweep.toml"), "--quick", "--json", "--runs-dir", str(tmp_path)])
+    argv = ["simulate", str(SCENARIOS / "dp_sweep.toml"), "--quick", "--json", "--engine", "inprocess", "--runs-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] and summary["sweep"]["parameter"] == "privacy.epsilon"
@@ -161,3 +163,24 @@ def test_vertical_runs_agree_within_the_protocols_noise(runs):
     for x, y in zip(a[1:], b[1:]):
         assert float(x["val_auc"]) == pytest.approx(float(y["val_auc"]), abs=1e-3)
     assert first.outcomes[0].summary["auc_federated"] == pytest.approx(second.outcomes[0].summary["auc_federated"], abs=1e-3)
+
+
+def test_engine_selection():
+    from fedrisk.errors import ConfigError
+    from fedrisk.simulation.engines import ray_available, select_engine
+
+    assert select_engine("inprocess") == "inprocess"
+    assert select_engine("auto") == ("ray" if ray_available() else "inprocess")
+    if not ray_available():
+        with pytest.raises(ConfigError, match=r"scenario.engine: 'ray' needs Flower's Simulation Engine: pip install 'fedrisk\[simulation\]'"):
+            select_engine("ray")
+
+
+def test_flowers_simulation_engine_runs_the_same_apps_when_installed(tmp_path):
+    pytest.importorskip("ray", reason="Flower's Simulation Engine (Ray) is optional: pip install 'fedrisk[simulation]'")
+    scenario = load_scenario(SCENARIOS / "ten_banks_noniid.toml", quick=True)
+    scenario = scenario.with_value("scenario.engine", "ray").with_value("parties.count", 3).with_value("encryption.enabled", False)
+    ray_run = run_scenario(scenario, runs_dir=tmp_path / "ray", plots=False)
+    local = run_scenario(scenario.with_value("scenario.engine", "inprocess"), runs_dir=tmp_path / "local", plots=False)
+    assert ray_run.engine == "ray" and ray_run.ok
+    assert _metrics(ray_run)[0] == _metrics(local)[0]  # plaintext: the same numbers on either engine

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -107,16 +107,17 @@ class Scenario:
         return int(self.get("algorithm.rounds") if self.horizontal else self.get("algorithm.epochs"))
 
     # -- derived scenarios ------------------------------------------------------
-    def with_value(self, dotted: str, value: object) -> "Scenario":
-        """This scenario with one key changed (no sweep), validated again."""
-        raw = self.to_dict(include_sweep=False)
+    def with_value(self, dotted: str, value: object, *, keep_sweep: bool = False) -> "Scenario":
+        """This scenario with one key changed, validated again (without its sweep unless ``keep_sweep``)."""
+        raw = self.to_dict(include_sweep=keep_sweep)
         section, _, rest = dotted.partition(".")
         target = raw.setdefault(section, {})
         parts = rest.split(".")
         for part in parts[:-1]:
             target = target.setdefault(part, {})
         target[parts[-1]] = value
-        return validate_scenario(raw, base_dir=Path("/"), source=self.source)
+        changed = validate_scenario(raw, base_dir=Path("/"), source=self.source)
+        return replace(changed, quick=self.quick, quick_overrides=self.quick_overrides)
 
     def to_dict(self, *, include_sweep: bool = True) -> dict[str, Any]:
         """The resolved scenario as plain TOML-able data (what ``scenario.resolved.toml`` holds)."""
