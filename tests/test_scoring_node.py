@@ -429,3 +429,20 @@ def test_newly_aligned_ids_are_answered_after_a_reload(example, tmp_path):
     assert svc.reload() == 11  # what SIGHUP does
     assert state(ids[10]) == pb.COVERED
     assert svc.ids_asked["bank"] == 3 and svc.ids_answered["bank"] == 2
+
+
+def test_a_register_that_cannot_record_refuses_the_decision_cleanly(example, tmp_path):
+    sme = bank_ids(example, 1)[0]
+
+    async def scenario() -> tuple[grpc.StatusCode, str, pb.Decision]:
+        async with running(example, tmp_path, node_kw={"register": "", "register_socket": str(tmp_path / "nobody.sock")}) as (_, stub, _c):
+            estimate = await stub.Score(pb.Application(sme_id=sme, estimate_only=True))
+            try:
+                await stub.Score(pb.Application(sme_id=sme))
+            except grpc.aio.AioRpcError as err:
+                return err.code(), err.details() or "", estimate
+            return grpc.StatusCode.OK, "", estimate
+
+    code, details, estimate = asyncio.run(scenario())
+    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("application register: ")
+    assert not estimate.recorded  # estimates need no register

@@ -22,10 +22,14 @@ decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -80,27 +84,42 @@ CREATE TRIGGER IF NOT EXISTS applications_no_delete BEFORE DELETE ON application
 BEGIN SELECT RAISE(ABORT, 'the application register is append-only'); END;
 """
 _MAX_FRAME = 8 * 1024 * 1024
+_REASONS, _PARTIES, _DEGRADED, _APP_ID = (_COLUMNS.index(c) for c in ("reasons", "parties", "degraded", "application_id"))
 
 
 class DuplicateApplication(FedriskError):
     """An application with this ID was already recorded."""
 
 
-def _row_hash(prev: str, record: Mapping[str, Any]) -> str:
-    body = json.dumps({k: record.get(k) for k in _COLUMNS}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def _row_hash(prev: str, row: Sequence[Any]) -> str:
+    """SHA-256 of the previous row's hash and this row's canonical JSON (column order)."""
+    body = json.dumps(list(row), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(prev.encode() + body.encode()).hexdigest()
 
 
-def _normalise(record: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: record.get(k) for k in _COLUMNS}
-    missing = [k for k in _COLUMNS if out[k] is None and k not in ("applicant_declared_revenue", "applicant_requested_amount")]
-    if missing:
-        raise LedgerError(f"application record lacks {missing[0]!r}")
-    for key in ("reasons", "parties"):
-        if not isinstance(out[key], str):
-            out[key] = json.dumps(out[key], sort_keys=True, separators=(",", ":"))
-    out["degraded"] = int(bool(out["degraded"]))
-    return out
+_OPTIONAL = ("applicant_declared_revenue", "applicant_requested_amount")
+
+
+def as_row(record: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+    """A record as the list of its column values (reasons/parties as JSON text, degraded as 0/1)."""
+    if isinstance(record, Mapping):
+        row = [record.get(k) for k in _COLUMNS]
+    else:
+        row = list(record)
+        if len(row) != len(_COLUMNS):
+            raise LedgerError(f"application record has {len(row)} values for {len(_COLUMNS)} columns")
+    for k, value in zip(_COLUMNS, row):
+        if value is None and k not in _OPTIONAL:
+            raise LedgerError(f"application record lacks {k!r}")
+    for j in (_REASONS, _PARTIES):
+        if not isinstance(row[j], str):
+            row[j] = json.dumps(row[j], sort_keys=True, separators=(",", ":"))
+    row[_DEGRADED] = int(bool(row[_DEGRADED]))
+    return row
+
+
+def _app_id(record: Mapping[str, Any] | Sequence[Any]) -> Any:
+    return record.get("application_id") if isinstance(record, Mapping) else record[_APP_ID]
 
 
 class SqliteRegister:
@@ -127,24 +146,29 @@ class SqliteRegister:
         row = self._db.execute("SELECT row_hash FROM applications ORDER BY seq DESC LIMIT 1").fetchone()
         self._last = row[0] if row else _GENESIS
 
-    def append(self, records: Sequence[Mapping[str, Any]]) -> list[bool]:
+    def append(self, records: Sequence[Mapping[str, Any] | Sequence[Any]]) -> list[bool]:
         """Append records in one transaction; ``False`` where the application ID was already recorded."""
-        results: list[bool] = []
+        rows = [as_row(r) for r in records]
+        ids = [row[_APP_ID] for row in rows]
+        sql = f"INSERT INTO applications ({', '.join(_COLUMNS)}, prev_hash, row_hash) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})"
         last = self._last
-        sql = f"INSERT OR IGNORE INTO applications ({', '.join(_COLUMNS)}, prev_hash, row_hash) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})"
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for record in records:
-                row = _normalise(record)
-                digest = _row_hash(last, row)
-                cur = self._db.execute(sql, [row[k] for k in _COLUMNS] + [last, digest])
-                if cur.rowcount == 1:
-                    last = digest
-                    results.append(True)
-                else:
+            seen = {r[0] for r in self._db.execute(f"SELECT application_id FROM applications WHERE application_id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
+            results: list[bool] = []
+            values = []
+            for row, app_id in zip(rows, ids):
+                if app_id in seen:
                     results.append(False)
+                    continue
+                seen.add(app_id)
+                digest = _row_hash(last, row)
+                values.append([*row, last, digest])
+                last = digest
+                results.append(True)
+            self._db.executemany(sql, values)
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
@@ -182,7 +206,7 @@ def verify_register(path: str | Path) -> list[str]:
             record = dict(row)
             if record["prev_hash"] != prev:
                 findings.append(f"row {record['seq']}: prev_hash does not continue the chain")
-            if _row_hash(record["prev_hash"], record) != record["row_hash"]:
+            if _row_hash(record["prev_hash"], [record[k] for k in _COLUMNS]) != record["row_hash"]:
                 findings.append(f"row {record['seq']} ({record['application_id']}): content does not match its hash")
             prev = record["row_hash"]
     finally:
@@ -220,19 +244,20 @@ class _GroupCommitter:
                 batch, self._pending = self._pending, []
                 try:
                     results = await self._flush([r for r, _ in batch])
-                except Exception as exc:  # every waiter learns why
+                    if len(results) != len(batch):
+                        raise LedgerError(f"the register answered {len(results)} results for {len(batch)} records")
+                    for (record, fut), ok in zip(batch, results):
+                        if fut.done():
+                            continue
+                        if ok:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(DuplicateApplication(f"application {_app_id(record)!r} was already recorded"))
+                except Exception as exc:  # every waiter learns why; none is left hanging
                     error = exc if isinstance(exc, FedriskError) else LedgerError(f"application register: {exc}")
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(error)
-                    continue
-                for (record, fut), ok in zip(batch, results):
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(DuplicateApplication(f"application {record.get('application_id')!r} was already recorded"))
         finally:
             self._busy = False
 
@@ -257,7 +282,7 @@ class LocalRegister:
 
     async def record(self, record: Mapping[str, Any]) -> None:
         """Append one record durably (raises :class:`DuplicateApplication`)."""
-        await self._committer.record(_normalise(record))
+        await self._committer.record(as_row(record))  # type: ignore[arg-type]
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -296,13 +321,17 @@ class RemoteRegister:
 
     async def _flush(self, records: list[Mapping[str, Any]]) -> list[bool]:
         async with self._lock:
-            if self._writer is None:
-                self._reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
-            self._next += 1
-            self._writer.write(_frame({"id": self._next, "records": [_normalise(r) for r in records]}))
-            await self._writer.drain()
-            assert self._reader is not None
-            reply = await _read_frame(self._reader)
+            try:
+                if self._writer is None:
+                    self._reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
+                self._next += 1
+                self._writer.write(_frame({"id": self._next, "records": [as_row(r) for r in records]}))
+                await self._writer.drain()
+                assert self._reader is not None
+                reply = await _read_frame(self._reader)
+            except OSError as exc:
+                self._writer = None
+                raise LedgerError(f"the application register (launcher) is not reachable: {exc.strerror or exc}") from None
         if reply is None:
             self._writer = None
             raise LedgerError("the application register (launcher) closed the connection")
@@ -319,41 +348,72 @@ class RemoteRegister:
 
 
 class RegisterServer:
-    """The launcher's side: append what the sandboxed node sends (one connection at a time)."""
+    """The launcher's side: append what the sandboxed node sends.
+
+    Served by one plain thread with blocking I/O — receive a frame, commit it
+    (the fsync releases the GIL), reply — so that the launcher's event loop,
+    which forwards every byte of every decision, never waits on the disk and
+    no per-frame hand-off between loop and thread is paid.
+    """
 
     def __init__(self, register_path: str | Path, socket_path: str | Path) -> None:
         self._sqlite = SqliteRegister(register_path)
         self.socket_path = str(socket_path)
-        self._server: asyncio.AbstractServer | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="register")
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        sock.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        sock.listen(4)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="register", daemon=True)
+        self._thread.start()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    frame = await _read_frame(reader)
-                except (LedgerError, ValueError) as exc:
-                    writer.write(_frame({"id": None, "error": str(exc)}))
-                    break
-                if frame is None:
-                    break
-                try:
-                    records = frame["records"]
-                    if not isinstance(records, list):
-                        raise LedgerError("register frame without a list of records")
-                    results = await asyncio.get_running_loop().run_in_executor(self._pool, self._sqlite.append, records)
-                    writer.write(_frame({"id": frame.get("id"), "results": results}))
-                except (LedgerError, KeyError, TypeError) as exc:
-                    writer.write(_frame({"id": frame.get("id") if isinstance(frame, dict) else None, "error": str(exc)}))
-                await writer.drain()
-        finally:
-            writer.close()
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._closing:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                self._serve_connection(conn)
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        while True:
+            header = reader.read(4)
+            if len(header) < 4:
+                return
+            (size,) = struct.unpack(">I", header)
+            if size > _MAX_FRAME:
+                conn.sendall(_frame({"id": None, "error": f"register frame of {size} bytes exceeds {_MAX_FRAME}"}))
+                return
+            body = reader.read(size)
+            try:
+                frame = json.loads(body)
+                records = frame["records"]
+                if not isinstance(records, list):
+                    raise LedgerError("register frame without a list of records")
+                reply = {"id": frame.get("id"), "results": self._sqlite.append(records)}
+            except (LedgerError, KeyError, TypeError, ValueError) as exc:
+                reply = {"id": None, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+            try:
+                conn.sendall(_frame(reply))
+            except OSError:
+                return
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._pool.shutdown(wait=True)
+        self._closing = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
         self._sqlite.close()
