@@ -17,7 +17,7 @@ console = Console(stderr=True)
 
 def simulate(
     scenario: Path = typer.Argument(..., help="Scenario TOML file (see simulations/README.md for every key)."),
-    quick: bool = typer.Option(False, "--quick", help="Apply the scenario's [quick] overrides: the same story, small enough for about a minute."),
+    quick: bool = typer.Option(False, "--quick", help="Apply the scenario's \\[quick] overrides: the same story, small enough for about a minute."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON object on the last stdout line."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run folder <UTC time>-<name>-<random> is created."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Override scenario.engine: inprocess, ray (Flower's Simulation Engine) or auto."),

@@ -15,6 +15,7 @@ import math
 from typing import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedrisk.simulation.baselines import BaselineScore
@@ -69,21 +70,30 @@ def _f(value: object, digits: int = 4) -> str:
 
 
 def render_comparison(console: Console, rows: Sequence[dict], title: str) -> None:
-    """Print one run's comparison table (many banks alone are summarised as mean / min / max)."""
+    """Print one run's comparison table (many banks alone are summarised as mean, best and worst)."""
     table = Table(title=title)
     for column in ("model", "trained by", "rows", "AUC", "KS", "vs fed."):
-        table.add_column(column, justify="left" if column in ("model", "trained by") else "right", no_wrap=column != "trained by")
+        table.add_column(column, justify="left" if column in ("model", "trained by") else "right", no_wrap=column != "model")
     alone = [r for r in rows if r["kind"] == "party alone"]
     summarise = len(alone) > MAX_PRINTED_PARTIES
+    scored = [r for r in alone if r["auc"] is not None and not math.isnan(r["auc"])]
+
+    def add(row: dict, who: str | None = None, train_rows: str | None = None) -> None:
+        gap = "" if row["kind"] == "federated" else _f(row["auc_minus_federated"])
+        table.add_row(row["model"], who or row["party"], train_rows or f"{row['train_rows']:,}", _f(row["auc"]), _f(row["ks"]), gap)
+
     for row in rows:
         if summarise and row["kind"] == "party alone":
             continue
-        table.add_row(row["model"], row["party"] if row["kind"] != "federated" else "federation", f"{row['train_rows']:,}", _f(row["auc"]), _f(row["ks"]), _f(row["auc_minus_federated"], 4) if row["kind"] != "federated" else "")
-        if summarise and row["kind"] == "federated":
-            aucs = [r["auc"] for r in alone if r["auc"] is not None and not math.isnan(r["auc"])]
-            if aucs:
-                mean = sum(aucs) / len(aucs)
-                table.add_row(alone[0]["model"], f"each of {len(alone)} banks alone", f"{sum(r['train_rows'] for r in alone) // len(alone):,} avg", f"{mean:.4f} mean", f"{min(aucs):.4f}-{max(aucs):.4f}", _f(mean - (row["auc"] or 0.0)))
+        add(row)
+        if summarise and row["kind"] == "federated" and scored:
+            n = len(scored)
+            mean = {k: sum(r[k] for r in scored) / n for k in ("auc", "ks", "train_rows")}
+            fed = row["auc"] if row["auc"] is not None else float("nan")
+            add({**scored[0], "auc": mean["auc"], "ks": mean["ks"], "auc_minus_federated": mean["auc"] - fed}, f"{n} banks alone, mean", f"{mean['train_rows']:,.0f}")
+            best, worst = max(scored, key=lambda r: r["auc"]), min(scored, key=lambda r: r["auc"])
+            add(best, f"best: {best['party']}")
+            add(worst, f"worst: {worst['party']}")
     console.print(table)
 
 
@@ -141,8 +151,8 @@ def render_run(console: Console, run) -> None:
         reference = next((o for o in shown if o.point.is_reference), None)
         shown = [reference] if reference is not None else shown[:1]
     for o in shown:
-        where = f" [{o.point.label}]" if sweep else ""
-        render_comparison(console, o.comparison, f"{run.scenario.name}{where}: federated vs each party alone vs centralised (same evaluation rows)")
+        where = f" ({o.point.label})" if sweep else ""
+        render_comparison(console, o.comparison, escape(f"{run.scenario.name}{where}: federated vs each party alone vs centralised (same evaluation rows)"))
     if sweep:
         render_sweep(console, run.summary["points"], sweep["parameter"])
     for o in outcomes:

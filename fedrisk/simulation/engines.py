@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fedrisk.errors import ConfigError, FedriskError
+from fedrisk.errors import ConfigError
 from fedrisk.parties.settings import PartySettings
 
 #: Environment variable carrying ``{"parties": [settings paths], "run_config": {...}}`` to Ray workers.
@@ -186,11 +186,9 @@ def run_federation(
                 _run_ray(parties, run_config)
             else:
                 raise ConfigError(f"scenario.engine: unknown engine {engine!r}")
-    except FedriskError:
-        if not result_path.exists():
-            raise
-    except RuntimeError:  # Flower's Simulation Engine wraps the ServerApp's error
-        if not result_path.exists():
+    except Exception:  # noqa: BLE001 - the ServerApp wrote its error (and any traceback) to result.json
+        # (Flower's Simulation Engine re-raises the ServerApp's error as a RuntimeError.)
+        if not result_path.exists() or json.loads(result_path.read_text()).get("status") != "error":
             raise
     finally:
         if engine == "inprocess":
