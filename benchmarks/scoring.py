@@ -65,8 +65,10 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
     measure_from = start + warmup
     end = measure_from + seconds
 
+    total = 0
+
     async def worker(k: int) -> None:
-        nonlocal degraded
+        nonlocal degraded, total
         i = k
         while True:
             now = time.perf_counter()
@@ -82,6 +84,7 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
                 ok = False
                 code = err.code().name
             t1 = time.perf_counter()
+            total += 1
             if t0 >= measure_from:
                 if ok:
                     latencies.append(t1 - t0)
@@ -117,6 +120,7 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
         "seconds": round(elapsed, 3),
         "degraded": degraded,
         "client_cpu_s": round(cpu, 3),
+        "all_requests": total,
         "pds": pds,
     }
 
@@ -243,6 +247,8 @@ def main() -> None:
             # CPU that other processes on this shared machine used during the run (noise)
             "other_processes_cpu_s": round(busy - driver_cpu - sum(cpu_after[k] - cpu_before[k] for k in pids), 2),
             "wall_s": round(wall, 2),
+            # every process of the benchmark (node + launcher, parties + launchers, driver) per decision, warm-up included
+            "cpu_ms_per_decision": round(1000 * (driver_cpu + sum(cpu_after[k] - cpu_before[k] for k in pids)) / max(1, result["all_requests"]), 3),
             "max_abs_pd_error": max(errors) if errors else None,
             "reference": "offline in-process decision of the same model (PD must match)",
             "goal": {"rps": 1000, "p99_ms": 20},

@@ -65,16 +65,19 @@ async def _fanout(address: str, **kw: object) -> PartyFanout:
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
 def test_concurrent_asks_are_coalesced_into_batches(stream):
-    async def scenario() -> tuple[list, list[int], str]:
+    async def scenario() -> tuple[list, list[int], dict]:
         party = FakeParty(stream=stream)
         fan = await _fanout(await party.start(), use_stream=stream)
         results = await asyncio.gather(*(fan.ask(f"id{i}" if i % 5 else f"no{i}") for i in range(40)))
+        results += [await fan.ask("id99")]  # later asks reuse the long-lived stream
         await fan.close()
         await party.stop()
-        return results, party.batches, str(fan.stats.summary())
+        return results[:40], party.batches, fan.stats.summary()
 
-    results, batches, _ = asyncio.run(scenario())
-    assert sum(batches) == 40 and len(batches) < 40  # several IDs per call
+    results, batches, stats = asyncio.run(scenario())
+    assert stats["streams_opened"] == (1 if stream else 0)
+    assert stats["calls"] == len(batches) and stats["ids"] == 41
+    assert sum(batches) == 41 and len(batches) < 40  # several IDs per call
     assert [r.state for r in results] == [pb.NOT_COVERED if i % 5 == 0 else pb.COVERED for i in range(40)]
     assert all(r.partial_score == 0.5 and r.reasons == ("f1",) for r in results if r.state == pb.COVERED)
 

@@ -5,7 +5,8 @@ CLI process is the sandbox launcher, its child the sandboxed service. The
 functions here return once the service reports READY, with the address it
 chose; :meth:`ServiceProcess.stop` stops it gracefully.
 
-Wiring the bank's node into a demo::
+Wiring the bank's node into a demo — one call, :func:`start_scoring_deployment`,
+with the bundles written after training, or service by service::
 
     from fedrisk.parties.scoring.deploy import start_party_service, start_scoring_node
 
@@ -19,7 +20,7 @@ Wiring the bank's node into a demo::
     ...  # ScoringClient(node.address, ca=pki.ca_cert).score(...)
     node.stop(); tax.stop()
 
-:func:`start_example_deployment` does all of it for an
+:func:`start_example_deployment` does it for an
 :class:`~fedrisk.parties.scoring.example.ExampleFederation`.
 """
 
@@ -39,7 +40,7 @@ from typing import Any
 
 from fedrisk.errors import FedriskError
 
-__all__ = ["ServiceProcess", "Deployment", "start_party_service", "start_scoring_node", "start_example_deployment"]
+__all__ = ["ServiceProcess", "Deployment", "start_party_service", "start_scoring_node", "start_scoring_deployment", "start_example_deployment"]
 
 
 @dataclass
@@ -208,27 +209,83 @@ class Deployment:
             service.stop()
 
 
-def start_example_deployment(example: Any, state_dir: str | Path | None, *, sandbox: str = "auto", policy: str | Path | None = None, require_client_cert: bool = False) -> Deployment:
-    """Start both party services and the bank's node of an example federation."""
-    from fedrisk.parties.scoring.example import FEATURE_HOLDERS, NODE_CERT
+def start_scoring_deployment(
+    *,
+    pki: Any,
+    trusted_keys: str | Path | Mapping[str, str],
+    bank_bundle: str | Path,
+    party_bundles: Mapping[str, str | Path],
+    party_tables: Mapping[str, str | Path],
+    allow_lists: Mapping[str, str | Path],
+    state_dir: str | Path | None,
+    bank_table: str | Path | None = None,
+    bank: str = "bank",
+    policy: str | Path | None = None,
+    sandbox: str = "auto",
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    require_client_cert: bool = False,
+) -> Deployment:
+    """Start every feature holder's party scoring service and the bank's node on loopback.
+
+    Parameters
+    ----------
+    pki : FederationPKI
+        The federation's PKI (:func:`fedrisk.crypto.pki.create_federation_pki`, with a
+        client certificate for ``bank``). Server certificates ``scoring-node`` and
+        ``<party>-scoring`` are issued into it when missing.
+    trusted_keys : path or mapping
+        Signers allowed for the bundles (``coordinator/signing_keys.json`` or name → hex).
+    bank_bundle, party_bundles
+        The signed bundles written after training (the bank's; each feature holder's).
+    party_tables, allow_lists
+        Each feature holder's own table and the IDs it may answer for (the trained
+        intersection, one per line).
+    state_dir : path or None
+        Where the node keeps its application register (None: record nothing).
+    bank_table : path, optional
+        The bank's own table, for applications that do not carry its features.
+
+    Returns
+    -------
+    Deployment
+        ``.node.address`` is the scoring node's ``host:port``; ``.stop()`` stops everything.
+    """
+    from fedrisk.crypto.pki import create_server_cert
+
+    def server_cert(name: str) -> tuple[Path, Path]:
+        if name not in pki.server_certs:
+            create_server_cert(pki, name, list(hosts))
+        return pki.server_certs[name]
 
     started: dict[str, ServiceProcess] = {}
     try:
-        for party in FEATURE_HOLDERS:
-            cert, key = example.server_cert(f"{party}-scoring")
+        for party, bundle in party_bundles.items():
+            cert, key = server_cert(f"{party}-scoring")
             started[party] = start_party_service(
-                bundle=example.bundles[party], trusted_keys=example.trusted_keys, table=example.tables[party], allow_list=example.allow_lists[party],
-                tls_cert=cert, tls_key=key, client_ca=example.pki.ca_cert, sandbox=sandbox, name=party,
+                bundle=bundle, trusted_keys=trusted_keys, table=party_tables[party], allow_list=allow_lists[party],
+                tls_cert=cert, tls_key=key, client_ca=pki.ca_cert, sandbox=sandbox, name=party,
             )  # fmt: skip
-        cert, key = example.server_cert(NODE_CERT)
-        ccert, ckey = example.client_cert("bank")
+        cert, key = server_cert("scoring-node")
+        ccert, ckey = pki.party_certs[bank]
         node = start_scoring_node(
-            bundle=example.bundles["bank"], trusted_keys=example.trusted_keys, parties={p: s.address for p, s in started.items()},
-            tls_cert=cert, tls_key=key, ca=example.pki.ca_cert, client_cert=ccert, client_key=ckey, state_dir=state_dir,
-            bank_table=example.tables["bank"], sandbox=sandbox, policy=policy, client_ca=example.pki.ca_cert if require_client_cert else None,
+            bundle=bank_bundle, trusted_keys=trusted_keys, parties={p: s.address for p, s in started.items()},
+            tls_cert=cert, tls_key=key, ca=pki.ca_cert, client_cert=ccert, client_key=ckey, state_dir=state_dir,
+            bank_table=bank_table, sandbox=sandbox, policy=policy, client_ca=pki.ca_cert if require_client_cert else None,
         )  # fmt: skip
     except BaseException:
         for service in started.values():
             service.stop()
         raise
     return Deployment(node=node, parties=started)
+
+
+def start_example_deployment(example: Any, state_dir: str | Path | None, *, sandbox: str = "auto", policy: str | Path | None = None, require_client_cert: bool = False) -> Deployment:
+    """Start both party services and the bank's node of an :class:`~fedrisk.parties.scoring.example.ExampleFederation`."""
+    from fedrisk.parties.scoring.example import FEATURE_HOLDERS
+
+    return start_scoring_deployment(
+        pki=example.pki, trusted_keys=example.trusted_keys, bank_bundle=example.bundles["bank"],
+        party_bundles={p: example.bundles[p] for p in FEATURE_HOLDERS}, party_tables={p: example.tables[p] for p in FEATURE_HOLDERS},
+        allow_lists=example.allow_lists, state_dir=state_dir, bank_table=example.tables["bank"], policy=policy, sandbox=sandbox,
+        require_client_cert=require_client_cert,
+    )  # fmt: skip

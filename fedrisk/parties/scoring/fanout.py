@@ -75,6 +75,7 @@ class FanoutStats:
     failures: int = 0
     timeouts: int = 0
     skipped: int = 0
+    streams_opened: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
 
     def summary(self) -> dict[str, float]:
@@ -90,6 +91,7 @@ class FanoutStats:
             "failures": self.failures,
             "timeouts": self.timeouts,
             "skipped": self.skipped,
+            "streams_opened": self.streams_opened,
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
         }
@@ -278,6 +280,7 @@ class PartyFanout:
         if call is None:
             call = self._stream_call(wait_for_ready=False)
             self._stream = call
+            self.stats.streams_opened += 1
             reader = loop.create_task(self._read(call))
             self._tasks.add(reader)
             reader.add_done_callback(self._tasks.discard)

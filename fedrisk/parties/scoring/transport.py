@@ -35,6 +35,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -46,6 +47,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 0),
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 
