@@ -92,7 +92,12 @@ def serve(
     cpu_seconds: int = typer.Option(0, help="Total CPU-seconds limit (0 = none)."),
 ) -> None:
     """Serve live credit decisions (fedrisk.v1.ScoringService) from the sandbox; prints a READY JSON line on stdout."""
-    from fedrisk.parties.scoring.config import Limits, NodeConfig, PartyEndpoint, parse_endpoint
+    from fedrisk.parties.scoring.config import (
+        Limits,
+        NodeConfig,
+        PartyEndpoint,
+        parse_endpoint,
+    )
 
     try:
         if state_dir is None and not no_register:
@@ -174,7 +179,7 @@ def party_serve(
     _run_launcher(config, sandbox, "party scoring service")
 
 
-def _client(node: str, ca: Path, cert: Optional[Path], key: Optional[Path]):  # noqa: ANN202
+def _client(node: str, ca: Path, cert: Optional[Path], key: Optional[Path]):
     from fedrisk.parties.scoring.client import ScoringClient
 
     client = ScoringClient(node, ca=ca, cert=cert, key=key)

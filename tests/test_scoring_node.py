@@ -22,7 +22,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedrisk.errors import ConfigError, CryptoError
 from fedrisk.parties.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
-from fedrisk.parties.scoring.example import FEATURE_HOLDERS, LOAN_SYSTEM, NODE_CERT, ExampleFederation, load_or_build_example
+from fedrisk.parties.scoring.example import (
+    FEATURE_HOLDERS,
+    LOAN_SYSTEM,
+    NODE_CERT,
+    ExampleFederation,
+    load_or_build_example,
+)
 from fedrisk.parties.scoring.node import ScoringNode
 from fedrisk.parties.scoring.party_service import PartyScoringService
 from fedrisk.parties.scoring.register import read_register, verify_register

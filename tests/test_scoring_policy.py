@@ -7,7 +7,14 @@ import tomllib
 import pytest
 
 from fedrisk.errors import ConfigError
-from fedrisk.parties.scoring.policy import APPROVE, DECLINE, REFER, default_policy_path, load_policy, parse_policy
+from fedrisk.parties.scoring.policy import (
+    APPROVE,
+    DECLINE,
+    REFER,
+    default_policy_path,
+    load_policy,
+    parse_policy,
+)
 
 
 @pytest.fixture()

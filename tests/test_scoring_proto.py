@@ -15,9 +15,9 @@ GENERATED = ("scoring_pb2.py", "scoring_pb2.pyi", "scoring_pb2_grpc.py")
 # Lines that name the generating tool's own version: they change with grpcio-tools,
 # not with the proto, so they are compared without the version number.
 _STAMPS = [
-    (re.compile(r"^(# Protobuf Python Version:) .*$", re.M), r"\1 X"),
-    (re.compile(r"^(GRPC_GENERATED_VERSION =) .*$", re.M), r"\1 X"),
-    (re.compile(r"(_runtime_version\.Domain\.PUBLIC,\s*)\d+,\s*\d+,\s*\d+,\s*'[^']*',", re.M), r"\1X,"),
+    (re.compile(r"^(# Protobuf Python Version:) .*$", re.MULTILINE), r"\1 X"),
+    (re.compile(r"^(GRPC_GENERATED_VERSION =) .*$", re.MULTILINE), r"\1 X"),
+    (re.compile(r"(_runtime_version\.Domain\.PUBLIC,\s*)\d+,\s*\d+,\s*\d+,\s*'[^']*',", re.MULTILINE), r"\1X,"),
 ]
 
 

@@ -20,7 +20,11 @@ import pytest
 
 from fedrisk.parties.scoring.config import Limits
 from fedrisk.parties.scoring.launcher import SandboxSession
-from fedrisk.parties.scoring.sandbox import bwrap_usable, choose_mechanism, namespaces_usable
+from fedrisk.parties.scoring.sandbox import (
+    bwrap_usable,
+    choose_mechanism,
+    namespaces_usable,
+)
 
 PROBE = textwrap.dedent(
     """

@@ -27,11 +27,15 @@ import numpy as np
 
 from fedrisk.crypto.signing import verify_bundle_with_manifest
 from fedrisk.errors import ConfigError, CryptoError, ProtocolError
-from fedrisk.models.scorecard import FeatureHolderScorecard, LabelHolderScorecard, scorecard_from_arrays
+from fedrisk.models.scorecard import (
+    FeatureHolderScorecard,
+    LabelHolderScorecard,
+    scorecard_from_arrays,
+)
 
 __all__ = [
-    "LoadedModel",
     "LinearScorer",
+    "LoadedModel",
     "load_bank_model",
     "load_party_model",
     "parse_trusted_keys",
@@ -178,7 +182,7 @@ class LinearScorer:
         out = []
         for v, m, s, c in zip(x, self._mean, self._scale, self._coef):
             z = (v - m) / s
-            out.append(0.0 if z != z else z * c)
+            out.append(0.0 if math.isnan(z) else z * c)
         return out
 
     def indicator_contributions(self, covered: Mapping[str, bool]) -> dict[str, float]:

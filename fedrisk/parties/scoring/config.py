@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fedrisk.errors import ConfigError
 
-__all__ = ["PartyEndpoint", "Limits", "NodeConfig", "PartyServiceConfig", "parse_endpoint", "dump_config", "load_config"]
+__all__ = ["Limits", "NodeConfig", "PartyEndpoint", "PartyServiceConfig", "dump_config", "load_config", "parse_endpoint"]
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
@@ -178,7 +178,7 @@ def load_config(text: str) -> NodeConfig | PartyServiceConfig:
     try:
         data: dict[str, Any] = json.loads(text)
         kind = data.pop("kind")
-        cls: type[NodeConfig] | type[PartyServiceConfig] = NodeConfig if kind == "node" else PartyServiceConfig
+        cls: type[NodeConfig | PartyServiceConfig] = NodeConfig if kind == "node" else PartyServiceConfig
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -40,7 +40,7 @@ from typing import Any
 
 from fedrisk.errors import FedriskError
 
-__all__ = ["ServiceProcess", "Deployment", "start_party_service", "start_scoring_node", "start_scoring_deployment", "start_example_deployment"]
+__all__ = ["Deployment", "ServiceProcess", "start_example_deployment", "start_party_service", "start_scoring_deployment", "start_scoring_node"]
 
 
 @dataclass

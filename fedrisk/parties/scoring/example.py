@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from fedrisk.crypto.keyfiles import write_public_file
-from fedrisk.crypto.pki import FederationPKI, create_federation_pki, create_server_cert, load_federation_pki
+from fedrisk.crypto.pki import (
+    FederationPKI,
+    create_federation_pki,
+    create_server_cert,
+    load_federation_pki,
+)
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.models.bundle import write_model_bundle
 from fedrisk.models.scorecard import feature_holder_bundle, label_holder_bundle
@@ -30,7 +35,7 @@ from fedrisk.parties.synthetic import SyntheticSMEData, generate_sme_data
 
 _INDEX = "example.json"
 
-__all__ = ["ExampleFederation", "build_example", "load_or_build_example", "FEATURE_HOLDERS", "NODE_CERT", "LOAN_SYSTEM"]
+__all__ = ["FEATURE_HOLDERS", "LOAN_SYSTEM", "NODE_CERT", "ExampleFederation", "build_example", "load_or_build_example"]
 
 FEATURE_HOLDERS = ("tax_bureau", "platform")
 NODE_CERT = "scoring-node"

@@ -42,7 +42,7 @@ import grpc
 
 from fedrisk.v1 import scoring_pb2 as pb
 
-__all__ = ["PartyResult", "PartyFanout", "FanoutStats"]
+__all__ = ["FanoutStats", "PartyFanout", "PartyResult"]
 
 _METHOD = "/fedrisk.v1.PartyScoringService/PartialScores"
 _STREAM_METHOD = "/fedrisk.v1.PartyScoringService/PartialScoresStream"
@@ -234,7 +234,7 @@ class PartyFanout:
                 raise _BrokenAnswer(f"refused ({_code_name(response.error_code)}): {response.error}")
             results = self._parse(response, ids, latency)
             self._failures_in_row = 0
-        except (asyncio.TimeoutError, grpc.aio.AioRpcError) as err:
+        except (TimeoutError, grpc.aio.AioRpcError) as err:
             latency = (time.perf_counter() - t0) * 1000.0
             if isinstance(err, asyncio.TimeoutError) or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 state, detail = pb.TIMEOUT, f"no answer within {deadline * 1000:.0f} ms"
@@ -280,28 +280,30 @@ class PartyFanout:
         if call is None:
             call = self._stream_call(wait_for_ready=False)
             self._stream = call
+            self._waiting = {}  # each stream has its own waiters: a reset fails only its own
             self.stats.streams_opened += 1
-            reader = loop.create_task(self._read(call))
+            reader = loop.create_task(self._read(call, self._waiting))
             self._tasks.add(reader)
             reader.add_done_callback(self._tasks.discard)
+        waiting = self._waiting
         fut: asyncio.Future[pb.PartyScoreResponse] = loop.create_future()
-        self._waiting[request.request_id] = fut
+        waiting[request.request_id] = fut
         try:
             await call.write(request)
             return await fut
         except asyncio.InvalidStateError:
             raise _BrokenAnswer("the stream to the party closed") from None
         finally:
-            self._waiting.pop(request.request_id, None)
+            waiting.pop(request.request_id, None)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, call: grpc.aio.StreamStreamCall, waiting: dict[str, asyncio.Future[pb.PartyScoreResponse]]) -> None:
         error: BaseException = _BrokenAnswer("the party closed the stream")
         try:
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     break
-                fut = self._waiting.pop(response.request_id, None)
+                fut = waiting.pop(response.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(response)
         except grpc.aio.AioRpcError as err:
@@ -311,10 +313,10 @@ class PartyFanout:
         finally:
             if self._stream is call:
                 self._stream = None
-            waiting, self._waiting = self._waiting, {}
-            for fut in waiting.values():
+            for fut in list(waiting.values()):
                 if not fut.done():
                     fut.set_exception(error)
+            waiting.clear()
 
     def _reset_stream(self) -> None:
         if self._stream is not None:

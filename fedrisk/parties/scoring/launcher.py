@@ -34,12 +34,24 @@ from typing import Any
 
 from fedrisk.crypto.keyfiles import write_secret_file
 from fedrisk.errors import ConfigError, FedriskError
-from fedrisk.parties.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig, dump_config, parse_endpoint
+from fedrisk.parties.scoring.config import (
+    NodeConfig,
+    PartyEndpoint,
+    PartyServiceConfig,
+    dump_config,
+    parse_endpoint,
+)
 from fedrisk.parties.scoring.forward import Forwarder, tcp_to_unix, unix_to_tcp
 from fedrisk.parties.scoring.register import RegisterServer
-from fedrisk.parties.scoring.sandbox import bwrap_command, choose_mechanism, make_private_dir, namespaces_command, sandbox_env
+from fedrisk.parties.scoring.sandbox import (
+    bwrap_command,
+    choose_mechanism,
+    make_private_dir,
+    namespaces_command,
+    sandbox_env,
+)
 
-__all__ = ["SandboxSession", "Launcher", "read_only_paths"]
+__all__ = ["Launcher", "SandboxSession", "read_only_paths"]
 
 _ISOLATED = ("bwrap", "namespaces")
 
@@ -118,12 +130,12 @@ class SandboxSession:
                     proc.stdin.close()
             try:
                 code = await asyncio.wait_for(proc.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
                 try:
                     code = await asyncio.wait_for(proc.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     code = await proc.wait()
@@ -159,7 +171,11 @@ class Launcher:
         self._stderr_task: asyncio.Task[None] | None = None
 
     def _preflight(self) -> None:
-        from fedrisk.parties.scoring.bundles import load_bank_model, load_party_model, parse_trusted_keys
+        from fedrisk.parties.scoring.bundles import (
+            load_bank_model,
+            load_party_model,
+            parse_trusted_keys,
+        )
 
         keys = parse_trusted_keys(self.config.trusted_keys)
         if isinstance(self.config, NodeConfig):
@@ -186,11 +202,12 @@ class Launcher:
             self.register = RegisterServer(cfg.register, priv / "register.sock")
             await self.register.start()
         config_path = write_secret_file(priv / "config.json", dump_config(inside).encode())
-        proc = await session.spawn([sys.executable, "-m", "fedrisk.parties.scoring.main", str(config_path)], stderr=asyncio.subprocess.PIPE)
+        argv = [sys.executable, "-m", "fedrisk.parties.scoring.main", str(config_path), "--stop-on-stdin-eof"]
+        proc = await session.spawn(argv, stderr=asyncio.subprocess.PIPE)
         self._stderr_task = asyncio.ensure_future(self._drain_stderr(proc))
         try:
             ready = await asyncio.wait_for(self._read_ready(proc), timeout)
-        except (asyncio.TimeoutError, FedriskError):
+        except (TimeoutError, FedriskError):
             await self.stop()
             if self._stderr_task is not None:
                 with contextlib.suppress(Exception):

@@ -1,11 +1,12 @@
 """Process entry of a scoring node or party scoring service (inside or outside the sandbox).
 
-``python -m fedrisk.parties.scoring.main CONFIG.json`` applies the resource
-limits, loads and verifies the bundle, starts serving, then prints one line
-``READY {"address": ..., ...}`` on stdout. It stops gracefully on SIGTERM,
-SIGINT or when its stdin reaches end-of-file (its launcher closed the pipe —
-the one signal that also crosses a bubblewrap PID namespace), and exits 2 with
-one ``error: ...`` line on stderr for any error a user can cause.
+``python -m fedrisk.parties.scoring.main CONFIG.json [--stop-on-stdin-eof]``
+applies the resource limits, loads and verifies the bundle, starts serving,
+then prints one line ``READY {"address": ..., ...}`` on stdout. It stops
+gracefully on SIGTERM or SIGINT and, with ``--stop-on-stdin-eof`` (what the
+launcher passes), when its stdin reaches end-of-file: the launcher closing the
+pipe is the one signal that also crosses a bubblewrap PID namespace. It exits 2
+with one ``error: ...`` line on stderr for any error a user can cause.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from fedrisk.errors import FedriskError
 
-__all__ = ["serve_config", "run_loop", "main"]
+__all__ = ["main", "run_loop", "serve_config"]
 
 
 def run_loop(coro: Any) -> Any:
@@ -34,7 +35,7 @@ def run_loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-async def serve_config(config_path: str | Path, *, watch_stdin: bool = True) -> int:
+async def serve_config(config_path: str | Path, *, watch_stdin: bool = False) -> int:
     """Serve the node or party service described by a config JSON file until told to stop."""
     from fedrisk.parties.scoring.config import NodeConfig, load_config
 
@@ -82,8 +83,10 @@ def _on_stdin(stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: apply limits, then serve."""
     args = list(sys.argv[1:] if argv is None else argv)
+    watch_stdin = "--stop-on-stdin-eof" in args
+    args = [a for a in args if a != "--stop-on-stdin-eof"]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m fedrisk.parties.scoring.main CONFIG.json\n")
+        sys.stderr.write("usage: python -m fedrisk.parties.scoring.main CONFIG.json [--stop-on-stdin-eof]\n")
         return 2
     logging.basicConfig(level=os.environ.get("FEDRISK_LOG_LEVEL", "WARNING"), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from fedrisk.parties.scoring.limits import apply_limits
 
         apply_limits(load_config(Path(args[0]).read_text()).limits)
-        return run_loop(serve_config(args[0]))
+        return run_loop(serve_config(args[0], watch_stdin=watch_stdin))
     except FedriskError as err:
         sys.stderr.write(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}\n")
         return 2

@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 
-__all__ = ["enter_sandbox", "main", "INSIDE_UID"]
+__all__ = ["INSIDE_UID", "enter_sandbox", "main"]
 
 INSIDE_UID = 1000
 CLONE_NEWNS = 0x00020000

@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -37,17 +37,31 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError, FedriskError, LedgerError
-from fedrisk.parties.scoring.bundles import LinearScorer, load_bank_model, parse_trusted_keys
+from fedrisk.parties.scoring.bundles import (
+    LinearScorer,
+    load_bank_model,
+    parse_trusted_keys,
+)
 from fedrisk.parties.scoring.config import NodeConfig
 from fedrisk.parties.scoring.fanout import PartyFanout, PartyResult
 from fedrisk.parties.scoring.policy import APPROVE, DECLINE, load_policy
-from fedrisk.parties.scoring.register import DuplicateApplication, LocalRegister, Register, RemoteRegister
+from fedrisk.parties.scoring.register import (
+    DuplicateApplication,
+    LocalRegister,
+    Register,
+    RemoteRegister,
+)
 from fedrisk.parties.scoring.tables import load_feature_lookup
-from fedrisk.parties.scoring.transport import SERVER_OPTIONS, bind, secure_channel, server_credentials
+from fedrisk.parties.scoring.transport import (
+    SERVER_OPTIONS,
+    bind,
+    secure_channel,
+    server_credentials,
+)
 from fedrisk.parties.scoring.validation import ApplicationValidator, ValidApplication
 from fedrisk.v1 import scoring_pb2 as pb
 
-__all__ = ["ScoringNode", "SmeNotFound", "SERVICE_NAME"]
+__all__ = ["SERVICE_NAME", "ScoringNode", "SmeNotFound"]
 
 log = logging.getLogger("fedrisk.scoring.node")
 SERVICE_NAME = "fedrisk.v1.ScoringService"
@@ -91,9 +105,9 @@ class ScoringNode:
         self.table = load_feature_lookup(config.bank_table, self.model.schema, lh.features, name="bank") if config.bank_table else None
         wanted, given = set(self.scorer.parties), set(config.parties)
         if wanted - given:
-            raise ConfigError(f"the model needs feature holder {sorted(wanted - given)[0]!r}, but no endpoint was given for it")
+            raise ConfigError(f"the model needs feature holder {min(wanted - given)!r}, but no endpoint was given for it")
         if given - wanted:
-            raise ConfigError(f"endpoint given for {sorted(given - wanted)[0]!r}, which is not part of the model {self.model.run_id}")
+            raise ConfigError(f"endpoint given for {min(given - wanted)!r}, which is not part of the model {self.model.run_id}")
         self.register: Register | None = None
         self.fanouts: dict[str, PartyFanout] = {}
         self.server: grpc.aio.Server | None = None
@@ -153,7 +167,7 @@ class ScoringNode:
                     return
                 try:
                     await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 state = channel.get_state()
 

@@ -42,11 +42,20 @@ from fedrisk.errors import ConfigError, DataValidationError
 from fedrisk.parties.scoring.bundles import load_party_model, parse_trusted_keys
 from fedrisk.parties.scoring.config import PartyServiceConfig
 from fedrisk.parties.scoring.tables import FeatureLookup, load_feature_lookup
-from fedrisk.parties.scoring.transport import SERVER_OPTIONS, bind, peer_common_name, server_credentials
-from fedrisk.parties.scoring.validation import check_known_fields, check_size, normalise_id
+from fedrisk.parties.scoring.transport import (
+    SERVER_OPTIONS,
+    bind,
+    peer_common_name,
+    server_credentials,
+)
+from fedrisk.parties.scoring.validation import (
+    check_known_fields,
+    check_size,
+    normalise_id,
+)
 from fedrisk.v1 import scoring_pb2 as pb
 
-__all__ = ["PartyScoringService", "read_allow_list", "SERVICE_NAME"]
+__all__ = ["SERVICE_NAME", "PartyScoringService", "read_allow_list"]
 
 log = logging.getLogger("fedrisk.scoring.party")
 SERVICE_NAME = "fedrisk.v1.PartyScoringService"

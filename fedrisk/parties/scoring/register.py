@@ -30,8 +30,8 @@ import socket
 import sqlite3
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,13 +39,13 @@ from fedrisk.errors import FedriskError, LedgerError
 
 __all__ = [
     "DuplicateApplication",
-    "SqliteRegister",
-    "Register",
     "LocalRegister",
-    "RemoteRegister",
+    "Register",
     "RegisterServer",
-    "verify_register",
+    "RemoteRegister",
+    "SqliteRegister",
     "read_register",
+    "verify_register",
 ]
 
 _GENESIS = "0" * 64
@@ -54,7 +54,7 @@ _COLUMNS = (
     "score", "risk_band", "credit_limit", "currency", "degraded", "reasons", "parties",
     "applicant_declared_revenue", "applicant_requested_amount", "model_version", "policy_version", "latency_ms",
 )  # fmt: skip
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS applications (
     seq INTEGER PRIMARY KEY,
     application_id TEXT NOT NULL UNIQUE,

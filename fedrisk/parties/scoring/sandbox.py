@@ -54,14 +54,14 @@ from fedrisk.errors import ConfigError
 
 __all__ = [
     "MECHANISMS",
+    "bwrap_command",
     "bwrap_path",
     "bwrap_usable",
-    "namespaces_usable",
     "choose_mechanism",
-    "bwrap_command",
-    "namespaces_command",
-    "python_paths",
     "make_private_dir",
+    "namespaces_command",
+    "namespaces_usable",
+    "python_paths",
     "sandbox_env",
 ]
 
@@ -74,7 +74,7 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bwrap_usable() -> bool:
     """Whether bubblewrap can create the namespaces the sandbox needs here."""
     exe = bwrap_path()
@@ -88,7 +88,7 @@ def bwrap_usable() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def namespaces_usable() -> bool:
     """Whether the namespaces trampoline works here (user namespaces, mount_setattr)."""
     if not sys.platform.startswith("linux"):

@@ -18,7 +18,7 @@ import numpy as np
 from fedrisk.errors import DataValidationError
 from fedrisk.parties.table import PartyTable, TableSchema, load_party_table
 
-__all__ = ["FeatureLookup", "scoring_schema", "load_feature_lookup"]
+__all__ = ["FeatureLookup", "load_feature_lookup", "scoring_schema"]
 
 
 def scoring_schema(schema: Mapping[str, Any], features: Sequence[str]) -> TableSchema:

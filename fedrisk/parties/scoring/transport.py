@@ -26,7 +26,7 @@ from fedrisk.crypto.pki import grpc_channel_credentials, grpc_server_credentials
 from fedrisk.errors import ConfigError
 from fedrisk.parties.scoring.validation import TRANSPORT_MAX_BYTES
 
-__all__ = ["SERVER_OPTIONS", "server_credentials", "secure_channel", "bind", "peer_common_name"]
+__all__ = ["SERVER_OPTIONS", "bind", "peer_common_name", "secure_channel", "server_credentials"]
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),

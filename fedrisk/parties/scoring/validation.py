@@ -40,12 +40,12 @@ from fedrisk.v1 import scoring_pb2 as pb
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "TRANSPORT_MAX_BYTES",
+    "ApplicationValidator",
     "FeatureSpec",
     "ValidApplication",
-    "ApplicationValidator",
-    "normalise_id",
-    "check_size",
     "check_known_fields",
+    "check_size",
+    "normalise_id",
 ]
 
 DEFAULT_MAX_BYTES = 16 * 1024
