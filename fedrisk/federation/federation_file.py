@@ -49,6 +49,7 @@ ALGORITHM_KEYS = {
     "fedavg": {
         "rounds": int, "aggregation": str, "local-epochs": int, "learning-rate": float, "batch-size": int,
         "model": str, "hidden-units": int, "hidden-layers": int, "seed": int, "key-holder": str,
+        "min-parties": int, "round-timeout": float, "dp-epsilon": float, "dp-delta": float, "dp-clip": float,
     },
     "vertical_lr": {
         "epochs": int, "c": float, "patience": int, "tol": float, "momentum": bool, "n-jobs": int,
@@ -205,9 +206,13 @@ def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFi
         raise ConfigError(f"algorithm.subsample: must be in (0, 1], got {params['subsample']}")
     if "bins" in params and not 2 <= int(params["bins"]) <= 255:  # type: ignore[call-overload]
         raise ConfigError(f"algorithm.bins: must be between 2 and 255, got {params['bins']}")
-    for key in ("c", "learning-rate"):
+    if "min-parties" in params and int(params["min-parties"]) < 2:  # type: ignore[call-overload]
+        raise ConfigError(f"algorithm.min-parties: must be >= 2 (one bank's aggregate is its own model), got {params['min-parties']}")
+    for key in ("c", "learning-rate", "round-timeout", "dp-epsilon", "dp-clip"):
         if key in params and not float(params[key]) > 0:  # type: ignore[arg-type]
             raise ConfigError(f"algorithm.{key}: must be > 0, got {params[key]}")
+    if "dp-delta" in params and not 0 < float(params["dp-delta"]) < 1:  # type: ignore[arg-type]
+        raise ConfigError(f"algorithm.dp-delta: must be between 0 and 1, got {params['dp-delta']}")
     if "aggregation" in params and params["aggregation"] not in ("ckks", "plain"):
         raise ConfigError(f"algorithm.aggregation: expected 'ckks' or 'plain', got {params['aggregation']!r}")
     validation = raw.get("validation", {"fraction": 0.2, "seed": 42})

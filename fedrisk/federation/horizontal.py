@@ -63,12 +63,11 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 import numpy as np
-from flwr.app import Message, RecordDict
 
 from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import COORDINATOR, Exchange, build_content, content_digest, read_content
-from fedrisk.federation.session import CoordinatorSession, _reason
+from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.federation.session import CoordinatorSession
 
 AGGREGATIONS = ("ckks", "plain")
 #: Longest simulated straggler delay a bank accepts (seconds).
@@ -304,55 +303,6 @@ def dp_report(config: FedAvgConfig, noise_multiplier: float, releases: int) -> d
 # -- tolerant exchange ----------------------------------------------------------
 
 
-def _exchange_tolerant(
-    session: CoordinatorSession, requests: dict[str, tuple[str, RecordDict]], *, timeout: float
-) -> tuple[dict[str, Exchange], dict[str, str]]:
-    """Like :meth:`CoordinatorSession.exchange`, but a party that fails or is late is reported, not raised.
-
-    Returns the replies of the parties that answered and, for the others, a
-    one-line reason.  A reply that breaks the protocol (wrong sender) still raises.
-    """
-    messages: list[Message] = []
-    names: dict[int, str] = {}
-    for name, (message_type, content) in requests.items():
-        info = session.parties.get(name)
-        if info is None:
-            raise ProtocolError(f"unknown party {name!r}")
-        header = read_content(content).header
-        session.traffic.add(name, header.round, sent=content_digest(content)[1])
-        messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(header.round)))
-        names[info.node_id] = name
-    step = read_content(messages[0].content).header.step if messages else "?"
-    ids = list(session.grid.push_messages(messages))
-    id_to_name = {mid: names[msg.metadata.dst_node_id] for mid, msg in zip(ids, messages)}
-    pending = set(ids)
-    replies: dict[str, Exchange] = {}
-    failures: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while pending:
-        for reply in session.grid.pull_messages(list(pending)):
-            mid = reply.metadata.reply_to_message_id
-            if mid not in pending:
-                continue
-            pending.discard(mid)
-            name = id_to_name[mid]
-            if reply.has_error():
-                failures[name] = _reason(reply.error.reason)
-                continue
-            exchange = read_content(reply.content)
-            if exchange.header.sender != name or exchange.header.receiver != COORDINATOR:
-                raise ProtocolError(f"step {step!r}: reply from node of {name!r} claims sender {exchange.header.sender!r}")
-            session.traffic.add(name, exchange.header.round, received=content_digest(reply.content)[1])
-            replies[name] = exchange
-        if pending:
-            if time.monotonic() > deadline:
-                for mid in pending:
-                    failures[id_to_name[mid]] = f"no answer within {timeout:.0f} s"
-                break
-            time.sleep(session.poll_interval)
-    return replies, failures
-
-
 def _sample(banks: list[str], share: float, rng: np.random.Generator) -> list[str]:
     """``share`` of the banks (half rounds up: 0.3 of 10 is 3), drawn without replacement."""
     count = int(math.floor(share * len(banks) + 0.5 + 1e-9))
@@ -475,7 +425,7 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
             if b in stragglers and config.sim_straggler_delay > 0:
                 cfg["sim_delay"] = config.sim_straggler_delay
             requests[b] = (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", b, content_class, fp), blobs, cfg))
-        replies, failures = _exchange_tolerant(session, requests, timeout=round_timeout)
+        replies, failures = session.exchange_tolerant(requests, timeout=round_timeout)
         if len(replies) < config.min_parties:
             why = "; ".join(f"{name}: {reason}" for name, reason in sorted(failures.items()))
             raise PartyUnavailableError(

@@ -98,7 +98,7 @@ class CoordinatorSession:
         for node_id in node_ids:
             header = ExchangeHeader(self.run_id, 0, "identity", COORDINATOR, f"node:{node_id}", "public")
             messages[node_id] = Message(build_content(header), dst_node_id=node_id, message_type=mt.IDENTITY)
-        replies = self._push_and_wait(messages, step="identity", timeout=max(deadline - time.monotonic(), 30.0), names=None)
+        replies, _ = self._push_and_wait(messages, step="identity", timeout=max(deadline - time.monotonic(), 30.0), names=None)
         for node_id, reply in replies.items():
             cfg = read_content(reply.content).config
             info = PartyInfo(
@@ -127,7 +127,27 @@ class CoordinatorSession:
         *,
         timeout: float | None = None,
     ) -> dict[str, Exchange]:
-        """Send one message to each named party and return their unpacked replies."""
+        """Send one message to each named party and return their unpacked replies.
+
+        A party that answers with an error or not at all within the deadline
+        raises :class:`~fedrisk.errors.PartyUnavailableError` naming it.
+        """
+        replies, _ = self._round_trip(requests, timeout or self.timeout, tolerant=False)
+        return replies
+
+    def exchange_tolerant(
+        self, requests: dict[str, tuple[str, RecordDict]], *, timeout: float | None = None
+    ) -> tuple[dict[str, Exchange], dict[str, str]]:
+        """Like :meth:`exchange`, but a party that fails or is late is reported, not raised.
+
+        Returns the replies of the parties that answered and, for the others, a
+        one-line reason. A reply that breaks the protocol (wrong sender) still raises.
+        """
+        return self._round_trip(requests, timeout or self.timeout, tolerant=True)
+
+    def _round_trip(
+        self, requests: dict[str, tuple[str, RecordDict]], timeout: float, *, tolerant: bool
+    ) -> tuple[dict[str, Exchange], dict[str, str]]:
         messages: dict[int, Message] = {}
         names: dict[int, str] = {}
         step = "?"
@@ -143,7 +163,7 @@ class CoordinatorSession:
                 content, dst_node_id=info.node_id, message_type=message_type, group_id=str(header.round)
             )
             names[info.node_id] = name
-        replies = self._push_and_wait(messages, step=step, timeout=timeout or self.timeout, names=names)
+        replies, failures = self._push_and_wait(messages, step=step, timeout=timeout, names=names, tolerant=tolerant)
         out: dict[str, Exchange] = {}
         for node_id, reply in replies.items():
             name = names[node_id]
@@ -155,15 +175,22 @@ class CoordinatorSession:
             _, size = content_digest(reply.content)
             self.traffic.add(name, exchange.header.round, received=size)
             out[name] = exchange
-        return out
+        return out, {names[n]: why for n, why in failures.items()}
 
     def _push_and_wait(
-        self, messages: dict[int, Message], *, step: str, timeout: float, names: dict[int, str] | None
-    ) -> dict[int, Message]:
+        self,
+        messages: dict[int, Message],
+        *,
+        step: str,
+        timeout: float,
+        names: dict[int, str] | None,
+        tolerant: bool = False,
+    ) -> tuple[dict[int, Message], dict[int, str]]:
         ids = list(self.grid.push_messages(list(messages.values())))
         id_to_node = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages.values())}
         pending = set(ids)
         replies: dict[int, Message] = {}
+        failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
@@ -174,13 +201,19 @@ class CoordinatorSession:
                 node_id = id_to_node[mid]
                 who = names[node_id] if names else f"node {node_id}"
                 if reply.has_error():
-                    raise PartyUnavailableError(f"party {who} failed at step {step!r}: {_reason(reply.error.reason)}")
+                    if not tolerant:
+                        raise PartyUnavailableError(f"party {who} failed at step {step!r}: {_reason(reply.error.reason)}")
+                    failures[node_id] = _reason(reply.error.reason)
+                    continue
                 replies[node_id] = reply
             if pending:
                 if time.monotonic() > deadline:
+                    if tolerant:
+                        failures.update({id_to_node[m]: f"no answer within {timeout:.0f} s" for m in pending})
+                        break
                     late = sorted((names or {}).get(id_to_node[m], f"node {id_to_node[m]}") for m in pending)
                     raise PartyUnavailableError(
                         f"no answer from {', '.join(late)} at step {step!r} within {timeout:.0f} s"
                     )
                 time.sleep(self.poll_interval)
-        return replies
+        return replies, failures
