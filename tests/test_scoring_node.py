@@ -452,3 +452,33 @@ def test_a_register_that_cannot_record_refuses_the_decision_cleanly(example, tmp
     code, details, estimate = asyncio.run(scenario())
     assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("application register: ")
     assert not estimate.recorded  # estimates need no register
+
+
+def test_a_running_party_service_picks_up_appended_ids(example, tmp_path, monkeypatch):
+    from fedrisk.parties.scoring import party_service
+
+    monkeypatch.setattr(party_service, "RELOAD_EVERY_S", 0.05)
+    ids = Path(example.allow_lists["platform"]).read_text().split()
+    allow = tmp_path / "allow.txt"
+    allow.write_text(ids[0] + "\n")
+
+    async def scenario() -> tuple[int, int]:
+        svc = PartyScoringService(party_config(example, "platform", allow_list=str(allow)))
+        address = await svc.start()
+        cert, key = example.client_cert("bank")
+        channel = secure_channel(address, ca=example.pki.ca_cert, cert=cert, key=key)
+        stub = rpc.PartyScoringServiceStub(channel)
+        request = pb.PartyScoreRequest(model_version=example.run_id, sme_ids=[ids[1]])
+        before = (await stub.PartialScores(request)).answers[0].state
+        with allow.open("a") as handle:
+            handle.write(ids[1] + "\n")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            after = (await stub.PartialScores(request)).answers[0].state
+            if after == pb.COVERED:
+                break
+        await channel.close()  # type: ignore[union-attr]
+        await svc.stop(0)
+        return before, after
+
+    assert asyncio.run(scenario()) == (pb.NOT_COVERED, pb.COVERED)

@@ -1,18 +1,32 @@
 """The sandboxed scoring node: live credit decisions from the jointly trained model.
 
+The bank's node (:mod:`.node`) serves ``fedrisk.v1.ScoringService``; for each
+application it asks every feature holder's party scoring service
+(:mod:`.party_service`, ``fedrisk.v1.PartyScoringService``, at that party, on
+its own table) for its part of the score, combines the parts exactly as
+training did, applies the credit policy and records the application. Each runs
+in its own sandbox, started by a launcher that opens only the configured doors.
+
 Modules, one concept each:
 
-``policy``         the credit policy (TOML): PD bands, limits, what a missing party means
+``policy``         the credit policy (TOML): PD bands, differentiated limits, hard maximum, missing parties
 ``validation``     precise checks of every request (INVALID_ARGUMENT)
-``bundles``        verified model bundles and the fast per-application scorer
+``bundles``        verified model bundles (Ed25519, trusted keys) and the fast per-application scorer
 ``tables``         a party's own table indexed by SME ID
-``fanout``         the bank's coalescing, deadline-bound calls to the parties
-``node``           the bank's scoring node (``fedrisk.v1.ScoringService``)
-``party_service``  a feature holder's ``fedrisk.v1.PartyScoringService``
-``register``       the append-only application register (SQLite)
-``sandbox``        bubblewrap / namespaces / rlimits isolation and the launcher
-``forward``        the byte forwarders that are the sandbox's only doors
-``deploy``         start nodes and party services as processes (demo, tests)
-``client``         a client of the scoring node
+``fanout``         the bank's coalescing, deadline-bound, circuit-broken calls to the parties
+``node``           the bank's scoring node
+``party_service``  a feature holder's party scoring service (mTLS, allow-list)
+``register``       the append-only, hash-chained application register (SQLite)
+``transport``      gRPC TLS/mTLS credentials, channels and deliberate message limits
+``config``         JSON-serialisable configurations of a node and a party service
+``limits``         resource limits and no_new_privs a sandboxed process applies to itself
+``sandbox``        which isolation is available (bubblewrap, namespaces, rlimits) and how to invoke it
+``namespaces``     the fallback sandbox trampoline (user/net/mount/PID namespaces without bubblewrap)
+``forward``        the byte forwarders that are a sandbox's only doors
+``launcher``       starts a node or party service in its sandbox and opens its doors
+``main``           the process entry inside the sandbox
+``deploy``         starts nodes and party services as processes (demo, tests, benchmarks)
+``client``         a blocking client of the scoring node
 ``portfolio``      batch pre-approval and early-warning watch jobs
+``example``        a small trained federation on disk, for examples, tests and benchmarks
 """

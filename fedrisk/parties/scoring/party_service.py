@@ -9,9 +9,11 @@ value, never its coefficients. It answers only
   common name on its ``allowed_callers`` list — by default the label holder
   named in its own bundle;
 * for IDs on its allow-list: the trained intersection plus newly aligned IDs
-  (append them to the file and send ``SIGHUP``). Any other ID — unknown to the
-  party, or known but not allowed — gets ``NOT_COVERED``, so the bank learns
-  nothing about the party's table beyond the allow-list;
+  (append them to the file, in place: the service notices within
+  ``RELOAD_EVERY_S`` seconds, or at once on ``SIGHUP`` when not sandboxed). Any
+  other ID — unknown to the party, or known but not allowed — gets
+  ``NOT_COVERED``, so the bank learns nothing about the party's table beyond the
+  allow-list;
 * for the joint model it was trained in (``model_version`` = run id; another
   gets ``FAILED_PRECONDITION``).
 
@@ -59,6 +61,7 @@ __all__ = ["SERVICE_NAME", "PartyScoringService", "read_allow_list"]
 
 log = logging.getLogger("fedrisk.scoring.party")
 SERVICE_NAME = "fedrisk.v1.PartyScoringService"
+RELOAD_EVERY_S = 5.0
 
 
 def read_allow_list(path: str | Path, id_format: str) -> set[str]:
@@ -106,6 +109,7 @@ class PartyScoringService:
         self.ids_answered = Counter()
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
+        self._watcher: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------- answers
     def reload(self) -> int:
@@ -126,6 +130,28 @@ class PartyScoringService:
         self._encoded = {}
         log.info("%s answers for %d IDs (%d in its table)", self.party, len(answers), len(self.lookup))
         return len(answers)
+
+    async def _watch_allow_list(self) -> None:
+        """Reload when the allow-list file changes (size, mtime or inode)."""
+        path = Path(self.config.allow_list)
+
+        def signature() -> tuple[int, int, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        seen = signature()
+        while True:
+            await asyncio.sleep(RELOAD_EVERY_S)
+            now = signature()
+            if now is not None and now != seen:
+                seen = now
+                try:
+                    self.reload()
+                except Exception as exc:  # a bad edit keeps the previous allow-list
+                    log.warning("%s kept its previous allow-list: %s", self.party, str(exc).splitlines()[0] if str(exc) else exc)
 
     def answer_bytes(self, sme_id: str, max_reasons: int) -> bytes:
         """The encoded ``PartyAnswer`` for one ID (cached)."""
@@ -162,6 +188,8 @@ class PartyScoringService:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+        if cfg.allow_list:
+            self._watcher = asyncio.ensure_future(self._watch_allow_list())
         log.info("%s party scoring service on %s (model %s)", self.party, self.address, self.model.run_id)
         return self.address
 
@@ -170,6 +198,8 @@ class PartyScoringService:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self._health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)
