@@ -45,6 +45,12 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
         sys.stdout.write(json.dumps({k: v for k, v in ready.items() if k != "private_dir"}) + "\n")
         sys.stdout.flush()
         console.print(f"{what} serving on {ready['address']} (sandbox: {ready['sandbox']}); Ctrl-C to stop", highlight=False)
+        if ready["sandbox"] in ("rlimits", "none"):
+            console.print(
+                f"[yellow]warning:[/yellow] sandbox '{ready['sandbox']}': resource limits only; the filesystem and the network are NOT "
+                "isolated (install bubblewrap, or allow unprivileged user namespaces)",
+                highlight=False,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
