@@ -53,6 +53,7 @@ def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertica
     from sklearn.linear_model import LogisticRegression
 
     from fedrisk.models.metrics import auc, ks
+    from fedrisk.parties.datasplit import evaluation_mask
 
     blocks = [data.bank.feature_matrix()]
     for table in (data.tax_bureau, data.platform):
@@ -64,17 +65,18 @@ def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertica
     X = np.column_stack(blocks)
     y = np.asarray(data.bank.labels)
     train = train_by_row
+    # Reported on the same rows as the federation's metrics: the evaluation half of the hold-out.
+    report = evaluation_mask(y, train, int(VALIDATION["seed"]))
     if model == "secureboost":
         boosted = HistGradientBoostingClassifier(max_iter=trees, max_depth=3, learning_rate=0.3, max_bins=32, early_stopping=False)
-        p = boosted.fit(X[train], y[train]).predict_proba(X[~train])[:, 1]
-        return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
+        p = boosted.fit(X[train], y[train]).predict_proba(X[report])[:, 1]
+        return {"auc": float(auc(y[report], p)), "ks": float(ks(y[report], p))}
     mean = np.nanmean(X[train], axis=0)
     std = np.nanstd(X[train], axis=0)
     std = np.where(std > 1e-12, std, 1.0)
     Z = np.nan_to_num((X - mean) / std)
-    model = LogisticRegression(max_iter=5000).fit(Z[train], y[train])
-    p = model.predict_proba(Z[~train])[:, 1]
-    return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
+    p = LogisticRegression(max_iter=5000).fit(Z[train], y[train]).predict_proba(Z[report])[:, 1]
+    return {"auc": float(auc(y[report], p)), "ks": float(ks(y[report], p))}
 
 
 def run_vertical_demo(

@@ -72,7 +72,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -545,6 +545,7 @@ class LabelHolderLR:
         *,
         feature_names: Sequence[str] | None = None,
         train_mask: np.ndarray | None = None,
+        eval_mask: np.ndarray | None = None,
     ) -> TrainingPlan:
         """Prepare the bank block and return the plan for the feature holders.
 
@@ -558,6 +559,11 @@ class LabelHolderLR:
             Which aligned rows each feature holder covers (known from PSI).
         train_mask : bool ndarray, optional
             Explicit split; default: a random ``validation_fraction`` held out.
+        eval_mask : bool ndarray, optional
+            Held-out rows kept apart from early stopping: the best epoch is chosen
+            on the other held-out rows, and the joint model's metrics are measured
+            on these (``eval_auc_``, ``eval_ks_``), so that choosing the epoch does
+            not flatter them.
         """
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y).ravel()
@@ -575,8 +581,11 @@ class LabelHolderLR:
         train_mask = np.asarray(train_mask, dtype=bool)
         if train_mask.shape != (n,):
             raise DataValidationError("label holder: train_mask must have one entry per row")
-        self.has_validation_ = bool((~train_mask).any())
-        for part, rows in (("training", train_mask), ("validation", ~train_mask)):
+        eval_mask = np.zeros(n, dtype=bool) if eval_mask is None else np.asarray(eval_mask, dtype=bool)
+        if eval_mask.shape != (n,) or (eval_mask & train_mask).any():
+            raise DataValidationError("label holder: eval_mask must mark held-out (non-training) rows only")
+        self.has_validation_ = bool((~train_mask & ~eval_mask).any())
+        for part, rows in (("training", train_mask), ("validation", ~train_mask & ~eval_mask)):
             if (part == "training" or self.has_validation_) and np.unique(y[rows]).size < 2:
                 raise DataValidationError(f"label holder: the {part} rows hold only one class")
         names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(X.shape[1])]
@@ -596,7 +605,11 @@ class LabelHolderLR:
         self.mean_, self.scale_ = _standardise(full, train_mask)
         Z = np.column_stack([_apply_standardise(full, self.mean_, self.scale_), np.ones(n)])
         self._Z, self._y, self._train = Z, y.astype(np.float64), train_mask
-        self._Z_train, self._Z_val = Z[train_mask], Z[~train_mask]
+        self._stop = ~train_mask & ~eval_mask
+        self._eval = eval_mask
+        self._Z_train, self._Z_val, self._Z_eval = Z[train_mask], Z[self._stop], Z[eval_mask]
+        self.eval_auc_: float | None = None
+        self.eval_ks_: float | None = None
         self.n_train_ = int(train_mask.sum())
         K = float(self.damping) if self.damping is not None else float(1 + len(coverage))
         l2 = 1.0 / (self.C * self.n_train_)
@@ -637,7 +650,7 @@ class LabelHolderLR:
         if total.n_values != n:
             raise ProtocolError(f"score sum has {total.n_values} values, expected {n}")
         others = decrypt_ciphertexts(self.context, total.ciphertexts, n)
-        tr, va = self._train, ~self._train
+        tr, va = self._train, self._stop
         z_train = self._Z_train @ self._opt.lookahead() + others[tr]
         loss = _log_loss(z_train, self._y[tr])
         entry: dict[str, Any] = {"epoch": self.epoch_, "train_loss": loss}
@@ -652,6 +665,9 @@ class LabelHolderLR:
             self._best_auc = entry.get("val_auc", np.inf)
             self.best_epoch_ = self.epoch_
             self._best_w = self._opt.w.copy()
+            if self._eval.any() and np.unique(self._y[self._eval]).size == 2:
+                z_eval = self._Z_eval @ self._opt.w + others[self._eval]
+                self.eval_auc_, self.eval_ks_ = auc(self._y[self._eval], z_eval), ks(self._y[self._eval], z_eval)
         restart = bool(self.momentum and loss > self._prev_loss)
         change = abs(self._prev_loss - loss) / max(1.0, abs(loss)) if np.isfinite(self._prev_loss) else np.inf
         self._small_changes = self._small_changes + 1 if change < self.tol else 0

@@ -30,7 +30,7 @@ import numpy as np
 from fedrisk.errors import DataValidationError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.parties.datasplit import training_mask
+from fedrisk.parties.datasplit import evaluation_mask, training_mask
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -56,6 +56,9 @@ class AlignedRows:
         Labels (label holder only).
     train_mask : ndarray or None
         True for training rows (label holder only; feature holders get it in the plan).
+    eval_mask : ndarray or None
+        Label holder: the held-out rows kept apart from early stopping, on which
+        the joint model's metrics are reported (:func:`~fedrisk.parties.datasplit.evaluation_mask`).
     intersection : dict of str → int
         Label holder: intersection size per feature holder.
     """
@@ -65,6 +68,7 @@ class AlignedRows:
     coverage: dict[str, np.ndarray]
     y: np.ndarray | None = None
     train_mask: np.ndarray | None = None
+    eval_mask: np.ndarray | None = None
     intersection: dict[str, int] = field(default_factory=dict)
     order: np.ndarray | None = None
     """Label holder: table row of each training position."""
@@ -165,12 +169,14 @@ class LabelHolderAlignment(_AlignmentParty):
         position[order] = np.arange(order.size)
         labels = np.asarray(table.labels)
         train_by_row = training_mask(labels, self.runtime.settings.validation)
+        eval_by_row = evaluation_mask(labels, train_by_row, int(self.runtime.settings.validation.get("seed", 42)))
         self.aligned = AlignedRows(
             X=table.feature_matrix()[order],
             feature_names=list(table.feature_names),
             coverage={p: r.mask[order] for p, r in results.items()},
             y=labels[order].astype(np.float64),
             train_mask=train_by_row[order],
+            eval_mask=eval_by_row[order],
             intersection={p: r.size for p, r in results.items()},
             order=order,
         )
@@ -264,3 +270,35 @@ class AlignedRowsProtocol:
         from fedrisk.models.bundle import write_model_bundle
 
         return write_model_bundle(self.runtime.state_dir / "models" / run_id, arrays, meta, self.runtime.identity.signing)
+
+
+def bank_only_metrics(aligned: AlignedRows, model: str, params: dict) -> dict[str, float]:
+    """The bank's own model on its own features, trained and measured on the federation's rows.
+
+    The baseline every vertical model must beat: same training rows, same
+    reporting rows (the evaluation half of the held-out rows, or all of them).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from fedrisk.models.metrics import auc, ks
+
+    train = aligned.train_mask
+    assert train is not None and aligned.y is not None
+    report = aligned.eval_mask if aligned.eval_mask is not None and aligned.eval_mask.any() else ~train
+    if not report.any():
+        return {}
+    X, y = aligned.X, aligned.y
+    if model == "secureboost":
+        fitted = HistGradientBoostingClassifier(
+            max_iter=params["trees"], max_depth=params["depth"], learning_rate=params["learning_rate"],
+            max_bins=min(255, params["bins"]), l2_regularization=params["l2"], early_stopping=False,
+        ).fit(X[train], y[train])
+        p = fitted.predict_proba(X[report])[:, 1]
+    else:
+        mean = np.nanmean(X[train], axis=0)
+        std = np.nanstd(X[train], axis=0)
+        std = np.where(std > 1e-12, std, 1.0)
+        Z = np.nan_to_num((X - mean) / std)
+        p = LogisticRegression(C=params["c"], max_iter=5000).fit(Z[train], y[train]).predict_proba(Z[report])[:, 1]
+    return {"auc": float(auc(y[report], p)), "ks": float(ks(y[report], p))}

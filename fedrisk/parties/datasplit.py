@@ -69,3 +69,21 @@ def training_mask(labels: np.ndarray, validation: dict) -> np.ndarray:
     mask = np.ones(len(labels), dtype=bool)
     mask[val_rows] = False
     return mask
+
+
+def evaluation_mask(labels: np.ndarray, train: np.ndarray, seed: int = 42) -> np.ndarray:
+    """Half of the held-out rows (stratified), kept apart from early stopping for honest metrics.
+
+    Early stopping picks the best epoch on the other half; measuring the chosen
+    model on the rows that chose it would flatter it.
+    """
+    from sklearn.model_selection import train_test_split
+
+    held_out = np.flatnonzero(~np.asarray(train, dtype=bool))
+    mask = np.zeros(len(labels), dtype=bool)
+    y = np.asarray(labels)[held_out]
+    if held_out.size < 4 or np.bincount(y.astype(int), minlength=2).min() < 2:
+        return mask  # too few rows to split: no separate evaluation half
+    _, evaluation = train_test_split(held_out, test_size=0.5, random_state=seed + 1, stratify=y)
+    mask[evaluation] = True
+    return mask

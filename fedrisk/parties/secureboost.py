@@ -30,7 +30,7 @@ import numpy as np
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.parties.alignment import AlignedRowsProtocol
+from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.vertical_lr import _public_context_bytes, load_public_context
 
@@ -80,7 +80,10 @@ class LabelHolderSecureBoost(AlignedRowsProtocol):
         coverage = {p: c[train] for p, c in aligned.coverage.items()}
         plan = model.setup(aligned.X[train], aligned.y[train], coverage, feature_names=aligned.feature_names)
         self.model = model
-        self.baseline = _bank_only_metrics(aligned.X, aligned.y, train, model.params)
+        self.baseline = bank_only_metrics(aligned, "secureboost", {
+            "trees": model.params.n_trees, "depth": model.params.max_depth, "learning_rate": model.params.learning_rate,
+            "bins": model.params.n_bins, "l2": model.params.reg_lambda,
+        })
         blobs = {
             "plan": plan.to_bytes(),
             "feature_holder_context": _public_context_bytes(context, galois=True),
@@ -144,7 +147,9 @@ class LabelHolderSecureBoost(AlignedRowsProtocol):
         if val.any():
             z = model.decision_function(aligned.X[val], {p: self.answers.get(p) for p in model.feature_holders_})
             y = aligned.y[val]
-            out.update(auc_federated=float(auc(y, z)), ks_federated=float(ks(y, z)))
+            # Report on the same rows as every other model of this federation (no early stopping here).
+            keep = aligned.eval_mask[val] if aligned.eval_mask is not None and aligned.eval_mask.any() else np.ones(val.sum(), bool)
+            out.update(auc_federated=float(auc(y[keep], z[keep])), ks_federated=float(ks(y[keep], z[keep])))
         out.update({f"{k}_bank_only": v for k, v in self.baseline.items()})
         arrays, meta = label_holder_bundle(model)
         meta.update(run_id=run_id, party=self.name, status="final", intersection=aligned.intersection,
@@ -212,19 +217,3 @@ class FeatureHolderSecureBoost(AlignedRowsProtocol):
             meta.update(run_id=exchange.header.run_id, party=self.name, status="final", schema=self.runtime.settings.schema)
             config["bundle"] = str(self._write(exchange.header.run_id, arrays, meta))
         return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step="sb.replies"), items, config)
-
-
-def _bank_only_metrics(X: np.ndarray, y: np.ndarray, train: np.ndarray, params) -> dict[str, float]:
-    """The bank's own gradient-boosting model, same rows and settings: the baseline to beat."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from fedrisk.models.metrics import auc, ks
-
-    if (~train).sum() == 0:
-        return {}
-    model = HistGradientBoostingClassifier(
-        max_iter=params.n_trees, max_depth=params.max_depth, learning_rate=params.learning_rate,
-        max_bins=min(255, params.n_bins), l2_regularization=params.reg_lambda, early_stopping=False,
-    ).fit(X[train], y[train])
-    p = model.predict_proba(X[~train])[:, 1]
-    return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}

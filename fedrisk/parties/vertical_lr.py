@@ -29,12 +29,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.parties.alignment import AlignedRowsProtocol
+from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -90,9 +89,12 @@ class LabelHolderVerticalLR(AlignedRowsProtocol):
             tol=float(exchange.value("tol", 1e-6)),  # type: ignore[arg-type]
             momentum=bool(exchange.value("momentum", True)),
         )
-        plan = model.setup(aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names, train_mask=aligned.train_mask)
+        plan = model.setup(
+            aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names,
+            train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
+        )
         self.model = model
-        self.baseline = _bank_only_metrics(aligned.X, aligned.y, aligned.train_mask, float(exchange.value("c", 1.0)))  # type: ignore[arg-type]
+        self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": float(exchange.value("c", 1.0))})  # type: ignore[arg-type]
         blobs = {
             "plan": plan.to_bytes(),
             "feature_holder_context": _public_context_bytes(context, galois=True),
@@ -163,7 +165,9 @@ class LabelHolderVerticalLR(AlignedRowsProtocol):
             "train_rows": int(model.n_train_),
             "intersection": json.dumps(aligned.intersection, sort_keys=True),
         }
-        if "val_auc" in best:
+        if model.eval_auc_ is not None:  # measured on rows early stopping never saw
+            out.update(auc_federated=float(model.eval_auc_), ks_federated=float(model.eval_ks_))
+        elif "val_auc" in best:
             out.update(auc_federated=float(best["val_auc"]), ks_federated=float(best["val_ks"]))
         out.update({f"{k}_bank_only": v for k, v in self.baseline.items()})
         return out
@@ -259,19 +263,3 @@ class FeatureHolderVerticalLR(AlignedRowsProtocol):
             best_so_far=not final,
         )
         return self._write(run_id, arrays, meta)
-
-
-def _bank_only_metrics(X: np.ndarray, y: np.ndarray, train: np.ndarray, C: float) -> dict[str, float]:
-    """The bank's own model on its own features and the same rows: the baseline to beat."""
-    from sklearn.linear_model import LogisticRegression
-
-    from fedrisk.models.metrics import auc, ks
-    from fedrisk.models.vertical_lr import _apply_standardise, _standardise
-
-    if (~train).sum() == 0:
-        return {}
-    mean, scale = _standardise(X, train)
-    Z = _apply_standardise(X, mean, scale)
-    model = LogisticRegression(C=C, max_iter=5000).fit(Z[train], y[train])
-    p = model.predict_proba(Z[~train])[:, 1]
-    return {"auc": float(auc(y[~train], p)), "ks": float(ks(y[~train], p))}
