@@ -42,7 +42,7 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
     async def run() -> int:
         launcher = Launcher(config, sandbox=sandbox)  # type: ignore[arg-type]
         ready = await launcher.start()
-        sys.stdout.write(json.dumps({k: v for k, v in ready.items() if k != "private_dir"}) + "\n")
+        sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
         console.print(f"{what} serving on {ready['address']} (sandbox: {ready['sandbox']}); Ctrl-C to stop", highlight=False)
         if ready["sandbox"] in ("rlimits", "none"):

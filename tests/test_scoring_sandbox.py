@@ -8,6 +8,7 @@ not available is skipped with the reason, so the report says which ran.
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import socket
 import subprocess
@@ -258,3 +259,22 @@ def test_a_tampered_bundle_is_refused_before_any_sandbox_starts(example, tmp_pat
     assert done.stdout == ""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["error: bundle file model.json: sha256 differs from the manifest"]
+
+
+def test_private_dirs_of_dead_launchers_are_swept(tmp_path, monkeypatch):
+    from fedrisk.parties.scoring import sandbox
+
+    monkeypatch.setattr(sandbox.os, "access", lambda path, mode: False)  # use the temp dir, not /dev/shm
+    monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "fedrisk-sandbox-stale"
+    stale.mkdir()
+    (stale / ".launcher-pid").write_text(str(dead.pid))
+    alive = tmp_path / "fedrisk-sandbox-alive"
+    alive.mkdir()
+    (alive / ".launcher-pid").write_text(str(os.getpid()))
+    fresh = sandbox.make_private_dir()
+    assert not stale.exists() and alive.exists() and fresh.parent == tmp_path
+    assert (fresh / ".launcher-pid").read_text() == str(os.getpid())

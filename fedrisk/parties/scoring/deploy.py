@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,10 +87,16 @@ class ServiceProcess:
         return int(self.process.returncode or 0)
 
     def kill(self) -> None:
-        """Stop abruptly (a party going down)."""
+        """Stop abruptly (a party going down): SIGKILL to the launcher and its sandbox."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL) if _own_group(self.process) else self.process.kill()
+            if _own_group(self.process):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
             self.process.wait(10)
+        private = self.ready.get("private_dir")
+        if private:  # what the next launcher's sweep would do
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _own_group(proc: subprocess.Popen) -> bool:

@@ -118,10 +118,38 @@ def choose_mechanism(requested: str = "auto") -> str:
     return requested
 
 
+_PRIVATE_PREFIX = "fedrisk-sandbox-"
+_OWNER_FILE = ".launcher-pid"
+
+
 def make_private_dir() -> Path:
-    """A fresh 0700 directory for one sandbox (on tmpfs ``/dev/shm`` when writable)."""
+    """A fresh 0700 directory for one sandbox (on tmpfs ``/dev/shm`` when writable).
+
+    The launcher's PID is written in it; directories left behind by launchers
+    that died without cleaning up (SIGKILL, power loss of a container) are
+    removed here, the next time a sandbox starts.
+    """
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="fedrisk-sandbox-", dir=base))
+    _sweep_stale(Path(base or tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=_PRIVATE_PREFIX, dir=base))
+    (folder / _OWNER_FILE).write_text(str(os.getpid()))
+    return folder
+
+
+def _sweep_stale(base: Path) -> None:
+    for folder in base.glob(f"{_PRIVATE_PREFIX}*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def python_paths() -> list[Path]:
