@@ -8,8 +8,8 @@ not available is skipped with the reason, so the report says which ran.
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import socket
 import subprocess
 import sys
