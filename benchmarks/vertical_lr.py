@@ -103,6 +103,8 @@ def centralised(
     for j, Z in enumerate(blocks):
         free = Z.shape[1] - 1 if j == 0 else None
         opts.append(_BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], n_train, K, l2, free), l2, free, True))
+    rate = float(y[train_mask].mean())  # the bank starts at the prior log-odds, as in the protocol
+    opts[0].w[-1] = opts[0].w_prev[-1] = np.log(rate / (1.0 - rate))
     tr_blocks = [Z[train_mask] for Z in blocks]
     va_blocks = [Z[~train_mask] for Z in blocks]
     y_tr, y_va = y[train_mask], y[~train_mask]

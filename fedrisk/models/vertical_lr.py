@@ -468,7 +468,7 @@ class LabelHolderLR:
     max_epochs : int
         Most gradient updates.
     patience : int
-        Stop after this many epochs without a better validation AUC.
+        Stop after this many epochs without a lower validation log-loss.
     tol : float
         Also stop once the training loss changes by less than ``tol`` (relative) twice in a row.
     validation_fraction : float
@@ -615,9 +615,14 @@ class LabelHolderLR:
         l2 = 1.0 / (self.C * self.n_train_)
         free = Z.shape[1] - 1
         self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum)
+        # Start at the prior log-odds, not 0 (PD 0.5): every epoch's model is then
+        # calibrated on average, whichever epoch early stopping keeps.
+        rate = float(np.clip(self._y[train_mask].mean(), 1e-6, 1 - 1e-6))
+        self._opt.w[free] = self._opt.w_prev[free] = math.log(rate / (1.0 - rate))
         self._best_w = self._opt.w.copy()
         self.best_epoch_ = 0
         self._best_auc = -np.inf
+        self._best_val_loss = np.inf
         self._prev_loss = np.inf
         self._small_changes = 0
         self.epoch_ = 0
@@ -657,12 +662,15 @@ class LabelHolderLR:
         if self.has_validation_:
             z_val = self._Z_val @ self._opt.w + others[va]
             val_auc = auc(self._y[va], z_val)
-            entry.update(val_auc=val_auc, val_ks=ks(self._y[va], z_val))
-            improved = val_auc > self._best_auc
+            val_loss = _log_loss(z_val, self._y[va])
+            entry.update(val_auc=val_auc, val_ks=ks(self._y[va], z_val), val_loss=val_loss)
+            # Validation log-loss, not AUC, chooses the epoch: a PD must be calibrated, not only ranked.
+            improved = val_loss < self._best_val_loss
         else:
             improved = True
         if improved:
             self._best_auc = entry.get("val_auc", np.inf)
+            self._best_val_loss = entry.get("val_loss", -np.inf)
             self.best_epoch_ = self.epoch_
             self._best_w = self._opt.w.copy()
             if self._eval.any() and np.unique(self._y[self._eval]).size == 2:
