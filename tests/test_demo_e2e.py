@@ -24,7 +24,7 @@ def demo(tmp_path_factory):
     runs = tmp_path_factory.mktemp("demo-runs")
     env = {**os.environ, "COLUMNS": "120"}
     completed = subprocess.run(
-        [sys.executable, "-m", "fedrisk.cli", "demo", "--json", "--rows", "8000", "--epochs", "8", "--runs-dir", str(runs)],
+        [sys.executable, "-m", "fedrisk.cli", "demo", "--json", "--rows", "12000", "--epochs", "8", "--runs-dir", str(runs)],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -49,9 +49,20 @@ def test_the_federation_beats_the_bank_alone(demo):
     assert summary["auc_federated"] >= summary["auc_bank_only"] + 0.05
     # the tax bureau knows ~90 % and the platform ~60 % of the bank's SMEs
     overlap = summary["intersection"]
-    assert 0.85 * 8000 < overlap["tax_bureau"] < 0.95 * 8000
-    assert 0.55 * 8000 < overlap["platform"] < 0.65 * 8000
+    assert 0.85 * 12000 < overlap["tax_bureau"] < 0.95 * 12000
+    assert 0.55 * 12000 < overlap["platform"] < 0.65 * 12000
     assert set(summary["bytes_exchanged"]) == {"bank", "tax_bureau", "platform"}
+
+
+def test_live_decisions_equal_the_model_offline(demo):
+    summary, _ = demo
+    live = summary["scoring"]
+    assert live["applications"] > 500  # the bank's evaluation rows, one application each
+    assert live["approve"] + live["refer"] + live["decline"] == live["applications"]
+    assert live["max_abs_pd_diff_vs_offline"] < 1e-9  # the deployed node scores exactly the trained model
+    assert live["auc_live"] == pytest.approx(summary["auc_federated"], abs=1e-9)
+    assert live["degraded"] == 0
+    assert live["sandbox"] in ("bwrap", "namespaces", "rlimits")
 
 
 def test_every_ledger_of_the_run_verifies_with_zero_findings(demo):

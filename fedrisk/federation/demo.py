@@ -15,6 +15,7 @@ comparison, plaintext FedAvg on the same processes and seed.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -109,7 +110,13 @@ def run_vertical_demo(
         with console.status(what):
             result = federation.run()
     metrics = vertical_metrics(result)
-    central = _centralised_reference(data, training_mask(np.asarray(data.bank.labels), VALIDATION), model, trees)
+    train_by_row = training_mask(np.asarray(data.bank.labels), VALIDATION)
+    central = _centralised_reference(data, train_by_row, model, trees)
+    if model == "vertical_lr":
+        with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
+            scoring = score_live(run_dir, result, data, paths, train_by_row)
+    else:
+        scoring = {"skipped": "the party scoring services answer scorecard parts; SecureBoost routing is not served yet"}
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -126,12 +133,86 @@ def run_vertical_demo(
         "bytes_exchanged": result.get("bytes_exchanged"),
         "bytes_total": result.get("bytes_total"),
         "seconds_training": result.get("seconds"),
+        "scoring": scoring,
         **audit_run(run_dir, result.get("run_id", run_dir.name)),
         "seconds": time.perf_counter() - started,
     }
     write_summary(run_dir, summary)
     _print_vertical(console, summary, run_dir)
     return summary
+
+
+def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray) -> dict:
+    """Deploy the trained model to the scoring node and decide live on the bank's evaluation rows.
+
+    Starts each feature holder's party scoring service (its own table, the IDs it
+    aligned, mTLS) and the bank's sandboxed scoring node on loopback, sends one
+    application per SME of the evaluation rows, and compares every decision's PD
+    with the same model scored offline from the signed bundles.
+    """
+    from fedrisk.crypto.pki import load_federation_pki
+    from fedrisk.models.metrics import auc
+    from fedrisk.models.scorecard import load_scorecard
+    from fedrisk.parties.alignment import allow_list_path
+    from fedrisk.parties.datasplit import evaluation_mask
+    from fedrisk.parties.scoring.client import ScoringClient
+    from fedrisk.parties.scoring.deploy import start_scoring_deployment
+    from fedrisk.v1 import scoring_pb2 as pb
+
+    run_id = result.get("run_id", run_dir.name)
+    bundles = {party: Path(path) for party, path in result["bundles"].items()}
+    holders = [p for p in VERTICAL_PARTIES if VERTICAL_PARTIES[p] == "feature_holder"]
+    pki = load_federation_pki(run_dir / "pki")
+    trusted = run_dir / "coordinator" / "signing_keys.json"
+    y = np.asarray(data.bank.labels)
+    rows = np.flatnonzero(evaluation_mask(y, train_by_row, int(VALIDATION["seed"])))
+    ids = data.bank.ids[rows]
+    revenue = 12.0 * data.bank.features["monthly_inflow"].to_numpy()[rows]  # what the applicant declares
+    deployment = start_scoring_deployment(
+        pki=pki, trusted_keys=trusted, bank_bundle=bundles["bank"],
+        party_bundles={p: bundles[p] for p in holders}, party_tables={p: tables[p] for p in holders},
+        allow_lists={p: allow_list_path(run_dir / "parties" / p, run_id) for p in holders},
+        state_dir=run_dir / "scoring", bank_table=tables["bank"],
+    )
+    try:
+        with ScoringClient(deployment.node.address, ca=pki.ca_cert) as client:
+            client.wait_ready(timeout=30)
+            sandbox = client.describe().sandbox
+            applications = (
+                pb.Application(application_id=f"demo-{i}", sme_id=str(sme), declared_annual_revenue=float(rev))
+                for i, (sme, rev) in enumerate(zip(ids, revenue))
+            )
+            decisions = list(client.score_stream(applications, timeout=300))
+    finally:
+        deployment.stop()
+    pd_live = np.array([d.probability_of_default for d in decisions])
+    # The same model offline: each party's signed bundle scored in this process.
+    keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
+    bank = load_scorecard(bundles["bank"], keys)
+    parts = {}
+    for party in holders:
+        scorecard, table = load_scorecard(bundles[party], keys), getattr(data, party)
+        position = {sme: i for i, sme in enumerate(table.ids)}
+        where = np.array([position.get(sme, -1) for sme in ids])
+        u = np.full(ids.size, np.nan)
+        u[where >= 0] = scorecard.partial_score(table.feature_matrix()[where[where >= 0]])
+        parts[party] = u
+    pd_offline = bank.predict_proba(data.bank.feature_matrix()[rows], parts)
+    outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
+    latency = np.array([d.latency_ms for d in decisions])
+    return {
+        "applications": len(decisions),
+        "approve": outcomes.count("APPROVE"),
+        "decline": outcomes.count("DECLINE"),
+        "refer": outcomes.count("REFER"),
+        "degraded": int(sum(d.degraded for d in decisions)),
+        "auc_live": float(auc(y[rows], pd_live)),
+        "max_abs_pd_diff_vs_offline": float(np.max(np.abs(pd_live - pd_offline))),
+        "mean_pd": float(pd_live.mean()),
+        "node_latency_p50_ms": float(np.percentile(latency, 50)),
+        "node_latency_p99_ms": float(np.percentile(latency, 99)),
+        "sandbox": sandbox,
+    }
 
 
 def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
@@ -156,6 +237,16 @@ def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
     overlap = ", ".join(f"{p} {n:,}" for p, n in summary.get("intersection", {}).items())
     unit = "trees" if summary.get("model") == "secureboost" else "epochs"
     console.print(f"intersection with the bank: {overlap}; {summary['rounds']} {unit} in {summary.get('seconds_training', 0):.1f} s")
+    live = summary.get("scoring") or {}
+    if "applications" in live:
+        console.print(
+            f"live decisions ({live['sandbox']} sandbox): {live['applications']} applications — "
+            f"{live['approve']} approve, {live['refer']} refer, {live['decline']} decline; "
+            f"PD equals the offline model within {live['max_abs_pd_diff_vs_offline']:.1e}; "
+            f"node p50 {live['node_latency_p50_ms']:.1f} ms, p99 {live['node_latency_p99_ms']:.1f} ms"
+        )
+    elif live:
+        console.print(f"live decisions: {live['skipped']}")
     verdict = "[green]verified[/green]" if summary["ledger_verified"] else "[red]FINDINGS[/red]"
     console.print(f"audit ledgers: {summary['ledger_entries']} entries, {verdict}; report: {summary['audit_report']}")
     console.print(f"summary: {run_dir / 'summary.json'}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,6 +73,11 @@ class AlignedRows:
     intersection: dict[str, int] = field(default_factory=dict)
     order: np.ndarray | None = None
     """Label holder: table row of each training position."""
+
+
+def allow_list_path(state_dir: Path, run_id: str) -> Path:
+    """Where a feature holder keeps the IDs it aligned in run ``run_id`` (its scoring allow-list)."""
+    return Path(state_dir) / "alignment" / f"{run_id}.ids"
 
 
 def psi_key_id(public_key: bytes) -> str:
@@ -246,7 +252,15 @@ class FeatureHolderAlignment(_AlignmentParty):
         coverage = np.zeros(n_rows, dtype=bool)
         coverage[positions] = True
         self.aligned = AlignedRows(X=X, feature_names=list(self.runtime.table.feature_names), coverage={self.name: coverage})
+        self._write_allow_list(exchange.header.run_id, result.rows)
         return build_content(exchange.header.reply("public", step="vertical.aligned"))
+
+    def _write_allow_list(self, run_id: str, rows: np.ndarray) -> None:
+        """The own IDs in the intersection: the SMEs this party's scoring service may answer for."""
+        from fedrisk.crypto.keyfiles import write_secret_file
+
+        ids = self.runtime.table.ids[rows]
+        write_secret_file(allow_list_path(self.runtime.state_dir, run_id), ("\n".join(map(str, ids)) + "\n").encode())
 
 
 class AlignedRowsProtocol:
