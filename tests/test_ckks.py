@@ -111,10 +111,29 @@ def test_compute_round_trip_accuracy(comp: KeyHolderContext) -> None:
     assert np.abs(y - x).max() < 1e-6
 
 
+@pytest.mark.parametrize("n", [1, 4095, 4096, 4097, 8192, 8193, 20_000])
+def test_complex_packing_round_trips_and_sums_at_any_length(agg: KeyHolderContext, agg_pub: PublicContext, n: int) -> None:
+    rng = np.random.default_rng(n)
+    x, y = rng.uniform(-100, 100, n), rng.uniform(-100, 100, n)
+    total = add_encrypted(agg_pub, [encrypt_vector(agg_pub, x), encrypt_vector(agg_pub, y)])
+    assert total.complex_packed and total.chunk_size == 2 * AGGREGATION.slots
+    assert np.abs(decrypt_vector(agg, total) - (x + y)).max() < 1e-5
+
+
+def test_complex_packing_halves_the_bytes_and_is_refused_by_the_raw_layer(agg_pub: PublicContext) -> None:
+    x = np.random.default_rng(8).uniform(-1, 1, 50_000)
+    packed, real = encrypt_vector(agg_pub, x), encrypt_vector(agg_pub, x, packing="real")
+    assert packed.nbytes < 0.55 * real.nbytes
+    with pytest.raises(CryptoError, match="complex-packed"):
+        to_tenseal_vectors(agg_pub, packed)
+    with pytest.raises(CryptoError, match="packing"):
+        add_encrypted(agg_pub, [packed, real])
+
+
 def test_one_million_values_span_many_chunks(agg: KeyHolderContext, agg_pub: PublicContext) -> None:
     x = np.random.default_rng(2).uniform(-1, 1, 1_000_000)
     ev = encrypt_vector(agg_pub, x)
-    assert len(ev.chunks) == -(-1_000_000 // 4096) == 245
+    assert ev.complex_packed and len(ev.chunks) == -(-1_000_000 // 8192) == 123  # two values per slot
     ev2 = EncryptedVector.from_bytes(ev.to_bytes())
     assert ev2 == ev
     assert np.abs(decrypt_vector(agg, ev2) - x).max() < 1e-6
@@ -177,7 +196,7 @@ def test_public_context_cannot_decrypt(agg_pub: PublicContext, sample_ev: Encryp
     with pytest.raises(CryptoError, match="public context cannot decrypt"):
         decrypt_vector(agg_pub, sample_ev)  # type: ignore[arg-type]
     # TenSEAL itself refuses too (the coordinator has no way round it).
-    raw = to_tenseal_vectors(agg_pub, sample_ev)[0]
+    raw = ts.ckks_vector_from(agg_pub.tenseal_context, sample_ev.chunks[0])
     with pytest.raises(ValueError):
         raw.decrypt()
 
@@ -234,7 +253,7 @@ def test_reloaded_compute_key_holder_has_galois_keys(comp: KeyHolderContext) -> 
     assert loaded.tenseal_context.has_galois_keys()
     # A rotation-based op done with the hazmat layer, decrypted by the original.
     x = np.arange(1.0, 9.0)
-    (vec,) = to_tenseal_vectors(loaded, encrypt_vector(loaded, x))
+    (vec,) = to_tenseal_vectors(loaded, encrypt_vector(loaded, x, packing="real"))
     dot = from_tenseal_vectors(loaded, [vec.dot(np.ones(8))])
     assert abs(decrypt_vector(comp, dot)[0] - 36.0) < 1e-4
 
@@ -278,7 +297,7 @@ def test_bound_itself_is_accepted(agg: KeyHolderContext) -> None:
 def test_overflowing_hazmat_sum_is_refused_on_decrypt(agg: KeyHolderContext) -> None:
     # 150 x 1000 = 150,000 > value_limit 131,072: add_encrypted would refuse this,
     # and decrypt_vector catches it when the hazmat layer is used instead.
-    (acc,) = to_tenseal_vectors(agg, encrypt_vector(agg, np.full(16, 1000.0)))
+    (acc,) = to_tenseal_vectors(agg, encrypt_vector(agg, np.full(16, 1000.0), packing="real"))
     one = acc.copy()
     for _ in range(149):
         acc.add_(one)

@@ -621,6 +621,7 @@ _EV_VERSION = 1
 # magic, version, flags, fingerprint, length, chunk_size, terms, n_chunks
 _EV_HEADER = struct.Struct("<4sBB16sQIII")
 _EV_DIGEST = 32
+_FLAG_COMPLEX = 0x01
 _MAX_CHUNK_SIZE = 1 << 15  # N/2 for N=65536: more than any secure preset here
 _MAX_LENGTH = 1 << 40
 
@@ -641,12 +642,18 @@ class EncryptedVector:
         Serialised TenSEAL ``CKKSVector`` per chunk of ``chunk_size`` values.
     terms : int
         How many fresh encryptions were summed into it (1 when fresh).
+    complex_packed : bool
+        Two values per CKKS slot (real and imaginary part), ``chunk_size`` =
+        twice the slot count: half the ciphertexts and bytes of one value per
+        slot, for vectors that are only added (what :func:`encrypt_vector`
+        makes). Real packing (one value per slot) is what the raw TenSEAL layer
+        works with.
 
     Notes
     -----
     Wire encoding (:meth:`to_bytes`), little-endian::
 
-        "FRCV" | version u8 = 1 | flags u8 = 0 | fingerprint 16 B | length u64
+        "FRCV" | version u8 = 1 | flags u8 (bit 0: complex packed) | fingerprint 16 B | length u64
         | chunk_size u32 | terms u32 | n_chunks u32 | n_chunks x u32 chunk sizes
         | chunks ... | SHA-256 of everything before it (32 B)
 
@@ -659,6 +666,7 @@ class EncryptedVector:
     chunk_size: int
     chunks: tuple[bytes, ...] = field(repr=False)
     terms: int = 1
+    complex_packed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chunks", tuple(bytes(c) for c in self.chunks))
@@ -668,7 +676,7 @@ class EncryptedVector:
             fp_ok = False
         if not fp_ok:
             raise CryptoError("encrypted vector fingerprint must be 32 hex characters")
-        if not 1 <= self.chunk_size <= _MAX_CHUNK_SIZE:
+        if not 1 <= self.chunk_size <= 2 * _MAX_CHUNK_SIZE:
             raise CryptoError(f"encrypted vector chunk size {self.chunk_size} is out of range")
         if not 1 <= self.length <= _MAX_LENGTH:
             raise CryptoError(f"encrypted vector length {self.length} is out of range")
@@ -695,7 +703,7 @@ class EncryptedVector:
         header = _EV_HEADER.pack(
             _EV_MAGIC,
             _EV_VERSION,
-            0,
+            _FLAG_COMPLEX if self.complex_packed else 0,
             bytes.fromhex(self.fingerprint),
             self.length,
             self.chunk_size,
@@ -730,7 +738,7 @@ class EncryptedVector:
             raise CryptoError("not a fedrisk encrypted vector (bad magic)")
         if version != _EV_VERSION:
             raise CryptoError(f"unsupported encrypted vector version {version}")
-        if flags != 0:
+        if flags & ~_FLAG_COMPLEX:
             raise CryptoError(f"encrypted vector has unknown flags {flags:#x}")
         body_end = total - _EV_DIGEST
         if hashlib.sha256(mv[:body_end]).digest() != bytes(mv[body_end:]):
@@ -746,7 +754,10 @@ class EncryptedVector:
         for s in sizes:
             chunks.append(bytes(mv[pos : pos + s]))
             pos += s
-        return cls(fingerprint=fp.hex(), length=length, chunk_size=chunk_size, chunks=tuple(chunks), terms=terms)
+        return cls(
+            fingerprint=fp.hex(), length=length, chunk_size=chunk_size, chunks=tuple(chunks), terms=terms,
+            complex_packed=bool(flags & _FLAG_COMPLEX),
+        )
 
 
 def _check_fingerprint(ctx: CKKSContext, ev: EncryptedVector) -> None:
@@ -756,9 +767,10 @@ def _check_fingerprint(ctx: CKKSContext, ev: EncryptedVector) -> None:
         raise ContextMismatchError(
             f"ciphertext made under context {_short(ev.fingerprint)} but this context is {_short(ctx.fingerprint)}"
         )
-    if ev.chunk_size != ctx.params.slots:
+    expected = ctx.params.slots * (2 if ev.complex_packed else 1)
+    if ev.chunk_size != expected:
         raise CryptoError(
-            f"encrypted vector chunk size {ev.chunk_size} differs from the context's {ctx.params.slots} slots"
+            f"encrypted vector chunk size {ev.chunk_size} differs from the {expected} values per chunk of this context"
         )
 
 
@@ -779,7 +791,8 @@ def _load_chunk(ctx: CKKSContext, ev: EncryptedVector, i: int) -> ts.CKKSVector:
         raise CryptoError(f"encrypted vector chunk {i} is malformed: {exc}") from None
     if not shape_ok:
         raise CryptoError(f"encrypted vector chunk {i} is not a valid CKKS ciphertext for this context")
-    want = min(ev.chunk_size, ev.length - i * ev.chunk_size)
+    # A complex-packed chunk is always a full ciphertext of ``slots`` complex values.
+    want = ctx.params.slots if ev.complex_packed else min(ev.chunk_size, ev.length - i * ev.chunk_size)
     if size != want:
         raise CryptoError(f"encrypted vector chunk {i} holds {size} values, expected {want}")
     return vec
@@ -801,6 +814,8 @@ def to_tenseal_vectors(ctx: CKKSContext, ev: EncryptedVector) -> list[ts.CKKSVec
         One vector per chunk, linked to ``ctx.tenseal_context``.
     """
     _check_fingerprint(ctx, ev)
+    if ev.complex_packed:
+        raise CryptoError("a complex-packed vector only supports addition; encrypt with packing='real' for the raw layer")
     return [_load_chunk(ctx, ev, i) for i in range(len(ev.chunks))]
 
 
@@ -828,7 +843,9 @@ def from_tenseal_vectors(
     )
 
 
-def encrypt_vector(ctx: CKKSContext, values: np.ndarray | Sequence[float]) -> EncryptedVector:
+def encrypt_vector(
+    ctx: CKKSContext, values: np.ndarray | Sequence[float], *, packing: str = "complex"
+) -> EncryptedVector:
     """Encrypt a 1-D float vector under ``ctx`` (public-key encryption).
 
     Works with a :class:`KeyHolderContext` or a :class:`PublicContext`.
@@ -839,6 +856,11 @@ def encrypt_vector(ctx: CKKSContext, values: np.ndarray | Sequence[float]) -> En
         Context to encrypt under.
     values : array_like of float
         1-D, finite, every ``|v| <= ctx.params.max_abs_value``.
+    packing : {"complex", "real"}
+        ``complex`` (default) puts two values in each CKKS slot, as real and
+        imaginary part: half the ciphertexts, bytes and encryption time, for
+        vectors that are added and decrypted (FedAvg). ``real`` keeps one value
+        per slot, for the raw TenSEAL layer (:func:`to_tenseal_vectors`).
 
     Returns
     -------
@@ -867,12 +889,27 @@ def encrypt_vector(ctx: CKKSContext, values: np.ndarray | Sequence[float]) -> En
             " for these parameters; rescale before encrypting"
         )
     slots = ctx.params.slots
+    if packing == "real":
+        chunks = [ts.ckks_vector(ctx._ts, arr[start : start + slots].tolist()).serialize() for start in range(0, arr.size, slots)]
+        return EncryptedVector(
+            fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=slots, chunks=tuple(chunks), terms=1
+        )
+    if packing != "complex":
+        raise CryptoError(f"packing must be 'complex' or 'real', got {packing!r}")
+    from fedrisk.crypto.encrypted_matvec import CKKSRuntime, _tenseal_vector_bytes
+
+    runtime = CKKSRuntime.for_context(ctx._ts)
     chunks = []
-    for start in range(0, arr.size, slots):
-        vec = ts.ckks_vector(ctx._ts, arr[start : start + slots].tolist())
-        chunks.append(vec.serialize())
+    for start in range(0, arr.size, 2 * slots):
+        part = arr[start : start + 2 * slots]
+        packed = np.zeros(slots, dtype=np.complex128)
+        packed.real[: min(slots, part.size)] = part[:slots]
+        packed.imag[: max(0, part.size - slots)] = part[slots:]
+        blob = runtime.encrypt_complex(packed)
+        chunks.append(_tenseal_vector_bytes([blob], slots, float(ctx._ts.global_scale)))
     return EncryptedVector(
-        fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=slots, chunks=tuple(chunks), terms=1
+        fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=2 * slots, chunks=tuple(chunks), terms=1,
+        complex_packed=True,
     )
 
 
@@ -899,8 +936,13 @@ def decrypt_vector(ctx: KeyHolderContext, ev: EncryptedVector) -> np.ndarray:
         limit = 2.0 ** (level_bits - 3) / ct.scale
         try:
             values = np.asarray(vec.decrypt(), dtype=np.float64)
+            if ev.complex_packed:
+                values = np.concatenate([values, _imaginary_parts(ctx, ev.chunks[i])])
+        except CryptoError:
+            raise
         except Exception as exc:
             raise CryptoError(f"cannot decrypt encrypted vector chunk {i}: {exc}") from None
+        values = values[: min(ev.chunk_size, ev.length - i * ev.chunk_size)]
         if values.size and not np.abs(values).max() <= limit:
             raise CryptoError(
                 f"decrypted chunk {i} exceeds the safe range |v| < {limit:.3g}:"
@@ -909,6 +951,18 @@ def decrypt_vector(ctx: KeyHolderContext, ev: EncryptedVector) -> np.ndarray:
         start = i * ev.chunk_size
         out[start : start + values.size] = values
     return out
+
+
+def _imaginary_parts(ctx: CKKSContext, chunk: bytes) -> np.ndarray:
+    """The imaginary parts of a complex-packed chunk (decrypted as real parts of ``ct · X^(N/2)``)."""
+    from fedrisk.crypto.encrypted_matvec import CKKSRuntime, decrypt_ciphertexts
+
+    runtime = CKKSRuntime.for_context(ctx._ts)
+    (seal_ct,) = ts.ckks_vector_from(ctx._ts, chunk).ciphertext()
+    ct = runtime.load(runtime.dump(seal_ct))  # a SEAL ciphertext under the runtime's own SEAL context
+    runtime.evaluator.multiply_plain_inplace(ct, runtime.imaginary_unit_plaintext(runtime.level_of(ct)))
+    sign = np.where(np.arange(runtime.slots) % 2 == 0, 1.0, -1.0)
+    return decrypt_ciphertexts(ctx._ts, [runtime.dump(ct)]) * sign
 
 
 def add_encrypted(ctx: CKKSContext, vectors: Sequence[EncryptedVector]) -> EncryptedVector:
@@ -939,9 +993,10 @@ def add_encrypted(ctx: CKKSContext, vectors: Sequence[EncryptedVector]) -> Encry
         raise CryptoError("add_encrypted needs at least one encrypted vector")
     for j, ev in enumerate(vectors):
         _check_fingerprint(ctx, ev)
-        if ev.length != vectors[0].length:
+        if ev.length != vectors[0].length or ev.complex_packed != vectors[0].complex_packed:
             raise CryptoError(
-                f"encrypted vector {j} has length {ev.length}, expected {vectors[0].length}"
+                f"encrypted vector {j} has length {ev.length} ({'complex' if ev.complex_packed else 'real'} packing), "
+                f"expected {vectors[0].length} ({'complex' if vectors[0].complex_packed else 'real'})"
             )
     terms = sum(ev.terms for ev in vectors)
     if terms > ctx.params.max_terms:
@@ -967,4 +1022,5 @@ def add_encrypted(ctx: CKKSContext, vectors: Sequence[EncryptedVector]) -> Encry
         chunk_size=first.chunk_size,
         chunks=tuple(out_chunks),
         terms=terms,
+        complex_packed=first.complex_packed,
     )

@@ -894,18 +894,6 @@ class EncryptedHistogramKernel:
 # --------------------------------------------------------------------------- label holder: decrypt
 
 
-_IMAG_PT: weakref.WeakKeyDictionary[CKKSRuntime, dict[int, Any]] = weakref.WeakKeyDictionary()
-
-
-def _imag_plaintext(runtime: CKKSRuntime, level: int) -> Any:
-    """``X^{N/2}`` at scale 1: multiplies slot j by −i (even j) or +i (odd j), exactly."""
-    per_level = _IMAG_PT.setdefault(runtime, {})
-    if level not in per_level:
-        pattern = np.where(np.arange(runtime.slots) % 2 == 0, -1j, 1j)
-        per_level[level] = runtime.encode(pattern, level, 1.0)
-    return per_level[level]
-
-
 def decrypt_histogram(context: ts.Context, blobs: Sequence[bytes], layout: HistogramLayout) -> tuple[np.ndarray, np.ndarray]:
     """Per-column gradient and hessian sums from a masked histogram (key holder).
 
@@ -931,7 +919,7 @@ def decrypt_histogram(context: ts.Context, blobs: Sequence[bytes], layout: Histo
         ct = runtime.load(blob)
         if runtime.level_of(ct) != level or not math.isclose(ct.scale, scale, rel_tol=1e-9):
             raise ProtocolError("ciphertext is not a histogram product; refusing to decrypt")
-        runtime.evaluator.multiply_plain_inplace(ct, _imag_plaintext(runtime, level))
+        runtime.evaluator.multiply_plain_inplace(ct, runtime.imaginary_unit_plaintext(level))
         imag_blobs.append(runtime.dump(ct))
     real = decrypt_ciphertexts(context, blobs)
     sign = np.tile(np.where(np.arange(runtime.slots) % 2 == 0, 1.0, -1.0), len(blobs))

@@ -498,6 +498,30 @@ class CKKSRuntime:
             out.append(self.dump(ct))
         return out
 
+    def encrypt_complex(self, values: np.ndarray, level: int = 0, scale: float | None = None) -> bytes:
+        """Encrypt up to :attr:`slots` complex values in one ciphertext (two reals per slot)."""
+        if self.public_key is None:
+            raise CryptoError("CKKS context has no public key; cannot encrypt")
+        vals = np.asarray(values, dtype=np.complex128).ravel()
+        if vals.size > self.slots or not np.all(np.isfinite(vals.view(np.float64))):
+            raise CryptoError("refusing to encrypt more complex values than slots, or non-finite ones")
+        ct = sa.Ciphertext()
+        self._encryptor.encrypt(self.encode(vals, level, self.global_scale if scale is None else scale), ct)
+        return self.dump(ct)
+
+    def imaginary_unit_plaintext(self, level: int) -> Any:
+        """``X^(N/2)`` at scale 1: multiplies slot j by −i (even j) or +i (odd j), exactly.
+
+        Multiplying a ciphertext by it and decrypting the real parts recovers the
+        imaginary parts (sign alternating by slot), with no scale change and no
+        added error (a monomial only permutes and negates coefficients).
+        """
+        cache = self.__dict__.setdefault("_imag_pt", {})
+        if level not in cache:
+            pattern = np.where(np.arange(self.slots) % 2 == 0, -1j, 1j)
+            cache[level] = self.encode(pattern, level, 1.0)
+        return cache[level]
+
     def encrypt_zero(self, level: int, scale: float) -> Any:
         """A fresh encryption of zero at ``level`` and ``scale`` (SEAL object)."""
         if self.public_key is None:
