@@ -32,6 +32,12 @@ app.add_typer(audit_app, name="audit")
 from fedrisk.cli_node import node_app  # noqa: E402
 
 app.add_typer(node_app, name="node")
+from fedrisk.cli_keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+from fedrisk.cli_status import status as status_command  # noqa: E402
+
+app.command("status")(status_command)
 from fedrisk.cli_score import score_app  # noqa: E402
 
 app.add_typer(score_app, name="score")

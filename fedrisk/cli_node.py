@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from fedrisk.errors import FedriskError
 
 node_app = typer.Typer(help="Run this host's party node (its table stays here).", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @node_app.command("start")
@@ -29,13 +30,32 @@ def node_start(
     validation_fraction: float = typer.Option(0.2, help="Share of the label holder's rows held out for validation."),
     validation_seed: int = typer.Option(42, help="Seed of the validation split."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain-text gRPC: debugging only, never across hosts."),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per log line (also for the party process and SuperNode)."),
 ) -> None:
-    """Start this party's warm process and its SuperNode, and serve until Ctrl-C."""
+    """Start this party's warm process and its SuperNode, and serve until Ctrl-C.
+
+    A party process or SuperNode that dies is restarted (the SuperNode with the
+    same node key, so pending messages reach it). The node stops with a
+    one-line error when the SuperLink refuses it: TLS under another CA, or a
+    node key that is not registered or was revoked.
+    """
+    import os
+
     from fedrisk.federation.federation_file import party_entry
-    from fedrisk.parties.node import PartyNode
+    from fedrisk.logs import json_line, log_format as check_format
+    from fedrisk.parties.node import PartyNode, node_env
     from fedrisk.parties.settings import PartySettings
 
+    def say(line: str) -> None:
+        if fmt == "json":
+            sys.stderr.write(json_line(line, logger="fedrisk.node", party=name) + "\n")
+            sys.stderr.flush()
+        else:
+            console.print(line, highlight=False)
+
+    fmt = "text"
     try:
+        fmt = check_format(log_format)
         mode = "horizontal" if role == "bank" else "vertical"
         raw = {"name": name, "role": role, "data": str(data), "id-column": id_column, "id-format": id_format}
         if label_column is not None:
@@ -45,9 +65,15 @@ def node_start(
             name=entry.name, role=entry.role, data=str(entry.data), schema=entry.schema,
             state_dir=str(state_dir.resolve()), validation={"fraction": validation_fraction, "seed": validation_seed},
         )
-        node = PartyNode(settings, superlink, root_certificates, auth_key=auth_key, insecure=insecure)
-        code = node.serve_forever(log=console.print)
+        env = node_env(state_dir.resolve() / "flwr")
+        env["FEDRISK_LOG_FORMAT"] = fmt
+        os.environ["FEDRISK_LOG_FORMAT"] = fmt
+        node = PartyNode(settings, superlink, root_certificates, auth_key=auth_key, insecure=insecure, env=env)
+        code = node.serve_forever(log=say)
     except FedriskError as err:
-        console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
+        if fmt == "json":
+            sys.stderr.write(json_line(str(err).splitlines()[0], level="ERROR", logger="fedrisk.node", party=name) + "\n")
+        else:
+            console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
         raise typer.Exit(code=2)
     raise typer.Exit(code=code)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -68,6 +68,9 @@ from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.federation.session import CoordinatorSession
+
+if TYPE_CHECKING:
+    from fedrisk.federation.checkpoint import CheckpointStore
 
 AGGREGATIONS = ("ckks", "plain")
 #: Longest simulated straggler delay a bank accepts (seconds).
@@ -339,8 +342,31 @@ class _Aggregator:
         return np.sum(arrays, axis=0).astype("<f8").tobytes()
 
 
-def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=None) -> FedAvgResult:
-    """Run the key ceremony (if encrypted), pooled scaling, rounds and the final evaluation."""
+def _checkpoint_state(config: FedAvgConfig) -> str:
+    from dataclasses import asdict
+
+    from fedrisk.federation.checkpoint import config_digest
+
+    return config_digest({"protocol": "fedavg", **asdict(config)})
+
+
+def run_fedavg(
+    session: CoordinatorSession,
+    config: FedAvgConfig,
+    *,
+    progress=None,
+    checkpoints: "CheckpointStore | None" = None,
+) -> FedAvgResult:
+    """Run the key ceremony (if encrypted), pooled scaling, rounds and the final evaluation.
+
+    With ``checkpoints`` the coordinator saves its state after the setup and
+    after every round (the last encrypted aggregate, the pooled-statistics
+    aggregate, the public context and the counters) and, when the store holds
+    an unfinished checkpoint of the same configuration, resumes from it: the
+    banks keep their aggregation key on disk and rebuild everything else
+    from the two aggregates, so the resumed run computes what the
+    uninterrupted one would (up to CKKS encryption noise).
+    """
     banks = sorted(n for n, p in session.parties.items() if p.role == "bank")
     if len(banks) < 2:
         raise ConfigError(f"horizontal FedAvg needs at least two banks, got {len(banks)}")
@@ -351,81 +377,137 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
     party_cfg = config.party_config()
     # What the coordinator sends back: an encrypted sum, or (baseline) a plaintext mean.
     content_class = "aggregate" if config.aggregation == "ckks" else "plaintext"
+    digest = _checkpoint_state(config)
+    resume = checkpoints.resumable("fedavg", digest) if checkpoints is not None else None
+    status = session.status
+    status.set(protocol="fedavg", unit="round", rounds=config.rounds, round=0, state="running")
+    noise_multiplier = 0.0
+    sim_rng = np.random.default_rng([config.seed, 0x51D])
+    releases = {b: 0 for b in banks}
+    aggregate: bytes | None = None
+    public_context: bytes | None = None
+    first_round = 1
 
-    if config.aggregation == "ckks":
-        key_holder = config.key_holder or banks[0]
-        if key_holder not in banks:
-            raise ConfigError(f"key_holder {key_holder!r} is not a bank of this federation")
-        peers = {b: session.parties[b].envelope_public_key for b in banks if b != key_holder}
-        reply = session.exchange(
-            {key_holder: (mt.KEYGEN, build_content(session.header(0, "keys.generate", key_holder, "public"), config={"peer_names": list(peers), "peer_keys": list(peers.values())}))}
-        )[key_holder]
-        aggregator.set_public_context(reply.blob("public_context"))
-        if reply.header.key_fingerprint != aggregator.fingerprint:
-            raise ProtocolError("key holder's announced fingerprint differs from its public context")
-        shares = {
-            b: (
-                mt.KEYSHARE,
-                build_content(
-                    session.header(0, "keys.share", b, "ciphertext", aggregator.fingerprint),
-                    {"sealed": reply.blob(f"sealed:{b}")},
-                    {"key_holder_public_key": session.parties[key_holder].envelope_public_key},
-                ),
+    if resume is not None:
+        state = resume.state
+        if sorted(state["banks"]) != banks:
+            raise ConfigError(
+                f"the checkpoint was made with banks {', '.join(sorted(state['banks']))}, "
+                f"the federation now has {', '.join(banks)}"
             )
-            for b in peers
-        }
-        for name, ack in session.exchange(shares).items():
-            if ack.value("fingerprint") != aggregator.fingerprint:
-                raise ProtocolError(f"party {name!r} installed a different key")
-        result.key_fingerprint, result.key_holder = aggregator.fingerprint, key_holder
+        if config.aggregation == "ckks":
+            public_context = resume.blob("public_context")
+            aggregator.set_public_context(public_context)
+            if aggregator.fingerprint != state["key_fingerprint"]:
+                raise ProtocolError("the checkpoint's public context does not match its key fingerprint")
+        result.key_fingerprint, result.key_holder = state["key_fingerprint"], state["key_holder"]
+        party_cfg = dict(state["party_cfg"])
+        stats_blob = resume.blob("stats")
+        aggregate = resume.blob("aggregate") if resume.has_blob("aggregate") else None
+        result.rounds = list(state["rows"])
+        result.n_params = int(state["n_params"])
+        releases = {b: int(state["releases"].get(b, 0)) for b in banks}
+        noise_multiplier = float(state["noise_multiplier"])
+        sim_rng.bit_generator.state = state["sim_rng"]
+        first_round = resume.round + 1
+        status.set(resumed_from=resume.round)
+        status.event(f"resumed from the checkpoint of round {resume.round}")
+    else:
+        if config.aggregation == "ckks":
+            key_holder = config.key_holder or banks[0]
+            if key_holder not in banks:
+                raise ConfigError(f"key_holder {key_holder!r} is not a bank of this federation")
+            peers = {b: session.parties[b].envelope_public_key for b in banks if b != key_holder}
+            reply = session.exchange(
+                {key_holder: (mt.KEYGEN, build_content(session.header(0, "keys.generate", key_holder, "public"), config={"peer_names": list(peers), "peer_keys": list(peers.values())}))}
+            )[key_holder]
+            aggregator.set_public_context(reply.blob("public_context"))
+            if reply.header.key_fingerprint != aggregator.fingerprint:
+                raise ProtocolError("key holder's announced fingerprint differs from its public context")
+            shares = {
+                b: (
+                    mt.KEYSHARE,
+                    build_content(
+                        session.header(0, "keys.share", b, "ciphertext", aggregator.fingerprint),
+                        {"sealed": reply.blob(f"sealed:{b}")},
+                        {"key_holder_public_key": session.parties[key_holder].envelope_public_key},
+                    ),
+                )
+                for b in peers
+            }
+            for name, ack in session.exchange(shares).items():
+                if ack.value("fingerprint") != aggregator.fingerprint:
+                    raise ProtocolError(f"party {name!r} installed a different key")
+            result.key_fingerprint, result.key_holder = aggregator.fingerprint, key_holder
+            public_context = reply.blob("public_context")
+
+        fp = aggregator.fingerprint
+        bounds = session.exchange(
+            {b: (mt.FEDAVG_SCALE, build_content(session.header(0, "fedavg.scale", b, "public"), config=party_cfg)) for b in banks}
+        )
+        widths = {len(r.value("exponents")) for r in bounds.values()}  # type: ignore[arg-type]
+        if len(widths) != 1:
+            raise ProtocolError("banks declare different numbers of features: their schemas disagree")
+        exponents = np.max([np.asarray(r.value("exponents"), dtype=int) for r in bounds.values()], axis=0)
+        row_exponent = max(int(r.value("row_exponent")) for r in bounds.values())  # type: ignore[call-overload]
+        party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
+        stats_replies = session.exchange(
+            {b: (mt.FEDAVG_STATS, build_content(session.header(0, "fedavg.stats", b, "public", fp), config=party_cfg)) for b in banks}
+        )
+        stats_blob = aggregator.sum(stats_replies)
+
+        if config.dp_enabled:
+            noise_multiplier = calibrate_noise_multiplier(config.dp_epsilon, config.dp_delta, config.rounds)
+            party_cfg = {
+                **party_cfg,
+                "dp_noise_multiplier": noise_multiplier,
+                "dp_clip": config.dp_clip,
+                "dp_noise_seed": config.dp_noise_seed,
+            }
+        if checkpoints is not None:
+            blobs = {"stats": stats_blob}
+            if public_context is not None:
+                blobs["public_context"] = public_context
+            _save(checkpoints, 0, digest, banks, result, party_cfg, releases, noise_multiplier, sim_rng, blobs)
 
     fp = aggregator.fingerprint
-    bounds = session.exchange(
-        {b: (mt.FEDAVG_SCALE, build_content(session.header(0, "fedavg.scale", b, "public"), config=party_cfg)) for b in banks}
-    )
-    widths = {len(r.value("exponents")) for r in bounds.values()}  # type: ignore[arg-type]
-    if len(widths) != 1:
-        raise ProtocolError("banks declare different numbers of features: their schemas disagree")
-    exponents = np.max([np.asarray(r.value("exponents"), dtype=int) for r in bounds.values()], axis=0)
-    row_exponent = max(int(r.value("row_exponent")) for r in bounds.values())  # type: ignore[call-overload]
-    party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
-    stats_replies = session.exchange(
-        {b: (mt.FEDAVG_STATS, build_content(session.header(0, "fedavg.stats", b, "public", fp), config=party_cfg)) for b in banks}
-    )
-    stats_blob = aggregator.sum(stats_replies)
-
-    if config.dp_enabled:
-        noise_multiplier = calibrate_noise_multiplier(config.dp_epsilon, config.dp_delta, config.rounds)
-        party_cfg = {
-            **party_cfg,
-            "dp_noise_multiplier": noise_multiplier,
-            "dp_clip": config.dp_clip,
-            "dp_noise_seed": config.dp_noise_seed,
-        }
-    releases = {b: 0 for b in banks}
-    has_stats: set[str] = set()  # banks that installed the pooled statistics
+    has_stats: set[str] = set()  # banks that installed the pooled statistics (a resumed run resends them)
     round_timeout = config.round_timeout or session.timeout
-    sim_rng = np.random.default_rng([config.seed, 0x51D])
 
-    aggregate: bytes | None = None
-    for round_ in range(1, config.rounds + 1):
+    def request(bank: str, round_: int, told_to_drop: list[str], stragglers: list[str]):
+        # A bank's first round carries the pooled feature statistics; later rounds the last aggregate.
+        blobs: dict[str, bytes] = {} if bank in has_stats else {"stats": stats_blob}
+        if aggregate is not None:
+            blobs["aggregate"] = aggregate
+        cfg = dict(party_cfg)
+        if bank in told_to_drop:
+            cfg["sim_drop"] = True
+        if bank in stragglers and config.sim_straggler_delay > 0:
+            cfg["sim_delay"] = config.sim_straggler_delay
+        return (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", bank, content_class, fp), blobs, cfg))
+
+    for round_ in range(first_round, config.rounds + 1):
         started = time.perf_counter()
         sent_before = session.traffic.total()
+        status.set(round=round_, step="fedavg.train")
         told_to_drop = _sample(banks, config.sim_dropout, sim_rng) if config.sim_dropout else []
         stragglers = _sample(banks, config.sim_stragglers, sim_rng) if config.sim_stragglers else []
-        requests = {}
-        for b in banks:
-            # A bank's first round carries the pooled feature statistics; later rounds the last aggregate.
-            blobs: dict[str, bytes] = {} if b in has_stats else {"stats": stats_blob}
-            if aggregate is not None:
-                blobs["aggregate"] = aggregate
-            cfg = dict(party_cfg)
-            if b in told_to_drop:
-                cfg["sim_drop"] = True
-            if b in stragglers and config.sim_straggler_delay > 0:
-                cfg["sim_delay"] = config.sim_straggler_delay
-            requests[b] = (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", b, content_class, fp), blobs, cfg))
+        requests = {b: request(b, round_, told_to_drop, stragglers) for b in banks}
         replies, failures = session.exchange_tolerant(requests, timeout=round_timeout)
+        has_stats.difference_update(failures)  # a bank that failed may have restarted: resend the statistics
+        redone: list[str] = []
+        if len(replies) < config.min_parties and session.pause_timeout > 0:
+            # Too few banks to aggregate: pause until enough come back, resending the same round to them.
+            pause_until = time.monotonic() + session.pause_timeout
+            while len(replies) < config.min_parties and time.monotonic() < pause_until:
+                status.paused(dict(failures))
+                time.sleep(PAUSE_RETRY_SECONDS)
+                retry = {b: request(b, round_, told_to_drop, stragglers) for b in failures}
+                more, failures = session.exchange_tolerant(retry, timeout=round_timeout)
+                has_stats.difference_update(failures)
+                replies.update(more)
+                redone += sorted(more)
+            status.running()
         if len(replies) < config.min_parties:
             why = "; ".join(f"{name}: {reason}" for name, reason in sorted(failures.items()))
             raise PartyUnavailableError(
@@ -448,17 +530,25 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
         }
         if failures:
             row["drop_reasons"] = {name: reason for name, reason in sorted(failures.items())}
+        if redone:
+            row["redone_for"] = sorted(set(redone))
         aucs = [float(r.value("val_auc")) for r in replies.values() if "val_auc" in r.config]
         if aucs:  # validation of the previous round's global model, as seen by each bank
             row["val_auc_prev_global"] = float(np.mean(aucs))
         result.n_params = int(next(iter(replies.values())).value("n_params"))
         result.rounds.append(row)
+        if checkpoints is not None:
+            blobs = {"stats": stats_blob, "aggregate": aggregate}
+            if public_context is not None:
+                blobs["public_context"] = public_context
+            _save(checkpoints, round_, digest, banks, result, party_cfg, releases, noise_multiplier, sim_rng, blobs)
         if progress is not None:
             progress(round_, row)
 
     if config.dp_enabled:
         result.dp = dp_report(config, noise_multiplier, max(releases.values()))
     assert aggregate is not None
+    status.set(step="fedavg.final")
     finals = session.exchange(
         {
             b: (mt.FEDAVG_FINAL, build_content(session.header(config.rounds, "fedavg.final", b, content_class, fp), {"aggregate": aggregate}, party_cfg))
@@ -466,4 +556,25 @@ def run_fedavg(session: CoordinatorSession, config: FedAvgConfig, *, progress=No
         }
     )
     result.final = {name: dict(reply.config) for name, reply in finals.items()}
+    if checkpoints is not None:
+        checkpoints.save("fedavg", config.rounds, {"rows": result.rounds}, config_sha256=digest, finished=True)
     return result
+
+
+#: Seconds between attempts to resend a round to banks that failed while too few answered.
+PAUSE_RETRY_SECONDS = 2.0
+
+
+def _save(checkpoints, round_, digest, banks, result, party_cfg, releases, noise_multiplier, sim_rng, blobs) -> None:
+    state = {
+        "banks": banks,
+        "key_holder": result.key_holder,
+        "key_fingerprint": result.key_fingerprint,
+        "party_cfg": party_cfg,
+        "rows": result.rounds,
+        "n_params": result.n_params,
+        "releases": releases,
+        "noise_multiplier": noise_multiplier,
+        "sim_rng": sim_rng.bit_generator.state,
+    }
+    checkpoints.save("fedavg", round_, state, blobs, config_sha256=digest)

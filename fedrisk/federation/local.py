@@ -6,14 +6,30 @@ with a CA and certificates generated into the run folder, submits the run
 with ``flwr run`` and stops every process it started, also on failure or
 Ctrl-C.  ``flwr``'s own config lives in ``<run-dir>/flwr`` (``FLWR_HOME``),
 never in the user's home.
+
+Keys: by default a fresh federation key folder is made in ``<run-dir>/pki``
+(:func:`fedrisk.crypto.pki_admin.init_federation_keys`); with ``keys_dir`` an
+operator's folder from ``fedrisk keys init`` is used instead, and a party it
+lists as revoked is refused before anything starts. Every party's node key
+is registered on the SuperLink (``--enable-supernode-auth``), so a node
+whose key is not registered is refused.
+
+Crash recovery: runs are submitted with ``recovery = true`` (the ServerApp
+checkpoints after every round and pauses for restarting parties, see
+:mod:`fedrisk.federation.server_app`). A party process or SuperNode that dies
+is restarted (:meth:`~fedrisk.parties.node.PartyNode.supervise`); a
+SuperLink that dies is restarted on the same ports and database; a
+coordinator (``flwr-serverapp``) that dies without writing a result is
+resubmitted with the same run id, up to ``max_coordinator_restarts`` times,
+and resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -110,11 +126,21 @@ class LocalFederation:
     log: Callable[[str], None] = lambda line: None
     processes: list[ManagedProcess] = field(default_factory=list)
     nodes: list[PartyNode] = field(default_factory=list)
+    #: An operator's federation key folder (``fedrisk keys init``); default: a fresh one in ``<run-dir>/pki``.
+    keys_dir: Path | None = None
+    #: Restart a party process, SuperNode or SuperLink that dies.
+    restart_processes: bool = True
+    #: How often a coordinator that died without a result is resubmitted (it resumes from its checkpoint).
+    max_coordinator_restarts: int = 3
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
         self.logs_dir = self.run_dir / "logs"
         self.bin_dir = Path(sys.executable).parent
+        self.keys = None
+        self.superlink: ManagedProcess | None = None
+        self.coordinator_restarts = 0
+        self.restarted: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -136,13 +162,19 @@ class LocalFederation:
         self.processes.append(proc)
         return proc
 
-    def _check_alive(self) -> None:
+    def _check_alive(self, skip: ManagedProcess | None = None) -> None:
+        """Restart what died (when ``restart_processes``), else raise naming it."""
+        if self.restart_processes and self.superlink is not None and self.superlink.exited() is not None:
+            self.restart_superlink()
         for proc in self.processes:
             code = proc.exited()
-            if code is not None:
+            if proc is not skip and code is not None:
                 raise PartyUnavailableError(f"{proc.name} exited with code {code}: {proc.tail()}")
         for node in self.nodes:
-            node.check_alive()
+            if self.restart_processes:
+                self.restarted += node.supervise()
+            else:
+                node.check_alive()
 
     def _wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -155,25 +187,44 @@ class LocalFederation:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fleet_port, self.control_port = free_port(), free_port()
-        pki = None
         if self.node_auth and not self.tls:
             raise FedriskError("node authentication needs TLS (Flower refuses it on an insecure SuperLink)")
+        node_keys: dict[str, Path] = {}
         if self.tls:
-            from fedrisk.crypto.pki import create_federation_pki
+            from fedrisk.crypto.pki_admin import init_federation_keys, load_federation_keys
 
-            pki = create_federation_pki(self.run_dir / "pki", parties=[p.name for p in self.parties])
-            self.ca_cert = Path(pki.ca_cert)
+            names = [p.name for p in self.parties]
+            if self.keys_dir is not None:
+                self.keys = load_federation_keys(self.keys_dir)
+            else:
+                self.keys = init_federation_keys(ensure_private_dir(self.run_dir / "pki"), names, force=True)
+            node_keys = {name: self.keys.node_private_key(name) for name in names}  # refuses a revoked party
+            self.ca_cert = Path(self.keys.ca_cert)
         self._write_flwr_config()
         self._write_app()
 
         for party in self.parties:
             node = PartyNode(
-                party, f"127.0.0.1:{self.fleet_port}", None if pki is None else Path(pki.ca_cert),
-                insecure=pki is None, logs_dir=self.logs_dir, env=self._env(),
+                party, f"127.0.0.1:{self.fleet_port}", None if not self.tls else self.ca_cert,
+                insecure=not self.tls, logs_dir=self.logs_dir, env=self._env(), log=self.log,
             )
             node.start_party_process()  # loads its table while the SuperLink starts
             self.nodes.append(node)
-        superlink = [
+        self._start_superlink()
+        if self.node_auth:
+            for party in self.parties:
+                self.register_node_key(party.name, self.keys.node_public_key(party.name))
+        for node in self.nodes:
+            node.wait_party_ready()
+            node.auth_key = node_keys.get(node.settings.name) if self.node_auth else None
+            node.start_supernode()
+        self.log(
+            f"federation up: SuperLink 127.0.0.1:{self.fleet_port}, {len(self.parties)} parties, "
+            f"TLS {'on' if self.tls else 'off'}, node authentication {'on' if self.node_auth else 'off'}"
+        )
+
+    def _start_superlink(self) -> None:
+        argv = [
             str(self.bin_dir / "flower-superlink"),
             "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
             "--host", "127.0.0.1",
@@ -181,45 +232,59 @@ class LocalFederation:
             "--disable-runtime-dependency-installation",
             "--database", str(self.run_dir / "flwr" / "superlink.db"),
         ]
-        if pki is not None:
-            superlink += ["--ssl-ca-certfile", str(pki.ca_cert), "--ssl-certfile", str(pki.superlink_cert), "--ssl-keyfile", str(pki.superlink_key)]
+        if self.tls:
+            argv += ["--ssl-ca-certfile", str(self.keys.ca_cert), "--ssl-certfile", str(self.keys.superlink_cert), "--ssl-keyfile", str(self.keys.superlink_key)]
         else:
-            superlink.append("--insecure")
+            argv.append("--insecure")
         if self.node_auth:
-            superlink.append("--enable-supernode-auth")
-        self._spawn("superlink", superlink)
+            argv.append("--enable-supernode-auth")
+        self.superlink = self._spawn("superlink", argv)
         self._wait_for("SuperLink", lambda: _port_open(self.fleet_port) and _port_open(self.control_port))
-        node_keys = self._register_node_keys() if self.node_auth else {}
 
-        for node in self.nodes:
-            node.wait_party_ready()
-            node.auth_key = node_keys.get(node.settings.name)
-            node.start_supernode()
-        self.log(
-            f"federation up: SuperLink 127.0.0.1:{self.fleet_port}, {len(self.parties)} parties, "
-            f"TLS {'on' if self.tls else 'off'}, node authentication {'on' if self.node_auth else 'off'}"
+    def restart_superlink(self) -> None:
+        """Start the SuperLink again on the same ports and database (registered node keys persist)."""
+        old = self.superlink
+        if old is not None:
+            old.terminate()
+            if old in self.processes:
+                self.processes.remove(old)
+        self.log(f"restarting the SuperLink (it exited with code {None if old is None else old.exited()})")
+        self.restarted.append("SuperLink")
+        self.superlink = None
+        deadline = time.monotonic() + 30
+        while _port_open(self.fleet_port) or _port_open(self.control_port):  # the old sockets must be gone
+            if time.monotonic() > deadline:
+                raise PartyUnavailableError("the SuperLink's ports are still in use 30 s after it died")
+            time.sleep(0.2)
+        self._start_superlink()
+
+    def admin(self):
+        """Node registration on this federation's SuperLink (Control API)."""
+        from fedrisk.federation.superlink_admin import SuperLinkAdmin
+
+        return SuperLinkAdmin(
+            f"127.0.0.1:{self.control_port}", self.ca_cert if self.tls else None, self.run_dir / "flwr-admin", insecure=not self.tls
         )
 
-    def _register_node_keys(self) -> dict[str, Path]:
-        """Create each party's node key and register its public half with the SuperLink."""
-        from fedrisk.crypto.pki import create_node_auth_keypair
+    def register_node_key(self, name: str, public_key: Path) -> int:
+        """Allow a SuperNode holding the private half of ``public_key`` to join (Flower node auth); returns its node id."""
+        if self.keys is not None and name in self.keys.registry["parties"]:
+            from fedrisk.crypto.pki_admin import require_active
 
-        keys: dict[str, Path] = {}
-        for party in self.parties:
-            private, public = create_node_auth_keypair(ensure_private_dir(self.run_dir / "pki" / "nodes"), party.name)
-            self.register_node_key(party.name, public)
-            keys[party.name] = private
-        return keys
+            require_active(self.keys, name)
+        try:
+            node_id = self.admin().register(Path(public_key), name)
+        except FedriskError as err:
+            raise FedriskError(f"could not register node key of {name}: {err}") from None
+        if self.keys is not None and name in self.keys.registry["parties"]:
+            self.keys.record_registration(name, f"127.0.0.1:{self.control_port}", node_id)
+        return node_id
 
-    def register_node_key(self, name: str, public_key: Path) -> None:
-        """Allow a SuperNode holding the private half of ``public_key`` to join (Flower node auth)."""
-        completed = subprocess.run(
-            [str(self.bin_dir / "flwr"), "supernode", "register", str(public_key), "local"],
-            env=self._env(), cwd=self.run_dir, capture_output=True, text=True, timeout=120,
-        )
-        if completed.returncode != 0:
-            tail = (completed.stdout + completed.stderr).strip().splitlines()[-1:]
-            raise FedriskError(f"could not register node key of {name}: {' '.join(tail)}")
+    def coordinator_pids(self) -> list[int]:
+        """Process ids of the running ``flwr-serverapp`` processes (the coordinator) under this SuperLink."""
+        if self.superlink is None:
+            return []
+        return [pid for pid in _descendants(self.superlink.popen.pid) if "flwr-serverapp" in _cmdline(pid)]
 
     def _write_flwr_config(self) -> None:
         write_flwr_config(self.run_dir / "flwr", f"127.0.0.1:{self.control_port}", self.ca_cert if self.tls else None)
@@ -228,6 +293,7 @@ class LocalFederation:
         config = dict(self.run_config)
         config.setdefault("run-dir", str(self.run_dir))
         config.setdefault("fedrisk-run-id", self.run_dir.name)
+        config.setdefault("recovery", True)
         write_app(self.run_dir / "app", config, [p.name for p in self.parties])
 
     def run(self, *, run_config: dict | None = None, timeout: float = 3600.0) -> dict:
@@ -235,39 +301,100 @@ class LocalFederation:
 
         ``run_config`` replaces the federation's run config for this run (the
         same processes can serve several runs, e.g. encrypted then plaintext).
+        A coordinator that dies without a result is resubmitted under the same
+        run id (up to ``max_coordinator_restarts`` times) and resumes from its
+        checkpoint; a party process, SuperNode or SuperLink that dies is
+        restarted meanwhile.
         """
         if run_config is not None:
             self.run_config = dict(run_config)
             self._write_app()
         result_path = self.run_dir / "coordinator" / "result.json"
         result_path.unlink(missing_ok=True)
-        proc = self._spawn("flwr-run", [str(self.bin_dir / "flwr"), "run", str(self.run_dir / "app"), "local", "--stream"])
         deadline = time.monotonic() + timeout
-        try:
-            while not result_path.exists():
-                self._check_alive_except(proc)
-                if proc.popen.poll() is not None and not result_path.exists():
-                    time.sleep(0.5)  # the result may land just after the stream closes
-                    if not result_path.exists():
-                        tail = proc.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                        raise FedriskError(f"the run ended without a result: {' | '.join(tail)}")
-                if time.monotonic() > deadline:
-                    raise PartyUnavailableError(f"the run did not finish within {timeout:.0f} s (see {self.logs_dir})")
-                time.sleep(0.2)
-        finally:
-            proc.terminate()
-            self.processes.remove(proc)
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = self._attempt(result_path, deadline)
+            if outcome is not None:
+                break
+            if attempt > self.max_coordinator_restarts:
+                raise FedriskError(f"the coordinator died {attempt} times without a result (see {self.logs_dir})")
+            self.coordinator_restarts += 1
+            self.log(f"the coordinator stopped without a result; resubmitting the run to resume it (attempt {attempt + 1})")
         result = json.loads(result_path.read_text())
         if result.get("status") != "ok":
             raise FedriskError(result.get("error", "the coordinator failed"))
         return result
 
-    def _check_alive_except(self, skip: ManagedProcess) -> None:
-        for proc in self.processes:
-            if proc is not skip and proc.exited() is not None:
-                raise PartyUnavailableError(f"{proc.name} exited with code {proc.exited()}: {proc.tail()}")
-        for node in self.nodes:
-            node.check_alive()
+    def _attempt(self, result_path: Path, deadline: float) -> bool | None:
+        """One ``flwr run``; ``True`` once a result exists, ``None`` when the coordinator died without one."""
+        proc = self._spawn("flwr-run", [str(self.bin_dir / "flwr"), "run", str(self.run_dir / "app"), "local", "--stream"])
+        seen_coordinator = False
+        gone_since: float | None = None
+        try:
+            while not result_path.exists():
+                self._check_alive(skip=proc)
+                if self.coordinator_pids():
+                    seen_coordinator, gone_since = True, None
+                elif seen_coordinator:
+                    gone_since = gone_since or time.monotonic()
+                    if time.monotonic() - gone_since > COORDINATOR_GRACE and not result_path.exists():
+                        self._stop_flower_run(proc)
+                        return None  # flwr-serverapp died (killed, crashed) and wrote nothing
+                if proc.popen.poll() is not None and not result_path.exists():
+                    time.sleep(0.5)  # the result may land just after the stream closes
+                    if not result_path.exists():
+                        if seen_coordinator or self.restarted:
+                            self._stop_flower_run(proc)
+                            return None
+                        tail = proc.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                        raise FedriskError(f"the run ended without a result: {' | '.join(tail)}")
+                if time.monotonic() > deadline:
+                    raise PartyUnavailableError(f"the run did not finish within the deadline (see {self.logs_dir})")
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            self.processes.remove(proc)
+        return True
+
+    def _stop_flower_run(self, proc: ManagedProcess) -> None:
+        """``flwr stop`` the Flower run of a dead coordinator, so that no SuperNode waits for it."""
+        import re
+
+        found = re.findall(r"Successfully started run (\d+)", proc.own_log())
+        if not found:
+            return
+        try:
+            self.admin().stop_run(int(found[-1]))
+        except FedriskError as err:
+            self.log(f"could not stop Flower run {found[-1]}: {err}")
+
+    # -- fault injection (tests and benchmarks/recovery.py) ----------------------
+    def kill_coordinator(self) -> list[int]:
+        """SIGKILL every ``flwr-serverapp`` of this federation; returns the pids killed."""
+        pids = self.coordinator_pids()
+        for pid in pids:
+            _kill(pid)
+        return pids
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink process group (it is restarted on the next check when ``restart_processes``)."""
+        if self.superlink is not None:
+            for pid in [self.superlink.popen.pid, *_descendants(self.superlink.popen.pid)]:
+                _kill(pid)
+            self.superlink.popen.wait(timeout=30)
+
+    def kill_party(self, name: str, what: str = "party") -> int:
+        """SIGKILL a party's warm process (``what="party"``) or its SuperNode (``"supernode"``)."""
+        node = next(n for n in self.nodes if n.settings.name == name)
+        proc = node.party_process if what == "party" else node.supernode_process
+        if proc is None:
+            raise FedriskError(f"party {name} has no running {what}")
+        for pid in [*_descendants(proc.popen.pid), proc.popen.pid]:
+            _kill(pid)
+        proc.popen.wait(timeout=30)
+        return proc.popen.pid
 
     def stop(self) -> None:
         """Stop every process this federation started (SIGTERM, then SIGKILL)."""
@@ -277,6 +404,56 @@ class LocalFederation:
         for proc in reversed(self.processes):
             proc.terminate()
         self.processes.clear()
+
+
+#: Seconds a vanished ``flwr-serverapp`` is given to have written its result before it counts as dead.
+COORDINATOR_GRACE = 2.0
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    if not os.path.isdir("/proc"):
+        return []
+    children = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _port_open(port: int) -> bool:

@@ -4,12 +4,23 @@ It reads the run config (``[tool.flwr.app.config]`` or what ``fedrisk train``
 passes), finds the parties, runs the configured protocol and writes the
 coordinator's result (metrics and sizes only, never data) to
 ``<run-dir>/coordinator/result.json``.
+
+Recovery (run config ``recovery = true``, which the local and remote
+federation runners set): the coordinator keeps its status in
+``coordinator/status.json`` (``fedrisk status``), checkpoints its protocol
+state after every completed round or epoch in ``coordinator/checkpoints/<run-id>/``,
+resumes from that checkpoint when the same run id is submitted again after a
+crash, probes a party that stays silent (``probe-interval`` seconds, default
+15) and pauses, up to ``pause-timeout`` seconds (default 600), for a party
+that is restarting instead of failing the run. Each of ``checkpoint``,
+``probe-interval`` and ``pause-timeout`` can be set on its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +33,7 @@ from fedrisk.federation.exchange import COORDINATOR
 from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
 from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
 from fedrisk.federation.session import CoordinatorSession
+from fedrisk.federation.status import RunStatus, status_path
 
 shorten_object_pull_backoff()  # flwr-serverapp imports this module before it pulls any reply
 app = ServerApp()
@@ -62,25 +74,25 @@ def _write_key_registry(folder: Path, session: CoordinatorSession) -> None:
     _write_json(folder / "signing_keys.json", keys)
 
 
-def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
+def _recovery_options(context: Context) -> dict:
+    """Checkpointing, probing and pausing: on for deployment runs (``recovery``), off by default."""
+    on = str(context.run_config.get("recovery", False)).lower() in ("true", "1")
+    return {
+        "checkpoint": str(context.run_config.get("checkpoint", on)).lower() in ("true", "1"),
+        "pause_timeout": float(context.run_config.get("pause-timeout", 600.0 if on else 0.0)),
+        "probe_after": float(context.run_config.get("probe-interval", 15.0 if on else 0.0)),
+    }
+
+
+def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=None) -> dict:
     """PSI, then the configured vertical algorithm."""
     from fedrisk.federation.alignment import VerticalRoles, run_alignment
 
     algorithm = _cfg(context, "algorithm", "vertical_lr")
     roles = VerticalRoles.of(session)
-    psi_started = time.perf_counter()
-    rows = run_alignment(session, roles)
-    psi_seconds = time.perf_counter() - psi_started
-    print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
-    if algorithm == "secureboost":
-        return {
-            "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
-            "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
-            **_run_secureboost(session, context, roles),
-        }
-    if algorithm != "vertical_lr":
+    if algorithm not in ("vertical_lr", "secureboost"):
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
-    from fedrisk.federation.vertical_lr import VerticalLRConfig, run_vertical_lr
+    from fedrisk.federation.vertical_lr import VerticalLRConfig, checkpoint_digest, run_vertical_lr
 
     config = VerticalLRConfig(
         epochs=_cfg(context, "epochs", 30),
@@ -90,11 +102,40 @@ def _run_vertical(session: CoordinatorSession, context: Context) -> dict:
         momentum=str(context.run_config.get("momentum", True)).lower() not in ("false", "0"),
         n_jobs=_cfg(context, "n-jobs", 1),
     )
+    resume = None
+    if checkpoints is not None and algorithm == "secureboost":
+        if checkpoints.resumable("secureboost", "-") is not None:
+            raise ConfigError(
+                "SecureBoost runs are not resumable yet: this run id was interrupted; start it again under a new run id"
+            )
+        checkpoints.save("secureboost", 0, {}, config_sha256="-")
+    elif checkpoints is not None:
+        resume = checkpoints.resumable("vertical_lr", checkpoint_digest(config, roles))
+    if resume is not None:
+        rows, psi_seconds = int(resume.state["alignment"]["rows"]), float(resume.state["alignment"]["psi_seconds"])
+    else:
+        session.status.set(protocol=algorithm, step="psi")
+        psi_started = time.perf_counter()
+        rows = run_alignment(session, roles)
+        psi_seconds = time.perf_counter() - psi_started
+        print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
+    if algorithm == "secureboost":
+        result = {
+            "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
+            "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
+            **_run_secureboost(session, context, roles),
+        }
+        if checkpoints is not None:
+            checkpoints.save("secureboost", 1, {}, config_sha256="-", finished=True)
+        return result
 
     def progress(epoch: int, row: dict) -> None:
         print(f"[fedrisk] epoch {epoch}: {json.dumps(row, sort_keys=True)}", flush=True)
 
-    trained = run_vertical_lr(session, roles, config, progress=progress)
+    trained = run_vertical_lr(
+        session, roles, config, progress=progress, checkpoints=checkpoints, resume=resume,
+        alignment={"rows": rows, "psi_seconds": psi_seconds},
+    )
     final = dict(trained.final)
     intersection = json.loads(str(final.pop("intersection", "{}")))
     return {
@@ -140,12 +181,23 @@ def main(grid: Grid, context: Context) -> None:
     out = run_dir / "coordinator" / "result.json"
     started = time.perf_counter()
     run_id = _cfg(context, "fedrisk-run-id", "") or str(getattr(context, "run_id", "run"))
+    recovery = _recovery_options(context)
+    status = RunStatus(status_path(run_dir) if recovery["checkpoint"] or recovery["pause_timeout"] > 0 else None, run_id)
+    checkpoints = None
+    if recovery["checkpoint"]:
+        from fedrisk.federation.checkpoint import CheckpointStore
+
+        checkpoints = CheckpointStore(run_dir / "coordinator" / "checkpoints" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
     try:
         parties = [p for p in str(_cfg(context, "parties", "")).split(",") if p]
         mode = _cfg(context, "mode", "horizontal")
+        status.set(mode=mode, expected_parties=parties)
         if str(context.run_config.get("ledger", True)).lower() not in ("false", "0"):
             grid = _ledgered(grid, run_dir / "coordinator")
-        session = CoordinatorSession(grid, run_id, timeout=float(_cfg(context, "party-timeout", 900.0)))
+        session = CoordinatorSession(
+            grid, run_id, timeout=float(_cfg(context, "party-timeout", 900.0)),
+            pause_timeout=recovery["pause_timeout"], probe_after=recovery["probe_after"], status=status,
+        )
         if not parties:
             raise ConfigError("run config key 'parties' is empty: name the federation's parties")
         session.discover(parties, timeout=float(_cfg(context, "connect-timeout", 120.0)))
@@ -168,7 +220,7 @@ def main(grid: Grid, context: Context) -> None:
             def progress(round_: int, row: dict) -> None:
                 print(f"[fedrisk] round {round_}/{config.rounds}: {json.dumps(row, sort_keys=True)}", flush=True)
 
-            fedavg = run_fedavg(session, config, progress=progress)
+            fedavg = run_fedavg(session, config, progress=progress, checkpoints=checkpoints)
             result = {
                 "status": "ok",
                 "mode": "horizontal",
@@ -182,7 +234,7 @@ def main(grid: Grid, context: Context) -> None:
                 "dp": fedavg.dp,
             }
         elif mode == "vertical":
-            result = _run_vertical(session, context)
+            result = _run_vertical(session, context, checkpoints)
         else:
             raise ConfigError(f"unknown mode {mode!r}")
         result.update(
@@ -191,15 +243,23 @@ def main(grid: Grid, context: Context) -> None:
             bytes_exchanged=session.traffic.by_party(),
             bytes_total=session.traffic.total(),
             seconds=time.perf_counter() - started,
+            recovery={
+                "attempt": status.data.get("attempt", 1),
+                "resumed_from": status.data.get("resumed_from"),
+                "resent_to": sorted(session.rounds_redone_parties),
+            },
         )
         _write_json(out, result)
+        status.set(state="finished")
         # The result travels back in the log stream too: `fedrisk train --superlink` reads it there.
         print(RESULT_PREFIX + json.dumps(result, sort_keys=True, default=str), flush=True)
     except FedriskError as err:
+        status.failed(str(err).splitlines()[0])
         _write_json(out, {"status": "error", "error": str(err).splitlines()[0]})
         print(f"[fedrisk] error: {str(err).splitlines()[0]}", flush=True)
         print(RESULT_PREFIX + json.dumps({"status": "error", "error": str(err).splitlines()[0]}), flush=True)
         raise
     except Exception as err:  # unexpected: keep the traceback in the run folder
+        status.failed(f"{type(err).__name__}: {err}".splitlines()[0])
         _write_json(out, {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         raise

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedrisk.errors import PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import COORDINATOR, Exchange, ExchangeHeader, build_content, content_digest, read_content
+from fedrisk.federation.status import RunStatus
 
 
 @dataclass(frozen=True)
@@ -73,49 +74,91 @@ def _reason(raw: object) -> str:
 class CoordinatorSession:
     """Named, deadline-bounded message exchange with the federation's parties."""
 
-    def __init__(self, grid: Grid, run_id: str, *, poll_interval: float = 0.05, timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        run_id: str,
+        *,
+        poll_interval: float = 0.05,
+        timeout: float = 900.0,
+        pause_timeout: float = 0.0,
+        probe_after: float = 0.0,
+        status: RunStatus | None = None,
+    ) -> None:
         self.grid = grid
         self.run_id = run_id
         self.poll_interval = poll_interval
         self.timeout = timeout
+        #: How long a strict exchange waits for a party that fails transiently (0 = fail at once).
+        self.pause_timeout = pause_timeout
+        #: Seconds without an answer before a node is probed for a lost message (0 = never).
+        self.probe_after = probe_after
+        self.status = status if status is not None else RunStatus(None, run_id)
+        #: Parties whose request had to be sent again (a redone step), since the last reset.
+        self.rounds_redone_parties: set[str] = set()
         self.parties: dict[str, PartyInfo] = {}
         self.traffic = TrafficCounter()
 
     # -- discovery -----------------------------------------------------------
     def discover(self, expected: list[str], *, timeout: float = 120.0) -> dict[str, PartyInfo]:
-        """Wait for the expected parties' nodes and learn which node is which party."""
+        """Wait for the expected parties' nodes and learn which node is which party.
+
+        Every connected node is asked who it is; a node that does not answer
+        (a SuperNode that died but is not yet marked offline) is ignored as
+        long as every expected party is found on another node before the
+        deadline.
+        """
         deadline = time.monotonic() + timeout
+        self.status.set(state="discovering")
+        asked: dict[str, int] = {}  # message id -> node id
+        known: set[int] = set()
+        last_listed = 0.0
+        node_ids: list[int] = []
         while True:
-            node_ids = sorted(self.grid.get_node_ids())
-            if len(node_ids) >= len(expected):
-                break
-            if time.monotonic() > deadline:
-                raise PartyUnavailableError(
-                    f"only {len(node_ids)} of {len(expected)} parties connected within {timeout:.0f} s"
+            now = time.monotonic()
+            if now - last_listed >= 1.0:
+                node_ids = sorted(self.grid.get_node_ids())
+                last_listed = now
+                fresh = [n for n in node_ids if n not in known and n not in asked.values()]
+                if fresh:
+                    messages = []
+                    for node_id in fresh:
+                        header = ExchangeHeader(self.run_id, 0, "identity", COORDINATOR, f"node:{node_id}", "public")
+                        messages.append(Message(build_content(header), dst_node_id=node_id, message_type=mt.IDENTITY))
+                    for mid, msg in zip(self.grid.push_messages(messages), messages):
+                        asked[mid] = msg.metadata.dst_node_id
+                    self.status.event(f"asked {len(fresh)} connected node(s) which party they are")
+            for reply in self.grid.pull_messages(list(asked)) if asked else []:
+                node_id = asked.pop(reply.metadata.reply_to_message_id, None)
+                if node_id is None:
+                    continue
+                if reply.has_error():
+                    continue  # asked again when it is listed again
+                known.add(node_id)
+                cfg = read_content(reply.content).config
+                info = PartyInfo(
+                    name=str(cfg["name"]),
+                    role=str(cfg["role"]),
+                    node_id=node_id,
+                    envelope_public_key=str(cfg["envelope_public_key"]),
+                    signing_public_key=str(cfg["signing_public_key"]),
+                    signing_key_id=str(cfg["signing_key_id"]),
                 )
-            time.sleep(0.2)
-        messages = {}
-        for node_id in node_ids:
-            header = ExchangeHeader(self.run_id, 0, "identity", COORDINATOR, f"node:{node_id}", "public")
-            messages[node_id] = Message(build_content(header), dst_node_id=node_id, message_type=mt.IDENTITY)
-        replies, _ = self._push_and_wait(messages, step="identity", timeout=max(deadline - time.monotonic(), 30.0), names=None)
-        for node_id, reply in replies.items():
-            cfg = read_content(reply.content).config
-            info = PartyInfo(
-                name=str(cfg["name"]),
-                role=str(cfg["role"]),
-                node_id=node_id,
-                envelope_public_key=str(cfg["envelope_public_key"]),
-                signing_public_key=str(cfg["signing_public_key"]),
-                signing_key_id=str(cfg["signing_key_id"]),
-            )
-            if info.name in self.parties:
-                raise ProtocolError(f"two nodes claim to be party {info.name!r}")
-            self.parties[info.name] = info
-        missing = sorted(set(expected) - set(self.parties))
-        if missing:
-            raise PartyUnavailableError(f"expected parties not connected: {', '.join(missing)}")
-        return self.parties
+                if info.name in self.parties and self.parties[info.name].node_id != node_id:
+                    raise ProtocolError(f"two nodes claim to be party {info.name!r}")
+                self.parties[info.name] = info
+                self.status.party(info.name, "connected", role=info.role, node_id=str(node_id))
+            missing = sorted(set(expected) - set(self.parties))
+            if not missing:
+                return self.parties
+            if time.monotonic() > deadline:
+                if len(node_ids) < len(expected):
+                    raise PartyUnavailableError(
+                        f"only {len(node_ids)} of {len(expected)} parties connected within {timeout:.0f} s"
+                    )
+                raise PartyUnavailableError(f"expected parties not connected: {', '.join(missing)}")
+            self.status.heartbeat()
+            time.sleep(self.poll_interval)
 
     # -- exchange ------------------------------------------------------------
     def header(self, round_: int, step: str, receiver: str, content_class: str, key_fingerprint: str = "-") -> ExchangeHeader:
@@ -186,34 +229,156 @@ class CoordinatorSession:
         names: dict[int, str] | None,
         tolerant: bool = False,
     ) -> tuple[dict[int, Message], dict[int, str]]:
-        ids = list(self.grid.push_messages(list(messages.values())))
-        id_to_node = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages.values())}
-        pending = set(ids)
+        """Push one message per node and wait for the replies.
+
+        Beyond Flower's own error replies, two failures are handled here:
+
+        * a node whose SuperNode restarted after pulling a message loses it for
+          good (Flower delivers a message once). After :attr:`probe_after`
+          seconds without an answer the node is sent a liveness probe
+          (``query.whoami``); a probe answered while the message still is not
+          means the message was lost;
+        * with :attr:`pause_timeout` > 0 a strict exchange survives a party
+          that is restarting: a lost message or a transient error (node
+          offline, party process not listening) pauses the run, with the
+          reason in the status file, and the *same* message is sent again
+          until the party answers or ``pause_timeout`` runs out. Parties answer
+          a repeated message from their reply cache, so nothing is computed
+          or released twice.
+        """
+        resilient = not tolerant and self.pause_timeout > 0 and names is not None
+        started = time.monotonic()
+        deadline = started + timeout
+        live: dict[str, int] = {}  # message id -> node id
+        sent_at: dict[int, float] = {}
+        for mid, msg in zip(self.grid.push_messages(list(messages.values())), messages.values()):
+            live[mid] = msg.metadata.dst_node_id
+            sent_at[msg.metadata.dst_node_id] = started
+        pending = set(messages)
+        probes: dict[str, int] = {}
+        probed_at: dict[int, float] = {}
+        probe_answered: dict[int, float] = {}
+        retry_at: dict[int, float] = {}
+        paused_since: dict[int, float] = {}
+        waiting: dict[int, str] = {}
         replies: dict[int, Message] = {}
         failures: dict[int, str] = {}
-        deadline = time.monotonic() + timeout
+
+        def who(node_id: int) -> str:
+            return names[node_id] if names else f"node {node_id}"
+
+        def give_up(node_id: int, reason: str) -> None:
+            if not tolerant:
+                self.status.party(who(node_id), "failed", error=reason)
+                raise PartyUnavailableError(f"party {who(node_id)} failed at step {step!r}: {reason}")
+            failures[node_id] = reason
+            pending.discard(node_id)
+            self.status.party(who(node_id), "failed", error=reason)
+
+        def pause(node_id: int, reason: str, now: float) -> None:
+            for mid in [m for m, n in live.items() if n == node_id]:
+                del live[mid]
+            paused_since.setdefault(node_id, now)
+            waiting[node_id] = reason
+            retry_at[node_id] = now + RESEND_BACKOFF
+            probe_answered.pop(node_id, None)
+            self.status.party(who(node_id), "waiting", error=reason)
+            self.status.paused({who(n): r for n, r in waiting.items()})
+
         while pending:
-            for reply in self.grid.pull_messages(list(pending)):
+            now = time.monotonic()
+            asked = list(live) + list(probes)
+            for reply in self.grid.pull_messages(asked) if asked else []:
                 mid = reply.metadata.reply_to_message_id
-                if mid not in pending:
+                if mid in probes:
+                    probe_answered[probes.pop(mid)] = time.monotonic()
                     continue
-                pending.discard(mid)
-                node_id = id_to_node[mid]
-                who = names[node_id] if names else f"node {node_id}"
+                node_id = live.pop(mid, None)
+                if node_id is None or node_id not in pending:
+                    continue  # an answer to an older copy of a message already answered
                 if reply.has_error():
-                    if not tolerant:
-                        raise PartyUnavailableError(f"party {who} failed at step {step!r}: {_reason(reply.error.reason)}")
-                    failures[node_id] = _reason(reply.error.reason)
+                    reason = _reason(reply.error.reason)
+                    if resilient and _transient(reply.error):
+                        pause(node_id, reason, time.monotonic())
+                        continue
+                    give_up(node_id, reason)
                     continue
                 replies[node_id] = reply
-            if pending:
-                if time.monotonic() > deadline:
-                    if tolerant:
-                        failures.update({id_to_node[m]: f"no answer within {timeout:.0f} s" for m in pending})
-                        break
-                    late = sorted((names or {}).get(id_to_node[m], f"node {id_to_node[m]}") for m in pending)
-                    raise PartyUnavailableError(
-                        f"no answer from {', '.join(late)} at step {step!r} within {timeout:.0f} s"
+                pending.discard(node_id)
+                if node_id in waiting:
+                    del waiting[node_id]
+                    self.rounds_redone_parties.add(who(node_id))
+                    if not waiting:
+                        self.status.running()
+                if names:
+                    self.status.party(who(node_id), "answered")
+            now = time.monotonic()
+            for node_id in sorted(pending):
+                if node_id in retry_at:
+                    continue
+                answered = probe_answered.get(node_id)
+                if answered is not None and now - answered > LOST_GRACE:
+                    reason = "its SuperNode restarted and lost the message"
+                    if resilient:
+                        pause(node_id, reason, now)
+                    else:
+                        for mid in [m for m, n in live.items() if n == node_id]:
+                            del live[mid]
+                        give_up(node_id, reason)
+                elif self.probe_after > 0 and now - max(sent_at[node_id], probed_at.get(node_id, 0.0)) > self.probe_after:
+                    probes[self._push_probe(node_id)] = node_id
+                    probed_at[node_id] = now
+            for node_id, at in sorted(retry_at.items()):
+                if now >= at and node_id in pending:
+                    original = messages[node_id]
+                    copy = Message(
+                        original.content, dst_node_id=node_id, message_type=original.metadata.message_type,
+                        group_id=original.metadata.group_id,
                     )
-                time.sleep(self.poll_interval)
+                    for mid in self.grid.push_messages([copy]):
+                        live[mid] = node_id
+                    sent_at[node_id] = now
+                    probed_at.pop(node_id, None)
+                    del retry_at[node_id]
+            if not pending:
+                break
+            if now > deadline:
+                late = sorted(n for n in pending if n not in paused_since)
+                expired = sorted(n for n in pending if n in paused_since and now > paused_since[n] + self.pause_timeout)
+                for node_id in expired:
+                    reason = f"did not come back within pause-timeout {self.pause_timeout:.0f} s ({waiting.get(node_id, 'no answer')})"
+                    give_up(node_id, reason)
+                if late:
+                    if tolerant:
+                        for node_id in late:
+                            give_up(node_id, f"no answer within {timeout:.0f} s")
+                        break
+                    raise PartyUnavailableError(
+                        f"no answer from {', '.join(who(n) for n in late)} at step {step!r} within {timeout:.0f} s"
+                    )
+            self.status.heartbeat()
+            time.sleep(self.poll_interval)
         return replies, failures
+
+    def _push_probe(self, node_id: int) -> str:
+        """Send a liveness probe (an identity query) to a node; returns its message id."""
+        header = ExchangeHeader(self.run_id, 0, "liveness.probe", COORDINATOR, f"node:{node_id}", "public")
+        message = Message(build_content(header), dst_node_id=node_id, message_type=mt.IDENTITY)
+        return next(iter(self.grid.push_messages([message])))
+
+
+#: Seconds between a transient failure and sending the same message again.
+RESEND_BACKOFF = 2.0
+#: Seconds a message may still arrive after its node answered a later probe.
+LOST_GRACE = 2.0
+
+
+def _transient(error: object) -> bool:
+    """A failure a restarting party recovers from: node offline, reply lost, party process down."""
+    from flwr.common.constant import ErrorCode
+
+    code = getattr(error, "code", None)
+    if code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED):
+        return True
+    reason = str(getattr(error, "reason", ""))
+    return "PartyUnavailableError" in reason or "party process is not listening" in reason or "relay connection closed" in reason

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
 from fedrisk.federation.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
+
+if TYPE_CHECKING:
+    from fedrisk.federation.checkpoint import Checkpoint, CheckpointStore
 
 COORDINATOR = "coordinator"
 
@@ -65,51 +68,109 @@ class VerticalLRResult:
     rows: int = 0
 
 
+def _coordinator(context_blob: bytes, fp: str, lh: str, fhs: tuple[str, ...]):
+    """The coordinator's protocol object over the label holder's public context (no secret key)."""
+    from fedrisk.models.vertical_lr import CoordinatorLR
+    from fedrisk.parties.vertical_lr import load_public_context
+
+    coordinator = CoordinatorLR(load_public_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
+    if coordinator.fingerprint != fp:
+        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    return coordinator
+
+
+def checkpoint_digest(config: VerticalLRConfig, roles: VerticalRoles) -> str:
+    """What a resumed vertical-LR run must share with the run it resumes."""
+    from dataclasses import asdict
+
+    from fedrisk.federation.checkpoint import config_digest
+
+    return config_digest({"protocol": "vertical_lr", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
+
+
 def run_vertical_lr(
     session: CoordinatorSession,
     roles: VerticalRoles,
     config: VerticalLRConfig,
     *,
     progress: Callable[[int, dict], None] | None = None,
+    checkpoints: "CheckpointStore | None" = None,
+    resume: "Checkpoint | None" = None,
+    alignment: dict | None = None,
 ) -> VerticalLRResult:
-    """Set up the parties and run epochs until the label holder says stop."""
-    from fedrisk.models.vertical_lr import (
-        CoordinatorLR,
-        EncryptedMaskedGradient,
-        EncryptedScores,
-    )
-    from fedrisk.parties.vertical_lr import load_public_context
+    """Set up the parties and run epochs until the label holder says stop.
+
+    With ``checkpoints`` the coordinator saves, after the setup and after every
+    completed epoch, what the next epoch starts from: the masked gradients it
+    still has to deliver, the feature counts, the public context and the
+    per-epoch rows (``alignment`` — aligned rows and PSI time — is kept with
+    them). With ``resume`` (a checkpoint of the same configuration) it skips
+    the setup and starts at the epoch after the checkpoint's: the parties keep
+    their blocks, momentum and masks warm, and answer a repeated request of an
+    epoch they already served from their reply cache, so no party applies an
+    update twice.
+    """
+    from fedrisk.models.vertical_lr import EncryptedMaskedGradient, EncryptedScores
 
     lh, fhs = roles.label_holder, roles.feature_holders
     result = VerticalLRResult(label_holder=lh)
     params = {"c": config.c, "epochs": config.epochs, "patience": config.patience, "tol": config.tol, "momentum": config.momentum}
+    digest = checkpoint_digest(config, roles)
+    status = session.status
+    status.set(protocol="vertical_lr", unit="epoch", rounds=config.epochs, state="running")
 
-    setup = session.exchange({lh: (mt.VLR_SETUP, build_content(session.header(0, "vlr.setup", lh, "public"), config=params))})[lh]
-    coordinator_context = load_public_context(setup.blob("coordinator_context"), "coordinator")
-    fp = setup.header.key_fingerprint
-    coordinator = CoordinatorLR(coordinator_context, label_holder=lh, feature_holders=fhs)
-    if coordinator.fingerprint != fp:
-        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
-    result.key_fingerprint, result.rows = fp, int(setup.value("rows"))  # type: ignore[call-overload]
-    plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
-    joined = session.exchange(
-        {
-            p: (
-                mt.VLR_JOIN,
-                build_content(
-                    session.header(0, "vlr.join", p, "public", fp),
-                    {"plan": plan, "context": setup.blob("feature_holder_context")},
-                    {"n_jobs": config.n_jobs, "momentum": config.momentum},
-                ),
-            )
-            for p in fhs
+    if resume is not None:
+        state = resume.state
+        context_blob = resume.blob("coordinator_context")
+        fp = str(state["key_fingerprint"])
+        counts = {p: list(v) for p, v in state["counts"].items()}
+        result.rows = int(state["train_rows"])
+        result.epochs = list(state["rows"])
+        masked = {p: resume.blob(f"masked:{p}") for p in fhs if resume.has_blob(f"masked:{p}")}
+        epoch = int(state["next_epoch"])
+        status.set(resumed_from=epoch - 1 if epoch > 0 else None)
+        status.event(f"resumed at epoch {epoch} from the checkpoint")
+        coordinator = _coordinator(context_blob, fp, lh, fhs)
+    else:
+        status.set(step="vlr.setup")
+        setup = session.exchange({lh: (mt.VLR_SETUP, build_content(session.header(0, "vlr.setup", lh, "public"), config=params))})[lh]
+        context_blob = setup.blob("coordinator_context")
+        fp = setup.header.key_fingerprint
+        result.rows = int(setup.value("rows"))  # type: ignore[call-overload]
+        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
+        joined = session.exchange(
+            {
+                p: (
+                    mt.VLR_JOIN,
+                    build_content(
+                        session.header(0, "vlr.join", p, "public", fp),
+                        {"plan": plan, "context": setup.blob("feature_holder_context")},
+                        {"n_jobs": config.n_jobs, "momentum": config.momentum},
+                    ),
+                )
+                for p in fhs
+            }
+        )
+        counts = {p: [int(r.value("n_features")), int(r.value("n_products"))] for p, r in joined.items()}  # type: ignore[call-overload]
+        masked = {}
+        epoch = 0
+    result.key_fingerprint = fp
+
+    def save(next_epoch: int) -> None:
+        if checkpoints is None:
+            return
+        state = {
+            "key_fingerprint": fp, "counts": counts, "train_rows": result.rows, "rows": result.epochs,
+            "next_epoch": next_epoch, "alignment": alignment or {},
         }
-    )
-    counts = {p: [int(r.value("n_features")), int(r.value("n_products"))] for p, r in joined.items()}  # type: ignore[call-overload]
+        blobs = {"coordinator_context": context_blob, **{f"masked:{p}": data for p, data in masked.items()}}
+        checkpoints.save("vertical_lr", next_epoch, state, blobs, config_sha256=digest)
 
-    masked: dict[str, bytes] = {}
-    epoch = 0
+    if resume is None:
+        save(0)
     while True:
+        status.set(round=epoch, step="vlr.scores")
         started, bytes_before = time.perf_counter(), session.traffic.total()
         requests = {}
         for p in fhs:
@@ -143,6 +204,8 @@ def run_vertical_lr(
             result.bundles.update({p: str(r.value("bundle")) for p, r in finished.items()})
             row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
             result.epochs.append(row)
+            if checkpoints is not None:
+                checkpoints.save("vertical_lr", epoch + 1, {"rows": result.epochs}, config_sha256=digest, finished=True)
             if progress is not None:
                 progress(epoch, row)
             return result
@@ -167,6 +230,7 @@ def run_vertical_lr(
         masked = {p: decrypted.blob(f"masked:{p}") for p in fhs}
         row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
         result.epochs.append(row)
+        save(epoch + 1)
         if progress is not None:
             progress(epoch, row)
         epoch += 1

@@ -6,6 +6,14 @@ elsewhere). The party process keeps the table and keys warm and listens on a
 Unix socket in the party's private state folder; the SuperNode connects to the
 SuperLink's Fleet API over TLS, authenticates with the party's node key, and
 relays each message to the party process through the fedrisk ClientApp.
+
+:meth:`PartyNode.supervise` keeps both alive: a party process or SuperNode
+that dies is started again (the SuperNode with the same node key, so the
+SuperLink gives it the same node id and the coordinator's pending messages
+reach it), at most :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW`
+seconds. A SuperNode that Flower stops because the SuperLink refused it — TLS
+under the wrong CA, a node key that is not registered or was revoked — is not
+restarted: the failure becomes one line saying which and what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +29,15 @@ from typing import Callable
 
 from fedrisk.errors import ConfigError, PartyUnavailableError
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
+
+#: Restarts of one child allowed within :data:`RESTART_WINDOW` seconds before the node gives up.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 600.0
+#: After a SuperNode crash the SuperLink keeps its session open for two heartbeats (20 s with
+#: fedrisk's 10 s heartbeat) and refuses the key meanwhile: retries are spaced by ACTIVATION_RETRY
+#: seconds and a refusal only counts as final ACTIVATION_GRACE seconds after the crash.
+ACTIVATION_GRACE = 60.0
+ACTIVATION_RETRY = 4.0
 
 
 def free_port() -> int:
@@ -39,9 +56,20 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    #: Size of the log file when this process started (its own output follows).
+    log_offset: int = 0
 
     def exited(self) -> int | None:
         return self.popen.poll()
+
+    def own_log(self) -> str:
+        """What this process wrote to its log (not earlier processes of the same name)."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self.log_offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -73,8 +101,43 @@ def spawn(name: str, argv: list[str], *, logs_dir: Path, env: dict[str, str], cw
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"{name}.log"
     with open(log_path, "ab") as handle:
+        offset = handle.tell()
         popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-    return ManagedProcess(name, popen, log_path)
+    return ManagedProcess(name, popen, log_path, offset)
+
+
+def supernode_failure(log_text: str, superlink: str, root_certificates: Path | None, auth_key: Path | None) -> str | None:
+    """One line saying why the SuperLink refused a SuperNode, or ``None`` if it did not.
+
+    Reads Flower 1.39's own log lines: ``CERTIFICATE_VERIFY_FAILED`` (TLS
+    under another CA), ``Peer name ... is not in peer certificate`` (the
+    certificate does not name the host dialled), ``Failed to activate
+    SuperNode`` / ``[code: 2004]`` (node key not registered, or unregistered
+    because it was revoked).
+    """
+    if auth_key is not None and "No such file or directory" in log_text and str(Path(auth_key).name) in log_text:
+        return f"cannot read this node's key {auth_key}: no such file (--auth-key)"
+    if "CERTIFICATE_VERIFY_FAILED" in log_text or "unable to get local issuer certificate" in log_text:
+        return (
+            f"TLS handshake with the SuperLink at {superlink} failed: its certificate is not signed by the CA in "
+            f"{root_certificates} (wrong --root-certificates?)"
+        )
+    if "is not in peer certificate" in log_text or "Hostname mismatch" in log_text:
+        return (
+            f"TLS handshake with the SuperLink at {superlink} failed: its certificate does not name that host "
+            "(the operator must issue one with it in `fedrisk keys init --hosts`)"
+        )
+    if "Failed to activate SuperNode" in log_text or "[code: 2004]" in log_text:
+        fingerprint = ""
+        if auth_key is not None and Path(f"{auth_key}.pub").exists():
+            from fedrisk.crypto.pki_admin import node_key_fingerprint
+
+            fingerprint = f" {node_key_fingerprint(Path(f'{auth_key}.pub'))[:16]}"
+        return (
+            f"the SuperLink at {superlink} refused this node's key{fingerprint}: it is not registered, or it was "
+            "revoked (ask the federation operator: `fedrisk keys register` / `fedrisk keys add-party`)"
+        )
+    return None
 
 
 def node_env(flwr_home: Path) -> dict[str, str]:
@@ -121,8 +184,14 @@ class PartyNode:
     logs_dir: Path | None = None
     env: dict[str, str] | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
+    log: Callable[[str], None] = lambda line: None
 
     def __post_init__(self) -> None:
+        self.party_process: ManagedProcess | None = None
+        self.supernode_process: ManagedProcess | None = None
+        self.restarts: dict[str, list[float]] = {"party": [], "supernode": []}
+        self._crashed_at: float | None = None
+        self._retry_at: float | None = None
         if self.root_certificates is None and not self.insecure:
             raise ConfigError("--root-certificates: the SuperLink's CA certificate is needed (TLS is on by default)")
         self.state_dir = ensure_private_dir(Path(self.settings.state_dir))
@@ -142,6 +211,7 @@ class PartyNode:
         ]
         proc = spawn(f"party-{self.settings.name}", argv, logs_dir=self.logs_dir, env=self.env, cwd=self.state_dir)  # type: ignore[arg-type]
         self.processes.append(proc)
+        self.party_process = proc
         return proc
 
     def wait_party_ready(self, timeout: float = 60.0) -> None:
@@ -168,7 +238,24 @@ class PartyNode:
             argv += ["--auth-supernode-private-key", str(self.auth_key)]
         proc = spawn(f"supernode-{self.settings.name}", argv, logs_dir=self.logs_dir, env=self.env, cwd=self.state_dir)  # type: ignore[arg-type]
         self.processes.append(proc)
+        self.supernode_process = proc
         return proc
+
+    def _wait_joined(self, stop: dict, timeout: float = 120.0) -> None:
+        """Wait until Flower says the SuperNode is connected; a refusal raises its one-line reason."""
+        deadline = time.monotonic() + timeout
+        while not stop["requested"] and time.monotonic() < deadline:
+            proc = self.supernode_process
+            if proc is None:
+                return
+            text = proc.own_log()
+            if "SuperNode ID:" in text or "Connection successful" in text:
+                return
+            if proc.exited() is not None:
+                self.check_alive()
+                return
+            self.check_alive()
+            time.sleep(0.2)
 
     def start(self) -> None:
         """Party process first (it must be listening before the first message), then the SuperNode."""
@@ -180,12 +267,76 @@ class PartyNode:
         for proc in self.processes:
             code = proc.exited()
             if code is not None:
+                refused = self._refusal(proc)
+                if refused:
+                    raise PartyUnavailableError(refused)
                 raise PartyUnavailableError(f"{proc.name} exited with code {code}: {proc.tail()}")
+
+    def _refusal(self, proc: ManagedProcess) -> str | None:
+        if proc is not self.supernode_process:
+            return None
+        return supernode_failure(proc.own_log(), self.superlink, self.root_certificates, self.auth_key)
+
+    def _allow_restart(self, which: str, why: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self.restarts[which] if now - t < RESTART_WINDOW]
+        if len(recent) >= MAX_RESTARTS:
+            raise PartyUnavailableError(
+                f"{which} of party {self.settings.name} died {len(recent) + 1} times within {RESTART_WINDOW:.0f} s ({why}); giving up"
+            )
+        self.restarts[which] = [*recent, now]
+
+    def supervise(self) -> list[str]:
+        """Restart a party process or SuperNode that died; returns what was restarted.
+
+        Raises
+        ------
+        PartyUnavailableError
+            The SuperLink refused the node (wrong CA, unregistered or revoked
+            key: one line saying which), or a child died too often.
+        """
+        restarted = []
+        party, supernode = self.party_process, self.supernode_process
+        if party is not None and party.exited() is not None:
+            why = f"exit code {party.exited()}"
+            self._allow_restart("party", why)
+            self.processes.remove(party)
+            self.start_party_process()
+            self.wait_party_ready()
+            restarted.append(f"party process of {self.settings.name} ({why})")
+        if supernode is not None and supernode.exited() is not None:
+            now = time.monotonic()
+            code = supernode.exited()
+            refused = self._refusal(supernode)
+            if refused:
+                # A SuperNode killed a moment ago is still "online" at the SuperLink until its
+                # heartbeat runs out, and Flower will not activate the same key twice meanwhile.
+                if self._crashed_at is None or now - self._crashed_at > ACTIVATION_GRACE:
+                    raise PartyUnavailableError(refused)
+                if self._retry_at is None:
+                    self._retry_at = now + ACTIVATION_RETRY
+                if now < self._retry_at:
+                    return restarted
+                self._retry_at = None
+                why = "its previous session is still open at the SuperLink"
+            else:
+                if "SuperNode ID:" in supernode.own_log():
+                    # Exit 0 on its own: the SuperLink ended the session (key unregistered). Otherwise a crash.
+                    self._crashed_at = None if code == 0 else now
+                why = f"exit code {code}"
+                self._allow_restart("supernode", why)
+            self.processes.remove(supernode)
+            self.start_supernode()
+            restarted.append(f"SuperNode of {self.settings.name} ({why})")
+        for line in restarted:
+            self.log(f"restarted the {line}")
+        return restarted
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.terminate()
         self.processes.clear()
+        self.party_process = self.supernode_process = None
 
     def serve_forever(self, log: Callable[[str], None] = lambda line: None) -> int:
         """Run until SIGINT/SIGTERM or until a child exits; returns an exit code."""
@@ -195,11 +346,13 @@ class PartyNode:
             stop["requested"] = True
 
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.log = log
         try:
             self.start()
+            self._wait_joined(stop)
             log(f"party {self.settings.name} ({self.settings.role}) joined {self.superlink}; logs in {self.logs_dir}")
             while not stop["requested"]:
-                self.check_alive()
+                self.supervise()
                 time.sleep(0.5)
             return 0
         finally:

@@ -4,10 +4,22 @@ One :class:`PartyRuntime` lives in each party's long-lived process (see
 :mod:`fedrisk.parties.service`) or, in Flower's Simulation Engine, in the
 worker that runs the ClientApp.  It loads the party's table and keys once and
 dispatches each incoming message to the handler of its protocol step.
+
+Repeated messages get the same answer. A coordinator that restarted, or that
+lost a reply when a SuperNode died, sends the same request again; the runtime
+keeps its last :data:`REPLY_CACHE_SIZE` answers keyed by the SHA-256 of the
+request's content and message type, and answers a repeat from that cache
+without running the handler again. That makes every protocol step
+exactly-once as far as the party's state goes (a vertical-LR feature holder
+never applies one masked gradient twice, a key holder never makes a second
+key) and means a redone step never releases a second, differently noised or
+differently encrypted, version of the same answer.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -22,6 +34,9 @@ from fedrisk.parties.settings import PartySettings, ensure_private_dir
 
 Handler = Callable[[Exchange], RecordDict]
 
+#: Answers kept for repeated requests (a coordinator re-sends only its latest request per party).
+REPLY_CACHE_SIZE = 4
+
 
 class PartyRuntime:
     """A party's state and its handlers, keyed by Flower message type."""
@@ -32,6 +47,9 @@ class PartyRuntime:
         # Protocol state is per run: a warm party process serves run after run.
         self._protocol_classes = self._protocol_classes_for_role()
         self._runs: dict[str, dict[str, object]] = {}
+        self._replies: OrderedDict[str, RecordDict] = OrderedDict()
+        #: Requests answered from the reply cache (a measure of redone steps).
+        self.repeats = 0
 
     # -- state loaded once -------------------------------------------------
     @cached_property
@@ -100,10 +118,24 @@ class PartyRuntime:
             raise ProtocolError(
                 f"party {self.settings.name!r} got a message addressed to {exchange.header.receiver!r}"
             )
+        key = None
+        if message_type != mt.IDENTITY:
+            from fedrisk.federation.exchange import content_digest_bytes
+
+            key = hashlib.sha256(message_type.encode() + b"\0" + content_digest_bytes(content)).hexdigest()
+            cached = self._replies.get(key)
+            if cached is not None:
+                self.repeats += 1
+                return cached
         handler = self._handler(exchange.header.run_id, message_type)
         if handler is None:
             raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
-        return handler(exchange)
+        reply = handler(exchange)
+        if key is not None:
+            self._replies[key] = reply
+            while len(self._replies) > REPLY_CACHE_SIZE:
+                self._replies.popitem(last=False)
+        return reply
 
     def _on_identity(self, exchange: Exchange) -> RecordDict:
         request = exchange.header

@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", required=True, type=Path, help="party settings JSON")
     parser.add_argument("--socket", required=True, type=Path, help="Unix socket to listen on")
     parser.add_argument("--ready-file", type=Path, default=None, help="written once listening")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None, help="log line format (default: $FEDRISK_LOG_FORMAT or text)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    serve(PartySettings.read(args.settings), args.socket, args.ready_file)
+    from fedrisk.logs import configure_logging
+
+    settings = PartySettings.read(args.settings)
+    configure_logging(args.log_format, process_name=f"party-{settings.name}")
+    serve(settings, args.socket, args.ready_file)
     return 0
 
 
