@@ -502,9 +502,14 @@ def run_fedavg(
             while len(replies) < config.min_parties and time.monotonic() < pause_until:
                 status.paused(dict(failures))
                 time.sleep(PAUSE_RETRY_SECONDS)
-                retry = {b: request(b, round_, told_to_drop, stragglers) for b in failures}
-                more, failures = session.exchange_tolerant(retry, timeout=round_timeout)
-                has_stats.difference_update(failures)
+                online = set(session.grid.get_node_ids())
+                back = [b for b in failures if session.parties[b].node_id in online]  # resend once it is back
+                if not back:
+                    continue
+                retry = {b: request(b, round_, told_to_drop, stragglers) for b in back}
+                more, failed_again = session.exchange_tolerant(retry, timeout=round_timeout)
+                failures = {**{b: r for b, r in failures.items() if b not in back}, **failed_again}
+                has_stats.difference_update(failed_again)
                 replies.update(more)
                 redone += sorted(more)
             status.running()

@@ -328,18 +328,22 @@ class CoordinatorSession:
                 elif self.probe_after > 0 and now - max(sent_at[node_id], probed_at.get(node_id, 0.0)) > self.probe_after:
                     probes[self._push_probe(node_id)] = node_id
                     probed_at[node_id] = now
-            for node_id, at in sorted(retry_at.items()):
-                if now >= at and node_id in pending:
-                    original = messages[node_id]
-                    copy = Message(
-                        original.content, dst_node_id=node_id, message_type=original.metadata.message_type,
-                        group_id=original.metadata.group_id,
-                    )
-                    for mid in self.grid.push_messages([copy]):
-                        live[mid] = node_id
-                    sent_at[node_id] = now
-                    probed_at.pop(node_id, None)
-                    del retry_at[node_id]
+            due = [n for n, at in sorted(retry_at.items()) if now >= at and n in pending]
+            online = set(self.grid.get_node_ids()) if due else set()
+            for node_id in due:
+                if node_id not in online:  # still offline: resend once it is back, not into the void
+                    retry_at[node_id] = now + RESEND_BACKOFF
+                    continue
+                original = messages[node_id]
+                copy = Message(
+                    original.content, dst_node_id=node_id, message_type=original.metadata.message_type,
+                    group_id=original.metadata.group_id,
+                )
+                for mid in self.grid.push_messages([copy]):
+                    live[mid] = node_id
+                sent_at[node_id] = now
+                probed_at.pop(node_id, None)
+                del retry_at[node_id]
             if not pending:
                 break
             if now > deadline:

@@ -186,6 +186,7 @@ def run_vertical_lr(
         config_lh: dict[str, object] = {"epoch": epoch}
         if epoch == 0:
             config_lh["feature_counts"] = json.dumps(counts, sort_keys=True)
+        status.set(step="vlr.score_sum")
         decision = session.exchange(
             {lh: (mt.VLR_RESIDUAL, build_content(session.header(epoch, "vlr.score_sum", lh, "aggregate", fp), {"score_sum": coordinator.relay(COORDINATOR, lh, total.to_bytes())}, config_lh))}
         )[lh]
@@ -210,6 +211,7 @@ def run_vertical_lr(
                 progress(epoch, row)
             return result
         residual = decision.blob("residual")
+        status.set(step="vlr.residual")
         products = session.exchange(
             {
                 p: (
@@ -224,6 +226,7 @@ def run_vertical_lr(
             data = coordinator.relay(p, lh, reply.blob("product"))
             EncryptedMaskedGradient.from_bytes(data, context=coordinator.context)  # well-formed, right key
             blobs[f"product:{p}"] = data
+        status.set(step="vlr.products")
         decrypted = session.exchange(
             {lh: (mt.VLR_DECRYPT, build_content(session.header(epoch, "vlr.products", lh, "ciphertext", fp), blobs))}
         )[lh]

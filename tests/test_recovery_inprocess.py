@@ -1,0 +1,259 @@
+"""Crash recovery of the coordinator and parties, in one process (fast; the real-process kills are in test_recovery_e2e.py).
+
+The fedrisk ServerApp and ClientApps run over
+:class:`~fedrisk.federation.inprocess.InProcessGrid`; the parties' runtimes live
+on between ServerApp calls exactly as a party's warm process outlives a
+coordinator. A "kill" is a ``BaseException`` raised while a message is being
+delivered: nothing after it runs, no ``except Exception`` sees it, no result
+is written — what SIGKILL does to ``flwr-serverapp``. Then the ServerApp is
+called again with the same run id, as ``LocalFederation`` resubmits it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Context, RecordDict
+
+from fedrisk.errors import ConfigError, ProtocolError
+from fedrisk.federation.checkpoint import CheckpointStore
+from fedrisk.federation.exchange import read_content
+from fedrisk.federation.inprocess import InProcessGrid
+from fedrisk.federation.server_app import app as server_app
+from fedrisk.federation.status import read_status
+from fedrisk.models.bundle import load_model_bundle
+from fedrisk.parties.settings import PartySettings
+
+SCHEMA = {"id_column": "id", "label_column": "y", "features": {f"x{i}": "float" for i in range(23)}, "id_format": "opaque"}
+GUEST_SCHEMA = {"id_column": "id", "label_column": "y", "features": {f"x{i}": "float" for i in range(13)}, "id_format": "opaque"}
+HOST_SCHEMA = {"id_column": "id", "features": {f"x{i}": "float" for i in range(10)}, "id_format": "opaque"}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so no handler in the ServerApp sees it."""
+
+
+def _signing_key(state_dir: str) -> bytes:
+    from fedrisk.crypto.signing import SigningIdentity
+
+    return SigningIdentity.load(Path(state_dir) / "identity_ed25519.key").public_key_bytes
+
+
+def _serve(run_dir: Path, parties: list[PartySettings], run_id: str, tap=None, **config) -> dict:
+    run_config = {
+        "run-dir": str(run_dir), "parties": ",".join(p.name for p in parties), "fedrisk-run-id": run_id,
+        "party-timeout": 60.0, "recovery": True, "probe-interval": 0.0, "pause-timeout": 30.0, **config,
+    }
+    grid = InProcessGrid(parties, tap=tap)
+    server_app(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    return json.loads((run_dir / "coordinator" / "result.json").read_text())
+
+
+def _kill_at(step: str, round_: int, receiver: str):
+    """A tap that 'kills the coordinator' as it hands ``step`` of ``round_`` to ``receiver``."""
+
+    def tap(direction, node_id, msg):
+        if direction != "to_party":
+            return
+        header = read_content(msg.content).header
+        if header.step == step and header.round == round_ and header.receiver == receiver:
+            raise Killed(f"coordinator killed at {step} round {round_}")
+
+    return tap
+
+
+def _weights(result: dict, parties: list[PartySettings], name: str) -> dict[str, np.ndarray]:
+    state = next(p.state_dir for p in parties if p.name == name)
+    bundle = result["final"][name]["bundle"] if "final" in result and name in result["final"] else result["bundles"][name]
+    arrays, _ = load_model_bundle(Path(bundle), [_signing_key(state)])
+    return {k: np.asarray(v, dtype=float) for k, v in arrays.items() if np.asarray(v).dtype.kind == "f"}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+@pytest.fixture(scope="module")
+def banks(tmp_path_factory, default_credit_dir) -> list[PartySettings]:
+    root = tmp_path_factory.mktemp("banks")
+    parties = []
+    for name, file in (("bank_a", "guest"), ("bank_b", "host_1")):
+        path = root / f"{name}.csv"
+        pd.read_csv(default_credit_dir / f"default_credit_homo_{file}.csv").head(800).to_csv(path, index=False)
+        parties.append(PartySettings(name, "bank", str(path), SCHEMA, str(root / "parties" / name)))
+    return parties
+
+
+HORIZONTAL = {"mode": "horizontal", "num-rounds": 3, "model": "logistic", "seed": 5}
+
+
+@pytest.mark.parametrize("aggregation", ["plain", "ckks"])
+def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks, aggregation):
+    config = {**HORIZONTAL, "aggregation": aggregation}
+    base = _serve(tmp_path / "base", banks, f"base-{aggregation}", **config)
+    seen: list[tuple[int, str]] = []
+
+    def count(direction, node_id, msg):
+        header = read_content(msg.content).header
+        if direction == "to_party" and header.step == "fedavg.train":
+            seen.append((header.round, header.receiver))
+
+    killer = _kill_at("fedavg.train", 2, "bank_b")
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _serve(run_dir, banks, f"killed-{aggregation}", tap=lambda *a: (count(*a), killer(*a)), **config)
+    assert not (run_dir / "coordinator" / "result.json").exists()
+    assert CheckpointStore(run_dir / "coordinator" / "checkpoints" / f"killed-{aggregation}").load().round == 1
+    resumed = _serve(run_dir, banks, f"killed-{aggregation}", tap=count, **config)
+    assert resumed["status"] == "ok" and resumed["recovery"]["resumed_from"] == 1 and resumed["recovery"]["attempt"] == 2
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
+    # Round 2 was the only one sent twice (bank_a got it in the killed attempt, both in the resumed one).
+    assert [r for r in {1, 2, 3} if sum(1 for x in seen if x[0] == r) > 2] == [2]
+    diff = _max_diff(_weights(base, banks, "bank_a"), _weights(resumed, banks, "bank_a"))
+    if aggregation == "plain":
+        assert diff == 0.0  # the same computation, bit for bit
+    else:
+        assert diff < 1e-3  # CKKS: each encryption adds fresh noise (~1e-7 per aggregate), training carries it on
+    status = read_status(run_dir)
+    assert status["state"] == "finished" and status["attempt"] == 2 and status["resumed_from"] == 1
+
+
+def test_fedavg_pauses_for_a_restarting_bank_and_resumes(tmp_path, banks):
+    """Every bank required (min-parties = 2 of 2): a bank that goes away mid-round pauses the run, not fails it."""
+    from fedrisk.parties import runtime as runtime_module
+
+    config = {**HORIZONTAL, "aggregation": "plain"}
+    base = _serve(tmp_path / "base", banks, "pause-base", **config)
+    state = {"grid": None, "done": False}
+
+    def grid_tap(direction, node_id, msg):
+        header = read_content(msg.content).header
+        if direction == "to_party" and header.step == "fedavg.train" and header.round == 2 and header.receiver == "bank_b" and not state["done"]:
+            state["done"] = True
+            grid = state["grid"]
+            grid.offline.add(node_id)  # bank_b's node is gone...
+            runtime_module._RUNTIMES.pop(str(Path(banks[1].state_dir) / "settings.json"), None)  # ...and its warm state with it
+
+            def back():
+                time.sleep(1.5)
+                grid.offline.discard(node_id)
+
+            threading.Thread(target=back, daemon=True).start()
+
+    original = InProcessGrid.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        state["grid"] = self
+
+    InProcessGrid.__init__ = init
+    try:
+        resumed = _serve(tmp_path / "paused", banks, "paused", tap=grid_tap, **config)
+    finally:
+        InProcessGrid.__init__ = original
+    assert resumed["rounds"][1]["redone_for"] == ["bank_b"] and resumed["rounds"][1]["answered"] == 2
+    assert _max_diff(_weights(base, banks, "bank_a"), _weights(resumed, banks, "bank_a")) == 0.0
+    events = [e["message"] for e in read_status(tmp_path / "paused")["events"]]
+    assert any(m.startswith("paused: waiting for bank_b") for m in events) and "resumed: every party answered" in events
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, banks):
+    config = {**HORIZONTAL, "aggregation": "plain"}
+    with pytest.raises(Killed):
+        _serve(tmp_path, banks, "mixed", tap=_kill_at("fedavg.train", 2, "bank_a"), **config)
+    with pytest.raises(ConfigError, match="made under a different fedavg configuration"):
+        _serve(tmp_path, banks, "mixed", **{**config, "seed": 6})
+
+
+@pytest.fixture(scope="module")
+def vertical(tmp_path_factory, default_credit_dir) -> list[PartySettings]:
+    root = tmp_path_factory.mktemp("vertical")
+    guest = pd.read_csv(default_credit_dir / "default_credit_hetero_guest.csv").head(1200)
+    host = pd.read_csv(default_credit_dir / "default_credit_hetero_host.csv").iloc[200:1400]
+    guest.to_csv(root / "bank.csv", index=False)
+    host.to_csv(root / "tax.csv", index=False)
+    return [
+        PartySettings("bank", "label_holder", str(root / "bank.csv"), GUEST_SCHEMA, str(root / "parties" / "bank")),
+        PartySettings("tax_bureau", "feature_holder", str(root / "tax.csv"), HOST_SCHEMA, str(root / "parties" / "tax_bureau")),
+    ]
+
+
+VERTICAL = {"mode": "vertical", "algorithm": "vertical_lr", "epochs": 4, "patience": 10}
+
+
+@pytest.mark.parametrize("step, receiver", [("vlr.residual", "tax_bureau"), ("vlr.products", "bank")])
+def test_vertical_lr_coordinator_killed_mid_epoch_resumes_and_matches(tmp_path, vertical, step, receiver):
+    base = _serve(tmp_path / "base", vertical, "v-base", **VERTICAL)
+    sent: list[tuple[int, str, str]] = []
+
+    def count(direction, node_id, msg):
+        header = read_content(msg.content).header
+        if direction == "to_party" and header.step.startswith("vlr."):
+            sent.append((header.round, header.step, header.receiver))
+
+    killer = _kill_at(step, 2, receiver)
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _serve(run_dir, vertical, "v-killed", tap=lambda *a: (count(*a), killer(*a)), **VERTICAL)
+    resumed = _serve(run_dir, vertical, "v-killed", tap=count, **VERTICAL)
+    assert resumed["status"] == "ok" and resumed["recovery"]["resumed_from"] == 1
+    assert [e["epoch"] for e in resumed["epochs"]] == [e["epoch"] for e in base["epochs"]]
+    # Only epoch 2 was sent twice; every party answered its repeats from its reply cache.
+    twice = sorted({r for r, s, p in sent if sent.count((r, s, p)) > 1})
+    assert twice == [2]
+    losses = np.array([e["train_loss"] for e in resumed["epochs"]]), np.array([e["train_loss"] for e in base["epochs"]])
+    assert np.max(np.abs(losses[0] - losses[1])) < 1e-4  # CKKS and flooding noise differ between any two runs
+    for name in ("bank", "tax_bureau"):
+        a, b = _weights(base, vertical, name), _weights(resumed, vertical, name)
+        assert _max_diff(a, b) < 5e-3 * max(1.0, max(float(np.max(np.abs(v))) for v in a.values()))
+
+
+def test_secureboost_says_it_is_not_resumable(tmp_path, vertical):
+    config = {"mode": "vertical", "algorithm": "secureboost", "trees": 1, "depth": 2}
+    with pytest.raises(Killed):
+        _serve(tmp_path, vertical, "sb", tap=_kill_at("psi.finish", 0, "tax_bureau"), **config)
+    with pytest.raises(ConfigError, match="SecureBoost runs are not resumable yet"):
+        _serve(tmp_path, vertical, "sb", **config)
+
+
+def test_checkpoint_store_is_atomic_checked_and_plain(tmp_path):
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.load() is None
+    store.save("fedavg", 1, {"rows": [1]}, {"aggregate": b"a" * 10}, config_sha256="c1")
+    store.save("fedavg", 2, {"rows": [1, 2]}, {"aggregate": b"b" * 10}, config_sha256="c1")
+    checkpoint = store.resumable("fedavg", "c1")
+    assert checkpoint.round == 2 and checkpoint.blob("aggregate") == b"b" * 10
+    assert len(list((tmp_path / "ckpt" / "blobs").iterdir())) == 1  # the old aggregate is gone
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (tmp_path / "ckpt").rglob("*") if p.is_file())
+    json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())  # JSON, not pickle
+    blob = next((tmp_path / "ckpt" / "blobs").iterdir())
+    blob.write_bytes(b"tampered!!")
+    with pytest.raises(ProtocolError, match="corrupt"):
+        store.load().blob("aggregate")
+    with pytest.raises(ConfigError, match="unfinished fedavg checkpoint"):
+        store.resumable("vertical_lr", "c1")
+    store.save("fedavg", 3, {}, config_sha256="c1", finished=True)
+    assert store.resumable("fedavg", "c1") is None
+
+
+def test_status_command_reads_what_the_coordinator_wrote(tmp_path, banks):
+    import subprocess
+    import sys
+
+    _serve(tmp_path, banks, "status-run", **{**HORIZONTAL, "aggregation": "plain", "num-rounds": 1})
+    shown = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0].startswith("run status-run: finished, round 1/1 (fedavg")
+    assert "parties (2/2 connected):" in shown.stdout
+    as_json = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60, check=False)
+    data = json.loads(as_json.stdout.strip().splitlines()[-1])
+    assert data["state"] == "finished" and set(data["parties"]) == {"bank_a", "bank_b"} and data["stale"] is False
+    missing = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "error: no run status at" in missing.stderr
