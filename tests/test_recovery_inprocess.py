@@ -115,7 +115,7 @@ def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks
     assert resumed["status"] == "ok" and resumed["recovery"]["resumed_from"] == 1 and resumed["recovery"]["attempt"] == 2
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     # Round 2 was the only one sent twice (bank_a got it in the killed attempt, both in the resumed one).
-    assert [r for r in {1, 2, 3} if sum(1 for x in seen if x[0] == r) > 2] == [2]
+    assert [r for r in (1, 2, 3) if sum(1 for x in seen if x[0] == r) > 2] == [2]
     diff = _max_diff(_weights(base, banks, "bank_a"), _weights(resumed, banks, "bank_a"))
     if aggregation == "plain":
         assert diff == 0.0  # the same computation, bit for bit
