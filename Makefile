@@ -21,7 +21,7 @@ install: $(STAMP)  ## create .venv and install fedrisk with test extras
 
 system-deps:  ## Debian packages for the sandbox and the report's browser test (needs root; skipped otherwise)
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		missing=""; for p in bubblewrap chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		missing=""; for p in bubblewrap chromium iproute2; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || echo "warning: could not install$$missing"; fi; \
 	else echo "system-deps: not root or no apt-get; bubblewrap/chromium tests will say they were skipped"; fi
 

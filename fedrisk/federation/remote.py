@@ -6,6 +6,12 @@ address and the CA certificate that signed its TLS certificate: it writes the
 Flower App for the run, submits it with ``flwr run --stream``, and reads the
 coordinator's result from the stream (the ServerApp runs next to the
 SuperLink, so its files are not here).
+
+Runs are submitted with ``recovery = true``: the coordinator checkpoints in
+its run folder on the SuperLink's host. When the stream ends without a result
+(the coordinator process died), the Flower run is stopped (``flwr stop``) and
+the same run id is submitted again, up to ``max_restarts`` times; the new
+coordinator resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fedrisk.errors import ConfigError, FedriskError, PartyUnavailableError
 from fedrisk.federation.local import write_app, write_flwr_config
@@ -45,6 +51,8 @@ class RemoteFederation:
     parties: list[str]
     insecure: bool = False
     log: Callable[[str], None] = lambda line: None
+    #: How often a coordinator that died without a result is resubmitted (it resumes from its checkpoint).
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         if ":" not in self.control_address:
@@ -56,45 +64,71 @@ class RemoteFederation:
         self.run_dir = Path(self.run_dir).resolve()
 
     def run(self, run_config: dict, *, timeout: float = 3600.0) -> dict:
-        """Submit one run and return the coordinator's result."""
+        """Submit one run and return the coordinator's result (resubmitting it after a coordinator crash)."""
         home = self.run_dir / "flwr"
         write_flwr_config(home, self.control_address, None if self.insecure else self.root_certificates)
         config = {**run_config}
         config.setdefault("fedrisk-run-id", self.run_dir.name)
+        config.setdefault("recovery", True)
         app = write_app(self.run_dir / "app", config, self.parties)
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, self.max_restarts + 2):
+            result = self._attempt(app, home, deadline)
+            if result is not None:
+                break
+            if attempt > self.max_restarts:
+                raise FedriskError(f"the coordinator died {attempt} times without a result (see {self.run_dir / 'logs'})")
+            self.log(f"the coordinator stopped without a result; resubmitting the run to resume it (attempt {attempt + 1})")
+        if result.get("status") != "ok":
+            raise FedriskError(str(result.get("error", "the coordinator failed")))
+        return result
+
+    def _attempt(self, app: Path, home: Path, deadline: float) -> dict | None:
+        """One ``flwr run --stream``: the result, or ``None`` when the stream ended without one."""
         proc = spawn(
             "flwr-run",
             [str(Path(sys.executable).parent / "flwr"), "run", str(app), "local", "--stream"],
             logs_dir=self.run_dir / "logs", env=node_env(home), cwd=self.run_dir,
         )
         self.log(f"run submitted to {self.control_address}; stream in {proc.log_path}")
-        deadline = time.monotonic() + timeout
         try:
             while True:
-                result = _result_in(proc.log_path)
+                result = _result_in(proc.own_log())
                 if result is not None:
-                    break
+                    return result
                 if proc.exited() is not None:
                     time.sleep(0.5)
-                    result = _result_in(proc.log_path)
-                    if result is None:
-                        raise FedriskError(f"the run ended without a result: {proc.tail()}")
-                    break
+                    result = _result_in(proc.own_log())
+                    if result is not None:
+                        return result
+                    text = proc.own_log()
+                    if "Successfully started run" not in text:  # never got a run: nothing to resume
+                        raise FedriskError(f"the run could not be submitted: {proc.tail()}")
+                    self._stop(text)
+                    return None
                 if time.monotonic() > deadline:
-                    raise PartyUnavailableError(f"the run did not finish within {timeout:.0f} s (see {proc.log_path})")
+                    raise PartyUnavailableError(f"the run did not finish within the deadline (see {proc.log_path})")
                 time.sleep(0.3)
         finally:
             proc.terminate()
-        if result.get("status") != "ok":
-            raise FedriskError(str(result.get("error", "the coordinator failed")))
-        return result
+
+    def _stop(self, stream: str) -> None:
+        import re
+
+        from fedrisk.federation.superlink_admin import SuperLinkAdmin
+
+        found = re.findall(r"Successfully started run (\d+)", stream)
+        if not found:
+            return
+        try:
+            SuperLinkAdmin(
+                self.control_address, None if self.insecure else self.root_certificates, self.run_dir / "flwr-admin", insecure=self.insecure
+            ).stop_run(int(found[-1]))
+        except FedriskError as err:
+            self.log(f"could not stop Flower run {found[-1]}: {err}")
 
 
-def _result_in(log_path: Path) -> dict | None:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return None
+def _result_in(text: str) -> dict | None:
     for line in reversed(text.splitlines()):
         at = line.find(RESULT_PREFIX)
         if at >= 0:
