@@ -78,12 +78,15 @@ def configure_logging(fmt: str | None = None, *, process_name: str = "", level: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API call otherwise
     if chosen == "json":
+        # Flower's console handler formats records itself (colours, prefixes): replace it.
         flwr = logging.getLogger("flwr")
-        for existing in flwr.handlers:
-            existing.setFormatter(JsonFormatter(process_name))
-        if flwr.handlers:
-            flwr.propagate = False  # one line per record, not one from each handler
+        flwr_handler = logging.StreamHandler(sys.stderr)
+        flwr_handler.setFormatter(JsonFormatter(process_name))
+        flwr_handler.setLevel(level)
+        flwr.handlers[:] = [flwr_handler]
+        flwr.propagate = False
     return chosen
 
 

@@ -66,9 +66,9 @@ def drop_messages_of_stopped_runs() -> None:
     from flwr.supercore.run import RunNotRunningException
     from flwr.supernode import start_client_internal
 
-    flower_pull_objects = start_client_internal.pull_objects
-    if getattr(flower_pull_objects, "_fedrisk", False):
-        return
+    flower_pull_objects = getattr(start_client_internal, "pull_objects", None)
+    if flower_pull_objects is None or getattr(flower_pull_objects, "_fedrisk", False):
+        return  # another Flower: leave it alone
 
     def pull_objects(*args, **kwargs):
         try:
@@ -92,9 +92,9 @@ def keep_supernode_alive_on_stale_tasks() -> None:
     import httpx
     from flwr.supercore import retry
 
-    flower_factory = retry.make_simple_http_retry_invoker
-    if getattr(flower_factory, "_fedrisk", False):
-        return
+    flower_factory = getattr(retry, "make_simple_http_retry_invoker", None)
+    if flower_factory is None or getattr(flower_factory, "_fedrisk", False):
+        return  # another Flower: leave it alone
 
     def make_simple_http_retry_invoker(*args, **kwargs):
         invoker = flower_factory(*args, **kwargs)
@@ -138,9 +138,13 @@ def tune_fleet_link() -> None:
     from flwr.client.grpc_rere_client import connection
     from flwr.supercore import heartbeat
 
+    if not all(hasattr(m, "HEARTBEAT_DEFAULT_INTERVAL") for m in (connection, heartbeat)) or not hasattr(connection, "create_channel"):
+        return  # another Flower: leave it alone
     connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_SECONDS
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_SECONDS
     flower_create_channel = connection.create_channel
+    if getattr(flower_create_channel, "_fedrisk", False):
+        return
 
     def create_channel(server_address, insecure, root_certificates=None, max_message_length=None, interceptors=None):
         from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH
@@ -159,6 +163,7 @@ def tune_fleet_link() -> None:
         channel = grpc.secure_channel(server_address, grpc.ssl_channel_credentials(root_certificates), options=options)
         return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
 
+    create_channel._fedrisk = True  # type: ignore[attr-defined]
     connection.create_channel = create_channel
 
 
