@@ -11,7 +11,10 @@ party, gRPC+TLS with node authentication on loopback) serves every run:
 * vertical: bank (label holder) + tax bureau (feature holder), PSI then
   encrypted vertical LR; an uninterrupted run, the noise reference, the
   coordinator killed while the feature holder computes its epoch-2 gradient,
-  and (full mode) the tax bureau's SuperNode killed mid-epoch 1.
+  the tax bureau's party process killed at the same point (it comes back from
+  its disk state), and (full mode) the bank's party process killed while it
+  decrypts epoch 1's products (its CKKS secret key comes back from disk) and
+  the tax bureau's SuperNode killed mid-epoch 1.
 
 For each kill: ``resumed`` (the run finished with status ok), the largest
 absolute difference between the final model's weights and the uninterrupted
@@ -273,9 +276,9 @@ def _vertical(tmp: Path, quick: bool) -> list[dict]:
     fed = load_federation_file(tmp / "vertical.toml")
     run_dir = tmp / "vertical"
     config = run_config_for(fed)
-    kills = [("coordinator", None, 2, ("vlr.residual",))]
+    kills = [("coordinator", None, 2, ("vlr.residual",)), ("party", "tax_bureau", 2, ("vlr.residual",))]
     if not quick:
-        kills.append(("supernode", "tax_bureau", 1, ("vlr.residual",)))
+        kills += [("party", "bank", 1, ("vlr.products",)), ("supernode", "tax_bureau", 1, ("vlr.residual",))]
     records = []
     with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
         base = federation.run(run_config={**config, "fedrisk-run-id": "v-base"}, timeout=1200)
@@ -297,7 +300,7 @@ def _vertical(tmp: Path, quick: bool) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller tables, fewer rounds, no vertical SuperNode kill")
+    parser.add_argument("--quick", action="store_true", help="smaller tables, fewer rounds; no label-holder or vertical SuperNode kill")
     parser.add_argument("--only", choices=("horizontal", "vertical"), default=None, help="run one protocol's kills only")
     args = parser.parse_args(argv)
     started = time.perf_counter()

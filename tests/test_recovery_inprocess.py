@@ -95,9 +95,9 @@ HORIZONTAL = {"mode": "horizontal", "num-rounds": 3, "model": "logistic", "seed"
 
 
 @pytest.mark.parametrize("aggregation", ["plain", "ckks"])
-def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks, aggregation):
+def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks, horizontal_base, aggregation):
     config = {**HORIZONTAL, "aggregation": aggregation}
-    base = _serve(tmp_path / "base", banks, f"base-{aggregation}", **config)
+    base = horizontal_base(aggregation)
     seen: list[tuple[int, str]] = []
 
     def count(direction, node_id, msg):
@@ -125,12 +125,12 @@ def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks
     assert status["state"] == "finished" and status["attempt"] == 2 and status["resumed_from"] == 1
 
 
-def test_fedavg_pauses_for_a_restarting_bank_and_resumes(tmp_path, banks):
+def test_fedavg_pauses_for_a_restarting_bank_and_resumes(tmp_path, banks, horizontal_base):
     """Every bank required (min-parties = 2 of 2): a bank that goes away mid-round pauses the run, not fails it."""
     from fedrisk.parties import runtime as runtime_module
 
     config = {**HORIZONTAL, "aggregation": "plain"}
-    base = _serve(tmp_path / "base", banks, "pause-base", **config)
+    base = horizontal_base("plain")
     state = {"grid": None, "done": False}
 
     def grid_tap(direction, node_id, msg):
@@ -188,9 +188,28 @@ def vertical(tmp_path_factory, default_credit_dir) -> list[PartySettings]:
 VERTICAL = {"mode": "vertical", "algorithm": "vertical_lr", "epochs": 4, "patience": 10}
 
 
+@pytest.fixture(scope="module")
+def vertical_base(tmp_path_factory, vertical) -> dict:
+    """One uninterrupted vertical run, the reference of every vertical kill below."""
+    return _serve(tmp_path_factory.mktemp("vbase"), vertical, "v-base", **VERTICAL)
+
+
+@pytest.fixture(scope="module")
+def horizontal_base(tmp_path_factory, banks):
+    """Uninterrupted FedAvg runs by aggregation, computed once."""
+    cache: dict[str, dict] = {}
+
+    def get(aggregation: str) -> dict:
+        if aggregation not in cache:
+            cache[aggregation] = _serve(tmp_path_factory.mktemp(f"hbase-{aggregation}"), banks, f"base-{aggregation}", **{**HORIZONTAL, "aggregation": aggregation})
+        return cache[aggregation]
+
+    return get
+
+
 @pytest.mark.parametrize("step, receiver", [("vlr.residual", "tax_bureau"), ("vlr.products", "bank")])
-def test_vertical_lr_coordinator_killed_mid_epoch_resumes_and_matches(tmp_path, vertical, step, receiver):
-    base = _serve(tmp_path / "base", vertical, "v-base", **VERTICAL)
+def test_vertical_lr_coordinator_killed_mid_epoch_resumes_and_matches(tmp_path, vertical, vertical_base, step, receiver):
+    base = vertical_base
     sent: list[tuple[int, str, str]] = []
 
     def count(direction, node_id, msg):
@@ -257,3 +276,55 @@ def test_status_command_reads_what_the_coordinator_wrote(tmp_path, banks):
     assert data["state"] == "finished" and set(data["parties"]) == {"bank_a", "bank_b"} and data["stale"] is False
     missing = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "error: no run status at" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "party, message_type, after_answering",
+    [
+        ("tax_bureau", "train.vlrgradient", False),  # dies as the epoch-2 residual arrives
+        ("bank", "train.vlrdecrypt", False),  # the label holder (and its secret key) dies mid-epoch
+        ("tax_bureau", "train.vlrscores", True),  # dies after applying its update, before the answer left
+    ],
+)
+def test_vertical_party_process_killed_resumes_from_its_disk_state(tmp_path, vertical, vertical_base, monkeypatch, party, message_type, after_answering):
+    """A vertical party's process dies mid-epoch: its state comes back from disk, the run pauses, then finishes."""
+    from fedrisk.errors import PartyUnavailableError
+    from fedrisk.parties import runtime as runtime_module
+
+    base = vertical_base
+    settings_path = str(Path(next(p.state_dir for p in vertical if p.name == party)) / "settings.json")
+    original = runtime_module.PartyRuntime.handle
+    state = {"dead_until": 0.0, "killed": False, "repeats": 0}
+
+    def handle(self, mtype, meta, content):
+        if self.settings.name == party and time.monotonic() < state["dead_until"]:
+            raise PartyUnavailableError(f"party process is not listening on {settings_path}: Connection refused")
+        header = read_content(content).header
+        kill_now = self.settings.name == party and mtype == message_type and header.round == 2 and not state["killed"]
+        if kill_now and after_answering:
+            original(self, mtype, meta, content)  # state and answer are on disk; the answer never leaves
+        if kill_now:
+            state["killed"] = True
+            runtime_module._RUNTIMES.pop(settings_path, None)  # the warm process and everything in it are gone
+            state["dead_until"] = time.monotonic() + 1.0
+            raise PartyUnavailableError(f"party process is not listening on {settings_path}: Connection refused")
+        before = self.repeats
+        reply = original(self, mtype, meta, content)
+        if self.settings.name == party and mtype != "query.identity":
+            state["repeats"] += self.repeats - before
+        return reply
+
+    monkeypatch.setattr(runtime_module.PartyRuntime, "handle", handle)
+    resumed = _serve(tmp_path / "killed", vertical, "vp-killed", **VERTICAL)
+    assert state["killed"] and resumed["status"] == "ok" and resumed["recovery"]["attempt"] == 1
+    assert resumed["recovery"]["resent_to"] == [party]
+    assert state["repeats"] == (1 if after_answering else 0)  # the repeat was answered from the restored cache
+    losses = np.array([e["train_loss"] for e in resumed["epochs"]]) - np.array([e["train_loss"] for e in base["epochs"]])
+    assert np.max(np.abs(losses)) < 1e-4
+    for name in ("bank", "tax_bureau"):
+        a, b = _weights(base, vertical, name), _weights(resumed, vertical, name)
+        assert _max_diff(a, b) < 5e-3 * max(1.0, max(float(np.max(np.abs(v))) for v in a.values()))
+    events = [e["message"] for e in read_status(tmp_path / "killed")["events"]]
+    assert any(m.startswith(f"paused: waiting for {party}") for m in events)
+    secret = list((Path(next(p.state_dir for p in vertical if p.name == "bank")) / "recovery").rglob("*.bin"))
+    assert secret and all(p.stat().st_mode & 0o777 == 0o600 for p in secret)

@@ -14,6 +14,13 @@ exactly-once as far as the party's state goes (a vertical-LR feature holder
 never applies one masked gradient twice, a key holder never makes a second
 key) and means a redone step never releases a second, differently noised or
 differently encrypted, version of the same answer.
+
+Protocols whose state cannot be rebuilt from the coordinator's messages
+(vertical LR: the label holder's secret key, every party's block, momentum
+and masks) also keep it on disk: a protocol with ``save_durable`` has its
+state and its answer written after each message, before the answer leaves,
+and ``restore_durable`` brings both back in a restarted party process, so a
+repeated request is still answered once.
 """
 
 from __future__ import annotations
@@ -104,6 +111,14 @@ class PartyRuntime:
                         close()
             protocols = {cls.__name__: cls(self) for cls in self._protocol_classes}
             self._runs = {run_id: protocols}  # keep only the current run warm
+            self._replies.clear()
+            for protocol in protocols.values():
+                # A restarted party process picks up a run where its last answer left it.
+                restore = getattr(protocol, "restore_durable", None)
+                restored = restore(run_id) if restore is not None else None
+                if restored is not None:
+                    key, reply = restored
+                    self._replies[key] = reply
         for protocol in protocols.values():
             handler = protocol.handlers().get(message_type)  # type: ignore[attr-defined]
             if handler is not None:
@@ -118,6 +133,9 @@ class PartyRuntime:
             raise ProtocolError(
                 f"party {self.settings.name!r} got a message addressed to {exchange.header.receiver!r}"
             )
+        handler = self._handler(exchange.header.run_id, message_type)  # a restarted process restores here
+        if handler is None:
+            raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
         key = None
         if message_type != mt.IDENTITY:
             from fedrisk.federation.exchange import content_digest_bytes
@@ -127,11 +145,12 @@ class PartyRuntime:
             if cached is not None:
                 self.repeats += 1
                 return cached
-        handler = self._handler(exchange.header.run_id, message_type)
-        if handler is None:
-            raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
         reply = handler(exchange)
         if key is not None:
+            owner = getattr(handler, "__self__", None)
+            save = getattr(owner, "save_durable", None)
+            if save is not None:  # state and answer on disk before the answer leaves
+                save(exchange.header.run_id, key, reply)
             self._replies[key] = reply
             while len(self._replies) > REPLY_CACHE_SIZE:
                 self._replies.popitem(last=False)

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
+from fedrisk.parties.alignment import AlignedRowsProtocol, FeatureHolderAlignment, LabelHolderAlignment, bank_only_metrics
+from fedrisk.parties.vertical_lr_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -58,13 +59,94 @@ def load_public_context(blob: bytes, who: str):
     return context
 
 
-class LabelHolderVerticalLR(AlignedRowsProtocol):
+class _Durable:
+    """Keep a vertical party's state on disk after every message (see :mod:`fedrisk.parties.vertical_lr_state`)."""
+
+    FIELDS: tuple[str, ...] = ()
+    runtime: "PartyRuntime"
+    model: Any
+
+    def _durable(self, run_id: str):
+        from fedrisk.parties.vertical_lr_state import DurableVerticalState
+
+        self._durable_run = run_id
+        return DurableVerticalState(self.runtime.state_dir, run_id, type(self).__name__)
+
+    def save_durable(self, run_id: str, request_key: str, reply: "RecordDict") -> None:
+        """Called by the runtime after each answer, before it leaves: the model's fields and the answer."""
+        from fedrisk.parties.relay import encode_content
+        from fedrisk.parties.vertical_lr_state import capture
+
+        if self.model is None:
+            return
+        values, blobs = capture(self.model, self.FIELDS)
+        self._durable(run_id).save_state(int(getattr(self.model, "epoch_", 0)), values, blobs, request_key, encode_content(reply))
+
+    def restore_durable(self, run_id: str):
+        """In a restarted party process: rebuild the run's model from disk; returns (request key, answer) to cache."""
+        from fedrisk.parties.relay import decode_content
+        from fedrisk.parties.vertical_lr_state import aligned_from, apply
+
+        loaded = self._durable(run_id).load()
+        if loaded is None:
+            return None
+        static, state = loaded
+        aligned = aligned_from(static)
+        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
+        if alignment is not None:
+            alignment.aligned = aligned  # type: ignore[attr-defined]
+        self._rebuild(static, aligned)
+        if state is None:
+            return None
+        apply(self.model, self.FIELDS, dict(state.state["fields"]), state)
+        self._after_restore()
+        return str(state.state["request"]), decode_content(state.blob("reply"))
+
+    def _rebuild(self, static, aligned) -> None:
+        raise NotImplementedError
+
+    def _after_restore(self) -> None:
+        pass
+
+    def discard_durable(self) -> None:
+        """Delete the run's recovery state (the label holder's copy of its secret key with it)."""
+        import shutil
+
+        run_id = getattr(self, "_durable_run", None)
+        if run_id is not None:
+            shutil.rmtree(self._durable(run_id).static.folder.parent, ignore_errors=True)
+
+
+class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
     """The bank's handlers: key generation, residuals, decryption of masked products."""
+
+    FIELDS = LABEL_HOLDER_FIELDS
 
     def __init__(self, runtime: "PartyRuntime") -> None:
         super().__init__(runtime)
         self.model = None  # LabelHolderLR
         self.baseline: dict[str, float] = {}
+
+    def close(self) -> None:
+        """A new run replaces this one: its recovery state is no longer needed."""
+        self.discard_durable()
+
+    def _rebuild(self, static, aligned) -> None:
+        import tenseal as ts
+
+        from fedrisk.models.vertical_lr import LabelHolderLR
+        from fedrisk.parties.vertical_lr_state import from_json
+
+        params = {k: from_json(v) for k, v in static.state.items()}
+        model = LabelHolderLR(
+            ts.context_from(static.blob("context")), name=self.name, C=float(params["c"]), max_epochs=int(params["epochs"]),
+            patience=int(params["patience"]), tol=float(params["tol"]), momentum=bool(params["momentum"]),
+        )
+        model.setup(
+            aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names,
+            train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
+        )
+        self.model, self.baseline = model, dict(params["baseline"])
 
     def handlers(self) -> dict:
         return {mt.VLR_SETUP: self._on_setup, mt.VLR_RESIDUAL: self._on_score_sum, mt.VLR_DECRYPT: self._on_products}
@@ -95,6 +177,7 @@ class LabelHolderVerticalLR(AlignedRowsProtocol):
         )
         self.model = model
         self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": float(exchange.value("c", 1.0))})  # type: ignore[arg-type]
+        self._save_static(exchange, context, aligned)
         blobs = {
             "plan": plan.to_bytes(),
             "feature_holder_context": _public_context_bytes(context, galois=True),
@@ -102,6 +185,19 @@ class LabelHolderVerticalLR(AlignedRowsProtocol):
         }
         header = exchange.header.reply("public", model.fingerprint, step="vlr.plan")
         return build_content(header, blobs, {"rows": int(plan.n_rows), "train_rows": int(plan.n_train)})
+
+    def _save_static(self, exchange: Exchange, context, aligned) -> None:
+        """What a restarted process needs to rebuild this run's model: the secret context (0600), the rows, the parameters."""
+        from fedrisk.parties.vertical_lr_state import aligned_blobs
+
+        values, blobs = aligned_blobs(aligned)
+        values.update(
+            c=float(exchange.value("c", 1.0)), epochs=int(exchange.value("epochs", 30)),  # type: ignore[arg-type, call-overload]
+            patience=int(exchange.value("patience", 5)), tol=float(exchange.value("tol", 1e-6)),  # type: ignore[arg-type, call-overload]
+            momentum=bool(exchange.value("momentum", True)), baseline=dict(self.baseline),
+        )
+        secret = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=True, save_relin_keys=True)
+        self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
 
     def _on_score_sum(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.vertical_lr import EncryptedScoreSum
@@ -173,8 +269,10 @@ class LabelHolderVerticalLR(AlignedRowsProtocol):
         return out
 
 
-class FeatureHolderVerticalLR(AlignedRowsProtocol):
+class FeatureHolderVerticalLR(_Durable, AlignedRowsProtocol):
     """A feature holder's handlers: partial scores, X_kᵀ[[d]] masked, its own update."""
+
+    FIELDS = FEATURE_HOLDER_FIELDS
 
     def __init__(self, runtime: "PartyRuntime") -> None:
         super().__init__(runtime)
@@ -198,6 +296,22 @@ class FeatureHolderVerticalLR(AlignedRowsProtocol):
         """Stop the product kernel's worker processes (a new run replaces this one)."""
         if self.model is not None:
             self.model.close()
+        self.discard_durable()
+
+    def _rebuild(self, static, aligned) -> None:
+        from fedrisk.models.vertical_lr import FeatureHolderLR, TrainingPlan
+        from fedrisk.parties.vertical_lr_state import from_json
+
+        params = {k: from_json(v) for k, v in static.state.items()}
+        context = load_public_context(static.blob("context"), f"feature holder {self.name!r}")
+        plan = TrainingPlan.from_bytes(static.blob("plan"), context=context)
+        model = FeatureHolderLR(context, name=self.name, n_jobs=int(params["n_jobs"]))
+        model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=bool(params["momentum"]))
+        self.model, self.label_holder = model, plan.label_holder
+
+    def _after_restore(self) -> None:
+        if self.model is not None and self.model.done_:
+            self.model.close()
 
     def _on_join(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.vertical_lr import FeatureHolderLR, TrainingPlan
@@ -210,6 +324,11 @@ class FeatureHolderVerticalLR(AlignedRowsProtocol):
         model = FeatureHolderLR(context, name=self.name, n_jobs=int(exchange.value("n_jobs", 1)))  # type: ignore[call-overload]
         model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=bool(exchange.value("momentum", True)))
         self.model, self.label_holder = model, plan.label_holder
+        from fedrisk.parties.vertical_lr_state import aligned_blobs
+
+        values, blobs = aligned_blobs(aligned)
+        values.update(n_jobs=int(exchange.value("n_jobs", 1)), momentum=bool(exchange.value("momentum", True)))  # type: ignore[call-overload]
+        self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan")})
         config = {"n_features": int(model.n_features_in_), "n_products": int(model.layout_.n_ciphertexts), "mask_bits": int(model.mask_bits_)}
         return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.joined"), config=config)
 
