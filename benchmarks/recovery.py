@@ -7,7 +7,8 @@ party, gRPC+TLS with node authentication on loopback) serves every run:
   FedAvg; an uninterrupted run, a second uninterrupted run (the CKKS noise
   reference: two runs never agree bit for bit because every encryption draws
   fresh noise), then one run per kill — ``flwr-serverapp`` (the coordinator)
-  mid-round 2, bank_b's party process mid-round 3, bank_b's SuperNode mid-round 2;
+  mid-round 2, bank_b's party process mid-round 3, bank_b's SuperNode mid-round 2,
+  the SuperLink itself (and the coordinator under it) mid-round 3;
 * vertical: bank (label holder) + tax bureau (feature holder), PSI then
   encrypted vertical LR; an uninterrupted run, the noise reference, the
   coordinator killed while the feature holder computes its epoch-2 gradient,
@@ -198,6 +199,8 @@ def _kill_run(federation, config: dict, run_id: str, *, unit: str, at: int, step
     killed_at = time.perf_counter() - started
     if what == "coordinator":
         federation.kill_coordinator()
+    elif what == "superlink":
+        federation.kill_superlink()
     else:
         federation.kill_party(str(party), what)
     snapshot = _snapshot(run_dir)
@@ -242,7 +245,7 @@ def _horizontal(tmp: Path, quick: bool) -> list[dict]:
     fed = load_federation_file(tmp / "horizontal.toml")
     run_dir = tmp / "horizontal"
     config = run_config_for(fed)
-    kills = [("coordinator", None, 2), ("party", "bank_b", 3), ("supernode", "bank_b", 2)]
+    kills = [("coordinator", None, 2), ("party", "bank_b", 3), ("supernode", "bank_b", 2), ("superlink", None, 3)]
     records = []
     with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
         base = federation.run(run_config={**config, "fedrisk-run-id": "h-base"}, timeout=1200)

@@ -141,7 +141,7 @@ class LocalFederation:
         self.superlink: ManagedProcess | None = None
         self.coordinator_restarts = 0
         self.restarted: list[str] = []
-
+        self._stream: ManagedProcess | None = None  # the current `flwr run --stream`: watched by _attempt
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
         try:
@@ -168,7 +168,7 @@ class LocalFederation:
             self.restart_superlink()
         for proc in self.processes:
             code = proc.exited()
-            if proc is not skip and code is not None:
+            if proc is not skip and proc is not self._stream and code is not None:
                 raise PartyUnavailableError(f"{proc.name} exited with code {code}: {proc.tail()}")
         for node in self.nodes:
             if self.restart_processes:
@@ -330,6 +330,7 @@ class LocalFederation:
     def _attempt(self, result_path: Path, deadline: float) -> bool | None:
         """One ``flwr run``; ``True`` once a result exists, ``None`` when the coordinator died without one."""
         proc = self._spawn("flwr-run", [str(self.bin_dir / "flwr"), "run", str(self.run_dir / "app"), "local", "--stream"])
+        self._stream = proc
         seen_coordinator = False
         gone_since: float | None = None
         try:
@@ -356,6 +357,7 @@ class LocalFederation:
         finally:
             proc.terminate()
             self.processes.remove(proc)
+            self._stream = None
         return True
 
     def _stop_flower_run(self, proc: ManagedProcess) -> None:
