@@ -346,12 +346,12 @@ class CoordinatorSession:
                 del retry_at[node_id]
             if not pending:
                 break
+            expired = sorted(n for n in pending if n in paused_since and now > paused_since[n] + self.pause_timeout)
+            for node_id in expired:
+                reason = f"did not come back within pause-timeout {self.pause_timeout:.0f} s ({waiting.get(node_id, 'no answer')})"
+                give_up(node_id, reason)
             if now > deadline:
                 late = sorted(n for n in pending if n not in paused_since)
-                expired = sorted(n for n in pending if n in paused_since and now > paused_since[n] + self.pause_timeout)
-                for node_id in expired:
-                    reason = f"did not come back within pause-timeout {self.pause_timeout:.0f} s ({waiting.get(node_id, 'no answer')})"
-                    give_up(node_id, reason)
                 if late:
                     if tolerant:
                         for node_id in late:
