@@ -247,6 +247,7 @@ def main(grid: Grid, context: Context) -> None:
                 "attempt": status.data.get("attempt", 1),
                 "resumed_from": status.data.get("resumed_from"),
                 "resent_to": sorted(session.rounds_redone_parties),
+                "unanswered_probes": session.drain(),
             },
         )
         _write_json(out, result)

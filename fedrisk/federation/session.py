@@ -98,6 +98,9 @@ class CoordinatorSession:
         self.rounds_redone_parties: set[str] = set()
         self.parties: dict[str, PartyInfo] = {}
         self.traffic = TrafficCounter()
+        #: Messages (probes, identity queries, older copies of resent messages) whose replies are no
+        #: longer awaited but are still pulled when they come, so that the ledger records both ends.
+        self._stray: dict[str, int] = {}
 
     # -- discovery -----------------------------------------------------------
     def discover(self, expected: list[str], *, timeout: float = 120.0) -> dict[str, PartyInfo]:
@@ -128,7 +131,9 @@ class CoordinatorSession:
                     for mid, msg in zip(self.grid.push_messages(messages), messages):
                         asked[mid] = msg.metadata.dst_node_id
                     self.status.event(f"asked {len(fresh)} connected node(s) which party they are")
-            for reply in self.grid.pull_messages(list(asked)) if asked else []:
+            for reply in self.grid.pull_messages(list(asked) + list(self._stray)) if asked or self._stray else []:
+                if self._stray.pop(reply.metadata.reply_to_message_id, None) is not None:
+                    continue
                 node_id = asked.pop(reply.metadata.reply_to_message_id, None)
                 if node_id is None:
                     continue
@@ -150,6 +155,7 @@ class CoordinatorSession:
                 self.status.party(info.name, "connected", role=info.role, node_id=str(node_id))
             missing = sorted(set(expected) - set(self.parties))
             if not missing:
+                self._stray.update(asked)  # nodes that have not answered yet (a dead SuperNode, a second copy)
                 return self.parties
             if time.monotonic() > deadline:
                 if len(node_ids) < len(expected):
@@ -287,9 +293,11 @@ class CoordinatorSession:
 
         while pending:
             now = time.monotonic()
-            asked = list(live) + list(probes)
+            asked = list(live) + list(probes) + list(self._stray)
             for reply in self.grid.pull_messages(asked) if asked else []:
                 mid = reply.metadata.reply_to_message_id
+                if self._stray.pop(mid, None) is not None:
+                    continue  # recorded by the ledgered grid; nothing else to do
                 if mid in probes:
                     probe_answered[probes.pop(mid)] = time.monotonic()
                     continue
@@ -362,7 +370,23 @@ class CoordinatorSession:
                     )
             self.status.heartbeat()
             time.sleep(self.poll_interval)
+        self._stray.update(probes)
+        self._stray.update(live)
         return replies, failures
+
+    def drain(self, timeout: float = 10.0) -> int:
+        """Pull the replies of probes and resent copies still on their way, so every ledger has both ends.
+
+        Returns how many are still outstanding after ``timeout`` seconds (the
+        message never reached a live node: neither end recorded it).
+        """
+        deadline = time.monotonic() + timeout
+        while self._stray and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(self._stray)):
+                self._stray.pop(reply.metadata.reply_to_message_id, None)
+            if self._stray:
+                time.sleep(self.poll_interval)
+        return len(self._stray)
 
     def _push_probe(self, node_id: int) -> str:
         """Send a liveness probe (an identity query) to a node; returns its message id."""
