@@ -23,6 +23,11 @@ def node_start(
     id_column: str = typer.Option("id", help="Column holding the SME identifier."),
     label_column: Optional[str] = typer.Option(None, help="0/1 label column (bank or label holder only)."),
     id_format: str = typer.Option("opaque", help="opaque, or credit_code to validate GB 32100-2015 check digits."),
+    features: Optional[str] = typer.Option(
+        None, help="Comma-separated columns this party agrees to join (default: every column but the ID and label). Others are never read.",
+    ),
+    categorical: Optional[str] = typer.Option(None, help="Comma-separated features that are categories (e.g. tax_credit_grade)."),
+    allow_missing: Optional[str] = typer.Option(None, help="Comma-separated features that may be empty (NaN allowed)."),
     superlink: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink's Fleet API."),
     root_certificates: Optional[Path] = typer.Option(None, help="CA certificate that signed the SuperLink's TLS certificate."),
     auth_key: Optional[Path] = typer.Option(None, help="This node's Flower authentication private key (registered with the SuperLink)."),
@@ -60,6 +65,9 @@ def node_start(
         raw = {"name": name, "role": role, "data": str(data), "id-column": id_column, "id-format": id_format}
         if label_column is not None:
             raw["label-column"] = label_column
+        for key, listed in (("features", features), ("categorical", categorical), ("allow-missing", allow_missing)):
+            if listed is not None:
+                raw[key] = [c.strip() for c in listed.split(",") if c.strip()]
         entry = party_entry(raw, 0, Path.cwd(), mode, where="node")
         settings = PartySettings(
             name=entry.name, role=entry.role, data=str(entry.data), schema=entry.schema,

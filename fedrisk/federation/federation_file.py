@@ -151,6 +151,16 @@ def party_entry(raw: object, index: int, base: Path, mode: str, *, where: str | 
         features = [c for c in columns if c not in (id_column, label)]
     elif not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ConfigError(f"{where}.features: expected a list of column names")
+    for key in ("categorical", "allow-missing"):
+        listed = raw.get(key, [])
+        if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+            raise ConfigError(f"{where}.{key}: expected a list of column names")
+    for key, listed in (("features", features), ("allow-missing", raw.get("allow-missing", []))):
+        absent = [c for c in listed if c not in columns]
+        if absent:
+            raise ConfigError(f"{where}.{key}: column {absent[0]!r} is not in {data.name}")
+    if id_column in features or (label is not None and label in features):
+        raise ConfigError(f"{where}.features: the ID and label columns cannot be features")
     categorical = set(raw.get("categorical", []))
     unknown = sorted(categorical - set(features))
     if unknown:
