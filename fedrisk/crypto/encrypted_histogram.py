@@ -140,9 +140,6 @@ Alternatives measured and not taken
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,7 +153,6 @@ from fedrisk.crypto.encrypted_matvec import (
     MIN_MASK_BITS,
     CKKSRuntime,
     PackingLayout,
-    _has_fileno,
     _recv,
     _send,
     _WorkerPool,
@@ -650,25 +646,9 @@ _BOOT = (
 
 
 class _Workers(_WorkerPool):
-    """The vertical-LR kernel's worker pool (frames over pipes, no pickle), booting this module's loop."""
+    """The histogram kernel's worker pool (frames over pipes, no pickle), booting this module's loop."""
 
-    def __init__(self, n: int) -> None:  # only the boot line differs from the parent's
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.links: list[tuple[Any, Any]] = []
-        for _ in range(n):
-            to_child_r, to_child_w = os.pipe()
-            from_child_r, from_child_w = os.pipe()
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
-                close_fds=True,
-            )
-            os.close(to_child_r)
-            os.close(from_child_w)
-            self.procs.append(proc)
-            self.links.append((os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb")))
+    boot = _BOOT
 
 
 # --------------------------------------------------------------------------- feature holder: kernel

@@ -950,6 +950,9 @@ class _WorkerPool:
     ``multiprocessing`` spawn would need guarded). Their stdout goes to stderr.
     """
 
+    #: The ``python -c`` line a child runs: the module whose worker loop it serves.
+    boot: str = _WORKER_BOOT
+
     def __init__(self, n: int) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.links: list[tuple[Any, Any]] = []
@@ -957,7 +960,7 @@ class _WorkerPool:
             to_child_r, to_child_w = os.pipe()
             from_child_r, from_child_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_BOOT, str(to_child_r), str(from_child_w)],
+                [sys.executable, "-c", self.boot, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
