@@ -24,7 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrisk.federation.local import LocalFederation
-from fedrisk.federation.train import audit_run, new_run_dir, vertical_metrics, weighted_final_metrics, write_summary
+from fedrisk.federation.train import (
+    audit_run,
+    new_run_dir,
+    vertical_metrics,
+    weighted_final_metrics,
+    write_summary,
+)
 from fedrisk.parties.settings import PartySettings
 
 BANKS = ("bank_a", "bank_b", "bank_c")
@@ -112,11 +118,8 @@ def run_vertical_demo(
     metrics = vertical_metrics(result)
     train_by_row = training_mask(np.asarray(data.bank.labels), VALIDATION)
     central = _centralised_reference(data, train_by_row, model, trees)
-    if model == "vertical_lr":
-        with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
-            scoring = score_live(run_dir, result, data, paths, train_by_row)
-    else:
-        scoring = {"skipped": "the party scoring services answer scorecard parts; SecureBoost routing is not served yet"}
+    with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
+        scoring = score_live(run_dir, result, data, paths, train_by_row, model=model)
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -142,17 +145,18 @@ def run_vertical_demo(
     return summary
 
 
-def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray) -> dict:
+def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray, *, model: str = "vertical_lr") -> dict:
     """Deploy the trained model to the scoring node and decide live on the bank's evaluation rows.
 
     Starts each feature holder's party scoring service (its own table, the IDs it
     aligned, mTLS) and the bank's sandboxed scoring node on loopback, sends one
     application per SME of the evaluation rows, and compares every decision's PD
-    with the same model scored offline from the signed bundles.
+    with the same model scored offline from the signed bundles. For SecureBoost
+    the parties answer the direction at each of their splits (``TREE_ROUTING``)
+    and the node routes the bank's trees with them.
     """
     from fedrisk.crypto.pki import load_federation_pki
     from fedrisk.models.metrics import auc
-    from fedrisk.models.scorecard import load_scorecard
     from fedrisk.parties.alignment import allow_list_path
     from fedrisk.parties.datasplit import evaluation_mask
     from fedrisk.parties.scoring.client import ScoringClient
@@ -188,16 +192,8 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
     pd_live = np.array([d.probability_of_default for d in decisions])
     # The same model offline: each party's signed bundle scored in this process.
     keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
-    bank = load_scorecard(bundles["bank"], keys)
-    parts = {}
-    for party in holders:
-        scorecard, table = load_scorecard(bundles[party], keys), getattr(data, party)
-        position = {sme: i for i, sme in enumerate(table.ids)}
-        where = np.array([position.get(sme, -1) for sme in ids])
-        u = np.full(ids.size, np.nan)
-        u[where >= 0] = scorecard.partial_score(table.feature_matrix()[where[where >= 0]])
-        parts[party] = u
-    pd_offline = bank.predict_proba(data.bank.feature_matrix()[rows], parts)
+    offline = _offline_secureboost_pd if model == "secureboost" else _offline_scorecard_pd
+    pd_offline = offline(bundles, keys, data, holders, ids, data.bank.feature_matrix()[rows])
     outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
     latency = np.array([d.latency_ms for d in decisions])
     return {
@@ -213,6 +209,49 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
         "node_latency_p99_ms": float(np.percentile(latency, 99)),
         "sandbox": sandbox,
     }
+
+
+def _party_rows(table, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in a party's table (-1 where it does not hold the SME) and its feature matrix."""
+    position = {sme: i for i, sme in enumerate(table.ids)}
+    return np.array([position.get(sme, -1) for sme in ids]), table.feature_matrix()
+
+
+def _offline_scorecard_pd(bundles: dict[str, Path], keys: list[bytes], data, holders: list[str], ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
+    """The scorecard's PD from the signed bundles: each party's partial score on its own rows."""
+    from fedrisk.models.scorecard import load_scorecard
+
+    bank = load_scorecard(bundles["bank"], keys)
+    parts = {}
+    for party in holders:
+        scorecard = load_scorecard(bundles[party], keys)
+        where, X = _party_rows(getattr(data, party), ids)
+        u = np.full(ids.size, np.nan)
+        u[where >= 0] = scorecard.partial_score(X[where[where >= 0]])
+        parts[party] = u
+    return bank.predict_proba(X_bank, parts)
+
+
+def _offline_secureboost_pd(bundles: dict[str, Path], keys: list[bytes], data, holders: list[str], ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
+    """SecureBoost's PD from the signed bundles: each party routes its own splits on its own rows (defaults where it has none)."""
+    from fedrisk.models.bundle import load_model_bundle
+    from fedrisk.models.secureboost import (
+        answer_splits,
+        load_feature_holder_bundle,
+        load_label_holder_bundle,
+    )
+
+    trees = load_label_holder_bundle(*load_model_bundle(bundles["bank"], keys))
+    answers = {}
+    for party in holders:
+        arrays, meta = load_model_bundle(bundles[party], keys)
+        table = load_feature_holder_bundle(arrays, meta)
+        where, X = _party_rows(getattr(data, party), ids)
+        X_party = np.full((ids.size, len(table.feature_names)), np.nan)  # an SME it does not hold: every split on its default
+        columns = [list(getattr(data, party).feature_names).index(f) for f in table.feature_names]
+        X_party[where >= 0] = X[where[where >= 0]][:, columns]
+        answers[party] = answer_splits(table, X_party, fingerprint=str(meta.get("context_fingerprint", "")))
+    return trees.predict_proba(X_bank, answers)[:, 1]
 
 
 def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:

@@ -836,14 +836,23 @@ def label_holder_bundle(model: SecureBoostModel | LabelHolderSB, *, context_fing
     return arrays, meta
 
 
-def feature_holder_bundle(table: RoutingTable | FeatureHolderSB, *, context_fingerprint: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A feature holder's bundle content: only its own split thresholds (its routing table)."""
+def feature_holder_bundle(table: RoutingTable | FeatureHolderSB, *, context_fingerprint: str | None = None,
+                          label_holder: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A feature holder's bundle content: only its own split thresholds (its routing table).
+
+    ``label_holder`` (default: the one named in the boost plan) is recorded so that the
+    party's scoring service answers that label holder only.
+    """
     fp = context_fingerprint
     if isinstance(table, FeatureHolderSB):
         fp = fp or table.fingerprint
+        plan = getattr(table, "plan_", None)
+        label_holder = label_holder or (plan.label_holder if plan is not None else None)
         table = table.routing_table_
     arrays, meta = table.to_bundle()
     meta["context_fingerprint"] = fp
+    if label_holder:
+        meta["label_holder"] = label_holder
     return arrays, meta
 
 

@@ -3,8 +3,10 @@
 The bank's node (:mod:`.node`) serves ``fedrisk.v1.ScoringService``; for each
 application it asks every feature holder's party scoring service
 (:mod:`.party_service`, ``fedrisk.v1.PartyScoringService``, at that party, on
-its own table) for its part of the score, combines the parts exactly as
-training did, applies the credit policy and records the application. Each runs
+its own table) for its part of the score — a partial log-odds for the vertical
+scorecard, the direction at each of its splits for vertical SecureBoost —
+combines the parts exactly as training did, applies the credit policy and
+records the application. Each runs
 in its own sandbox, started by a launcher that opens only the configured doors.
 
 Modules, one concept each:
@@ -12,6 +14,7 @@ Modules, one concept each:
 ``policy``         the credit policy (TOML): PD bands, differentiated limits, hard maximum, missing parties
 ``validation``     precise checks of every request (INVALID_ARGUMENT)
 ``bundles``        verified model bundles (Ed25519, trusted keys) and the fast per-application scorer
+``trees``          the bank's SecureBoost trees routed per application with the parties' answers, and their reasons
 ``tables``         a party's own table indexed by SME ID
 ``fanout``         the bank's coalescing, deadline-bound, circuit-broken calls to the parties
 ``node``           the bank's scoring node

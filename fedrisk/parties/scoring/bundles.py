@@ -3,9 +3,13 @@
 Every bundle is verified (Ed25519 signature by a trusted federation key, then the
 SHA-256 of every file) before a byte of it is parsed; nothing is unpickled (the
 weights are safetensors, the metadata JSON). :func:`load_bank_model` and
-:func:`load_party_model` return the scorecard with its provenance:
-``model_version`` = the joint model's run id (what the parties check) plus the
-first 12 hex digits of the SHA-256 of the signed manifest (which exact bundle).
+:func:`load_party_model` return the party's part of the joint model with its
+provenance: ``model_version`` = the joint model's run id (what the parties
+check) plus the first 12 hex digits of the SHA-256 of the signed manifest
+(which exact bundle). Two model kinds are served: the vertical logistic
+scorecard (:mod:`fedrisk.models.scorecard`) and vertical SecureBoost
+(:mod:`fedrisk.models.secureboost`: the bank's trees, a feature holder's
+routing table); the bundle's ``kind`` says which.
 
 :class:`LinearScorer` evaluates the bank's block for one application in pure
 Python — a numpy call costs more than the arithmetic for ten features — and is
@@ -21,12 +25,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedrisk.crypto.signing import verify_bundle_with_manifest
-from fedrisk.errors import ConfigError, CryptoError, ProtocolError
+from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.scorecard import (
     FeatureHolderScorecard,
     LabelHolderScorecard,
@@ -34,6 +38,8 @@ from fedrisk.models.scorecard import (
 )
 
 __all__ = [
+    "SCORECARD",
+    "SECUREBOOST",
     "LinearScorer",
     "LoadedModel",
     "load_bank_model",
@@ -42,6 +48,13 @@ __all__ = [
 ]
 
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+SCORECARD, SECUREBOOST = "scorecard", "secureboost"
+_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER = "secureboost_label_holder", "secureboost_feature_holder"
+
+if TYPE_CHECKING:  # the tree module (and scikit-learn) is imported only for a SecureBoost bundle
+    from fedrisk.models.secureboost_tree import RoutingTable, SecureBoostModel
+
+    ModelPart = LabelHolderScorecard | FeatureHolderScorecard | SecureBoostModel | RoutingTable
 
 
 def parse_trusted_keys(spec: str | Path | Iterable[str | bytes] | Mapping[str, str]) -> list[bytes]:
@@ -91,14 +104,55 @@ def parse_trusted_keys(spec: str | Path | Iterable[str | bytes] | Mapping[str, s
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified scorecard and where it came from."""
+    """A verified part of the joint model and where it came from.
 
-    scorecard: LabelHolderScorecard | FeatureHolderScorecard
+    Attributes
+    ----------
+    part : LabelHolderScorecard, FeatureHolderScorecard, SecureBoostModel or RoutingTable
+        The party's part: a scorecard block, the bank's SecureBoost trees, or a
+        feature holder's SecureBoost routing table (its own thresholds only).
+    meta : mapping
+        The bundle's verified JSON metadata (run id, party, schema, ...).
+    """
+
+    part: ModelPart
+    meta: Mapping[str, Any]
     run_id: str
     digest: str
     signer_key_id: str
     created_at: str
     path: Path
+
+    @property
+    def scorecard(self) -> ModelPart:
+        """The part (the name predates SecureBoost serving; see :attr:`part`)."""
+        return self.part
+
+    @property
+    def kind(self) -> str:
+        """``scorecard`` or ``secureboost``."""
+        return SECUREBOOST if self.meta.get("kind") in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER) else SCORECARD
+
+    @property
+    def is_label_holder(self) -> bool:
+        """Whether this is the label holder's (the bank's) part."""
+        return isinstance(self.part, LabelHolderScorecard) or self.meta.get("kind") == _SB_LABEL_HOLDER
+
+    @property
+    def party(self) -> str:
+        """The party whose part this is."""
+        if self.meta.get("kind") == _SB_LABEL_HOLDER:
+            return str(self.meta.get("party") or self.part.parties[0])  # type: ignore[union-attr]
+        return str(self.part.party)  # type: ignore[union-attr]
+
+    @property
+    def label_holder(self) -> str:
+        """The label holder the part was trained with ("" when the bundle does not say)."""
+        if isinstance(self.part, FeatureHolderScorecard):
+            return self.part.label_holder
+        if self.meta.get("kind") == _SB_LABEL_HOLDER:
+            return str(self.part.parties[0])  # type: ignore[union-attr]
+        return str(self.meta.get("label_holder", ""))
 
     @property
     def model_version(self) -> str:
@@ -108,7 +162,7 @@ class LoadedModel:
     @property
     def schema(self) -> Mapping[str, Any]:
         """The party's table schema recorded at training (may be empty)."""
-        return dict(self.scorecard.meta.get("schema") or {})
+        return dict(self.meta.get("schema") or {})
 
 
 def _load(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
@@ -127,10 +181,11 @@ def _load(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
         meta = json.loads(files[META_FILE])
     except Exception as exc:  # safetensors raises its own error types
         raise ProtocolError(f"bundle {path}: cannot parse its contents ({type(exc).__name__})") from None
-    scorecard = scorecard_from_arrays(arrays, meta)
+    part = _part_from_arrays(path, arrays, meta)
     canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     return LoadedModel(
-        scorecard=scorecard,
+        part=part,
+        meta=dict(meta),
         run_id=str(meta.get("run_id", "")),
         digest=hashlib.sha256(canonical).hexdigest()[:12],
         signer_key_id=str(manifest["signer"]["key_id"]),
@@ -139,18 +194,34 @@ def _load(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
     )
 
 
+def _part_from_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Any) -> ModelPart:
+    """The model part a verified bundle holds, by its ``kind``."""
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"bundle {path}: its metadata is not a JSON object")
+    if meta.get("kind") not in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER):
+        return scorecard_from_arrays(arrays, meta)
+    from fedrisk.models.secureboost_tree import RoutingTable, SecureBoostModel
+
+    try:
+        if meta["kind"] == _SB_LABEL_HOLDER:
+            return SecureBoostModel.from_bundle(arrays, meta)
+        return RoutingTable.from_bundle(arrays, meta)
+    except DataValidationError as exc:
+        raise ProtocolError(f"bundle {path}: {exc}") from None
+
+
 def load_bank_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
-    """Verify and load the label holder's bundle (refuses a feature holder's)."""
+    """Verify and load the label holder's bundle: scorecard or SecureBoost trees (refuses a feature holder's)."""
     model = _load(folder, trusted_keys)
-    if not isinstance(model.scorecard, LabelHolderScorecard):
+    if not model.is_label_holder:
         raise ConfigError(f"bundle {folder} is a feature holder's part; the scoring node needs the label holder's")
     return model
 
 
 def load_party_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
-    """Verify and load a feature holder's bundle (refuses the label holder's)."""
+    """Verify and load a feature holder's bundle: scorecard block or routing table (refuses the label holder's)."""
     model = _load(folder, trusted_keys)
-    if not isinstance(model.scorecard, FeatureHolderScorecard):
+    if model.is_label_holder:
         raise ConfigError(f"bundle {folder} is the label holder's part; a party scoring service needs its own part")
     return model
 

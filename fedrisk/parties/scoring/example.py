@@ -1,8 +1,9 @@
 """A small, fully trained federation on disk, for examples, tests and benchmarks.
 
 :func:`build_example` draws synthetic SME data, trains the vertical scorecard
-in-process over the real encrypted protocol, has each party sign its own bundle,
-and writes everything a scoring deployment needs into one folder::
+(:func:`build_secureboost_example`: vertical SecureBoost trees) in-process over
+the real encrypted protocol, has each party sign its own bundle, and writes
+everything a scoring deployment needs into one folder::
 
     tables/{bank,tax_bureau,platform}.csv    each party's own table
     bundles/{bank,tax_bureau,platform}/      signed model bundles (each party's part)
@@ -35,7 +36,15 @@ from fedrisk.parties.synthetic import SyntheticSMEData, generate_sme_data
 
 _INDEX = "example.json"
 
-__all__ = ["FEATURE_HOLDERS", "LOAN_SYSTEM", "NODE_CERT", "ExampleFederation", "build_example", "load_or_build_example"]
+__all__ = [
+    "FEATURE_HOLDERS",
+    "LOAN_SYSTEM",
+    "NODE_CERT",
+    "ExampleFederation",
+    "build_example",
+    "build_secureboost_example",
+    "load_or_build_example",
+]
 
 FEATURE_HOLDERS = ("tax_bureau", "platform")
 NODE_CERT = "scoring-node"
@@ -66,19 +75,9 @@ class ExampleFederation:
         return self.pki.party_certs[name]
 
 
-def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_epochs: int = 8, run_id: str = "example-run") -> ExampleFederation:
-    """Train and write an example federation (about 3 s for 3,000 SMEs on 2 cores).
-
-    ``offline_pd`` of the result maps each bank SME to the trained model's
-    probability of default (plaintext scoring of the same model, in-process) —
-    what the deployed node must reproduce.
-    """
-    root = Path(folder)
+def _prepare(root: Path, rows: int, seed: int, run_id: str) -> tuple[SyntheticSMEData, ExampleFederation]:
+    """Draw the data, write the tables, the PKI and the parties' signing keys."""
     data = generate_sme_data(rows, seed=seed)
-    tables = {name: table for name, table in data.parties.items()}
-    model = train_vertical_lr(
-        tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, context=make_context(), max_epochs=max_epochs, random_state=seed
-    )
     paths = data.write_csv(root / "tables")
     pki = create_federation_pki(root / "pki", parties=["bank", *FEATURE_HOLDERS, LOAN_SYSTEM])
     for name in (NODE_CERT, *(f"{p}-scoring" for p in FEATURE_HOLDERS)):
@@ -87,22 +86,24 @@ def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_e
     for party in ("bank", *FEATURE_HOLDERS):
         ex.signers[party] = SigningIdentity.generate()
         ex.signers[party].save(root / "signing" / f"{party}.key")
-    arrays, meta = label_holder_bundle(model.label_holder_, run_id=run_id, schema=tables["bank"].schema.to_dict())
-    ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])
-    bank_ids = set(tables["bank"].ids.tolist())
+    return data, ex
+
+
+def _finish(ex: ExampleFederation, data: SyntheticSMEData, pd: np.ndarray, **extra: object) -> ExampleFederation:
+    """Allow-lists, trusted keys, offline PDs and the index that :func:`load_or_build_example` reads."""
+    root = ex.folder
+    bank_ids = set(data.bank.ids.tolist())
     for party in FEATURE_HOLDERS:
-        arrays, meta = feature_holder_bundle(model.feature_holders_[party], run_id=run_id, label_holder="bank", schema=tables[party].schema.to_dict())
-        ex.bundles[party] = write_model_bundle(root / "bundles" / party, arrays, meta, ex.signers[party])
-        intersection = sorted(bank_ids & set(tables[party].ids.tolist()))
+        intersection = sorted(bank_ids & set(data.parties[party].ids.tolist()))
         ex.allow_lists[party] = write_public_file(root / "allow" / f"{party}.txt", ("\n".join(intersection) + "\n").encode())
     keys = {p: s.public_key_bytes.hex() for p, s in ex.signers.items()}
     ex.trusted_keys = write_public_file(root / "trusted_keys.json", json.dumps(keys, indent=2, sort_keys=True).encode())
-    pd = model.predict_proba(tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, secure=False)[:, 1]
-    ex.offline_pd = dict(zip(tables["bank"].ids.tolist(), np.asarray(pd, dtype=float).tolist()))
+    ex.offline_pd = dict(zip(data.bank.ids.tolist(), np.asarray(pd, dtype=float).tolist()))
     index = {
-        "run_id": run_id,
-        "rows": rows,
-        "seed": seed,
+        "run_id": ex.run_id,
+        "rows": len(data.bank.ids),
+        "seed": data.seed,
+        **extra,
         "tables": {k: str(v) for k, v in ex.tables.items()},
         "bundles": {k: str(v) for k, v in ex.bundles.items()},
         "allow_lists": {k: str(v) for k, v in ex.allow_lists.items()},
@@ -113,18 +114,75 @@ def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_e
     return ex
 
 
+def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_epochs: int = 8, run_id: str = "example-run") -> ExampleFederation:
+    """Train and write an example federation (about 3 s for 3,000 SMEs on 2 cores).
+
+    ``offline_pd`` of the result maps each bank SME to the trained model's
+    probability of default (plaintext scoring of the same model, in-process) —
+    what the deployed node must reproduce.
+    """
+    root = Path(folder)
+    data, ex = _prepare(root, rows, seed, run_id)
+    tables = {name: table for name, table in data.parties.items()}
+    model = train_vertical_lr(
+        tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, context=make_context(), max_epochs=max_epochs, random_state=seed
+    )
+    arrays, meta = label_holder_bundle(model.label_holder_, run_id=run_id, schema=tables["bank"].schema.to_dict())
+    ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])
+    for party in FEATURE_HOLDERS:
+        arrays, meta = feature_holder_bundle(model.feature_holders_[party], run_id=run_id, label_holder="bank", schema=tables[party].schema.to_dict())
+        ex.bundles[party] = write_model_bundle(root / "bundles" / party, arrays, meta, ex.signers[party])
+    pd = model.predict_proba(tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, secure=False)[:, 1]
+    return _finish(ex, data, pd)
+
+
+def build_secureboost_example(
+    folder: str | Path, *, rows: int = 1500, seed: int = 11, trees: int = 4, depth: int = 3, run_id: str = "example-secureboost",
+) -> ExampleFederation:
+    """Train vertical SecureBoost (CKKS, in-process) and write its signed bundles like :func:`build_example`.
+
+    The bank's bundle holds the trees, leaf weights and its own thresholds; each
+    feature holder's holds only its own thresholds. ``offline_pd`` is the trained
+    model's ``predict_proba`` with every party answering on its own table.
+    """
+    from fedrisk.models.secureboost import (
+        feature_holder_bundle as sb_feature_holder_bundle,
+    )
+    from fedrisk.models.secureboost import label_holder_bundle as sb_label_holder_bundle
+    from fedrisk.models.secureboost import train_secureboost
+
+    root = Path(folder)
+    data, ex = _prepare(root, rows, seed, run_id)
+    tables = {name: table for name, table in data.parties.items()}
+    others = {p: tables[p] for p in FEATURE_HOLDERS}
+    model = train_secureboost(tables["bank"], others, context=make_context(), n_trees=trees, max_depth=depth, random_state=seed)
+    arrays, meta = sb_label_holder_bundle(model.label_holder_)
+    meta.update(run_id=run_id, party="bank", schema=tables["bank"].schema.to_dict())
+    ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])
+    for party in FEATURE_HOLDERS:
+        arrays, meta = sb_feature_holder_bundle(model.feature_holders_[party])
+        meta.update(run_id=run_id, party=party, schema=tables[party].schema.to_dict())
+        ex.bundles[party] = write_model_bundle(root / "bundles" / party, arrays, meta, ex.signers[party])
+    pd = model.predict_proba(tables["bank"], others)[:, 1]
+    return _finish(ex, data, pd, model="secureboost", trees=trees, depth=depth)
+
+
 def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFederation:
     """Reuse an example federation already written to ``folder`` (same arguments), else build it.
 
-    The reloaded federation has no in-memory ``data`` nor signing identities
-    (their keys are in ``signing/``).
+    ``model="secureboost"`` reuses or builds :func:`build_secureboost_example`
+    (default: the scorecard of :func:`build_example`). The reloaded federation has
+    no in-memory ``data`` nor signing identities (their keys are in ``signing/``).
     """
     root = Path(folder)
+    model = str(kwargs.pop("model", "vertical_lr"))
+    build = build_secureboost_example if model == "secureboost" else build_example
+    defaults = {"rows": 1500, "run_id": "example-secureboost", "trees": 4} if model == "secureboost" else {"rows": 3000, "run_id": "example-run"}
     index_path = root / _INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
-        wanted = {"rows": kwargs.get("rows", 3000), "seed": kwargs.get("seed", 11), "run_id": kwargs.get("run_id", "example-run")}
-        if all(index.get(k) == v for k, v in wanted.items()):
+        wanted = {"seed": kwargs.get("seed", 11), **{k: kwargs.get(k, v) for k, v in defaults.items()}}
+        if index.get("model", "vertical_lr") == model and all(index.get(k) == v for k, v in wanted.items()):
             return ExampleFederation(
                 folder=root,
                 data=None,
@@ -137,4 +195,4 @@ def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFedera
                 signers={p: SigningIdentity.load(root / "signing" / f"{p}.key") for p in ("bank", *FEATURE_HOLDERS)},
                 offline_pd={k: float(v) for k, v in index["offline_pd"].items()},
             )
-    return build_example(root, **kwargs)  # type: ignore[arg-type]
+    return build(root, **kwargs)  # type: ignore[arg-type]

@@ -1,7 +1,9 @@
 """Fan-out from the bank's scoring node to each feature holder's party scoring service.
 
 One :class:`PartyFanout` per feature holder keeps one long-lived mTLS channel
-and asks for partial scores under a per-call deadline. It never raises and
+and asks for its part of the joint model under a per-call deadline: a partial
+score (``SCORECARD``) or, for SecureBoost, the direction at each of its splits
+(``TREE_ROUTING``). It never raises and
 never hangs: every :meth:`PartyFanout.ask` resolves to a :class:`PartyResult`
 whose state is ``COVERED``, ``NOT_COVERED``, ``TIMEOUT``, ``UNAVAILABLE`` or
 ``CIRCUIT_OPEN``; the credit policy decides what a missing part means.
@@ -35,7 +37,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -59,6 +61,7 @@ class PartyResult:
     reasons: tuple[str, ...] = ()
     latency_ms: float = 0.0
     detail: str = ""
+    routing: Mapping[int, bool] | None = None  # TREE_ROUTING: split id -> goes left
 
     @property
     def failed(self) -> bool:
@@ -108,6 +111,10 @@ class PartyFanout:
         A long-lived mTLS channel to its party scoring service.
     model_version : str
         The joint model's run id (the party refuses another).
+    kind : int
+        ``pb.SCORECARD`` (partial scores) or ``pb.TREE_ROUTING`` (directions at the party's splits).
+    split_ids : sequence of int
+        ``TREE_ROUTING``: the party's splits the model uses; every answer must route exactly these.
     deadline_s : float
         Per-call deadline.
     max_reasons : int
@@ -135,6 +142,8 @@ class PartyFanout:
         *,
         model_version: str,
         deadline_s: float,
+        kind: int = pb.SCORECARD,
+        split_ids: Sequence[int] = (),
         max_reasons: int = 3,
         max_batch: int = 512,
         max_inflight: int = 2,
@@ -148,6 +157,11 @@ class PartyFanout:
         self.channel = channel
         self.model_version = model_version
         self.deadline_s = float(deadline_s)
+        self.kind = int(kind)
+        self.split_ids = tuple(int(s) for s in split_ids)
+        self._split_set = frozenset(self.split_ids)
+        if self.kind == pb.TREE_ROUTING and not self.split_ids:
+            raise ValueError(f"{party}: a tree-routing fan-out needs the party's split ids")
         self.max_reasons = int(max_reasons)
         self.max_batch = int(max_batch)
         self.max_inflight = int(max_inflight)
@@ -220,10 +234,11 @@ class PartyFanout:
         request = pb.PartyScoreRequest(
             request_id=f"{self._prefix}-{next(self._ids)}",
             model_version=self.model_version,
-            kind=pb.SCORECARD,
+            kind=self.kind,  # type: ignore[arg-type]
             sme_ids=ids,
-            max_reasons=self.max_reasons,
+            max_reasons=self.max_reasons if self.kind == pb.SCORECARD else 0,
             deadline_ms=max(1, int(deadline * 1000)),
+            split_ids=self.split_ids,
         )
         t0 = time.perf_counter()
         results: list[PartyResult]
@@ -336,10 +351,13 @@ class PartyFanout:
         if len(answers) != len(ids):
             raise _BrokenAnswer(f"answered {len(answers)} IDs for {len(ids)} asked")
         out = []
+        trees = self.kind == pb.TREE_ROUTING
         for sme_id, answer in zip(ids, answers):
             if answer.sme_id != sme_id:
                 raise _BrokenAnswer("answers are not in request order")
-            if answer.state == pb.COVERED:
+            if answer.state == pb.COVERED and trees:
+                out.append(PartyResult(self.party, pb.COVERED, latency_ms=latency, routing=self._routing(answer)))
+            elif answer.state == pb.COVERED:
                 if answer.WhichOneof("part") != "scorecard":
                     raise _BrokenAnswer("a covered answer without a scorecard part")
                 u = answer.scorecard.partial_score
@@ -351,6 +369,22 @@ class PartyFanout:
             else:
                 raise _BrokenAnswer(f"unexpected answer state {answer.state}")
         return out
+
+    def _routing(self, answer: pb.PartyAnswer) -> dict[int, bool]:
+        """Split id -> goes left, checked: exactly the splits asked, each LEFT or RIGHT."""
+        if answer.WhichOneof("part") != "routing":
+            raise _BrokenAnswer("a covered answer without a routing part")
+        routing = {}
+        for split_id, branch in answer.routing.branches.items():
+            if branch == pb.LEFT:
+                routing[split_id] = True
+            elif branch == pb.RIGHT:
+                routing[split_id] = False
+            else:
+                raise _BrokenAnswer(f"split {split_id} routed neither left nor right")
+        if routing.keys() != self._split_set:
+            raise _BrokenAnswer(f"routed {len(routing)} splits, not the {len(self._split_set)} asked")
+        return routing
 
     async def close(self) -> None:
         """Close the stream and the channel (pending asks resolve as unavailable)."""

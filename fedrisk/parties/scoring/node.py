@@ -4,13 +4,16 @@ For each application the node
 
 1. parses and validates it (:mod:`~fedrisk.parties.scoring.validation`);
 2. takes the bank's own features from the application or from its own table;
-3. asks every feature holder's party scoring service for its partial score,
-   concurrently, under the policy's per-call deadline
-   (:mod:`~fedrisk.parties.scoring.fanout`; a party that is down, slow or
-   resting becomes "missing" instead of an error);
+3. asks every feature holder's party scoring service for its part —
+   its partial score (vertical scorecard) or the direction at each of its
+   splits (vertical SecureBoost) — concurrently, under the policy's per-call
+   deadline (:mod:`~fedrisk.parties.scoring.fanout`; a party that is down,
+   slow or resting becomes "missing" instead of an error);
 4. combines the parts exactly as training did
-   (:class:`~fedrisk.parties.scoring.bundles.LinearScorer`), a missing party
-   scored as not covering the SME;
+   (:class:`~fedrisk.parties.scoring.bundles.LinearScorer` for the scorecard,
+   :class:`~fedrisk.parties.scoring.trees.TreeScorer` for the trees), a missing
+   party scored as not covering the SME (for trees: its splits take their
+   learned default directions);
 5. applies the credit policy (:mod:`~fedrisk.parties.scoring.policy`): band,
    decision, differentiated limit, what a missing party means;
 6. records the application durably unless it is an estimate
@@ -27,17 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError, FedriskError, LedgerError
 from fedrisk.parties.scoring.bundles import (
+    SECUREBOOST,
     LinearScorer,
     load_bank_model,
     parse_trusted_keys,
@@ -51,13 +58,14 @@ from fedrisk.parties.scoring.register import (
     Register,
     RemoteRegister,
 )
-from fedrisk.parties.scoring.tables import load_feature_lookup
+from fedrisk.parties.scoring.tables import FeatureLookup, load_feature_lookup
 from fedrisk.parties.scoring.transport import (
     SERVER_OPTIONS,
     bind,
     secure_channel,
     server_credentials,
 )
+from fedrisk.parties.scoring.trees import Routing, TreeScorer
 from fedrisk.parties.scoring.validation import ApplicationValidator, ValidApplication
 from fedrisk.v1 import scoring_pb2 as pb
 
@@ -96,18 +104,29 @@ class ScoringNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.model = load_bank_model(config.bundle, parse_trusted_keys(config.trusted_keys))
-        lh = self.model.scorecard
-        self.scorer = LinearScorer(lh)  # type: ignore[arg-type]
         self.policy = load_policy(config.policy or None)
+        lh = self.model.part
+        self.trees: TreeScorer | None = None
+        if self.model.kind == SECUREBOOST:
+            self.trees = TreeScorer(lh)  # type: ignore[arg-type]
+            self.scorer: LinearScorer | TreeScorer = self.trees
+            features = self.trees.features
+            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            mean, scale = _range_reference(self.table, len(features))
+            known = set(lh.parties[1:])  # type: ignore[union-attr]  (a party owning no split is not asked)
+        else:
+            self.scorer = LinearScorer(lh)  # type: ignore[arg-type]
+            features, mean, scale = lh.features, lh.mean, lh.scale  # type: ignore[union-attr]
+            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            known = set(self.scorer.parties)
         self.validator = ApplicationValidator.for_model(
-            lh.features, lh.mean, lh.scale, self.model.schema, max_bytes=config.max_message_bytes, max_abs_z=config.max_abs_z
+            features, mean, scale, self.model.schema, max_bytes=config.max_message_bytes, max_abs_z=config.max_abs_z
         )
-        self.table = load_feature_lookup(config.bank_table, self.model.schema, lh.features, name="bank") if config.bank_table else None
         wanted, given = set(self.scorer.parties), set(config.parties)
         if wanted - given:
             raise ConfigError(f"the model needs feature holder {min(wanted - given)!r}, but no endpoint was given for it")
-        if given - wanted:
-            raise ConfigError(f"endpoint given for {min(given - wanted)!r}, which is not part of the model {self.model.run_id}")
+        if given - known:
+            raise ConfigError(f"endpoint given for {min(given - known)!r}, which is not part of the model {self.model.run_id}")
         self.register: Register | None = None
         self.fanouts: dict[str, PartyFanout] = {}
         self.server: grpc.aio.Server | None = None
@@ -129,6 +148,8 @@ class ScoringNode:
                 channel,  # type: ignore[arg-type]
                 model_version=self.model.run_id,
                 deadline_s=self.policy.deadline_ms / 1000.0,
+                kind=pb.TREE_ROUTING if self.trees is not None else pb.SCORECARD,
+                split_ids=self.trees.split_ids[party] if self.trees is not None else (),
                 max_reasons=self.policy.max_reasons_per_party,
                 max_inflight=cfg.max_inflight_per_party,
                 request_prefix=prefix,
@@ -272,7 +293,7 @@ class ScoringNode:
         return pb.NodeDescription(
             model_version=self.model.model_version,
             policy_version=self.policy.label,
-            label_holder=self.model.scorecard.party,
+            label_holder=self.model.party,
             feature_holders=list(self.scorer.parties),
             bank_features=list(self.scorer.features),
             id_format=self.validator.id_format,
@@ -294,24 +315,14 @@ class ScoringNode:
         # every ask is already in flight; awaiting them in turn costs less than a gather
         pending = [f.ask(app.sme_id, party_budget) for f in self.fanouts.values()]
         results: list[PartyResult] = [await fut for fut in pending]
-        partials: dict[str, float | None] = {}
-        covered: dict[str, bool] = {}
-        missing: list[str] = []
-        for r in results:
-            partials[r.party] = r.partial_score if r.state == pb.COVERED else None
-            covered[r.party] = r.state == pb.COVERED
-            if r.failed:
-                missing.append(r.party)
-        own = self.scorer.contributions(x)
-        indicators = self.scorer.indicator_contributions(covered)
-        z = self.scorer.log_odds(own, indicators, partials)
-        pd = LinearScorer.probability(z)
+        missing = [r.party for r in results if r.failed]
+        if self.trees is None:
+            pd, model_reasons = self._scorecard_part(x, results)
+        else:
+            pd, model_reasons = self._tree_part(self.trees, x, results)
         outcome = self.policy.decide(pd, declared_revenue=app.declared_revenue, requested_amount=app.requested_amount, unavailable=missing)
         reasons = [pb.Reason(party="policy", code=r.code, text=r.text) for r in outcome.reasons]
-        reasons += self._bank_reasons(own, indicators, covered)
-        for r in results:
-            for feature in r.reasons:
-                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk"))
+        reasons += model_reasons
         decision = pb.Decision(
             application_id=app.application_id,
             sme_id=app.sme_id,
@@ -334,6 +345,44 @@ class ScoringNode:
         self.decisions += 1
         decision.latency_ms = round((time.perf_counter() - t0) * 1000.0, 3)
         return decision
+
+    def _scorecard_part(self, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason]]:
+        """PD and model reasons from the scorecard: own block, coverage indicators, the parties' partial scores."""
+        scorer: LinearScorer = self.scorer  # type: ignore[assignment]
+        partials: dict[str, float | None] = {}
+        covered: dict[str, bool] = {}
+        for r in results:
+            partials[r.party] = r.partial_score if r.state == pb.COVERED else None
+            covered[r.party] = r.state == pb.COVERED
+        own = scorer.contributions(x)
+        indicators = scorer.indicator_contributions(covered)
+        pd = LinearScorer.probability(scorer.log_odds(own, indicators, partials))
+        reasons = self._bank_reasons(own, indicators, covered)
+        for r in results:
+            for feature in r.reasons:
+                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk"))
+        return pd, reasons
+
+    def _tree_part(self, trees: TreeScorer, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason]]:
+        """PD and model reasons from the trees, routed with the parties' answers (defaults for the others).
+
+        Reasons: the bank's own features whose values raise the log-odds most
+        against treating them as missing, then each party whose answers raise it
+        against its splits' default directions — names only.
+        """
+        answers: dict[str, Routing] = {r.party: r.routing if r.state == pb.COVERED else None for r in results}
+        z = trees.log_odds(x, answers)
+        pd = TreeScorer.probability(z)
+        k = self.policy.max_reasons_per_party
+        if k <= 0:
+            return pd, []
+        own = sorted((c for c in trees.own_contributions(x, answers, z) if c[0] > 0), key=lambda t: -t[0])
+        reasons = [pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk") for _, name in own[:k]]
+        parties = trees.party_contributions(x, answers, z)
+        for party in sorted(parties, key=lambda p: -parties[p]):
+            if parties[party] > 0:
+                reasons.append(pb.Reason(party=party, code="tree_routing", text=f"{party} data: where the SME falls at {party}'s splits raises the risk"))
+        return pd, reasons
 
     def _bank_reasons(self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool]) -> list[pb.Reason]:
         k = self.policy.max_reasons_per_party
@@ -371,6 +420,21 @@ class ScoringNode:
             "policy_version": d.policy_version,
             "latency_ms": round(d.latency_ms, 3),
         }
+
+
+def _range_reference(table: FeatureLookup | None, n_features: int) -> tuple[list[float], list[float]]:
+    """Means and standard deviations the validator's range check measures against, for a tree model.
+
+    Trees keep no feature moments (a scorecard does), so the bank's own table gives
+    them; without a table the range check is off (scale ∞), other checks still apply.
+    """
+    if table is None or not len(table):
+        return [0.0] * n_features, [math.inf] * n_features
+    with warnings.catch_warnings():  # an all-missing column: mean 0, scale 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nan_to_num(np.nanmean(table.matrix, axis=0), nan=0.0)
+        std = np.nan_to_num(np.nanstd(table.matrix, axis=0), nan=0.0)
+    return mean.tolist(), np.where(std > 1e-12, std, 1.0).tolist()
 
 
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

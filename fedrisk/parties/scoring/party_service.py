@@ -1,9 +1,20 @@
 """A feature holder's party scoring service: its part of the joint model, on its own table.
 
 Runs at the tax bureau or the platform, next to its data. For each SME the bank's
-node asks about, it answers with its partial log-odds ``u_k = Σ_j w_kj·std(x_kj)``
-and the *names* of its features that raise the risk most — never a feature
-value, never its coefficients. It answers only
+node asks about, it answers with its part of the joint model, as its bundle says:
+
+* vertical scorecard (``SCORECARD``): its partial log-odds
+  ``u_k = Σ_j w_kj·std(x_kj)`` and the *names* of its features that raise the
+  risk most — never a feature value, never its coefficients;
+* vertical SecureBoost (``TREE_ROUTING``): for each of its own splits (all, or
+  those the request lists), whether the SME goes ``LEFT`` or ``RIGHT`` — one
+  direction per split id, computed with its own thresholds on its own table
+  (a missing value takes the split's learned default). Never a threshold, a
+  feature, a value or which feature a split is on. The bank learns the side of
+  every split of the party for the SME, not only those on the SME's paths (one
+  round for all trees; see :func:`fedrisk.models.secureboost.answer_splits`).
+
+It answers only
 
 * to callers whose mTLS client certificate (signed by the federation CA) has a
   common name on its ``allowed_callers`` list — by default the label holder
@@ -22,8 +33,9 @@ the request; inherent to scoring at decision time, and logged per caller).
 
 Answers are precomputed when the table is loaded (one vectorised pass), so a
 request costs a dictionary lookup per ID: each answer's protobuf encoding is
-cached and the response is assembled by concatenation — valid protobuf, as a
-repeated field's elements may be written one after another.
+cached (per number of reasons, or per set of split ids asked) and the response
+is assembled by concatenation — valid protobuf, as a repeated field's elements
+may be written one after another.
 """
 
 from __future__ import annotations
@@ -32,8 +44,9 @@ import asyncio
 import logging
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,7 +54,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError
-from fedrisk.parties.scoring.bundles import load_party_model, parse_trusted_keys
+from fedrisk.parties.scoring.bundles import (
+    SECUREBOOST,
+    load_party_model,
+    parse_trusted_keys,
+)
 from fedrisk.parties.scoring.config import PartyServiceConfig
 from fedrisk.parties.scoring.tables import FeatureLookup, load_feature_lookup
 from fedrisk.parties.scoring.transport import (
@@ -62,6 +79,7 @@ __all__ = ["SERVICE_NAME", "PartyScoringService", "read_allow_list"]
 log = logging.getLogger("fedrisk.scoring.party")
 SERVICE_NAME = "fedrisk.v1.PartyScoringService"
 RELOAD_EVERY_S = 5.0
+_MAX_SPLIT_VIEWS = 16  # distinct split-id lists whose encoded answers are cached
 
 
 def read_allow_list(path: str | Path, id_format: str) -> set[str]:
@@ -79,7 +97,7 @@ def read_allow_list(path: str | Path, id_format: str) -> set[str]:
 
 
 class PartyScoringService:
-    """Answer the bank's node with this party's partial scores.
+    """Answer the bank's node with this party's part: partial scores, or directions at its splits.
 
     Parameters
     ----------
@@ -90,17 +108,26 @@ class PartyScoringService:
     def __init__(self, config: PartyServiceConfig) -> None:
         self.config = config
         self.model = load_party_model(config.bundle, parse_trusted_keys(config.trusted_keys))
-        self.scorecard = self.model.scorecard
-        self.party = self.scorecard.party
+        self.scorecard = self.model.part
+        self.kind = pb.TREE_ROUTING if self.model.kind == SECUREBOOST else pb.SCORECARD
+        self.party = self.model.party
         self.id_format = str(self.model.schema.get("id_format", "opaque"))
-        self.callers = set(config.allowed_callers) or {str(self.scorecard.meta.get("label_holder", ""))} - {""}
+        self.callers = set(config.allowed_callers) or {self.model.label_holder} - {""}
         if not self.callers:
             raise ConfigError("no caller may ask: the bundle names no label holder and allowed_callers is empty")
         if not config.allow_list and not config.allow_any_known:
             raise ConfigError("give an allow-list of IDs this party may answer for (or allow_any_known explicitly)")
-        self.lookup: FeatureLookup = load_feature_lookup(config.table, self.model.schema, self.scorecard.features, name=self.party)
-        self._answers: dict[str, tuple[float, tuple[str, ...]]] = {}
+        features = self.scorecard.feature_names if self.kind == pb.TREE_ROUTING else self.scorecard.features  # type: ignore[union-attr]
+        self.lookup: FeatureLookup = load_feature_lookup(config.table, self.model.schema, features, name=self.party)
+        # scorecard: ID -> (partial score, adverse feature names); trees: ID -> goes left at each own split
+        self._answers: dict[str, Any] = {}
         self._encoded: dict[tuple[str, int], bytes] = {}
+        if self.kind == pb.TREE_ROUTING:
+            self._split_ids: tuple[int, ...] = tuple(int(v) for v in self.scorecard.split_id)  # type: ignore[union-attr]
+            self._split_column = {sid: j for j, sid in enumerate(self._split_ids)}
+            # cached encodings are keyed by a small view number per distinct list of split ids asked
+            self._views: dict[tuple[int, ...], int] = {}
+            self._view_columns: dict[int, tuple[tuple[int, int], ...]] = {}  # view -> (split id, column)
         self.reload()
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -117,12 +144,16 @@ class PartyScoringService:
         allowed = read_allow_list(self.config.allow_list, self.id_format) if self.config.allow_list else None
         ids = [i for i in self.lookup.index if allowed is None or i in allowed]
         rows = np.array([self.lookup.index[i] for i in ids], dtype=np.int64)
-        answers: dict[str, tuple[float, tuple[str, ...]]] = {}
-        if len(rows):
-            contrib = self.scorecard.contributions(self.lookup.matrix[rows])
+        answers: dict[str, Any] = {}
+        if len(rows) and self.kind == pb.TREE_ROUTING:
+            go_left = self.scorecard.answer(self.lookup.matrix[rows])  # type: ignore[union-attr]
+            for k, sme_id in enumerate(ids):
+                answers[sme_id] = tuple(go_left[k].tolist())
+        elif len(rows):
+            contrib = self.scorecard.contributions(self.lookup.matrix[rows])  # type: ignore[union-attr]
             partial = contrib.sum(axis=1)
             order = np.argsort(-contrib, axis=1, kind="stable")[:, :20]
-            names = self.scorecard.features
+            names = self.scorecard.features  # type: ignore[union-attr]
             for k, sme_id in enumerate(ids):
                 top = tuple(names[j] for j in order[k] if contrib[k, j] > 0)
                 answers[sme_id] = (float(partial[k]), top)
@@ -153,16 +184,44 @@ class PartyScoringService:
                 except Exception as exc:  # a bad edit keeps the previous allow-list
                     log.warning("%s kept its previous allow-list: %s", self.party, str(exc).splitlines()[0] if str(exc) else exc)
 
-    def answer_bytes(self, sme_id: str, max_reasons: int) -> bytes:
-        """The encoded ``PartyAnswer`` for one ID (cached)."""
-        key = (sme_id, max_reasons)
+    def answer_bytes(self, sme_id: str, view: int) -> bytes:
+        """The encoded ``PartyAnswer`` for one ID (cached).
+
+        ``view`` is the number of reasons asked (scorecard) or the number of the
+        list of split ids asked (trees, see :meth:`_split_view`).
+        """
+        key = (sme_id, view)
         cached = self._encoded.get(key)
         if cached is not None:
             return cached
-        encoded = self._answer_as(sme_id, sme_id, max_reasons)
+        encoded = self._answer_as(sme_id, sme_id, view)
         if sme_id in self._answers:  # only IDs it answers for: the cache is bounded by the allow-list
             self._encoded[key] = encoded
         return encoded
+
+    def _split_view(self, split_ids: Sequence[int]) -> int:
+        """Number of the list of split ids a request asks for (empty: all of this party's).
+
+        Registered on first use; at most ``_MAX_SPLIT_VIEWS`` lists are kept (then
+        the lists and the cached encodings start afresh). Raises :class:`_Refused`
+        for a split id this party does not own.
+        """
+        wanted = tuple(split_ids) or self._split_ids
+        view = self._views.get(wanted)
+        if view is not None:
+            return view
+        columns = []
+        for sid in dict.fromkeys(wanted):
+            j = self._split_column.get(sid)
+            if j is None:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.split_ids: {self.party} has no split {sid}")
+            columns.append((sid, j))
+        if len(self._views) >= _MAX_SPLIT_VIEWS:
+            self._views, self._view_columns, self._encoded = {}, {}, {}
+        view = len(self._views)
+        self._views[wanted] = view
+        self._view_columns[view] = tuple(columns)
+        return view
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> str:
@@ -250,13 +309,14 @@ class PartyScoringService:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message") from None
         if req.model_version != self.model.run_id:
             raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{self.party} serves model {self.model.run_id!r}, not {req.model_version!r}")
-        if req.kind not in (pb.SCORECARD, pb.MODEL_KIND_UNSPECIFIED):
+        if req.kind not in (self.kind, pb.MODEL_KIND_UNSPECIFIED):
             kind = pb.ModelKind.Name(req.kind) if req.kind in pb.ModelKind.values() else str(req.kind)
-            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves a scorecard; model kind {kind} is not available")
+            serves = "SecureBoost tree routing" if self.kind == pb.TREE_ROUTING else "a scorecard"
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves {serves}; model kind {kind} is not available")
         n = len(req.sme_ids)
         if n > self.config.max_ids:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
-        k = min(int(req.max_reasons), 20)
+        k = self._split_view(req.split_ids) if self.kind == pb.TREE_ROUTING else min(int(req.max_reasons), 20)
         parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=self.model.run_id).SerializeToString()]
         covered = 0
         answers = self._answers
@@ -279,11 +339,15 @@ class PartyScoringService:
     def _answer_as(self, raw_id: str, sme_id: str, k: int) -> bytes:
         """Encoded answer for ``sme_id``, reported under the ID as the caller wrote it.
 
-        A ``PartyScoreResponse`` field 4 element: tag 0x22, varint length, bytes.
+        ``k``: reasons (scorecard) or split view (trees). A ``PartyScoreResponse``
+        field 4 element: tag 0x22, varint length, bytes.
         """
         found = self._answers.get(sme_id)
         if found is None:
             answer = pb.PartyAnswer(sme_id=raw_id, state=pb.NOT_COVERED)
+        elif self.kind == pb.TREE_ROUTING:
+            branches = {sid: pb.LEFT if found[j] else pb.RIGHT for sid, j in self._view_columns[k]}
+            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, routing=pb.TreeRouting(branches=branches))
         else:
             answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, scorecard=pb.ScorecardPart(partial_score=found[0], reasons=found[1][:k]))
         body = answer.SerializeToString()
