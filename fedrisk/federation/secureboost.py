@@ -7,6 +7,14 @@ then hands the bank every reply — checking each payload against the routing
 policy (kind per link, context fingerprint, the party named in it) on the way.
 See :mod:`fedrisk.parties.secureboost` for the messages of a round and
 :mod:`fedrisk.models.secureboost` for the protocol and its threat model.
+
+Recovery: with a :class:`~fedrisk.federation.checkpoint.CheckpointStore` the
+coordinator checkpoints after the setup and after every completed round (the
+bank's round and the feature holders' answers to it) what the next round starts
+from — the replies it still has to hand the bank, the public context, the
+counters and the per-tree rows — and a resubmitted run resumes from there. The
+parties keep their own state (warm, and on disk for a restarted process) and
+answer a repeated request from their reply cache, so no round is applied twice.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
@@ -22,6 +30,9 @@ from fedrisk.federation.alignment import VerticalRoles
 from fedrisk.federation.exchange import build_content
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.federation.session import CoordinatorSession
+
+if TYPE_CHECKING:
+    from fedrisk.federation.checkpoint import Checkpoint, CheckpointStore
 
 
 @dataclass(frozen=True)
@@ -53,49 +64,110 @@ class SecureBoostResult:
     rounds: int = 0
 
 
+def checkpoint_digest(config: SecureBoostConfig, roles: VerticalRoles) -> str:
+    """What a resumed SecureBoost run must share with the run it resumes."""
+    from dataclasses import asdict
+
+    from fedrisk.federation.checkpoint import config_digest
+
+    return config_digest({"protocol": "secureboost", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
+
+
+def _coordinator(context_blob: bytes, fp: str, lh: str, fhs: tuple[str, ...]):
+    """The coordinator's protocol object over the label holder's public context (no secret key)."""
+    from fedrisk.models.secureboost import CoordinatorSB
+    from fedrisk.parties.vertical_lr import load_public_context
+
+    coordinator = CoordinatorSB(load_public_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
+    if coordinator.fingerprint != fp:
+        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    return coordinator
+
+
 def run_secureboost(
     session: CoordinatorSession,
     roles: VerticalRoles,
     config: SecureBoostConfig,
     *,
     progress: Callable[[int, dict], None] | None = None,
+    checkpoints: "CheckpointStore | None" = None,
+    resume: "Checkpoint | None" = None,
+    alignment: dict | None = None,
 ) -> SecureBoostResult:
-    """Set up the parties and relay rounds until the bank has evaluated the finished model."""
-    from fedrisk.models.secureboost import CoordinatorSB
-    from fedrisk.parties.vertical_lr import load_public_context
+    """Set up the parties and relay rounds until the bank has evaluated the finished model.
 
+    With ``checkpoints`` the coordinator saves, after the setup and after every
+    completed round, what the next round starts from: the feature holders'
+    replies still to be handed to the bank (as relayed, one blob each), the
+    public context, the round and tree counters, the per-tree rows and the
+    bundles reported so far (``alignment`` — aligned rows and PSI time — is kept
+    with them). With ``resume`` (a checkpoint of the same configuration) it skips
+    the setup and starts with the bank's round after the checkpoint's: the
+    parties keep their state, and answer a request they already served from
+    their reply cache, so no round is applied twice.
+    """
     lh, fhs = roles.label_holder, roles.feature_holders
     result = SecureBoostResult()
-    params = {
-        "trees": config.trees, "depth": config.depth, "learning_rate": config.learning_rate, "l2": config.l2,
-        "min_child_weight": config.min_child_weight, "subsample": config.subsample, "bins": config.bins, "seed": config.seed,
-    }
-    setup = session.exchange({lh: (mt.SB_SETUP, build_content(session.header(0, "sb.setup", lh, "public"), config=params))})[lh]
-    fp = setup.header.key_fingerprint
-    coordinator = CoordinatorSB(load_public_context(setup.blob("coordinator_context"), "coordinator"), label_holder=lh, feature_holders=fhs)
-    if coordinator.fingerprint != fp:
-        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
-    result.key_fingerprint = fp
-    plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
-    joined = session.exchange(
-        {
-            p: (
-                mt.SB_JOIN,
-                build_content(
-                    session.header(0, "sb.join", p, "public", fp),
-                    {"plan": plan, "context": setup.blob("feature_holder_context")},
-                    {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
-                ),
-            )
-            for p in fhs
+    digest = checkpoint_digest(config, roles)
+    status = session.status
+    status.set(protocol="secureboost", unit="round", state="running")
+    if resume is not None:
+        state = resume.state
+        context_blob = resume.blob("coordinator_context")
+        fp = str(state["key_fingerprint"])
+        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        result.rounds, trees_done = int(state["rounds"]), int(state["trees_done"])
+        result.trees, result.bundles = list(state["trees"]), dict(state["bundles"])
+        to_bank = [BatchItem(resume.blob(f"to_bank:{i}"), str(item["class"]), str(item["party"])) for i, item in enumerate(state["to_bank"])]
+        status.set(resumed_from=result.rounds)
+        status.event(f"resumed at round {result.rounds + 1} (tree {trees_done + 1}) from the checkpoint")
+    else:
+        params = {
+            "trees": config.trees, "depth": config.depth, "learning_rate": config.learning_rate, "l2": config.l2,
+            "min_child_weight": config.min_child_weight, "subsample": config.subsample, "bins": config.bins, "seed": config.seed,
         }
-    )
-    to_bank = [BatchItem(coordinator.relay(p, lh, item.data), item.content_class, p) for p, r in joined.items() for item in batch_items(r)]
+        status.set(step="sb.setup")
+        setup = session.exchange({lh: (mt.SB_SETUP, build_content(session.header(0, "sb.setup", lh, "public"), config=params))})[lh]
+        fp = setup.header.key_fingerprint
+        context_blob = setup.blob("coordinator_context")
+        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
+        status.set(step="sb.join")
+        joined = session.exchange(
+            {
+                p: (
+                    mt.SB_JOIN,
+                    build_content(
+                        session.header(0, "sb.join", p, "public", fp),
+                        {"plan": plan, "context": setup.blob("feature_holder_context")},
+                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
+                    ),
+                )
+                for p in fhs
+            }
+        )
+        to_bank = [BatchItem(coordinator.relay(p, lh, item.data), item.content_class, p) for p, r in joined.items() for item in batch_items(r)]
+        trees_done = 0
+    result.key_fingerprint = fp
 
-    started, trees_done = time.perf_counter(), 0
+    def save() -> None:
+        if checkpoints is None:
+            return
+        state = {
+            "key_fingerprint": fp, "rounds": result.rounds, "trees_done": trees_done, "trees": result.trees,
+            "bundles": result.bundles, "alignment": alignment or {},
+            "to_bank": [{"class": item.content_class, "party": item.party} for item in to_bank],
+        }
+        blobs = {"coordinator_context": context_blob, **{f"to_bank:{i}": item.data for i, item in enumerate(to_bank)}}
+        checkpoints.save("secureboost", result.rounds, state, blobs, config_sha256=digest)
+
+    if resume is None:
+        save()
+    started = time.perf_counter()
     while True:
         result.rounds += 1
         round_ = result.rounds
+        status.set(round=round_, step="sb.bank", tree=trees_done)
         header = session.header(round_, "sb.bank", lh, batch_class(to_bank), fp)
         bank = session.exchange({lh: (mt.SB_BANK_ROUND, batch_content(header, to_bank))})[lh]
         if int(bank.value("trees_done", trees_done)) > trees_done:  # type: ignore[call-overload]
@@ -109,12 +181,15 @@ def run_secureboost(
         if bank.value("done", False):
             result.final = {k: v for k, v in bank.config.items() if not k.startswith("item") and k not in ("done",)}
             result.bundles[lh] = str(bank.value("bundle"))
+            if checkpoints is not None:
+                checkpoints.save("secureboost", round_, {"trees": result.trees}, config_sha256=digest, finished=True)
             return result
         outbox: dict[str, list[BatchItem]] = {}
         for item in batch_items(bank):
             outbox.setdefault(item.party, []).append(BatchItem(coordinator.relay(lh, item.party, item.data), item.content_class))
         if not outbox:
             raise ProtocolError("SecureBoost stalled: the label holder sent nothing and is not done")
+        status.set(step="sb.round")
         replies = session.exchange(
             {
                 p: (mt.SB_ROUND, batch_content(session.header(round_, "sb.round", p, batch_class(items), fp), items))
@@ -123,6 +198,7 @@ def run_secureboost(
         )
         to_bank = [BatchItem(coordinator.relay(p, lh, item.data), item.content_class, p) for p, r in replies.items() for item in batch_items(r)]
         result.bundles.update({p: str(r.value("bundle")) for p, r in replies.items() if "bundle" in r.config})
+        save()
 
 
 def secureboost_summary(result: SecureBoostResult) -> dict:

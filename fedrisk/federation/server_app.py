@@ -8,10 +8,11 @@ coordinator's result (metrics and sizes only, never data) to
 Recovery (run config ``recovery = true``, which the local and remote
 federation runners set): the coordinator keeps its status in
 ``coordinator/status.json`` (``fedrisk status``), checkpoints its protocol
-state after every completed round or epoch in ``coordinator/checkpoints/<run-id>/``,
-resumes from that checkpoint when the same run id is submitted again after a
-crash, probes a party that stays silent (``probe-interval`` seconds, default
-15) and pauses, up to ``pause-timeout`` seconds (default 600), for a party
+state after every completed round (FedAvg, SecureBoost) or epoch (vertical LR)
+in ``coordinator/checkpoints/<run-id>/``, resumes from that checkpoint when
+the same run id is submitted again after a crash, probes a party that stays
+silent (``probe-interval`` seconds, default 15) and pauses, up to
+``pause-timeout`` seconds (default 600), for a party
 that is restarting instead of failing the run. Each of ``checkpoint``,
 ``probe-interval`` and ``pause-timeout`` can be set on its own.
 """
@@ -92,6 +93,7 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
     roles = VerticalRoles.of(session)
     if algorithm not in ("vertical_lr", "secureboost"):
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
+    from fedrisk.federation.secureboost import checkpoint_digest as secureboost_digest
     from fedrisk.federation.vertical_lr import VerticalLRConfig, checkpoint_digest, run_vertical_lr
 
     config = VerticalLRConfig(
@@ -102,15 +104,11 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         momentum=str(context.run_config.get("momentum", True)).lower() not in ("false", "0"),
         n_jobs=_cfg(context, "n-jobs", 1),
     )
+    sb_config = _secureboost_config(context)
     resume = None
-    if checkpoints is not None and algorithm == "secureboost":
-        if checkpoints.resumable("secureboost", "-") is not None:
-            raise ConfigError(
-                "SecureBoost runs are not resumable yet: this run id was interrupted; start it again under a new run id"
-            )
-        checkpoints.save("secureboost", 0, {}, config_sha256="-")
-    elif checkpoints is not None:
-        resume = checkpoints.resumable("vertical_lr", checkpoint_digest(config, roles))
+    if checkpoints is not None:
+        digest = secureboost_digest(sb_config, roles) if algorithm == "secureboost" else checkpoint_digest(config, roles)
+        resume = checkpoints.resumable(algorithm, digest)
     if resume is not None:
         rows, psi_seconds = int(resume.state["alignment"]["rows"]), float(resume.state["alignment"]["psi_seconds"])
     else:
@@ -120,14 +118,11 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         psi_seconds = time.perf_counter() - psi_started
         print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
     if algorithm == "secureboost":
-        result = {
+        return {
             "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
             "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
-            **_run_secureboost(session, context, roles),
+            **_run_secureboost(session, sb_config, roles, checkpoints, resume, {"rows": rows, "psi_seconds": psi_seconds}),
         }
-        if checkpoints is not None:
-            checkpoints.save("secureboost", 1, {}, config_sha256="-", finished=True)
-        return result
 
     def progress(epoch: int, row: dict) -> None:
         print(f"[fedrisk] epoch {epoch}: {json.dumps(row, sort_keys=True)}", flush=True)
@@ -154,10 +149,10 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
     }
 
 
-def _run_secureboost(session: CoordinatorSession, context: Context, roles) -> dict:
-    from fedrisk.federation.secureboost import SecureBoostConfig, run_secureboost, secureboost_summary
+def _secureboost_config(context: Context):
+    from fedrisk.federation.secureboost import SecureBoostConfig
 
-    config = SecureBoostConfig(
+    return SecureBoostConfig(
         trees=_cfg(context, "trees", 30),
         depth=_cfg(context, "depth", 3),
         learning_rate=_cfg(context, "learning-rate", 0.3),
@@ -169,10 +164,15 @@ def _run_secureboost(session: CoordinatorSession, context: Context, roles) -> di
         n_jobs=_cfg(context, "n-jobs", 1),
     )
 
+
+def _run_secureboost(session: CoordinatorSession, config, roles, checkpoints=None, resume=None, alignment=None) -> dict:
+    from fedrisk.federation.secureboost import run_secureboost, secureboost_summary
+
     def progress(tree: int, row: dict) -> None:
         print(f"[fedrisk] tree {tree + 1}/{config.trees}: {json.dumps(row, sort_keys=True)}", flush=True)
 
-    return secureboost_summary(run_secureboost(session, roles, config, progress=progress))
+    trained = run_secureboost(session, roles, config, progress=progress, checkpoints=checkpoints, resume=resume, alignment=alignment)
+    return secureboost_summary(trained)
 
 
 @app.main()

@@ -19,6 +19,12 @@ describes. The label holder trains on its training rows only; once the trees are
 done each feature holder answers its splits for the validation rows (public, as
 at scoring time) so that the bank can measure the joint model, and each party
 writes a signed bundle of its own part.
+
+Each party keeps its protocol state on disk as it goes (label holder: the secret
+context, its rows, the tree being grown; feature holder: its rows, bins, routing
+table and the current tree's encrypted gradients), written before each answer
+leaves, so a restarted party process picks the run up where its last answer
+left it (:mod:`fedrisk.parties.secureboost_state`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from fedrisk.federation import message_types as mt
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
-from fedrisk.parties.vertical_lr import _public_context_bytes, load_public_context
+from fedrisk.parties.secureboost_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
+from fedrisk.parties.vertical_lr import _Durable, _public_context_bytes, load_public_context
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -44,8 +51,24 @@ def _item(payload, party: str = "") -> BatchItem:
     return BatchItem(payload.to_bytes(), payload.content_class, party)
 
 
-class LabelHolderSecureBoost(AlignedRowsProtocol):
+def _setup_params(exchange: Exchange) -> dict[str, Any]:
+    """The boosting parameters of an ``sb.setup`` request, typed, with their defaults."""
+    return {
+        "trees": int(exchange.value("trees", 30)),  # type: ignore[call-overload]
+        "depth": int(exchange.value("depth", 3)),  # type: ignore[call-overload]
+        "learning_rate": float(exchange.value("learning_rate", 0.3)),  # type: ignore[arg-type]
+        "l2": float(exchange.value("l2", 1.0)),  # type: ignore[arg-type]
+        "min_child_weight": float(exchange.value("min_child_weight", 1.0)),  # type: ignore[arg-type]
+        "subsample": float(exchange.value("subsample", 1.0)),  # type: ignore[arg-type]
+        "bins": int(exchange.value("bins", 32)),  # type: ignore[call-overload]
+        "seed": int(exchange.value("seed", 0)),  # type: ignore[call-overload]
+    }
+
+
+class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
     """The bank's handlers: the plan, every round's decisions, the final evaluation."""
+
+    FIELDS = LABEL_HOLDER_FIELDS
 
     def __init__(self, runtime: "PartyRuntime") -> None:
         super().__init__(runtime)
@@ -57,33 +80,77 @@ class LabelHolderSecureBoost(AlignedRowsProtocol):
     def handlers(self) -> dict:
         return {mt.SB_SETUP: self._on_setup, mt.SB_BANK_ROUND: self._on_round}
 
-    def _on_setup(self, exchange: Exchange) -> "RecordDict":
+    def close(self) -> None:
+        """A new run replaces this one: its recovery state (with the secret key) is no longer needed."""
+        self.discard_durable()
+
+    def _make_model(self, context, params: dict[str, Any], aligned):
+        """The label holder's model, set up on the training rows; returns ``(model, plan)``."""
         from fedrisk.models.secureboost import LabelHolderSB
+
+        train = aligned.train_mask
+        assert aligned.y is not None and train is not None
+        model = LabelHolderSB(
+            context, name=self.name, n_trees=params["trees"], max_depth=params["depth"], learning_rate=params["learning_rate"],
+            reg_lambda=params["l2"], min_child_weight=params["min_child_weight"], subsample=params["subsample"],
+            n_bins=params["bins"], random_state=params["seed"],
+        )
+        coverage = {p: c[train] for p, c in aligned.coverage.items()}
+        plan = model.setup(aligned.X[train], aligned.y[train], coverage, feature_names=aligned.feature_names)
+        return model, plan
+
+    def _rebuild(self, static, aligned) -> None:
+        import tenseal as ts
+
+        from fedrisk.parties.vertical_lr_state import from_json
+
+        values = {k: from_json(v) for k, v in static.state.items()}
+        self.model, _ = self._make_model(ts.context_from(static.blob("context")), dict(values["params"]), aligned)
+        self.baseline = dict(values["baseline"])
+
+    def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
+        from fedrisk.parties.secureboost_state import StateEncoder, capture
+
+        model = self.model
+        assert model is not None
+        values, blobs = capture(model, self.FIELDS)
+        encoder = StateEncoder("wrapper:")
+        values["wrapper"] = encoder.encode({"final": self.final, "answers": sorted(self.answers)})
+        blobs.update(encoder.blobs)
+        blobs.update({f"answers:{party}": payload.to_bytes() for party, payload in self.answers.items()})
+        return int(max(model.tree_, 0)), values, blobs
+
+    def _apply(self, values: dict[str, Any], state) -> None:
+        from fedrisk.models.secureboost import SplitAnswers
+        from fedrisk.parties.secureboost_state import apply, decode
+
+        model = self.model
+        assert model is not None
+        apply(model, self.FIELDS, values, state)
+        wrapper = decode(values["wrapper"], state)
+        self.final = wrapper["final"]
+        self.answers = {p: SplitAnswers.from_bytes(state.blob(f"answers:{p}"), context=model.context) for p in wrapper["answers"]}
+
+    def _on_setup(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.vertical_lr import make_context
+        from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         aligned = self._aligned()
         train = aligned.train_mask
         assert aligned.y is not None and train is not None
         context = make_context()  # generated here; the secret key never leaves this process
-        model = LabelHolderSB(
-            context,
-            name=self.name,
-            n_trees=int(exchange.value("trees", 30)),  # type: ignore[call-overload]
-            max_depth=int(exchange.value("depth", 3)),  # type: ignore[call-overload]
-            learning_rate=float(exchange.value("learning_rate", 0.3)),  # type: ignore[arg-type]
-            reg_lambda=float(exchange.value("l2", 1.0)),  # type: ignore[arg-type]
-            min_child_weight=float(exchange.value("min_child_weight", 1.0)),  # type: ignore[arg-type]
-            subsample=float(exchange.value("subsample", 1.0)),  # type: ignore[arg-type]
-            n_bins=int(exchange.value("bins", 32)),  # type: ignore[call-overload]
-            random_state=int(exchange.value("seed", 0)),  # type: ignore[call-overload]
-        )
-        coverage = {p: c[train] for p, c in aligned.coverage.items()}
-        plan = model.setup(aligned.X[train], aligned.y[train], coverage, feature_names=aligned.feature_names)
-        self.model = model
+        params = _setup_params(exchange)
+        model, plan = self._make_model(context, params, aligned)
+        self.model, self.answers, self.final = model, {}, None
         self.baseline = bank_only_metrics(aligned, "secureboost", {
             "trees": model.params.n_trees, "depth": model.params.max_depth, "learning_rate": model.params.learning_rate,
             "bins": model.params.n_bins, "l2": model.params.reg_lambda,
         })
+        # What a restarted process needs to rebuild this run's model: the secret context (0600), the rows, the parameters.
+        values, blobs = aligned_blobs(aligned)
+        values.update(params=params, baseline=dict(self.baseline))
+        secret = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
         blobs = {
             "plan": plan.to_bytes(),
             "feature_holder_context": _public_context_bytes(context, galois=True),
@@ -158,20 +225,75 @@ class LabelHolderSecureBoost(AlignedRowsProtocol):
         return out
 
 
-class FeatureHolderSecureBoost(AlignedRowsProtocol):
+class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
     """A feature holder's handlers: bins, encrypted histograms, its own splits."""
+
+    FIELDS = FEATURE_HOLDER_FIELDS
 
     def __init__(self, runtime: "PartyRuntime") -> None:
         super().__init__(runtime)
         self.model = None  # FeatureHolderSB
         self.train_mask: np.ndarray | None = None
+        self.gradients: bytes | None = None  # the current tree's EncryptedGradients, as the bank sent them
 
     def handlers(self) -> dict:
         return {mt.SB_JOIN: self._on_join, mt.SB_ROUND: self._on_round}
 
     def close(self) -> None:
-        """Stop the histogram kernel's worker processes (a new run replaces this one)."""
+        """Stop the histogram kernel's worker processes (a new run replaces this one) and drop its recovery state."""
         if self.model is not None:
+            self.model.close()
+        self.discard_durable()
+
+    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int):
+        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``."""
+        from fedrisk.models.secureboost import FeatureHolderSB
+
+        X, cov = self._own_rows()
+        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs)
+        layout = model.setup(X[train], cov[train], plan, feature_names=self._aligned().feature_names)
+        return model, layout
+
+    def _rebuild(self, static, aligned) -> None:
+        from fedrisk.models.secureboost import BoostPlan
+        from fedrisk.parties.vertical_lr_state import from_json
+
+        values = {k: from_json(v) for k, v in static.state.items()}
+        context = load_public_context(static.blob("context"), f"feature holder {self.name!r}")
+        plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
+        train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
+        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
+        if layout.to_bytes() != static.blob("layout"):
+            model.close()
+            raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
+        self.model, self.train_mask, self.gradients = model, train, None
+
+    def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
+        from fedrisk.parties.secureboost_state import capture
+
+        model = self.model
+        assert model is not None
+        values, blobs = capture(model, self.FIELDS)
+        if self.gradients is not None:
+            blobs["gradients"] = self.gradients
+        return int(max(model._tree, 0)), values, blobs
+
+    def _apply(self, values: dict[str, Any], state) -> None:
+        from fedrisk.models.secureboost import EncryptedGradients
+        from fedrisk.parties.secureboost_state import apply, decode
+
+        model = self.model
+        assert model is not None
+        if state.has_blob("gradients") and not decode(values["done_"], state):
+            # The kernel gets the tree's [[g + ih]] again, exactly as when they arrived.
+            self.gradients = state.blob("gradients")
+            payload = EncryptedGradients.from_bytes(self.gradients, context=model.context)
+            model._tree = payload.tree - 1
+            model.receive_gradients(payload)
+        apply(model, self.FIELDS, values, state)
+
+    def _after_restore(self) -> None:
+        if self.model is not None and self.model.done_:
             self.model.close()
 
     def _own_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -182,19 +304,27 @@ class FeatureHolderSecureBoost(AlignedRowsProtocol):
         return X, cov
 
     def _on_join(self, exchange: Exchange) -> "RecordDict":
-        from fedrisk.models.secureboost import BoostPlan, FeatureHolderSB
+        from fedrisk.models.secureboost import BoostPlan
+        from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         context = load_public_context(exchange.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(exchange.blob("plan"), context=context)
-        X, cov = self._own_rows()
+        aligned = self._aligned()
         rows = int(exchange.value("rows"))  # type: ignore[call-overload]
-        if rows != X.shape[0]:
-            raise ProtocolError(f"{self.name}: the plan covers {rows} rows, this party aligned {X.shape[0]}")
-        train = np.unpackbits(np.frombuffer(bytes(exchange.value("train_mask")), dtype=np.uint8), count=rows).astype(bool)  # type: ignore[arg-type]
-        self.close()
-        model = FeatureHolderSB(context, name=self.name, n_jobs=int(exchange.value("n_jobs", 1)))  # type: ignore[call-overload]
-        layout = model.setup(X[train], cov[train], plan, feature_names=self._aligned().feature_names)
-        self.model, self.train_mask = model, train
+        if rows != aligned.X.shape[0]:
+            raise ProtocolError(f"{self.name}: the plan covers {rows} rows, this party aligned {aligned.X.shape[0]}")
+        packed = bytes(exchange.value("train_mask"))  # type: ignore[arg-type]
+        train = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=rows).astype(bool)
+        if self.model is not None:
+            self.model.close()
+        n_jobs = int(exchange.value("n_jobs", 1))  # type: ignore[call-overload]
+        model, layout = self._make_model(context, plan, train, n_jobs)
+        self.model, self.train_mask, self.gradients = model, train, None
+        values, blobs = aligned_blobs(aligned)
+        values.update(rows=rows, n_jobs=n_jobs)
+        self._durable(exchange.header.run_id).save_static(values, {
+            **blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan"), "train_mask": packed, "layout": layout.to_bytes(),
+        })
         items = [_item(layout)]
         return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step="sb.layout"), items)
 
@@ -204,8 +334,14 @@ class FeatureHolderSecureBoost(AlignedRowsProtocol):
         model = self.model
         if model is None or self.train_mask is None:
             raise ProtocolError(f"feature holder {self.name!r} got a SecureBoost round before joining")
-        payloads = [parse_payload(item.data, context=model.context) for item in batch_items(exchange)]
+        from fedrisk.models.secureboost import EncryptedGradients
+
+        received = [(item.data, parse_payload(item.data, context=model.context)) for item in batch_items(exchange)]
+        payloads = [payload for _, payload in received]
         replies = model.handle(payloads)
+        for data, payload in received:
+            if isinstance(payload, EncryptedGradients):
+                self.gradients = data  # kept on disk with the state: a restarted kernel needs them again
         items = [_item(p) for p in replies]
         config: dict[str, Any] = {}
         if any(isinstance(p, TrainingDone) for p in payloads):

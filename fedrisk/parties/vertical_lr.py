@@ -75,17 +75,29 @@ class _Durable:
     def save_durable(self, run_id: str, request_key: str, reply: "RecordDict") -> None:
         """Called by the runtime after each answer, before it leaves: the model's fields and the answer."""
         from fedrisk.parties.relay import encode_content
-        from fedrisk.parties.vertical_lr_state import capture
 
         if self.model is None:
             return
+        progress, values, blobs = self._capture()
+        self._durable(run_id).save_state(progress, values, blobs, request_key, encode_content(reply))
+
+    def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
+        """The model's mutable fields: (progress counter, JSON values, byte blobs)."""
+        from fedrisk.parties.vertical_lr_state import capture
+
         values, blobs = capture(self.model, self.FIELDS)
-        self._durable(run_id).save_state(int(getattr(self.model, "epoch_", 0)), values, blobs, request_key, encode_content(reply))
+        return int(getattr(self.model, "epoch_", 0)), values, blobs
+
+    def _apply(self, values: dict[str, Any], state) -> None:
+        """Put the fields :meth:`_capture` saved back on the freshly rebuilt model."""
+        from fedrisk.parties.vertical_lr_state import apply
+
+        apply(self.model, self.FIELDS, values, state)
 
     def restore_durable(self, run_id: str):
         """In a restarted party process: rebuild the run's model from disk; returns (request key, answer) to cache."""
         from fedrisk.parties.relay import decode_content
-        from fedrisk.parties.vertical_lr_state import aligned_from, apply
+        from fedrisk.parties.vertical_lr_state import aligned_from
 
         loaded = self._durable(run_id).load()
         if loaded is None:
@@ -98,7 +110,7 @@ class _Durable:
         self._rebuild(static, aligned)
         if state is None:
             return None
-        apply(self.model, self.FIELDS, dict(state.state["fields"]), state)
+        self._apply(dict(state.state["fields"]), state)
         self._after_restore()
         return str(state.state["request"]), decode_content(state.blob("reply"))
 
