@@ -279,18 +279,11 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         return int(max(model._tree, 0)), values, blobs
 
     def _apply(self, values: dict[str, Any], state) -> None:
-        from fedrisk.models.secureboost import EncryptedGradients
-        from fedrisk.parties.secureboost_state import apply, decode
+        from fedrisk.parties.secureboost_state import apply_feature_holder
 
-        model = self.model
-        assert model is not None
-        if state.has_blob("gradients") and not decode(values["done_"], state):
-            # The kernel gets the tree's [[g + ih]] again, exactly as when they arrived.
-            self.gradients = state.blob("gradients")
-            payload = EncryptedGradients.from_bytes(self.gradients, context=model.context)
-            model._tree = payload.tree - 1
-            model.receive_gradients(payload)
-        apply(model, self.FIELDS, values, state)
+        assert self.model is not None
+        self.gradients = state.blob("gradients") if state.has_blob("gradients") else None
+        apply_feature_holder(self.model, values, state, self.gradients)
 
     def _after_restore(self) -> None:
         if self.model is not None and self.model.done_:
