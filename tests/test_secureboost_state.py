@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_secureboost import BANK, SMALL, _federated_splits, _joined, _small_tables
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation.checkpoint import CheckpointStore
@@ -42,7 +43,6 @@ from fedrisk.parties.secureboost_state import (
     capture,
     decode,
 )
-from test_secureboost import BANK, SMALL, _federated_splits, _joined, _small_tables
 
 
 def _through_disk(store: CheckpointStore, values: dict, blobs: dict[str, bytes]):
