@@ -15,7 +15,17 @@ party, gRPC+TLS with node authentication on loopback) serves every run:
   the tax bureau's party process killed at the same point (it comes back from
   its disk state), and (full mode) the bank's party process killed while it
   decrypts epoch 1's products (its CKKS secret key comes back from disk) and
-  the tax bureau's SuperNode killed mid-epoch 1.
+  the tax bureau's SuperNode killed mid-epoch 1;
+* secureboost: the same two parties, PSI then SecureBoost (3 trees of depth 2;
+  a round is the bank's step and the tax bureau's answer, a tree up to 3
+  rounds); an uninterrupted run, the noise reference, the coordinator killed
+  mid-tree (round 5: tree 2's split decision on its way to the tax bureau),
+  the tax bureau's party process killed at the same point (its bins, routing
+  table, row sets and the tree's encrypted gradients come back from disk) and
+  (full mode) the bank's party process killed in round 6 (its secret key and
+  the half-grown tree come back from disk). The model difference is over
+  every float of both bundles (leaf weights, thresholds); the trees must have
+  the same shape, else it is reported as infinite.
 
 For each kill: ``resumed`` (the run finished with status ok), the largest
 absolute difference between the final model's weights and the uninterrupted
@@ -151,7 +161,11 @@ def _weights(result: dict, run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _max_diff(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    """Largest absolute difference (NaN in the same place counts as equal; another shape or keys as infinite)."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return float("inf")
+    diffs = [np.where(np.isnan(a[k]) & np.isnan(b[k]), 0.0, np.abs(a[k] - b[k])) for k in a]
+    return max((float(np.max(np.nan_to_num(d, nan=np.inf))) for d in diffs if d.size), default=0.0)
 
 
 def _redone(run_dir: Path, run_id: str, prefix: str) -> list[int]:
@@ -301,10 +315,50 @@ def _vertical(tmp: Path, quick: bool) -> list[dict]:
     return records
 
 
+SECUREBOOST = VERTICAL.replace('name = "recovery-vertical"', 'name = "recovery-secureboost"').replace(
+    'algorithm = "vertical_lr"', 'algorithm = "secureboost"'
+).replace("epochs = {epochs}\npatience = 20", "trees = {trees}\ndepth = 2")
+
+
+def _secureboost(tmp: Path, quick: bool) -> list[dict]:
+    from fedrisk.federation.federation_file import load_federation_file
+    from fedrisk.federation.local import LocalFederation
+    from fedrisk.federation.train import party_settings_for, run_config_for
+
+    data = shared_data() / "default_credit"
+    rows = 1500 if quick else 4000
+    pd.read_csv(data / "default_credit_hetero_guest.csv").head(rows).to_csv(tmp / "bank.csv", index=False)
+    pd.read_csv(data / "default_credit_hetero_host.csv").iloc[rows // 5 : rows + rows // 5].to_csv(tmp / "tax.csv", index=False)
+    (tmp / "secureboost.toml").write_text(SECUREBOOST.format(root=tmp, trees=3))
+    fed = load_federation_file(tmp / "secureboost.toml")
+    run_dir = tmp / "secureboost"
+    config = run_config_for(fed)
+    kills = [("coordinator", None, 5, ("sb.round",)), ("party", "tax_bureau", 5, ("sb.round",))]
+    if not quick:
+        kills += [("party", "bank", 6, ("sb.bank",))]
+    records = []
+    with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
+        base = federation.run(run_config={**config, "fedrisk-run-id": "sb-base"}, timeout=1200)
+        reference = federation.run(run_config={**config, "fedrisk-run-id": "sb-reference"}, timeout=1200)
+        base_w = _weights(base, run_dir)
+        noise = _max_diff(base_w, _weights(reference, run_dir))
+        for index, (what, party, at, steps) in enumerate(kills):
+            run_id = f"sb-kill-{index}-{what}"
+            record = _kill_run(federation, config, run_id, unit="round", at=at, steps=steps, what=what, party=party, delay=0.05)
+            result = record.pop("result")
+            record["final_model_max_abs_diff"] = _max_diff(base_w, _weights(result, run_dir)) if result else None
+            record["rounds_redone"] = _redone(run_dir, run_id, "sb.")
+            record["protocol"] = "secureboost"
+            record["reference_noise_max_abs_diff"] = noise
+            records.append(record)
+            _log(json.dumps(record))
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller tables, fewer rounds; no label-holder or vertical SuperNode kill")
-    parser.add_argument("--only", choices=("horizontal", "vertical"), default=None, help="run one protocol's kills only")
+    parser.add_argument("--only", choices=("horizontal", "vertical", "secureboost"), default=None, help="run one protocol's kills only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     records: list[dict] = []
@@ -315,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "vertical"):
             (Path(tmp) / "v").mkdir()
             records += _vertical(Path(tmp) / "v", args.quick)
+        if args.only in (None, "secureboost"):
+            (Path(tmp) / "sb").mkdir()
+            records += _secureboost(Path(tmp) / "sb", args.quick)
     diffs = [r["final_model_max_abs_diff"] for r in records if r["final_model_max_abs_diff"] is not None]
     redone = [len(r["rounds_redone"]) for r in records]
     summary = {
