@@ -12,6 +12,7 @@ down (the policy's fallback, stated) and tampered bundles (refused).
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import struct
 import time
@@ -239,3 +240,25 @@ def test_tampered_secureboost_bundles_are_refused(example, tmp_path):
     node = ScoringNode(cfg)
     assert node.trees is not None and set(node.trees.parties) <= set(FEATURE_HOLDERS)
     assert PartyScoringService(party_config(example, "platform")).kind == pb.TREE_ROUTING
+
+
+def test_tree_reasons_are_the_log_odds_each_party_and_own_feature_moves(example):
+    from fedrisk.parties.scoring.bundles import load_bank_model, parse_trusted_keys
+    from fedrisk.parties.scoring.trees import TreeScorer
+
+    model = load_bank_model(example.bundles["bank"], parse_trusted_keys(example.trusted_keys))
+    trees = TreeScorer(model.part)  # type: ignore[arg-type]
+    rng = np.random.default_rng(3)
+    ids = list(example.offline_pd)[:25]
+    X = _table_rows(example, "bank", trees.features, ids)
+    for i in range(len(ids)):
+        x = X[i].tolist()
+        answers = {p: {s: bool(rng.random() < 0.5) for s in trees.split_ids[p]} if rng.random() < 0.8 else None for p in trees.parties}
+        z = trees.log_odds(x, answers)
+        own, parties = trees.contributions(x, answers)
+        for party in trees.parties:  # a party's contribution: its answers against its splits' default directions
+            want = z - trees.log_odds(x, {**answers, party: None})
+            assert parties.get(party, 0.0) == pytest.approx(want, abs=1e-12)
+        for j, name in enumerate(trees.features):  # an own feature's: its value against treating it as missing
+            want = z - trees.log_odds([math.nan if k == j else v for k, v in enumerate(x)], answers)
+            assert own.get(name, 0.0) == pytest.approx(want, abs=1e-12)

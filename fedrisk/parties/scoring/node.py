@@ -376,9 +376,9 @@ class ScoringNode:
         k = self.policy.max_reasons_per_party
         if k <= 0:
             return pd, []
-        own = sorted((c for c in trees.own_contributions(x, answers, z) if c[0] > 0), key=lambda t: -t[0])
-        reasons = [pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk") for _, name in own[:k]]
-        parties = trees.party_contributions(x, answers, z)
+        own, parties = trees.contributions(x, answers)
+        ranked = sorted((name for name, c in own.items() if c > 0), key=lambda name: -own[name])
+        reasons = [pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk") for name in ranked[:k]]
         for party in sorted(parties, key=lambda p: -parties[p]):
             if parties[party] > 0:
                 reasons.append(pb.Reason(party=party, code="tree_routing", text=f"{party} data: where the SME falls at {party}'s splits raises the risk"))

@@ -100,7 +100,7 @@ class TreeScorer:
         self._self_check(model)
 
     # ---------------------------------------------------------------- scoring
-    def log_odds(self, x: Sequence[float], answers: Mapping[str, Routing], *, drop_feature: int = -1, drop_party: str = "") -> float:
+    def log_odds(self, x: Sequence[float], answers: Mapping[str, Routing]) -> float:
         """Joint log-odds of one SME.
 
         Parameters
@@ -109,10 +109,6 @@ class TreeScorer:
             The bank's own features in model order (NaN = missing).
         answers : mapping party -> routing or None
             Each party's directions; a party absent or ``None`` takes its default directions.
-        drop_feature : int
-            Treat this own feature as missing (for reasons).
-        drop_party : str
-            Route this party's splits on their default directions (for reasons).
         """
         total = self._base
         for tree in self._trees:
@@ -124,9 +120,9 @@ class TreeScorer:
                     break
                 if not owner:
                     v = x[key]
-                    go = default_left if (key == drop_feature or math.isnan(v)) else v <= threshold
+                    go = default_left if math.isnan(v) else v <= threshold
                 else:
-                    routing = answers.get(owner) if owner != drop_party else None
+                    routing = answers.get(owner)
                     go = default_left if routing is None else routing[key]
                 i = left if go else right
         return total
@@ -137,18 +133,69 @@ class TreeScorer:
         return 0.5 * (1.0 + math.tanh(0.5 * z))
 
     # ---------------------------------------------------------------- reasons
-    def party_contributions(self, x: Sequence[float], answers: Mapping[str, Routing], z: float) -> dict[str, float]:
-        """Per answering party: log-odds with its answers minus log-odds with its splits on their defaults."""
-        return {p: z - self.log_odds(x, answers, drop_party=p) for p, r in answers.items() if r is not None and p in self.split_ids}
+    def contributions(self, x: Sequence[float], answers: Mapping[str, Routing]) -> tuple[dict[str, float], dict[str, float]]:
+        """What each own feature and each answering party adds to the log-odds.
 
-    def own_contributions(self, x: Sequence[float], answers: Mapping[str, Routing], z: float) -> list[tuple[float, str]]:
-        """Per own feature that splits in the model and is present: its ``(contribution, name)``."""
-        out = []
-        for j in self._own_used:
-            v = x[j]
-            if not math.isnan(v):
-                out.append((z - self.log_odds(x, answers, drop_feature=j), self.features[j]))
-        return out
+        A feature's contribution is the log-odds minus the log-odds with that feature
+        treated as missing; a party's, minus the log-odds with its splits on their
+        default directions. Only the trees whose path meets the feature (or the party)
+        are walked again, so the cost is a few walks per tree, not one per feature.
+
+        Returns
+        -------
+        own : dict of str to float
+            By the bank's feature name (features present and used on the SME's paths).
+        parties : dict of str to float
+            By party (parties that answered and own a split on the SME's paths).
+        """
+        own: dict[str, float] = {}
+        parties: dict[str, float] = {}
+        for tree in self._trees:
+            met: dict[tuple[str, int], None] = {}
+            i = 0
+            while True:
+                left, right, owner, key, threshold, default_left, value = tree[i]
+                if left < 0:
+                    break
+                if not owner:
+                    v = x[key]
+                    if math.isnan(v):
+                        go = default_left
+                    else:
+                        go = v <= threshold
+                        met[("", key)] = None
+                else:
+                    routing = answers.get(owner)
+                    if routing is None:
+                        go = default_left
+                    else:
+                        go = routing[key]
+                        met[(owner, -1)] = None
+                i = left if go else right
+            for who, key in met:
+                delta = value - self._leaf(tree, x, answers, drop_feature=key, drop_party=who)
+                if who:
+                    parties[who] = parties.get(who, 0.0) + delta
+                else:
+                    name = self.features[key]
+                    own[name] = own.get(name, 0.0) + delta
+        return own, parties
+
+    @staticmethod
+    def _leaf(tree: list[_Node], x: Sequence[float], answers: Mapping[str, Routing], *, drop_feature: int, drop_party: str) -> float:
+        """The leaf weight one tree gives the SME with a feature treated as missing or a party's splits on defaults."""
+        i = 0
+        while True:
+            left, right, owner, key, threshold, default_left, value = tree[i]
+            if left < 0:
+                return value
+            if not owner:
+                v = x[key]
+                go = default_left if (key == drop_feature or math.isnan(v)) else v <= threshold
+            else:
+                routing = answers.get(owner) if owner != drop_party else None
+                go = default_left if routing is None else routing[key]
+            i = left if go else right
 
     # -------------------------------------------------------------- self-check
     def _self_check(self, model: SecureBoostModel) -> None:
