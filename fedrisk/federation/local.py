@@ -329,6 +329,9 @@ class LocalFederation:
 
     def _attempt(self, result_path: Path, deadline: float) -> bool | None:
         """One ``flwr run``; ``True`` once a result exists, ``None`` when the coordinator died without one."""
+        # A previous run's coordinator may still be exiting after writing its result:
+        # it is not this run's, and its exit must not count as this run's coordinator dying.
+        earlier = set(self.coordinator_pids())
         proc = self._spawn("flwr-run", [str(self.bin_dir / "flwr"), "run", str(self.run_dir / "app"), "local", "--stream"])
         self._stream = proc
         seen_coordinator = False
@@ -336,7 +339,7 @@ class LocalFederation:
         try:
             while not result_path.exists():
                 self._check_alive(skip=proc)
-                if self.coordinator_pids():
+                if set(self.coordinator_pids()) - earlier:
                     seen_coordinator, gone_since = True, None
                 elif seen_coordinator:
                     gone_since = gone_since or time.monotonic()
