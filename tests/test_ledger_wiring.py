@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -69,3 +68,43 @@ def test_undeclared_content_cannot_leave_the_coordinator(tmp_path):
     ok = Message(build_content(ExchangeHeader("run", 1, "s", "coordinator", "bank_a", "public")), dst_node_id=1000, message_type="query.identity")
     grid.push_messages([ok])
     assert len(read_ledger(tmp_path / "ledger.sqlite").entries) == 1
+
+
+def _digest_content() -> RecordDict:
+    header = ExchangeHeader(run_id="r", round=3, step="vlr.residual", sender="coordinator", receiver="bank", content_class="ciphertext", key_fingerprint="ab12")
+    return build_content(header, {"residual": bytes(range(256)) * 4000, "mask": b"\x01\x02"}, {"epoch": 3, "lr": 0.5, "stop": False, "names": ["a", "b"]})
+
+
+def test_content_digest_is_the_same_after_flowers_wire_format_and_names_every_change():
+    from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+
+    from fedrisk.federation.exchange import (
+        CONFIG_RECORD,
+        PAYLOAD_RECORD,
+        content_digest,
+    )
+
+    content = _digest_content()
+    digest, size = content_digest(content)
+    assert size >= 256 * 4000 + 2
+    # what the receiver holds: the content after Flower's protobuf round trip
+    received = recorddict_from_proto(recorddict_to_proto(content))
+    assert content_digest(received) == (digest, size)
+
+    def changed(edit) -> str:
+        other = recorddict_from_proto(recorddict_to_proto(content))
+        edit(other)
+        return content_digest(other)[0]
+
+    flipped = bytearray(content[PAYLOAD_RECORD]["residual"].data)
+    flipped[1000] ^= 1
+    from flwr.app import Array
+
+    for edit in (
+        lambda c: c[PAYLOAD_RECORD].__setitem__("residual", Array(dtype="uint8", shape=(len(flipped),), stype="raw", data=bytes(flipped))),
+        lambda c: c[CONFIG_RECORD].__setitem__("epoch", 3.0),  # same number, another type
+        lambda c: c[CONFIG_RECORD].__setitem__("stop", 0),
+        lambda c: c[CONFIG_RECORD].__setitem__("names", ["ab"]),  # same characters, other split
+        lambda c: c[CONFIG_RECORD].__setitem__("extra", ""),
+    ):
+        assert changed(edit) != digest

@@ -277,7 +277,8 @@ class ExchangeRecord:
     direction
         ``sent`` or ``received``.
     payload_sha256
-        Lower-case hex SHA-256 of the payload bytes as sent on the wire.
+        Lower-case hex SHA-256 of the payload: for a Flower message, of its content's
+        canonical encoding (:func:`fedrisk.federation.exchange.content_digest`).
     size_bytes
         Length of those bytes.
     content_class
@@ -349,7 +350,32 @@ class ExchangeRecord:
         ``message_id`` defaults to :func:`derive_message_id`, which the other
         side computes identically from the same payload.
         """
-        digest = hashlib.sha256(payload).hexdigest()
+        return cls.of_digest(
+            hashlib.sha256(payload).hexdigest(), len(payload), run_id=run_id, round=round, step=step, sender=sender,
+            receiver=receiver, message_type=message_type, direction=direction, content_class=content_class,
+            key_fingerprint=key_fingerprint, message_id=message_id, timestamp_us=timestamp_us,
+        )
+
+    @classmethod
+    def of_digest(
+        cls,
+        digest: str,
+        size: int,
+        *,
+        run_id: str,
+        round: int,
+        step: str,
+        sender: str,
+        receiver: str,
+        message_type: str,
+        direction: Direction | str,
+        content_class: ContentClass | str,
+        key_fingerprint: str = "",
+        message_id: str | None = None,
+        timestamp_us: int | None = None,
+    ) -> ExchangeRecord:
+        """Build an exchange from a payload's SHA-256 (hex) and size, computed by the caller
+        (:func:`fedrisk.federation.exchange.content_digest` for a Flower message's content)."""
         if message_id is None:
             message_id = derive_message_id(run_id, round, step, sender, receiver, message_type, digest)
         return cls(
@@ -362,7 +388,7 @@ class ExchangeRecord:
             message_id=message_id,
             direction=direction,  # type: ignore[arg-type]  # coerced in __post_init__
             payload_sha256=digest,
-            size_bytes=len(payload),
+            size_bytes=size,
             content_class=content_class,  # type: ignore[arg-type]
             key_fingerprint=key_fingerprint,
             timestamp_us=timestamp_us,

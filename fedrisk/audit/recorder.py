@@ -17,7 +17,7 @@ from flwr.app import RecordDict
 
 from fedrisk.audit.entry import ExchangeRecord
 from fedrisk.audit.store import Ledger
-from fedrisk.federation.exchange import content_digest_bytes, read_content
+from fedrisk.federation.exchange import content_digest, read_content
 
 LEDGER_FILE = "ledger.sqlite"
 
@@ -43,9 +43,10 @@ class ExchangeRecorder:
 
     def entry(self, pending: PendingRecord) -> ExchangeRecord:
         header = read_content(pending.content).header  # raises on undeclared content
-        payload = content_digest_bytes(pending.content)
-        return ExchangeRecord.of_payload(
-            payload,
+        sha256, size = content_digest(pending.content)
+        return ExchangeRecord.of_digest(
+            sha256,
+            size,
             run_id=header.run_id,
             round=header.round,
             step=header.step,

@@ -23,11 +23,11 @@ relays messages to a party's warm process imports it once per message.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedrisk.errors import ProtocolError
 
@@ -187,12 +187,69 @@ def read_content(content: RecordDict) -> Exchange:
     return Exchange(header=header, blobs=blobs, config=config)
 
 
-def content_digest_bytes(content: RecordDict) -> bytes:
-    """The canonical bytes of a message's content (Flower's protobuf, deterministic)."""
-    return recorddict_to_proto(content).SerializeToString(deterministic=True)
+#: Domain of :func:`content_digest` (bump on any change to the encoding below).
+DIGEST_DOMAIN = b"fedrisk.content-digest.v1\0"
+
+
+class _Digest:
+    """SHA-256 over a length-prefixed, type-tagged stream; counts the bytes it hashed."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256(DIGEST_DOMAIN)
+        self.size = 0
+
+    def put(self, tag: bytes, data: bytes | memoryview) -> None:
+        self.hash.update(tag + struct.pack("<Q", len(data)))
+        self.hash.update(data)
+        self.size += len(data)
+
+    def value(self, value: object) -> None:
+        # exact types: bool before int, as bool is an int in Python
+        if isinstance(value, bool):
+            self.put(b"b", b"\x01" if value else b"\x00")
+        elif isinstance(value, int):
+            self.put(b"i", str(value).encode("ascii"))
+        elif isinstance(value, float):
+            self.put(b"f", struct.pack("<d", value))
+        elif isinstance(value, str):
+            self.put(b"s", value.encode("utf-8"))
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            self.put(b"y", bytes(value))
+        elif isinstance(value, list):
+            self.put(b"l", struct.pack("<Q", len(value)))
+            for item in value:
+                self.value(item)
+        else:
+            raise ProtocolError(f"content value of type {type(value).__name__} has no digest encoding")
 
 
 def content_digest(content: RecordDict) -> tuple[str, int]:
-    """SHA-256 and byte size of a message's content, as both ends compute it."""
-    data = content_digest_bytes(content)
-    return hashlib.sha256(data).hexdigest(), len(data)
+    """SHA-256 and byte size of a message's content, as both ends compute it.
+
+    A canonical, type-tagged encoding of every record (by name), array (by
+    name: dtype, shape, storage type, data) and config or metric value,
+    hashed as a stream — no serialised copy of the content is made, so a
+    multi-megabyte ciphertext costs one SHA-256 pass. The size is the number
+    of value bytes hashed (blob bytes plus names and small values). Flower
+    delivers the same records, arrays and typed values at the other end, so
+    sender and receiver compute the same pair.
+    """
+    digest = _Digest()
+    for name in sorted(content.keys()):
+        record = content[name]
+        digest.put(b"R", name.encode("utf-8"))
+        if isinstance(record, ArrayRecord):
+            digest.put(b"A", struct.pack("<Q", len(record)))
+            for key in sorted(record.keys()):
+                array: Array = record[key]
+                digest.put(b"n", key.encode("utf-8"))
+                digest.put(b"t", f"{array.dtype}|{array.stype}|{','.join(map(str, array.shape))}".encode("utf-8"))
+                digest.put(b"d", array.data)
+        elif isinstance(record, (ConfigRecord, MetricRecord)):
+            digest.put(b"C" if isinstance(record, ConfigRecord) else b"M", struct.pack("<Q", len(record)))
+            for key in sorted(record.keys()):
+                digest.put(b"n", key.encode("utf-8"))
+                digest.value(record[key])
+        else:
+            raise ProtocolError(f"content record {name!r} of type {type(record).__name__} has no digest encoding")
+    return digest.hash.hexdigest(), digest.size

@@ -138,9 +138,9 @@ class PartyRuntime:
             raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
         key = None
         if message_type != mt.IDENTITY:
-            from fedrisk.federation.exchange import content_digest_bytes
+            from fedrisk.federation.exchange import content_digest
 
-            key = hashlib.sha256(message_type.encode() + b"\0" + content_digest_bytes(content)).hexdigest()
+            key = hashlib.sha256(message_type.encode() + b"\0" + content_digest(content)[0].encode("ascii")).hexdigest()
             cached = self._replies.get(key)
             if cached is not None:
                 self.repeats += 1
