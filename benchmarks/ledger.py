@@ -12,8 +12,10 @@ Prints one JSON object:
   run: median epoch time, runs in ABBA order so drift cancels;
 * ``round_s_ledger`` / ``round_s_no_ledger`` and ``ledger_entries_per_round``,
   and ``ledger_verified`` (every ledger of the ledgered runs verifies);
+* ``recorder_ms_per_entry`` - recording one 100 kB message as a node does (content
+  digest, open the ledger, one durable append, close);
 * ``round_overhead_pct_bound`` - an upper bound free of timing noise: a round's
-  entries, each as its own durable commit, one after another on the critical path.
+  entries, each recorded that way, one after another on the critical path.
 
 Every commit is durable (WAL, ``synchronous=FULL``). Core timings cover sealing
 (canonical JSON, SHA-256, Ed25519 signing) and SQLite; building the
@@ -79,6 +81,7 @@ def core(entries: int, batch: int, singles: int) -> dict[str, object]:
         size = path.stat().st_size
     if findings:
         raise SystemExit(f"benchmark ledger failed verification: {findings[0]}")
+    per_message_ms = _recorder_ms_per_entry(signer)
     appends = entries / t_batched
     return {
         "entries": entries,
@@ -90,8 +93,28 @@ def core(entries: int, batch: int, singles: int) -> dict[str, object]:
         "verified_entries": total,
         "bytes_per_entry": round(size / total, 1),
         "durability": "sqlite WAL, synchronous=FULL, one fsync per commit",
+        "recorder_ms_per_entry": round(per_message_ms, 3),
         "goal_appends_per_s": GOAL_APPENDS_PER_S,
     }
+
+
+def _recorder_ms_per_entry(signer: Ed25519Signer, blob_bytes: int = 100_000, n: int = 100) -> float:
+    """What recording one message costs a node, as the Flower mod and the grid wrapper do it:
+    digest the content, open the ledger, append one durable entry, close."""
+    from fedrisk.audit.recorder import ExchangeRecorder, PendingRecord
+    from fedrisk.federation.exchange import ExchangeHeader, build_content
+
+    header = ExchangeHeader(run_id="bench-run", round=1, step="vlr.residual", sender="coordinator", receiver="bank",
+                            content_class="ciphertext", key_fingerprint="ctx-0123456789abcdef")  # fmt: skip
+    content = build_content(header, {"residual": os.urandom(blob_bytes)}, {"epoch": 1})
+    with tempfile.TemporaryDirectory(prefix="fedrisk-ledger-recorder-") as tmp:
+        recorder = ExchangeRecorder(Path(tmp) / "bank.sqlite", "bank", signer)
+        timings = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            recorder.record(PendingRecord(content, "received", "vlr.gradient", receiver="bank"))
+            timings.append(time.perf_counter() - t0)
+    return 1000.0 * sorted(timings)[n // 2]
 
 
 def round_overhead(rows: int, epochs: int, pairs: int, seed: int = 3) -> dict[str, object]:
@@ -159,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = round_overhead(args.rows, args.epochs or (4 if args.quick else 8), pairs=1 if args.quick else 2)
     out.update(rounds)
     # The A/B difference is within the machine's noise; this bound is not: every entry of a
-    # round as its own durable commit, one after another on the round's critical path.
-    bound_s = float(rounds["ledger_entries_per_round"]) / float(out["single_appends_per_s"])
+    # round recorded as the nodes do it, one after another on the round's critical path.
+    bound_s = float(rounds["ledger_entries_per_round"]) * float(out["recorder_ms_per_entry"]) / 1000.0
     out["round_overhead_pct_bound"] = round(100.0 * bound_s / float(rounds["round_s_no_ledger"]), 2)
     out["cpu_count"] = os.cpu_count()
     # Other work on the machine skews every number above; say how much there was.
