@@ -329,32 +329,10 @@ class ExchangeRecord:
         return self.sender if self.direction is Direction.SENT else self.receiver
 
     @classmethod
-    def of_payload(
-        cls,
-        payload: bytes,
-        *,
-        run_id: str,
-        round: int,
-        step: str,
-        sender: str,
-        receiver: str,
-        message_type: str,
-        direction: Direction | str,
-        content_class: ContentClass | str,
-        key_fingerprint: str = "",
-        message_id: str | None = None,
-        timestamp_us: int | None = None,
-    ) -> ExchangeRecord:
-        """Build an exchange from the payload bytes (hash and size computed here).
-
-        ``message_id`` defaults to :func:`derive_message_id`, which the other
-        side computes identically from the same payload.
-        """
-        return cls.of_digest(
-            hashlib.sha256(payload).hexdigest(), len(payload), run_id=run_id, round=round, step=step, sender=sender,
-            receiver=receiver, message_type=message_type, direction=direction, content_class=content_class,
-            key_fingerprint=key_fingerprint, message_id=message_id, timestamp_us=timestamp_us,
-        )
+    def of_payload(cls, payload: bytes, **record_fields: Any) -> ExchangeRecord:
+        """Build an exchange from the payload bytes (hash and size computed here);
+        ``record_fields`` as for :meth:`of_digest`."""
+        return cls.of_digest(hashlib.sha256(payload).hexdigest(), len(payload), **record_fields)
 
     @classmethod
     def of_digest(
@@ -375,7 +353,11 @@ class ExchangeRecord:
         timestamp_us: int | None = None,
     ) -> ExchangeRecord:
         """Build an exchange from a payload's SHA-256 (hex) and size, computed by the caller
-        (:func:`fedrisk.federation.exchange.content_digest` for a Flower message's content)."""
+        (:func:`fedrisk.federation.exchange.content_digest` for a Flower message's content).
+
+        ``message_id`` defaults to :func:`derive_message_id`, which the other
+        side computes identically from the same digest.
+        """
         if message_id is None:
             message_id = derive_message_id(run_id, round, step, sender, receiver, message_type, digest)
         return cls(
