@@ -41,15 +41,15 @@ as a model that differs from an uninterrupted run's.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation.checkpoint import Checkpoint
-from fedrisk.parties.vertical_lr_state import array_bytes, array_from
+from fedrisk.parties.vertical_lr_state import array_bytes, array_from, to_json
 
 #: Mutable fields of the label holder after setup (``model_`` exists once training is done).
 LABEL_HOLDER_FIELDS = (
@@ -110,6 +110,10 @@ class StateEncoder:
 
     def encode(self, value: Any) -> Any:
         """A JSON-ready stand-in for ``value`` (see the module docstring for what is kept)."""
+        return to_json(value, self._encode_other)
+
+    def _encode_other(self, value: Any, encode: Callable[[Any], Any]) -> Any:
+        """Arrays (as named blobs), bin layouts, PCG64 generators and the model's own dataclasses."""
         from fedrisk.crypto.encrypted_histogram import HistogramLayout
 
         if isinstance(value, np.ndarray):
@@ -119,31 +123,19 @@ class StateEncoder:
             except ValueError:
                 raise ProtocolError(f"cannot keep a {value.dtype} array in a party's recovery state") from None
             return {"ndarray": name}
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-            return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else {"float": repr(value)}
-        if isinstance(value, dict):
-            return {"dict": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
-        if isinstance(value, (list, tuple, set)):
-            kind = "list" if isinstance(value, list) else "tuple" if isinstance(value, tuple) else "set"
-            items = sorted(value, key=repr) if kind == "set" else value
-            return {kind: [self.encode(v) for v in items]}
         if isinstance(value, HistogramLayout):
             return {"layout": value.to_dict()}
         if isinstance(value, np.random.Generator):
             state = value.bit_generator.state
             if state.get("bit_generator") != "PCG64":
                 raise ProtocolError(f"cannot keep a {state.get('bit_generator')} generator in a party's recovery state")
-            return {"pcg64": self.encode(state)}
+            return {"pcg64": encode(state)}
         name = type(value).__name__.lstrip("_")
         if dataclasses.is_dataclass(value) and _registry().get(name) is type(value):
             fields = dataclasses.fields(value)
             if any(not f.init for f in fields):
                 raise ProtocolError(f"cannot keep a {name} in a party's recovery state (it has derived fields)")
-            return {"dataclass": name, "fields": {f.name: self.encode(getattr(value, f.name)) for f in fields}}
+            return {"dataclass": name, "fields": {f.name: encode(getattr(value, f.name)) for f in fields}}
         raise ProtocolError(f"cannot keep a {type(value).__name__} in a party's recovery state")
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,12 @@ def array_from(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def to_json(value: Any) -> Any:
-    """Plain JSON for a field value: numpy scalars, non-finite floats, tuples and sets tagged."""
+def to_json(value: Any, extend: Callable[[Any, Callable[[Any], Any]], Any] | None = None) -> Any:
+    """Plain JSON for a field value: numpy scalars, non-finite floats, tuples and sets tagged.
+
+    ``extend(value, encode)`` is asked for any other type (``encode`` encodes a
+    nested value the same way); without it, or when it raises, the value cannot be kept.
+    """
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -71,11 +76,13 @@ def to_json(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"float": repr(value)}
     if isinstance(value, dict):
-        return {"dict": [[to_json(k), to_json(v)] for k, v in value.items()]}
+        return {"dict": [[to_json(k, extend), to_json(v, extend)] for k, v in value.items()]}
     if isinstance(value, (list, tuple, set)):
         kind = "list" if isinstance(value, list) else "tuple" if isinstance(value, tuple) else "set"
         items = sorted(value, key=repr) if kind == "set" else value
-        return {kind: [to_json(v) for v in items]}
+        return {kind: [to_json(v, extend) for v in items]}
+    if extend is not None:
+        return extend(value, lambda nested: to_json(nested, extend))
     raise ProtocolError(f"cannot keep a {type(value).__name__} in a party's recovery state")
 
 
