@@ -17,7 +17,7 @@ from flwr.app import RecordDict
 
 from fedrisk.audit.entry import ExchangeRecord
 from fedrisk.audit.store import Ledger
-from fedrisk.federation.exchange import content_digest, read_content
+from fedrisk.federation.exchange import content_digest, read_header
 
 LEDGER_FILE = "ledger.sqlite"
 
@@ -42,7 +42,7 @@ class ExchangeRecorder:
         self.signer = signer
 
     def entry(self, pending: PendingRecord) -> ExchangeRecord:
-        header = read_content(pending.content).header  # raises on undeclared content
+        header = read_header(pending.content)  # raises on undeclared content
         sha256, size = content_digest(pending.content)
         return ExchangeRecord.of_digest(
             sha256,

@@ -43,7 +43,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedrisk.crypto.keyfiles import read_secret_file, write_public_file, write_secret_file
+from fedrisk.crypto.keyfiles import (
+    read_secret_file,
+    write_public_file,
+    write_secret_file,
+)
 from fedrisk.errors import CryptoError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,13 +55,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FederationPKI",
-    "create_federation_pki",
-    "load_federation_pki",
-    "create_server_cert",
-    "create_node_auth_keypair",
     "cert_fingerprint",
-    "grpc_server_credentials",
+    "create_federation_pki",
+    "create_node_auth_keypair",
+    "create_server_cert",
     "grpc_channel_credentials",
+    "grpc_server_credentials",
+    "issue_party_certificate",
+    "load_federation_pki",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -255,6 +260,18 @@ def _write_manifest(pki: FederationPKI) -> None:
     write_public_file(pki.folder / _MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
+def issue_party_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str, days: int) -> tuple[bytes, bytes]:
+    """A party's mTLS client certificate and key (PEM): CN and URI SAN name the party."""
+    return _issue(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        common_name=name,
+        sans=[x509.UniformResourceIdentifier(f"urn:fedrisk:party:{name}")],
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+        days=days,
+    )
+
+
 def create_federation_pki(
     folder: str | os.PathLike[str],
     *,
@@ -308,14 +325,7 @@ def create_federation_pki(
     write_secret_file(pki.superlink_key, key)
     write_public_file(pki.superlink_cert, crt)
     for name in names:
-        crt, key = _issue(
-            ca_cert=ca_cert,
-            ca_key=ca_key,
-            common_name=name,
-            sans=[x509.UniformResourceIdentifier(f"urn:fedrisk:party:{name}")],
-            eku=ExtendedKeyUsageOID.CLIENT_AUTH,
-            days=days,
-        )
+        crt, key = issue_party_certificate(ca_cert, ca_key, name, days)
         paths = (root / "parties" / f"{name}.crt", root / "parties" / f"{name}.key")
         write_secret_file(paths[1], key)
         write_public_file(paths[0], crt)

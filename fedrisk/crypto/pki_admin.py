@@ -42,7 +42,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedrisk.crypto import pki as _pki
 from fedrisk.crypto.keyfiles import (
@@ -189,15 +188,7 @@ def _load_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
 def _issue_party(folder: Path, name: str, days: int) -> dict[str, Any]:
     """A party's TLS client certificate and Flower node key pair, as a registry entry."""
     ca_cert, ca_key = _load_ca(folder)
-    # fedrisk.crypto.pki issues the same profile for create_federation_pki's parties.
-    crt, key = _pki._issue(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        common_name=name,
-        sans=[x509.UniformResourceIdentifier(f"urn:fedrisk:party:{name}")],
-        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
-        days=days,
-    )
+    crt, key = _pki.issue_party_certificate(ca_cert, ca_key, name, days)
     write_secret_file(folder / "parties" / f"{name}.key", key)
     write_public_file(folder / "parties" / f"{name}.crt", crt)
     _pki.create_node_auth_keypair(folder / "nodes", name)

@@ -166,14 +166,19 @@ class Exchange:
         return default
 
 
-def read_content(content: RecordDict) -> Exchange:
-    """Unpack a message's content; refuses content without a valid header."""
+def read_header(content: RecordDict) -> ExchangeHeader:
+    """A message's header alone (no payload copied); refuses content without a valid header."""
     if HEADER_RECORD not in content:
         raise ProtocolError("message has no fedrisk.header record (undeclared content)")
     record = content[HEADER_RECORD]
     if not isinstance(record, ConfigRecord):
         raise ProtocolError("fedrisk.header is not a ConfigRecord")
-    header = ExchangeHeader.from_record(record)
+    return ExchangeHeader.from_record(record)
+
+
+def read_content(content: RecordDict) -> Exchange:
+    """Unpack a message's content; refuses content without a valid header."""
+    header = read_header(content)
     blobs: dict[str, bytes] = {}
     if PAYLOAD_RECORD in content:
         arrays = content[PAYLOAD_RECORD]

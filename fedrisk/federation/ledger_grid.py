@@ -15,7 +15,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedrisk.audit.recorder import ExchangeRecorder, PendingRecord
-from fedrisk.federation.exchange import read_content
+from fedrisk.federation.exchange import read_header
 
 
 class LedgeredGrid(Grid):
@@ -43,17 +43,15 @@ class LedgeredGrid(Grid):
     # -- recording ----------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        pending = []
-        for msg in messages:
-            header = read_content(msg.content).header  # undeclared content never leaves
-            if not header.receiver.startswith("node:"):
-                pending.append(PendingRecord(msg.content, "sent", msg.metadata.message_type))
+        # undeclared content never leaves; a node addressed by id is recorded once it answers
+        unresolved = [read_header(msg.content).receiver.startswith("node:") for msg in messages]
+        pending = [PendingRecord(msg.content, "sent", msg.metadata.message_type) for msg, later in zip(messages, unresolved) if not later]
         # Recorded before sending: a crash after this point leaves a "sent" the
         # receiver may lack, which verification reports, never the reverse.
         self.recorder.record(*pending)
         ids = list(self.inner.push_messages(messages))
-        for mid, msg in zip(ids, messages):
-            if read_content(msg.content).header.receiver.startswith("node:"):
+        for mid, msg, later in zip(ids, messages, unresolved):
+            if later:
                 self._unresolved[mid] = msg
         return ids
 
@@ -63,7 +61,7 @@ class LedgeredGrid(Grid):
         for reply in replies:
             if not reply.has_content():
                 continue
-            header = read_content(reply.content).header
+            header = read_header(reply.content)
             request = self._unresolved.pop(reply.metadata.reply_to_message_id, None)
             if request is not None:
                 pending.append(PendingRecord(request.content, "sent", request.metadata.message_type, receiver=header.sender))

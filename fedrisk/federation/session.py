@@ -21,7 +21,15 @@ from flwr.serverapp import Grid
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import COORDINATOR, Exchange, ExchangeHeader, build_content, content_digest, read_content
+from fedrisk.federation.exchange import (
+    COORDINATOR,
+    Exchange,
+    ExchangeHeader,
+    build_content,
+    content_digest,
+    read_content,
+    read_header,
+)
 from fedrisk.federation.status import RunStatus
 
 
@@ -204,7 +212,7 @@ class CoordinatorSession:
             info = self.parties.get(name)
             if info is None:
                 raise ProtocolError(f"unknown party {name!r}")
-            header = read_content(content).header
+            header = read_header(content)
             step = header.step
             _, size = content_digest(content)
             self.traffic.add(name, header.round, sent=size)
