@@ -245,74 +245,65 @@ def _kill_run(federation, config: dict, run_id: str, *, unit: str, at: int, step
     return record | {"result": out.get("result")}
 
 
-def _horizontal(tmp: Path, quick: bool) -> list[dict]:
+def _kill_series(tmp: Path, toml: str, prefix: str, protocol: str, unit: str, kills: list[tuple], delay: float) -> list[dict]:
+    """Two uninterrupted runs (the base, and the reference noise between them), then one run per kill.
+
+    ``kills``: ``(what, party, at, steps)`` — kill ``what`` (of ``party``) at ``unit`` ``at``
+    once a step in ``steps`` is under way.
+    """
     from fedrisk.federation.federation_file import load_federation_file
     from fedrisk.federation.local import LocalFederation
     from fedrisk.federation.train import party_settings_for, run_config_for
 
+    (tmp / f"{protocol}.toml").write_text(toml)
+    fed = load_federation_file(tmp / f"{protocol}.toml")
+    run_dir = tmp / protocol
+    config = run_config_for(fed)
+    records = []
+    with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
+        base = federation.run(run_config={**config, "fedrisk-run-id": f"{prefix}-base"}, timeout=1200)
+        reference = federation.run(run_config={**config, "fedrisk-run-id": f"{prefix}-reference"}, timeout=1200)
+        base_w = _weights(base, run_dir)
+        noise = _max_diff(base_w, _weights(reference, run_dir))
+        for index, (what, party, at, steps) in enumerate(kills):
+            run_id = f"{prefix}-kill-{index}-{what}"
+            record = _kill_run(federation, config, run_id, unit=unit, at=at, steps=steps, what=what, party=party, delay=delay)
+            result = record.pop("result")
+            record["final_model_max_abs_diff"] = _max_diff(base_w, _weights(result, run_dir)) if result else None
+            record["rounds_redone"] = _redone(run_dir, run_id, f"{steps[0].split('.')[0]}.")
+            record["protocol"] = protocol
+            record["reference_noise_max_abs_diff"] = noise
+            records.append(record)
+            _log(json.dumps(record))
+    return records
+
+
+def _horizontal(tmp: Path, quick: bool) -> list[dict]:
     data = shared_data() / "default_credit"
     rows = 1500 if quick else 4000
     for name, file in (("bank_a", "guest"), ("bank_b", "host_1")):
         pd.read_csv(data / f"default_credit_homo_{file}.csv").head(rows).to_csv(tmp / f"{name}.csv", index=False)
-    rounds = 4 if quick else 6
-    (tmp / "horizontal.toml").write_text(HORIZONTAL.format(root=tmp, rounds=rounds))
-    fed = load_federation_file(tmp / "horizontal.toml")
-    run_dir = tmp / "horizontal"
-    config = run_config_for(fed)
-    kills = [("coordinator", None, 2), ("party", "bank_b", 3), ("supernode", "bank_b", 2), ("superlink", None, 3)]
-    records = []
-    with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
-        base = federation.run(run_config={**config, "fedrisk-run-id": "h-base"}, timeout=1200)
-        reference = federation.run(run_config={**config, "fedrisk-run-id": "h-reference"}, timeout=1200)
-        base_w = _weights(base, run_dir)
-        noise = _max_diff(base_w, _weights(reference, run_dir))
-        for index, (what, party, at) in enumerate(kills):
-            run_id = f"h-kill-{index}-{what}"
-            record = _kill_run(federation, config, run_id, unit="round", at=at, steps=("fedavg.train",), what=what, party=party, delay=0.3)
-            result = record.pop("result")
-            record["final_model_max_abs_diff"] = _max_diff(base_w, _weights(result, run_dir)) if result else None
-            record["rounds_redone"] = _redone(run_dir, run_id, "fedavg.")
-            record["protocol"] = "fedavg"
-            record["reference_noise_max_abs_diff"] = noise
-            records.append(record)
-            _log(json.dumps(record))
-    return records
+    train = ("fedavg.train",)
+    kills = [("coordinator", None, 2, train), ("party", "bank_b", 3, train), ("supernode", "bank_b", 2, train), ("superlink", None, 3, train)]
+    toml = HORIZONTAL.format(root=tmp, rounds=4 if quick else 6)
+    return _kill_series(tmp, toml, "h", "fedavg", "round", kills, delay=0.3)
 
 
-def _vertical(tmp: Path, quick: bool) -> list[dict]:
-    from fedrisk.federation.federation_file import load_federation_file
-    from fedrisk.federation.local import LocalFederation
-    from fedrisk.federation.train import party_settings_for, run_config_for
-
+def _hetero_tables(tmp: Path, quick: bool) -> None:
+    """The bank's and the tax bureau's tables: overlapping slices of the vertical split."""
     data = shared_data() / "default_credit"
     rows = 1500 if quick else 4000
     pd.read_csv(data / "default_credit_hetero_guest.csv").head(rows).to_csv(tmp / "bank.csv", index=False)
     pd.read_csv(data / "default_credit_hetero_host.csv").iloc[rows // 5 : rows + rows // 5].to_csv(tmp / "tax.csv", index=False)
-    epochs = 4 if quick else 6
-    (tmp / "vertical.toml").write_text(VERTICAL.format(root=tmp, epochs=epochs))
-    fed = load_federation_file(tmp / "vertical.toml")
-    run_dir = tmp / "vertical"
-    config = run_config_for(fed)
+
+
+def _vertical(tmp: Path, quick: bool) -> list[dict]:
+    _hetero_tables(tmp, quick)
     kills = [("coordinator", None, 2, ("vlr.residual",)), ("party", "tax_bureau", 2, ("vlr.residual",))]
     if not quick:
         kills += [("party", "bank", 1, ("vlr.products",)), ("supernode", "tax_bureau", 1, ("vlr.residual",))]
-    records = []
-    with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
-        base = federation.run(run_config={**config, "fedrisk-run-id": "v-base"}, timeout=1200)
-        reference = federation.run(run_config={**config, "fedrisk-run-id": "v-reference"}, timeout=1200)
-        base_w = _weights(base, run_dir)
-        noise = _max_diff(base_w, _weights(reference, run_dir))
-        for index, (what, party, at, steps) in enumerate(kills):
-            run_id = f"v-kill-{index}-{what}"
-            record = _kill_run(federation, config, run_id, unit="epoch", at=at, steps=steps, what=what, party=party, delay=0.2)
-            result = record.pop("result")
-            record["final_model_max_abs_diff"] = _max_diff(base_w, _weights(result, run_dir)) if result else None
-            record["rounds_redone"] = _redone(run_dir, run_id, "vlr.")
-            record["protocol"] = "vertical_lr"
-            record["reference_noise_max_abs_diff"] = noise
-            records.append(record)
-            _log(json.dumps(record))
-    return records
+    toml = VERTICAL.format(root=tmp, epochs=4 if quick else 6)
+    return _kill_series(tmp, toml, "v", "vertical_lr", "epoch", kills, delay=0.2)
 
 
 SECUREBOOST = VERTICAL.replace('name = "recovery-vertical"', 'name = "recovery-secureboost"').replace(
@@ -321,38 +312,11 @@ SECUREBOOST = VERTICAL.replace('name = "recovery-vertical"', 'name = "recovery-s
 
 
 def _secureboost(tmp: Path, quick: bool) -> list[dict]:
-    from fedrisk.federation.federation_file import load_federation_file
-    from fedrisk.federation.local import LocalFederation
-    from fedrisk.federation.train import party_settings_for, run_config_for
-
-    data = shared_data() / "default_credit"
-    rows = 1500 if quick else 4000
-    pd.read_csv(data / "default_credit_hetero_guest.csv").head(rows).to_csv(tmp / "bank.csv", index=False)
-    pd.read_csv(data / "default_credit_hetero_host.csv").iloc[rows // 5 : rows + rows // 5].to_csv(tmp / "tax.csv", index=False)
-    (tmp / "secureboost.toml").write_text(SECUREBOOST.format(root=tmp, trees=3))
-    fed = load_federation_file(tmp / "secureboost.toml")
-    run_dir = tmp / "secureboost"
-    config = run_config_for(fed)
+    _hetero_tables(tmp, quick)
     kills = [("coordinator", None, 5, ("sb.round",)), ("party", "tax_bureau", 5, ("sb.round",))]
     if not quick:
         kills += [("party", "bank", 6, ("sb.bank",))]
-    records = []
-    with LocalFederation(run_dir, party_settings_for(fed, run_dir), config, log=_log) as federation:
-        base = federation.run(run_config={**config, "fedrisk-run-id": "sb-base"}, timeout=1200)
-        reference = federation.run(run_config={**config, "fedrisk-run-id": "sb-reference"}, timeout=1200)
-        base_w = _weights(base, run_dir)
-        noise = _max_diff(base_w, _weights(reference, run_dir))
-        for index, (what, party, at, steps) in enumerate(kills):
-            run_id = f"sb-kill-{index}-{what}"
-            record = _kill_run(federation, config, run_id, unit="round", at=at, steps=steps, what=what, party=party, delay=0.05)
-            result = record.pop("result")
-            record["final_model_max_abs_diff"] = _max_diff(base_w, _weights(result, run_dir)) if result else None
-            record["rounds_redone"] = _redone(run_dir, run_id, "sb.")
-            record["protocol"] = "secureboost"
-            record["reference_noise_max_abs_diff"] = noise
-            records.append(record)
-            _log(json.dumps(record))
-    return records
+    return _kill_series(tmp, SECUREBOOST.format(root=tmp, trees=3), "sb", "secureboost", "round", kills, delay=0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
