@@ -8,16 +8,25 @@ other, each on all cores). The reference is Python's ``set`` intersection of the
 IDs, timed in the same run; the protocol's answer must equal it on both sides, in the
 same (ID-sorted) row order.
 
+The protocol runs twice on the same pool, as a warm party process would: first
+**cold** (worker start-up and RFC 9380 hash-to-curve of every ID included), then
+**warm** (a new run: fresh keys and run id, the workers already up, each party's
+hashed points cached by the pool; X25519 only).
+
 Prints one JSON object on stdout; progress goes to stderr.
 
 Keys: ``n_label_holder``, ``n_feature_holder``, ``intersection``, ``seconds`` (wall
-time from constructing the parties, pool start-up included, to both results),
-``rows_per_s`` = (n_label + n_feature) / seconds, ``reference_seconds``, ``correct``,
-``bytes_exchanged`` (all serialised messages), and for context ``workers``,
-``x25519_ops``, ``x25519_ops_per_s``, ``phases`` (seconds per step) and
-``two_machine_estimate_seconds``: the critical path if each party ran on its own
-machine of this size, i.e. the parallel rounds' slower steps added up from the
-measured step times. That is an estimate; ``seconds`` is the measurement.
+time of the warm run, from constructing the parties to both results),
+``seconds_cold`` (the cold run, pool start-up included), ``rows_per_s`` =
+(n_label + n_feature) / seconds (and ``rows_per_s_cold``), ``reference_seconds``,
+``correct`` (both runs), ``bytes_exchanged`` (all serialised messages of one run), and
+for context ``workers``, ``x25519_ops`` (per run), ``x25519_ops_per_s`` (warm),
+``hash_to_curve_ids`` and ``hash_to_curve_us_per_id`` (per core: the cold run's extra
+blinding time x workers / IDs), ``gmpy2``, ``suite``, ``phases`` / ``phases_cold``
+(seconds per step) and ``two_machine_estimate_seconds`` (warm; ``_cold`` too): the
+critical path if each party ran on its own machine of this size, i.e. the parallel
+rounds' slower steps added up from the measured step times. That is an estimate;
+``seconds`` is the measurement.
 
 Usage::
 
@@ -75,16 +84,9 @@ def wire(message, counter: list[int]):
     return decode_psi_message(data)
 
 
-def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed: int, kind: str) -> dict:
+def _one_run(pool, label_ids: list[str], feature_ids: list[str], reference: set, start_pool: bool) -> dict:
+    """One protocol run on ``pool``; seconds, phases, correctness, bytes."""
     from fedrisk.crypto.psi import FeatureHolderPSI, LabelHolderPSI
-    from fedrisk.crypto.psi_pool import BlindingPool
-
-    _log(f"making IDs: {n_label} x {n_feature}, overlap {overlap}")
-    label_ids, feature_ids, used_kind = make_ids(n_label, n_feature, overlap, seed, kind)
-
-    t = time.perf_counter()
-    reference = set(label_ids).intersection(feature_ids)
-    reference_seconds = time.perf_counter() - t
 
     phases: dict[str, float] = {}
     sent = [0]
@@ -98,20 +100,16 @@ def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed:
 
     run_id = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
-    pool = BlindingPool(workers)
-    step("pool_start", pool.start)
-    try:
-        lh = step("label_setup", lambda: LabelHolderPSI(label_ids, run_id=run_id, party="bank", pool=pool))
-        fh = step("feature_setup", lambda: FeatureHolderPSI(feature_ids, run_id=run_id, party="tax", pool=pool))
-        a_set = step("label_blind", lambda: wire(lh.blind(), sent))
-        b_set = step("feature_blind", lambda: wire(fh.blind(), sent))
-        step("label_double_blind", lambda: lh.double_blind(b_set))
-        ab_set = step("feature_double_blind", lambda: wire(fh.double_blind(a_set), sent))
-        result_msg = step("label_intersect", lambda: wire(lh.intersect(ab_set), sent))
-        fh_result = step("feature_finish", lambda: fh.finish(result_msg))
-        seconds = time.perf_counter() - start
-    finally:
-        pool.close()
+    step("pool_start", pool.start if start_pool else (lambda: None))
+    lh = step("label_setup", lambda: LabelHolderPSI(label_ids, run_id=run_id, party="bank", pool=pool))
+    fh = step("feature_setup", lambda: FeatureHolderPSI(feature_ids, run_id=run_id, party="tax", pool=pool))
+    a_set = step("label_blind", lambda: wire(lh.blind(), sent))
+    b_set = step("feature_blind", lambda: wire(fh.blind(), sent))
+    step("label_double_blind", lambda: lh.double_blind(b_set))
+    ab_set = step("feature_double_blind", lambda: wire(fh.double_blind(a_set), sent))
+    result_msg = step("label_intersect", lambda: wire(lh.intersect(ab_set), sent))
+    fh_result = step("feature_finish", lambda: fh.finish(result_msg))
+    seconds = time.perf_counter() - start
     lh_result = lh.result("tax")
 
     label_side = [label_ids[i] for i in lh_result.rows.tolist()]
@@ -123,7 +121,6 @@ def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed:
         and int(lh_result.mask.sum()) == len(reference)
         and int(fh_result.mask.sum()) == len(reference)
     )
-    ops = 2 * (n_label + n_feature)
     two_machines = (
         phases["pool_start"]
         + max(phases["label_setup"] + phases["label_blind"], phases["feature_setup"] + phases["feature_blind"])
@@ -131,23 +128,58 @@ def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed:
         + phases["label_intersect"]
         + phases["feature_finish"]
     )
+    return {"seconds": seconds, "phases": phases, "correct": bool(correct), "bytes": sent[0],
+            "intersection": len(label_side), "two_machines": two_machines}
+
+
+def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed: int, kind: str) -> dict:
+    from fedrisk.crypto.psi_group import HAVE_GMPY2, SUITE
+    from fedrisk.crypto.psi_pool import BlindingPool
+
+    _log(f"making IDs: {n_label} x {n_feature}, overlap {overlap}")
+    label_ids, feature_ids, used_kind = make_ids(n_label, n_feature, overlap, seed, kind)
+
+    t = time.perf_counter()
+    reference = set(label_ids).intersection(feature_ids)
+    reference_seconds = time.perf_counter() - t
+
+    pool = BlindingPool(workers)
+    try:
+        _log("cold run: worker start-up, hash to curve and X25519")
+        cold = _one_run(pool, label_ids, feature_ids, reference, start_pool=True)
+        _log("warm run: new keys and run id, hashed points cached")
+        warm = _one_run(pool, label_ids, feature_ids, reference, start_pool=False)
+    finally:
+        pool.close()
+    ops = 2 * (n_label + n_feature)
+    hashing = (cold["phases"]["label_blind"] + cold["phases"]["feature_blind"]) - (
+        warm["phases"]["label_blind"] + warm["phases"]["feature_blind"]
+    )
     return {
         "n_label_holder": n_label,
         "n_feature_holder": n_feature,
-        "intersection": len(label_side),
-        "seconds": round(seconds, 3),
-        "rows_per_s": round((n_label + n_feature) / seconds, 1),
+        "intersection": warm["intersection"],
+        "seconds": round(warm["seconds"], 3),
+        "seconds_cold": round(cold["seconds"], 3),
+        "rows_per_s": round((n_label + n_feature) / warm["seconds"], 1),
+        "rows_per_s_cold": round((n_label + n_feature) / cold["seconds"], 1),
         "reference_seconds": round(reference_seconds, 4),
-        "correct": bool(correct),
-        "bytes_exchanged": sent[0],
+        "correct": bool(cold["correct"] and warm["correct"]),
+        "bytes_exchanged": warm["bytes"],
         "expected_intersection": len(reference),
         "workers": pool.workers,
         "cpu_count": os.cpu_count(),
         "x25519_ops": ops,
-        "x25519_ops_per_s": round(ops / seconds, 1),
+        "x25519_ops_per_s": round(ops / warm["seconds"], 1),
+        "hash_to_curve_ids": n_label + n_feature,
+        "hash_to_curve_us_per_id": round(max(hashing, 0.0) * pool.workers / (n_label + n_feature) * 1e6, 1),
+        "gmpy2": HAVE_GMPY2,
+        "suite": SUITE,
         "id_kind": used_kind,
-        "phases": phases,
-        "two_machine_estimate_seconds": round(two_machines, 3),
+        "phases": warm["phases"],
+        "phases_cold": cold["phases"],
+        "two_machine_estimate_seconds": round(warm["two_machines"], 3),
+        "two_machine_estimate_seconds_cold": round(cold["two_machines"], 3),
     }
 
 

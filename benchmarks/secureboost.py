@@ -6,8 +6,8 @@ features, one feature holder 10 features), stratified 80/20 hold-out
 rate 0.3), it trains in one run
 
 * the full federated protocol (:class:`fedrisk.models.secureboost.VerticalSecureBoost`:
-  encrypted gradients, masked encrypted histograms, decryption, split decisions and
-  partitions, every payload serialised and relayed), and
+  encrypted gradients, encrypted histograms reduced to bin totals and flooded,
+  decryption, split decisions and partitions, every payload serialised and relayed), and
 * :class:`fedrisk.models.secureboost_tree.PlainSecureBoost`, the same algorithm with
   the same bins on the joined table,
 
@@ -16,7 +16,10 @@ and prints one JSON object (the last stdout line): ``rows``, ``features``, ``tre
 ``seconds_per_tree``, ``plain_seconds_per_tree``, ``overhead_ratio`` (plus
 ``rows_train``, ``auc_sklearn`` — scikit-learn's ``HistGradientBoostingClassifier``
 with the same trees, depth, bins and learning rate — ``setup_seconds``,
-``bytes_per_tree``, ``rounds``, ``same_splits``, ``cpu_seconds_main`` and
+``bytes_per_tree``, ``rounds``, ``same_splits`` — false when the flooding flips a
+near-tie, as it may by design — ``flood_std``, ``flood_tv_bits`` (−log2 of the
+run-level bound of :func:`fedrisk.crypto.encrypted_histogram.flooding_bound`, every
+requested node counted), ``cpu_seconds_main`` and
 ``cpu_seconds_workers`` of the federated fit, which unlike wall time do not depend
 on other jobs sharing the cores, and the one-minute ``load_average``).
 ``rows`` counts the data set (train + hold-out); the model trains on
@@ -141,12 +144,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_tree": int(model.bytes_per_tree_),
         "n_jobs": args.n_jobs,
         "histogram_columns": None if layout is None else layout.n_columns,
-        "mask_bits": kernel_info.mask_bits_,
+        "flood_std": kernel_info.flood_std,
+        "flood_tv_bits": flood_bits(args, layout),
         "goal_seconds": GOAL_SECONDS,
     }
     if args.ops:
         result["ops_ms"] = measure_ops(context, host.loc[train].to_numpy(), args.bins)
     return result
+
+
+def flood_bits(args: argparse.Namespace, layout: Any) -> float | None:
+    """−log2 of the run's TV bound: trees × 2^(depth−1) requested nodes × ciphertexts per node."""
+    from fedrisk.crypto.encrypted_histogram import flooding_bound
+
+    if layout is None:
+        return None
+    n = args.trees * 2 ** max(0, args.depth - 1) * layout.n_ciphertexts
+    return round(-float(np.log2(flooding_bound(n, layout.slots)[1])), 2)
 
 
 def same_splits(model: VerticalSecureBoost, ref: PlainSecureBoost, *, n_bank_features: int) -> bool:

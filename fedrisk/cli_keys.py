@@ -1,10 +1,12 @@
 """``fedrisk keys``: the federation operator's key administration.
 
-``init`` creates the CA, the SuperLink's certificate and every party's TLS
-certificate and Flower node key; ``add-party`` issues keys for a new (or
-re-admitted) party; ``register`` tells a running SuperLink which node keys may
-join; ``revoke`` takes a party out (registry, revocation list, CRL, and the
-SuperLink when given); ``list`` shows who holds what.
+``init`` creates the CA, the SuperLink's certificate, the coordinator's
+certificate and every party's TLS certificate and Flower node key;
+``add-party`` issues keys for a new (or re-admitted) party; ``bind-ledger``
+binds a node's ledger signing key to its certificate; ``register`` tells a
+running SuperLink which node keys may join; ``revoke`` takes a party out
+(registry, revocation list, CRL, and the SuperLink when given); ``list``
+shows who holds what.
 """
 
 from __future__ import annotations
@@ -136,6 +138,52 @@ def keys_revoke(
                 console.print(f"unregistered node {node_id} of {name} from {superlink}: it is refused from now on")
     except FedriskError as err:
         _fail(err)
+
+
+@keys_app.command("revoke-cert")
+def keys_revoke_cert(
+    cert: Path = typer.Argument(..., help="The certificate to revoke, e.g. servers/tax_bureau-scoring.crt (a party's scoring service)."),
+    keys_dir: Path = KEYS_OPTION,
+    reason: str = typer.Option("unspecified", help="Why (kept in the revocation list)."),
+) -> None:
+    """Revoke one certificate the federation CA issued (revocation list and CRL); scoring links refuse it."""
+    from fedrisk.crypto.pki import revoke_certificate
+
+    try:
+        record = revoke_certificate(keys_dir, cert, reason=reason)
+    except FedriskError as err:
+        _fail(err)
+    console.print(f"revoked certificate {record['common_name']!r} (serial {record['cert_serial']}); {keys_dir / 'crl.pem'} re-signed", highlight=False)
+
+
+@keys_app.command("bind-ledger")
+def keys_bind_ledger(
+    name: str = typer.Argument(..., help="The node: a party's name, or coordinator."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="The node's private state folder (its ledger and identity key live there)."),
+    keys_dir: Path = KEYS_OPTION,
+    cert: Path | None = typer.Option(None, "--cert", help="The node's certificate (default: from the key folder)."),
+    cert_key: Path | None = typer.Option(None, "--cert-key", help="Its private key, 0600 (default: from the key folder)."),
+) -> None:
+    """Bind the node's ledger signing key to its federation certificate (writes ledger_key_binding.json).
+
+    A party runs this on its own host with --cert/--cert-key (its parties/<name>.crt/.key);
+    the operator runs it for the coordinator (and for local federations) from the key folder.
+    `fedrisk audit verify --ca ca.crt` then accepts only ledgers signed by a bound key.
+    """
+    from fedrisk.audit.key_binding import bind_node
+    from fedrisk.crypto.pki_admin import bind_ledger_keys
+
+    try:
+        if (cert is None) != (cert_key is None):
+            raise FedriskError("pass both --cert and --cert-key, or neither (then the key folder's are used)")
+        if cert is not None and cert_key is not None:
+            path = bind_node(state_dir, name, cert, cert_key)
+        else:
+            path = bind_ledger_keys(keys_dir, {name: state_dir})[name]
+    except FedriskError as err:
+        _fail(err)
+    binding = json.loads(path.read_text())["statement"]
+    console.print(f"{name}: ledger key {binding['ledger_key_id']} bound to certificate {binding['cert_sha256'][:16]}… in {path}")
 
 
 @keys_app.command("list")

@@ -15,9 +15,13 @@ from rich.console import Console
 from fedrisk.errors import FedriskError
 
 score_app = typer.Typer(help="Live credit decisions: the scoring node, party scoring services, batch and watch jobs.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
-_SANDBOX_HELP = "Isolation: auto (bwrap, else namespaces, else rlimits), bwrap, namespaces, rlimits or none."
+_SANDBOX_HELP = (
+    "Isolation: auto (bubblewrap, else Linux namespaces; refuses to start when neither works here), bwrap, namespaces, "
+    "or, explicitly and without isolation, rlimits (resource limits only) or none."
+)
+_CRL_HELP = "The federation CA's CRL (crl.pem, from `fedrisk keys`): certificates it revokes are refused on the scoring links; reloaded when it changes."
 
 
 def _fail(err: Exception) -> None:
@@ -47,10 +51,12 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
         console.print(f"{what} serving on {ready['address']} (sandbox: {ready['sandbox']}); Ctrl-C to stop", highlight=False)
         if ready["sandbox"] in ("rlimits", "none"):
             console.print(
-                f"[yellow]warning:[/yellow] sandbox '{ready['sandbox']}': resource limits only; the filesystem and the network are NOT "
-                "isolated (install bubblewrap, or allow unprivileged user namespaces)",
+                f"[yellow]warning:[/yellow] sandbox '{ready['sandbox']}' (asked for): the filesystem and the network are NOT "
+                "isolated (install bubblewrap, or allow unprivileged user namespaces, and use --sandbox auto)",
                 highlight=False,
             )
+        if not getattr(config, "crl", ""):
+            console.print("[yellow]warning:[/yellow] no --crl: a revoked certificate is not refused on the scoring links", highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +95,7 @@ def serve(
     party: list[str] = typer.Option([], "--party", help="A feature holder's scoring service, NAME=HOST:PORT (repeat for each)."),
     listen: str = typer.Option("127.0.0.1:0", help="Address to serve on (port 0 picks a free port)."),
     client_ca: Optional[Path] = typer.Option(None, help="Require loan systems to present a client certificate signed by this CA."),
+    crl: Optional[Path] = typer.Option(None, help=_CRL_HELP),
     policy: Optional[Path] = typer.Option(None, help="Credit policy TOML (default: the shipped example policy)."),
     bank_table: Optional[Path] = typer.Option(None, help="The bank's own feature table (CSV/Parquet), for applications that do not carry features."),
     state_dir: Optional[Path] = typer.Option(None, help="Folder of the application register (applications.sqlite)."),
@@ -131,6 +138,7 @@ def serve(
             client_key=str(client_key.resolve()) if client_key else "",
             listen=listen,
             client_ca=str(client_ca.resolve()) if client_ca else "",
+            crl=str(crl.resolve()) if crl else "",
             parties=parties,
             policy=str(policy.resolve()) if policy else "",
             bank_table=str(bank_table.resolve()) if bank_table else "",
@@ -157,6 +165,7 @@ def party_serve(
     allow_list: Optional[Path] = typer.Option(None, help="IDs this party may answer for, one per line (trained intersection + newly aligned); SIGHUP reloads."),
     allow_any_known: bool = typer.Option(False, "--allow-any-known", help="Answer for every ID in the table (no allow-list)."),
     allowed_caller: list[str] = typer.Option([], "--allowed-caller", help="Client-certificate name allowed to ask (default: the label holder in the bundle)."),
+    crl: Optional[Path] = typer.Option(None, help=_CRL_HELP),
     listen: str = typer.Option("127.0.0.1:0", help="Address to serve on (port 0 picks a free port)."),
     sandbox: str = typer.Option("auto", help=_SANDBOX_HELP),
     memory_mb: int = typer.Option(4096, help="Address-space limit (0 = none)."),
@@ -178,6 +187,7 @@ def party_serve(
             allow_list=str(allow_list.resolve()) if allow_list else "",
             allow_any_known=allow_any_known,
             allowed_callers=list(allowed_caller),
+            crl=str(crl.resolve()) if crl else "",
             limits=Limits(memory_mb=memory_mb),
         )
     except FedriskError as err:

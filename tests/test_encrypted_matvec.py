@@ -1,4 +1,4 @@
-"""The packed X_kᵀ[[d]] kernel: exactness on odd shapes, masking, payload binding to a context."""
+"""The packed X_kᵀ[[d]] kernel: exactness on odd shapes, one total per feature, masking, payload binding to a context."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import pytest
 import tenseal as ts
 
 from fedrisk.crypto.encrypted_matvec import (
+    MAX_MASK_BITS,
     MIN_MASK_BITS,
     CKKSRuntime,
     EncryptedMatVec,
     EncryptedVector,
     PackingLayout,
+    check_group_sizes,
     context_fingerprint,
     decrypt_ciphertexts,
     pack_frame,
+    reduce_product,
     residual_level,
+    residual_scale,
+    secure_normal,
     unpack_frame,
 )
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
@@ -45,18 +50,28 @@ def tolerance(X: np.ndarray) -> float:
     """Stated accuracy of the kernel (no decryption flooding).
 
     X is encoded at scale 2^20 (≈3e-5 absolute error per entry, random sign, so
-    ≈3e-5·max|X|·sqrt(n) per sum); masked slots decode to ≈2^-14 each. The bound
-    below is a few times the worst error seen over many runs.
+    ≈3e-5·max|X|·sqrt(n) per sum); a value masked by up to 2^46 is encoded and
+    decoded in double precision to ≈2^-6 (worst seen 0.027). The bound below is
+    a few times the worst error seen over many runs.
     """
-    return 1e-4 * float(np.abs(X).max()) * np.sqrt(X.shape[0]) + 1e-2
+    return 1e-4 * float(np.abs(X).max()) * np.sqrt(X.shape[0]) + 2.0 ** (MAX_MASK_BITS - 50)
+
+
+def _encrypt_residual(secret: ts.Context, d: np.ndarray) -> EncryptedVector:
+    rt = CKKSRuntime.for_context(secret)
+    return EncryptedVector.encrypt(secret, d, level=residual_level(rt), scale=residual_scale())
 
 
 def _product(secret: ts.Context, kernel: EncryptedMatVec, d: np.ndarray, *, flood: float = 0.0) -> np.ndarray:
-    rt = CKKSRuntime.for_context(secret)
-    enc = EncryptedVector.encrypt(secret, d, level=residual_level(rt))
-    received = EncryptedVector.from_bytes(enc.to_bytes(), context=kernel.context)
+    """Feature holder → key holder → feature holder, as in training: one value per feature comes back."""
+    received = EncryptedVector.from_bytes(_encrypt_residual(secret, d).to_bytes(), context=kernel.context)
     blobs, state = kernel.mask(kernel.compute(received))
-    return kernel.unmask(decrypt_ciphertexts(secret, blobs, flood_std=flood), state)
+    slots = decrypt_ciphertexts(secret, blobs)
+    values = reduce_product(slots, kernel.layout_.group_sizes, 4096, reduced=kernel.reduced_)
+    assert values.shape == (kernel.n_features,)
+    if flood:
+        values = values + secure_normal(0.0, flood, values.size)
+    return kernel.unmask(values, state)
 
 
 def test_fingerprint_is_shared_by_public_copies_and_differs_across_keys(keys):
@@ -85,7 +100,7 @@ def test_kernel_equals_plain_product(keys, n, m, max_pack):
     X[rng.random(n) < 0.3] = 0.0  # rows a feature holder does not cover
     d = rng.uniform(-1.0, 1.0, size=n)
     with EncryptedMatVec(X, public, max_pack=max_pack) as kernel:
-        assert kernel.layout_.n_features == m
+        assert kernel.layout_.n_features == m and kernel.reduced_
         got = _product(secret, kernel, d)
         assert kernel.mask_bits_ >= MIN_MASK_BITS
     np.testing.assert_allclose(got, X.T @ d, rtol=0, atol=tolerance(X))
@@ -110,9 +125,40 @@ def test_without_galois_keys_the_kernel_uses_no_rotations(keys):
     d = rng.uniform(-1.0, 1.0, size=3000)
     with EncryptedMatVec(X, public) as kernel:
         assert kernel.layout_.groups == ((0, 1), (1, 1), (2, 1), (3, 1), (4, 1))
-        assert kernel.layout_.n_rotations == 0
+        assert kernel.layout_.n_rotations == 0 and not kernel.reduced_  # the key holder sums each feature's slots
+        assert kernel.mask_bound_ == 2.0 ** (MAX_MASK_BITS - 12)  # narrower masks: 4096 of them get summed
         got = _product(secret, kernel, d)
     np.testing.assert_allclose(got, X.T @ d, rtol=0, atol=tolerance(X))
+    with pytest.raises(CryptoError, match="Galois"):
+        EncryptedMatVec(X, public, reduce=True)
+
+
+def test_every_slot_of_a_reduced_product_holds_its_features_total(keys):
+    """No slot carries a partial sum: whatever slots the key holder returns, it returns totals."""
+    secret, public = keys
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(9000, 11))
+    d = rng.uniform(-1.0, 1.0, size=9000)
+    with EncryptedMatVec(X, public, max_pack=8) as kernel:
+        assert kernel.layout_.group_sizes == (8, 2, 1)
+        assert kernel.layout_.n_reduce_rotations == 9 + 11 + 12  # log2 L per group
+        slots = decrypt_ciphertexts(secret, [kernel.runtime.dump(c) for c in kernel.compute(_encrypt_residual(secret, d))])
+    truth = X.T @ d
+    expected = np.concatenate([np.tile(truth[0:8], 512), np.tile(truth[8:10], 2048), np.tile(truth[10:], 4096)])
+    np.testing.assert_allclose(slots, expected, rtol=0, atol=tolerance(X))
+
+
+def test_a_residual_at_another_scale_is_refused(keys):
+    secret, public = keys
+    rt = CKKSRuntime.for_context(secret)
+    d = np.linspace(-1, 1, 100)
+    at_delta = EncryptedVector.encrypt(secret, d, level=residual_level(rt))  # scale 2^40, not 2^30
+    with EncryptedMatVec(np.ones((100, 2)), public) as kernel:
+        with pytest.raises(ProtocolError, match="scale"):  # the masks are sized for the residual's scale
+            kernel.compute(at_delta)
+    with EncryptedMatVec(np.ones((100, 2)), public, n_jobs=2) as kernel:
+        with pytest.raises(CryptoError, match="scale"):  # the workers check it too
+            kernel.compute(at_delta)
 
 
 def test_decryption_flooding_keeps_the_product_usable(keys):
@@ -122,8 +168,8 @@ def test_decryption_flooding_keeps_the_product_usable(keys):
     d = rng.uniform(-1.0, 1.0, size=4500)
     with EncryptedMatVec(X, public) as kernel:
         got = _product(secret, kernel, d, flood=2.0**-12)
-    # flooding adds 2^-12·sqrt(L) per feature, L ≤ 4096 slots
-    np.testing.assert_allclose(got, X.T @ d, rtol=0, atol=tolerance(X) + 2.0**-12 * 64 * 5)
+    # the key holder floods each returned value once: 2^-12 per feature
+    np.testing.assert_allclose(got, X.T @ d, rtol=0, atol=tolerance(X) + 2.0**-12 * 6)
 
 
 def test_what_the_key_holder_decrypts_is_masked(keys):
@@ -132,14 +178,20 @@ def test_what_the_key_holder_decrypts_is_masked(keys):
     X = rng.normal(size=(5000, 9))
     d = rng.uniform(-1.0, 1.0, size=5000)
     with EncryptedMatVec(X, public) as kernel:
-        enc = EncryptedVector.encrypt(secret, d, level=residual_level(CKKSRuntime.for_context(secret)))
-        blobs, state = kernel.mask(kernel.compute(enc))
+        blobs, state = kernel.mask(kernel.compute(_encrypt_residual(secret, d)))
         seen = decrypt_ciphertexts(secret, blobs)
         truth = X.T @ d
-        # per slot, true partial sums are bounded by Σ|X| over a few rows; masks are ~2^36
-        assert np.median(np.abs(seen)) > 2.0**30
-        assert np.abs(kernel.layout_.unpack(seen) - truth).min() > 1e6
-        np.testing.assert_allclose(kernel.unmask(seen, state), truth, atol=tolerance(X))
+        # every slot is a feature's total (|total| ≤ Σ|X| < 2^13 here) plus one mask uniform in ±2^46
+        assert np.median(np.abs(seen)) > 2.0**40
+        per_feature = reduce_product(seen, kernel.layout_.group_sizes, 4096, reduced=True)
+        assert np.abs(per_feature - truth).min() > 1e6
+        # the copies of a feature share its mask: they differ only by the flooding (std 2^8 per slot)
+        F = kernel.layout_.group_sizes[0]
+        copies = seen[:4096].reshape(4096 // F, F)
+        assert 2.0**7 < np.std(copies - copies[0], axis=0).min() and np.std(copies - copies[0], axis=0).max() < 2.0**9
+        np.testing.assert_allclose(kernel.unmask(per_feature, state), truth, atol=tolerance(X))
+        assert kernel.mask_bits_ >= 30 and kernel.epoch_mask_bits_ >= kernel.mask_bits_ - 4
+        assert kernel.run_mask_bits(30) == int(np.floor(np.log2(kernel.mask_bound_ / (30 * np.abs(X).sum()))))
         # the ciphertexts do not carry the product as float64
         raw = b"".join(blobs)
         assert not any(np.float64(v).tobytes() in raw for v in truth)
@@ -189,6 +241,27 @@ def test_layout_decomposes_features_into_power_of_two_groups():
     assert sum(f for _, f in split.groups) == 300
     capped = PackingLayout.build(21, 4096, max_pack=8)
     assert capped.groups == ((0, 8), (8, 8), (16, 4), (20, 1))
+    assert capped.group_sizes == (8, 8, 4, 1)
+    assert capped.n_reduce_rotations == 9 + 9 + 10 + 12
     values = np.arange(4 * 4096, dtype=float)
-    sums = capped.unpack(values)
+    sums = capped.unpack(values)  # the block layout (SecureBoost histograms)
     assert sums[0] == values[:512].sum() and sums[20] == values[3 * 4096 :].sum()
+
+
+def test_reduce_product_reads_the_interleaved_layout():
+    rng = np.random.default_rng(9)
+    totals = rng.normal(size=5) * 1e3
+    copies = np.concatenate([np.tile(totals[:4], 1024), np.tile(totals[4:], 4096)])
+    noisy = copies + rng.normal(size=copies.size) * 2.0**-8
+    got = reduce_product(noisy + 2.0**45, (4, 1), 4096, reduced=True)  # large masks: no precision lost
+    np.testing.assert_allclose(got - 2.0**45, totals, atol=2.0**-6)  # the inputs carry 2^-7 (ulp at 2^45)
+    partial = rng.normal(size=2 * 4096)  # slot f + F·i holds a partial sum: the key holder adds them
+    summed = reduce_product(partial, (4, 1), 4096, reduced=False)
+    expected = np.array([*partial[:4096].reshape(1024, 4).sum(axis=0), partial[4096:].sum()])
+    np.testing.assert_allclose(summed, expected)
+    # partial sums posing as a reduced product yield total / L: still no single partial sum
+    np.testing.assert_allclose(reduce_product(partial, (4, 1), 4096, reduced=True), expected / np.array([1024] * 4 + [4096]))
+    assert check_group_sizes([8, 2], 4096) == (8, 2)
+    for bad in ([3], [8192], [0], [True], [], ["8"]):
+        with pytest.raises(ProtocolError):
+            check_group_sizes(bad, 4096)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedrisk.audit import read_ledger, verify_run
+from fedrisk.audit import read_ledger, verify_ledger, verify_run
 from fedrisk.audit.recorder import ExchangeRecorder
 from fedrisk.audit.run_files import collect_ledgers
+from fedrisk.audit.store import TRIGGERS
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ProtocolError
 from fedrisk.federation.exchange import ExchangeHeader, build_content
@@ -22,7 +25,8 @@ from fedrisk.parties.settings import PartySettings
 SCHEMA = {"id_column": "id", "label_column": "y", "features": {f"x{i}": "float" for i in range(23)}, "id_format": "opaque"}
 
 
-def _run(tmp_path: Path, data_dir: Path, **config) -> Path:
+def _run(tmp_path: Path, data_dir: Path, *, tap=None, node_config: dict | None = None, **config) -> Path:
+    """A two-bank CKKS FedAvg run through the real ServerApp and ClientApp (ledger mod included)."""
     parties = []
     for name, file in (("bank_a", "guest"), ("bank_b", "host_1")):
         path = tmp_path / f"{name}.csv"
@@ -30,7 +34,9 @@ def _run(tmp_path: Path, data_dir: Path, **config) -> Path:
         parties.append(PartySettings(name, "bank", str(path), SCHEMA, str(tmp_path / "parties" / name)))
     run_config = {"mode": "horizontal", "num-rounds": 2, "model": "logistic", "run-dir": str(tmp_path),
                   "parties": "bank_a,bank_b", "fedrisk-run-id": "wiring", **config}
-    grid = InProcessGrid(parties, run_config=run_config)
+    grid = InProcessGrid(parties, run_config=run_config, tap=tap)
+    for context in grid.contexts.values():
+        context.node_config.update((node_config or {}).get(str(context.node_config["party"]), {}))
     server_app(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
     return tmp_path
 
@@ -50,9 +56,112 @@ def test_every_message_is_recorded_on_both_sides(tmp_path, default_credit_dir):
     assert classes["fedavg.update"] == "ciphertext" and classes["identity"] == "public"
 
 
-def test_ledger_can_be_switched_off_only_explicitly(tmp_path, default_credit_dir):
+def test_run_config_cannot_switch_a_partys_ledger_off(tmp_path, default_credit_dir):
+    """The run config comes from the coordinator: ``ledger = false`` there turns off only the coordinator's own."""
     run_dir = _run(tmp_path, default_credit_dir, ledger=False)
-    assert not list(run_dir.rglob("ledger.sqlite"))
+    assert not (run_dir / "coordinator" / "ledger.sqlite").exists()
+    for name in ("bank_a", "bank_b"):
+        path = run_dir / "parties" / name / "ledger.sqlite"
+        assert path.exists(), f"{name} stopped recording because the coordinator's run config said so"
+        entries = read_ledger(path).entries
+        steps = {e.step for e in entries}
+        assert {"identity", "fedavg.update", "fedavg.final"} <= steps
+        assert verify_ledger(path) == [], name  # and its run is closed (the coordinator still asks)
+
+
+def test_only_the_nodes_own_config_turns_its_ledger_off(tmp_path, default_credit_dir):
+    run_dir = _run(tmp_path, default_credit_dir, node_config={"bank_b": {"ledger": "off"}})
+    assert not (run_dir / "parties" / "bank_b" / "ledger.sqlite").exists()
+    assert (run_dir / "parties" / "bank_a" / "ledger.sqlite").exists()
+    ledgers, keys = collect_ledgers([run_dir])
+    findings = verify_run(ledgers, trusted_keys=keys, run_id="wiring")
+    # The coordinator's ledger says whose ledger is missing; bank_a's is intact.
+    assert {(Path(f.file).parent.name, f.field) for f in findings} == {("coordinator", "peer")}, findings
+    assert "no ledger of 'bank_b'" in findings[0].message
+    assert "ledger_unclosed" in json.loads((run_dir / "coordinator" / "result.json").read_text())
+
+
+def _cut_tail(path: Path, first: int) -> None:
+    """What an attacker with file access can do: drop the triggers, cut the tail, put the triggers back."""
+    conn = sqlite3.connect(path)
+    for name in TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute("DELETE FROM entries WHERE seq >= ?", (first,))
+    for ddl in TRIGGERS.values():
+        conn.execute(ddl)
+    conn.commit()
+    conn.close()
+
+
+def test_a_runs_last_exchange_cut_from_both_ends_is_named(tmp_path, default_credit_dir):
+    """The coordinator's and bank_a's ledgers both lose their last exchange (and what follows): named in one line each."""
+    run_dir = _run(tmp_path, default_credit_dir)
+    coord, bank_a = run_dir / "coordinator" / "ledger.sqlite", run_dir / "parties" / "bank_a" / "ledger.sqlite"
+    ledgers, keys = collect_ledgers([run_dir])
+    assert verify_run(ledgers, trusted_keys=keys, run_id="wiring") == []
+    # The run's last exchange with bank_a: the final model down, bank_a's metrics back.
+    (c_first,) = [e.seq for e in read_ledger(coord).entries if e.step == "fedavg.final" and e.receiver == "bank_a"]
+    (b_first,) = [e.seq for e in read_ledger(bank_a).entries if e.step == "fedavg.final" and e.direction == "received"]
+    _cut_tail(coord, c_first)
+    _cut_tail(bank_a, b_first)
+    # Each ledger alone: a valid chain, with its triggers back — but its run was never closed.
+    for path, last in ((coord, c_first - 1), (bank_a, b_first - 1)):
+        lines = [str(f) for f in verify_ledger(path, keys)]
+        assert lines == [f"{path} field run_close: run 'wiring' ends at entry {last} with no run-close record "
+                         "(its tail was cut, or the run did not end cleanly)"], lines
+    # Only the two cut ledgers (the third party's ledger withheld): still named.
+    both = verify_run([coord, bank_a], trusted_keys=keys, run_id="wiring")
+    assert {(Path(f.file).parent.name, f.field) for f in both if f.field == "run_close"} == {("coordinator", "run_close"), ("bank_a", "run_close")}
+    # With bank_b's ledger: it recorded the coordinator's head beyond what is left of the coordinator's ledger.
+    lines = [str(f) for f in verify_run(ledgers, trusted_keys=keys, run_id="wiring")]
+    tail = [line for line in lines if " field tail: " in line]
+    assert len(tail) == 1 and tail[0].startswith(f"{coord} entry {c_first} field tail: 'bank_b' recorded 'coordinator''s ledger head ")
+    assert f"'coordinator''s ledger has {c_first - 1} entries: its tail was cut" in tail[0]
+    # The command a compliance team runs names it too (one line per finding, exit 1).
+    from typer.testing import CliRunner
+
+    from fedrisk.cli import app
+
+    result = CliRunner().invoke(app, ["audit", "verify", str(coord), str(bank_a), "--run-id", "wiring"])
+    assert result.exit_code == 1
+    assert f"{bank_a} field run_close: run 'wiring' ends at entry {b_first - 1} with no run-close record" in result.stdout
+
+
+def test_recorded_entries_are_what_crossed(tmp_path, default_credit_dir):
+    """Parse every message that crossed (not what the ledger or the sender declared) and hold each entry to it."""
+    from fedrisk.audit.recorder import HEAD_RECORD, head_of
+    from fedrisk.crypto.ckks import EncryptedVector
+    from fedrisk.federation.exchange import PAYLOAD_RECORD, content_digest
+
+    crossed: dict[str, list] = {}
+
+    def tap(direction, node_id, msg):
+        crossed.setdefault(content_digest(msg.content)[0], []).append(msg.content)
+
+    run_dir = _run(tmp_path, default_credit_dir, tap=tap)
+    snaps = {p.parent.name: read_ledger(p) for p in collect_ledgers([run_dir])[0]}
+    hashes = {name: {0: snap.meta["genesis_hash"], **{e.seq: e.entry_hash for e in snap.entries}} for name, snap in snaps.items()}
+    recorded = 0
+    for name, snap in snaps.items():
+        for e in snap.entries:
+            if e.kind == "run_close":
+                continue
+            contents = crossed.get(e.payload_sha256)
+            assert contents, f"{name} entry {e.seq} ({e.step}) records a message that never crossed"
+            content = contents[0]
+            # The sender's ledger head, as the message itself carried it, and as the sender's ledger really was.
+            assert HEAD_RECORD in content
+            assert head_of(content) == (e.sender_count, e.sender_head)
+            assert hashes[e.sender][e.sender_count] == e.sender_head
+            if e.step == "fedavg.update":  # declared ciphertext: every blob must parse as one, under the recorded key
+                blobs = content[PAYLOAD_RECORD]
+                assert len(blobs) >= 1
+                for blob_name in blobs.keys():
+                    vector = EncryptedVector.from_bytes(bytes(blobs[blob_name].data))
+                    assert vector.fingerprint == e.key_fingerprint
+            recorded += 1
+    # Every message that crossed is in both ledgers.
+    assert recorded == 2 * sum(len(v) for v in crossed.values())
 
 
 def test_undeclared_content_cannot_leave_the_coordinator(tmp_path):

@@ -2,14 +2,18 @@
 
 One SuperLink (TLS, ``--enable-supernode-auth``) under a federation key folder
 made with ``fedrisk keys init``; each case starts ``fedrisk node start`` as a
-party would on its own host and asserts on the one line it prints.
+party would on its own host and asserts on the one line it prints. The last
+case has a registered party node receive a run of another Flower App (its own
+ClientApp): the party refuses it without running any of its code.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -46,7 +50,7 @@ def _last_line(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
 def superlink(tmp_path_factory, default_credit_dir):
     tmp = tmp_path_factory.mktemp("auth")
     pd.read_csv(default_credit_dir / "default_credit_homo_guest.csv").head(300).to_csv(tmp / "bank.csv", index=False)
-    init_federation_keys(tmp / "fed", ["bank", "stranger"])
+    init_federation_keys(tmp / "fed", ["bank", "stranger", "runner"])
     init_federation_keys(tmp / "other", ["bank"])  # another federation: another CA
     with LocalFederation(tmp / "operator", [], {}, keys_dir=tmp / "fed") as operator:  # just the SuperLink
         yield tmp, operator
@@ -107,3 +111,101 @@ def _settings(tmp: Path):
     from fedrisk.parties.settings import PartySettings
 
     return PartySettings(name="bank", role="bank", data=str(tmp / "bank.csv"), schema={"id_column": "id"}, state_dir=str(tmp / "s"))
+
+
+FOREIGN_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "otherapp"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "someone"
+
+[tool.flwr.app.components]
+serverapp = "other_server:app"
+clientapp = "other_client:app"
+
+[tool.flwr.app.config]
+out = "{out}"
+"""
+
+FOREIGN_SERVER = textwrap.dedent(
+    """
+    import json, pathlib, time
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        nodes, deadline = [], time.time() + 60
+        while not nodes and time.time() < deadline:
+            nodes = list(grid.get_node_ids())
+            time.sleep(0.5)
+        messages = [Message(RecordDict({"q": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="query.whoami") for n in nodes]
+        replies = list(grid.send_and_receive(messages, timeout=90))
+        result = [{"error": r.error.reason if r.has_error() else None} for r in replies]
+        pathlib.Path(context.run_config["out"]).write_text(json.dumps(result))
+    """
+)
+
+
+def test_a_party_refuses_a_run_of_another_flower_app(superlink):
+    """The coordinator submits a different Flower App: the party answers with one line and never imports its ClientApp."""
+    from fedrisk.federation.local import write_flwr_config
+    from fedrisk.parties.node import node_env
+
+    tmp, operator = superlink
+    control = f"127.0.0.1:{operator.control_port}"
+    registered = _keys("register", "runner", "--keys", "fed", "--superlink", control, cwd=tmp)
+    assert registered.returncode == 0, registered.stderr
+    app, out, marker = tmp / "otherapp", tmp / "other-result.json", tmp / "other-client-imported.txt"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(FOREIGN_PYPROJECT.format(out=out))
+    (app / "other_server.py").write_text(FOREIGN_SERVER)
+    (app / "other_client.py").write_text(
+        f"import glob, pathlib\npathlib.Path({str(marker)!r}).write_text(repr(glob.glob('**/*', recursive=True)))\n"
+        "from flwr.clientapp import ClientApp\napp = ClientApp()\n"
+    )
+    node = _node(tmp, "runner", operator.fleet_port, operator.ca_cert, tmp / "fed" / "nodes" / "runner")
+    submit = None
+    try:
+        deadline = time.monotonic() + 90
+        while not any(n["status"] == "online" for n in operator.admin().nodes()):
+            assert node.poll() is None, node.stderr.read() if node.stderr else ""
+            assert time.monotonic() < deadline, "the registered node never came online"
+            time.sleep(0.5)
+        home = tmp / "analyst-flwr"
+        write_flwr_config(home, control, operator.ca_cert)
+        submit = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(app), "local", "--stream"], env=node_env(home),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)  # fmt: skip
+        deadline = time.monotonic() + 180
+        while not out.exists():
+            assert time.monotonic() < deadline, "the foreign ServerApp never got its replies"
+            time.sleep(0.5)
+        time.sleep(0.2)
+        replies = json.loads(out.read_text())
+        assert node.poll() is None, "the party node must keep serving"
+    finally:
+        for proc in (submit, node):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    assert len(replies) == 1
+    reason = replies[0]["error"]
+    assert reason.startswith("refused the run's app package someone/otherapp 1.0.0 (sha256 ")
+    assert reason.endswith("its ClientApp is 'other_client:app', not fedrisk's 'fedrisk.parties.client_app:app'; "
+                           "a fedrisk party runs only the installed fedrisk ClientApp")  # fmt: skip
+    assert not marker.exists(), "the foreign ClientApp's code ran on the party"
+    logs = "".join(p.read_text(errors="replace") for p in (tmp / "state-runner-fed" / "logs").glob("supernode-*"))
+    assert "refused the run's app package someone/otherapp" in logs
+    assert not list((tmp / "state-runner-fed").rglob("other_client.py")), "the foreign app package was installed on the party"

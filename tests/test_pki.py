@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
@@ -227,3 +228,87 @@ def test_node_auth_keys_load_the_way_flower_loads_them(tmp_path: Path) -> None:
     assert node_pk.public_numbers() == public_key.public_numbers()
     stamp = b"2025-01-01T00:00:00+00:00"
     assert verify_signature(node_pk, stamp, sign_message(private_key, stamp))
+
+
+# --- revocation: the CA's CRL ----------------------------------------------------
+
+
+def test_a_new_pki_has_an_empty_crl_signed_by_its_ca(tmp_path: Path) -> None:
+    from fedrisk.crypto.pki import load_revocation_list
+
+    fresh = create_federation_pki(tmp_path / "pki", parties=["bank"])
+    listed = load_revocation_list(fresh.crl, fresh.ca_cert)
+    assert listed.revoked == {} and not listed.stale and listed.source == "crl.pem"
+    assert stat.S_IMODE(fresh.crl.stat().st_mode) == 0o644
+
+
+def test_a_revoked_certificate_is_in_the_crl_and_named_in_one_line(tmp_path: Path) -> None:
+    from fedrisk.crypto.pki import load_certificate, load_revocation_list, revoke_certificate
+
+    fresh = create_federation_pki(tmp_path / "pki", parties=["bank", "tax_bureau"])
+    crt, _ = create_server_cert(fresh, "tax_bureau-scoring", ["127.0.0.1"])
+    record = revoke_certificate(fresh.folder, crt, reason="host compromised")
+    listed = load_revocation_list(fresh.crl, fresh.ca_cert)
+    cert = load_certificate(crt)
+    assert record["cert_serial"] == format(cert.serial_number, "x") and record["reason"] == "host compromised"
+    assert listed.revocation_date(cert) is not None
+    with pytest.raises(CryptoError) as refused:
+        listed.check(cert, "server certificate")
+    when = dt.datetime.fromisoformat(record["revoked_at"])
+    assert str(refused.value) == f"server certificate 'tax_bureau-scoring' (serial {record['cert_serial']}) was revoked on {when:%Y-%m-%d %H:%M} UTC (crl.pem)"
+    listed.check(load_certificate(fresh.party_certs["bank"][0]))  # not revoked: no error
+    with pytest.raises(CryptoError, match="is already revoked"):
+        revoke_certificate(fresh.folder, crt)
+    entries = json.loads((fresh.folder / "revocations.json").read_text())["revoked"]
+    assert [e["cert_serial"] for e in entries] == [record["cert_serial"]]
+
+
+def test_revocation_refuses_a_certificate_of_another_ca(pki: FederationPKI, other_pki: FederationPKI) -> None:
+    from fedrisk.crypto.pki import revoke_certificate
+
+    with pytest.raises(CryptoError, match="was not issued by the CA in"):
+        revoke_certificate(pki.folder, other_pki.party_certs["bank"][0])
+    with pytest.raises(CryptoError, match="cannot read the certificate"):
+        revoke_certificate(pki.folder, pki.folder / "nope.crt")
+
+
+def test_a_crl_of_another_ca_or_with_a_bad_signature_is_refused(tmp_path: Path, other_pki: FederationPKI) -> None:
+    from fedrisk.crypto.pki import load_revocation_list
+
+    fresh = create_federation_pki(tmp_path / "pki", parties=["bank"])
+    with pytest.raises(CryptoError, match=r"was issued by .*, not by the CA in"):
+        load_revocation_list(other_pki.crl, fresh.ca_cert)
+    crl = x509.load_pem_x509_crl(fresh.crl.read_bytes())
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(crl.issuer)
+        .last_update(crl.last_update_utc)
+        .next_update(crl.next_update_utc)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())  # same issuer name, another key
+    )
+    bad = tmp_path / "forged.pem"
+    bad.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(CryptoError, match="is not signed by the CA in"):
+        load_revocation_list(bad, fresh.ca_cert)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a crl")
+    with pytest.raises(CryptoError, match="is not an X.509 CRL"):
+        load_revocation_list(junk, fresh.ca_cert)
+
+
+def test_party_and_certificate_revocations_share_one_crl(tmp_path: Path) -> None:
+    """`fedrisk keys revoke` (a party) and `revoke-cert` (a scoring server certificate) write the same list, in either order."""
+    from fedrisk.crypto.pki import load_certificate, load_revocation_list, revoke_certificate
+    from fedrisk.crypto.pki_admin import init_federation_keys, revoke_party
+
+    keys = init_federation_keys(tmp_path / "fed", ["bank", "tax_bureau", "platform"])
+    fed = load_federation_pki(keys.folder)
+    tax_scoring, _ = create_server_cert(fed, "tax_bureau-scoring", ["127.0.0.1"])
+    bank = load_certificate(fed.party_certs["bank"][0])
+    revoke_certificate(keys.folder, tax_scoring)
+    revoke_party(keys.folder, "bank", reason="left")
+    platform = load_certificate(fed.party_certs["platform"][0])
+    listed = load_revocation_list(fed.crl, fed.ca_cert)
+    assert listed.revocation_date(load_certificate(tax_scoring)) is not None
+    assert listed.revocation_date(bank) is not None
+    assert listed.revocation_date(platform) is None

@@ -2,15 +2,19 @@
 
 One local federation (SuperLink, two SuperNodes and two warm party processes,
 TLS and node authentication on loopback) serves an uninterrupted CKKS FedAvg
-run and two runs that are killed in round 2: the run completes, the final
-model matches the uninterrupted one within CKKS noise, every ledger entry
-written before the kill is still there, each chain verifies, and the only
-cross-check findings are the messages that were in flight at the kill.
+run and two killed runs that both redo round 2 (the coordinator killed in
+round 2; bank_b's party process killed once it has answered round 1, so that
+round 2 finds it gone): the run completes, the final model matches the
+uninterrupted one within CKKS noise, every ledger entry written before the
+kill is still there, each chain verifies, and the only cross-check findings
+are the messages that were in flight at the kill.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -21,7 +25,9 @@ import pandas as pd
 import pytest
 
 from fedrisk.audit import read_ledger, verify_ledger, verify_run
+from fedrisk.audit.recorder import LEDGER_FILE
 from fedrisk.audit.run_files import collect_ledgers
+from fedrisk.errors import LedgerError
 from fedrisk.federation.federation_file import load_federation_file
 from fedrisk.federation.local import LocalFederation
 from fedrisk.federation.status import read_status
@@ -109,6 +115,73 @@ def _killed_run(running: LocalFederation, config: dict, run_id: str, kill) -> tu
     return out["result"], before
 
 
+def _logged(ledger: Path, run_id: str, round_: int, direction: str, step: str | None = None) -> bool:
+    """Whether a party's ledger holds such a message of ``run_id`` (its ClientApp records a message
+    as received before relaying it to the party process, and the reply as sent after)."""
+    try:
+        entries = read_ledger(ledger).entries
+    except LedgerError:
+        return False  # not written yet
+    return any(
+        e.run_id == run_id and e.round == round_ and e.direction == direction and step in (None, e.step) for e in entries
+    )
+
+
+def _wait_for(what: str, reached, thread: threading.Thread, timeout: float = 300.0) -> None:
+    """Poll until the run really reached ``what`` (an event in its ledgers), or fail naming it."""
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert thread.is_alive(), f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"the run did not reach {what} within {timeout:.0f} s"
+        time.sleep(0.02)
+
+
+def _party_killed_after_round_1(running: LocalFederation, config: dict, run_id: str, victim: str, gate: str) -> tuple[dict, dict]:
+    """Run ``run_id`` and SIGKILL ``victim``'s party process after it answered round 1, before round 2 can reach it.
+
+    The order comes from the run's own events, not from timing. ``gate`` (the other bank) is
+    frozen (SIGSTOP) once it has answered its last setup message and before its ClientApp
+    has handed it round 1: until it is thawed round 1 cannot complete, so the coordinator
+    cannot send round 2. Meanwhile ``victim`` answers round 1 (it now holds the pooled feature
+    statistics, in memory only) and is killed. Thawed, round 1 completes and round 2 finds
+    ``victim`` down, or restarted without the statistics: either way it fails, and the
+    coordinator pauses and redoes round 2 for it. How fast anything runs on a busy machine
+    changes nothing here.
+    """
+    nodes = {node.settings.name: node for node in running.nodes}
+    ledgers = {name: nodes[name].state_dir / LEDGER_FILE for name in (gate, victim)}
+    out: dict = {}
+
+    # No liveness probes: the frozen bank is not lost, and a probe it answered on thawing, before its
+    # round-1 reply, would make the coordinator (rightly) treat that round-1 message as lost.
+    run_config = {**config, "fedrisk-run-id": run_id, "probe-interval": 0.0}
+
+    def go() -> None:
+        try:
+            out["result"] = running.run(run_config=run_config, timeout=600)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            out["error"] = err
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    frozen: int | None = None
+    try:
+        _wait_for(f"{gate} answering fedavg.stats", lambda: _logged(ledgers[gate], run_id, 0, "sent", "fedavg.stats"), thread)
+        frozen = nodes[gate].party_process.popen.pid
+        os.kill(frozen, signal.SIGSTOP)
+        # Its ClientApp logs round 1 as received before relaying it: not logged now, not handled until thawed.
+        assert not _logged(ledgers[gate], run_id, 1, "received"), f"{gate} was handed round 1 before it was frozen"
+        _wait_for(f"{victim} answering round 1", lambda: _logged(ledgers[victim], run_id, 1, "sent"), thread)
+        running.kill_party(victim, "party")
+        before = _entries(running.run_dir)
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+    thread.join(timeout=600)
+    assert "result" in out, f"the killed run did not complete: {out.get('error')!r}"
+    return out["result"], before
+
+
 def _check_ledgers(running: LocalFederation, run_id: str, before: dict) -> None:
     after = _entries(running.run_dir)
     for path, entries in before.items():
@@ -139,7 +212,7 @@ def test_killing_the_coordinator_mid_round_resumes_from_its_checkpoint(federatio
 
 def test_killing_a_party_process_mid_round_pauses_then_resumes(federation):
     running, config, base = federation
-    result, before = _killed_run(running, config, "killed-party", lambda: running.kill_party("bank_b", "party"))
+    result, before = _party_killed_after_round_1(running, config, "killed-party", victim="bank_b", gate="bank_a")
     assert result["recovery"]["attempt"] == 1  # the coordinator itself never stopped
     assert result["rounds"][1]["redone_for"] == ["bank_b"]
     assert any("party process of bank_b" in line for line in running.restarted)

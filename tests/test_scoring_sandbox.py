@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fedrisk.errors import ConfigError
 from fedrisk.parties.scoring.config import Limits
 from fedrisk.parties.scoring.launcher import SandboxSession
 from fedrisk.parties.scoring.sandbox import (
@@ -154,10 +155,124 @@ def test_sandbox_denies_writes_outside_its_dir_and_unlisted_connections(mechanis
 
 
 def test_auto_picks_the_strongest_available_mechanism():
+    if not (bwrap_usable() or namespaces_usable()):
+        with pytest.raises(ConfigError, match="no sandbox is available here"):
+            choose_mechanism("auto")
+        return
     chosen = choose_mechanism("auto")
-    expected = "bwrap" if bwrap_usable() else "namespaces" if namespaces_usable() else "rlimits"
+    expected = "bwrap" if bwrap_usable() else "namespaces"
     print(f"sandbox mechanism chosen by auto: {chosen}")
     assert chosen == expected
+
+
+def test_auto_refuses_to_serve_without_a_sandbox(monkeypatch):
+    """Fail closed: with neither bubblewrap nor namespaces, `auto` is an error; only an explicit choice serves unisolated."""
+    from fedrisk.parties.scoring import sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_usable", lambda: False)
+    monkeypatch.setattr(sandbox, "namespaces_usable", lambda: False)
+    with pytest.raises(ConfigError) as refused:
+        sandbox.choose_mechanism("auto")
+    assert str(refused.value) == (
+        "no sandbox is available here: bubblewrap is not installed (apt-get install bubblewrap) and unprivileged user namespaces "
+        "are not usable; refusing to serve without isolation (pass --sandbox none to do so anyway)"
+    )
+    assert sandbox.choose_mechanism("none") == "none" and sandbox.choose_mechanism("rlimits") == "rlimits"
+    for mechanism in ("bwrap", "namespaces"):
+        with pytest.raises(ConfigError, match=f"sandbox '{mechanism}' requested but"):
+            sandbox.choose_mechanism(mechanism)
+
+
+KEY_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    out = {}
+    for label, path in json.loads(sys.argv[1]).items():
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+            out[label] = "read"
+        except OSError as exc:
+            out[label] = f"denied: {exc.strerror}"
+        try:
+            out[label + "/dir"] = sorted(os.listdir(os.path.dirname(path)))
+        except OSError as exc:
+            out[label + "/dir"] = f"denied: {exc.strerror}"
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("mechanism", ["bwrap", "namespaces"])
+def test_a_sandboxed_scorer_cannot_open_the_partys_key_files(mechanism, example, tmp_path):
+    """A party host: the federation key folder (CA key, its client key, its node key), its state folder (ledger key).
+    The party scoring service's sandbox sees its own TLS certificate and key, nothing else of those folders."""
+    if not _available(mechanism):
+        pytest.skip(f"sandbox mechanism {mechanism!r} is not available on this machine")
+    from fedrisk.crypto.keyfiles import write_secret_file
+    from fedrisk.crypto.pki import create_server_cert, load_federation_pki
+    from fedrisk.crypto.pki_admin import init_federation_keys
+    from fedrisk.parties.scoring.config import PartyServiceConfig
+    from fedrisk.parties.scoring.launcher import read_only_paths
+
+    keys = init_federation_keys(tmp_path / "fed", ["bank", "tax_bureau"])
+    cert, key = create_server_cert(load_federation_pki(keys.folder), "tax_bureau-scoring", ["127.0.0.1"])
+    ledger_key = write_secret_file(tmp_path / "state" / "tax_bureau" / "identity.key", b"ed25519 secret")
+    config = PartyServiceConfig(bundle=str(example.bundles["tax_bureau"]), trusted_keys=[], table=str(example.tables["tax_bureau"]),
+                                tls_cert=str(cert), tls_key=str(key), client_ca=str(keys.ca_cert), allow_list=str(example.allow_lists["tax_bureau"]),
+                                crl=str(keys.folder / "crl.pem"))  # fmt: skip
+    targets = {
+        "ca_key": str(keys.folder / "ca.key"),
+        "client_key": str(keys.folder / "parties" / "tax_bureau.key"),
+        "node_key": str(keys.folder / "nodes" / "tax_bureau"),
+        "other_server_key": str(keys.folder / "servers" / "scoring-node.key"),
+        "ledger_key": str(ledger_key),
+        "own_tls_key": str(key),
+    }
+    create_server_cert(load_federation_pki(keys.folder), "scoring-node", ["127.0.0.1"])
+    for path in targets.values():
+        assert Path(path).is_file()
+
+    async def run() -> dict:
+        session = SandboxSession(mechanism, read_only=read_only_paths(config))
+        await session.open()
+        try:
+            proc = await session.spawn([sys.executable, "-c", KEY_PROBE, json.dumps(targets)], stdin=asyncio.subprocess.DEVNULL)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            await session.close()
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    result = asyncio.run(run())
+    print(f"{mechanism}: {result}")
+    for label in ("ca_key", "client_key", "node_key", "other_server_key", "ledger_key"):
+        assert result[label] == "denied: No such file or directory", (label, result[label])
+    assert result["node_key/dir"] == "denied: No such file or directory"  # the node-key folder is not there at all
+    assert result["ledger_key/dir"] == "denied: No such file or directory"  # nor the party's state folder
+    assert result["own_tls_key"] == "read"  # its own TLS key is configured, so it is there
+    assert result["own_tls_key/dir"] == ["tax_bureau-scoring.crt", "tax_bureau-scoring.key"]  # and only what is configured
+    assert result["ca_key/dir"] == ["ca.crt", "servers"]  # the key folder: the CA certificate and the way to its own TLS files
+
+
+def test_auto_with_no_mechanism_refuses_to_start_from_the_cli(example, tmp_path):
+    """The real CLI on a host without bubblewrap and without user namespaces (made so with bubblewrap's --disable-userns)."""
+    if not bwrap_usable():
+        pytest.skip("needs bubblewrap to run the CLI where user namespaces cannot be created")
+    cert, key = example.server_cert("tax_bureau-scoring")
+    bindir = tmp_path / "bin"  # a PATH without bwrap
+    bindir.mkdir()
+    argv = ["bwrap", "--dev-bind", "/", "/", "--unshare-user", "--disable-userns", "--setenv", "PATH", str(bindir), "--",
+            sys.executable, "-m", "fedrisk.cli", "score", "party-serve", "--bundle", str(example.bundles["tax_bureau"]),
+            "--trusted-keys", str(example.trusted_keys), "--table", str(example.tables["tax_bureau"]), "--tls-cert", str(cert), "--tls-key", str(key),
+            "--client-ca", str(example.pki.ca_cert), "--allow-list", str(example.allow_lists["tax_bureau"])]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: no sandbox is available here: bubblewrap is not installed (apt-get install bubblewrap) and unprivileged user namespaces "
+        "are not usable; refusing to serve without isolation (pass --sandbox none to do so anyway)"
+    ]
 
 
 def test_resource_limits_cap_memory_and_are_irreversible():

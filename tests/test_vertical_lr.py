@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import train_test_split
 
-from fedrisk.crypto.encrypted_matvec import context_fingerprint, decrypt_ciphertexts
+from fedrisk.crypto.encrypted_matvec import EncryptedVector, context_fingerprint, decrypt_ciphertexts
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
 from fedrisk.models.metrics import auc, ks
 from fedrisk.models.vertical_lr import (
@@ -113,10 +113,9 @@ def test_masked_gradient_hides_the_true_gradient(trained, context):
     (returned,) = _records(transcript, sender=BANK, receiver=TAX, kind="MaskedGradient", epoch=last)
     true_gradient = holder.last_gradient_  # X_kᵀd, known only to the feature holder
     masked = MaskedGradient.from_bytes(returned.data, context=context).values
-    assert np.median(np.abs(masked)) > 2.0**30  # slots are ~2^36 masks, true partial sums are < 2^10
-    # the per-feature sums the bank could form differ from the gradient by a huge mask
-    per_feature = holder.layout_.unpack(masked)
-    assert np.min(np.abs(per_feature - true_gradient)) > 1e6
+    assert masked.shape == true_gradient.shape == (10,)  # one value per feature, no more
+    assert np.median(np.abs(masked)) > 2.0**40  # masks are uniform in ±2^46, true sums are < 2^15
+    assert np.min(np.abs(masked - true_gradient)) > 1e6
     # and neither the ciphertexts nor anything else the bank got carries it as float64
     for rec in _records(transcript, receiver=BANK):
         assert not any(np.float64(g).tobytes() in rec.data for g in true_gradient)
@@ -269,14 +268,247 @@ def test_bank_refuses_to_decrypt_something_that_is_not_a_product(credit, context
     holder.control(control)
     # an actively cheating holder echoes the encrypted residual back as its "product"
     n_products = holder.layout_.n_ciphertexts
+    sizes = holder.layout_.group_sizes
     echo = (residual.ciphertexts * n_products)[:n_products]
-    cheat = EncryptedMaskedGradient(residual.fingerprint, TAX, 0, n_products * 4096, echo)
+    cheat = EncryptedMaskedGradient(residual.fingerprint, TAX, 0, 10, echo, sizes)
     with pytest.raises(ProtocolError, match="not a packed product"):
         bank.decrypt_gradient(cheat)
-    with pytest.raises(ProtocolError, match="announced"):
-        bank.decrypt_gradient(EncryptedMaskedGradient(residual.fingerprint, TAX, 0, 4096, echo[:1] * (n_products + 1)))
+    with pytest.raises(ProtocolError, match="announced"):  # same values, more ciphertexts than announced at setup
+        bank.decrypt_gradient(EncryptedMaskedGradient(residual.fingerprint, TAX, 0, 10, echo[:1] * 5, (2, 2, 2, 2, 2)))
     honest = holder.gradient(residual)
     holder.update(bank.decrypt_gradient(honest))
     with pytest.raises(ProtocolError):  # once per epoch
         bank.decrypt_gradient(honest)
     holder.close()
+
+
+# --------------------------------------------------------------------------- what a feature holder gets back
+#
+# The reviewer's attack: a feature holder knows its own rows, the masks it added and
+# which rows feed each value it gets back, so every returned value is one linear
+# equation in the residual d (d = σ(z) − y on the training rows). With one value per
+# slot (the packing's partial sums) it has thousands of equations and solves for d;
+# with one value per feature it has m, and d — hence the labels — stays hidden.
+
+ATTACK_ROWS = 3000
+SLOTS = 4096
+
+
+def _parse_returned(data: bytes) -> tuple[dict, list[bytes]]:
+    """Parse a frame by hand (magic, version, kind, fingerprint, JSON header, blobs): trust no class."""
+    import json
+    import struct
+
+    assert data[:4] == b"FRSK" and data[4] == 1
+    (hlen,) = struct.unpack_from("<I", data, 17)
+    header = json.loads(data[21 : 21 + hlen])
+    pos = 21 + hlen
+    (count,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    blobs = []
+    for _ in range(count):
+        (blen,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        blobs.append(data[pos : pos + blen])
+        pos += blen
+    assert pos == len(data)
+    return header, blobs
+
+
+def _numbers(value) -> list:
+    """Every number in a JSON value."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, int | float):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value
+    return [x for v in items for x in _numbers(v)]
+
+
+def _equations(Z, sizes, received, offsets, *, per_feature: bool, reduced: bool = True):
+    """The feature holder's linear system in d: one row per value it received.
+
+    ``per_feature``: value f is Σ_rows Z[row, f]·d[row] plus its mask — the mean of
+    its slot offsets if the product was reduced (every slot a total, one shared
+    mask), their sum if the bank summed the slots. Otherwise (one value per slot, interleaved layout of
+    :mod:`fedrisk.crypto.encrypted_matvec`): slot t of a group of F features holds
+    feature (t mod F) over rows c·S + ((t + k) mod S), k < F, plus the slot's own mask.
+    """
+    from scipy import sparse
+
+    n, _ = Z.shape
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if per_feature:
+        per_slot = [offsets[g * SLOTS : (g + 1) * SLOTS].reshape(SLOTS // F, F) for g, F in enumerate(sizes)]
+        masks = np.concatenate([s.mean(axis=0) if reduced else s.sum(axis=0) for s in per_slot])
+        return sparse.csr_matrix(Z.T), received - masks
+    rows, cols, vals = [], [], []
+    t = np.arange(SLOTS)
+    for g, (start, F) in enumerate(zip(starts, sizes)):
+        for c in range(-(-n // SLOTS)):
+            for k in range(F):
+                r = c * SLOTS + (t + k) % SLOTS
+                ok = r < n
+                rows.append(g * SLOTS + t[ok])
+                cols.append(r[ok])
+                vals.append(Z[r[ok], start + t[ok] % F])
+    A = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(sizes) * SLOTS, n))
+    return A, received - offsets
+
+
+def _attack(A, b, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Least squares for d, then labels: y = 1 where d < 0 (by sign, or the base-rate share of the most negative)."""
+    from scipy.sparse.linalg import lsqr
+
+    d_hat = lsqr(A, b, atol=1e-14, btol=1e-14, iter_lim=20_000)[0]
+    by_sign = (d_hat < 0).astype(int)
+    k = int(round(y.mean() * y.size))
+    by_rank = np.zeros(y.size, dtype=int)
+    by_rank[np.argsort(d_hat)[:k]] = 1
+    return max(float((by_sign == y).mean()), float((by_rank == y).mean())), d_hat
+
+
+def _one_epoch(credit, secret, galois: bool):
+    """A real epoch 0 (real ciphertexts, every payload serialised); returns what each side holds."""
+    guest, host, train_ids, _ = credit
+    ids = train_ids[:ATTACK_ROWS]
+    bank = LabelHolderLR(secret, name=BANK, max_epochs=3, random_state=0)
+    plan = bank.setup(guest.loc[ids].drop(columns="y").to_numpy(), guest.loc[ids, "y"].to_numpy(), {TAX: np.ones(len(ids), bool)})
+    public = ts.context_from(secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=galois))
+    holder = FeatureHolderLR(public, name=TAX)
+    holder.setup(host.loc[ids].to_numpy(), np.ones(len(ids), bool), TrainingPlan.from_bytes(plan.to_bytes(), context=public))
+    bank.record_feature_count(TAX, holder.n_features_in_, holder.layout_.n_ciphertexts)
+    scores = EncryptedScores.from_bytes(holder.scores().to_bytes(), context=secret)
+    total = EncryptedScoreSum(scores.fingerprint, TAX, 0, scores.n_values, scores.ciphertexts)
+    control, residual = bank.receive_scores(EncryptedScoreSum.from_bytes(total.to_bytes(), context=secret))
+    holder.control(EpochControl.from_bytes(control.to_bytes(), context=public))
+    product = holder.gradient(EncryptedResidual.from_bytes(residual.to_bytes(), context=public)).to_bytes()
+    returned = bank.decrypt_gradient(EncryptedMaskedGradient.from_bytes(product, context=secret)).to_bytes()
+    y_train = guest.loc[ids, "y"].to_numpy()[plan.train_mask]
+    return bank, holder, returned, y_train
+
+
+def _margin(base: float, n: int) -> float:
+    """Four standard errors of an accuracy near the base rate on n labels."""
+    return 4.0 * float(np.sqrt(base * (1.0 - base) / n))
+
+
+@pytest.fixture(scope="module")
+def no_galois_context() -> ts.Context:
+    return make_context(galois=False)
+
+
+@pytest.mark.parametrize("galois", [True, False], ids=["packed", "no-galois-fallback"])
+def test_feature_holder_gets_one_value_per_feature_and_cannot_solve_for_d(credit, context, no_galois_context, galois):
+    secret = context if galois else no_galois_context
+    _, holder, returned, y = _one_epoch(credit, secret, galois)
+    m = holder.n_features_in_
+    header, blobs = _parse_returned(returned)
+    assert all(len(b) % 8 == 0 for b in blobs)
+    floats = np.concatenate([np.frombuffer(b, dtype="<f8") for b in blobs])
+    assert floats.size == m == 10  # exactly its m gradient values, nothing else
+    assert sorted(_numbers(header)) == sorted([header["epoch"], header["n"]]) and header["n"] == m  # no numbers hide in the header
+    Z = holder._Z[holder._train]  # the feature holder's own rows, in d's order
+    A, b = _equations(Z, holder.layout_.group_sizes, floats, holder._mask.offsets, per_feature=True, reduced=galois)
+    accuracy, _ = _attack(A, b, y)
+    base = max(y.mean(), 1 - y.mean())
+    assert accuracy <= base + _margin(base, y.size), (accuracy, base)
+    holder.update(MaskedGradient.from_bytes(returned, context=holder.context))  # and the epoch completes
+    assert np.all(np.isfinite(holder.last_gradient_))
+    holder.close()
+
+
+@pytest.mark.parametrize("galois", [True, False], ids=["packed", "no-galois-fallback"])
+def test_the_attack_recovers_the_labels_when_every_slot_is_returned(credit, context, no_galois_context, galois, monkeypatch):
+    """Mutation: plant the old behaviour — the bank returns every decrypted slot, and the
+    packed product keeps per-slot partial sums — and the same attack reads the labels."""
+    import functools
+
+    import fedrisk.models.vertical_lr as vlr
+    from fedrisk.crypto.encrypted_matvec import EncryptedMatVec
+
+    monkeypatch.setattr(vlr, "reduce_product", lambda values, sizes, slots, reduced: np.asarray(values))
+    if galois:
+        monkeypatch.setattr(vlr, "EncryptedMatVec", functools.partial(EncryptedMatVec, reduce=False))
+    secret = context if galois else no_galois_context
+    _, holder, returned, y = _one_epoch(credit, secret, galois)
+    _, blobs = _parse_returned(returned)
+    floats = np.concatenate([np.frombuffer(b, dtype="<f8") for b in blobs])
+    assert floats.size == holder.layout_.n_ciphertexts * SLOTS
+    Z = holder._Z[holder._train]
+    A, b = _equations(Z, holder.layout_.group_sizes, floats, holder._mask.offsets, per_feature=False)
+    accuracy, _ = _attack(A, b, y)
+    assert accuracy > 0.95, accuracy
+    holder.close()
+
+
+def _epoch_zero(credit, secret, **bank_params):
+    guest, host, train_ids, _ = credit
+    ids = train_ids[:2000]
+    bank = LabelHolderLR(secret, max_epochs=3, **bank_params)
+    plan = bank.setup(guest.loc[ids].drop(columns="y").to_numpy(), guest.loc[ids, "y"].to_numpy(), {TAX: np.ones(len(ids), bool)})
+    public = ts.context_from(secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True))
+    holder = FeatureHolderLR(public, name=TAX)
+    holder.setup(host.loc[ids].to_numpy(), np.ones(len(ids), bool), plan)
+    bank.record_feature_count(TAX, holder.n_features_in_, holder.layout_.n_ciphertexts)
+    scores = holder.scores()
+    control, residual = bank.receive_scores(EncryptedScoreSum(scores.fingerprint, TAX, 0, scores.n_values, scores.ciphertexts))
+    holder.control(control)
+    return bank, holder, residual
+
+
+def test_bank_refuses_a_product_declaring_more_values_than_the_feature_count(credit, context):
+    import dataclasses
+
+    bank, holder, residual = _epoch_zero(credit, context)
+    honest = holder.gradient(residual)
+    m = holder.n_features_in_
+    assert honest.groups == (8, 2) and honest.n_values == m == 10
+    # one more value than m: by the declared count, or by the groups' sizes
+    with pytest.raises(ProtocolError, match="returning 11 values, more than its 10 features"):
+        bank.decrypt_gradient(dataclasses.replace(honest, n_values=m + 1))
+    with pytest.raises(ProtocolError, match="returning 16 values, more than its 10 features"):
+        bank.decrypt_gradient(dataclasses.replace(honest, groups=(8, 8)))
+    with pytest.raises(ProtocolError, match="returning 4096 values"):  # the old per-slot return
+        bank.decrypt_gradient(dataclasses.replace(honest, groups=(4096,), ciphertexts=honest.ciphertexts[:1]))
+    # a layout that is not a power-of-two group with F·L = S
+    with pytest.raises(ProtocolError, match="powers of two"):
+        bank.decrypt_gradient(dataclasses.replace(honest, groups=(6, 4)))
+    with pytest.raises(ProtocolError, match="powers of two"):
+        bank.decrypt_gradient(dataclasses.replace(honest, groups=(8192,)))
+    with pytest.raises(ProtocolError, match="fixed at setup is 10"):
+        bank.decrypt_gradient(dataclasses.replace(honest, groups=(8,), n_values=8, ciphertexts=honest.ciphertexts[:1]))
+    # the count is fixed once: a feature holder cannot raise it later
+    with pytest.raises(ProtocolError, match="fixed at 10"):
+        bank.record_feature_count(TAX, 11)
+    # a count as large as the training rows would let one product determine d
+    guest, _, train_ids, _ = credit
+    small = LabelHolderLR(context)
+    ids = train_ids[:400]
+    small.setup(guest.loc[ids].drop(columns="y").to_numpy(), guest.loc[ids, "y"].to_numpy(), {TAX: np.ones(400, bool)})
+    with pytest.raises(ProtocolError, match="training rows"):
+        small.record_feature_count(TAX, small.n_train_)
+    # none of the refusals used up the epoch: the honest product is still answered, with m values
+    masked = bank.decrypt_gradient(honest)
+    assert masked.values.shape == (m,)
+    holder.update(masked)
+    holder.close()
+
+
+def test_a_product_falsely_declared_reduced_still_yields_no_partial_sum(credit, context):
+    """A feature holder that skips the rotate-and-sum but declares its product reduced gets
+    back, per feature, the mean of its L slots: total / L — never a slot's partial sum."""
+    from fedrisk.crypto.encrypted_matvec import EncryptedMatVec
+
+    bank, holder, residual = _epoch_zero(credit, context, flood_std=0.0)  # no flooding: compare exactly
+    holder.close()
+    Z = holder._Z[holder._train]
+    sizes = holder.layout_.group_sizes
+    with EncryptedMatVec(Z, holder.context, reduce=False) as lazy:  # partial sums in every slot
+        blobs, state = lazy.mask(lazy.compute(EncryptedVector(residual.fingerprint, residual.n_values, residual.ciphertexts)))
+    lie = EncryptedMaskedGradient(residual.fingerprint, TAX, 0, 10, tuple(blobs), sizes, True)
+    got = bank.decrypt_gradient(lie).values
+    masks = np.concatenate([state.offsets[g * 4096 : (g + 1) * 4096].reshape(-1, F).mean(axis=0) for g, F in enumerate(sizes)])
+    d = decrypt_ciphertexts(context, residual.ciphertexts, residual.n_values)  # the bank's own view of d
+    copies = 4096 // np.repeat(sizes, sizes)  # L of each feature
+    np.testing.assert_allclose(got - masks, Z.T @ d / copies, atol=1e-3)

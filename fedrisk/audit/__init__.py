@@ -13,6 +13,7 @@ from fedrisk.audit.entry import (
     ContentClass,
     Direction,
     Ed25519Signer,
+    EntryKind,
     ExchangeRecord,
     LedgerEntry,
     Signer,
@@ -21,12 +22,13 @@ from fedrisk.audit.entry import (
 )
 from fedrisk.audit.report import ReportResult, build_report
 from fedrisk.audit.store import Ledger, LedgerMeta, LedgerSnapshot, read_ledger
-from fedrisk.audit.verify import Finding, cross_check, verify_ledger, verify_run
+from fedrisk.audit.verify import Finding, check_key_bindings, cross_check, verify_ledger, verify_run
 
 __all__ = [
     "ContentClass",
     "Direction",
     "Ed25519Signer",
+    "EntryKind",
     "ExchangeRecord",
     "Finding",
     "Ledger",
@@ -36,6 +38,7 @@ __all__ = [
     "ReportResult",
     "Signer",
     "build_report",
+    "check_key_bindings",
     "cross_check",
     "derive_message_id",
     "key_id_of",

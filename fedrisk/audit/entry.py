@@ -5,24 +5,24 @@ which key, how big, its SHA-256). The ledger turns it into a
 :class:`LedgerEntry` by giving it a sequence number, a timestamp, the hash of
 the previous entry, its own hash and an Ed25519 signature.
 
-Canonical encoding (format ``fedrisk-ledger/1``)
+Canonical encoding (format ``fedrisk-ledger/2``)
 ------------------------------------------------
 The signed *body* of an entry is the JSON object of exactly these fields::
 
-    seq, run_id, round, step, sender, receiver, message_type, message_id,
+    seq, kind, run_id, round, step, sender, receiver, message_type, message_id,
     direction, payload_sha256, size_bytes, content_class, key_fingerprint,
-    timestamp_us, prev_hash
+    sender_count, sender_head, timestamp_us, prev_hash
 
 serialised with ``json.dumps(body, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True, allow_nan=False)``: keys sorted, no whitespace, every
 non-ASCII character escaped as ``\\uXXXX``, integers in plain decimal, no
 floats. The result is pure ASCII.
 
-* ``entry_hash = SHA-256(b"fedrisk-ledger-entry-v1\\n" + body_ascii)``, hex.
-* ``signature  = Ed25519(b"fedrisk-ledger-sig-v1\\n" + entry_hash_raw_32_bytes)``,
+* ``entry_hash = SHA-256(b"fedrisk-ledger-entry-v2\\n" + body_ascii)``, hex.
+* ``signature  = Ed25519(b"fedrisk-ledger-sig-v2\\n" + entry_hash_raw_32_bytes)``,
   made with the writer's identity key, hex.
 * ``prev_hash`` of entry ``seq = 1`` is the *genesis hash*
-  ``SHA-256(b"fedrisk-ledger-genesis-v1\\n" + canonical_json({"format",
+  ``SHA-256(b"fedrisk-ledger-genesis-v2\\n" + canonical_json({"format",
   "public_key", "writer"}))``, which ties the chain to the writer and its key;
   every later entry carries the ``entry_hash`` of entry ``seq - 1``.
 * ``key_id`` of a public key is the first 16 hex characters of SHA-256 of
@@ -32,6 +32,27 @@ floats. The result is pure ASCII.
 
 The domain prefixes keep a ledger hash or signature from ever being valid as
 any other fedrisk hash or signature.
+
+Ledger heads and run-close records (what makes a cut tail visible)
+------------------------------------------------------------------
+Every message a node sends carries its ledger's *head* at sending time — the
+entry count and the ``entry_hash`` of its last entry (``0`` and the genesis
+hash when empty) — in the ``fedrisk.ledger`` record of its content
+(:mod:`fedrisk.audit.recorder`). Both ends store it in their entry of that
+message as ``sender_count`` / ``sender_head`` (``0`` / ``""`` when a message
+carried none), so the *receiver's* ledger holds signed evidence of how long
+the sender's ledger was; a sender's ledger cut below that count, or rewritten,
+no longer matches (:func:`fedrisk.audit.verify.cross_check`).
+
+``kind`` is ``exchange`` for a message and ``run_close`` for the record a node
+writes when a run ends: ``sender_count`` / ``sender_head`` are then the head it
+closes (always ``seq - 1`` and ``prev_hash``), ``sender`` is the writer,
+``receiver`` is ``*``, ``step`` is ``run.close``, ``message_type`` is
+``ledger.close``, ``payload_sha256`` / ``size_bytes`` are the SHA-256 and length
+of the canonical close statement
+``{"count", "format": "fedrisk-run-close/1", "head", "run_id", "writer"}``.
+A run whose entries carry heads must end, in each ledger, with a run-close
+record; one that does not had its tail cut (or never ended cleanly).
 """
 
 from __future__ import annotations
@@ -53,15 +74,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fedrisk.errors import LedgerError
 
-FORMAT = "fedrisk-ledger/1"
-ENTRY_DOMAIN = b"fedrisk-ledger-entry-v1\n"
-SIG_DOMAIN = b"fedrisk-ledger-sig-v1\n"
-GENESIS_DOMAIN = b"fedrisk-ledger-genesis-v1\n"
+FORMAT = "fedrisk-ledger/2"
+ENTRY_DOMAIN = b"fedrisk-ledger-entry-v2\n"
+SIG_DOMAIN = b"fedrisk-ledger-sig-v2\n"
+GENESIS_DOMAIN = b"fedrisk-ledger-genesis-v2\n"
 MESSAGE_ID_DOMAIN = b"fedrisk-ledger-msgid-v1\n"
+RUN_CLOSE_FORMAT = "fedrisk-run-close/1"
+#: ``step``, ``message_type`` and ``receiver`` of a run-close record.
+RUN_CLOSE_STEP = "run.close"
+RUN_CLOSE_TYPE = "ledger.close"
+RUN_CLOSE_RECEIVER = "*"
+#: Step of the messages that ask a party to close its ledger and carry its answer
+#: (:func:`fedrisk.federation.ledger_grid.close_run`); they may follow a run-close record.
+CLOSE_HANDSHAKE_STEP = "ledger.close"
 
 #: Fields of the signed body, in the order of the ``entries`` table.
 BODY_FIELDS: tuple[str, ...] = (
     "seq",
+    "kind",
     "run_id",
     "round",
     "step",
@@ -74,6 +104,8 @@ BODY_FIELDS: tuple[str, ...] = (
     "size_bytes",
     "content_class",
     "key_fingerprint",
+    "sender_count",
+    "sender_head",
     "timestamp_us",
     "prev_hash",
 )
@@ -91,6 +123,13 @@ class ContentClass(str, Enum):
     AGGREGATE = "aggregate"
     # Exists only so that a plaintext crossing can be recorded and flagged.
     PLAINTEXT = "plaintext"
+
+
+class EntryKind(str, Enum):
+    """What an entry records: a message, or the end of a run in this ledger."""
+
+    EXCHANGE = "exchange"
+    RUN_CLOSE = "run_close"
 
 
 class Direction(str, Enum):
@@ -288,6 +327,12 @@ class ExchangeRecord:
         ``""`` for payloads made under no key.
     timestamp_us
         When it crossed (µs since epoch, UTC); ``None`` = stamped at append.
+    sender_count, sender_head
+        The sender's ledger head the message carried (entry count and that
+        entry's hash; ``0`` and the genesis hash for an empty ledger), or ``0``
+        and ``""`` when it carried none. For a run-close record: the head it closes.
+    kind
+        ``exchange`` (a message) or ``run_close`` (see :func:`run_close_record`).
     """
 
     run_id: str
@@ -303,6 +348,9 @@ class ExchangeRecord:
     content_class: ContentClass
     key_fingerprint: str = ""
     timestamp_us: int | None = None
+    sender_count: int = 0
+    sender_head: str = ""
+    kind: EntryKind = EntryKind.EXCHANGE
 
     def __post_init__(self) -> None:
         for name in ("run_id", "step", "sender", "receiver", "message_type", "message_id"):
@@ -322,6 +370,20 @@ class ExchangeRecord:
         # Frozen: coerce plain strings to the enums through object.__setattr__.
         object.__setattr__(self, "direction", _enum(Direction, self.direction, "direction"))
         object.__setattr__(self, "content_class", _enum(ContentClass, self.content_class, "content_class"))
+        object.__setattr__(self, "kind", _enum(EntryKind, self.kind, "kind"))
+        _check_int(self.sender_count, "sender_count")
+        if not isinstance(self.sender_head, str) or (self.sender_head and not _HEX64.fullmatch(self.sender_head)):
+            raise LedgerError(f"sender_head must be empty or 64 lower-case hex characters, got {self.sender_head!r}")
+        if not self.sender_head and self.sender_count:
+            raise LedgerError("sender_count without a sender_head")
+        if self.kind is EntryKind.RUN_CLOSE and (
+            self.receiver != RUN_CLOSE_RECEIVER or self.direction is not Direction.SENT or not self.sender_head
+        ):
+            raise LedgerError("a run-close record is sent by its writer to '*' and names the head it closes")
+
+    def with_kind(self, kind: EntryKind | str) -> ExchangeRecord:
+        """This record as another :class:`EntryKind` (validated again)."""
+        return ExchangeRecord(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "kind": kind})
 
     @property
     def writer(self) -> str:
@@ -351,6 +413,8 @@ class ExchangeRecord:
         key_fingerprint: str = "",
         message_id: str | None = None,
         timestamp_us: int | None = None,
+        sender_count: int = 0,
+        sender_head: str = "",
     ) -> ExchangeRecord:
         """Build an exchange from a payload's SHA-256 (hex) and size, computed by the caller
         (:func:`fedrisk.federation.exchange.content_digest` for a Flower message's content).
@@ -374,6 +438,8 @@ class ExchangeRecord:
             content_class=content_class,  # type: ignore[arg-type]
             key_fingerprint=key_fingerprint,
             timestamp_us=timestamp_us,
+            sender_count=sender_count,
+            sender_head=sender_head,
         )
 
 
@@ -386,6 +452,7 @@ class LedgerEntry:
     """
 
     seq: int
+    kind: str
     run_id: str
     round: int
     step: str
@@ -398,6 +465,8 @@ class LedgerEntry:
     size_bytes: int
     content_class: str
     key_fingerprint: str
+    sender_count: int
+    sender_head: str
     timestamp_us: int
     prev_hash: str
     entry_hash: str
@@ -438,6 +507,7 @@ def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now
         ts = now_us if now_us is not None else time.time_ns() // 1000
     body = {
         "seq": seq,
+        "kind": exchange.kind.value,
         "run_id": exchange.run_id,
         "round": exchange.round,
         "step": exchange.step,
@@ -450,6 +520,8 @@ def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now
         "size_bytes": exchange.size_bytes,
         "content_class": exchange.content_class.value,
         "key_fingerprint": exchange.key_fingerprint,
+        "sender_count": exchange.sender_count,
+        "sender_head": exchange.sender_head,
         "timestamp_us": ts,
         "prev_hash": prev_hash,
     }
@@ -457,3 +529,32 @@ def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now
     digest = entry_hash_of(text)
     signature = signer.sign(signed_message(digest)).hex()
     return LedgerEntry(**body, entry_hash=digest, signature=signature), text
+
+
+def run_close_statement(run_id: str, writer: str, count: int, head: str) -> bytes:
+    """The canonical statement a run-close record's ``payload_sha256`` and ``size_bytes`` cover."""
+    return canonical_json(
+        {"count": count, "format": RUN_CLOSE_FORMAT, "head": head, "run_id": run_id, "writer": writer}
+    ).encode("ascii")
+
+
+def run_close_record(run_id: str, writer: str, count: int, head: str) -> ExchangeRecord:
+    """The record closing run ``run_id`` in ``writer``'s ledger, whose head is ``(count, head)``.
+
+    Append it with :meth:`fedrisk.audit.store.Ledger.close_run`, which reads the
+    head inside the appending transaction, so the record always closes the
+    entry right before it.
+    """
+    return ExchangeRecord.of_payload(
+        run_close_statement(run_id, writer, count, head),
+        run_id=run_id,
+        round=0,
+        step=RUN_CLOSE_STEP,
+        sender=writer,
+        receiver=RUN_CLOSE_RECEIVER,
+        message_type=RUN_CLOSE_TYPE,
+        direction=Direction.SENT,
+        content_class=ContentClass.PUBLIC,
+        sender_count=count,
+        sender_head=head,
+    ).with_kind(EntryKind.RUN_CLOSE)

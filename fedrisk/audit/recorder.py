@@ -6,20 +6,64 @@ protobuf encoding of the content) and the same message id, and the run's
 ledgers can be cross-checked.  Content without a declared
 :class:`~fedrisk.federation.exchange.ExchangeHeader` is refused here: a
 protocol cannot send an undeclared payload past the ledger.
+
+Ledger heads. Before a node sends a message it stamps the content with its
+ledger's head — entry count and last entry hash — in the ``ConfigRecord``
+named :data:`HEAD_RECORD` (:func:`with_head`); the stamp is part of the
+content both ends hash and both ends store it in their entry
+(``sender_count`` / ``sender_head``). The receiver removes the stamp
+(:func:`without_head`) before the protocol sees the message, so protocols,
+their reply caches and their digests never depend on it.
 """
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
-from fedrisk.audit.entry import ExchangeRecord
+from fedrisk.audit.entry import CLOSE_HANDSHAKE_STEP, ExchangeRecord
 from fedrisk.audit.store import Ledger
 from fedrisk.federation.exchange import content_digest, read_header
 
 LEDGER_FILE = "ledger.sqlite"
+#: The content record carrying the sender's ledger head: ``{"count": int, "head": hex}``.
+HEAD_RECORD = "fedrisk.ledger"
+#: Step of the message that asks a party to close its ledger for the run.
+CLOSE_STEP = CLOSE_HANDSHAKE_STEP
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def with_head(content: RecordDict, count: int, head: str) -> RecordDict:
+    """A copy of ``content`` (records shared, not copied) stamped with a ledger head."""
+    out = RecordDict({name: record for name, record in content.items() if name != HEAD_RECORD})
+    out[HEAD_RECORD] = ConfigRecord({"count": int(count), "head": str(head)})
+    return out
+
+
+def without_head(content: RecordDict) -> RecordDict:
+    """``content`` without its ledger-head stamp (the same object if it has none)."""
+    if HEAD_RECORD not in content:
+        return content
+    return RecordDict({name: record for name, record in content.items() if name != HEAD_RECORD})
+
+
+def head_of(content: RecordDict) -> tuple[int, str]:
+    """The ledger head a message carries: ``(count, hash)``, or ``(0, "")`` if none (or malformed)."""
+    record = content.get(HEAD_RECORD) if HEAD_RECORD in content else None
+    if not isinstance(record, ConfigRecord):
+        return 0, ""
+    count, head = record.get("count"), record.get("head")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 0, ""
+    if not isinstance(head, str) or not _HEX64.fullmatch(head):
+        return 0, ""
+    return count, head
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,7 @@ class ExchangeRecorder:
     def entry(self, pending: PendingRecord) -> ExchangeRecord:
         header = read_header(pending.content)  # raises on undeclared content
         sha256, size = content_digest(pending.content)
+        count, head = head_of(pending.content)
         return ExchangeRecord.of_digest(
             sha256,
             size,
@@ -58,13 +103,31 @@ class ExchangeRecorder:
             direction=pending.direction,
             content_class=header.content_class,
             key_fingerprint="" if header.key_fingerprint == "-" else header.key_fingerprint,
+            sender_count=count,
+            sender_head=head,
         )
 
-    def record(self, *pending: PendingRecord) -> int:
+    @contextmanager
+    def open(self) -> Iterator[Ledger]:
+        """The writer's ledger, open for a few appends (one open per message, as before)."""
+        with Ledger(self.path, self.writer, self.signer) as ledger:
+            yield ledger
+
+    def record(self, *pending: PendingRecord, ledger: Ledger | None = None) -> int:
         """Append entries in one durable transaction; returns how many."""
         entries = [self.entry(p) for p in pending]
         if not entries:
             return 0
-        with Ledger(self.path, self.writer, self.signer) as ledger:
+        if ledger is not None:
             ledger.append_many(entries)
+            return len(entries)
+        with self.open() as opened:
+            opened.append_many(entries)
         return len(entries)
+
+    def close_run(self, run_id: str, *, ledger: Ledger | None = None):
+        """Write this writer's signed run-close record of ``run_id`` (see :meth:`Ledger.close_run`)."""
+        if ledger is not None:
+            return ledger.close_run(run_id)
+        with self.open() as opened:
+            return opened.close_run(run_id)

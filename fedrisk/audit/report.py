@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedrisk.audit.entry import ContentClass, Direction, LedgerEntry, key_id_of
+from fedrisk.audit.entry import ContentClass, Direction, EntryKind, LedgerEntry, key_id_of
 from fedrisk.audit.store import LedgerSnapshot
-from fedrisk.audit.verify import Finding, TrustedKeys, load_snapshots, verify_snapshots
+from fedrisk.audit.verify import CALike, Finding, TrustedKeys, load_snapshots, verify_snapshots
+
+_CLOSE = EntryKind.RUN_CLOSE.value
 
 REPORT_FORMAT = "fedrisk-audit-report/1"
 JSON_NAME = "audit_report.json"
@@ -72,7 +74,7 @@ def _iso(ts: object) -> str:
         return str(ts)
 
 
-def _party(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None) -> dict[str, Any]:
+def _party(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None, bound: bool | None = None) -> dict[str, Any]:
     meta = snap.meta
     pub = meta.get("public_key")
     trusted: bool | None = None
@@ -92,6 +94,7 @@ def _party(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None) -> dict[str, 
         "key_id": _clean(meta.get("key_id")),
         "key_id_derived": derived,
         "trusted": trusted,
+        "certificate_bound": bound,
         "entries": len(snap.entries),
         "first_utc": _iso(min(stamps)) if stamps else None,
         "last_utc": _iso(max(stamps)) if stamps else None,
@@ -103,7 +106,7 @@ def _exchanges(snaps: list[LedgerSnapshot]) -> list[dict[str, Any]]:
     received: dict[tuple[object, object, object], list[tuple[str, LedgerEntry]]] = defaultdict(list)
     for snap in snaps:
         for e in snap.entries:
-            if e.direction == Direction.RECEIVED.value:
+            if e.direction == Direction.RECEIVED.value and e.kind != _CLOSE:
                 received[(e.message_id, e.sender, e.receiver)].append((Path(snap.path).name, e))
     rows: list[dict[str, Any]] = []
 
@@ -130,7 +133,7 @@ def _exchanges(snaps: list[LedgerSnapshot]) -> list[dict[str, Any]]:
     for snap in snaps:
         name = Path(snap.path).name
         for e in snap.entries:
-            if e.direction != Direction.SENT.value:
+            if e.direction != Direction.SENT.value or e.kind == _CLOSE:
                 continue
             bucket = received.get((e.message_id, e.sender, e.receiver))
             if bucket:
@@ -152,10 +155,29 @@ def _traffic(snaps: list[LedgerSnapshot]) -> dict[str, dict[str, dict[str, int]]
         writer = str(_clean(snap.meta.get("writer")))
         per_round = out.setdefault(writer, {})
         for e in snap.entries:
+            if e.kind == _CLOSE:
+                continue
             slot = per_round.setdefault(str(_clean(e.round)), {"sent": 0, "received": 0})
             if e.direction in ("sent", "received"):
                 slot[e.direction] += _int(e.size_bytes)
     return out
+
+
+def _closes(snaps: list[LedgerSnapshot]) -> list[dict[str, Any]]:
+    """Every run-close record: which node closed which run, at which head."""
+    return [
+        {
+            "node": _clean(snap.meta.get("writer")),
+            "run_id": _clean(e.run_id),
+            "entry": f"{Path(snap.path).name}#{e.seq}",
+            "closes_count": _clean(e.sender_count),
+            "closes_head": _clean(e.sender_head),
+            "time_utc": _iso(e.timestamp_us),
+        }
+        for snap in snaps
+        for e in snap.entries
+        if e.kind == _CLOSE
+    ]
 
 
 def _classes(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -259,7 +281,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
         else f'<div class="verdict bad">Verification FAILED: {len(findings)} finding(s).</div>'
     )
     parties = _table(
-        ("node", "ledger file", "key id", "public key (Ed25519)", "trusted", "entries", "first entry (UTC)", "last entry (UTC)"),
+        ("node", "ledger file", "key id", "public key (Ed25519)", "trusted", "bound to its certificate", "entries", "first entry (UTC)", "last entry (UTC)"),
         (
             (
                 (
@@ -268,6 +290,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
                     f"<code>{_e(p['key_id'])}</code>",
                     f"<code>{_e(p['public_key'])}</code>",
                     _e({True: "yes", False: "NO", None: "not checked"}[p["trusted"]]),
+                    _e({True: "yes", False: "NO", None: "not checked (no CA)"}[p["certificate_bound"]]),
                     _e(p["entries"]),
                     _e(p["first_utc"]),
                     _e(p["last_utc"]),
@@ -276,7 +299,15 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
             )
             for p in doc["parties"]
         ),
-        numeric=frozenset({5}),
+        numeric=frozenset({6}),
+    )
+    closes = _table(
+        ("node", "run", "run-close entry", "closes the ledger at entry", "head (SHA-256)", "time (UTC)"),
+        (
+            ((_e(c["node"]), _e(c["run_id"]), _e(c["entry"]), _e(c["closes_count"]), f"<code>{_e(str(c['closes_head'])[:16])}\u2026</code>", _e(c["time_utc"])), "")
+            for c in doc["run_closes"][:MAX_HTML_ROWS]
+        ),
+        numeric=frozenset({3}),
     )
     finding_rows = _table(
         ("file", "entry", "field", "problem"),
@@ -343,6 +374,9 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
         f"{verdict}"
         f"<h2>Verification findings</h2>{finding_rows if findings else '<p>None.</p>'}{_capped(len(findings))}"
         f"<h2>Parties and keys</h2>{parties}"
+        f"<h2>Run-close records</h2>{closes if doc['run_closes'] else '<p>None: no run was closed in these ledgers.</p>'}"
+        '<p class="muted">Each node signs a run-close record when a run ends; every message also carries its sender\'s '
+        "ledger head, which the receiver records, so a ledger cut short is named even when both ends of an exchange were cut.</p>"
         f"<h2>Content classes</h2>{classes}"
         f"<h2>Traffic per round</h2>"
         f'<img alt="Bytes sent per round per node" src="data:image/png;base64,{img}">'
@@ -369,6 +403,7 @@ def build_report(
     trusted_keys: TrustedKeys | None = None,
     run_id: str | None = None,
     title: str = "fedrisk audit report",
+    ca: CALike | None = None,
 ) -> ReportResult:
     """Verify a run's ledgers and write its JSON and HTML report.
 
@@ -383,6 +418,9 @@ def build_report(
         Writer name -> Ed25519 public key, passed to verification.
     run_id
         The run the entries must belong to (default: the most common one).
+    ca
+        The federation CA certificate: each ledger's key must be bound to its
+        writer's certificate (default: ``trusted_keys.ca_cert`` when present).
     title
         Page title.
 
@@ -394,7 +432,10 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     snaps, findings = load_snapshots(paths)
-    findings += verify_snapshots(snaps, trusted_keys, run_id)
+    if ca is None:
+        ca = getattr(trusted_keys, "ca_cert", None)
+    findings += verify_snapshots(snaps, trusted_keys, run_id, ca=ca)
+    unbound = {f.file for f in findings if f.field == "key_binding"}
     if run_id is not None:  # a node's ledger spans its runs: show only the named one
         snaps = [_only_run(s, run_id) for s in snaps]
 
@@ -407,7 +448,9 @@ def build_report(
         "run_ids": sorted({str(_clean(e.run_id)) for s in snaps for e in s.entries}),
         "ok": not findings,
         "findings": [f.as_dict() for f in findings],
-        "parties": [_party(s, trusted_keys) for s in snaps],
+        "parties": [_party(s, trusted_keys, None if ca is None else s.path not in unbound) for s in snaps],
+        "key_bindings_checked": ca is not None,
+        "run_closes": _closes(snaps),
         "content_classes": _classes(exchanges),
         "traffic": traffic,
         "exchanges": exchanges,

@@ -22,13 +22,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from fedrisk.audit.entry import (
     ENTRY_FIELDS,
+    EntryKind,
     FORMAT,
     ExchangeRecord,
     LedgerEntry,
@@ -37,6 +38,7 @@ from fedrisk.audit.entry import (
     entry_hash_of,
     genesis_hash,
     key_id_of,
+    run_close_record,
     seal,
     signed_message,
     signer_public_key,
@@ -72,20 +74,28 @@ TRIGGERS: dict[str, str] = {
     ),
 }
 
+_INT_COLUMNS = frozenset({"round", "size_bytes", "sender_count", "timestamp_us"})
+# Columns in body order (then entry_hash, signature, body), so a row reads back as a LedgerEntry.
 _TABLES = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
-    "CREATE TABLE entries ("
-    " seq INTEGER PRIMARY KEY,"
-    " run_id TEXT NOT NULL, round INTEGER NOT NULL, step TEXT NOT NULL,"
-    " sender TEXT NOT NULL, receiver TEXT NOT NULL, message_type TEXT NOT NULL,"
-    " message_id TEXT NOT NULL, direction TEXT NOT NULL, payload_sha256 TEXT NOT NULL,"
-    " size_bytes INTEGER NOT NULL, content_class TEXT NOT NULL, key_fingerprint TEXT NOT NULL,"
-    " timestamp_us INTEGER NOT NULL, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL,"
-    " signature TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE entries (seq INTEGER PRIMARY KEY, "
+    + ", ".join(f"{c} {'INTEGER' if c in _INT_COLUMNS else 'TEXT'} NOT NULL" for c in _COLUMNS[1:])
+    + ")",
 )
 
 _INSERT = f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
+
+
+#: Formats an older fedrisk wrote; they have no ledger heads or run-close records.
+_OLD_FORMATS = frozenset({"fedrisk-ledger/1"})
+
+
+def _old_format(fmt: object) -> str:
+    return (
+        f"ledger format {fmt!r} predates {FORMAT!r} (no ledger heads or run-close records, "
+        "so a tail cut at both ends cannot be detected); verify it with the fedrisk release that wrote it"
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,8 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerSnapshot:
     try:
         conn.text_factory = _text_factory
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") in _OLD_FORMATS:
+            raise LedgerError(f"{name}: {_old_format(meta['format'])}")
         rows = conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
         triggers = frozenset(
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
@@ -293,6 +305,9 @@ class Ledger:
         return LedgerMeta.from_raw(raw, str(self.path))
 
     def _check_identity(self) -> None:
+        if self.meta.format != FORMAT:
+            detail = _old_format(self.meta.format) if self.meta.format in _OLD_FORMATS else f"unknown ledger format {self.meta.format!r}"
+            raise LedgerError(f"{self.path}: {detail}; refusing to append (start a new ledger file)")
         if self.meta.writer != self.writer:
             raise LedgerError(
                 f"{self.path}: ledger belongs to writer {self.meta.writer!r}, refusing to write as {self.writer!r}"
@@ -352,6 +367,8 @@ class Ledger:
         for ex in batch:
             if not isinstance(ex, ExchangeRecord):
                 raise LedgerError(f"{self.path}: append expects ExchangeRecord, got {type(ex).__name__}")
+            if ex.kind is not EntryKind.EXCHANGE:
+                raise LedgerError(f"{self.path}: a {ex.kind.value} record is written by close_run, not append")
             if ex.writer != self.writer:
                 side = "sender" if ex.direction.value == "sent" else "receiver"
                 raise LedgerError(
@@ -359,12 +376,27 @@ class Ledger:
                 )
         if not batch:
             return []
+        return self._append(lambda seq, prev: batch)
+
+    def close_run(self, run_id: str) -> LedgerEntry:
+        """Append the signed run-close record of ``run_id``: it names the head it closes.
+
+        The head is read inside the appending transaction, so the record's
+        ``sender_count`` / ``sender_head`` are exactly its own ``seq - 1`` and
+        ``prev_hash``. Written once per run, when the run ends.
+        """
+        check_name(run_id, "run_id")
+        return self._append(lambda seq, prev: [run_close_record(run_id, self.writer, seq, prev)])[0]
+
+    def _append(self, build: Callable[[int, str], list[ExchangeRecord]]) -> list[LedgerEntry]:
+        """Seal and insert ``build(head_seq, head_hash)`` in one durable transaction."""
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     seq, prev = self._head_locked()
+                    batch = build(seq, prev)
                     now = time.time_ns() // 1000
                     sealed: list[tuple[LedgerEntry, str]] = []
                     rows: list[tuple[object, ...]] = []

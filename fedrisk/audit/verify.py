@@ -11,32 +11,55 @@ recorded as sent is recorded as received by the named receiver with the same
 hash, size, class and key (and vice versa), no ``plaintext`` crossed a party
 line, ciphertexts carry a key fingerprint, and all entries share one run id.
 
+Ledger heads and run-close records: every entry stores the head of the
+sender's ledger that its message carried, so :func:`cross_check` compares each
+peer's ledger with what the others recorded of it (a ledger shorter than a
+head a peer recorded had its tail cut; one whose entry differs from it was
+rewritten); and a run whose entries carry heads must end, in each ledger, with
+a signed run-close record (:func:`verify_ledger`), so cutting a run's last
+exchange from *both* ends still leaves a run that was never closed.
+
+Keys: ``trusted_keys`` is a writer -> key map (the coordinator's unsigned
+``signing_keys.json`` when nothing better is at hand). With the federation's
+CA certificate (``ca``), each ledger's key must instead be bound to its
+writer's certificate (:mod:`fedrisk.audit.key_binding`), and entries are
+judged under the bound key.
+
 What a single file cannot show: an attacker holding the writer's key can
 rewrite that whole ledger consistently, and anyone can truncate its tail.
-Both are caught by :func:`cross_check` as long as the peer's ledger is intact.
+Both are caught by :func:`cross_check` as long as a peer's ledger is intact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedrisk.audit.entry import (
     BODY_FIELDS,
+    CLOSE_HANDSHAKE_STEP,
     FORMAT,
+    RUN_CLOSE_RECEIVER,
+    RUN_CLOSE_STEP,
+    RUN_CLOSE_TYPE,
     ContentClass,
     Direction,
+    EntryKind,
     LedgerEntry,
     canonical_json,
     entry_hash_of,
     genesis_hash,
     key_id_of,
+    run_close_statement,
     signed_message,
     verify_signature,
 )
@@ -44,14 +67,21 @@ from fedrisk.audit.store import TRIGGERS, LedgerMeta, LedgerSnapshot, read_ledge
 from fedrisk.errors import LedgerError
 
 PathLike = str | os.PathLike[str]
+#: The federation CA certificate: a path, PEM bytes or a loaded certificate.
+CALike = str | os.PathLike[str] | bytes | x509.Certificate
 TrustedKeys = Mapping[str, bytes | str]
 
 _META_KEYS = frozenset({"format", "writer", "public_key", "key_id", "created_us", "genesis_hash", "sealed"})
 # Fields both ends of a message must agree on (run_id is checked run-wide).
-_PAIRED_FIELDS = ("round", "step", "message_type", "payload_sha256", "size_bytes", "content_class", "key_fingerprint")
+_PAIRED_FIELDS = (
+    "round", "step", "message_type", "payload_sha256", "size_bytes", "content_class", "key_fingerprint",
+    "sender_count", "sender_head",
+)
 _MISMATCH_WORD = {"payload_sha256": "hash", "size_bytes": "size"}
 _DIRECTIONS = frozenset(d.value for d in Direction)
 _CLASSES = frozenset(c.value for c in ContentClass)
+_KINDS = frozenset(k.value for k in EntryKind)
+_CLOSE = EntryKind.RUN_CLOSE.value
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,13 @@ def _same(a: object, b: object) -> bool:
 def _error_text(exc: LedgerError, name: str) -> str:
     msg = str(exc)
     return msg[len(name) + 2 :] if msg.startswith(name + ": ") else msg
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_hex64(value: object) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 def _as_key_bytes(value: bytes | str) -> bytes | None:
@@ -278,6 +315,23 @@ def _check_semantics(f: str, entry: LedgerEntry, writer: str | None) -> list[Fin
     # signed something inconsistent, not tampering.
     out: list[Finding] = []
     seq = entry.seq
+    if entry.kind not in _KINDS:
+        out.append(Finding(f, seq, "kind", f"unknown entry kind {_short(entry.kind)}"))
+    count, head = entry.sender_count, entry.sender_head
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        out.append(Finding(f, seq, "sender_count", f"not an entry count: {_short(count)}"))
+    if not isinstance(head, str) or (head and not _is_hex64(head)) or (not head and count):
+        out.append(Finding(f, seq, "sender_head", f"not a ledger head: {_short(head)} at count {_short(count)}"))
+    if entry.kind == _CLOSE:
+        expected = {"receiver": RUN_CLOSE_RECEIVER, "step": RUN_CLOSE_STEP, "message_type": RUN_CLOSE_TYPE,
+                    "direction": Direction.SENT.value, "content_class": ContentClass.PUBLIC.value}
+        for name, value in expected.items():
+            if getattr(entry, name) != value:
+                out.append(Finding(f, seq, name, f"run-close record has {name} {_short(getattr(entry, name))}, not {value!r}"))
+        if isinstance(head, str) and isinstance(count, int) and isinstance(entry.run_id, str) and isinstance(entry.sender, str):
+            statement = run_close_statement(entry.run_id, entry.sender, count, head)
+            if entry.payload_sha256 != hashlib.sha256(statement).hexdigest() or entry.size_bytes != len(statement):
+                out.append(Finding(f, seq, "payload_sha256", "run-close record's statement hash does not match its run, writer and head"))
     if entry.direction not in _DIRECTIONS:
         out.append(Finding(f, seq, "direction", f"unknown direction {_short(entry.direction)}"))
     if entry.content_class not in _CLASSES:
@@ -294,7 +348,9 @@ def _check_semantics(f: str, entry: LedgerEntry, writer: str | None) -> list[Fin
     return out
 
 
-def verify_snapshot(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = None) -> list[Finding]:
+def verify_snapshot(
+    snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = None, run_id: str | None = None
+) -> list[Finding]:
     """Verify an already-read ledger (see :func:`verify_ledger`)."""
     f = snap.path
     findings, view = _check_meta(snap, trusted_keys)
@@ -306,9 +362,12 @@ def verify_snapshot(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = Non
     checks.sort(key=lambda ec: ec[1].position)
     expected = 1
     prev_links: set[str] = {view.genesis} if view.genesis else set()
+    links_at: dict[int, set[str]] = {0: set(prev_links)}  # position -> hashes that entry may legitimately have
+    runs: dict[object, _RunSpan] = {}
     for entry, check in checks:
         pos = check.position
-        findings += check.findings or _check_semantics(f, entry, view.writer)
+        semantics = [] if check.findings else _check_semantics(f, entry, view.writer)
+        findings += check.findings or semantics
         if pos < expected:
             findings.append(Finding(f, entry.seq, "seq", f"repeats entry {pos} (duplicated or replayed)"))
             continue
@@ -320,12 +379,70 @@ def verify_snapshot(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = Non
         elif not (check.prevs & prev_links):
             target = "the ledger's genesis hash" if pos == 1 else f"the hash of entry {pos - 1}"
             findings.append(Finding(f, entry.seq, "prev_hash", f"does not match {target} (chain broken)"))
+        if not check.findings and not semantics:
+            findings += _check_own_head(f, entry, pos, links_at)
+        runs.setdefault(_hashable(entry.run_id), _RunSpan()).add(entry, pos, intact=not check.findings)
+        links_at[pos] = check.links
         prev_links = check.links
         expected = pos + 1
+    for run, span in runs.items():
+        if run_id is None or run == run_id:
+            findings += span.findings(f, run)
     return findings
 
 
-def verify_ledger(path: PathLike, trusted_keys: TrustedKeys | None = None) -> list[Finding]:
+def _hashable(value: object) -> object:
+    return value if isinstance(value, str | int | bytes) else repr(value)
+
+
+def _check_own_head(f: str, entry: LedgerEntry, pos: int, links_at: Mapping[int, set[str]]) -> list[Finding]:
+    """A head this writer put in its own entry must name an earlier entry of this very chain."""
+    count, head = entry.sender_count, entry.sender_head
+    if not head:
+        return []
+    if entry.kind == _CLOSE:
+        if count != pos - 1 or head not in links_at.get(pos - 1, {head}):
+            return [Finding(f, entry.seq, "sender_head", f"run-close record names head {head[:16]}\u2026 at count {count}, not the entry before it")]
+        return []
+    if entry.direction != Direction.SENT.value:
+        return []  # the peer's head: checked against the peer's ledger by cross_check
+    if count >= pos:
+        return [Finding(f, entry.seq, "sender_count", f"message carried head count {count}, not a count before its own entry")]
+    if count in links_at and head not in links_at[count]:
+        return [Finding(f, entry.seq, "sender_head", f"message carried head {head[:16]}\u2026 at count {count}, but entry {count} of this ledger differs")]
+    return []
+
+
+@dataclass
+class _RunSpan:
+    """Where a run's exchanges and run-close records sit in one ledger."""
+
+    last_exchange: int = 0
+    last_close: int = 0
+    attested: bool = False  # its entries carry ledger heads: the run must end with a run-close record
+
+    def add(self, entry: LedgerEntry, pos: int, *, intact: bool) -> None:
+        if entry.kind == _CLOSE:
+            self.last_close = max(self.last_close, pos)
+            return
+        if entry.step == CLOSE_HANDSHAKE_STEP:
+            return  # the close query and its answer around a party's run-close record
+        self.last_exchange = max(self.last_exchange, pos)
+        # Only a head the writer signed counts (a tampered column is reported as such).
+        self.attested = self.attested or (intact and bool(entry.sender_head))
+
+    def findings(self, f: str, run: object) -> list[Finding]:
+        if not self.attested or self.last_close > self.last_exchange:
+            return []
+        if not self.last_close:
+            return [Finding(f, None, "run_close", f"run {_short(run, 40)} ends at entry {self.last_exchange} with no run-close record "
+                                                  "(its tail was cut, or the run did not end cleanly)")]
+        return [Finding(f, None, "run_close", f"run {_short(run, 40)} goes on after its run-close record (entry {self.last_close}) "
+                                              f"up to entry {self.last_exchange} with no later run-close record "
+                                              "(its tail was cut, or the run was reopened and did not end cleanly)")]
+
+
+def verify_ledger(path: PathLike, trusted_keys: TrustedKeys | None = None, run_id: str | None = None) -> list[Finding]:
     """Verify one ledger file's chain and signatures.
 
     Parameters
@@ -337,18 +454,23 @@ def verify_ledger(path: PathLike, trusted_keys: TrustedKeys | None = None) -> li
         the file's writer must be listed and its stored key must match; the
         entries are then verified under the trusted key. When ``None`` the
         file's own meta key is used (self-consistency only).
+    run_id
+        Check only this run's closing (a node's ledger spans its runs); the
+        chain and every signature are always checked whole.
 
     Returns
     -------
     list of Finding
-        Empty when the ledger is intact.
+        Empty when the ledger is intact: chain, signatures, the heads this
+        writer put in its own entries, and a run-close record ending every
+        run whose entries carry heads.
     """
     name = str(path)
     try:
         snap = read_ledger(path)
     except LedgerError as exc:
         return [Finding(name, None, "file", _error_text(exc, name))]
-    return verify_snapshot(snap, trusted_keys)
+    return verify_snapshot(snap, trusted_keys, run_id)
 
 
 # -- a run's ledgers together ----------------------------------------------------
@@ -388,6 +510,8 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
                 if run_id is not None:
                     continue  # a node's ledger spans its runs; only the named run is checked
                 out.append(Finding(f, seq, "run_id", f"run {_short(e.run_id, 40)} differs from run {expected_run!r}"))
+            if e.kind == _CLOSE:
+                continue  # a run-close record is no message: verify_ledger judges it
             if e.content_class == ContentClass.PLAINTEXT.value:
                 out.append(
                     Finding(f, seq, "content_class", f"plaintext crossed the party line {e.sender} -> {e.receiver} (violation)")
@@ -454,7 +578,74 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
         out.append(
             Finding(path, first, "peer", f"no ledger of {peer!r} among the checked files; {count} {'entry' if count == 1 else 'entries'} cannot be cross-checked")
         )
+    out += _check_peer_heads(by_writer, received)
     return sorted(out, key=lambda x: (x.file, x.seq if x.seq is not None else -1, x.field))
+
+
+def _known_hashes(snap: LedgerSnapshot) -> tuple[int, dict[int, set[str]]]:
+    """A ledger's length (its highest entry) and, per entry, the hashes it may legitimately have."""
+    hashes: dict[int, set[str]] = defaultdict(set)
+    genesis = snap.meta.get("genesis_hash")
+    if isinstance(genesis, str):
+        hashes[0].add(genesis)
+    try:
+        hashes[0].add(genesis_hash(str(snap.meta["writer"]), bytes.fromhex(str(snap.meta["public_key"]))))
+    except (KeyError, ValueError):
+        pass
+    length = 0
+    for e, body in zip(snap.entries, snap.bodies, strict=True):
+        if isinstance(e.seq, bool) or not isinstance(e.seq, int):
+            continue
+        length = max(length, e.seq)
+        if isinstance(e.entry_hash, str):
+            hashes[e.seq].add(e.entry_hash)
+        if isinstance(body, str):
+            try:
+                hashes[e.seq].add(entry_hash_of(body))
+            except UnicodeError:
+                pass
+    return length, hashes
+
+
+def _check_peer_heads(
+    by_writer: Mapping[str, LedgerSnapshot],
+    received: Mapping[tuple[object, object, object], list[tuple[LedgerSnapshot, LedgerEntry]]],
+) -> list[Finding]:
+    """Each ledger against the heads of it its peers recorded: cut below one, or rewritten since."""
+    known = {writer: _known_hashes(snap) for writer, snap in by_writer.items()}
+    cut: dict[tuple[str, str], tuple[int, LedgerSnapshot, LedgerEntry]] = {}
+    rewritten: dict[tuple[str, str], list[tuple[LedgerSnapshot, LedgerEntry]]] = defaultdict(list)
+    for entries in received.values():
+        for r_snap, r in entries:
+            sender, count, head = r.sender, r.sender_count, r.sender_head
+            if not _is_hex64(head) or isinstance(count, bool) or not isinstance(count, int) or str(sender) not in known:
+                continue
+            length, hashes = known[str(sender)]
+            key = (str(sender), r_snap.path)
+            if count > length:
+                if key not in cut or count > cut[key][0]:
+                    cut[key] = (count, r_snap, r)
+            elif count in hashes and head not in hashes[count]:
+                rewritten[key].append((r_snap, r))
+    out: list[Finding] = []
+    for (sender, _), (count, r_snap, r) in sorted(cut.items(), key=lambda kv: kv[0]):
+        snap = by_writer[sender]
+        length = known[sender][0]
+        recorder = _writer_of(r_snap)
+        out.append(Finding(snap.path, length + 1, "tail",
+                           f"{recorder!r} recorded {sender!r}'s ledger head {r.sender_head[:16]}\u2026 at count {count} "
+                           f"({Path(r_snap.path).name} entry {r.seq}); {sender!r}'s ledger has {length} entries: its tail was cut"))
+    for (sender, _), items in sorted(rewritten.items(), key=lambda kv: kv[0]):
+        snap = by_writer[sender]
+        items.sort(key=lambda item: item[1].sender_count)
+        r_snap, r = items[0]
+        actual = sorted(known[sender][1][r.sender_count])
+        more = f" (and {len(items) - 1} later heads)" if len(items) > 1 else ""
+        out.append(Finding(snap.path, r.sender_count, "entry_hash",
+                           f"{_writer_of(r_snap)!r} recorded {sender!r}'s ledger head at count {r.sender_count} as "
+                           f"{r.sender_head[:16]}\u2026 ({Path(r_snap.path).name} entry {r.seq}), but entry {r.sender_count} "
+                           f"here is {actual[0][:16] if actual else '?'}\u2026: this ledger was rewritten{more}"))
+    return out
 
 
 def load_snapshots(paths: Iterable[PathLike]) -> tuple[list[LedgerSnapshot], list[Finding]]:
@@ -473,12 +664,96 @@ def verify_snapshots(
     snaps: Sequence[LedgerSnapshot],
     trusted_keys: TrustedKeys | None = None,
     run_id: str | None = None,
+    *,
+    ca: CALike | None = None,
+    bindings: Mapping[str, object] | None = None,
 ) -> list[Finding]:
     """Verify each snapshot alone, then cross-check them (see :func:`verify_run`)."""
     out: list[Finding] = []
+    if ca is None:
+        ca = getattr(trusted_keys, "ca_cert", None)
+    if ca is not None:
+        found, trusted_keys = check_key_bindings(snaps, ca, trusted_keys, bindings)
+        out += found
     for snap in snaps:
-        out += verify_snapshot(snap, trusted_keys)
+        out += verify_snapshot(snap, trusted_keys, run_id)
     return out + cross_check_snapshots(snaps, run_id)
+
+
+def check_key_bindings(
+    snaps: Sequence[LedgerSnapshot],
+    ca: CALike,
+    trusted_keys: TrustedKeys | None = None,
+    bindings: Mapping[str, object] | None = None,
+) -> tuple[list[Finding], dict[str, bytes | str]]:
+    """Check that each ledger's key is bound to its writer's certificate under ``ca``.
+
+    Parameters
+    ----------
+    snaps
+        The ledgers.
+    ca
+        The federation CA certificate (path, PEM bytes or certificate).
+    trusted_keys
+        A key registry (e.g. the coordinator's ``signing_keys.json``): a key it
+        lists that differs from the certificate-bound key is reported.
+    bindings
+        Writer -> binding document (or its path); default: the
+        ``ledger_key_binding.json`` beside each ledger.
+
+    Returns
+    -------
+    (findings, keys)
+        ``key_binding`` findings, and the keys to judge each ledger under: the
+        certificate-bound key where the binding holds, else the registry's or
+        (already reported) the ledger's own.
+    """
+    from fedrisk.audit.key_binding import BINDING_FILE, check_binding, load_ca, read_binding
+
+    cert = load_ca(ca)
+    out: list[Finding] = []
+    keys: dict[str, bytes | str] = {}
+    for snap in snaps:
+        f = snap.path
+        writer = _writer_of(snap)
+        meta_key = _as_key_bytes(str(snap.meta.get("public_key", "")))
+        if writer is None or meta_key is None:
+            continue  # reported by verify_ledger
+        listed = None if trusted_keys is None else trusted_keys.get(writer)
+        source = bindings.get(writer) if bindings is not None else Path(f).parent / BINDING_FILE
+        doc: object = source
+        if isinstance(source, str | os.PathLike):
+            doc = None
+            if Path(source).exists():
+                try:
+                    doc = read_binding(source)
+                except LedgerError as exc:
+                    out.append(Finding(f, None, "key_binding", str(exc)))
+                    keys[writer] = listed if listed is not None else meta_key
+                    continue
+        if doc is None:
+            out.append(Finding(f, None, "key_binding", f"no certificate binding for {writer!r}'s ledger key {key_id_of(meta_key)} "
+                                                       f"({BINDING_FILE} beside the ledger): nobody vouches for this key"))
+            keys[writer] = listed if listed is not None else meta_key
+            continue
+        result = check_binding(doc, writer=writer, ca=cert)
+        for problem in result.problems:
+            out.append(Finding(f, None, "key_binding", problem))
+        if result.bound_key is None:
+            keys[writer] = listed if listed is not None else meta_key
+            continue
+        bound = result.bound_key
+        keys[writer] = bound
+        if bound != meta_key:
+            out.append(Finding(f, None, "key_binding",
+                               f"ledger is signed by key {key_id_of(meta_key)}, but {writer!r}'s certificate {result.subject} "
+                               f"(sha256 {str(result.cert_sha256)[:16]}\u2026) binds key {key_id_of(bound)}: the ledger key was swapped"))
+        listed_raw = _as_key_bytes(listed) if listed is not None else None
+        if listed is not None and listed_raw != bound:
+            shown = key_id_of(listed_raw) if listed_raw is not None else "(malformed)"
+            out.append(Finding(f, None, "key_binding",
+                               f"the key registry lists key {shown} for {writer!r}, but its certificate binds key {key_id_of(bound)}"))
+    return out, keys
 
 
 def cross_check(paths: Iterable[PathLike], run_id: str | None = None) -> list[Finding]:
@@ -506,11 +781,20 @@ def verify_run(
     paths: Iterable[PathLike],
     trusted_keys: TrustedKeys | None = None,
     run_id: str | None = None,
+    *,
+    ca: CALike | None = None,
+    bindings: Mapping[str, object] | None = None,
 ) -> list[Finding]:
     """Run :func:`verify_ledger` on every file, then :func:`cross_check` them.
+
+    With ``ca`` (the federation CA certificate; also taken from a
+    ``trusted_keys`` that carries ``ca_cert``, as
+    :func:`fedrisk.audit.run_files.collect_ledgers` returns it), each ledger's
+    key must be bound to its writer's certificate (:func:`check_key_bindings`)
+    and entries are judged under the bound key.
 
     Each file is read once. Returns every finding; empty means the run's
     evidence is intact and consistent.
     """
     snaps, out = load_snapshots(paths)
-    return out + verify_snapshots(snaps, trusted_keys, run_id)
+    return out + verify_snapshots(snaps, trusted_keys, run_id, ca=ca, bindings=bindings)

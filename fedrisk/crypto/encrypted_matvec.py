@@ -4,62 +4,113 @@ A feature holder ``k`` owns a plaintext matrix ``X_k`` (n rows × m features); t
 label holder sends the residual ``d`` (n values) encrypted under CKKS. The
 feature holder needs ``X_kᵀ d`` (m values) without ever seeing ``d``. This
 module computes it on the ciphertext with far fewer rotations than one TenSEAL
-``dot`` per feature, then masks it for the key holder to decrypt.
+``dot`` per feature, reduces it inside the ciphertext to one total per feature,
+and masks it for the key holder to decrypt. The key holder hands back exactly
+one value per feature (:func:`reduce_product`); nothing else about ``d`` ever
+reaches the feature holder.
 
-Packing (diagonal / "rotate-and-accumulate" layout)
----------------------------------------------------
+Packing (interleaved diagonal / "rotate-and-accumulate" layout)
+---------------------------------------------------------------
 ``d`` arrives as ``C = ceil(n / S)`` ciphertexts of ``S`` slots (S = N/2 = 4096).
 Features are cut into *groups* of ``F`` features, ``F`` a power of two (binary
-decomposition of m, e.g. 300 = 256 + 32 + 8 + 4), so that ``F·L = S`` with
-``L = S / F`` slots per feature. For group features ``f = 0..F-1`` and
-diagonal ``k = 0..F-1`` the feature holder pre-encodes the plaintext::
+decomposition of m, e.g. 300 = 256 + 32 + 8 + 4), so that ``F·L = S``. Feature
+``f`` of a group owns the ``L = S / F`` slots ``{f + F·i}``. For diagonal
+``k = 0..F-1`` the feature holder pre-encodes::
 
-    P[k, c][t] = X[c·S + t, (t // L - k) mod F]          (t = 0..S-1)
+    P[k, c][t] = X[c·S + t, (t mod F − k) mod F]          (t = 0..S-1)
 
-and computes ``Y_k = Σ_c P[k, c] ⊙ [[d_c]]`` (plain multiplications and
-ciphertext additions only), then Horner-accumulates
-``Out = Y_0 + rot_L(Y_1 + rot_L(Y_2 + ...))``. Slot ``f·L + i`` of ``Out`` is the
-partial sum of feature ``f`` over rows ``{c·S + g·L + i}``; the feature holder
-adds ``L`` slots per feature after unmasking. Every rotation is by the same
-power-of-two step ``L`` (one key switch with the default Galois keys), and
-there are ``F - 1`` of them per group: about **one rotation per feature**,
-independent of n, against ``12·C`` per feature for ``dot``.
+computes ``Y_k = Σ_c P[k, c] ⊙ [[d_c]]`` (plain multiplications and additions)
+and Horner-accumulates ``Out = Y_0 + rot_1(Y_1 + rot_1(Y_2 + ...))``, so that
+``Out[t] = Σ_k Σ_c X[c·S + t+k, t mod F]·d[c·S + t+k]``: slot ``t`` holds
+feature ``t mod F`` over the ``F`` row offsets ``t..t+F-1`` of every chunk, and
+the ``L`` slots of a feature together cover every row exactly once. Then
+**rotate-and-sum** with steps ``F, 2F, …, S/2`` (``log2 L`` rotations) leaves in
+*every* slot ``t`` the full total of feature ``t mod F``. All rotation steps are
+powers of two (one key switch each with the default Galois keys): ``F − 1 +
+log2 L`` per group, about one per feature, independent of n, against ``12·C``
+per feature for ``dot``.
+
+What reaches the feature holder (design choice)
+-----------------------------------------------
+Exactly one value per feature per epoch. Two ways were considered:
+
+* **the feature holder reduces** (taken): the rotate-and-sum above, one mask per
+  feature shared by its ``L`` copies; the key holder averages the copies.
+* **the key holder reduces**: keep per-slot partial sums (one mask per slot) and
+  let the key holder add each feature's slots. No extra rotations, but the key
+  holder then decrypts ``S`` masked *partial* sums per group instead of copies
+  of ``m`` masked totals.
+
+Both give the feature holder the same ``m`` numbers and the same worst-case
+bound below; the first is the safer one for the feature holder — what the key
+holder decrypts is a function of the totals alone (its actual statistical
+distance ``Σ_f |Δtotal_f| / 2M`` is never above the second's ``Σ_slots |Δpartial|
+/ 2M``) — and costs ``log2 L`` rotations per product ciphertext (≈ 34 per worker
+for 100,000 × 300, ≈ 40 ms). The second is still needed where no rotation is
+possible: without Galois keys each feature is its own ciphertext (``F = 1``,
+``reduce=False``), its slots hold partial sums, and the key holder sums them
+(:func:`reduce_product`, ``reduced=False``) before anything leaves.
+
+The key holder never returns a slot: it returns, per feature, the mean (reduced)
+or the sum (not reduced) of all ``L`` slots ``f + F·i`` — which under this
+geometry depends only on the total (a product falsely declared reduced yields
+total / L, still no partial sum). The count is not the feature holder's to
+choose: the key holder fixes ``m`` at setup and refuses a product whose declared
+groups are not powers of two with ``F·L = S`` or add up to more (or other) than
+``m`` (:func:`check_group_sizes`; :meth:`~fedrisk.models.vertical_lr.LabelHolderLR.decrypt_gradient`).
+An *actively malicious* feature holder can still put any linear function of
+``d`` in place of a feature's total (e.g. a column that is a row indicator
+yields that row's residual) — inherent to revealing ``X_kᵀd`` at all: ``m``
+linear functionals of ``d`` per epoch, no more.
 
 Levels and scales (why the product never needs a rescale)
 ---------------------------------------------------------
-With ``CKKSParams.COMPUTE`` (N = 8192, primes 60|40|40|60, Δ = 2^40) the label
-holder encrypts ``d`` directly at the 2-prime level (100-bit modulus). ``X`` is
-encoded at ``Δ_x = 2^20``, so products carry scale 2^60 and fit the 100-bit
-modulus with 2^39 of value headroom — no rescale, cheaper 2-prime
-multiplications and rotations, and 235 kB instead of 331 kB per ``d``
-ciphertext. The level is chosen from the context (:func:`residual_level`) so
-other parameter sets work. Encoding X at 2^20 adds an absolute error of about
-3e-5 per entry (random sign), i.e. ≈ 3e-5·max|X|·sqrt(n) on each gradient sum.
+With ``CKKSParams.COMPUTE`` (N = 8192, primes 60|40|40|60) the label holder
+encrypts ``d`` at the 2-prime level (100-bit modulus) and at scale 2^30
+(:data:`RESIDUAL_SCALE_BITS`), ``X`` is encoded at ``Δ_x = 2^20``: products carry
+scale 2^50 and fit the 100-bit modulus with 2^49 of value headroom — room for
+2^46 masks. No rescale, cheap 2-prime multiplications and rotations, 235 kB per
+``d`` ciphertext. Encoding X at 2^20 adds ≈ 3e-5 per entry (random sign), i.e.
+≈ 3e-5·max|X|·sqrt(n) on each total; masked values near 2^46 are encoded and
+decoded in double precision to ≈ 2^-6 (measured worst 0.03 per total). The
+kernel refuses a residual at any other scale (the masks are sized for it).
 
-Masking (what the key holder sees)
-----------------------------------
-The key holder decrypts ``Out + r + η`` where
+Masking (what the key holder sees) — the bound per run
+------------------------------------------------------
+The key holder decrypts ``Out + r + η``:
 
-* ``r`` is uniform in ``[-M, M]`` per slot, drawn from ``os.urandom``, with
-  ``M = 2^36``: two bits inside the 2^39 value headroom of a 100-bit modulus
-  at scale 2^60, and data-independent, so its size leaks nothing. Because
-  ``|d_i| ≤ 1`` a slot's true value is bounded by ``B_s = Σ_{rows of s} |X|``;
-  the statistical distance between what the key holder sees for any two
-  gradients is at most ``B_s / M`` per slot. The guaranteed
-  ``mask_bits = floor(log2(M / max_s B_s))`` is reported (25 bits for the
-  72,000 training rows of the 100,000-row benchmark, 30 bits for the 21,600 of
-  the default-credit test) and the kernel refuses to run below
-  :data:`MIN_MASK_BITS`. ``M`` is capped by CKKS decoding in double precision:
-  the decode error is ≈ |value|·2^-50, i.e. 2^-14 per slot at 2^36 (measured:
-  2^20 → 1.6e-7, 2^30 → 7e-7, 2^40 → 7e-4).
-* ``η`` is complex Gaussian (std 2^-8 per component), encoded as its own
-  plaintext so its fine bits survive: it floods the X-dependent evaluation
-  noise (≈ 2^-22) that the key holder could otherwise read in the decrypted
-  real *and imaginary* parts (circuit privacy).
+* ``r`` is complex, real and imaginary parts uniform in ``[-M, M]`` (``os.urandom``),
+  ``M = 2^46`` (:data:`MAX_MASK_BITS`; data-independent). In a reduced product
+  one ``r_f`` per feature, the same in its ``L`` copies; without Galois keys one
+  per slot and ``M = 2^34`` (2^12 narrower, :data:`SLOT_MASK_SHIFT`, because the
+  key holder adds 4096 of them). Because ``|d_i| ≤ 1`` a value's real part is
+  bounded by ``B = Σ |X|`` over the rows behind it; the evaluation noise common
+  to the copies (≈ 2^-19·sqrt(n) in both parts, from the fresh noise of
+  ``[[d]]`` at scale 2^30) is below 2^-16·B and sits under the same masks.
+* ``η`` is complex Gaussian, std 2^8 per component, fresh per slot
+  (:data:`FLOOD_STD`): it floods what differs between the copies of a feature
+  (key-switching noise, measured ≈ 2^-29). The feature holder subtracts
+  ``Re(r + η)`` exactly, so ``η`` costs no accuracy.
 
-The feature holder subtracts ``Re(r + η)`` exactly. The key holder may add its
-own Gaussian noise to what it returns (defence against decryption-oracle key
-recovery, Li–Micciancio 2021); see :func:`decrypt_ciphertexts`.
+Statistical distance of everything the key holder decrypts from one feature
+holder **in a run** of E epochs, against any other ``X_k`` (masks are fresh
+each epoch, so the bounds add up over every value decrypted)::
+
+    SD ≤ E · (1 + 2^-16) · Σ_values B / M   +   sqrt(2·E·G·S) · 2^-28 / 2^8
+         (uniform masks, real and imaginary)     (Gaussian flooding of per-copy noise)
+
+with ``Σ_values B = Σ_f Σ_rows |X_f|`` (the same sum whether the values are totals
+or partial sums). :attr:`EncryptedMatVec.mask_bits_` is the bound for one value,
+:attr:`~EncryptedMatVec.epoch_mask_bits_` for one epoch,
+:meth:`~EncryptedMatVec.run_mask_bits` for a run (first term; the second is
+≈ 2^-25 even for 30 epochs of 100,000 × 300). Measured: the 100,000 × 300
+benchmark (72,000 training rows, standardised): 2^-30 per value, 2^-21 per
+epoch, 2^-20 for its 3 epochs, 2^-17 for 30; the default-credit test (19,440 ×
+10): 2^-31, 2^-28, 2^-24 for its 22 epochs. The kernel refuses to run below
+:data:`MIN_MASK_BITS` per value. The key holder adds its own Gaussian noise to
+each value it returns (hides its exact decryption noise from the feature holder
+that chose the ciphertext, Li–Micciancio 2021); see
+:meth:`~fedrisk.models.vertical_lr.LabelHolderLR.decrypt_gradient`.
 
 Cost model (measured on this 2-core machine, N = 8192, min of repeats)
 ----------------------------------------------------------------------
@@ -77,36 +128,41 @@ prime, where partial scores travel)::
     serialise + load (SEAL, zstd)         1.8       0.84      0.32
     serialised ciphertext                 331 kB    235 kB    131 kB
     decrypt + decode (TenSEAL)            1.6 per ciphertext
-    masked plaintext returned             32 kB per ciphertext (4096 float64)
+    masked value returned                 8 bytes per feature (float64)
 
 Per epoch for n rows, m features, ``C = ceil(n/S)`` chunks and G product
 ciphertexts (the popcount of each worker's feature block), plaintexts cached::
 
-    feature holder  C·m·(mult + add) + (m − G)·rot + G·(2·encode + 2·add)      all at L2
-    bytes           C·235 kB ([[d]]) + G·235 kB (products) + G·32 kB (returned)
-    rotations       m − G          (one dot per feature and chunk: 12·C·m)
-    decryptions     G at the key holder
+    feature holder  C·m·(mult + add) + (m − G)·rot + Σ_g log2(S/F_g)·(rot + add)
+                    + G·(encode + add)                                         all at L2
+    key holder      G·decrypt + numpy (one mean per feature)
+    bytes           C·235 kB ([[d]]) + G·235 kB (products) + m·8 B (returned)
+    rotations       m − G + Σ_g log2 L_g     (one dot per feature and chunk: 12·C·m)
 
-100,000 × 300 (C = 25, G = 4): 7,500·0.111 ms + 296·1.2 ms ≈ 1.2 s on one core,
-≈ 0.6 s on two worker processes; 5.9 MB of ``d`` and 0.9 MB of products.
-End to end (``benchmarks/vertical_lr.py``, 100,000 × (30 + 300), partial scores,
-residual, product, masks, decryption, every payload serialised): ≈ 1.8 s per
-epoch and 11.6 MB, against the 30 s goal and FATE's published 136 s.
+100,000 × 300 on two workers (blocks 150 = 128+16+4+2 each, C = 25):
+per worker 3,750·0.111 ms + (146 + 34)·1.2 ms ≈ 0.63 s (measured 0.64 s of
+CPU, of which the rotate-and-sum 0.04 s); 5.9 MB of ``d``, 1.9 MB of products,
+2.4 kB returned (was 262 kB of per-slot values). End to end
+(``benchmarks/vertical_lr.py``, 100,000 × (30 + 300), partial scores, residual,
+product, masks, decryption, every payload serialised): 0.92 s per epoch and
+11.36 MB (before the rotate-and-sum: 0.85 s and 11.62 MB; min of 3 quiet runs
+each on the same machine), against the 30 s goal and FATE's published 136 s.
 
 Alternatives measured or costed and not taken:
 
 * one TenSEAL ``dot`` per feature and chunk (the starting point): 19.3 ms each,
   ≈ 145 s per epoch for 100,000 × 300; on 8,192 × 8 it takes 309 ms where
-  this kernel takes 14 ms.
+  this kernel takes 25 ms (12 ms without the rotate-and-sum: 16 rotations
+  instead of 7 — small groups pay most for it).
 * TenSEAL ``CKKSVector.matmul`` (Halevi–Shoup diagonals over the rows of a
   chunk): one encode and one arbitrary-step rotation per *row*; 1.1 s for
   256 rows × 8, so ≈ 18 s per 4096-row chunk, ≈ 7 min per epoch.
-* fold-then-pack (t power-of-two folds per feature, then a mask multiply and a
-  rotation to place it): (t+1)·m rotations at L3 plus a second level; the
-  diagonal layout folds and packs in one pass with ≈ m rotations and no level.
-* no rotations (one product ciphertext per feature): m ciphertexts per epoch —
-  70 MB for m = 300 — and m decryptions. Used automatically when the context
-  has no Galois keys.
+* the key holder summing per-slot partial sums (above): no extra rotations,
+  but it decrypts masked partial sums.
+* zeroing all but one copy per feature (a 0/1 plaintext multiply): needs a
+  further level (scale 2^50·Δ_sel) that the 100-bit modulus does not have.
+* the residual at scale 2^40 (as before): masks could only be 2^36 wide, 10
+  bits less hiding per value for no accuracy the optimiser needs.
 * baby-step/giant-step over the diagonals: saves ≈ 40 % of the rotation time of
   a 256-feature group, but rotations are < 30 % of the kernel.
 * encoding on the fly: +0.45 ms per multiplication (5× the multiplication).
@@ -162,7 +218,12 @@ __all__ = [
     "pack_frame",
     "peek_frame",
     "check_fingerprint",
+    "check_group_sizes",
+    "reduce_product",
     "residual_level",
+    "residual_scale",
+    "product_scale",
+    "run_mask_bits",
     "secure_normal",
     "secure_uniform",
     "score_level",
@@ -172,16 +233,22 @@ __all__ = [
 FRAME_MAGIC = b"FRSK"
 FRAME_VERSION = 1
 MIN_MASK_BITS = 16
-"""Refuse to reveal a masked slot whose statistical distance bound exceeds 2^-16."""
+"""Refuse to reveal a masked value whose statistical distance bound exceeds 2^-16."""
 
 X_SCALE_BITS = 20
-"""Scale of the feature plaintexts; products then carry Δ·2^20."""
-VALUE_BITS = 38
+"""Scale of the feature plaintexts."""
+RESIDUAL_SCALE_BITS = 30
+"""Scale of the encrypted residual ``d``; products then carry 2^(30+20) = 2^50."""
+VALUE_BITS = 48
 """Value headroom (bits) a masked product needs above its scale."""
+MAX_MASK_BITS = 46
+"""Widest mask: a double holds a 2^46 value to 2^-6, the decoder's resolution there."""
+SLOT_MASK_SHIFT = 12
+"""Unreduced products (no Galois keys) get masks 2^12 narrower: the key holder sums L ≤ 2^12 of them."""
 SCORE_BITS = 18
 """Partial scores must stay below 2^17 in magnitude (they are linear predictors)."""
-FLOOD_STD = 2.0**-8
-"""Std of the Gaussian that floods CKKS evaluation noise in masked products."""
+FLOOD_STD = 2.0**8
+"""Std (per real component) of the Gaussian that floods each slot's own evaluation noise in a masked product."""
 
 _MAX_HEADER = 1 << 20
 _FP_CACHE: weakref.WeakKeyDictionary[ts.Context, str] = weakref.WeakKeyDictionary()
@@ -549,13 +616,23 @@ class CKKSRuntime:
         return out
 
 
+def residual_scale() -> float:
+    """Scale at which the label holder encrypts ``d`` (2^:data:`RESIDUAL_SCALE_BITS`)."""
+    return float(2.0**RESIDUAL_SCALE_BITS)
+
+
+def product_scale(x_scale_bits: int = X_SCALE_BITS) -> float:
+    """Scale of a packed product ``X_kᵀ[[d]]`` (what the key holder expects to decrypt)."""
+    return float(2.0 ** (RESIDUAL_SCALE_BITS + x_scale_bits))
+
+
 def residual_level(runtime: CKKSRuntime, x_scale_bits: int = X_SCALE_BITS) -> int:
     """Level at which the label holder encrypts ``d`` for the packed kernel.
 
     The lowest level (fewest primes, cheapest) whose modulus still holds a product
-    of scale Δ·2^x_scale_bits plus :data:`VALUE_BITS` of masked values.
+    of scale 2^(RESIDUAL_SCALE_BITS + x_scale_bits) plus :data:`VALUE_BITS` of masked values.
     """
-    need = math.log2(runtime.global_scale) + x_scale_bits + VALUE_BITS + 1
+    need = RESIDUAL_SCALE_BITS + x_scale_bits + VALUE_BITS + 1
     fits = [i for i, bits in enumerate(runtime.level_bits) if bits >= need]
     if not fits:
         raise CryptoError(
@@ -670,11 +747,13 @@ class EncryptedVector:
     ciphertexts: tuple[bytes, ...] = field(repr=False)
 
     @classmethod
-    def encrypt(cls, context: ts.Context, values: np.ndarray, *, level: int | None = None) -> EncryptedVector:
-        """Encrypt ``values`` with the context's public key (at ``level``, default the top)."""
+    def encrypt(
+        cls, context: ts.Context, values: np.ndarray, *, level: int | None = None, scale: float | None = None
+    ) -> EncryptedVector:
+        """Encrypt ``values`` with the context's public key (at ``level``, default the top; ``scale``, default Δ)."""
         runtime = CKKSRuntime.for_context(context)
         vals = np.asarray(values, dtype=np.float64).ravel()
-        blobs = runtime.encrypt(vals, 0 if level is None else level)
+        blobs = runtime.encrypt(vals, 0 if level is None else level, scale)
         return cls(runtime.fingerprint, len(vals), tuple(blobs))
 
     def check(self, context: ts.Context) -> None:
@@ -715,12 +794,15 @@ def _as_int(header: dict[str, Any], key: str) -> int:
 
 @dataclass(frozen=True)
 class PackingLayout:
-    """How m features are packed into output ciphertexts.
+    """How m features are split into power-of-two groups, one output ciphertext per group.
 
     Features are split into ``n_blocks`` contiguous blocks (one per worker
     process); each block is decomposed into power-of-two groups of at most
-    ``max_pack`` features. Group ``(start, F)`` puts feature ``start + f`` in
-    slots ``[f·L, (f+1)·L)`` of one ciphertext, ``L = slots / F``.
+    ``max_pack`` features, ``F·L = slots``. The vertical-LR kernel interleaves a
+    group: feature ``start + f`` owns slots ``{f + F·i : i < L}``
+    (:func:`reduce_product` reads them). :meth:`unpack` reads the *block* layout
+    (feature ``f`` in slots ``[f·L, (f+1)·L)``) that the SecureBoost histogram
+    kernel packs with the same groups.
     """
 
     n_features: int
@@ -754,12 +836,22 @@ class PackingLayout:
         return len(self.groups)
 
     @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """``F`` of each output ciphertext, in order (what a product payload declares)."""
+        return tuple(f for _, f in self.groups)
+
+    @property
     def n_rotations(self) -> int:
-        """Rotations per product (upper bound; all-zero diagonals are skipped)."""
+        """Accumulation rotations per product (upper bound; all-zero diagonals are skipped)."""
         return sum(f - 1 for _, f in self.groups)
 
+    @property
+    def n_reduce_rotations(self) -> int:
+        """Rotate-and-sum rotations per product: ``log2 L`` per group."""
+        return sum((self.slots // f).bit_length() - 1 for _, f in self.groups)
+
     def unpack(self, values: np.ndarray) -> np.ndarray:
-        """Sum each feature's ``L`` slots: (n_ciphertexts·slots,) -> (n_features,)."""
+        """Sum each feature's ``L`` slots of the *block* layout: (n_ciphertexts·slots,) -> (n_features,)."""
         vals = np.asarray(values, dtype=np.float64).reshape(len(self.groups), self.slots)
         out = np.empty(self.n_features)
         for g, (start, size) in enumerate(self.groups):
@@ -767,11 +859,63 @@ class PackingLayout:
         return out
 
 
+def check_group_sizes(sizes: Sequence[Any], slots: int, who: str = "product") -> tuple[int, ...]:
+    """Validate a declared interleaved layout: each ``F`` a power of two with ``F·L = slots``.
+
+    Raises
+    ------
+    ProtocolError
+        A size is not an integer, not a power of two, or does not divide ``slots``.
+    """
+    out = []
+    for f in sizes:
+        if not isinstance(f, int) or isinstance(f, bool) or f < 1 or f & (f - 1) or f > slots or slots % f:
+            raise ProtocolError(
+                f"{who} declares a group of {f!r} features: groups must be powers of two with F·L = {slots} slots"
+            )
+        out.append(int(f))
+    if not out:
+        raise ProtocolError(f"{who} declares no feature groups")
+    return tuple(out)
+
+
+def reduce_product(values: np.ndarray, sizes: Sequence[int], slots: int, *, reduced: bool) -> np.ndarray:
+    """One value per feature from the decrypted slots of interleaved product ciphertexts.
+
+    Feature ``f`` of a group of ``F`` owns slots ``f + F·i`` (``i < L``), and
+    under the kernel's geometry those ``L`` slots together cover every row
+    exactly once. ``reduced``: each already holds the feature's total (the
+    feature holder rotated and summed), so their mean is returned; otherwise
+    each holds a partial sum and their sum is returned. Either way the result
+    depends on the slots only through their sum — the total (or, for a product
+    falsely declared reduced, the total / L) — never on one partial sum.
+
+    Returns
+    -------
+    ndarray (Σ F,)
+    """
+    vals = np.asarray(values, dtype=np.float64).reshape(len(sizes), slots)
+    out = []
+    for g, size in enumerate(sizes):
+        copies = vals[g].reshape(slots // size, size)  # [i, f] = slot f + F·i
+        if reduced:
+            # copies are ~2^46 masks plus flooding: average the differences, not the values
+            base = copies[0]
+            out.append(base + (copies - base).mean(axis=0))
+        else:
+            out.append(np.ascontiguousarray(copies.T).sum(axis=1))  # pairwise summation along each feature
+    return np.concatenate(out)
+
+
 # --------------------------------------------------------------------------- kernel (one process)
 
 
 class _PackedKernel:
-    """The rotate-and-accumulate product for a contiguous block of features."""
+    """The interleaved rotate-and-accumulate product for a contiguous block of features.
+
+    ``reduce``: finish each group with ``log2 L`` rotate-and-add steps so that
+    every slot holds its feature's total (needs Galois keys).
+    """
 
     def __init__(
         self,
@@ -782,8 +926,11 @@ class _PackedKernel:
         level: int,
         x_scale: float,
         cache_plaintexts: bool,
+        reduce: bool = True,
+        d_scale: float | None = None,
     ) -> None:
         self.rt = runtime
+        self.d_scale = residual_scale() if d_scale is None else float(d_scale)
         self.slots = runtime.slots
         self.level = level
         self.x_scale = x_scale
@@ -793,6 +940,7 @@ class _PackedKernel:
         padded[: self.n_rows] = X
         self.X = padded
         self.groups = [(int(s), int(f)) for s, f in groups]
+        self.reduce = bool(reduce)
         self._rows = np.arange(self.slots)
         self.cache: dict[tuple[int, int, int], Any] | None = None
         if cache_plaintexts:
@@ -801,13 +949,12 @@ class _PackedKernel:
                 for k in range(self.groups[g][1]):
                     for c in range(self.n_chunks):
                         self.cache[(g, k, c)] = self._encode(g, k, c)
-        if any(f > 1 for _, f in self.groups):
+        if self.reduce or any(f > 1 for _, f in self.groups):
             _ = runtime.galois_keys  # load once, up front
 
     def _diagonal(self, g: int, k: int, c: int) -> np.ndarray:
         start, size = self.groups[g]
-        span = self.slots // size
-        cols = start + ((self._rows // span - k) % size)
+        cols = start + ((self._rows - k) % size)  # slot t -> feature (t mod F − k) mod F
         return self.X[c * self.slots + self._rows, cols]
 
     def _encode(self, g: int, k: int, c: int) -> Any:
@@ -828,6 +975,10 @@ class _PackedKernel:
         ev = self.rt.evaluator
         pid = self.rt.parms_ids[self.level]
         for ct in d:
+            if not math.isclose(ct.scale, self.d_scale, rel_tol=1e-9):
+                raise ProtocolError(
+                    f"encrypted residual must be at scale 2^{math.log2(self.d_scale):.0f} (the masks are sized for it)"
+                )
             if ct.parms_id() != pid:
                 lvl = self.rt.level_of(ct)
                 if lvl > self.level:
@@ -837,11 +988,10 @@ class _PackedKernel:
         tmp = sa.Ciphertext()
         results = []
         for g, (_, size) in enumerate(self.groups):
-            span = self.slots // size
             acc = None
             for k in range(size - 1, -1, -1):
                 if acc is not None:
-                    ev.rotate_vector_inplace(acc, span, self.rt.galois_keys)
+                    ev.rotate_vector_inplace(acc, 1, self.rt.galois_keys)
                 y = None
                 for c in range(self.n_chunks):
                     pt = self.plaintext(g, k, c)
@@ -858,19 +1008,41 @@ class _PackedKernel:
                         acc = y
                     else:
                         ev.add_inplace(acc, y)
-            results.append(acc if acc is not None else self.rt.encrypt_zero(self.level, out_scale))
+            if acc is None:
+                acc = self.rt.encrypt_zero(self.level, out_scale)
+            elif self.reduce:
+                step = size
+                while step < self.slots:  # slot t += slot t + step: totals of feature t mod F everywhere
+                    ev.rotate_vector(acc, step, self.rt.galois_keys, tmp)
+                    ev.add_inplace(acc, tmp)
+                    step *= 2
+            results.append(acc)
         return results
 
-def _slot_bounds(X: np.ndarray, groups: Sequence[tuple[int, int]], slots: int) -> list[np.ndarray]:
-    """Per group, ``B_s = Σ |X|`` over the rows feeding each output slot (|d| ≤ 1 bounds the slot)."""
+
+def _value_bounds(X: np.ndarray, groups: Sequence[tuple[int, int]], slots: int, *, reduced: bool) -> list[np.ndarray]:
+    """Per group, a bound ``B = Σ |X|`` on each value the key holder decrypts (``|d| ≤ 1``).
+
+    Reduced: one bound per feature (its total over all rows; the copies of a
+    feature share one mask). Not reduced: one per slot ``f + F·i``, whose partial
+    sum covers rows ``c·S + ((t + k) mod S)``, ``k < F``.
+    """
     n_chunks = max(1, -(-X.shape[0] // slots))
     absx = np.zeros((n_chunks * slots, X.shape[1]))
     absx[: X.shape[0]] = np.abs(X)
     out = []
     for start, size in groups:
-        span = slots // size
-        per = absx[:, start : start + size].reshape(n_chunks, size, span, size).sum(axis=(0, 1))
-        out.append(per.T.reshape(-1))  # slot f·L + i  <-  feature f, offset i
+        cols = absx[:, start : start + size]
+        if reduced:
+            out.append(cols.sum(axis=0))
+            continue
+        per_offset = cols.reshape(n_chunks, slots, size).sum(axis=0)  # [u, f]: Σ_c |X[c·S + u, f]|
+        t = np.arange(slots)
+        f = t % size
+        window = np.zeros(slots)
+        for k in range(size):  # F ≤ slots; a loop of F vector adds
+            window += per_offset[(t + k) % slots, f]
+        out.append(window)
     return out
 
 
@@ -923,6 +1095,7 @@ def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a c
                     level=int(header["level"]),
                     x_scale=float(header["x_scale"]),
                     cache_plaintexts=bool(header["cache"]),
+                    reduce=bool(header["reduce"]),
                 )
                 _send(out, pack_frame(b"OKAY", fp, {}))
             elif kind == b"MATV":
@@ -1018,6 +1191,12 @@ def _has_fileno(stream: Any) -> bool:
 # --------------------------------------------------------------------------- public kernel
 
 
+def run_mask_bits(mask_bound: float, bound_sum: float, epochs: int) -> int:
+    """``floor(log2(M / (epochs · Σ B)))``: hiding of everything decrypted over ``epochs`` products (52 if nothing to hide)."""
+    total = float(bound_sum) * max(1, int(epochs))
+    return 52 if total == 0 else int(math.floor(math.log2(mask_bound / total)))
+
+
 @dataclass
 class MaskState:
     """Feature-holder-private record of the masks added to one product (never sent)."""
@@ -1048,13 +1227,26 @@ class EncryptedMatVec:
     x_scale_bits : int
         ``X`` is encoded at scale 2^x_scale_bits.
     min_mask_bits : int
-        Refuse to build if the masks would hide a slot by fewer bits than this.
+        Refuse to build if the masks would hide a revealed value by fewer bits than this.
+    reduce : bool, optional
+        Rotate and sum inside each product so that every slot holds its feature's
+        total (default: whenever the context has Galois keys). Without it the key
+        holder sums the slots of each feature itself (the no-Galois-keys fallback).
 
     Attributes
     ----------
     layout_ : PackingLayout
+    reduced_ : bool
+        Whether products are reduced (every slot a total) or carry partial sums.
     mask_bits_ : int
-        Guaranteed hiding: statistical distance ≤ 2^-mask_bits_ per revealed slot.
+        Guaranteed hiding of each decrypted value: statistical distance ≤ 2^-mask_bits_.
+    epoch_mask_bits_ : int
+        The same for *all* values the key holder decrypts from one product
+        (one epoch): distance ≤ Σ B / M ≤ 2^-epoch_mask_bits_.
+    bound_sum_ : float
+        ``Σ B`` over the values of one product (``B = Σ |X|`` over the rows behind a value).
+    mask_bound_ : float
+        ``M``: masks are uniform in ``[-M, M]``.
     level_ : int
         Level of ``d`` and of the products.
     """
@@ -1071,6 +1263,7 @@ class EncryptedMatVec:
         x_scale_bits: int = X_SCALE_BITS,
         min_mask_bits: int = MIN_MASK_BITS,
         flood_std: float = FLOOD_STD,
+        reduce: bool | None = None,
     ) -> None:
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 1:
@@ -1082,6 +1275,11 @@ class EncryptedMatVec:
         self.fingerprint = self.runtime.fingerprint
         self.n_rows, self.n_features = X.shape
         slots = self.runtime.slots
+        if reduce is None:
+            reduce = self.runtime.has_galois_keys
+        if reduce and not self.runtime.has_galois_keys:
+            raise CryptoError("reducing products inside the ciphertext needs Galois keys")
+        self.reduced_ = bool(reduce)
         if max_pack is None and not self.runtime.has_galois_keys:
             max_pack = 1
         self.layout_ = PackingLayout.build(self.n_features, slots, max_pack=max_pack, n_blocks=max(1, n_jobs))
@@ -1089,9 +1287,12 @@ class EncryptedMatVec:
         self.x_scale = float(2**x_scale_bits)
         self.flood_std = float(flood_std)
         self.n_chunks = max(1, -(-self.n_rows // slots))
-        # Mask half-width: the largest power of two that still decodes exactly.
-        prod_bits = math.log2(self.runtime.global_scale) + x_scale_bits
-        self.mask_bound_ = float(2.0 ** math.floor(self.runtime.level_bits[self.level_] - 1 - prod_bits - 2))
+        # Mask half-width: the largest power of two whose masked values fit the modulus
+        # (2 bits of margin); narrower for unreduced products, whose slots get summed.
+        self.product_scale_ = product_scale(x_scale_bits)
+        mask_bits = math.floor(self.runtime.level_bits[self.level_] - 1 - math.log2(self.product_scale_) - 2)
+        mask_bits = min(mask_bits, MAX_MASK_BITS)
+        self.mask_bound_ = float(2.0 ** (mask_bits - (0 if self.reduced_ else SLOT_MASK_SHIFT)))
         n_plain = self.n_chunks * self.n_features
         plain_bytes = n_plain * self.runtime.slots * 2 * len(self._primes_at(self.level_)) * 8
         self.cache_plaintexts_ = bool(plain_bytes <= cache_bytes) if cache_plaintexts == "auto" else bool(cache_plaintexts)
@@ -1117,6 +1318,7 @@ class EncryptedMatVec:
                     "level": self.level_,
                     "x_scale": self.x_scale,
                     "cache": self.cache_plaintexts_,
+                    "reduce": self.reduced_,
                 }
                 frames.append(pack_frame(b"INIT", self.fingerprint, header, [ctx_bytes, block.astype("<f8").tobytes()]))
             try:
@@ -1124,9 +1326,12 @@ class EncryptedMatVec:
             except BaseException:
                 self.close()
                 raise
-        self._bounds = self._slot_bounds(X)
+        self._bounds = self._value_bounds(X)
         worst = max(float(b.max()) for b in self._bounds)
+        total = float(sum(b.sum() for b in self._bounds))
+        self.bound_sum_ = total
         self.mask_bits_ = 52 if worst == 0 else int(math.floor(math.log2(self.mask_bound_ / worst)))
+        self.epoch_mask_bits_ = 52 if total == 0 else int(math.floor(math.log2(self.mask_bound_ / total)))
         if self.mask_bits_ < min_mask_bits:
             self.close()
             raise CryptoError(
@@ -1157,18 +1362,28 @@ class EncryptedMatVec:
             level=self.level_,
             x_scale=self.x_scale,
             cache_plaintexts=self.cache_plaintexts_,
+            reduce=self.reduced_,
         )
 
-    def _slot_bounds(self, X: np.ndarray) -> list[np.ndarray]:
+    def _value_bounds(self, X: np.ndarray) -> list[np.ndarray]:
         bounds: list[np.ndarray] = []
         for b in range(len(self.layout_.blocks)):
             cols, groups = self._block(b)
-            bounds.extend(_slot_bounds(X[:, cols[0] : cols[1]], [(s, f) for s, f in groups], self.runtime.slots))
+            sub = X[:, cols[0] : cols[1]]
+            bounds.extend(_value_bounds(sub, [(s, f) for s, f in groups], self.runtime.slots, reduced=self.reduced_))
         return bounds
+
+    def run_mask_bits(self, epochs: int) -> int:
+        """Guaranteed hiding of everything the key holder decrypts from ``epochs`` products.
+
+        The statistical distance adds up over independent masked values: it is at
+        most ``epochs · Σ B / M`` for the whole run.
+        """
+        return run_mask_bits(self.mask_bound_, self.bound_sum_, epochs)
 
     # -- the product
     def compute(self, d: EncryptedVector) -> list[Any]:
-        """Unmasked packed product ``X_kᵀ[[d]]`` as SEAL ciphertexts (feature-holder local).
+        """Unmasked product ``X_kᵀ[[d]]`` as SEAL ciphertexts, one per group (feature-holder local).
 
         Raises
         ------
@@ -1189,31 +1404,47 @@ class EncryptedMatVec:
     ) -> tuple[list[bytes], MaskState]:
         """Add ``r + η`` to each product; return serialised ciphertexts and the private mask record.
 
-        Masks come from the operating system's CSPRNG unless ``rng`` is given (tests).
+        ``r`` is complex, real and imaginary parts uniform in ``[-M, M]``: in a
+        reduced product one ``r_f`` per feature, the same in all ``L`` slots of
+        that feature (so the key holder's average of the copies is still masked
+        by one uniform value, and so is the noise common to the copies); otherwise
+        one per slot. ``η`` is complex Gaussian, fresh per slot (floods what differs
+        between copies). Masks come from the operating system's CSPRNG unless
+        ``rng`` is given (tests).
         """
         slots = self.runtime.slots
         ev = self.runtime.evaluator
         uniform = secure_uniform if rng is None else rng.uniform
         normal = secure_normal if rng is None else rng.normal
+        if len(products) != self.layout_.n_ciphertexts:
+            raise ProtocolError(f"{len(products)} product ciphertexts, the layout has {self.layout_.n_ciphertexts}")
+        M = self.mask_bound_
         offsets = np.empty(len(products) * slots)
         blobs = []
         for g, ct in enumerate(products):
-            level = self.runtime.level_of(ct)
-            r = uniform(-self.mask_bound_, self.mask_bound_, slots)
-            eta = normal(0.0, self.flood_std, slots) + 1j * normal(0.0, self.flood_std, slots)
-            # separate plaintexts: folding η into r would round away its fine bits
-            ev.add_plain_inplace(ct, self.runtime.encode(r, level, ct.scale))
-            ev.add_plain_inplace(ct, self.runtime.encode(eta, level, ct.scale))
-            offsets[g * slots : (g + 1) * slots] = r + eta.real
+            size = self.layout_.groups[g][1]
+            width = size if self.reduced_ else slots
+            r = uniform(-M, M, width) + 1j * uniform(-M, M, width)
+            if self.reduced_:
+                r = np.tile(r, slots // size)  # slot t gets r[t mod F]
+            masked = r + (normal(0.0, self.flood_std, slots) + 1j * normal(0.0, self.flood_std, slots))
+            ev.add_plain_inplace(ct, self.runtime.encode(masked, self.runtime.level_of(ct), ct.scale))
+            offsets[g * slots : (g + 1) * slots] = masked.real
             blobs.append(self.runtime.dump(ct))
         return blobs, MaskState(epoch, offsets)
 
+    def reduce(self, slot_values: np.ndarray) -> np.ndarray:
+        """One value per feature from per-slot values of this kernel's products (see :func:`reduce_product`)."""
+        return reduce_product(slot_values, self.layout_.group_sizes, self.runtime.slots, reduced=self.reduced_)
+
     def unmask(self, values: np.ndarray, state: MaskState) -> np.ndarray:
-        """``X_kᵀ d`` (n_features,) from the key holder's decryption of the masked product."""
+        """``X_kᵀ d`` (n_features,) from the key holder's one masked value per feature."""
         vals = np.asarray(values, dtype=np.float64)
-        if vals.shape != state.offsets.shape:
-            raise ProtocolError(f"masked product has {vals.size} values, expected {state.offsets.size}")
-        return self.layout_.unpack(vals - state.offsets)
+        if vals.shape != (self.n_features,):
+            raise ProtocolError(f"masked product has {vals.size} values, expected one per feature ({self.n_features})")
+        if state.offsets.shape != (self.layout_.n_ciphertexts * self.runtime.slots,):
+            raise ProtocolError("mask record does not match this kernel's layout")
+        return vals - self.reduce(state.offsets)
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""

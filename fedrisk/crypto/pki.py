@@ -63,6 +63,13 @@ __all__ = [
     "grpc_server_credentials",
     "issue_party_certificate",
     "load_federation_pki",
+    # revocation
+    "RevocationList",
+    "certificate_label",
+    "load_certificate",
+    "load_revocation_list",
+    "revoke_certificate",
+    "write_crl",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -102,6 +109,11 @@ class FederationPKI:
     def root_certificate_bytes(self) -> bytes:
         """PEM of the root CA (what clients pass as root certificates)."""
         return self.ca_cert.read_bytes()
+
+    @property
+    def crl(self) -> Path:
+        """The CA's certificate revocation list (``crl.pem``, :func:`write_crl`)."""
+        return self.folder / CRL_FILE
 
 
 def cert_fingerprint(cert_pem_or_path: bytes | str | os.PathLike[str]) -> str:
@@ -331,6 +343,7 @@ def create_federation_pki(
         write_public_file(paths[0], crt)
         pki.party_certs[name] = paths
     _write_manifest(pki)
+    write_crl(root, [])
     return pki
 
 
@@ -468,3 +481,188 @@ def grpc_channel_credentials(
         private_key=read_secret_file(key) if key is not None else None,
         certificate_chain=Path(cert).read_bytes() if cert is not None else None,
     )
+
+
+# --- revocation --------------------------------------------------------------------
+#
+# The CA keeps ``revocations.json`` (one record per revoked certificate: serial,
+# SHA-256 fingerprint, time, reason) and the same as an X.509 CRL, ``crl.pem``,
+# signed by the CA. ``fedrisk keys revoke`` (a party: its client certificate) and
+# ``fedrisk keys revoke-cert`` (any certificate the CA issued, e.g. a party's
+# scoring server certificate) append to both. Scoring links load the CRL with
+# :func:`load_revocation_list`, which verifies it against the CA before trusting it.
+
+CRL_FILE = "crl.pem"
+REVOCATIONS_FILE = "revocations.json"
+_REVOCATIONS_FORMAT = "fedrisk-revocations/1"
+#: A CRL's ``nextUpdate``: re-signed (with every revocation) whenever one is added.
+CRL_DAYS = 30
+
+
+def load_certificate(data: bytes | str | os.PathLike[str]) -> x509.Certificate:
+    """A certificate from PEM or DER bytes, or from a file; a one-line error otherwise."""
+    try:
+        raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+    except OSError as err:
+        raise CryptoError(f"cannot read the certificate {data}: {err.strerror or err}") from None
+    try:
+        return x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(raw)
+    except ValueError:
+        where = "" if isinstance(data, bytes) else f" {data}"
+        raise CryptoError(f"certificate{where} is not a PEM or DER X.509 certificate") from None
+
+
+def certificate_label(cert: x509.Certificate) -> str:
+    """How errors name a certificate: ``'tax_bureau' (serial 1f03…)``."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else cert.subject.rfc4514_string()
+    return f"{common_name!r} (serial {cert.serial_number:x})"
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """A CRL of the federation CA, verified against the CA (:func:`load_revocation_list`).
+
+    Attributes
+    ----------
+    source : str
+        File name, for messages (``crl.pem``).
+    issuer : x509.Name
+        The CA that signed it; certificates of another issuer are not judged by it.
+    last_update, next_update : datetime
+    revoked : dict of int to datetime
+        Serial number to revocation time.
+    """
+
+    source: str
+    issuer: x509.Name
+    last_update: _dt.datetime
+    next_update: _dt.datetime | None
+    revoked: dict[int, _dt.datetime]
+
+    @property
+    def stale(self) -> bool:
+        """Past its ``nextUpdate``: revocations issued since may be missing from it."""
+        return self.next_update is not None and _dt.datetime.now(_dt.UTC) > self.next_update
+
+    def revocation_date(self, cert: x509.Certificate) -> _dt.datetime | None:
+        """When ``cert`` was revoked, or ``None``."""
+        if cert.issuer != self.issuer:
+            return None
+        return self.revoked.get(cert.serial_number)
+
+    def check(self, cert: x509.Certificate, what: str = "certificate") -> None:
+        """Raise a one-line :class:`CryptoError` naming ``cert`` if it is revoked."""
+        when = self.revocation_date(cert)
+        if when is not None:
+            raise CryptoError(f"{what} {certificate_label(cert)} was revoked on {when:%Y-%m-%d %H:%M} UTC ({self.source})")
+
+
+def load_revocation_list(crl: str | os.PathLike[str], ca: str | os.PathLike[str]) -> RevocationList:
+    """Read ``crl`` and verify that the CA in ``ca`` issued and signed it.
+
+    Raises
+    ------
+    CryptoError
+        One line: unreadable, not a CRL, another issuer, or a bad signature.
+    """
+    path = Path(crl)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CryptoError(f"cannot read the CRL {path}: {err.strerror or err}") from None
+    try:
+        parsed = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
+    except ValueError:
+        raise CryptoError(f"{path} is not an X.509 CRL") from None
+    ca_cert = load_certificate(ca)
+    if parsed.issuer != ca_cert.subject:
+        raise CryptoError(f"the CRL {path} was issued by {parsed.issuer.rfc4514_string()}, not by the CA in {ca}")
+    if not parsed.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        raise CryptoError(f"the CRL {path} is not signed by the CA in {ca}")
+    return RevocationList(
+        source=path.name,
+        issuer=parsed.issuer,
+        last_update=parsed.last_update_utc,
+        next_update=parsed.next_update_utc,
+        revoked={entry.serial_number: entry.revocation_date_utc for entry in parsed},
+    )
+
+
+def _load_ca_pair(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert = load_certificate(folder / "ca.crt")
+    ca_key = serialization.load_pem_private_key(read_secret_file(folder / "ca.key"), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CryptoError(f"{folder / 'ca.key'} is not an ECDSA key")
+    return ca_cert, ca_key
+
+
+def _crl_bytes(folder: Path, revoked: Iterable[dict[str, Any]]) -> bytes:
+    ca_cert, ca_key = _load_ca_pair(folder)
+    now = _dt.datetime.now(_dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + _dt.timedelta(days=CRL_DAYS))
+    )
+    for item in revoked:
+        when = _dt.datetime.fromisoformat(item["revoked_at"])
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(item["cert_serial"], 16)).revocation_date(when).build()
+        )
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def write_crl(folder: str | os.PathLike[str], revoked: Iterable[dict[str, Any]]) -> Path:
+    """Sign ``folder/crl.pem`` with the CA key in ``folder``: one entry per record
+    (``cert_serial`` in hex, ``revoked_at`` ISO 8601), as ``revocations.json`` keeps them."""
+    root = Path(folder)
+    return write_public_file(root / CRL_FILE, _crl_bytes(root, revoked))
+
+
+def revoke_certificate(folder: str | os.PathLike[str], cert: str | os.PathLike[str], *, reason: str = "unspecified") -> dict[str, Any]:
+    """Revoke one certificate the CA in ``folder`` issued: ``revocations.json`` and ``crl.pem``.
+
+    For a party's scoring server certificate, or any certificate that is not a
+    party's registered client certificate (``fedrisk keys revoke NAME`` revokes
+    those, with the party's node key).
+
+    Returns
+    -------
+    dict
+        The record added to ``revocations.json``.
+    """
+    root = Path(folder)
+    target = load_certificate(cert)
+    ca_cert = load_certificate(root / "ca.crt")
+    try:
+        target.verify_directly_issued_by(ca_cert)
+    except Exception:  # ValueError, TypeError or InvalidSignature
+        raise CryptoError(f"{cert} was not issued by the CA in {root / 'ca.crt'}") from None
+    path = root / REVOCATIONS_FILE
+    try:
+        revocations = json.loads(path.read_text()) if path.exists() else {"format": _REVOCATIONS_FORMAT, "revoked": []}
+        revoked = list(revocations["revoked"])
+    except (ValueError, KeyError, TypeError):
+        raise CryptoError(f"{path} is not a fedrisk revocation list") from None
+    serial = format(target.serial_number, "x")
+    for item in revoked:
+        if item.get("cert_serial") == serial:
+            raise CryptoError(f"certificate {certificate_label(target)} is already revoked (since {item.get('revoked_at')})")
+    names = target.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    record = {
+        "certificate": Path(cert).name,
+        "common_name": str(names[0].value) if names else "",
+        "cert_sha256": target.fingerprint(hashes.SHA256()).hex(),
+        "cert_serial": serial,
+        "node_key_sha256": "",  # the record shape of revocations.json (a party's records name its node key)
+        "revoked_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "reason": reason,
+    }
+    revoked.append(record)
+    crl = _crl_bytes(root, revoked)  # needs the CA key: fail before writing anything
+    revocations["revoked"] = revoked
+    write_public_file(path, (json.dumps(revocations, indent=2, sort_keys=True) + "\n").encode())
+    write_public_file(root / CRL_FILE, crl)
+    return record

@@ -6,14 +6,17 @@ folder::
     ca.crt  ca.key (0600)            federation root CA       (fedrisk.crypto.pki)
     superlink.crt  superlink.key     the SuperLink's TLS certificate
     parties/<name>.crt  .key (0600)  each party's TLS client certificate (mTLS to scoring services)
+    coordinator.crt  .key (0600)     the coordinator's certificate (CN coordinator): it binds the
+                                     coordinator's ledger key (fedrisk.audit.key_binding)
     nodes/<name> (0600)  .pub        each party's Flower node-authentication key pair
     manifest.json                    SHA-256 fingerprints of every certificate (fedrisk.crypto.pki)
     federation.json                  the registry: every party, its fingerprints, status and history
     revocations.json                 the revocation list: revoked parties, their key and cert fingerprints
     crl.pem                          the same revocations as an X.509 CRL signed by the CA
 
-A party gets ``ca.crt``, ``nodes/<name>`` and (for scoring) ``parties/<name>.*``;
-nobody else needs a private key. The registry is the operator's record:
+A party gets ``ca.crt``, ``nodes/<name>`` and ``parties/<name>.*`` (for scoring,
+and to bind its ledger key to its certificate: :func:`bind_ledger_keys`, ``fedrisk
+keys bind-ledger``); nobody else needs a private key. The registry is the operator's record:
 :func:`add_party` issues a new party's certificate and node key;
 :func:`revoke_party` marks a party revoked, moves its key files to
 ``revoked/<name>.<generation>/`` and adds it to the revocation list, so that
@@ -54,6 +57,7 @@ from fedrisk.errors import CryptoError
 __all__ = [
     "FederationKeys",
     "add_party",
+    "bind_ledger_keys",
     "init_federation_keys",
     "load_federation_keys",
     "node_key_fingerprint",
@@ -62,6 +66,7 @@ __all__ = [
 ]
 
 REGISTRY = "federation.json"
+COORDINATOR = "coordinator"
 REVOCATIONS = "revocations.json"
 CRL = "crl.pem"
 FORMAT = "fedrisk-keys/1"
@@ -143,6 +148,19 @@ class FederationKeys:
         entry = self.party(name)
         return self.folder / entry["cert"], self.folder / entry["cert_key"]
 
+    def ledger_certificate(self, name: str) -> tuple[Path, Path]:
+        """The certificate and key (0600) that bind ``name``'s ledger key: a party's client
+        certificate (refusing a revoked party), or the coordinator's (issued now if this
+        folder predates it; needs the CA key)."""
+        if name == COORDINATOR:
+            entry = self.registry.get("coordinator")
+            if entry is None or not (self.folder / entry["cert"]).exists():
+                entry = _issue_coordinator(self.folder, int(self.registry.get("days", 365)))
+                self.registry["coordinator"] = entry
+                self.save()
+            return self.folder / entry["cert"], self.folder / entry["cert_key"]
+        return self.client_cert(name)
+
     def active_parties(self) -> list[str]:
         return sorted(n for n, e in self.registry["parties"].items() if e["status"] == "active")
 
@@ -193,6 +211,15 @@ def _issue_party(folder: Path, name: str, days: int) -> dict[str, Any]:
     write_public_file(folder / "parties" / f"{name}.crt", crt)
     _pki.create_node_auth_keypair(folder / "nodes", name)
     return _entry(folder, name)
+
+
+def _issue_coordinator(folder: Path, days: int) -> dict[str, Any]:
+    """The coordinator's certificate (same client profile as a party's, CN ``coordinator``)."""
+    ca_cert, ca_key = _load_ca(folder)
+    crt, key = _pki.issue_party_certificate(ca_cert, ca_key, COORDINATOR, days)
+    write_secret_file(folder / "coordinator.key", key)
+    write_public_file(folder / "coordinator.crt", crt)
+    return {"cert": "coordinator.crt", "cert_key": "coordinator.key", "cert_sha256": _pki.cert_fingerprint(folder / "coordinator.crt")}
 
 
 def _entry(folder: Path, name: str, generation: int = 1) -> dict[str, Any]:
@@ -269,6 +296,7 @@ def init_federation_keys(
         "ca_sha256": _pki.cert_fingerprint(pki.ca_cert),
         "superlink_sha256": _pki.cert_fingerprint(pki.superlink_cert),
         "parties": entries,
+        "coordinator": _issue_coordinator(root, days),
     }
     keys = FederationKeys(root, registry)
     keys.save()
@@ -391,3 +419,30 @@ def _write_crl(keys: FederationKeys, revoked: list[dict[str, Any]]) -> None:
         )
     crl = builder.sign(ca_key, hashes.SHA256())
     write_public_file(keys.folder / CRL, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def bind_ledger_keys(keys: FederationKeys | str | os.PathLike[str], state_dirs: dict[str, str | os.PathLike[str]]) -> dict[str, Path]:
+    """Bind each node's ledger signing key to its certificate in this key folder.
+
+    Parameters
+    ----------
+    keys : FederationKeys or path
+        The federation key folder (``fedrisk keys init``).
+    state_dirs : dict
+        Node name (a party, or ``coordinator``) to its private state folder;
+        the node's Ed25519 identity there is created (0600) if it does not exist yet.
+
+    Returns
+    -------
+    dict
+        Node name to the ``ledger_key_binding.json`` written in its state folder.
+    """
+    from fedrisk.audit.key_binding import bind_node
+
+    if not isinstance(keys, FederationKeys):
+        keys = load_federation_keys(keys)
+    out: dict[str, Path] = {}
+    for name, state_dir in state_dirs.items():
+        cert, key = keys.ledger_certificate(name)
+        out[name] = bind_node(state_dir, name, cert, key)
+    return out

@@ -1,4 +1,4 @@
-"""Entity alignment by ECDH private set intersection (PSI) on X25519.
+"""Entity alignment by ECDH private set intersection (PSI) on Curve25519 / X25519.
 
 One **label holder** (the bank, IDs ``X``) aligns its rows with any number of
 **feature holders** (tax bureau, platform, ..., IDs ``Y_k``). The parties here are pure
@@ -9,7 +9,10 @@ them (case, whitespace) before handing them over.
 
 Protocol
 --------
-``H`` is the ID hash to an X25519 u-coordinate and ``k * P`` is ``X25519(k, P)``
+``H`` is RFC 9380 ``hash_to_curve`` onto Curve25519 (suite
+``curve25519_XMD:SHA-512_ELL2_RO_``, tag :data:`~fedrisk.crypto.psi_group.DST`), so every
+``H(id)`` is a point *of the curve*, never of its twist; ``k * P`` is ``X25519(k, P)``,
+whose clamped scalar ``k = 8 k'`` also clears the cofactor
 (:mod:`fedrisk.crypto.psi_group` gives the construction and its security argument).
 Every party draws a fresh X25519 key per run: ``a`` for the label holder, ``b_k`` for
 feature holder ``k``; ``pk = k * G`` is its public key. ``pi`` denotes a party's secret
@@ -48,19 +51,21 @@ Steps (classes below)::
 What each party learns (honest-but-curious, coordinator not colluding)
 -----------------------------------------------------------------------
 * **Label holder**: for every ``k``, which of its rows are in ``Y_k``, and ``|Y_k|``.
+  From F_k's blinded set it learns nothing else: each value is ``b_k' * P`` for a
+  uniformly distributed curve point ``P`` (random oracle) under F_k's fresh secret, so
+  linking one to a guessed ID is a DDH problem, and every value has the same
+  quadratic character (on the curve), so there is no per-ID bit to count.
 * **Feature holder k**: which of *its own* rows are in ``X``, and ``|X|``. Not the
   label holder's other IDs (it never holds ``a``), nor anything of another feature
   holder (keys ``b_j`` are independent, and it only ever sees the label holder's set).
 * **Coordinator**: ``|X|``, ``|Y_k|`` and the message sizes, which depend on those
-  alone (the result is a fixed-length bitmap, encrypted and authenticated). It holds no
-  scalar, so it cannot compute ``a*b*H(z)`` for any ``z``; telling whether a relayed
-  value belongs to a guessed ID, or whether two relayed values come from the same ID,
-  is a Decisional Diffie-Hellman problem. It does not learn the intersection size.
-* Everyone sees, for each blinded value, whether it lies on the curve or its twist; the
-  aggregate this reveals about the sender's non-intersecting IDs (a count of a public
-  pseudo-random bit, i.e. at most ``log2(m + 1)`` bits for ``m`` such IDs) is the one
-  deviation from ideal PSI; :mod:`fedrisk.crypto.psi_group` quantifies it. Sizes are
-  revealed by design.
+  alone (the result is a fixed-length bitmap, encrypted and authenticated; the row
+  positions that follow in :mod:`fedrisk.parties.alignment` are padded to
+  ``min(|X|, |Y_k|)``). It holds no scalar, so it cannot compute ``a*b*H(z)`` for any
+  ``z``; telling whether a relayed value belongs to a guessed ID, or whether two relayed
+  values come from the same ID, is a Decisional Diffie-Hellman problem. It does not
+  learn the intersection nor its size (except that a run with an empty intersection
+  stops with an error: there is nothing to train on).
 
 Out of scope: a malicious party can lie about its set (e.g. a tiny set to probe single
 IDs) or return wrong double-blinded values; a deployment that needs more sets a
@@ -69,7 +74,9 @@ minimum set size in policy and checks the overlap against expectations.
 Costs
 -----
 X25519 operations: ``|X| + sum_k |Y_k|`` for the label holder, ``|Y_k| + |X|`` for
-feature holder ``k``; about 30 us each per core here, spread over a
+feature holder ``k``; about 30 us each per core here, plus one hash to the curve per
+own ID (about as much again with ``gmpy2``; nothing when the pool's cache already
+holds the ID set's hashed points), spread over a
 :class:`~fedrisk.crypto.psi_pool.BlindingPool`. Bytes: ``32 |X|`` to each feature
 holder, ``32 (|Y_k| + |X|)`` back, ``|Y_k| / 8 + 16`` for the result. Matching is exact
 on all 32 bytes (an 8-byte prefix index, then a full comparison): no false positives.
@@ -89,7 +96,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedrisk.crypto.psi_group import hash_domain
+from fedrisk.crypto.psi_group import DST
 from fedrisk.crypto.psi_messages import (
     BlindedSet,
     DoubleBlindedSet,
@@ -265,6 +272,15 @@ def _encode_one(value: object, row: int, owner: str) -> bytes:
     raise DataValidationError(f"ID at row {row} of {owner} is a {type(value).__name__}, expected str or bytes")
 
 
+def _check_run_id(run_id: str) -> None:
+    try:
+        ok = isinstance(run_id, str) and 1 <= len(run_id.encode("utf-8")) <= 1024
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise CryptoError("PSI run id must be a string of 1..1024 UTF-8 bytes")
+
+
 def _random_permutation(n: int) -> np.ndarray:
     """A uniformly random permutation from the OS CSPRNG (ties of 64-bit keys: ~n^2/2^65)."""
     keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
@@ -346,7 +362,8 @@ class _Party:
             raise DataValidationError("PSI party name must be a non-empty string")
         self.party = party
         self.run_id = run_id
-        self._domain = hash_domain(run_id)
+        _check_run_id(run_id)
+        self._domain = DST
         self._owner = f"{self.role} holder {party!r}"
         self._ids = encode_ids(ids, self._owner)
         self._pool = pool if pool is not None else shared_pool()

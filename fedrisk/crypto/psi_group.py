@@ -1,82 +1,79 @@
-"""Raw group primitives of fedrisk's ECDH-PSI: hashing IDs to X25519 u-coordinates, blinding.
+"""Group primitives of fedrisk's ECDH-PSI: RFC 9380 hash-to-curve onto Curve25519, X25519 blinding.
 
 This is the *hazmat* layer under :mod:`fedrisk.crypto.psi`. It knows nothing about
 parties, messages or shuffling; use :class:`fedrisk.crypto.psi.LabelHolderPSI` and
 :class:`fedrisk.crypto.psi.FeatureHolderPSI` unless you are building a new protocol.
 
-The group operation
--------------------
-``x25519(k, u)`` is RFC 7748's X25519 function, computed by OpenSSL through
-``cryptography``'s ``X25519PrivateKey.exchange``: the scalar ``k`` is *clamped*
-(bits 0, 1, 2 and 255 cleared, bit 254 set, so ``k = 8 * k'`` with
-``2**251 <= k' < 2**252``) and ``u`` is read as a little-endian integer with bit 255
-masked. The Montgomery ladder works on u-coordinates only, and it is the same
-computation whether ``u`` belongs to Curve25519 or to its quadratic twist, so::
+Hash to the curve (:func:`hash_ids_to_u`)
+-----------------------------------------
+An ID is mapped to a point of Curve25519 (``v^2 = u^3 + A u^2 + u`` over
+``F_p``, ``p = 2**255 - 19``, ``A = 486662``) with RFC 9380's random-oracle
+suite ``curve25519_XMD:SHA-512_ELL2_RO_`` and the tag :data:`DST`::
 
-    x25519(b, x25519(a, u)) == x25519(a, x25519(b, u))          (commutativity)
+    (u0, u1) = hash_to_field(id, 2)        expand_message_xmd(SHA-512), L = 48: 96 bytes,
+                                           each half read big-endian mod p
+    Q0 = map_to_curve_elligator2(u0)       Elligator 2, Z = 2 (RFC 9380 6.7.1 / G.2.1)
+    Q1 = map_to_curve_elligator2(u1)
+    R  = Q0 + Q1                           affine Montgomery addition
+    P  = clear_cofactor(R) = 8 R           = RFC 9380 hash_to_curve(id)
 
-holds for every ``u`` whose result is not the point at infinity: both sides are
-``x(a*b*P)`` for the point ``P`` (on the curve or the twist) with ``x(P) = u``.
+``H(id)`` here is ``u(R)``, the u-coordinate of ``R``, 32 bytes little-endian. The
+cofactor is cleared by the blinding itself: an X25519 scalar is *clamped* to
+``k = 8 k'`` (bits 0-2 and 255 cleared, bit 254 set), so the first blinding gives
+``X25519(k, u(R)) = u(8 k' R) = u(k' P)``: the blinded value is the RFC 9380 point
+``P`` multiplied by the secret ``k'``. Both parties use the same ``H``, so
+commutativity holds as before::
 
-Hash to group (:func:`hash_to_u`)
----------------------------------
-RFC 9380 defines ``curve25519_XMD:SHA-512_ELL2_RO_`` (Elligator 2), but no maintained,
-fast wheel on PyPI offers it in a form that composes with ``cryptography``'s X25519.
-Checked: PyNaCl 1.6.2 exposes libsodium's ``crypto_core_ed25519_from_uniform`` (an
-Elligator 2 *encoding* onto edwards25519, not RFC 9380's hash_to_curve, 22 us a call
-here, and its Ed25519 scalar multiplication takes 74 us); rbcl 1.1.2 exposes
-ristretto255 ``from_hash`` (RFC 9496, 14 us) with a 42 us scalar multiplication;
-pysodium needs a system libsodium; pycryptodome's Curve25519 is 220 us per
-multiplication. OpenSSL's X25519 through ``cryptography`` costs about 30 us. Elligator
-2 in pure Python needs a 255-bit modular exponentiation per ID (about 100 us here).
-So an ID is mapped straight to a u-coordinate::
+    X25519(b, X25519(a, u(R))) = u(a' b' 64 R) = X25519(a, X25519(b, u(R)))
 
-    msg  = DST || I2OSP(len(run_id), 2) || run_id || id || I2OSP(ctr, 1)
-    u    = SHA-512(msg)[0:32] with bit 255 cleared                 (little endian)
-    DST  = b"fedrisk/psi/x25519-u/v1" || 0x00
+:func:`hash_to_curve` is the RFC's algorithm line by line (with the straight-line
+Elligator 2 of RFC 9380 Appendix G.2.1) and returns ``P``; the tests check it, and
+the fast batch path, against the RFC's test vectors (Appendix J.4.1 for this suite,
+J.4.2 for Elligator 2 alone, K.3 for ``expand_message_xmd`` with SHA-512).
 
-with ``ctr = 0``, increased while ``u`` is rejected (below). The prefix has a fixed
-length for a run and the counter a fixed width, so ``msg`` decodes to exactly one
-``(run_id, id, ctr)``: no two inputs of a run or of two runs share a hash input.
+Why the curve/twist bit is gone
+-------------------------------
+X25519 works on u-coordinates only, and a u-coordinate belongs either to
+Curve25519 or to its quadratic twist, depending on whether ``u^3 + A u^2 + u`` is a
+square mod ``p``; scalar multiplication never moves a point from one to the other.
+Hashing raw SHA-512 output to ``u`` (fedrisk's PSI v1) put about half of all IDs on
+the twist, and every blinded value carried that public, per-ID bit through single
+and double blinding (a test measured 300 of 300). Elligator 2 outputs points *of the
+curve* only (it picks ``x1`` or ``x2 = -x1 - A``, whichever makes the right-hand side
+a square), and the sum of two curve points is a curve point; so every ``H(id)``, and
+every blinded or double-blinded value, has quadratic character +1: there is no
+per-ID bit left to read (``tests/test_psi.py`` computes it on the real messages).
 
-* **Bit 255.** RFC 7748 decoding ignores bit 255 of ``u``, so two digests differing
-  only there would be the same group element. We clear it ourselves, so the map is
-  explicitly onto ``[0, 2**255)``.
-* **Non-canonical values.** ``u`` in ``[p, 2**255)`` (19 values, ``p = 2**255 - 19``)
-  would alias ``u - p``. They are rejected (probability ``2**-250.7``).
-* **Low order.** Five canonical u-coordinates (:data:`LOW_ORDER_U`: 0, 1, ``p - 1`` and
-  the two points of order 8) have order dividing 8; since a clamped scalar is a
-  multiple of 8, X25519 maps them to 0 and ``exchange`` raises. They are rejected at
-  hashing time (probability ``5 * 2**-255``), and a low-order point *received* from a
-  peer makes :func:`blind_points` raise :class:`~fedrisk.errors.CryptoError`.
-* **Curve or twist.** About half of all ``u`` are on Curve25519
-  (``E(F_p) = Z/8 x Z/l``, ``l = 2**252 + 27742...``), the other half on its twist
-  (``E'(F_p) = Z/4 x Z/l'``, ``l' = 2**253 - 55484...``), and 0 on both. The first
-  blinding multiplies by a clamped ``k = 8 k'``, which removes the cofactor part: the
-  result lies in the prime-order subgroup ``G`` (order ``l``) or ``G'`` (order ``l'``),
-  never at infinity because ``k' < min(l, l')``. Modelling SHA-512 as a random oracle,
-  ``8 * P_x`` is uniform on ``G`` (resp. ``4 * P_x`` on ``G'``), so ``H`` is a random
-  oracle onto ``G u G'`` (up to the sign of ``y``, which x-only arithmetic never sees).
-  Curve25519 was chosen to be *twist secure*: the best known attacks on discrete logs
-  or Diffie-Hellman in ``G'`` cost about ``2**126``, as in ``G``. ECDH-PSI's privacy
-  rests on DDH in the group that ``H`` lands in, so it holds in both.
+What the blinding exponent hides
+--------------------------------
+``E(F_p) = Z/8 x Z/l`` (``l = 2**252 + 27742...``, prime). Modelling SHA-512 as a
+random oracle, ``R = Q0 + Q1`` is indifferentiable from a uniform point of ``E(F_p)``
+(RFC 9380, Section 10.1), so ``P = 8 R`` is a uniform element of the prime-order
+subgroup ``G``, and so is every blinded value ``k' P``. A party sees ``k' P_i`` for the
+peer's IDs under the peer's fresh secret ``k'`` (``2**251 <= k' < 2**252``, from the OS
+CSPRNG): deciding whether one of them is ``k' H(z)`` for a guessed ``z``, or whether two
+values from different runs come from the same ID, is the Decisional Diffie-Hellman
+problem in ``G`` (about ``2**126`` work). What it does not hide, by design: how many
+values there are, and which values are equal under the same pair of keys (the
+double-blinded matches). Low-order points never occur for honest hashes
+(probability ``~2**-249``); a low-order point *received* from a peer makes
+:func:`blind_points` raise :class:`~fedrisk.errors.CryptoError`. A peer that sends
+twist points learns nothing about the scalar either (Curve25519 is twist-secure: the
+twist's large prime-order subgroup has order ``~2**253``); it only spoils its own matches.
+Domain separation: the tag :data:`DST` is fixed per protocol version (RFC 9380
+Section 3.1), not per run, because privacy comes from the fresh per-run scalars; this
+lets a party keep its hashed points warm between runs
+(:class:`~fedrisk.crypto.psi_pool.BlindingPool` caches them per ID set).
 
-  **What it costs compared with RFC 9380.** Scalar multiplication never moves a point
-  between curve and twist, so every blinded value shows its "colour" (curve or twist,
-  a Legendre symbol anyone can compute), which equals the colour of ``H(id)``: a
-  public, pseudo-random bit of the ID. A receiver of a blinded set therefore learns
-  the number of the sender's IDs whose colour is "curve". Subtracting the colours of
-  the IDs it shares, it learns ``sum(colour(x))`` over the sender's IDs *outside* the
-  intersection: at most ``log2(m + 1)`` bits about a set of ``m`` unknown IDs, and
-  about whether one candidate ID belongs to it an advantage of order ``1/sqrt(m)``
-  (one full bit when ``m = 1``). An Elligator 2 map, or try-and-increment until ``u``
-  is on the curve, removes it at the price of a modular exponentiation per ID.
-  :mod:`fedrisk.crypto.psi` documents where this matters.
-
-Scalars
--------
-A per-run secret is a fresh ``X25519PrivateKey``; its 32 raw bytes are what workers
-receive (see :mod:`fedrisk.crypto.psi_pool`). Clamping happens inside OpenSSL.
+Cost
+----
+Per ID: three SHA-512 blocks, two modular exponentiations (one square root per
+Elligator 2 call, about 10 us each with GMP: two thirds of the cost), and about 40
+field multiplications; the inversions (one per Elligator 2 call, one per addition)
+are batched with Montgomery's trick, three multiplications each. Measured here in
+CPU time: 32 us per ID with ``gmpy2``, as much as one X25519 (34 us, OpenSSL through
+``cryptography``); 230 us with plain Python integers (the fallback when ``gmpy2`` is
+missing; same points). A warm party pays it once per ID set (the pool's cache).
 """
 
 from __future__ import annotations
@@ -89,16 +86,32 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from fedrisk.errors import CryptoError
 
+try:  # GMP's modular exponentiation is ~10x Python's for 255-bit numbers
+    import gmpy2 as _gmpy2
+except ImportError:  # pragma: no cover - exercised only where gmpy2 is not installed
+    _gmpy2 = None
+
 __all__ = [
+    "CURVE_A",
+    "DST",
     "FIELD_PRIME",
+    "HAVE_GMPY2",
     "LOW_ORDER_U",
     "POINT_SIZE",
-    "DST",
+    "SUITE",
     "blind_points",
+    "blind_points_blob",
+    "clear_cofactor",
+    "expand_message_xmd",
     "hash_domain",
     "hash_ids_to_u",
+    "hash_to_curve",
+    "hash_to_field",
     "hash_to_u",
     "is_acceptable_u",
+    "is_on_curve",
+    "map_to_curve_elligator2",
+    "point_add",
     "x25519",
 ]
 
@@ -107,6 +120,18 @@ POINT_SIZE = 32
 
 #: ``p = 2**255 - 19``, the field of Curve25519.
 FIELD_PRIME = 2**255 - 19
+
+#: ``A`` (RFC 9380's ``J``) of Curve25519 ``v^2 = u^3 + A u^2 + u``; ``K = B = 1``.
+CURVE_A = 486662
+
+#: The RFC 9380 suite fedrisk hashes IDs with.
+SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"
+
+#: Domain-separation tag of the ID hash (RFC 9380 Section 3.1: application, version, suite).
+DST = b"FEDRISK-PSI-V02-CS01-with-" + SUITE.encode("ascii")
+
+#: True when ``gmpy2`` is importable (fast path).
+HAVE_GMPY2 = _gmpy2 is not None
 
 #: Canonical u-coordinates of order dividing 8 on Curve25519 or its twist: X25519 with
 #: any clamped scalar maps them to 0.
@@ -120,34 +145,328 @@ LOW_ORDER_U: frozenset[int] = frozenset(
     }
 )
 
-#: Domain-separation tag of the ID hash (version 1).
-DST = b"fedrisk/psi/x25519-u/v1\x00"
-
-_MAX_COUNTER = 255
-_MASK64 = (1 << 64) - 1
-# Cheap vectorised pre-filters: the low 64 bits of every low-order value, and the top
-# 64 bits that every u >= p shares (after clearing bit 255).
-_LOW_ORDER_LOW64 = np.array(sorted({v & _MASK64 for v in LOW_ORDER_U}), dtype="<u8")
-_NONCANONICAL_HIGH64 = (FIELD_PRIME >> 192) & _MASK64
+_p = FIELD_PRIME
+_L = 48  # ceil((255 + 128) / 8)
+_SQRT_EXP = (_p + 3) // 8  # p = 5 (mod 8): a^((p+3)/8) is a square root of +-a
+_C4 = (_p - 5) // 8  # RFC 9380 G.2.1, c4
+_SQRT_M1 = pow(2, (_p - 1) // 4, _p)  # 2 is a non-square mod p, so this squares to -1
+_C2 = pow(2, _SQRT_EXP, _p)  # RFC 9380 G.2.1, c2 = 2^c1 with c1 = (p + 3) / 8
 
 
-def hash_domain(run_id: str) -> bytes:
-    """Return the per-run prefix ``DST || I2OSP(len(run_id), 2) || run_id`` of the ID hash.
+def _num(value: int):
+    return _gmpy2.mpz(value) if _gmpy2 is not None else value
 
-    Parameters
-    ----------
-    run_id
-        The run's identifier, shared by all parties of one PSI run; 1..1024 UTF-8 bytes.
+
+_P = _num(_p)
+_J = _num(CURVE_A)
+_MINUS_J = _num(_p - CURVE_A)
+_E_SQRT = _num(_SQRT_EXP)
+_I = _num(_SQRT_M1)
+_C2N = _num(_C2)
+_ONE = _num(1)
+
+
+def _inverse(value):
+    if _gmpy2 is not None:
+        return _gmpy2.invert(value, _P)
+    return pow(value, -1, _p)
+
+
+# --------------------------------------------------------------------------- RFC 9380, reference
+
+
+def expand_message_xmd(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
+    """RFC 9380 Section 5.3.1 ``expand_message_xmd`` with SHA-512.
+
+    Raises
+    ------
+    CryptoError
+        If ``dst`` is empty or longer than 255 bytes, or ``len_in_bytes`` is out of range.
+    """
+    b_in_bytes, s_in_bytes = 64, 128
+    ell = -(-len_in_bytes // b_in_bytes)
+    if not 1 <= len(dst) <= 255:
+        raise CryptoError(f"hash-to-curve DST must be 1..255 bytes, got {len(dst)}")
+    if ell > 255 or not 0 < len_in_bytes <= 65535:
+        raise CryptoError(f"expand_message_xmd cannot produce {len_in_bytes} bytes")
+    dst_prime = dst + bytes((len(dst),))
+    msg_prime = bytes(s_in_bytes) + msg + len_in_bytes.to_bytes(2, "big") + b"\x00" + dst_prime
+    b_0 = hashlib.sha512(msg_prime).digest()
+    b_i = hashlib.sha512(b_0 + b"\x01" + dst_prime).digest()
+    out = [b_i]
+    for i in range(2, ell + 1):
+        b_i = hashlib.sha512(bytes(x ^ y for x, y in zip(b_0, b_i)) + bytes((i,)) + dst_prime).digest()
+        out.append(b_i)
+    return b"".join(out)[:len_in_bytes]
+
+
+def hash_to_field(msg: bytes, count: int = 2, dst: bytes = DST) -> list[int]:
+    """RFC 9380 Section 5.2 ``hash_to_field`` for ``F_p`` (``m = 1``, ``L = 48``)."""
+    uniform = expand_message_xmd(msg, dst, count * _L)
+    return [int.from_bytes(uniform[_L * i : _L * (i + 1)], "big") % _p for i in range(count)]
+
+
+def _sgn0(x: int) -> int:
+    return x % 2
+
+
+def map_to_curve_elligator2(u: int) -> tuple[int, int]:
+    """RFC 9380 Appendix G.2.1 ``map_to_curve_elligator2_curve25519``, in affine coordinates.
 
     Returns
     -------
-    bytes
-        The prefix to pass to :func:`hash_to_u` / :func:`hash_ids_to_u`.
+    (int, int)
+        ``(x, y)`` on Curve25519 (``y^2 = x^3 + A x^2 + x``).
     """
-    raw = run_id.encode("utf-8")
-    if not 1 <= len(raw) <= 1024:
-        raise CryptoError(f"PSI run id must be 1..1024 UTF-8 bytes, got {len(raw)}")
-    return DST + len(raw).to_bytes(2, "big") + raw
+    p, J = _p, CURVE_A
+    tv1 = u * u % p
+    tv1 = 2 * tv1 % p
+    xd = (tv1 + 1) % p
+    x1n = -J % p
+    tv2 = xd * xd % p
+    gxd = tv2 * xd % p
+    gx1 = J * tv1 % p
+    gx1 = gx1 * x1n % p
+    gx1 = (gx1 + tv2) % p
+    gx1 = gx1 * x1n % p
+    tv3 = gxd * gxd % p
+    tv2 = tv3 * tv3 % p
+    tv3 = tv3 * gxd % p
+    tv3 = tv3 * gx1 % p
+    tv2 = tv2 * tv3 % p
+    y11 = pow(tv2, _C4, p)
+    y11 = y11 * tv3 % p
+    y12 = y11 * _SQRT_M1 % p
+    tv2 = y11 * y11 % p
+    tv2 = tv2 * gxd % p
+    e1 = tv2 == gx1
+    y1 = y11 if e1 else y12
+    x2n = x1n * tv1 % p
+    y21 = y11 * u % p
+    y21 = y21 * _C2 % p
+    y22 = y21 * _SQRT_M1 % p
+    gx2 = gx1 * tv1 % p
+    tv2 = y21 * y21 % p
+    tv2 = tv2 * gxd % p
+    e2 = tv2 == gx2
+    y2 = y21 if e2 else y22
+    tv2 = y1 * y1 % p
+    tv2 = tv2 * gxd % p
+    e3 = tv2 == gx1
+    xn = x1n if e3 else x2n
+    y = y1 if e3 else y2
+    e4 = _sgn0(y) == 1
+    if e3 != e4:
+        y = -y % p
+    return xn * pow(xd, -1, p) % p, y
+
+
+def is_on_curve(x: int, y: int) -> bool:
+    """True when ``(x, y)`` satisfies ``y^2 = x^3 + A x^2 + x`` mod ``p``."""
+    return (y * y - (x * x * x + CURVE_A * x * x + x)) % _p == 0
+
+
+def point_add(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Add two affine points of Curve25519 (``None`` is the point at infinity)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    p = _p
+    (x1, y1), (x2, y2) = a, b
+    if x1 == x2:
+        if (y1 + y2) % p == 0:
+            return None
+        lam = (3 * x1 * x1 + 2 * CURVE_A * x1 + 1) * pow(2 * y1, -1, p) % p
+    else:
+        lam = (y2 - y1) * pow(x2 - x1, -1, p) % p
+    x3 = (lam * lam - CURVE_A - x1 - x2) % p
+    return x3, (lam * (x1 - x3) - y1) % p
+
+
+def clear_cofactor(point: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Multiply by ``h_eff = 8`` (three doublings)."""
+    for _ in range(3):
+        point = point_add(point, point)
+    return point
+
+
+def _hash_to_r(msg: bytes, dst: bytes) -> tuple[int, int] | None:
+    u0, u1 = hash_to_field(msg, 2, dst)
+    return point_add(map_to_curve_elligator2(u0), map_to_curve_elligator2(u1))
+
+
+def hash_to_curve(msg: bytes, dst: bytes = DST) -> tuple[int, int] | None:
+    """RFC 9380 ``hash_to_curve`` for ``curve25519_XMD:SHA-512_ELL2_RO_``: the point ``P``.
+
+    The reference path (pure Python, one ID at a time); :func:`hash_ids_to_u` is the
+    batched path fedrisk runs, and returns ``u(R)`` with ``P = 8 R``.
+    """
+    return clear_cofactor(_hash_to_r(msg, dst))
+
+
+def hash_domain(run_id: str | None = None) -> bytes:
+    """The hash's domain-separation tag: :data:`DST`, the same for every run.
+
+    PSI v1 bound the run id into the hash; v2 does not (privacy comes from the per-run
+    scalars, and a fixed tag lets a party cache its hashed points). ``run_id``, if
+    given, is only checked (1..1024 UTF-8 bytes), so v1 callers get the v2 tag.
+    """
+    if run_id is not None:
+        raw = run_id.encode("utf-8")
+        if not 1 <= len(raw) <= 1024:
+            raise CryptoError(f"PSI run id must be 1..1024 UTF-8 bytes, got {len(raw)}")
+    return DST
+
+
+def hash_to_u(dst: bytes, identifier: bytes) -> bytes:
+    """``u(R)`` of one ID, 32 bytes little-endian (reference path; see the module docstring)."""
+    point = _hash_to_r(identifier, dst)
+    if point is None or point[0] in LOW_ORDER_U:
+        raise CryptoError("ID hashes to a point of small order")  # probability ~2**-249
+    return point[0].to_bytes(POINT_SIZE, "little")
+
+
+# --------------------------------------------------------------------------- batched fast path
+
+
+class _Expander:
+    """``hash_to_field(msg, 2)`` for one DST, with the hash state after ``Z_pad`` precomputed."""
+
+    def __init__(self, dst: bytes) -> None:
+        if not 1 <= len(dst) <= 255:
+            raise CryptoError(f"hash-to-curve DST must be 1..255 bytes, got {len(dst)}")
+        dst_prime = dst + bytes((len(dst),))
+        self.zpad = hashlib.sha512(bytes(128))
+        self.tail0 = (2 * _L).to_bytes(2, "big") + b"\x00" + dst_prime
+        self.tail1 = b"\x01" + dst_prime
+        self.tail2 = b"\x02" + dst_prime
+
+    def fields(self, identifiers: Sequence[bytes]) -> tuple[list, list]:
+        zpad, tail0, tail1, tail2 = self.zpad, self.tail0, self.tail1, self.tail2
+        sha512, from_bytes, num, p = hashlib.sha512, int.from_bytes, _num, _p
+        u0s, u1s = [], []
+        for msg in identifiers:
+            h = zpad.copy()
+            h.update(msg)
+            h.update(tail0)
+            b0 = h.digest()
+            b1 = sha512(b0 + tail1).digest()
+            b2 = sha512((from_bytes(b0, "big") ^ from_bytes(b1, "big")).to_bytes(64, "big") + tail2).digest()
+            u0s.append(num(from_bytes(b1[:_L], "big") % p))
+            u1s.append(num(from_bytes(b1[_L:] + b2[: 2 * _L - 64], "big") % p))
+        return u0s, u1s
+
+
+_EXPANDERS: dict[bytes, _Expander] = {}
+
+
+def _expander(dst: bytes) -> _Expander:
+    exp = _EXPANDERS.get(dst)
+    if exp is None:
+        exp = _EXPANDERS[dst] = _Expander(dst)
+    return exp
+
+
+def _batch_invert(values: list) -> list:
+    """Montgomery's trick: all inverses for one inversion and 3 multiplications each (no zeros)."""
+    P = _P
+    prefix = []
+    acc = _ONE
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % P
+    inv = _inverse(acc)
+    out = [None] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % P
+        inv = inv * values[i] % P
+    return out
+
+
+def _elligator2_batch(us: list) -> tuple[list, list]:
+    """RFC 9380 Section 6.7.1 Elligator 2 (Z = 2) for many ``u``: affine ``(x, y)`` lists.
+
+    Same output as :func:`map_to_curve_elligator2` (the straight-line version): ``x1 =
+    -A / (1 + 2 u^2)``; if ``g(x1)`` is square, ``x = x1`` and ``y`` its root with
+    ``sgn0(y) = 1``; else ``x = -x1 - A`` and ``y = sqrt(2 u^2 g(x1))`` with ``sgn0(y) = 0``.
+    """
+    P, J, MJ, E, I, C2 = _P, _J, _MINUS_J, _E_SQRT, _I, _C2N
+    ts = [(u * u << 1) % P for u in us]  # 2 u^2
+    invs = _batch_invert([t + 1 for t in ts])  # 1 + 2 u^2 != 0: -1/2 is not a square mod p
+    xs, ys = [], []
+    for u, t, inv in zip(us, ts, invs):
+        x = MJ * inv % P
+        g = x * (x * (x + J) + 1) % P
+        r = pow(g, E, P)  # r^2 = g * g^((p-1)/4), a 4th root of unity times g
+        r2 = r * r % P
+        if r2 == g:
+            y, square = r, 1
+        elif r2 + g == P:
+            y, square = r * I % P, 1
+        else:  # g(x1) is not a square, so g(x2) = 2 u^2 g(x1) is
+            x = (MJ - x) % P
+            g = g * t % P
+            y = u * C2 % P * r % P  # y^2 = g * (2 g(x1))^((p-1)/4) = +-g
+            if y * y % P != g:
+                y = y * I % P
+            square = 0
+        if (y & 1) != square:
+            y = (P - y) % P
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+def hash_ids_to_u(dst: bytes, identifiers: Sequence[bytes]) -> np.ndarray:
+    """Hash many IDs to Curve25519: row ``i`` is ``u(R)`` of ``identifiers[i]`` (see the module docstring).
+
+    Parameters
+    ----------
+    dst
+        RFC 9380 domain-separation tag, 1..255 bytes (:data:`DST` for fedrisk's PSI).
+    identifiers
+        ID bytes (UTF-8 for text IDs).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 32)`` uint8 array of little-endian u-coordinates, each of a point of
+        Curve25519 (never the twist), canonical and not of small order.
+    """
+    n = len(identifiers)
+    if n == 0:
+        return np.empty((0, POINT_SIZE), dtype=np.uint8)
+    u0s, u1s = _expander(dst).fields(identifiers)
+    x0s, y0s = _elligator2_batch(u0s)
+    x1s, y1s = _elligator2_batch(u1s)
+    P, J = _P, _J
+    dxs = [(b - a) % P for a, b in zip(x0s, x1s)]
+    equal = [i for i, d in enumerate(dxs) if not d]  # Q0 = +-Q1: probability ~2**-254
+    for i in equal:
+        dxs[i] = _ONE
+    inv = _batch_invert(dxs)
+    out = bytearray(POINT_SIZE * n)
+    for i in range(n):
+        lam = (y1s[i] - y0s[i]) * inv[i] % P
+        x = (lam * lam - J - x0s[i] - x1s[i]) % P
+        out[POINT_SIZE * i : POINT_SIZE * (i + 1)] = int(x).to_bytes(POINT_SIZE, "little")
+    for i in equal:
+        point = point_add((int(x0s[i]), int(y0s[i])), (int(x1s[i]), int(y1s[i])))
+        out[POINT_SIZE * i : POINT_SIZE * (i + 1)] = bytes(POINT_SIZE) if point is None else point[0].to_bytes(POINT_SIZE, "little")
+    arr = np.frombuffer(bytes(out), dtype=np.uint8).reshape(n, POINT_SIZE)
+    # Small order (R of order dividing 8, or R at infinity) has probability ~2**-249 per ID.
+    low = _LOW_ORDER_LOW64
+    for i in np.flatnonzero(np.isin(arr.view("<u8")[:, 0], low)).tolist():
+        if int.from_bytes(arr[i].tobytes(), "little") in LOW_ORDER_U:
+            raise CryptoError(f"ID at row {i} hashes to a point of small order")
+    return arr
+
+
+_LOW_ORDER_LOW64 = np.array(sorted({v & ((1 << 64) - 1) for v in LOW_ORDER_U}), dtype="<u8")
+
+
+# --------------------------------------------------------------------------- X25519
 
 
 def is_acceptable_u(u: bytes) -> bool:
@@ -156,69 +475,6 @@ def is_acceptable_u(u: bytes) -> bool:
         return False
     value = int.from_bytes(u, "little")
     return value < FIELD_PRIME and value not in LOW_ORDER_U
-
-
-def hash_to_u(domain: bytes, identifier: bytes) -> bytes:
-    """Hash one ID to an acceptable X25519 u-coordinate (see the module docstring).
-
-    Parameters
-    ----------
-    domain
-        Output of :func:`hash_domain`.
-    identifier
-        The ID's bytes (UTF-8 for text IDs), non-empty.
-
-    Returns
-    -------
-    bytes
-        32 bytes, little endian, bit 255 clear, ``< p``, not of low order.
-    """
-    base = hashlib.sha512(domain)
-    base.update(identifier)
-    for ctr in range(_MAX_COUNTER + 1):
-        h = base.copy()
-        h.update(bytes((ctr,)))
-        u = bytearray(h.digest()[:POINT_SIZE])
-        u[31] &= 0x7F
-        if is_acceptable_u(bytes(u)):
-            return bytes(u)
-    raise CryptoError("hash to X25519 u-coordinate found no acceptable value in 256 tries")
-
-
-def hash_ids_to_u(domain: bytes, identifiers: Sequence[bytes]) -> np.ndarray:
-    """Hash many IDs to u-coordinates; same output as :func:`hash_to_u` row by row.
-
-    Parameters
-    ----------
-    domain
-        Output of :func:`hash_domain`.
-    identifiers
-        ID bytes, each non-empty.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, 32)`` uint8 array, row ``i`` the u-coordinate of ``identifiers[i]``.
-    """
-    n = len(identifiers)
-    base = hashlib.sha512(domain)
-    zero = b"\x00"
-    buf = bytearray(64 * n)
-    for i, identifier in enumerate(identifiers):
-        h = base.copy()
-        h.update(identifier)
-        h.update(zero)
-        buf[64 * i : 64 * i + 64] = h.digest()
-    out = np.frombuffer(bytes(buf), dtype=np.uint8).reshape(n, 64)[:, :POINT_SIZE].copy()
-    out[:, 31] &= 0x7F
-    # Almost never true; the exact check (and the rehash with a counter) runs on the few
-    # rows the 64-bit pre-filters flag.
-    words = out.view("<u8")
-    suspicious = np.isin(words[:, 0], _LOW_ORDER_LOW64) | (words[:, 3] == _NONCANONICAL_HIGH64)
-    for i in np.flatnonzero(suspicious).tolist():
-        if not is_acceptable_u(out[i].tobytes()):
-            out[i] = np.frombuffer(hash_to_u(domain, identifiers[i]), dtype=np.uint8)
-    return out
 
 
 def _private_key(scalar: bytes) -> X25519PrivateKey:
@@ -278,18 +534,6 @@ def blind_points_blob(scalar: bytes, points: bytes) -> tuple[bytes, int]:
 
 def blind_points(scalar: bytes, points: np.ndarray) -> np.ndarray:
     """Multiply every row of an ``(n, 32)`` uint8 array of u-coordinates by ``scalar``.
-
-    Parameters
-    ----------
-    scalar
-        32-byte secret scalar.
-    points
-        ``(n, 32)`` uint8 array.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, 32)`` uint8 array of ``X25519(scalar, points[i])``.
 
     Raises
     ------

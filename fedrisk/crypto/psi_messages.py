@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 MAGIC = b"FRPS"
-VERSION = 1
+VERSION = 2  # 2: IDs hashed with RFC 9380 hash_to_curve (1: raw SHA-512 u-coordinates)
 POINT_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16

@@ -1,26 +1,36 @@
-"""Worker pool for the CPU-bound part of PSI: hashing IDs and X25519 blinding.
+"""Worker pool for the CPU-bound part of PSI: hashing IDs to Curve25519 and X25519 blinding.
 
-X25519 costs about 30 us per point here, and a PSI run needs two per ID on each side,
-so a party spreads the work over its cores. :class:`BlindingPool` cuts a batch into
-chunks of raw bytes (IDs joined into one blob with a length table; points as
-concatenated 32-byte strings) and maps them over a ``ProcessPoolExecutor``. Workers get
-the 32 raw bytes of the party's per-run scalar with each chunk and rebuild the key;
-nothing but ``bytes`` and tuples of ``bytes``/``int`` crosses the process boundary.
-That is the standard library's IPC inside one party's own pool, never a message from
-another party.
+Hashing an ID (RFC 9380 hash-to-curve, :mod:`fedrisk.crypto.psi_group`) costs about as
+much as an X25519 (about 30 us each here), and a PSI run needs, per own ID, one hash and
+one blinding, plus one blinding per peer ID, so a party spreads the work over its cores.
+:class:`BlindingPool` cuts a batch into chunks of raw bytes (IDs joined into one blob
+with a length table; points as concatenated 32-byte strings) and maps them over a
+``ProcessPoolExecutor``. Workers get the 32 raw bytes of the party's per-run scalar with
+each chunk and rebuild the key; nothing but ``bytes`` and tuples of ``bytes``/``int``
+crosses the process boundary. That is the standard library's IPC inside one party's own
+pool, never a message from another party.
+
+The hashed points of an ID set do not depend on the run (the hash's tag is fixed per
+protocol version; privacy comes from the per-run scalar), so the pool keeps the hashed
+points of the last few ID sets it saw (:attr:`BlindingPool.cache_entries`, keyed by a
+SHA-256 of the tag and the IDs): a warm party process that aligns the same table again
+pays one X25519 per ID and no hashing. The cache holds the party's own hashes in its
+own memory and is never sent anywhere.
 
 Workers are started with the ``spawn`` method: it is safe in processes that already run
 threads (gRPC, Flower), and a worker imports only :mod:`fedrisk.crypto.psi_group`
-(``cryptography``, ``hashlib``, ``numpy``). Small batches run inline, so tests and
+(``cryptography``, ``hashlib``, ``numpy``, ``gmpy2``). Small batches run inline, so tests and
 small federations never pay the start-up (about half a second for two workers).
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -34,14 +44,19 @@ __all__ = ["BlindingPool", "shared_pool"]
 #: Batches smaller than this run in the calling process.
 DEFAULT_MIN_PARALLEL = 16_384
 
+#: Hashed-point cache: at most this many ID sets and this many bytes of points.
+DEFAULT_CACHE_ENTRIES = 4
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 
-def _hash_and_blind_chunk(
-    scalar: bytes, domain: bytes, blob: bytes, lengths: bytes
-) -> tuple[bytes, int]:
-    """Worker: split ``blob`` by ``lengths`` (uint32), hash each ID to u, blind by ``scalar``."""
-    ids = _split(blob, lengths)
-    points = hash_ids_to_u(domain, ids)
-    return blind_points_blob(scalar, points.tobytes())
+
+def _hash_and_blind_chunk(scalar: bytes, domain: bytes, blob: bytes, lengths: bytes) -> tuple[bytes, bytes, int]:
+    """Worker: split ``blob`` by ``lengths`` (uint32), hash each ID to the curve, blind by ``scalar``.
+
+    Returns ``(hashed, blinded, bad)`` as :func:`~fedrisk.crypto.psi_group.blind_points_blob`
+    does, plus the hashed points for the caller's cache.
+    """
+    points = hash_ids_to_u(domain, _split(blob, lengths)).tobytes()
+    return (points, *blind_points_blob(scalar, points))
 
 
 def _blind_chunk(scalar: bytes, points: bytes) -> tuple[bytes, int]:
@@ -66,6 +81,9 @@ class BlindingPool:
         everything in the calling process.
     min_parallel
         Batches with fewer items run inline.
+    cache_entries, cache_bytes
+        Keep the hashed points of up to this many ID sets (least recently used first
+        out) and this many bytes in all; ``0`` turns the cache off.
 
     Notes
     -----
@@ -73,7 +91,14 @@ class BlindingPool:
     (or interpreter exit). Use one pool per party process and keep it warm across runs.
     """
 
-    def __init__(self, workers: int | None = None, *, min_parallel: int = DEFAULT_MIN_PARALLEL) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        min_parallel: int = DEFAULT_MIN_PARALLEL,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         count = (os.cpu_count() or 1) if workers is None else int(workers)
         if count < 1:
             raise CryptoError(f"BlindingPool needs at least 1 worker, got {workers}")
@@ -82,11 +107,26 @@ class BlindingPool:
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_entries = max(0, int(cache_entries))
+        self._cache_bytes = max(0, int(cache_bytes))
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     @property
     def workers(self) -> int:
         """Number of worker processes the pool uses for large batches."""
         return self._workers
+
+    @property
+    def cache_entries(self) -> int:
+        """Number of ID sets whose hashed points are cached."""
+        return len(self._cache)
+
+    def clear_cache(self) -> None:
+        """Forget every cached hashed point."""
+        with self._lock:
+            self._cache.clear()
 
     def start(self) -> None:
         """Start the worker processes now (otherwise they start on the first large batch)."""
@@ -129,6 +169,31 @@ class BlindingPool:
     def _parallel(self, n: int) -> bool:
         return self._workers > 1 and n >= self._min_parallel
 
+    # ------------------------------------------------------------------ cache
+
+    def _cache_get(self, key: bytes) -> np.ndarray | None:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+            return hit
+
+    def _cache_put(self, key: bytes, points: np.ndarray) -> None:
+        if not self._cache_entries or points.nbytes > self._cache_bytes:
+            return
+        points = points.copy()
+        points.flags.writeable = False
+        with self._lock:
+            self._cache[key] = points
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_entries or sum(v.nbytes for v in self._cache.values()) > self._cache_bytes:
+                self._cache.popitem(last=False)
+
+    # ------------------------------------------------------------------ work
+
     def hash_and_blind(self, scalar: bytes, domain: bytes, identifiers: Sequence[bytes]) -> np.ndarray:
         """Compute ``X25519(scalar, H(id))`` for every ID.
 
@@ -137,7 +202,7 @@ class BlindingPool:
         scalar
             32-byte secret scalar.
         domain
-            :func:`fedrisk.crypto.psi_group.hash_domain` of the run.
+            RFC 9380 domain-separation tag of the hash (:data:`fedrisk.crypto.psi_group.DST`).
         identifiers
             Non-empty ID bytes.
 
@@ -147,22 +212,28 @@ class BlindingPool:
             ``(n, 32)`` uint8 array in input order.
         """
         n = len(identifiers)
+        lengths = _lengths(identifiers)
+        blob = b"".join(identifiers)
+        key = _set_key(domain, lengths, blob)
+        cached = self._cache_get(key)
+        if cached is not None:
+            return self.blind(scalar, cached)
         if not self._parallel(n):
-            points = hash_ids_to_u(domain, identifiers)
-            return _check(*blind_points_blob(scalar, points.tobytes()), 0)
+            hashed, blinded, bad = _hash_and_blind_chunk(scalar, domain, blob, lengths)
+            out = _check(blinded, bad, 0)
+            self._cache_put(key, np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_SIZE))
+            return out
         executor = self._ensure_executor()
         parts = self._chunks(n)
+        offsets = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype="<u4"), dtype=np.int64)]).tolist()
         futures = [
-            executor.submit(
-                _hash_and_blind_chunk,
-                scalar,
-                domain,
-                b"".join(identifiers[a:b]),
-                _lengths(identifiers[a:b]),
-            )
+            executor.submit(_hash_and_blind_chunk, scalar, domain, blob[offsets[a] : offsets[b]], lengths[4 * a : 4 * b])
             for a, b in parts
         ]
-        return np.concatenate([_check(*f.result(), a) for f, (a, _) in zip(futures, parts)])
+        results = [f.result() for f in futures]
+        out = np.concatenate([_check(blinded, bad, a) for (_, blinded, bad), (a, _) in zip(results, parts)])
+        self._cache_put(key, np.frombuffer(b"".join(r[0] for r in results), dtype=np.uint8).reshape(-1, POINT_SIZE))
+        return out
 
     def blind(self, scalar: bytes, points: np.ndarray) -> np.ndarray:
         """Compute ``X25519(scalar, u)`` for every row of an ``(n, 32)`` uint8 array.
@@ -182,6 +253,14 @@ class BlindingPool:
         parts = self._chunks(n)
         futures = [executor.submit(_blind_chunk, scalar, points[a:b].tobytes()) for a, b in parts]
         return np.concatenate([_check(*f.result(), a) for f, (a, _) in zip(futures, parts)])
+
+
+def _set_key(domain: bytes, lengths: bytes, blob: bytes) -> bytes:
+    h = hashlib.sha256(b"fedrisk/psi/hashed-set\x00")
+    h.update(len(domain).to_bytes(2, "big") + domain)
+    h.update(len(lengths).to_bytes(8, "big") + lengths)
+    h.update(blob)
+    return h.digest()
 
 
 def _lengths(identifiers: Sequence[bytes]) -> bytes:

@@ -12,9 +12,12 @@ side). Four PSI exchanges, each with every party that has something to do::
     psi.finish        feature holder k       ← its sealed answer            [ciphertext]
 
 then ``vertical.align``: the label holder seals each feature holder's row
-positions in its private training order to that party's identity key, and the
-coordinator hands each its envelope. What the coordinator learns: the set sizes
-(from message sizes) and the number of training rows — not the intersection.
+positions in its private training order to that party's identity key, padded to
+``min(|X|, |Y_k|)`` slots, and the coordinator hands each its envelope. What the
+coordinator learns: the set sizes (from message sizes, which depend on nothing
+else) and the number of training rows (``|X|``) — not the intersection nor its
+size, which stay with the label holder (:func:`fedrisk.parties.alignment.read_alignment_report`)
+and appear in no reply, log line, checkpoint or ``result.json`` of the coordinator.
 """
 
 from __future__ import annotations

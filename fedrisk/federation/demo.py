@@ -27,6 +27,7 @@ from fedrisk.errors import FedriskError
 from fedrisk.federation.local import LocalFederation
 from fedrisk.federation.train import (
     audit_run,
+    label_holder_intersection,
     new_run_dir,
     vertical_metrics,
     weighted_final_metrics,
@@ -116,7 +117,8 @@ def run_vertical_demo(
     with LocalFederation(run_dir, parties, config, log=console.print) as federation:
         with console.status(what):
             result = federation.run()
-    metrics = vertical_metrics(result)
+    # The bank (label holder) learned the overlap; the coordinator did not: read it from the bank's side.
+    metrics = vertical_metrics(result, label_holder_intersection(parties, result))
     train_by_row = training_mask(np.asarray(data.bank.labels), VALIDATION)
     central = _centralised_reference(data, train_by_row, model, trees)
     with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
@@ -293,7 +295,7 @@ def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
     for party, counts in sorted((summary.get("bytes_exchanged") or {}).items()):
         traffic.add_row(party, f"{counts['sent_to_party']:,}", f"{counts['received_from_party']:,}")
     console.print(traffic)
-    overlap = ", ".join(f"{p} {n:,}" for p, n in summary.get("intersection", {}).items())
+    overlap = ", ".join(f"{p} {n:,}" for p, n in (summary.get("intersection") or {}).items())
     unit = "trees" if summary.get("model") == "secureboost" else "epochs"
     console.print(f"intersection with the bank: {overlap}; {summary['rounds']} {unit} in {summary.get('seconds_training', 0):.1f} s")
     live = summary.get("scoring") or {}

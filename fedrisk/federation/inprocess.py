@@ -30,8 +30,16 @@ class InProcessGrid(Grid):
     """A Flower Grid whose nodes are ClientApps in this process."""
 
     def __init__(
-        self, parties: list[PartySettings], *, run_id: int = 1, tap: Tap | None = None, run_config: dict | None = None
+        self,
+        parties: list[PartySettings],
+        *,
+        run_id: int = 1,
+        tap: Tap | None = None,
+        run_config: dict | None = None,
+        node_config: dict | None = None,
     ) -> None:
+        """``node_config``: extra node-config keys for every party (e.g. ``{"ledger": "off"}``), as a
+        researcher who runs every node of a simulation sets them; a run config cannot."""
         from fedrisk.parties.client_app import app as client_app
 
         from flwr.supercore.task_identity import TaskIdentity
@@ -52,7 +60,10 @@ class InProcessGrid(Grid):
             self.contexts[node_id] = Context(
                 run_id=run_id,
                 node_id=node_id,
-                node_config={"party": party.name, "party-settings": str(settings_path), "party-state-dir": party.state_dir},
+                node_config={
+                    **(node_config or {}),
+                    "party": party.name, "party-settings": str(settings_path), "party-state-dir": party.state_dir,
+                },
                 state=RecordDict(),
                 run_config=dict(run_config or {}),
             )

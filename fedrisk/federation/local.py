@@ -200,6 +200,10 @@ class LocalFederation:
                 self.keys = init_federation_keys(ensure_private_dir(self.run_dir / "pki"), names, force=True)
             node_keys = {name: self.keys.node_private_key(name) for name in names}  # refuses a revoked party
             self.ca_cert = Path(self.keys.ca_cert)
+            # Each node's ledger key, bound to its certificate before any node starts (fedrisk audit verify checks it).
+            from fedrisk.crypto.pki_admin import bind_ledger_keys
+
+            bind_ledger_keys(self.keys, {**{p.name: p.state_dir for p in self.parties}, "coordinator": self.run_dir / "coordinator"})
         self._write_flwr_config()
         self._write_app()
 

@@ -19,7 +19,6 @@ answer a repeated request from their reply cache, so no round is applied twice.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -51,6 +50,12 @@ class SecureBoostConfig:
     bins: int = 32
     seed: int = 0
     n_jobs: int = 1
+    flood_std: float | None = None
+    """Std of the feature holders' histogram flooding per slot; None: their default,
+    :data:`fedrisk.crypto.encrypted_histogram.FLOOD_STD` (module docstring there for
+    the bound it gives). A run-level parameter like the others: recorded in the
+    checkpoint digest, sent to every feature holder and announced back in its bin
+    layout. Lower it only to compare runs split for split (tests)."""
 
 
 @dataclass
@@ -140,7 +145,8 @@ def run_secureboost(
                     build_content(
                         session.header(0, "sb.join", p, "public", fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
-                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
+                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs,  # type: ignore[call-overload, arg-type]
+                         **({} if config.flood_std is None else {"flood_std": float(config.flood_std)})},
                     ),
                 )
                 for p in fhs
@@ -204,11 +210,11 @@ def run_secureboost(
 def secureboost_summary(result: SecureBoostResult) -> dict:
     """The coordinator-side result fields of a SecureBoost run."""
     final = dict(result.final)
+    final.pop("intersection", None)  # the label holder's to know (its alignment report), never the coordinator's
     return {
         "trees": result.trees,
         "rounds": result.rounds,
         "final": final,
-        "intersection": json.loads(str(final.pop("intersection", "{}"))),
         "bundles": result.bundles,
         "key_fingerprint": result.key_fingerprint,
     }

@@ -75,6 +75,13 @@ def _write_key_registry(folder: Path, session: CoordinatorSession) -> None:
     _write_json(folder / "signing_keys.json", keys)
 
 
+def _close_ledgers(session: CoordinatorSession, context: Context) -> dict[str, str]:
+    """End the run in every ledger: each party's signed run-close record, then the coordinator's."""
+    from fedrisk.federation.ledger_grid import close_run
+
+    return close_run(session, timeout=min(60.0, float(_cfg(context, "party-timeout", 900.0))))
+
+
 def _recovery_options(context: Context) -> dict:
     """Checkpointing, probing and pausing: on for deployment runs (``recovery``), off by default."""
     on = str(context.run_config.get("recovery", False)).lower() in ("true", "1")
@@ -132,7 +139,7 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         alignment={"rows": rows, "psi_seconds": psi_seconds},
     )
     final = dict(trained.final)
-    intersection = json.loads(str(final.pop("intersection", "{}")))
+    final.pop("intersection", None)  # the label holder's to know (its alignment report), never the coordinator's
     return {
         "status": "ok",
         "mode": "vertical",
@@ -140,7 +147,6 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         "label_holder": roles.label_holder,
         "feature_holders": list(roles.feature_holders),
         "rows": rows,
-        "intersection": intersection,
         "psi_seconds": psi_seconds,
         "epochs": trained.epochs,
         "final": final,
@@ -162,6 +168,7 @@ def _secureboost_config(context: Context):
         bins=_cfg(context, "bins", 32),
         seed=_cfg(context, "seed", 0),
         n_jobs=_cfg(context, "n-jobs", 1),
+        flood_std=context.run_config.get("flood-std"),
     )
 
 
@@ -250,6 +257,9 @@ def main(grid: Grid, context: Context) -> None:
                 "unanswered_probes": session.drain(),
             },
         )
+        unclosed = _close_ledgers(session, context)
+        if unclosed:
+            result["ledger_unclosed"] = unclosed
         _write_json(out, result)
         status.set(state="finished")
         # The result travels back in the log stream too: `fedrisk train --superlink` reads it there.

@@ -66,11 +66,26 @@ def horizontal_metrics(result: dict) -> dict:
     return {"rounds": len(result.get("rounds", [])), **weighted_final_metrics(result.get("final", {}))}
 
 
-def vertical_metrics(result: dict) -> dict:
-    """Summary fields of a vertical run: the label holder's validation metrics and the overlap."""
+def label_holder_intersection(parties: list[PartySettings], result: dict) -> dict[str, int] | None:
+    """Intersection sizes from the label holder's own alignment report, in its state folder.
+
+    The coordinator never learns them (``fedrisk.parties.alignment``): only a run whose
+    label holder's folder is on this machine (local runs, the demo) can show them.
+    """
+    from fedrisk.parties.alignment import read_alignment_report
+
+    for party in parties:
+        if party.role == "label_holder":
+            report = read_alignment_report(Path(party.state_dir), str(result.get("run_id", "")))
+            return None if report is None else {str(k): int(v) for k, v in report["intersection"].items()}
+    return None
+
+
+def vertical_metrics(result: dict, intersection: dict[str, int] | None = None) -> dict:
+    """Summary fields of a vertical run: the label holder's validation metrics and, from its side, the overlap."""
     final = result.get("final", {})
     out = {
-        "intersection": result.get("intersection", {}),
+        "intersection": intersection,
         "rows": result.get("rows"),
         "epochs": len(result.get("epochs", result.get("trees", []))),
         "best_epoch": final.get("best_epoch"),
@@ -124,10 +139,13 @@ def run_training(
     run_dir = new_run_dir(runs_dir, fed.name.replace(" ", "-"))
     started = time.perf_counter()
     console.print(f"run folder: {run_dir}")
+    intersection = None
     if superlink is None:
-        with LocalFederation(run_dir, party_settings_for(fed, run_dir), run_config_for(fed), log=console.print) as federation:
+        parties = party_settings_for(fed, run_dir)
+        with LocalFederation(run_dir, parties, run_config_for(fed), log=console.print) as federation:
             result = federation.run()
         audit = audit_run(run_dir, result.get("run_id", run_dir.name))
+        intersection = label_holder_intersection(parties, result)
     else:
         from fedrisk.federation.remote import RemoteFederation
 
@@ -135,6 +153,8 @@ def run_training(
         result = remote.run(run_config_for(fed, **{"run-dir": f"runs/{run_dir.name}"}))
         # Each party's ledger lives on its own host: verify them together with `fedrisk audit verify`.
         audit = {"ledger_verified": None, "ledger_note": "ledgers are on the parties' hosts; collect them and run `fedrisk audit verify`"}
+        if fed.mode == "vertical":  # only the label holder learns it, on its own host
+            audit["intersection_note"] = "intersection sizes are in the label holder's <state-dir>/alignment/<run-id>.json"
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -145,7 +165,7 @@ def run_training(
         "seconds": time.perf_counter() - started,
         "bytes_exchanged": result.get("bytes_exchanged", {}),
         "coordinator": result,
-        **(vertical_metrics(result) if fed.mode == "vertical" else horizontal_metrics(result)),
+        **(vertical_metrics(result, intersection) if fed.mode == "vertical" else horizontal_metrics(result)),
         **audit,
     }
     write_summary(run_dir, summary)

@@ -17,7 +17,7 @@ class in brackets)::
     tree t  bank ──EncryptedGradients [ciphertext]──▶ feature holders   ([[g + i·h]], once per tree)
             bank ──HistogramRequest [public]──▶ feature holders     (nodes: their row sets, or
                                                                       "the left child of your split v")
-            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (masked per-bin sums per node)
+            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (per-bin totals per node, flooded)
             bank decrypts, derives each sibling as parent − child, picks the best split
             bank ──SplitDecisions [public]──▶ owner only            ("your feature j, your bin b",
                                                                       split id, default direction, node rows)
@@ -34,15 +34,18 @@ to :meth:`LabelHolderSB.receive`. With one feature holder a tree takes at most
 Threat model (honest-but-curious parties and coordinator, no coordinator–bank
 collusion, TLS on every link). What each party learns:
 
-* **Bank**: per node and feature holder, the per-bin sums of g and h (exact to
-  ≈1e-4) — that is SecureBoost's inherent disclosure, aggregated over the rows
-  of a bin, never a row's value; the number of bins of each feature (≤ 32, which
-  reveals how many distinct values a low-cardinality feature has) and which
-  features have missing values; for the splits it chose on another party's
-  feature, that feature's index and bin index and which rows go left (needed to
-  route its own training rows) — never the threshold. The slots it decrypts are
-  masked so that only each bin's total is recoverable (statistical distance
-  ≤ 2^-mask_bits, see :mod:`fedrisk.crypto.encrypted_histogram`).
+* **Bank**: per node and feature holder, the per-bin totals of g and h (each
+  with Gaussian noise of std ``flood_std/√L``, 0.71 by default) — that is
+  SecureBoost's inherent disclosure, aggregated over the rows of a bin, never a
+  row's value nor a sum over part of a bin's rows: every slot it decrypts holds a
+  whole bin total. Beyond the totals its view is within statistical distance
+  2^-17.5 of a simulation from the totals over a default 30-tree run (the CKKS
+  evaluation-noise channel, flooded; the bound and why it is not 40 bits are in
+  :mod:`fedrisk.crypto.encrypted_histogram`). Also the number of bins of each
+  feature (≤ 32, which reveals how many distinct values a low-cardinality feature
+  has) and which features have missing values; for the splits it chose on another
+  party's feature, that feature's index and bin index and which rows go left
+  (needed to route its own training rows) — never the threshold.
 * **Feature holder**: ciphertexts of g/h (never decryptable by it); the instance
   space (row set) of each node it computes a histogram for, hence the partition
   the tree makes of the training rows — as in SecureBoost; its own splits'
@@ -53,7 +56,7 @@ collusion, TLS on every link). What each party learns:
 
 The bank decrypts a node's histogram from a party at most once and only
 ciphertexts shaped like a histogram product (the announced count, the kernel's
-level and its exact product scale ≈2^60), so a cheating feature holder cannot echo
+level and its exact product scale ≈2^82), so a cheating feature holder cannot echo
 ``[[g + ih]]`` back to have it decrypted. An actively malicious feature holder could still return a chosen
 linear function of ``g`` of the same shape; proofs of correct evaluation are
 outside this threat model (the audit ledger records each request). Payloads carry
@@ -67,12 +70,14 @@ features cost a ``bincount``. Rounds: at most ``D + 1`` per tree with one featur
 holder (a split owned by the bank needs no partition round; with several feature
 holders a split owned by one delays the others' requests by a round).
 Measured (``benchmarks/secureboost.py``, default credit, 24,000 training rows ×
-23 features, 30 trees, depth 3, 32 bins, two worker processes, other engineers'
-jobs keeping the load average at 3): AUC identical to the plaintext reference
-(same splits at every node), 2.95 MB and ≤ 4 rounds per tree, 69.7 s wall, of
-which CPU 6.5 s in the parties' process and 61 s in the two workers (30.7 s each:
-on two free cores ≈ 37 s; CPU time itself is inflated by the shared caches — a
-rotation measured 1.8–6.1 ms within a minute). 10 trees: 18.5 s at load 2.3.
+23 features, 30 trees, depth 3, 32 bins, two worker processes, load average ≈2,
+alternating with the previous masked kernel): 22.95–26.7 s wall against 21.4–25.7 s
+(+4–7 %), CPU 4.7–5.2 s in the parties' process (3.5–4.1 s before: the rotate-and-sum,
+5 rotations per node) and 34.5–40.4 s in the two workers (unchanged); 2.95 MB and
+≤ 4 rounds per tree. AUC with the default flooding 0.7761–0.7792 over ten draws
+against 0.7793 for the plaintext reference and scikit-learn: the flooding flips
+near-tie splits, so ``same_splits`` is false; with ``flood_std = 2^-20`` the model
+is the reference's split for split.
 
 Payload classes live in :mod:`fedrisk.models.secureboost_payloads` and are
 re-exported here; the tree algorithm, model and routing tables in
@@ -92,7 +97,7 @@ import tenseal as ts
 from sklearn.base import BaseEstimator
 
 from fedrisk.crypto.encrypted_histogram import (
-    DEFAULT_MASK_BITS,
+    FLOOD_STD,
     EncryptedHistogramKernel,
     HistogramLayout,
     decrypt_histogram,
@@ -590,8 +595,9 @@ class FeatureHolderSB:
     name : str
     n_jobs : int
         Worker processes of the histogram kernel.
-    mask_bits : int
-        Target hiding of the partial sums inside a histogram ciphertext.
+    flood_std : float
+        Std of the Gaussian flooding on every slot of a histogram ciphertext (see
+        :mod:`fedrisk.crypto.encrypted_histogram`, *Flooding*).
     cache_bytes : int
         Memory budget for pre-encoded one-hot plaintexts.
 
@@ -602,17 +608,16 @@ class FeatureHolderSB:
     routing_table_ : RoutingTable
         Own splits: split id → feature, bin, threshold, default direction.
     layout_ : HistogramLayout or None
-    mask_bits_ : int
     """
 
-    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, mask_bits: int = DEFAULT_MASK_BITS,
+    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, flood_std: float = FLOOD_STD,
                  cache_bytes: int = 2 << 30) -> None:
         if context.is_private():
             raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
         self.context = context
         self.name = name
         self.n_jobs = n_jobs
-        self.mask_bits = mask_bits
+        self.flood_std = flood_std
         self.cache_bytes = cache_bytes
         self.fingerprint = context_fingerprint(context)
         self._kernel: EncryptedHistogramKernel | None = None
@@ -646,16 +651,15 @@ class FeatureHolderSB:
         self.routing_table_ = RoutingTable.empty(self.name, self.feature_names_)
         self.close()
         self.layout_: HistogramLayout | None = None
-        self.mask_bits_ = 0
         if cov.any() and X.shape[1] > 0:
             self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_, self.binner_.has_missing_, cov, self.context,
-                                                    n_jobs=self.n_jobs, mask_bits=self.mask_bits, cache_bytes=self.cache_bytes)
-            self.layout_, self.mask_bits_ = self._kernel.layout_, self._kernel.mask_bits_
+                                                    n_jobs=self.n_jobs, flood_std=self.flood_std, cache_bytes=self.cache_bytes)
+            self.layout_ = self._kernel.layout_
         self._tree = -1
         self._node_rows: dict[int, np.ndarray] = {}
         self._partitions: dict[int, np.ndarray] = {}
         self.done_ = False
-        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_, self.mask_bits_)
+        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_, self.flood_std)
 
     def handle(self, payloads: Sequence[VerticalPayload]) -> list[VerticalPayload]:
         """Process one round's payloads in order; return the replies (partitions before histograms)."""
@@ -886,8 +890,9 @@ class VerticalSecureBoost(BaseEstimator):
         Seed of the row subsampling.
     n_jobs : int
         Worker processes per feature holder for the histogram kernel.
-    mask_bits : int
-        Target hiding of partial sums in histogram ciphertexts.
+    flood_std : float
+        Std of each feature holder's Gaussian flooding per histogram slot (default
+        :data:`~fedrisk.crypto.encrypted_histogram.FLOOD_STD`).
     label : str
         Label column of the bank's table.
     label_holder_name : str
@@ -922,7 +927,7 @@ class VerticalSecureBoost(BaseEstimator):
         n_bins: int = 32,
         random_state: int | None = 0,
         n_jobs: int = 1,
-        mask_bits: int = DEFAULT_MASK_BITS,
+        flood_std: float = FLOOD_STD,
         label: str = "y",
         label_holder_name: str = "bank",
     ) -> None:
@@ -935,7 +940,7 @@ class VerticalSecureBoost(BaseEstimator):
         self.n_bins = n_bins
         self.random_state = random_state
         self.n_jobs = n_jobs
-        self.mask_bits = mask_bits
+        self.flood_std = flood_std
         self.label = label
         self.label_holder_name = label_holder_name
 
@@ -988,7 +993,7 @@ class VerticalSecureBoost(BaseEstimator):
             layouts = []
             for nm in names:
                 wire.received[nm] = pub_len
-                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs, mask_bits=self.mask_bits)
+                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs, flood_std=self.flood_std)
                 holders[nm] = fh
                 got = BoostPlan.from_bytes(wire.send(self.label_holder_name, nm, plan), context=fh.context)
                 X_k, cov_k, fnames = aligned[nm]

@@ -24,6 +24,7 @@ payload                     kind  class       direction
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -125,10 +126,10 @@ class BinLayout(VerticalPayload):
     party: str
     n_features: int
     layout: HistogramLayout | None
-    mask_bits: int
+    flood_std: float
 
     def _header(self) -> dict[str, Any]:
-        return {"party": self.party, "n_features": self.n_features, "mask_bits": self.mask_bits,
+        return {"party": self.party, "n_features": self.n_features, "flood_std": self.flood_std,
                 "layout": None if self.layout is None else self.layout.to_dict()}
 
     @classmethod
@@ -140,7 +141,10 @@ class BinLayout(VerticalPayload):
         n_features = _h_int(h, "n_features")
         if layout is not None and layout.n_features != n_features:
             raise ProtocolError("bin layout: feature count disagrees with its bins")
-        return cls(fp, _h_str(h, "party"), n_features, layout, _h_int(h, "mask_bits"))
+        flood = h.get("flood_std")
+        if isinstance(flood, bool) or not isinstance(flood, (int, float)) or not (math.isfinite(flood) and flood >= 0.0):
+            raise ProtocolError("bin layout: flood_std must be a non-negative number")
+        return cls(fp, _h_str(h, "party"), n_features, layout, float(flood))
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,7 @@ class HistogramRequest(VerticalPayload):
 
 @dataclass(frozen=True)
 class EncryptedHistograms(VerticalPayload):
-    """Feature holder → bank: per requested node, its masked histogram ciphertexts."""
+    """Feature holder → bank: per requested node, its flooded histogram ciphertexts (bin totals only)."""
 
     KIND: ClassVar[bytes] = b"SHST"
     content_class: ClassVar[str] = "ciphertext"

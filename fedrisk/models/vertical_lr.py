@@ -15,8 +15,8 @@ relayed by the coordinator, content class in brackets)::
     2.      coordinator ──EncryptedScoreSum [aggregate]──▶ bank          (Σ_k [[u_k]])
     3.      bank ──EpochControl [public]──▶ feature holders               (improved/restart/stop bits)
     4.      bank ──EncryptedResidual [ciphertext]──▶ feature holders      ([[d]], d = σ(z) − y)
-    5.      feature holder k ──EncryptedMaskedGradient [ciphertext]──▶ bank   ([[X_kᵀd + r_k]])
-    6.      bank ──MaskedGradient [masked]──▶ feature holder k            (X_kᵀd + r_k, decrypted)
+    5.      feature holder k ──EncryptedMaskedGradient [ciphertext]──▶ bank   ([[X_kᵀd + r_k]], reduced)
+    6.      bank ──MaskedGradient [masked]──▶ feature holder k            (X_kᵀd + r_k: m values, one per feature)
     7.      feature holder k removes r_k, updates w_k; the bank updates its own block
 
 Optimiser. Full-batch block majorisation–minimisation with Nesterov momentum:
@@ -46,24 +46,37 @@ collusion, TLS on every link). What each party learns:
 * **Bank**: Σ_k u_k on every aligned row each epoch — with a single feature
   holder that is u_1 = X_1 w_1 itself, which the bank needs anyway to score
   (over many epochs it reveals the span of X_1, inherent in revealing partial
-  scores); masked gradients ``X_kᵀd + r_k`` whose masks hide each slot to
-  statistical distance ≤ 2^-mask_bits (see :mod:`fedrisk.crypto.encrypted_matvec`);
+  scores); masked gradients ``X_kᵀd + r_k`` — each product reduced inside the
+  ciphertext so that every slot holds a feature's total under one uniform mask
+  of ±2^46 (real and imaginary) — whose statistical distance from those of any
+  other ``X_k`` is at most ``E·Σ_f Σ_rows |X_f| / 2^46`` over a whole run of E
+  epochs (``FeatureHolderLR.run_mask_bits``; 2^-24 for the default-credit run,
+  2^-17 for 30 epochs of 100,000 × 300; see :mod:`fedrisk.crypto.encrypted_matvec`);
   from each feature holder its feature *count*.
-* **Feature holder**: ciphertexts of d, its own gradient ``X_kᵀd`` (inherent:
-  it must update w_k; it is a projection of the residuals on its own columns),
+* **Feature holder**: ciphertexts of d, and per epoch exactly ``m`` numbers: its
+  own gradient ``X_kᵀd`` plus the bank's flooding (inherent: it must update
+  w_k; ``m`` linear functionals of d, the projection of the residuals on its own
+  columns — the attack tests show least squares on them recovers labels no
+  better than the base rate, and > 95 % when every slot is returned instead),
   the row split and three bits per epoch (validation improved, momentum restart,
-  stop). Never y, d, another party's scores or features.
+  stop). Never y, d, a per-slot partial sum, another party's scores or features.
 * **Coordinator**: ciphertexts, sizes, timing, the public bits; it holds no
   secret key (its context refuses ``decrypt``).
 
-The bank decrypts each feature holder's product at most once per epoch, only
-ciphertexts shaped like a product (announced count, level, scale Δ·2^20), and
-floods what it returns with Gaussian noise (2^-12) so the exact decryption noise
+The bank fixes each feature holder's feature count ``m`` at setup and returns
+exactly ``m`` values per epoch — per feature the mean (or, without Galois keys,
+the sum) of its slot copies, a function of the feature's total alone — whatever
+a product declares; it refuses a product whose groups are not powers of two
+with ``F·L = 4096`` or add up to more than ``m`` (:meth:`LabelHolderLR.decrypt_gradient`).
+It decrypts each feature holder's product at most once per epoch, only
+ciphertexts shaped like a product (announced count, level, scale 2^50), and
+floods what it returns with Gaussian noise (2^-4) so the exact decryption noise
 never leaves it. That limits, but cannot rule out, an *actively malicious*
-feature holder returning e.g. [[d]]·1 as its "product" to learn d: defending
-against that needs proofs of correct evaluation, outside this threat model (the
-audit ledger records every such request). All payloads carry the context
-fingerprint and are refused under another context.
+feature holder putting another linear function of d (e.g. a row indicator as a
+"feature") in place of a total: it still gets only ``m`` numbers per epoch, but
+defending against their choice needs proofs of correct evaluation, outside this
+threat model (the audit ledger records every request). All payloads carry the
+context fingerprint and are refused under another context.
 """
 
 from __future__ import annotations
@@ -82,18 +95,23 @@ import tenseal as ts
 from sklearn.base import BaseEstimator
 
 from fedrisk.crypto.encrypted_matvec import (
-    X_SCALE_BITS,
     CKKSRuntime,
     EncryptedMatVec,
     EncryptedVector,
     MaskState,
     check_fingerprint,
+    check_group_sizes,
     context_fingerprint,
     decrypt_ciphertexts,
     pack_frame,
     peek_frame,
+    product_scale,
+    reduce_product,
     residual_level,
+    residual_scale,
+    run_mask_bits,
     score_level,
+    secure_normal,
     unpack_frame,
 )
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
@@ -122,7 +140,13 @@ log = logging.getLogger("fedrisk.vertical_lr")
 
 SCORE_LIMIT = 2.0**16
 """Partial scores beyond this are refused (they would leave the CKKS headroom)."""
-DECRYPT_FLOOD_STD = 2.0**-12
+DECRYPT_FLOOD_STD = 2.0**-4
+"""Std of the Gaussian the bank adds to each value it returns.
+
+It hides the exact decryption (and decoding) noise from the feature holder that
+chose the ciphertext; it is above the decoder's resolution at the 2^46 masks
+(2^-6), so even a rounding step that the noise tips over stays hidden.
+"""
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -313,10 +337,31 @@ class EncryptedResidual(_CiphertextList):
 
 @dataclass(frozen=True)
 class EncryptedMaskedGradient(_CiphertextList):
-    """Feature holder → bank: packed [[X_kᵀd + r_k]]. ``party`` is the sender."""
+    """Feature holder → bank: packed [[X_kᵀd + r_k]]. ``party`` is the sender.
+
+    ``n_values`` is the number of values the product yields (one per feature);
+    ``groups`` the number of features ``F`` packed in each ciphertext (interleaved:
+    feature ``f`` in slots ``f + F·i``); ``reduced``: every slot already holds its
+    feature's total (otherwise the bank sums each feature's slots).
+    """
 
     KIND: ClassVar[bytes] = b"VEMG"
     content_class: ClassVar[str] = "ciphertext"
+
+    groups: tuple[int, ...] = ()
+    reduced: bool = True
+
+    def _header(self) -> dict[str, Any]:
+        return {**super()._header(), "groups": list(self.groups), "reduced": self.reduced}
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedMaskedGradient:
+        groups = h.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
+            raise ProtocolError("payload field 'groups' must be a list of integers")
+        return cls(
+            fp, _h_str(h, "party"), _h_int(h, "epoch"), _h_int(h, "n"), tuple(blobs), tuple(groups), _h_bool(h, "reduced")
+        )
 
 
 @dataclass(frozen=True)
@@ -701,7 +746,7 @@ class LabelHolderLR:
             self._open_epoch = None
             return control, None
         d = np.clip(_sigmoid(z_train) - self._y[tr], -1.0, 1.0)  # |d| ≤ 1 bounds the masks
-        blobs = self.runtime.encrypt(d, residual_level(self.runtime))
+        blobs = self.runtime.encrypt(d, residual_level(self.runtime), residual_scale())
         residual = EncryptedResidual(self.fingerprint, self.name, self.epoch_, int(d.size), tuple(blobs))
         self._opt.step(self._Z_train.T @ d, self.n_train_, restart)
         self._open_epoch = self.epoch_
@@ -710,32 +755,64 @@ class LabelHolderLR:
         return control, residual
 
     def decrypt_gradient(self, payload: EncryptedMaskedGradient) -> MaskedGradient:
-        """Decrypt a feature holder's masked product (once per party and epoch) and flood it.
+        """Decrypt a feature holder's masked product and return ONE flooded value per feature.
 
-        Only ciphertexts shaped like a packed product are decrypted: the number the
-        feature holder announced at setup, at the residual's level and scale Δ·2^20 —
-        so the encrypted residual or scores sent back as they are get refused.
+        The feature holder's count ``m`` was fixed at setup
+        (:meth:`record_feature_count`); the product's declared layout must yield
+        exactly ``m`` values — power-of-two groups ``F`` with ``F·L = slots`` whose
+        sizes add up to ``m``. Whatever the ciphertexts hold, only ``m`` numbers
+        leave: per feature the mean of its ``L`` slot copies (reduced products) or
+        their sum (unreduced products of the no-Galois-keys fallback) — a function
+        of the feature's total only, never of one slot's partial sum (see
+        :func:`~fedrisk.crypto.encrypted_matvec.reduce_product`). Each is flooded
+        with Gaussian noise (``flood_std``). Only ciphertexts shaped like a product are
+        decrypted (the announced number, at the residual's level and the product
+        scale), at most once per party and epoch.
+
+        Raises
+        ------
+        ProtocolError
+            Any of the above does not hold; the message names which.
         """
         payload.check(self.context)
-        if payload.party not in self.feature_holders_:
-            raise ProtocolError(f"{payload.party!r} is not a feature holder of this training")
+        party = payload.party
+        if party not in self.feature_holders_:
+            raise ProtocolError(f"{party!r} is not a feature holder of this training")
         if payload.epoch != self._open_epoch:
             raise ProtocolError(f"masked gradient for epoch {payload.epoch} is not expected now")
-        key = (payload.party, payload.epoch)
+        key = (party, payload.epoch)
         if key in self._decrypted:
-            raise ProtocolError(f"{payload.party!r} already had its epoch-{payload.epoch} product decrypted")
-        expected = self._holder_products.get(payload.party)
+            raise ProtocolError(f"{party!r} already had its epoch-{payload.epoch} product decrypted")
+        m = self._holder_counts.get(party)
+        if m is None:
+            raise ProtocolError(f"{party!r} has no feature count fixed at setup; refusing to decrypt its product")
+        slots = self.runtime.slots
+        sizes = check_group_sizes(payload.groups, slots, f"product of {party!r}")
+        declared = sum(sizes)
+        if declared > m or payload.n_values > m:
+            raise ProtocolError(
+                f"product of {party!r} declares a layout returning {max(declared, payload.n_values)} values, "
+                f"more than its {m} features fixed at setup"
+            )
+        if declared != m or payload.n_values != m:
+            raise ProtocolError(f"product of {party!r} declares {declared} values, its feature count fixed at setup is {m}")
+        if len(payload.ciphertexts) != len(sizes):
+            raise ProtocolError(f"product of {party!r} has {len(payload.ciphertexts)} ciphertexts for {len(sizes)} groups")
+        expected = self._holder_products.get(party)
         if expected is not None and len(payload.ciphertexts) != expected:
-            raise ProtocolError(f"{payload.party!r} sent {len(payload.ciphertexts)} product ciphertexts, announced {expected}")
+            raise ProtocolError(f"{party!r} sent {len(payload.ciphertexts)} product ciphertexts, announced {expected}")
         level = residual_level(self.runtime)
-        scale = self.runtime.global_scale * 2.0**X_SCALE_BITS
+        scale = product_scale()
         for blob in payload.ciphertexts:
             ct = self.runtime.load(blob)
             if self.runtime.level_of(ct) != level or not math.isclose(ct.scale, scale, rel_tol=1e-9):
-                raise ProtocolError(f"{payload.party!r} sent a ciphertext that is not a packed product; refusing to decrypt")
+                raise ProtocolError(f"{party!r} sent a ciphertext that is not a packed product; refusing to decrypt")
         self._decrypted.add(key)
-        values = decrypt_ciphertexts(self.context, payload.ciphertexts, flood_std=self.flood_std)
-        return MaskedGradient(self.fingerprint, payload.party, payload.epoch, values)
+        slot_values = decrypt_ciphertexts(self.context, payload.ciphertexts)
+        values = reduce_product(slot_values, sizes, slots, reduced=payload.reduced)
+        if self.flood_std > 0:
+            values = values + secure_normal(0.0, self.flood_std, values.size)
+        return MaskedGradient(self.fingerprint, party, payload.epoch, values)
 
     # ------------------------------------------------------------------ scoring
     def decision_function(
@@ -784,9 +861,31 @@ class LabelHolderLR:
         }
 
     def record_feature_count(self, party: str, n_features: int, n_product_ciphertexts: int | None = None) -> None:
-        """Note what a feature holder announces at setup: its feature count and product size."""
-        self._holder_counts = {**self._holder_counts, party: int(n_features)}
+        """Fix, at setup, how many values a feature holder gets back per epoch: one per feature.
+
+        The count is what the feature holder announced when it joined; once fixed
+        it cannot change, and :meth:`decrypt_gradient` returns exactly that many
+        values per epoch whatever a product declares.
+
+        Raises
+        ------
+        ProtocolError
+            Unknown party, a count below 1 or not below the training rows (one
+            product would then determine ``d``), or a different count than fixed.
+        """
+        if party not in getattr(self, "feature_holders_", ()):
+            raise ProtocolError(f"{party!r} is not a feature holder of this training")
+        m = int(n_features)
+        if m < 1 or m >= self.n_train_:
+            raise ProtocolError(f"{party!r} announces {m} features; need 1 ≤ m < {self.n_train_} training rows")
+        fixed = self._holder_counts.get(party)
+        if fixed is not None and fixed != m:
+            raise ProtocolError(f"{party!r} announces {m} features, its count was fixed at {fixed}")
+        self._holder_counts = {**self._holder_counts, party: m}
         if n_product_ciphertexts is not None:
+            fixed_products = self._holder_products.get(party)
+            if fixed_products is not None and fixed_products != int(n_product_ciphertexts):
+                raise ProtocolError(f"{party!r} announces {n_product_ciphertexts} product ciphertexts, fixed at {fixed_products}")
             self._holder_products = {**self._holder_products, party: int(n_product_ciphertexts)}
 
 
@@ -812,7 +911,10 @@ class FeatureHolderLR:
     mean_, scale_ : ndarray
     n_features_in_ : int
     mask_bits_ : int
-        Statistical hiding of each revealed masked slot (2^-mask_bits_).
+        Statistical hiding of each value the bank decrypts (distance ≤ 2^-mask_bits_).
+    epoch_mask_bits_ : int
+        The same for all values the bank decrypts from one product (one epoch);
+        over a run of E epochs the bound is E times that (:meth:`run_mask_bits`).
     layout_ : PackingLayout
         How the masked product packs the features (slots per feature).
     last_gradient_ : ndarray
@@ -877,6 +979,8 @@ class FeatureHolderLR:
         self.close()
         self._kernel = EncryptedMatVec(Z[train], self.context, n_jobs=self.n_jobs, max_pack=self.max_pack, cache_bytes=self.cache_bytes)
         self.mask_bits_ = self._kernel.mask_bits_
+        self.epoch_mask_bits_ = self._kernel.epoch_mask_bits_
+        self._mask_bound, self._bound_sum = self._kernel.mask_bound_, self._kernel.bound_sum_
         self.layout_ = self._kernel.layout_
         self.epoch_ = 0
         self._mask: MaskState | None = None
@@ -918,7 +1022,10 @@ class FeatureHolderLR:
         assert self._kernel is not None
         products = self._kernel.compute(EncryptedVector(residual.fingerprint, residual.n_values, residual.ciphertexts))
         blobs, self._mask = self._kernel.mask(products, epoch=self.epoch_)
-        return EncryptedMaskedGradient(self.fingerprint, self.name, self.epoch_, len(blobs) * self.runtime.slots, tuple(blobs))
+        return EncryptedMaskedGradient(
+            self.fingerprint, self.name, self.epoch_, self.n_features_in_, tuple(blobs),
+            self.layout_.group_sizes, self._kernel.reduced_,
+        )
 
     def update(self, masked: MaskedGradient) -> None:
         """Remove the mask, add the L2 term and take the block step."""
@@ -935,6 +1042,10 @@ class FeatureHolderLR:
     def best_weights(self) -> np.ndarray:
         """Coefficients of the best epoch so far (what a checkpoint keeps)."""
         return self._best_w.copy()
+
+    def run_mask_bits(self, epochs: int | None = None) -> int:
+        """Guaranteed hiding of everything the bank decrypts from this party over ``epochs`` (default: the plan's most)."""
+        return run_mask_bits(self._mask_bound, self._bound_sum, self._plan.max_epochs if epochs is None else epochs)
 
     def _require_active(self) -> None:
         if getattr(self, "_opt", None) is None or getattr(self, "done_", True):

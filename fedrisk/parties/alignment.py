@@ -9,6 +9,13 @@ tells each feature holder, sealed to that party's X25519 identity key
 of the feature holder's intersecting rows sits in that order. The coordinator
 relays the sealed blob and cannot open it.
 
+The sealed positions are padded (:func:`pack_positions`): ``u32 rows | u32 count``
+and then exactly :func:`positions_capacity` ``= min(|X|, |Y_k|)`` little-endian
+``u32`` slots, the first ``count`` the positions, the rest ``0xFFFFFFFF``. Its
+length, ``8 + 4 min(|X|, |Y_k|)`` plus the envelope's fixed overhead, is a
+function of the two set sizes the coordinator already sees in the PSI messages,
+never of the intersection.
+
 Content classes: blinded ID sets are ``masked`` (each value is ``k·H(id)`` under
 a per-run secret scalar; DDH hides the ID), the PSI answer and the sealed
 positions are ``ciphertext``, acknowledgements are ``public``.
@@ -17,11 +24,18 @@ What each party ends with (:class:`AlignedRows`): the label holder its features,
 labels, training mask and, per feature holder, a coverage mask, all in training
 order; a feature holder its own features placed in that order, zeros elsewhere,
 and its coverage mask. Nothing else about the other parties' rows.
+
+The intersection sizes are the label holder's to know and to show: it writes
+them, on its own host, to ``<state-dir>/alignment/<run-id>.json``
+(:func:`read_alignment_report`); they never travel to the coordinator, so they
+are in no coordinator config, log, checkpoint or ``result.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +53,10 @@ if TYPE_CHECKING:
     from fedrisk.parties.runtime import PartyRuntime
 
 ALIGNMENT_PURPOSE = "vertical-row-positions"
+
+#: Filler of the unused slots of the padded positions message.
+POSITION_PAD = 0xFFFFFFFF
+_POSITIONS_HEADER = struct.Struct("<II")
 
 
 @dataclass
@@ -78,6 +96,60 @@ class AlignedRows:
 def allow_list_path(state_dir: Path, run_id: str) -> Path:
     """Where a feature holder keeps the IDs it aligned in run ``run_id`` (its scoring allow-list)."""
     return Path(state_dir) / "alignment" / f"{run_id}.ids"
+
+
+def alignment_report_path(state_dir: Path, run_id: str) -> Path:
+    """Where the label holder keeps what it learned in run ``run_id`` (intersection sizes)."""
+    return Path(state_dir) / "alignment" / f"{run_id}.json"
+
+
+def read_alignment_report(state_dir: Path, run_id: str) -> dict | None:
+    """The label holder's alignment report of run ``run_id``, or ``None`` if it has none.
+
+    Keys: ``run_id``, ``label_holder``, ``rows`` (its table), ``intersection`` (feature
+    holder → number of shared IDs) and ``feature_holder_rows`` (feature holder → set size).
+    """
+    path = alignment_report_path(state_dir, run_id)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def positions_capacity(n_rows: int, n_feature_holder: int, count: int) -> int:
+    """Slots of the padded positions message: ``min(|X|, |Y_k|)``, whatever ``count`` is.
+
+    ``count`` (the intersection size) is deliberately unused: the message size must
+    depend on the set sizes alone.
+    """
+    return min(int(n_rows), int(n_feature_holder))
+
+
+def pack_positions(positions: np.ndarray, n_rows: int, capacity: int) -> bytes:
+    """``u32 n_rows | u32 count | capacity x u32`` (positions, then :data:`POSITION_PAD`)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size > capacity or n_rows >= POSITION_PAD:
+        raise ProtocolError(f"{positions.size} row positions do not fit a message of {capacity}")
+    slots = np.full(capacity, POSITION_PAD, dtype="<u4")
+    slots[: positions.size] = positions
+    return _POSITIONS_HEADER.pack(int(n_rows), int(positions.size)) + slots.tobytes()
+
+
+def unpack_positions(raw: bytes, *, n_rows: int, capacity: int, count: int, party: str) -> np.ndarray:
+    """Parse :func:`pack_positions` output, checking every field; the ``count`` positions as int64."""
+    if len(raw) != _POSITIONS_HEADER.size + 4 * capacity:
+        raise ProtocolError(f"{party}: the row positions message has {len(raw)} bytes, expected {_POSITIONS_HEADER.size + 4 * capacity}")
+    rows, n = _POSITIONS_HEADER.unpack_from(raw)
+    if rows != n_rows:
+        raise ProtocolError(f"{party}: the label holder sealed positions for {rows} rows, the plan says {n_rows}")
+    if n != count:
+        raise ProtocolError(f"{party}: {n} positions for an intersection of {count}")
+    slots = np.frombuffer(raw, dtype="<u4", offset=_POSITIONS_HEADER.size)
+    if np.any(slots[count:] != POSITION_PAD):
+        raise ProtocolError(f"{party}: the padding of the row positions message is not {POSITION_PAD:#x}")
+    positions = slots[:count].astype(np.int64)
+    if positions.size and (positions.max() >= n_rows or np.unique(positions).size != positions.size):
+        raise ProtocolError(f"{party}: the label holder's row positions are out of range or repeated")
+    return positions
 
 
 def psi_key_id(public_key: bytes) -> str:
@@ -186,10 +258,13 @@ class LabelHolderAlignment(_AlignmentParty):
             intersection={p: r.size for p, r in results.items()},
             order=order,
         )
+        self._write_report(exchange.header.run_id, results, int(order.size))
         blobs = {}
         for party, result in sorted(results.items()):
-            # Row i of the party's ID-ordered intersection sits at this training position.
-            positions = position[result.rows].astype("<i8").tobytes()
+            # Row i of the party's ID-ordered intersection sits at this training position,
+            # padded to a length that depends on the set sizes only.
+            capacity = positions_capacity(order.size, result.n_feature_holder, result.size)
+            positions = pack_positions(position[result.rows], int(order.size), capacity)
             blobs[f"positions:{party}"] = seal(
                 bytes.fromhex(str(peers[party])),
                 positions,
@@ -201,6 +276,19 @@ class LabelHolderAlignment(_AlignmentParty):
         # Sealed and authenticated under the label holder's identity key.
         header = exchange.header.reply("ciphertext", public_key_id(self.runtime.identity.envelope_public_key), step="vertical.positions")
         return build_content(header, blobs, {"rows": int(order.size)})
+
+    def _write_report(self, run_id: str, results: dict, rows: int) -> None:
+        """What the label holder learned, on its own host only (see :func:`read_alignment_report`)."""
+        from fedrisk.crypto.keyfiles import write_secret_file
+
+        report = {
+            "run_id": run_id,
+            "label_holder": self.name,
+            "rows": rows,
+            "intersection": {p: int(r.size) for p, r in sorted(results.items())},
+            "feature_holder_rows": {p: int(r.n_feature_holder) for p, r in sorted(results.items())},
+        }
+        write_secret_file(alignment_report_path(self.runtime.state_dir, run_id), json.dumps(report, indent=2, sort_keys=True).encode())
 
 
 class FeatureHolderAlignment(_AlignmentParty):
@@ -241,11 +329,12 @@ class FeatureHolderAlignment(_AlignmentParty):
             aad=envelope_aad(exchange.header.run_id, self.name, ALIGNMENT_PURPOSE),
             sender_public=bytes.fromhex(str(exchange.value("label_holder_public_key"))),
         )
-        positions = np.frombuffer(raw, dtype="<i8")
-        if positions.size != result.size:
-            raise ProtocolError(f"{self.name}: {positions.size} positions for an intersection of {result.size}")
-        if positions.size and (positions.min() < 0 or positions.max() >= n_rows or np.unique(positions).size != positions.size):
-            raise ProtocolError(f"{self.name}: the label holder's row positions are out of range or repeated")
+        if n_rows != result.n_label_holder:
+            raise ProtocolError(f"{self.name}: the plan has {n_rows} rows, the label holder's PSI set {result.n_label_holder}")
+        positions = unpack_positions(
+            raw, n_rows=n_rows, capacity=positions_capacity(n_rows, result.n_feature_holder, result.size),
+            count=result.size, party=self.name,
+        )
         own = self.runtime.table.feature_matrix()
         X = np.zeros((n_rows, own.shape[1]))
         X[positions] = own[result.rows]

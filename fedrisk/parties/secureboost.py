@@ -193,8 +193,6 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         return batch_content(header, items, config)
 
     def _evaluate_and_save(self, run_id: str) -> dict[str, Any]:
-        import json
-
         from fedrisk.models.metrics import auc, ks
         from fedrisk.models.secureboost import label_holder_bundle
 
@@ -209,8 +207,7 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
             "trees": int(model.params.n_trees),
             "rows": int(val.size),
             "train_rows": int((~val).sum()),
-            "intersection": json.dumps(aligned.intersection, sort_keys=True),
-        }
+        }  # the intersection sizes stay with the label holder (fedrisk.parties.alignment.read_alignment_report)
         if val.any():
             z = model.decision_function(aligned.X[val], {p: self.answers.get(p) for p in model.feature_holders_})
             y = aligned.y[val]
@@ -245,12 +242,16 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
             self.model.close()
         self.discard_durable()
 
-    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int):
-        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``."""
+    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int, flood_std: float | None = None):
+        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``.
+
+        ``flood_std`` None: the histogram kernel's default flooding.
+        """
+        from fedrisk.crypto.encrypted_histogram import FLOOD_STD
         from fedrisk.models.secureboost import FeatureHolderSB
 
         X, cov = self._own_rows()
-        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs)
+        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs, flood_std=FLOOD_STD if flood_std is None else float(flood_std))
         layout = model.setup(X[train], cov[train], plan, feature_names=self._aligned().feature_names)
         return model, layout
 
@@ -262,7 +263,7 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         context = load_public_context(static.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
         train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
-        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
+        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]), values.get("flood_std"))
         if layout.to_bytes() != static.blob("layout"):
             model.close()
             raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
@@ -311,10 +312,21 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         if self.model is not None:
             self.model.close()
         n_jobs = int(exchange.value("n_jobs", 1))  # type: ignore[call-overload]
-        model, layout = self._make_model(context, plan, train, n_jobs)
+        flood = exchange.value("flood_std", None)  # a run parameter; None: the kernel's default
+        if flood is not None and (isinstance(flood, bool) or not isinstance(flood, (int, float))):
+            raise ProtocolError(f"{self.name}: flood_std must be a number")
+        from fedrisk.crypto.encrypted_histogram import FLOOD_STD
+
+        floor = self.runtime.settings.min_flood_std or FLOOD_STD
+        if flood is not None and float(flood) < floor:
+            raise ProtocolError(
+                f"{self.name}: the run asks for histogram flooding {float(flood):g}, below this party's floor {floor:g} "
+                "(only the party's own settings can lower it)"
+            )
+        model, layout = self._make_model(context, plan, train, n_jobs, flood)
         self.model, self.train_mask, self.gradients = model, train, None
         values, blobs = aligned_blobs(aligned)
-        values.update(rows=rows, n_jobs=n_jobs)
+        values.update(rows=rows, n_jobs=n_jobs, flood_std=None if flood is None else float(flood))
         self._durable(exchange.header.run_id).save_static(values, {
             **blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan"), "train_mask": packed, "layout": layout.to_bytes(),
         })

@@ -9,9 +9,12 @@ that is already open).
 
 It also runs the SuperNode in Flower's ``process`` isolation with the
 ClientApp tasks executed by :class:`~fedrisk.parties.warm_executor.WarmClientAppExecutor`
-in this process, instead of a fresh ``flwr-clientapp`` process per message
-(``--isolation subprocess`` on the command line restores Flower's default).
-Everything else is Flower's own code and flags.
+in this process, instead of a fresh ``flwr-clientapp`` process per message.
+That executor runs only the installed fedrisk ClientApp and refuses any other
+app package the coordinator submits; ``--isolation subprocess`` is refused
+with one line, since Flower's ``flwr-clientapp`` would install and import
+whatever app package arrives, next to the party's keys. Everything else is
+Flower's own code and flags.
 
 Link settings (:func:`tune_fleet_link`), set deliberately for parties on
 other hosts, behind NATs and firewalls:
@@ -194,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
 
     args = list(sys.argv[1:] if argv is None else argv)
+    isolation = _option(args, "--isolation", "")
+    if isolation not in ("", "process"):
+        sys.stderr.write(
+            f"error: --isolation {isolation}: a fedrisk party runs only the installed fedrisk ClientApp, in process isolation; "
+            "Flower's subprocess isolation would install and run whatever app package the coordinator submits\n"
+        )
+        return 2
     start_client_internal.time = _ShortSleepTime()  # type: ignore[assignment]
     shorten_object_pull_backoff()
     tune_fleet_link()
@@ -208,12 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         from fedrisk.logs import configure_logging
 
         configure_logging("json", process_name="supernode")
-    if _option(args, "--isolation", "") in ("", "process"):
-        if "--isolation" not in args:
-            args += ["--isolation", "process"]
-        runtime = f"{_option(args, '--host', '127.0.0.1')}:{_option(args, '--port', '9094')}"
-        keep_supernode_alive_on_stale_tasks()
-        _guarded_executor(runtime).start()
+    if "--isolation" not in args:
+        args += ["--isolation", "process"]
+    runtime = f"{_option(args, '--host', '127.0.0.1')}:{_option(args, '--port', '9094')}"
+    keep_supernode_alive_on_stale_tasks()
+    _guarded_executor(runtime).start()
     sys.argv = ["flower-supernode", *args]
     result = flower_supernode()
     return int(result or 0)

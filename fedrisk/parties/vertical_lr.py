@@ -12,7 +12,8 @@ payloads the coordinator relays and returns theirs. One epoch is four exchanges
     vlr.residual   coordinator → feature holders   [ciphertext] [[d]]
                    feature holders → coordinator   [ciphertext] [[X_kᵀd + r_k]]
     vlr.products   coordinator → label holder      [ciphertext] every [[X_kᵀd + r_k]]
-                   label holder → coordinator      [masked] every X_kᵀd + r_k, decrypted and flooded
+                   label holder → coordinator      [masked] per party m values (one per feature of X_kᵀd + r_k),
+                                                   decrypted, reduced and flooded; m fixed from feature_counts
 
 Control bits (improved / restart / stop) and metrics travel in the message's
 public config; the content class describes the blobs.
@@ -271,8 +272,7 @@ class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
             "epochs": int(model.n_epochs_),
             "rows": int(aligned.X.shape[0]),
             "train_rows": int(model.n_train_),
-            "intersection": json.dumps(aligned.intersection, sort_keys=True),
-        }
+        }  # the intersection sizes stay with the label holder (fedrisk.parties.alignment.read_alignment_report)
         if model.eval_auc_ is not None:  # measured on rows early stopping never saw
             out.update(auc_federated=float(model.eval_auc_), ks_federated=float(model.eval_ks_))
         elif "val_auc" in best:

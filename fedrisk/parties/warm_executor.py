@@ -11,12 +11,25 @@ Runtime API and runs it exactly as ``flwr-clientapp`` does — pull the message
 and context, install the FAB, load the ClientApp, call it, push the reply and
 the task's final status — with the imports and the loaded app kept warm.
 
-Why this is safe here: Flower isolates ClientApps because a SuperNode may run
-apps it does not trust; a fedrisk node runs only fedrisk's own ClientApp (a
-thin relay to the party's process, with the ledger mod), installed with the
-package. The executor runs one task at a time, as the subprocess executor's
-ClientApp would see it, and a task that raises is reported to the SuperNode as
-failed with the exception's reason, as ``flwr-clientapp`` does.
+A party runs only the installed fedrisk ClientApp. Flower would install
+whatever app package (FAB) the coordinator submitted and import its code here,
+in the process that holds the party's 0600 keys and runs its ledger mod. The
+executor never does: before a run's first task it checks the FAB
+(:func:`check_app_package`) — its ClientApp component must be fedrisk's
+(:data:`CLIENT_APP`), and every file in it other than ``pyproject.toml`` and
+documentation must be byte-identical to the installed fedrisk package's file
+at the same path (fedrisk's own run app carries no code at all; ``flwr build``
+of the fedrisk project carries fedrisk's sources) — and then loads the
+ClientApp from the *installed* package, never from the FAB (nothing is
+extracted, nothing is put on ``sys.path``). Another app package is refused
+with one line naming the problem, reported to the coordinator as the task's
+error; none of its code runs and the party's keys are not touched.
+(:mod:`fedrisk.parties.supernode` refuses Flower's ``subprocess`` isolation,
+whose ``flwr-clientapp`` would install and import the FAB.)
+
+The executor runs one task at a time, as the subprocess executor's ClientApp
+would see it, and a task that raises is reported to the SuperNode as failed
+with the exception's reason, as ``flwr-clientapp`` does.
 
 It relies on Flower's Runtime API client and the helpers of
 ``flwr.supernode.runtime.run_clientapp`` (pinned ``flwr>=1.39,<1.40``).
@@ -24,13 +37,99 @@ It relies on Flower's Runtime API client and the helpers of
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import threading
 import time
+import tomllib
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from fedrisk.errors import FedriskError
 
 log = logging.getLogger("fedrisk.warm_executor")
 
 POLL_SECONDS = 0.01
+#: The only ClientApp a fedrisk party runs (the installed package's).
+CLIENT_APP = "fedrisk.parties.client_app:app"
+PUBLISHER = "fedrisk"
+#: Files an app package may carry that nothing ever executes.
+_DOCUMENTS = (".md", ".rst", ".txt")
+_MAX_FILES = 4096
+_MAX_BYTES = 64 * 1024 * 1024
+
+
+class ForeignAppError(FedriskError):
+    """The run's app package is not fedrisk's ClientApp (one line)."""
+
+
+def _installed_root() -> Path:
+    import fedrisk
+
+    return Path(fedrisk.__file__).resolve().parent
+
+
+def _problem(content: bytes, fab_hash: str | None) -> str | None:
+    """What makes ``content`` something other than a fedrisk app package, or ``None``."""
+    if fab_hash and hashlib.sha256(content).hexdigest() != fab_hash:
+        return "its content does not match its SHA-256"
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+        entries = [e for e in archive.infolist() if not e.is_dir()]
+    except (zipfile.BadZipFile, ValueError):
+        return "it is not a Flower app package (not a zip archive)"
+    if len(entries) > _MAX_FILES or sum(e.file_size for e in entries) > _MAX_BYTES:
+        return f"it is larger than {_MAX_FILES} files or {_MAX_BYTES // 2**20} MiB"
+    names = {e.filename for e in entries}
+    if "pyproject.toml" not in names:
+        return "it has no pyproject.toml"
+    try:
+        config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+        app = config["tool"]["flwr"]["app"]
+        clientapp = app["components"]["clientapp"]
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return "its pyproject.toml names no ClientApp ([tool.flwr.app.components] clientapp)"
+    if clientapp != CLIENT_APP:
+        return f"its ClientApp is {clientapp!r}, not fedrisk's {CLIENT_APP!r}"
+    if app.get("publisher") != PUBLISHER:
+        return f"its publisher is {app.get('publisher')!r}, not {PUBLISHER!r}"
+    root = _installed_root()
+    for entry in sorted(entries, key=lambda e: e.filename):
+        name = entry.filename
+        path = PurePosixPath(name)
+        if name == "pyproject.toml" or path.parts[0] == ".info":
+            continue  # Flower's own manifest of the files' hashes
+        if name.startswith("/") or "\\" in name or ".." in path.parts:
+            return f"it has a file outside the package: {name!r}"
+        if path.suffix in _DOCUMENTS or path.name.startswith("LICENSE"):
+            continue
+        if path.parts[0] != "fedrisk" or len(path.parts) < 2:
+            return f"it carries code that is not part of the installed fedrisk: {name}"
+        installed = root.joinpath(*path.parts[1:])
+        try:
+            same = installed.resolve().is_relative_to(root) and installed.read_bytes() == archive.read(entry)
+        except OSError:
+            return f"it carries {name}, which the installed fedrisk does not have"
+        if not same:
+            return f"its {name} differs from the installed fedrisk's"
+    return None
+
+
+def check_app_package(content: bytes, *, fab_hash: str | None = None, fab_id: str = "", fab_version: str = "") -> None:
+    """Refuse (:class:`ForeignAppError`, one line) an app package that is not fedrisk's ClientApp.
+
+    Accepted: a FAB whose ClientApp component is :data:`CLIENT_APP`, published by
+    ``fedrisk``, whose other files are documentation or byte-identical copies of
+    the installed fedrisk package's files. Nothing in it is extracted or run.
+    """
+    problem = _problem(content, fab_hash)
+    if problem is not None:
+        name = f"{fab_id} {fab_version}".strip() or "(unnamed)"
+        digest = (fab_hash or hashlib.sha256(content).hexdigest())[:16]
+        raise ForeignAppError(
+            f"refused the run's app package {name} (sha256 {digest}): {problem}; a fedrisk party runs only the installed fedrisk ClientApp"
+        )
 
 
 class WarmClientAppExecutor(threading.Thread):
@@ -79,16 +178,14 @@ class WarmClientAppExecutor(threading.Thread):
                 time.sleep(POLL_SECONDS)
 
     def _client_app(self, run, fab):
-        """Install the run's FAB once and keep its loaded ClientApp."""
-        from flwr.cli.install import install_from_fab
-        from flwr.clientapp.utils import get_load_client_app_fn
-
+        """The installed fedrisk ClientApp, once the run's app package is checked to be fedrisk's."""
         key = fab.hash_str
         app = self._apps.get(key)
         if app is None:
-            install_from_fab(fab.content, skip_prompt=True)
-            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-            app = load(run.fab_id, run.fab_version, fab.hash_str)
+            check_app_package(fab.content, fab_hash=fab.hash_str, fab_id=run.fab_id, fab_version=run.fab_version)
+            from fedrisk.parties.client_app import app as installed  # the installed package, never the FAB
+
+            app = installed
             self._apps = {key: app}  # one run's app at a time
         return app
 
@@ -120,7 +217,11 @@ class WarmClientAppExecutor(threading.Thread):
             status, details = SubStatus.COMPLETED, ""
         except Exception as ex:  # reported to the SuperNode as Flower's own executor does
             reason = str(type(ex)) + ":<'" + str(ex) + "'>"
-            log.error("ClientApp raised an exception: %s", str(ex).splitlines()[0] if str(ex) else type(ex).__name__)
+            if isinstance(ex, ForeignAppError):
+                reason = str(ex)
+                log.error("%s", ex)
+            else:
+                log.error("ClientApp raised an exception: %s", str(ex).splitlines()[0] if str(ex) else type(ex).__name__)
             details = reason
             if message is not None:
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)

@@ -102,11 +102,17 @@ def _server_context(run_config: dict, run_id: int = 1):
     return Context(run_id=run_id, node_id=1, node_config={}, state=RecordDict(), run_config=dict(run_config))
 
 
+def simulated_node_config(run_config: dict) -> dict:
+    """Node config of every simulated party: the researcher runs every node, so the scenario's
+    ``ledger`` switch is applied where a real party's own switch lives (its node config)."""
+    return {} if run_config.get("ledger", True) else {"ledger": "off"}
+
+
 def _run_inprocess(parties: list[PartySettings], run_config: dict) -> None:
     from fedrisk.federation.inprocess import InProcessGrid
     from fedrisk.federation.server_app import app as server_app
 
-    grid = InProcessGrid(parties, run_config=run_config)
+    grid = InProcessGrid(parties, run_config=run_config, node_config=simulated_node_config(run_config))
     server_app(grid, _server_context(run_config))
 
 

@@ -48,7 +48,10 @@ def _party_node_config(context: Context) -> dict:
 
     path = _simulated_run()["parties"][int(context.node_config["partition-id"])]
     settings = PartySettings.read(Path(path))
-    return {**dict(context.node_config), "party": settings.name, "party-settings": path, "party-state-dir": settings.state_dir}
+    from fedrisk.simulation.engines import simulated_node_config
+
+    simulated = simulated_node_config(_simulated_run()["run_config"])
+    return {**dict(context.node_config), **simulated, "party": settings.name, "party-settings": path, "party-state-dir": settings.state_dir}
 
 
 def _handle(msg: Message, context: Context) -> Message:

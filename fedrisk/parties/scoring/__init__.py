@@ -21,10 +21,11 @@ Modules, one concept each:
 ``party_service``  a feature holder's party scoring service (mTLS, allow-list)
 ``register``       the append-only, hash-chained application register (SQLite)
 ``transport``      gRPC TLS/mTLS credentials, channels and deliberate message limits
+``revocation``     the federation CA's CRL enforced on every scoring link (accepting and calling), pinned party links
 ``config``         JSON-serialisable configurations of a node and a party service
 ``limits``         resource limits and no_new_privs a sandboxed process applies to itself
-``sandbox``        which isolation is available (bubblewrap, namespaces, rlimits) and how to invoke it
-``namespaces``     the fallback sandbox trampoline (user/net/mount/PID namespaces without bubblewrap)
+``sandbox``        which isolation is available (bubblewrap, namespaces; fails closed) and how to invoke it
+``namespaces``     the fallback sandbox trampoline (user/net/mount/PID namespaces, a minimal root, without bubblewrap)
 ``forward``        the byte forwarders that are a sandbox's only doors
 ``launcher``       starts a node or party service in its sandbox and opens its doors
 ``main``           the process entry inside the sandbox

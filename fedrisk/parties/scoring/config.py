@@ -88,6 +88,10 @@ class NodeConfig:
         The bank's client certificate for mTLS to the parties.
     client_ca : str
         When set, loan systems must present a certificate signed by it.
+    crl : str
+        The federation CA's CRL (``crl.pem``): a party service whose server
+        certificate it revokes is not called, a loan system whose client
+        certificate it revokes is refused ("" = revocation is not checked).
     parties : dict of str to PartyEndpoint
         Feature holders' scoring services.
     policy : str
@@ -111,6 +115,7 @@ class NodeConfig:
     client_key: str
     listen: str = "127.0.0.1:0"
     client_ca: str = ""
+    crl: str = ""
     parties: dict[str, PartyEndpoint] = field(default_factory=dict)
     policy: str = ""
     bank_table: str = ""
@@ -142,6 +147,9 @@ class PartyServiceConfig:
     listen, tls_cert, tls_key : str
     client_ca : str
         CA whose client certificates may call (required: mTLS).
+    crl : str
+        That CA's CRL (``crl.pem``): a caller whose certificate it revokes is
+        refused ("" = revocation is not checked).
     allowed_callers : list of str
         Client-certificate common names allowed to ask ([] = the label holder named in the bundle).
     max_ids : int
@@ -157,6 +165,7 @@ class PartyServiceConfig:
     listen: str = "127.0.0.1:0"
     allow_list: str = ""
     allow_any_known: bool = False
+    crl: str = ""
     allowed_callers: list[str] = field(default_factory=list)
     max_ids: int = 4096
     max_message_bytes: int = 512 * 1024

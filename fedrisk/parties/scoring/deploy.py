@@ -158,10 +158,13 @@ def start_party_service(
     sandbox: str = "auto",
     name: str = "party",
     timeout: float = 60.0,
+    crl: str | Path | None = None,
 ) -> ServiceProcess:
     """Start a feature holder's party scoring service; returns once it serves."""
     args = ["party-serve", "--bundle", str(bundle), "--trusted-keys", _keys_arg(trusted_keys), "--table", str(table),
             "--tls-cert", str(tls_cert), "--tls-key", str(tls_key), "--client-ca", str(client_ca), "--listen", listen, "--sandbox", sandbox]  # fmt: skip
+    if crl is not None:
+        args += ["--crl", str(crl)]
     if allow_list is not None:
         args += ["--allow-list", str(allow_list)]
     if allow_any_known:
@@ -186,6 +189,7 @@ def start_scoring_node(
     listen: str = "127.0.0.1:0",
     sandbox: str = "auto",
     timeout: float = 60.0,
+    crl: str | Path | None = None,
 ) -> ServiceProcess:
     """Start the bank's scoring node (``parties``: name → ``host:port``); returns once it serves."""
     args = ["serve", "--bundle", str(bundle), "--trusted-keys", _keys_arg(trusted_keys), "--tls-cert", str(tls_cert), "--tls-key", str(tls_key),
@@ -199,6 +203,8 @@ def start_scoring_node(
         args += ["--bank-table", str(bank_table)]
     if client_ca is not None:
         args += ["--client-ca", str(client_ca)]
+    if crl is not None:
+        args += ["--crl", str(crl)]
     return _spawn("scoring node", args, timeout)
 
 
@@ -239,7 +245,8 @@ def start_scoring_deployment(
     pki : FederationPKI
         The federation's PKI (:func:`fedrisk.crypto.pki.create_federation_pki`, with a
         client certificate for ``bank``). Server certificates ``scoring-node`` and
-        ``<party>-scoring`` are issued into it when missing.
+        ``<party>-scoring`` are issued into it when missing. Its CRL (``crl.pem``,
+        signed when missing) is enforced on every scoring link.
     trusted_keys : path or mapping
         Signers allowed for the bundles (``coordinator/signing_keys.json`` or name → hex).
     bank_bundle, party_bundles
@@ -257,7 +264,11 @@ def start_scoring_deployment(
     Deployment
         ``.node.address`` is the scoring node's ``host:port``; ``.stop()`` stops everything.
     """
-    from fedrisk.crypto.pki import create_server_cert
+    from fedrisk.crypto.pki import CRL_FILE, create_server_cert, write_crl
+
+    crl = Path(pki.folder) / CRL_FILE
+    if not crl.exists():  # a PKI written before CRLs were: an empty one, signed by its CA
+        write_crl(pki.folder, [])
 
     def server_cert(name: str) -> tuple[Path, Path]:
         if name not in pki.server_certs:
@@ -270,14 +281,14 @@ def start_scoring_deployment(
             cert, key = server_cert(f"{party}-scoring")
             started[party] = start_party_service(
                 bundle=bundle, trusted_keys=trusted_keys, table=party_tables[party], allow_list=allow_lists[party],
-                tls_cert=cert, tls_key=key, client_ca=pki.ca_cert, sandbox=sandbox, name=party,
+                tls_cert=cert, tls_key=key, client_ca=pki.ca_cert, sandbox=sandbox, name=party, crl=crl,
             )  # fmt: skip
         cert, key = server_cert("scoring-node")
         ccert, ckey = pki.party_certs[bank]
         node = start_scoring_node(
             bundle=bank_bundle, trusted_keys=trusted_keys, parties={p: s.address for p, s in started.items()},
             tls_cert=cert, tls_key=key, ca=pki.ca_cert, client_cert=ccert, client_key=ckey, state_dir=state_dir,
-            bank_table=bank_table, sandbox=sandbox, policy=policy, client_ca=pki.ca_cert if require_client_cert else None,
+            bank_table=bank_table, sandbox=sandbox, policy=policy, client_ca=pki.ca_cert if require_client_cert else None, crl=crl,
         )  # fmt: skip
     except BaseException:
         for service in started.values():

@@ -24,6 +24,12 @@ call setup, headers or per-call deadline timer), which matters at thousands of
 decisions a second. A party that does not offer the stream is asked with unary
 ``PartialScores`` calls.
 
+Certificates. With a :class:`~fedrisk.parties.scoring.revocation.PartyLink`
+the channel is the link's: opened only once the party's server certificate
+passed the CRL, pinned to that certificate, and checked again after a failed
+connection; a party whose certificate is revoked is ``UNAVAILABLE`` with the
+one line that names the certificate.
+
 Circuit breaker. After ``failure_threshold`` failed calls in a row a party
 "rests" for ``reset_after_s`` seconds: decisions skip it at once (state
 ``CIRCUIT_OPEN``) instead of each paying the deadline; the first call after the
@@ -42,6 +48,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from fedrisk.parties.scoring.revocation import LinkError, PartyLink
 from fedrisk.v1 import scoring_pb2 as pb
 
 __all__ = ["FanoutStats", "PartyFanout", "PartyResult"]
@@ -107,8 +114,8 @@ class PartyFanout:
     ----------
     party : str
         The feature holder's name (as in the bank's model).
-    channel : grpc.aio.Channel
-        A long-lived mTLS channel to its party scoring service.
+    channel : grpc.aio.Channel or None
+        A long-lived mTLS channel to its party scoring service (``None`` with a ``link``).
     model_version : str
         The joint model's run id (the party refuses another).
     kind : int
@@ -133,12 +140,14 @@ class PartyFanout:
         calls for a party that does not offer the stream.
     clock : callable
         Monotonic clock (tests).
+    link : PartyLink, optional
+        Where the channel comes from when server certificates are checked against the CRL.
     """
 
     def __init__(
         self,
         party: str,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | None,
         *,
         model_version: str,
         deadline_s: float,
@@ -152,9 +161,10 @@ class PartyFanout:
         request_prefix: str = "node",
         use_stream: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        link: PartyLink | None = None,
     ) -> None:
         self.party = party
-        self.channel = channel
+        self.link = link
         self.model_version = model_version
         self.deadline_s = float(deadline_s)
         self.kind = int(kind)
@@ -167,14 +177,13 @@ class PartyFanout:
         self.max_inflight = int(max_inflight)
         self.failure_threshold = int(failure_threshold)
         self.reset_after_s = float(reset_after_s)
-        self._call = channel.unary_unary(
-            _METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
-        )
-        self._stream_call = channel.stream_stream(
-            _STREAM_METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
-        )
+        self.channel: grpc.aio.Channel | None = None
         self.use_stream = bool(use_stream)
         self._stream: grpc.aio.StreamStreamCall | None = None
+        if channel is not None:
+            self.use_channel(channel)
+        elif link is None:
+            raise ValueError(f"{party}: a fan-out needs a channel or a link")
         self._waiting: dict[str, asyncio.Future[pb.PartyScoreResponse]] = {}
         self._clock = clock
         self._pending: list[tuple[str, float, asyncio.Future[PartyResult]]] = []
@@ -188,6 +197,19 @@ class PartyFanout:
         self.stats = FanoutStats()
         self.last_error = ""
 
+    def use_channel(self, channel: grpc.aio.Channel) -> None:
+        """Send from now on over ``channel`` (a new pinned channel of the link)."""
+        if channel is self.channel:
+            return
+        self._reset_stream()
+        self.channel = channel
+        self._call = channel.unary_unary(
+            _METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
+        )
+        self._stream_call = channel.stream_stream(
+            _STREAM_METHOD, request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=pb.PartyScoreResponse.FromString
+        )
+
     # ------------------------------------------------------------------ state
     @property
     def circuit_open(self) -> bool:
@@ -200,6 +222,8 @@ class PartyFanout:
             return pb.PartyStatus(party=self.party, state=pb.CIRCUIT_OPEN, detail=self.last_error)
         if self._failures_in_row:
             return pb.PartyStatus(party=self.party, state=pb.UNAVAILABLE, detail=self.last_error)
+        if self.link is not None and self.link.channel is None:
+            return pb.PartyStatus(party=self.party, state=pb.UNAVAILABLE, detail=self.link.error or "not connected yet")
         return pb.PartyStatus(party=self.party, state=pb.COVERED, detail="answering")
 
     # ------------------------------------------------------------------- asks
@@ -243,6 +267,9 @@ class PartyFanout:
         t0 = time.perf_counter()
         results: list[PartyResult]
         try:
+            link = self.link
+            if link is not None and (link.stale or link.channel is not self.channel or self.channel is None):
+                self.use_channel(await asyncio.wait_for(link.ensure(), deadline))
             response = await self._exchange(request, deadline)
             latency = (time.perf_counter() - t0) * 1000.0
             if response.error_code:
@@ -258,7 +285,12 @@ class PartyFanout:
             else:
                 details = (err.details() or "").splitlines()
                 state, detail = pb.UNAVAILABLE, f"{err.code().name}: {details[0] if details else 'call failed'}"
+                if self.link is not None and err.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.link.invalidate()  # a new certificate, or the party is back: check it again
             results = self._failed(ids, state, detail, latency)
+        except LinkError as err:
+            latency = (time.perf_counter() - t0) * 1000.0
+            results = self._failed(ids, pb.UNAVAILABLE, str(err), latency)
         except _BrokenAnswer as err:
             latency = (time.perf_counter() - t0) * 1000.0
             results = self._failed(ids, pb.UNAVAILABLE, str(err), latency)
@@ -389,7 +421,10 @@ class PartyFanout:
     async def close(self) -> None:
         """Close the stream and the channel (pending asks resolve as unavailable)."""
         self._reset_stream()
-        await self.channel.close()
+        if self.link is not None:
+            await self.link.close()
+        elif self.channel is not None:
+            await self.channel.close()
 
 
 def _code_name(number: int) -> str:

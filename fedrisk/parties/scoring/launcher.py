@@ -13,7 +13,11 @@ The launcher is the only part that stays outside the sandbox. It
 3. writes the sandbox-side configuration (Unix sockets instead of addresses)
    and starts ``python -m fedrisk.parties.scoring.main`` under the chosen
    mechanism (:mod:`~fedrisk.parties.scoring.sandbox`);
-4. once the process reports READY, opens the public TCP door to it.
+4. once the process reports READY, opens the public TCP door to it;
+5. keeps the sandbox's copy of the federation's CRL (``crl``) current: the
+   process reads ``<private>/crl.pem``, which the launcher replaces whenever the
+   host's file changes (a read-only bind would keep showing the old file after
+   an atomic replace). The process verifies every CRL against the CA itself.
 
 It stops the process by closing its stdin (then SIGTERM, then SIGKILL) and
 removes the private directory. Under ``rlimits`` and ``none`` there are no
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedrisk.crypto.keyfiles import write_secret_file
+from fedrisk.crypto.keyfiles import write_public_file, write_secret_file
 from fedrisk.errors import ConfigError, FedriskError
 from fedrisk.parties.scoring.config import (
     NodeConfig,
@@ -106,7 +110,7 @@ class SandboxSession:
         if self.mechanism == "bwrap":
             return bwrap_command(self.private_dir, self.read_only, argv)
         if self.mechanism == "namespaces":
-            return namespaces_command(self.private_dir, argv)
+            return namespaces_command(self.private_dir, argv, self.read_only)
         return argv
 
     async def spawn(self, argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
@@ -169,6 +173,7 @@ class Launcher:
         self.ready: dict[str, Any] = {}
         self.stderr_tail: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
+        self._crl_task: asyncio.Task[None] | None = None
 
     def _preflight(self) -> None:
         from fedrisk.parties.scoring.bundles import (
@@ -185,6 +190,11 @@ class Launcher:
         for path in read_only_paths(self.config):
             if not Path(path).exists():
                 raise ConfigError(f"{path} does not exist")
+        if self.config.crl:
+            from fedrisk.crypto.pki import load_revocation_list
+
+            ca = self.config.ca if isinstance(self.config, NodeConfig) else self.config.client_ca
+            load_revocation_list(self.config.crl, ca)  # one line now, not from inside the sandbox
 
     async def start(self, timeout: float = 60.0) -> dict[str, Any]:
         """Start and wait for READY; returns ``{address, unix, sandbox, pid, ...}``."""
@@ -197,6 +207,9 @@ class Launcher:
         session = SandboxSession(self.mechanism, read_only=read_only_paths(cfg), doors=doors)
         self.session = session
         priv = await session.open()
+        if cfg.crl and self.mechanism in _ISOLATED:
+            write_public_file(priv / "crl.pem", Path(cfg.crl).read_bytes())
+            self._crl_task = asyncio.ensure_future(self._sync_crl(Path(cfg.crl), priv / "crl.pem"))
         inside = self._inside_config(priv)
         if isinstance(cfg, NodeConfig) and cfg.register and self.mechanism in _ISOLATED:
             self.register = RegisterServer(cfg.register, priv / "register.sock")
@@ -233,6 +246,8 @@ class Launcher:
         if self.mechanism not in _ISOLATED:
             return replace(cfg, sandbox=self.mechanism) if self.mechanism != "none" else replace(cfg, sandbox="none", limits=replace(cfg.limits, memory_mb=0, max_open_files=0, file_size_mb=0, cpu_seconds=0))
         listen = f"unix:{priv / 'serve.sock'}"
+        if cfg.crl:
+            cfg = replace(cfg, crl=str(priv / "crl.pem"))
         if isinstance(cfg, NodeConfig):
             parties = {
                 p: PartyEndpoint(f"unix:{self.session.door(p)}", authority=e.authority or parse_endpoint(e.target)[0])  # type: ignore[union-attr]
@@ -241,6 +256,28 @@ class Launcher:
             register_socket = str(priv / "register.sock") if cfg.register else ""
             return replace(cfg, listen=listen, parties=parties, register="", register_socket=register_socket, sandbox=self.mechanism)
         return replace(cfg, listen=listen, sandbox=self.mechanism)
+
+    async def _sync_crl(self, source: Path, copy: Path, every: float = 1.0) -> None:
+        """Replace the sandbox's copy of the CRL whenever the host's file changes."""
+
+        def signature() -> tuple[int, int, int] | None:
+            try:
+                st = source.stat()
+            except OSError:
+                return None
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        seen = signature()
+        while True:
+            await asyncio.sleep(every)
+            now = signature()
+            if now is None or now == seen:
+                continue
+            seen = now
+            try:
+                write_public_file(copy, source.read_bytes())
+            except OSError as err:
+                sys.stderr.write(f"warning: could not pass the new CRL {source} to the sandbox: {err.strerror or err}\n")
 
     async def _read_ready(self, proc: asyncio.subprocess.Process) -> dict[str, Any]:
         assert proc.stdout is not None
@@ -273,6 +310,9 @@ class Launcher:
         if self.inbound is not None:
             await self.inbound.close()
             self.inbound = None
+        if self._crl_task is not None:
+            self._crl_task.cancel()
+            self._crl_task = None
         code = None
         if self.session is not None:
             proc = self.session.process

@@ -19,6 +19,11 @@ For each application the node
 6. records the application durably unless it is an estimate
    (:mod:`~fedrisk.parties.scoring.register`), and answers.
 
+With a CRL (``crl``) the node calls a party only over a link whose server
+certificate passed it, pinned to that certificate, and refuses loan systems
+whose client certificate it revokes
+(:mod:`~fedrisk.parties.scoring.revocation`).
+
 The node serves ``fedrisk.v1.ScoringService`` plus gRPC health checking
 (``grpc.health.v1.Health``: ``""`` and ``fedrisk.v1.ScoringService`` report
 SERVING once the model is loaded and the parties' channels are open) and server
@@ -49,9 +54,15 @@ from fedrisk.parties.scoring.bundles import (
     load_bank_model,
     parse_trusted_keys,
 )
-from fedrisk.parties.scoring.config import NodeConfig
+from fedrisk.parties.scoring.config import NodeConfig, parse_endpoint
 from fedrisk.parties.scoring.fanout import PartyFanout, PartyResult
 from fedrisk.parties.scoring.policy import APPROVE, DECLINE, load_policy
+from fedrisk.parties.scoring.revocation import (
+    CertificateRefused,
+    LinkError,
+    PartyLink,
+    RevocationGuard,
+)
 from fedrisk.parties.scoring.register import (
     DuplicateApplication,
     LocalRegister,
@@ -128,6 +139,8 @@ class ScoringNode:
         if given - known:
             raise ConfigError(f"endpoint given for {min(given - known)!r}, which is not part of the model {self.model.run_id}")
         self.register: Register | None = None
+        self.revocations = RevocationGuard(config.crl, config.ca) if config.crl else None
+        self._crl_watcher: asyncio.Future[None] | None = None
         self.fanouts: dict[str, PartyFanout] = {}
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -142,10 +155,15 @@ class ScoringNode:
         prefix = f"{self.model.run_id[:12]}-{int(time.time())}"
         for party in self.scorer.parties:
             endpoint = cfg.parties[party]
-            channel = secure_channel(endpoint.target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=endpoint.authority or None)
+            link, channel = None, None
+            if self.revocations is not None:
+                link = self._link(party, endpoint.target, endpoint.authority)
+            else:
+                channel = secure_channel(endpoint.target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=endpoint.authority or None)
             self.fanouts[party] = PartyFanout(
                 party,
                 channel,  # type: ignore[arg-type]
+                link=link,
                 model_version=self.model.run_id,
                 deadline_s=self.policy.deadline_ms / 1000.0,
                 kind=pb.TREE_ROUTING if self.trees is not None else pb.SCORECARD,
@@ -155,11 +173,14 @@ class ScoringNode:
                 request_prefix=prefix,
             )
         await self._warm_up()
+        if self.revocations is not None:
+            self._crl_watcher = asyncio.ensure_future(self.revocations.watch(on_change=self._recheck_links))
         if cfg.register_socket:
             self.register = RemoteRegister(cfg.register_socket)
         elif cfg.register:
             self.register = LocalRegister(cfg.register)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = [self.revocations.interceptor()] if self.revocations is not None and cfg.client_ca else []
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -174,11 +195,40 @@ class ScoringNode:
         log.info("scoring node %s serving on %s (model %s, policy %s)", prefix, self.address, self.model.model_version, self.policy.label)
         return self.address
 
+    def _link(self, party: str, target: str, authority: str) -> PartyLink:
+        cfg = self.config
+        if not authority:
+            if target.startswith("unix:"):
+                raise ConfigError(f"party {party}: a Unix-socket endpoint needs the name its certificate carries (authority)")
+            authority = parse_endpoint(target)[0]
+
+        def channel(target: str, root_pem: bytes, authority: str) -> grpc.aio.Channel:
+            return secure_channel(target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=authority, root_pem=root_pem)  # type: ignore[return-value]
+
+        assert self.revocations is not None
+        return PartyLink(party, target, authority, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, guard=self.revocations, channel_factory=channel)
+
+    def _recheck_links(self) -> None:
+        """A new CRL: drop every party link whose pinned certificate it revokes."""
+        for fanout in self.fanouts.values():
+            if fanout.link is not None:
+                fanout.link.recheck()
+
     async def _warm_up(self, timeout: float = 5.0) -> None:
         """Connect to every party (TCP + TLS) before serving; a party that is down is left to the policy."""
         loop = asyncio.get_running_loop()
 
-        async def ready(party: str, channel: grpc.aio.Channel) -> None:
+        async def ready(party: str, fanout: PartyFanout) -> None:
+            if fanout.link is not None:  # check the party's certificate against the CRL, then pin it
+                try:
+                    fanout.use_channel(await asyncio.wait_for(fanout.link.ensure(), timeout))
+                except CertificateRefused:
+                    return  # the link said which certificate, and why
+                except (LinkError, TimeoutError) as err:
+                    log.warning("party %s is not reachable yet (%s); decisions follow the policy until it is", party, err or "timed out")
+                    return
+            channel = fanout.channel
+            assert channel is not None
             deadline = loop.time() + timeout
             state = channel.get_state(try_to_connect=True)
             while state != grpc.ChannelConnectivity.READY:
@@ -192,13 +242,15 @@ class ScoringNode:
                     continue
                 state = channel.get_state()
 
-        await asyncio.gather(*(ready(p, f.channel) for p, f in self.fanouts.items()))
+        await asyncio.gather(*(ready(p, f) for p, f in self.fanouts.items()))
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving (in-flight decisions get ``grace`` seconds), then close everything."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._crl_watcher is not None:
+            self._crl_watcher.cancel()
         await self._health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)

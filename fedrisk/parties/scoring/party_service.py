@@ -18,7 +18,8 @@ It answers only
 
 * to callers whose mTLS client certificate (signed by the federation CA) has a
   common name on its ``allowed_callers`` list — by default the label holder
-  named in its own bundle;
+  named in its own bundle — and is not revoked by the CA's CRL (``crl``,
+  reloaded when it changes: :mod:`~fedrisk.parties.scoring.revocation`);
 * for IDs on its allow-list: the trained intersection plus newly aligned IDs
   (append them to the file, in place: the service notices within
   ``RELOAD_EVERY_S`` seconds, or at once on ``SIGHUP`` when not sandboxed). Any
@@ -60,6 +61,7 @@ from fedrisk.parties.scoring.bundles import (
     parse_trusted_keys,
 )
 from fedrisk.parties.scoring.config import PartyServiceConfig
+from fedrisk.parties.scoring.revocation import RevocationGuard
 from fedrisk.parties.scoring.tables import FeatureLookup, load_feature_lookup
 from fedrisk.parties.scoring.transport import (
     SERVER_OPTIONS,
@@ -129,6 +131,8 @@ class PartyScoringService:
             self._views: dict[tuple[int, ...], int] = {}
             self._view_columns: dict[int, tuple[tuple[int, int], ...]] = {}  # view -> (split id, column)
         self.reload()
+        self.revocations = RevocationGuard(config.crl, config.client_ca) if config.crl else None
+        self._crl_watcher: asyncio.Future[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self.requests = Counter()
@@ -227,7 +231,8 @@ class PartyScoringService:
     async def start(self) -> str:
         """Bind and serve; returns the bound address."""
         cfg = self.config
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = [self.revocations.interceptor()] if self.revocations is not None else []
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler(SERVICE_NAME, {
                 "PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores),
@@ -249,6 +254,8 @@ class PartyScoringService:
             pass
         if cfg.allow_list:
             self._watcher = asyncio.ensure_future(self._watch_allow_list())
+        if self.revocations is not None:
+            self._crl_watcher = asyncio.ensure_future(self.revocations.watch())
         log.info("%s party scoring service on %s (model %s)", self.party, self.address, self.model.run_id)
         return self.address
 
@@ -257,8 +264,9 @@ class PartyScoringService:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for watcher in (self._watcher, self._crl_watcher):
+            if watcher is not None:
+                watcher.cancel()
         await self._health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)
@@ -286,7 +294,12 @@ class PartyScoringService:
         caller = peer_common_name(context)
         if caller not in self.callers:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._denied(caller))
+        guard = self.revocations
+        seen = guard.generation if guard is not None else 0
         async for request in requests:
+            if guard is not None and guard.generation != seen:  # a new CRL: is this open stream's caller still valid?
+                seen = guard.generation
+                await guard.enforce(context)
             try:
                 yield self.answer(request, caller or "")
             except _Refused as refusal:

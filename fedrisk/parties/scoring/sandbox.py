@@ -1,6 +1,9 @@
 """Least privilege for scoring processes: which isolation is available, and how to invoke it.
 
-Mechanisms, strongest first (``auto`` picks the first that works here):
+Mechanisms, strongest first. ``auto`` (the default) picks the first of
+``bwrap`` and ``namespaces`` that works here, and **refuses to start** when
+neither does: nothing serves without isolation unless the operator says so
+with ``--sandbox none`` (or ``rlimits``).
 
 ``bwrap``
     bubblewrap (``/usr/bin/bwrap``): ``--unshare-all`` — new user (uid 1000,
@@ -12,12 +15,17 @@ Mechanisms, strongest first (``auto`` picks the first that works here):
     one writable directory (the root and ``/dev`` are remounted read-only): the process's private temp dir (0700, on tmpfs
     ``/dev/shm`` when available), which is also ``HOME`` and ``TMPDIR``.
 ``namespaces``
-    the same namespaces set up by :mod:`~fedrisk.parties.scoring.namespaces`
-    without bubblewrap; the host's files stay visible but read-only.
+    the same namespaces and the same minimal root set up by
+    :mod:`~fedrisk.parties.scoring.namespaces` without bubblewrap: a tmpfs root
+    with read-only binds of ``/usr``, the Python install, the fedrisk package and
+    the configured files, ``pivot_root`` into it, the host's root unmounted — so
+    the party's key folder, its state folder and every file not configured do
+    not exist inside.
 ``rlimits``
-    no isolation, only resource limits and ``no_new_privs`` (a warning says so).
+    no isolation, only resource limits and ``no_new_privs``; only when asked for
+    by name (a warning says so).
 ``none``
-    nothing (development).
+    nothing; only when asked for by name (development).
 
 Network: why no shared network namespace. ``--unshare-net`` leaves a process
 nothing but its own loopback, so it can neither serve on nor dial the host's
@@ -94,21 +102,27 @@ def namespaces_usable() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     with tempfile.TemporaryDirectory(prefix="fedrisk-nsprobe-") as tmp:
-        argv = namespaces_command(Path(tmp), [sys.executable, "-c", "pass"])
+        argv = namespaces_command(Path(tmp), [sys.executable, "-c", "import fedrisk"])
         try:
             return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0
         except (OSError, subprocess.SubprocessError):
             return False
 
 
+NO_SANDBOX = (
+    "no sandbox is available here: bubblewrap is not installed (apt-get install bubblewrap) and unprivileged "
+    "user namespaces are not usable; refusing to serve without isolation (pass --sandbox none to do so anyway)"
+)
+
+
 def choose_mechanism(requested: str = "auto") -> str:
-    """Resolve ``auto`` to the strongest mechanism available; check an explicit one works."""
+    """Resolve ``auto`` to the strongest isolating mechanism available (fails closed); check an explicit one works."""
     if requested == "auto":
         if bwrap_usable():
             return "bwrap"
         if namespaces_usable():
             return "namespaces"
-        return "rlimits"
+        raise ConfigError(NO_SANDBOX)
     if requested not in MECHANISMS:
         raise ConfigError(f"sandbox {requested!r} is not one of auto, {', '.join(MECHANISMS)}")
     if requested == "bwrap" and not bwrap_usable():
@@ -251,6 +265,20 @@ def bwrap_command(private_dir: Path, read_only: Iterable[str | Path], argv: list
     return args + ["--", *argv]
 
 
-def namespaces_command(private_dir: Path, argv: list[str]) -> list[str]:
-    """``python -m fedrisk.parties.scoring.namespaces PRIVATE_DIR -- argv``."""
-    return [sys.executable, "-m", "fedrisk.parties.scoring.namespaces", str(Path(private_dir).resolve()), "--", *argv]
+def namespaces_command(private_dir: Path, argv: list[str], read_only: Iterable[str | Path] = ()) -> list[str]:
+    """``python -m fedrisk.parties.scoring.namespaces PRIVATE_DIR --ro PATH ... -- argv``.
+
+    The new root holds the system's libraries, the Python install and fedrisk
+    (:func:`python_paths`), the ``read_only`` files and folders and ``private_dir``.
+    """
+    binds: list[str] = []
+    seen: set[str] = set()
+    for item in [*python_paths(), *read_only]:
+        path = str(Path(item).resolve())
+        if path in seen:
+            continue
+        seen.add(path)
+        if not Path(path).exists():
+            raise ConfigError(f"{item} does not exist (needed inside the sandbox)")
+        binds += ["--ro", path]
+    return [sys.executable, "-m", "fedrisk.parties.scoring.namespaces", str(Path(private_dir).resolve()), *binds, "--", *argv]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from fedrisk.crypto.keyfiles import read_secret_file
 from fedrisk.crypto.pki import grpc_channel_credentials, grpc_server_credentials
 from fedrisk.errors import ConfigError
 from fedrisk.parties.scoring.validation import TRANSPORT_MAX_BYTES
@@ -68,6 +69,7 @@ def secure_channel(
     authority: str | None = None,
     options: Sequence[tuple[str, int | str]] = (),
     aio: bool = True,
+    root_pem: bytes | None = None,
 ) -> grpc.aio.Channel | grpc.Channel:
     """A TLS (or mTLS, with ``cert``/``key``) channel trusting only the federation CA.
 
@@ -78,8 +80,21 @@ def secure_channel(
     authority : str, optional
         Name the server's certificate must carry (default: the host of ``target``;
         needed for Unix sockets).
+    root_pem : bytes, optional
+        Trust exactly this certificate instead of ``ca`` (a server certificate
+        already checked against the CA and the CRL: see
+        :class:`~fedrisk.parties.scoring.revocation.PartyLink`).
     """
-    creds = grpc_channel_credentials(ca, cert=cert, key=key)
+    if root_pem is None:
+        creds = grpc_channel_credentials(ca, cert=cert, key=key)
+    else:
+        if (cert is None) != (key is None):
+            raise ConfigError("pass both cert and key for a client certificate, or neither")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=root_pem,
+            private_key=read_secret_file(key) if key is not None else None,
+            certificate_chain=Path(cert).read_bytes() if cert is not None else None,
+        )
     opts = list(_CHANNEL_OPTIONS) + list(options)
     if authority:
         opts.append(("grpc.ssl_target_name_override", authority))
