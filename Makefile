@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrisk-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps bench clean help
+.PHONY: demo test install system-deps sandbox-deps bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,7 +25,12 @@ system-deps:  ## Debian packages for the sandbox and the report's browser test (
 		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || echo "warning: could not install$$missing"; fi; \
 	else echo "system-deps: not root or no apt-get; bubblewrap/chromium tests will say they were skipped"; fi
 
-demo: $(STAMP)  ## run a whole local federation over gRPC+TLS on loopback
+sandbox-deps:  ## bubblewrap for the scoring sandbox (needs root; the scorer refuses to serve without a sandbox)
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null || echo "warning: could not install bubblewrap"; \
+	fi
+
+demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on loopback
 	$(BIN)/fedrisk demo
 
 test: $(STAMP) system-deps  ## run the test suite
