@@ -7,9 +7,12 @@ Prints one JSON object:
 * ``single_appends_per_s`` - ``append`` (one durable commit per entry);
 * ``verify_entries_per_s`` - ``verify_ledger`` (hash chain + Ed25519 per entry);
 * ``round_overhead_pct`` - the demo federation (bank, tax bureau and platform
-  over the Deployment Engine with TLS, encrypted vertical LR) with every ledger
-  on vs off (run config ``ledger = false``), on the same processes in the same
-  run: median epoch time, runs in ABBA order so drift cancels, after one warm-up run;
+  over the Deployment Engine with TLS, encrypted vertical LR) with ledgers on vs
+  off (run config ``ledger = false``), on the same processes in the same run:
+  median epoch time, runs in ABBA order so drift cancels, after one warm-up run.
+  Since a run config can no longer switch a party's recording off (only the
+  party's own node config can), the "off" arm turns off the coordinator's ledger
+  only: this A/B measures the coordinator's share; the bound below covers every node;
 * ``round_noise_pct`` - how far apart runs with the *same* setting land (per-run
   median epoch times): on this Deployment Engine the exchange latency depends on
   polling phase, so an A/B difference smaller than this is noise;
