@@ -93,28 +93,6 @@ def federation(tmp_path_factory, default_credit_dir):
         yield running, config, _weights(base, run_dir)
 
 
-def _killed_run(running: LocalFederation, config: dict, run_id: str, kill) -> tuple[dict, dict]:
-    out: dict = {}
-
-    def go() -> None:
-        out["result"] = running.run(run_config={**config, "fedrisk-run-id": run_id}, timeout=600)
-
-    thread = threading.Thread(target=go)
-    thread.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = read_status(running.run_dir) or {}
-        if status.get("run_id") == run_id and status.get("round") == 2 and status.get("step") == "fedavg.train":
-            break
-        time.sleep(0.02)
-    time.sleep(0.3)
-    kill()
-    before = _entries(running.run_dir)
-    thread.join(timeout=600)
-    assert "result" in out, "the killed run did not complete"
-    return out["result"], before
-
-
 def _logged(ledger: Path, run_id: str, round_: int, direction: str, step: str | None = None) -> bool:
     """Whether a party's ledger holds such a message of ``run_id`` (its ClientApp records a message
     as received before relaying it to the party process, and the reply as sent after)."""
@@ -136,6 +114,56 @@ def _wait_for(what: str, reached, thread: threading.Thread, timeout: float = 300
         time.sleep(0.02)
 
 
+def _start_run(running: LocalFederation, run_config: dict) -> tuple[threading.Thread, dict]:
+    """Start ``running.run(run_config)`` in a thread; its result (or error) lands in the returned dict."""
+    out: dict = {}
+
+    def go() -> None:
+        try:
+            out["result"] = running.run(run_config=run_config, timeout=600)
+        except BaseException as err:  # noqa: BLE001 - reported by the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread, out
+
+
+def _coordinator_killed_in_round_2(running: LocalFederation, config: dict, run_id: str, gate: str, other: str) -> tuple[dict, dict]:
+    """Run ``run_id`` and SIGKILL the coordinator in round 2, after its round-1 checkpoint, before round 2 can complete.
+
+    The order comes from the run's own events, not from timing. ``gate`` is frozen (SIGSTOP)
+    once it has answered round 1 and before its ClientApp has handed it round 2: until it is
+    thawed round 2 cannot complete, so the coordinator cannot checkpoint round 2. Once
+    ``other`` has been handed round 2 (sent only after the round-1 checkpoint) the coordinator
+    is killed, then ``gate`` thawed. The resubmitted run resumes from round 1 and redoes round 2
+    only, however slow or fast anything runs on a busy machine.
+    """
+    nodes = {node.settings.name: node for node in running.nodes}
+    ledgers = {name: nodes[name].state_dir / LEDGER_FILE for name in (gate, other)}
+    restarts = running.coordinator_restarts
+    # No liveness probes: the frozen bank is not lost (as in _party_killed_after_round_1).
+    thread, out = _start_run(running, {**config, "fedrisk-run-id": run_id, "probe-interval": 0.0})
+    frozen: int | None = None
+    try:
+        _wait_for(f"{gate} answering round 1", lambda: _logged(ledgers[gate], run_id, 1, "sent"), thread)
+        frozen = nodes[gate].party_process.popen.pid
+        os.kill(frozen, signal.SIGSTOP)
+        # Its ClientApp logs round 2 as received before relaying it: not logged now, not handled until thawed.
+        assert not _logged(ledgers[gate], run_id, 2, "received"), f"{gate} was handed round 2 before it was frozen"
+        _wait_for(f"{other} being handed round 2", lambda: _logged(ledgers[other], run_id, 2, "received"), thread)
+        assert not _logged(ledgers[gate], run_id, 2, "sent"), f"{gate} answered round 2 while frozen"
+        assert running.coordinator_restarts == restarts, "the coordinator restarted before it was killed"
+        assert running.kill_coordinator(), "no coordinator to kill"
+        before = _entries(running.run_dir)
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+    thread.join(timeout=600)
+    assert "result" in out, f"the killed run did not complete: {out.get('error')!r}"
+    return out["result"], before
+
+
 def _party_killed_after_round_1(running: LocalFederation, config: dict, run_id: str, victim: str, gate: str) -> tuple[dict, dict]:
     """Run ``run_id`` and SIGKILL ``victim``'s party process after it answered round 1, before round 2 can reach it.
 
@@ -150,20 +178,9 @@ def _party_killed_after_round_1(running: LocalFederation, config: dict, run_id: 
     """
     nodes = {node.settings.name: node for node in running.nodes}
     ledgers = {name: nodes[name].state_dir / LEDGER_FILE for name in (gate, victim)}
-    out: dict = {}
-
     # No liveness probes: the frozen bank is not lost, and a probe it answered on thawing, before its
     # round-1 reply, would make the coordinator (rightly) treat that round-1 message as lost.
-    run_config = {**config, "fedrisk-run-id": run_id, "probe-interval": 0.0}
-
-    def go() -> None:
-        try:
-            out["result"] = running.run(run_config=run_config, timeout=600)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            out["error"] = err
-
-    thread = threading.Thread(target=go)
-    thread.start()
+    thread, out = _start_run(running, {**config, "fedrisk-run-id": run_id, "probe-interval": 0.0})
     frozen: int | None = None
     try:
         _wait_for(f"{gate} answering fedavg.stats", lambda: _logged(ledgers[gate], run_id, 0, "sent", "fedavg.stats"), thread)
@@ -203,7 +220,7 @@ def _check_ledgers(running: LocalFederation, run_id: str, before: dict) -> None:
 def test_killing_the_coordinator_mid_round_resumes_from_its_checkpoint(federation):
     running, config, base = federation
     restarts = running.coordinator_restarts
-    result, before = _killed_run(running, config, "killed-coordinator", running.kill_coordinator)
+    result, before = _coordinator_killed_in_round_2(running, config, "killed-coordinator", gate="bank_a", other="bank_b")
     assert running.coordinator_restarts == restarts + 1
     assert result["recovery"]["attempt"] == 2 and result["recovery"]["resumed_from"] == 1
     assert np.max(np.abs(_weights(result, running.run_dir) - base)) < 1e-3  # CKKS noise, ~1e-5 measured
