@@ -10,8 +10,8 @@ import pytest
 
 from fedrisk.audit import Ed25519Signer, ExchangeRecord, Ledger, read_ledger, verify_ledger, verify_run
 from fedrisk.audit.entry import RUN_CLOSE_RECEIVER, run_close_record
-from fedrisk.audit.store import TRIGGERS
 from fedrisk.errors import LedgerError
+from ledger_tamper import cut_tail
 
 NODES = ("coordinator", "bank", "tax_bureau")
 # (round, step, sender, receiver, content class)
@@ -70,18 +70,6 @@ def run(tmp_path: Path) -> Run:
     return r
 
 
-def cut(path: Path, first: int) -> None:
-    """Drop the triggers, delete entries ``first``.., recreate the triggers (an attacker with file access)."""
-    conn = sqlite3.connect(path)
-    for name in TRIGGERS:
-        conn.execute(f"DROP TRIGGER {name}")
-    conn.execute("DELETE FROM entries WHERE seq >= ?", (first,))
-    for ddl in TRIGGERS.values():
-        conn.execute(ddl)
-    conn.commit()
-    conn.close()
-
-
 def seq_of(path: Path, step: str, direction: str, rnd: int) -> int:
     (seq,) = [e.seq for e in read_ledger(path).entries if e.step == step and e.direction == direction and e.round == rnd]
     return seq
@@ -100,8 +88,8 @@ def test_an_attested_closed_run_verifies_clean(run: Run) -> None:
 def test_last_exchange_cut_from_both_ends_is_named(run: Run) -> None:
     coord, bank = run.paths["coordinator"], run.paths["bank"]
     c, b = seq_of(coord, "vlr.model", "sent", 2), seq_of(bank, "vlr.model", "received", 2)
-    cut(coord, c)
-    cut(bank, b)
+    cut_tail(coord, c)
+    cut_tail(bank, b)
     for path, last in ((coord, c - 1), (bank, b - 1)):
         findings = verify_ledger(path, run.trusted)
         assert [(f.field, f.message) for f in findings] == [
@@ -116,7 +104,7 @@ def test_a_signed_close_of_a_shorter_run_is_caught_by_the_peer(run: Run) -> None
     """The bank (with its own key) cuts its tail and signs a fresh close: the coordinator recorded a longer bank ledger."""
     bank = run.paths["bank"]
     first = seq_of(bank, "vlr.residual", "sent", 1)  # its last two exchanges go
-    cut(bank, first)
+    cut_tail(bank, first)
     with Ledger(bank, "bank", run.signers["bank"]) as led:
         led.close_run("run-7")
     assert verify_ledger(bank, run.trusted) == []  # alone it looks complete

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,6 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedrisk.audit import read_ledger, verify_ledger, verify_run
 from fedrisk.audit.recorder import ExchangeRecorder
 from fedrisk.audit.run_files import collect_ledgers
-from fedrisk.audit.store import TRIGGERS
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ProtocolError
 from fedrisk.federation.exchange import ExchangeHeader, build_content
@@ -21,6 +19,7 @@ from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.ledger_grid import LedgeredGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.parties.settings import PartySettings
+from ledger_tamper import cut_tail
 
 SCHEMA = {"id_column": "id", "label_column": "y", "features": {f"x{i}": "float" for i in range(23)}, "id_format": "opaque"}
 
@@ -81,18 +80,6 @@ def test_only_the_nodes_own_config_turns_its_ledger_off(tmp_path, default_credit
     assert "ledger_unclosed" in json.loads((run_dir / "coordinator" / "result.json").read_text())
 
 
-def _cut_tail(path: Path, first: int) -> None:
-    """What an attacker with file access can do: drop the triggers, cut the tail, put the triggers back."""
-    conn = sqlite3.connect(path)
-    for name in TRIGGERS:
-        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-    conn.execute("DELETE FROM entries WHERE seq >= ?", (first,))
-    for ddl in TRIGGERS.values():
-        conn.execute(ddl)
-    conn.commit()
-    conn.close()
-
-
 def test_a_runs_last_exchange_cut_from_both_ends_is_named(tmp_path, default_credit_dir):
     """The coordinator's and bank_a's ledgers both lose their last exchange (and what follows): named in one line each."""
     run_dir = _run(tmp_path, default_credit_dir)
@@ -102,8 +89,8 @@ def test_a_runs_last_exchange_cut_from_both_ends_is_named(tmp_path, default_cred
     # The run's last exchange with bank_a: the final model down, bank_a's metrics back.
     (c_first,) = [e.seq for e in read_ledger(coord).entries if e.step == "fedavg.final" and e.receiver == "bank_a"]
     (b_first,) = [e.seq for e in read_ledger(bank_a).entries if e.step == "fedavg.final" and e.direction == "received"]
-    _cut_tail(coord, c_first)
-    _cut_tail(bank_a, b_first)
+    cut_tail(coord, c_first)
+    cut_tail(bank_a, b_first)
     # Each ledger alone: a valid chain, with its triggers back — but its run was never closed.
     for path, last in ((coord, c_first - 1), (bank_a, b_first - 1)):
         lines = [str(f) for f in verify_ledger(path, keys)]
