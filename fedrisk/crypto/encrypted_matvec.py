@@ -850,14 +850,6 @@ class PackingLayout:
         """Rotate-and-sum rotations per product: ``log2 L`` per group."""
         return sum((self.slots // f).bit_length() - 1 for _, f in self.groups)
 
-    def unpack(self, values: np.ndarray) -> np.ndarray:
-        """Sum each feature's ``L`` slots of the *block* layout: (n_ciphertexts·slots,) -> (n_features,)."""
-        vals = np.asarray(values, dtype=np.float64).reshape(len(self.groups), self.slots)
-        out = np.empty(self.n_features)
-        for g, (start, size) in enumerate(self.groups):
-            out[start : start + size] = vals[g].reshape(size, self.slots // size).sum(axis=1)
-        return out
-
 
 def check_group_sizes(sizes: Sequence[Any], slots: int, who: str = "product") -> tuple[int, ...]:
     """Validate a declared interleaved layout: each ``F`` a power of two with ``F·L = slots``.
