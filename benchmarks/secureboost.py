@@ -1,4 +1,4 @@
-"""Benchmark: vertical SecureBoost over CKKS against the plaintext reference of the same algorithm.
+"""Benchmark: vertical SecureBoost over BFV (exact encrypted histograms) against the plaintext reference of the same algorithm.
 
 On the UCI default-credit vertical split (FATE's files: the bank holds ``y`` and 13
 features, one feature holder 10 features), stratified 80/20 hold-out
@@ -6,7 +6,7 @@ features, one feature holder 10 features), stratified 80/20 hold-out
 rate 0.3), it trains in one run
 
 * the full federated protocol (:class:`fedrisk.models.secureboost.VerticalSecureBoost`:
-  encrypted gradients, encrypted histograms reduced to bin totals and flooded,
+  encrypted gradients, encrypted histograms reduced to bin totals, re-randomised and noise-flooded,
   decryption, split decisions and partitions, every payload serialised and relayed), and
 * :class:`fedrisk.models.secureboost_tree.PlainSecureBoost`, the same algorithm with
   the same bins on the joined table,
@@ -16,8 +16,8 @@ and prints one JSON object (the last stdout line): ``rows``, ``features``, ``tre
 ``seconds_per_tree``, ``plain_seconds_per_tree``, ``overhead_ratio`` (plus
 ``rows_train``, ``auc_sklearn`` — scikit-learn's ``HistGradientBoostingClassifier``
 with the same trees, depth, bins and learning rate — ``setup_seconds``,
-``bytes_per_tree``, ``rounds``, ``same_splits`` — false when the flooding flips a
-near-tie, as it may by design — ``flood_std``, ``flood_tv_bits`` (−log2 of the
+``bytes_per_tree``, ``rounds``, ``same_splits`` — false when the quantisation of
+g and h flips a near-tie — ``flood_bits``, ``flood_tv_bits`` (−log2 of the
 run-level bound of :func:`fedrisk.crypto.encrypted_histogram.flooding_bound`, every
 requested node counted), ``cpu_seconds_main`` and
 ``cpu_seconds_workers`` of the federated fit, which unlike wall time do not depend
@@ -27,9 +27,7 @@ on other jobs sharing the cores, and the one-minute ``load_average``).
 ≤ 60 s total on 2 cores.
 
 ``--ops`` adds the measured per-operation costs behind the cost model in
-:mod:`fedrisk.crypto.encrypted_histogram`, and the same histogram computed by the
-vertical-LR kernel (:class:`~fedrisk.crypto.encrypted_matvec.EncryptedMatVec`, about
-one rotation per column) for comparison.
+:mod:`fedrisk.crypto.encrypted_histogram` and one node histogram on one core.
 
 Usage::
 
@@ -53,8 +51,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from fedrisk.crypto.encrypted_histogram import FLOOD_BITS
 from fedrisk.models.metrics import auc
-from fedrisk.models.secureboost import VerticalSecureBoost, make_context
+from fedrisk.models.secureboost import VerticalSecureBoost, make_histogram_context
 from fedrisk.models.secureboost_tree import PlainSecureBoost
 
 log = logging.getLogger("fedrisk.bench.secureboost")
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     auc_sk = auc(y_test, sk.predict_proba(joined.loc[test, features])[:, 1])
 
     log.info("federated: keys")
-    context = make_context()
+    context = make_histogram_context()
     log.info("federated: training (%d worker processes at the feature holder)", args.n_jobs)
     t0 = time.perf_counter()
     self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -144,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_tree": int(model.bytes_per_tree_),
         "n_jobs": args.n_jobs,
         "histogram_columns": None if layout is None else layout.n_columns,
-        "flood_std": kernel_info.flood_std,
+        "flood_bits": FLOOD_BITS,
         "flood_tv_bits": flood_bits(args, layout),
         "goal_seconds": GOAL_SECONDS,
     }
@@ -160,7 +159,7 @@ def flood_bits(args: argparse.Namespace, layout: Any) -> float | None:
     if layout is None:
         return None
     n = args.trees * 2 ** max(0, args.depth - 1) * layout.n_ciphertexts
-    return round(-float(np.log2(flooding_bound(n, layout.slots)[1])), 2)
+    return round(-float(np.log2(flooding_bound(n))), 2)
 
 
 def same_splits(model: VerticalSecureBoost, ref: PlainSecureBoost, *, n_bank_features: int) -> bool:
@@ -184,11 +183,11 @@ def same_splits(model: VerticalSecureBoost, ref: PlainSecureBoost, *, n_bank_fea
 
 
 def measure_ops(context: Any, X: np.ndarray, n_bins: int) -> dict[str, float]:
-    """Per-operation costs (ms, min of repeats) and one histogram by each kernel."""
+    """Per-operation costs (CPU-bound ms, min of repeats) behind the kernel's cost model, and one histogram."""
     import tenseal.sealapi as sa
 
-    from fedrisk.crypto.encrypted_histogram import EncryptedHistogramKernel, encrypt_gradients
-    from fedrisk.crypto.encrypted_matvec import CKKSRuntime, EncryptedMatVec, EncryptedVector
+    from fedrisk.crypto.bfv import BFVRuntime, uniform_noise_rns
+    from fedrisk.crypto.encrypted_histogram import OUTPUT_LEVEL, EncryptedHistogramKernel, encrypt_gradients
     from fedrisk.models.secureboost_tree import QuantileBinner
     from fedrisk.models.vertical_lr import _public_copies
 
@@ -201,29 +200,26 @@ def measure_ops(context: Any, X: np.ndarray, n_bins: int) -> dict[str, float]:
             out = min(out, (time.perf_counter() - t) / reps)
         return round(out * 1e3, 4)
 
-    rt = CKKSRuntime.for_context(context)
-    x = np.random.default_rng(0).uniform(-1, 1, rt.slots)
-    ops: dict[str, float] = {}
-    for level, tag in ((0, "3p"), (1, "2p")):  # three primes (gradients), two primes (the kernel)
-        ct = rt.load(rt.encrypt(x, level)[0])
-        ct2 = rt.load(rt.encrypt(x, level)[0])
-        pt = rt.encode(x, level, 2.0**27)
-        out = sa.Ciphertext()
-        ops[f"plain_multiply_{tag}"] = best(lambda: rt.evaluator.multiply_plain(ct, pt, out), 50)
-        ops[f"add_{tag}"] = best(lambda: rt.evaluator.add_inplace(ct2, ct), 50)
-        ops[f"rotation_{tag}"] = best(lambda: rt.evaluator.rotate_vector(ct, 64, rt.galois_keys, out), 10)
-        ops[f"encode_{tag}"] = best(lambda: rt.encode(x, level, 2.0**27), 10)
-        ops[f"serialise_and_load_{tag}"] = best(lambda: rt.load(rt.dump(ct)), 10)
-    top = rt.load(rt.encrypt(x, 0)[0])
-
-    def rescale() -> None:
-        tmp = sa.Ciphertext()
-        rt.evaluator.multiply_plain(top, rt.encode(x, 0, 2.0**33), tmp)
-        rt.evaluator.rescale_to_next_inplace(tmp)
-
-    ops["node_mask_encode_multiply_rescale"] = best(rescale, 10)
-    ops["encrypt_complex_4096"] = best(lambda: encrypt_gradients(context, x * 0.5, np.abs(x) * 0.2), 5)
     public = _public_copies(context).feature_holder
+    rt = BFVRuntime.for_context(public)
+    ev = rt.evaluator
+    values = np.random.default_rng(0).integers(0, 2, rt.slots)
+    ops: dict[str, float] = {}
+    top = rt.encrypt(values)
+    ntt = sa.Ciphertext()
+    ev.transform_to_ntt(top, ntt)
+    pt = rt.encode_ntt(values)
+    out = sa.Ciphertext()
+    ops["plain_multiply_ntt_5p"] = best(lambda: ev.multiply_plain(ntt, pt, out), 50)
+    ops["add_ntt_5p"] = best(lambda: ev.add_inplace(out, ntt), 50)
+    ops["encode_ntt"] = best(lambda: rt.encode_ntt(values), 10)
+    ops["rotation_5p"] = best(lambda: ev.rotate_rows(top, 1, rt.galois_keys, out), 5)
+    low = sa.Ciphertext()
+    ev.mod_switch_to(top, rt.parms_ids[OUTPUT_LEVEL], low)
+    ops["rotation_3p"] = best(lambda: ev.rotate_rows(low, 16, rt.galois_keys, out), 10)
+    ops["flooding_noise_3p"] = best(lambda: uniform_noise_rns(rt.moduli[OUTPUT_LEVEL], rt.slots, 110), 5)
+    ops["serialise_and_load_3p"] = best(lambda: rt.load(rt.dump(low)), 10)
+    ops["encrypt_gradients_16384"] = best(lambda: encrypt_gradients(context, values * 0.5, values * 0.2), 3)
     binner = QuantileBinner(n_bins).fit(X)
     codes = binner.transform(X)
     cover = np.ones(X.shape[0], dtype=bool)
@@ -231,24 +227,10 @@ def measure_ops(context: Any, X: np.ndarray, n_bins: int) -> dict[str, float]:
     p = rng.uniform(0.05, 0.95, X.shape[0])
     g, h = p - (rng.random(X.shape[0]) < 0.2), p * (1 - p)
     rows = rng.random(X.shape[0]) < 0.5
-    blobs = encrypt_gradients(context, g, h)
     with EncryptedHistogramKernel(codes, binner.n_bins_, binner.has_missing_, cover, public) as kernel:
-        kernel.set_gradients(blobs, X.shape[0])
-        ops["histogram_bsgs_one_core"] = best(lambda: kernel.node_histogram(rows), 1)
-        ops["histogram_bsgs_rotations"] = kernel.rotations_per_node_
-    from fedrisk.crypto.encrypted_histogram import one_hot_bins
-
-    onehot = one_hot_bins(codes, binner.n_bins_, binner.has_missing_, cover)
-    with EncryptedMatVec(onehot, public, x_scale_bits=30, min_mask_bits=0) as matvec:
-        masked = []
-        for c, blob in enumerate(blobs):  # the node mask, as the BSGS kernel applies it
-            part = rows[c * rt.slots : (c + 1) * rt.slots].astype(np.float64)
-            prod = sa.Ciphertext()
-            rt.evaluator.multiply_plain(rt.load(blob), rt.encode(part, 0, 2.0**30), prod)
-            masked.append(rt.dump(prod))
-        vec = EncryptedVector(matvec.fingerprint, X.shape[0], tuple(masked))
-        ops["histogram_matvec_one_core"] = best(lambda: matvec.compute(vec), 1)
-        ops["histogram_matvec_rotations"] = matvec.layout_.n_rotations
+        kernel.set_gradients(encrypt_gradients(context, g, h), X.shape[0])
+        ops["histogram_one_core"] = best(lambda: kernel.node_histogram(rows), 1)
+        ops["histogram_rotations"] = kernel.rotations_per_node_
     return ops
 
 

@@ -64,7 +64,7 @@ def _emit(summary: dict, as_json: bool) -> None:
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
     mode: str = typer.Option("vertical", help="vertical (bank + tax bureau + platform) or horizontal (three banks)."),
-    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard) or secureboost (trees)."),
+    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard), secureboost (trees) or stacking (both, meta-learner at the bank)."),
     trees: int = typer.Option(10, help="SecureBoost trees (depth 3, 32 bins)."),
     rows: int = typer.Option(10_000, help="Synthetic SMEs known to the bank."),
     rounds: int = typer.Option(15, "--rounds", "--epochs", help="Most epochs (vertical) or rounds (horizontal)."),

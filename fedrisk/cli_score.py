@@ -67,7 +67,7 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
         crashed = child.done()
         waiter.cancel()
         code = await launcher.stop()
-        sys.stdout.write(json.dumps({"stopped": True, "exit_code": code, "fanout": launcher.ready.get("fanout")}) + "\n")
+        sys.stdout.write(json.dumps({"stopped": True, "exit_code": code, "fanout": launcher.ready.get("fanout"), "register": launcher.ready.get("register")}) + "\n")
         sys.stdout.flush()
         if crashed:
             console.print(f"[red]error:[/red] the sandboxed {what} exited with code {code}", highlight=False)
@@ -235,26 +235,41 @@ def batch(
 
 @score_app.command("watch")
 def watch(
-    book: Path = typer.Argument(..., help="CSV of the loan book: ID column and previous PD (previous_pd / probability_of_default), optionally score."),
-    node: str = typer.Option(..., help="The scoring node, HOST:PORT."),
-    ca: Path = typer.Option(..., help="CA that signed the node's certificate."),
-    out_dir: Path = typer.Option(Path("watch"), help="Folder for watch.csv and score_shift.png."),
+    book: Path = typer.Argument(..., help="CSV of the loan book: ID column and previous PD (previous_pd / probability_of_default), optionally score and partial_<party> columns."),
+    node: Optional[str] = typer.Option(None, help="The scoring node, HOST:PORT (not needed with --no-rescore)."),
+    ca: Optional[Path] = typer.Option(None, help="CA that signed the node's certificate."),
+    out_dir: Path = typer.Option(Path("watch"), help="Folder for watch.csv, score_shift.png and psi.json."),
     pd_threshold: float = typer.Option(0.10, help="Flag borrowers whose PD rose to this or above."),
     min_rise: float = typer.Option(0.0, help="Also require the PD to have risen by more than this."),
+    baseline: Optional[Path] = typer.Option(None, help="Baseline book for population stability (PSI); default: BOOK's own previous PD/score."),
+    rescore: bool = typer.Option(True, "--rescore/--no-rescore", help="Rescore BOOK at the node (default), or only compare BOOK with --baseline."),
+    psi_bins: int = typer.Option(10, help="Quantile bins of the baseline for PSI."),
     cert: Optional[Path] = typer.Option(None, help="Client certificate, when the node requires mTLS."),
     key: Optional[Path] = typer.Option(None, help="Its private key."),
     id_column: Optional[str] = typer.Option(None, help="Name of the ID column."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
 ) -> None:
-    """Rescore a loan book and flag borrowers whose PD rose past a threshold (early warning); CSV + PNG."""
-    from fedrisk.parties.scoring.portfolio import run_watch
+    """Rescore a loan book, flag borrowers whose PD rose past a threshold (early warning), and report
+    population stability (PSI) of the PD, score and each party's partial score; CSV + PNG + psi.json."""
+    from fedrisk.parties.scoring.portfolio import compare_books, run_watch
 
     try:
-        with _client(node, ca, cert, key) as client:
-            summary = run_watch(client, book, out_dir, pd_threshold=pd_threshold, min_rise=min_rise, id_column=id_column, progress=progress, console=console)
+        if not rescore:
+            if baseline is None:
+                raise FedriskError("--no-rescore compares two books: give --baseline")
+            summary = compare_books(baseline, book, out_dir, id_column=id_column, bins=psi_bins)
+        else:
+            if node is None or ca is None:
+                raise FedriskError("rescoring needs --node and --ca (or --no-rescore with --baseline)")
+            with _client(node, ca, cert, key) as client:
+                summary = run_watch(client, book, out_dir, pd_threshold=pd_threshold, min_rise=min_rise, id_column=id_column,
+                                    baseline=baseline, psi_bins=psi_bins, progress=progress, console=console)
     except FedriskError as err:
         _fail(err)
-    console.print(f"{summary['rescored']} borrowers rescored, {summary['flagged']} flagged (PD >= {pd_threshold:g}) -> {summary['csv']}, {summary['png']}", highlight=False)
+    psi = ", ".join(f"{k} {v:.3f} ({summary['psi_verdict'][k]})" for k, v in summary.get("psi", {}).items())
+    if rescore:
+        console.print(f"{summary['rescored']} borrowers rescored, {summary['flagged']} flagged (PD >= {pd_threshold:g}) -> {summary['csv']}, {summary['png']}", highlight=False)
+    console.print(f"population stability (PSI): {psi or 'nothing to compare'} -> {summary.get('psi_json')}", highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")

@@ -196,7 +196,7 @@ def run_federation(root: Path, parties: list, run_config: dict, tap: Tap, *, exp
 
 @dataclass
 class Key:
-    """A public CKKS context a role holds, with every fingerprint its payloads may carry."""
+    """A public CKKS or BFV context a role holds, with every fingerprint its payloads may carry."""
 
     context: ts.Context
     fingerprints: set[str]
@@ -204,10 +204,15 @@ class Key:
 
     @property
     def runtime(self):
+        from fedrisk.crypto.bfv import BFVRuntime
         from fedrisk.crypto.encrypted_matvec import CKKSRuntime
+        from fedrisk.errors import CryptoError
 
         if self._runtime is None:
-            self._runtime = CKKSRuntime.for_context(self.context)
+            try:
+                self._runtime = BFVRuntime.for_context(self.context)  # SecureBoost's histogram key
+            except CryptoError:
+                self._runtime = CKKSRuntime.for_context(self.context)
         return self._runtime
 
 
@@ -238,18 +243,21 @@ class KeyRing:
 
 
 def decrypts(context: ts.Context) -> bool:
-    """True if ``context`` can decrypt: encrypt 0.5 with it and *try* (a public context raises)."""
-    try:
-        vector = ts.ckks_vector(context, [0.5])
-    except Exception:
-        return False  # cannot even encrypt: no public key — certainly no decryption either
-    try:
-        value = vector.decrypt()
-    except ValueError as err:
-        if "secret" not in str(err).lower():
-            raise AssertionError(f"decrypt failed for another reason than a missing secret key: {err}") from None
-        return False
-    return bool(abs(value[0] - 0.5) < 1e-3)
+    """True if ``context`` can decrypt: encrypt a value with it (CKKS or BFV, whichever it is) and *try*
+    (a public context raises)."""
+    for encrypt, probe in ((ts.ckks_vector, 0.5), (ts.bfv_vector, 5)):
+        try:
+            vector = encrypt(context.copy(), [probe])  # on a copy: TenSEAL's BFV encrypt changes the context's serialisation
+        except Exception:
+            continue  # not this scheme, or no public key — certainly no decryption either
+        try:
+            value = vector.decrypt()
+        except ValueError as err:
+            if "secret" not in str(err).lower():
+                raise AssertionError(f"decrypt failed for another reason than a missing secret key: {err}") from None
+            return False
+        return bool(abs(value[0] - probe) < 1e-3)
+    return False
 
 
 # --------------------------------------------------------------------------- parts
@@ -397,7 +405,7 @@ class _Parser:
             if ct.size() < 2:
                 return UNPARSED, f"blob {i} has {ct.size()} polynomials", []
             levels.append((key.runtime.level_of(ct), len(blob)))
-        return CIPHERTEXT, f"{len(blobs)} CKKS ciphertext(s) under {fingerprint}", levels
+        return CIPHERTEXT, f"{len(blobs)} ciphertext(s) under {fingerprint}", levels
 
     def frame(self, data: bytes, base: dict, hints: dict) -> Part:
         from fedrisk.crypto.encrypted_matvec import unpack_frame
@@ -894,7 +902,7 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
     for key in view.ring.keys:
         for level, seen in by_key.get(id(key), {}).items():
             runtime = key.runtime
-            reference = [len(b) for _ in range(samples) for b in runtime.encrypt(np.zeros(runtime.slots), level)]
+            reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level)]
             slack = tolerance * float(np.mean(reference))
             low, high = min(reference) - slack, max(reference) + slack
             for part, size in seen:
@@ -902,6 +910,15 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
                     findings.append(Finding("sizes", part.where, f"ciphertext of {size} bytes at level {level}; "
                                                                  f"encryptions of zeros take {min(reference)}..{max(reference)} (± {tolerance:.0%})"))
     return findings
+
+
+def _zeros_at(runtime: Any, level: int) -> list[bytes]:
+    """Fresh encryptions of zeros at ``level`` (CKKS vector layout, or one BFV ciphertext)."""
+    from fedrisk.crypto.bfv import BFVRuntime
+
+    if isinstance(runtime, BFVRuntime):
+        return [runtime.dump(runtime.encrypt_zero(level))]
+    return runtime.encrypt(np.zeros(runtime.slots), level)
 
 
 # --------------------------------------------------------------------------- attack helpers

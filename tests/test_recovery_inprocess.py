@@ -244,10 +244,8 @@ def boosting(tmp_path_factory, default_credit_dir) -> list[PartySettings]:
     host.to_csv(root / "tax.csv", index=False)
     return [
         PartySettings("bank", "label_holder", str(root / "bank.csv"), GUEST_SCHEMA, str(root / "parties" / "bank")),
-        # Flooding lowered by the party itself (a run config cannot): an interrupted run and an uninterrupted
-        # one are then compared split for split, which the default flooding's random near-tie flips would not allow.
-        PartySettings("tax_bureau", "feature_holder", str(root / "tax.csv"), HOST_SCHEMA, str(root / "parties" / "tax_bureau"),
-                      min_flood_std=2.0**-20),
+        # Exact (BFV) histograms: an interrupted run and an uninterrupted one compare split for split.
+        PartySettings("tax_bureau", "feature_holder", str(root / "tax.csv"), HOST_SCHEMA, str(root / "parties" / "tax_bureau")),
     ]
 
 
@@ -255,7 +253,7 @@ def boosting(tmp_path_factory, default_credit_dir) -> list[PartySettings]:
 #: the feature holder gets "done" in round 10, the bank evaluates in round 11. No row subsampling: every run's
 #: PSI draws a fresh secret row order, so a subsample of the same seed would be other rows in another run
 #: (the restored subsampling generator is checked in test_secureboost_state.py).
-SECUREBOOST = {"mode": "vertical", "algorithm": "secureboost", "trees": 3, "depth": 2, "seed": 3, "flood-std": 2.0**-20}
+SECUREBOOST = {"mode": "vertical", "algorithm": "secureboost", "trees": 3, "depth": 2, "seed": 3}
 
 
 @pytest.fixture(scope="module")

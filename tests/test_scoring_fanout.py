@@ -146,3 +146,77 @@ def test_protocol_violations_and_refusals_are_failures_with_a_reason(misbehaviou
     result = asyncio.run(scenario())
     assert result.state == pb.UNAVAILABLE
     assert ("answered 0 IDs for 1 asked" in result.detail) if misbehaviour == "broken" else ("FAILED_PRECONDITION" in result.detail and "wrong model" in result.detail)
+
+
+class _StuckStream:
+    """A stream whose write never completes (a party that stopped reading) until the call is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+
+    async def write(self, request: pb.PartyScoreRequest) -> None:
+        await self.cancelled.wait()
+        raise asyncio.CancelledError()  # what grpc.aio raises in a write of a locally cancelled call
+
+    async def read(self) -> object:
+        await self.cancelled.wait()
+        raise asyncio.CancelledError()
+
+    def cancel(self) -> bool:
+        self.cancelled.set()
+        return True
+
+
+class _StuckChannel:
+    def __init__(self) -> None:
+        self.streams: list[_StuckStream] = []
+
+    def unary_unary(self, *args: object, **kwargs: object) -> object:
+        return None
+
+    def stream_stream(self, *args: object, **kwargs: object) -> object:
+        def open_stream(**kw: object) -> _StuckStream:
+            self.streams.append(_StuckStream())
+            return self.streams[-1]
+
+        return open_stream
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_write_blocked_past_the_deadline_times_out_and_replaces_the_stream():
+    """The deadline covers the write too: a stream whose write hangs is reset, the ask resolves TIMEOUT, the next ask opens a new stream."""
+
+    async def scenario() -> tuple[list, _StuckChannel, PartyFanout]:
+        channel = _StuckChannel()
+        fan = PartyFanout("platform", channel, model_version="run", deadline_s=0.05, failure_threshold=5)  # type: ignore[arg-type]
+        out = [await asyncio.wait_for(fan.ask("id1"), 5), await asyncio.wait_for(fan.ask("id2"), 5)]
+        await fan.close()
+        return out, channel, fan
+
+    (first, second), channel, fan = asyncio.run(scenario())
+    assert first.state == pb.TIMEOUT and "no answer within 50 ms" in first.detail
+    assert second.state == pb.TIMEOUT
+    assert len(channel.streams) == 2 and all(s.cancelled.is_set() for s in channel.streams)
+    assert fan.stats.timeouts == 2 and fan.stats.streams_opened == 2
+
+
+def test_an_answer_after_the_deadline_is_dropped_and_the_next_batch_is_answered():
+    """A late answer on the stream finds no waiter (the batch timed out); the replaced stream answers the next batch."""
+
+    async def scenario() -> list:
+        party = FakeParty(delay=0.2)
+        fan = await _fanout(await party.start(), deadline_s=0.05, failure_threshold=5)
+        late = await fan.ask("id1")
+        party.delay = 0.0
+        await asyncio.sleep(0.3)  # the late answer arrives (on the stream that was reset)
+        on_time = await fan.ask("id2")
+        await fan.close()
+        await party.stop()
+        return [late, on_time, fan.stats.streams_opened]
+
+    late, on_time, streams = asyncio.run(scenario())
+    assert late.state == pb.TIMEOUT
+    assert on_time.state == pb.COVERED and on_time.partial_score == 0.5
+    assert streams == 2

@@ -482,3 +482,26 @@ def test_a_running_party_service_picks_up_appended_ids(example, tmp_path, monkey
         return before, after
 
     assert asyncio.run(scenario()) == (pb.NOT_COVERED, pb.COVERED)
+
+
+def test_the_validators_id_cache_keeps_every_check():
+    """IDs that passed are remembered (raw -> normalised); a bad ID is refused every time, and the cache stays bounded."""
+    from fedrisk.errors import DataValidationError
+    import numpy as np
+
+    from fedrisk.parties.credit_code import make_credit_codes
+    from fedrisk.parties.scoring import validation
+    from fedrisk.parties.scoring.validation import ApplicationValidator, FeatureSpec
+
+    validator = ApplicationValidator([FeatureSpec("x")], "credit_code")
+    good = str(make_credit_codes(3, np.random.default_rng(5))[0])
+    for _ in range(2):
+        assert validator.validate(pb.Application(sme_id=" " + good.lower())).sme_id == good
+    bad = good[:-1] + ("0" if good[-1] != "0" else "1")
+    for _ in range(2):
+        with pytest.raises(DataValidationError, match="not a unified social credit code"):
+            validator.validate(pb.Application(sme_id=bad))
+    assert bad not in validator._known_ids
+    validator._known_ids.update({f"k{i}": f"K{i}" for i in range(validation._KNOWN_IDS_MAX)})
+    assert validator.validate(pb.Application(sme_id=good)).sme_id == good
+    assert len(validator._known_ids) == 1

@@ -96,3 +96,50 @@ def test_remote_register_reports_a_missing_launcher(tmp_path):
 
     with pytest.raises(LedgerError, match="application register"):
         asyncio.run(scenario())
+
+
+def test_duplicates_inside_a_batch_and_against_the_file_keep_the_chain(tmp_path):
+    """A batch is inserted optimistically; a duplicate ID (recorded before, or twice in the batch) redoes it with a look-up."""
+    reg = SqliteRegister(tmp_path / "r.sqlite")
+    assert reg.append([record(1), record(2)]) == [True, True]
+    assert reg.append([record(2), record(3), record(3, score=1), record(4)]) == [False, True, False, True]
+    assert reg.append([record(5)]) == [True]
+    reg.close()
+    rows = read_register(tmp_path / "r.sqlite")
+    assert [r["application_id"] for r in rows] == ["APP-1", "APP-2", "APP-3", "APP-4", "APP-5"]
+    assert rows[2]["score"] == 610  # the first APP-3 of the batch, not the duplicate
+    assert verify_register(tmp_path / "r.sqlite") == []
+
+
+def test_rows_in_column_order_record_like_mappings(tmp_path):
+    """The node sends rows (column order, reasons and parties as canonical JSON); the file holds the same as for a mapping."""
+    from fedrisk.parties.scoring.register import as_row
+
+    reg = SqliteRegister(tmp_path / "r.sqlite")
+    assert reg.append([record(1), as_row(record(2))]) == [True, True]
+    reg.close()
+    a, b = read_register(tmp_path / "r.sqlite")
+    assert {k: v for k, v in a.items() if k not in ("seq", "application_id", "prev_hash", "row_hash")} == {
+        k: v for k, v in b.items() if k not in ("seq", "application_id", "prev_hash", "row_hash")
+    }
+    with pytest.raises(LedgerError, match="18 columns"):
+        as_row(as_row(record(3))[:-1])
+
+
+def test_the_launcher_counts_its_group_commits(tmp_path):
+    async def scenario() -> dict:
+        server = RegisterServer(tmp_path / "remote.sqlite", tmp_path / "register.sock")
+        await server.start()
+        remote = RemoteRegister(tmp_path / "register.sock")
+        await asyncio.gather(*(remote.record(record(i)) for i in range(30)))
+        await remote.record(record(99))
+        await remote.close()
+        stats = server.stats()
+        await server.close()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats["records"] == 31
+    assert 2 <= stats["commits"] <= 31  # concurrent records share commits; the last one came alone
+    assert stats["mean_batch"] == round(31 / stats["commits"], 2)
+    assert stats["commit_p99_ms"] >= stats["commit_p50_ms"] > 0

@@ -9,9 +9,8 @@ tree's encrypted gradients again. The trees grown that way must be the plaintext
 reference's: the same check, data and parameters as
 ``test_secureboost.test_federated_model_equals_the_plaintext_reference_with_the_same_bins``
 (row subsampling on, so the bank's random generator must come back exactly;
-that test verifies the margins that make each split immune to CKKS noise), with the
-histogram flooding turned down as there: at the default flooding split choices
-between close candidates are the noise's, so no run equals the reference.
+that test verifies the margins that make each split immune to the gradients'
+quantisation).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_secureboost import BANK, PLUMBING_FLOOD, SMALL, _federated_splits, _joined, _small_tables
+from test_secureboost import BANK, SMALL, _federated_splits, _joined, _small_tables
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation.checkpoint import CheckpointStore
@@ -31,7 +30,7 @@ from fedrisk.models.secureboost import (
     FeatureHolderSB,
     LabelHolderSB,
     VerticalSecureBoost,
-    make_context,
+    make_histogram_context,
     parse_payload,
 )
 from fedrisk.models.secureboost_tree import PlainSecureBoost
@@ -53,7 +52,7 @@ def _through_disk(store: CheckpointStore, values: dict, blobs: dict[str, bytes])
 
 
 def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
-    context = make_context()
+    context = make_histogram_context()
     public = _public_copies(context).feature_holder
     bank_table, others = _small_tables()
     ids, X_bank, bank_names, y = _table_parts(bank_table, "y", "label holder")
@@ -65,7 +64,7 @@ def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
         return bank, bank.setup(X_bank, y, {name: a[1] for name, a in aligned.items()}, feature_names=bank_names)
 
     def new_holder(name: str, plan) -> tuple[FeatureHolderSB, BinLayout]:
-        holder = FeatureHolderSB(public, name=name, flood_std=PLUMBING_FLOOD)
+        holder = FeatureHolderSB(public, name=name)
         X, cov, names = aligned[name]
         return holder, holder.setup(X, cov, plan, feature_names=names)
 

@@ -14,8 +14,11 @@ Protocol
 ``H(id)`` is a point *of the curve*, never of its twist; ``k * P`` is ``X25519(k, P)``,
 whose clamped scalar ``k = 8 k'`` also clears the cofactor
 (:mod:`fedrisk.crypto.psi_group` gives the construction and its security argument).
-Every party draws a fresh X25519 key per run: ``a`` for the label holder, ``b_k`` for
-feature holder ``k``; ``pk = k * G`` is its public key. ``pi`` denotes a party's secret
+Every feature holder draws a fresh X25519 key per run, ``b_k``; the label holder's key
+``a`` is fresh per run too, or, in production, the key of its current **key epoch**
+(:class:`~fedrisk.crypto.psi_cache.LabelHolderKeyCache`: rotated by age and use, with a
+rate limit), whose blinded set ``a * H(x)`` it reuses across runs while ``X`` is
+unchanged; ``pk = k * G`` is a party's public key. ``pi`` denotes a party's secret
 random permutation (from ``os.urandom``)::
 
     round 1, in parallel
@@ -39,7 +42,8 @@ and sends the same set to every feature holder.
 
 Steps (classes below)::
 
-    lh = LabelHolderPSI(bank_ids, run_id=rid, party="bank")
+    lh = LabelHolderPSI(bank_ids, run_id=rid, party="bank",
+                        cache=LabelHolderKeyCache(state_dir))   # optional key epoch
     fh = FeatureHolderPSI(tax_ids, run_id=rid, party="tax")
     a_set = lh.blind()                 # -> every feature holder
     b_set = fh.blind()                 # -> label holder
@@ -67,16 +71,25 @@ What each party learns (honest-but-curious, coordinator not colluding)
   learn the intersection nor its size (except that a run with an empty intersection
   stops with an error: there is nothing to train on).
 
+With a key epoch (label holder cache), across the runs of one epoch: the label holder's
+blinded set is the same values in a fresh order, so the feature holders and the
+coordinator can link it between runs and count the IDs added and removed (not which
+ones, beyond a feature holder's own IDs entering or leaving the intersection); nothing
+links one epoch to the next. The feature holders' side is unchanged (fresh keys).
+:mod:`fedrisk.crypto.psi_cache` gives the argument, the rotation and the rate limit.
+
 Out of scope: a malicious party can lie about its set (e.g. a tiny set to probe single
 IDs) or return wrong double-blinded values; a deployment that needs more sets a
 minimum set size in policy and checks the overlap against expectations.
 
 Costs
 -----
-X25519 operations: ``|X| + sum_k |Y_k|`` for the label holder, ``|Y_k| + |X|`` for
-feature holder ``k``; about 30 us each per core here, plus one hash to the curve per
-own ID (about as much again with ``gmpy2``; nothing when the pool's cache already
-holds the ID set's hashed points), spread over a
+X25519 operations: ``|X| + sum_k |Y_k|`` for the label holder (``sum_k |Y_k|`` when its
+blinded set comes from its key-epoch cache), ``|Y_k| + |X|`` for feature holder ``k``;
+about 31 us each per core here on OpenSSL, about 7 us on the optional multi-buffer
+backend (:mod:`fedrisk.crypto.psi_x25519`), plus one hash to the curve per own ID
+(about 31 us with ``gmpy2``; nothing when the pool's cache already holds the ID set's
+hashed points or the label holder's cache its blinded set), spread over a
 :class:`~fedrisk.crypto.psi_pool.BlindingPool`. Bytes: ``32 |X|`` to each feature
 holder, ``32 (|Y_k| + |X|)`` back, ``|Y_k| / 8 + 16`` for the result. Matching is exact
 on all 32 bytes (an 8-byte prefix index, then a full comparison): no false positives.
@@ -96,6 +109,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedrisk.crypto.psi_cache import KeyEpoch, KeyEpochPolicy, LabelHolderKeyCache, PSICacheError, PSIRateLimitError
 from fedrisk.crypto.psi_group import DST
 from fedrisk.crypto.psi_messages import (
     BlindedSet,
@@ -113,9 +127,13 @@ __all__ = [
     "DoubleBlindedSet",
     "FeatureHolderPSI",
     "FeatureHolderResult",
+    "KeyEpochPolicy",
+    "LabelHolderKeyCache",
     "LabelHolderPSI",
     "LabelHolderResult",
+    "PSICacheError",
     "PSIMessage",
+    "PSIRateLimitError",
     "PSIResult",
     "decode_psi_message",
     "encode_ids",
@@ -397,7 +415,9 @@ class _Party:
         """
         if self._perm is not None:
             raise ProtocolError(f"{self._owner} already sent its blinded set in run {self.run_id!r}")
-        blinded = self._pool.hash_and_blind(self._scalar(), self._domain, self._ids)
+        return self._shuffled(self._pool.hash_and_blind(self._scalar(), self._domain, self._ids))
+
+    def _shuffled(self, blinded: np.ndarray) -> BlindedSet:
         perm = _random_permutation(self.n)
         self._perm = perm
         return BlindedSet(
@@ -408,9 +428,14 @@ class _Party:
             points=blinded[perm].tobytes(),
         )
 
+    #: Where this role's results on a peer's points go (the X25519 backend policy,
+    #: :func:`fedrisk.crypto.psi_x25519.admits`): the label holder keeps them, a feature
+    #: holder sends them back to the label holder.
+    _peer_inputs = "returned"
+
     def _blind_peer(self, message: BlindedSet, peer: str) -> np.ndarray:
         try:
-            return self._pool.blind(self._scalar(), message.points_array())
+            return self._pool.blind(self._scalar(), message.points_array(), inputs=self._peer_inputs)
         except CryptoError as exc:
             raise ProtocolError(f"{peer} sent an invalid blinded set: {exc}") from None
 
@@ -429,6 +454,11 @@ class LabelHolderPSI(_Party):
     pool
         Worker pool for hashing and blinding; defaults to the process-wide
         :func:`~fedrisk.crypto.psi_pool.shared_pool`.
+    cache
+        The label holder's :class:`~fedrisk.crypto.psi_cache.LabelHolderKeyCache`:
+        take the scalar from the current key epoch and reuse the blinded set across
+        runs (``|X|`` fewer X25519 per run), with rotation, invalidation and the rate
+        limit on :meth:`double_blind`. ``None`` (default): a fresh scalar per run.
 
     Notes
     -----
@@ -439,6 +469,7 @@ class LabelHolderPSI(_Party):
     """
 
     role = "label"
+    _peer_inputs = "kept"
 
     def __init__(
         self,
@@ -447,10 +478,46 @@ class LabelHolderPSI(_Party):
         run_id: str,
         party: str = "label_holder",
         pool: BlindingPool | None = None,
+        cache: LabelHolderKeyCache | None = None,
     ) -> None:
         super().__init__(ids, run_id=run_id, party=party, pool=pool)
         self._peers: dict[str, tuple[np.ndarray, bytes]] = {}
         self._results: dict[str, LabelHolderResult] = {}
+        self._cache = cache
+        self._epoch: KeyEpoch | None = None
+        #: With a cache: True when this run's blinded set came from it (no X25519 for the own set).
+        self.reused_blinded_set = False
+
+    @property
+    def public_key(self) -> bytes:
+        """The X25519 public key of this run (with a cache: of the key epoch, known after :meth:`blind`)."""
+        if self._cache is not None and self._epoch is None:
+            raise ProtocolError(f"{self._owner} takes its key from its key epoch: call blind first")
+        return self._key.public_key().public_bytes_raw()
+
+    @property
+    def epoch(self) -> KeyEpoch | None:
+        """The key epoch this run uses (None without a cache, or before :meth:`blind`)."""
+        return self._epoch
+
+    def blind(self) -> BlindedSet:
+        """Round 1: the own set blinded and shuffled (see :class:`_Party`).
+
+        With a :class:`~fedrisk.crypto.psi_cache.LabelHolderKeyCache`, the key is the
+        current epoch's (rotated first if due) and the blinded set comes from the cache
+        when this exact ID set was blinded under it before; the order is fresh each run.
+        """
+        if self._cache is None:
+            return super().blind()
+        if self._perm is not None:
+            raise ProtocolError(f"{self._owner} already sent its blinded set in run {self.run_id!r}")
+        epoch, blinded, reused = self._cache.blinded_set(
+            self._ids, self._domain, lambda scalar: self._pool.hash_and_blind(scalar, self._domain, self._ids)
+        )
+        self._epoch = epoch
+        self._key = epoch.private_key()
+        self.reused_blinded_set = reused
+        return self._shuffled(blinded)
 
     def double_blind(self, message: BlindedSet | bytes) -> None:
         """Round 2: blind a feature holder's set with the own scalar and keep it.
@@ -469,6 +536,11 @@ class LabelHolderPSI(_Party):
             raise ProtocolError(f"{peer} has the label holder's own name")
         if msg.sender in self._peers or msg.sender in self._results:
             raise ProtocolError(f"{self._owner} already has a blinded set from {peer} in run {self.run_id!r}")
+        if self._cache is not None:
+            if self._epoch is None:
+                raise ProtocolError(f"{self._owner} has not sent its blinded set yet; call blind first")
+            # Rate limit: counted (durably) before a single partner element is exponentiated.
+            self._epoch = self._cache.charge(self._epoch.epoch_id, msg.count, peer)
         key = _result_key(self._key, msg.public_key, self.run_id, self.party, msg.sender)
         self._peers[msg.sender] = (self._blind_peer(msg, peer), key)
 

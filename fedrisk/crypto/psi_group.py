@@ -512,12 +512,30 @@ def x25519(scalar: bytes, u: bytes) -> bytes:
         raise CryptoError("X25519 input is not a 32-byte point of large order") from None
 
 
-def blind_points_blob(scalar: bytes, points: bytes) -> tuple[bytes, int]:
+def blind_points_blob(scalar: bytes, points: bytes, inputs: str = "returned") -> tuple[bytes, int]:
     """Multiply every 32-byte point of a concatenation by ``scalar``.
 
     Returns the concatenated results and ``-1``, or ``(b"", i)`` where ``i`` is the
     first point of low order. Worker processes call this; it raises nothing on data.
+    ``inputs`` says where the points come from and where the results go (``"own"``:
+    the party's own hashed IDs; ``"kept"``: a peer's points whose results stay with this
+    party; ``"returned"``: a peer's points whose results go back to that peer). Intel's
+    multi-buffer X25519, when that optional extra is installed, is used only for the
+    kinds its policy admits (:mod:`fedrisk.crypto.psi_x25519`); everything else runs on
+    ``cryptography``.
     """
+    if len(points) >= 64:
+        from fedrisk.crypto.psi_x25519 import admits, blind_blob_mb8
+
+        if admits(inputs):
+            fast = blind_blob_mb8(scalar, points)
+            if fast is not None:
+                return fast
+    return blind_points_blob_openssl(scalar, points)
+
+
+def blind_points_blob_openssl(scalar: bytes, points: bytes) -> tuple[bytes, int]:
+    """:func:`blind_points_blob` on ``cryptography`` (OpenSSL) only, one point at a time."""
     key = _private_key(scalar)
     exchange = key.exchange
     load = X25519PublicKey.from_public_bytes

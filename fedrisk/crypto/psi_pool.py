@@ -17,6 +17,13 @@ SHA-256 of the tag and the IDs): a warm party process that aligns the same table
 pays one X25519 per ID and no hashing. The cache holds the party's own hashes in its
 own memory and is never sent anywhere.
 
+The label holder's *blinded* set is cached too, on disk and per key epoch, by
+:class:`~fedrisk.crypto.psi_cache.LabelHolderKeyCache` (not here: this cache is
+keyless). Each batch says where its points come from (``own`` hashed IDs, a peer's
+points whose results are ``kept``, or ``returned`` to the peer), which decides whether
+the optional multi-buffer X25519 (:mod:`fedrisk.crypto.psi_x25519`) may run it.
+:attr:`BlindingPool.operations` counts the IDs hashed and the X25519 operations done.
+
 Workers are started with the ``spawn`` method: it is safe in processes that already run
 threads (gRPC, Flower), and a worker imports only :mod:`fedrisk.crypto.psi_group`
 (``cryptography``, ``hashlib``, ``numpy``, ``gmpy2``). Small batches run inline, so tests and
@@ -29,6 +36,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -49,19 +57,28 @@ DEFAULT_CACHE_ENTRIES = 4
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 
 
-def _hash_and_blind_chunk(scalar: bytes, domain: bytes, blob: bytes, lengths: bytes) -> tuple[bytes, bytes, int]:
+def _hash_and_blind_chunk(scalar: bytes, domain: bytes, blob: bytes, lengths: bytes) -> tuple[bytes, bytes, int, float]:
     """Worker: split ``blob`` by ``lengths`` (uint32), hash each ID to the curve, blind by ``scalar``.
 
     Returns ``(hashed, blinded, bad)`` as :func:`~fedrisk.crypto.psi_group.blind_points_blob`
     does, plus the hashed points for the caller's cache.
     """
+    start = time.process_time()
     points = hash_ids_to_u(domain, _split(blob, lengths)).tobytes()
-    return (points, *blind_points_blob(scalar, points))
+    return (points, *blind_points_blob(scalar, points, "own"), time.process_time() - start)
 
 
-def _blind_chunk(scalar: bytes, points: bytes) -> tuple[bytes, int]:
-    """Worker: blind concatenated 32-byte points by ``scalar``."""
-    return blind_points_blob(scalar, points)
+def _blind_chunk(scalar: bytes, points: bytes, inputs: str = "returned") -> tuple[bytes, int, float]:
+    """Worker: blind concatenated 32-byte points by ``scalar`` (``inputs``: see ``blind_points_blob``)."""
+    start = time.process_time()
+    return (*blind_points_blob(scalar, points, inputs), time.process_time() - start)
+
+
+def _warm_worker(_: int) -> str:
+    """Worker: load the X25519 backend (and its self-test) before the first real batch."""
+    from fedrisk.crypto.psi_x25519 import backend_name
+
+    return backend_name()
 
 
 def _split(blob: bytes, lengths: bytes) -> list[bytes]:
@@ -112,6 +129,10 @@ class BlindingPool:
         self._cache_bytes = max(0, int(cache_bytes))
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Work done so far: IDs hashed to the curve and X25519 operations (for tests and benchmarks).
+        self.operations = {"hashed": 0, "x25519": 0}
+        #: CPU seconds the hashing and blinding took, summed over workers (a load-independent cost).
+        self.cpu_seconds = 0.0
 
     @property
     def workers(self) -> int:
@@ -133,7 +154,7 @@ class BlindingPool:
         if self._workers > 1:
             # A trivial task per worker, so that start-up is paid here, not in the first step.
             executor = self._ensure_executor()
-            list(executor.map(_blind_chunk, [b"\x01" * 32] * self._workers, [b""] * self._workers))
+            list(executor.map(_warm_worker, range(self._workers)))
 
     def close(self) -> None:
         """Stop the worker processes; the pool can still be used (it restarts on demand)."""
@@ -217,9 +238,12 @@ class BlindingPool:
         key = _set_key(domain, lengths, blob)
         cached = self._cache_get(key)
         if cached is not None:
-            return self.blind(scalar, cached)
+            return self.blind(scalar, cached, inputs="own")
+        self.operations["hashed"] += n
+        self.operations["x25519"] += n
         if not self._parallel(n):
-            hashed, blinded, bad = _hash_and_blind_chunk(scalar, domain, blob, lengths)
+            hashed, blinded, bad, cpu = _hash_and_blind_chunk(scalar, domain, blob, lengths)
+            self.cpu_seconds += cpu
             out = _check(blinded, bad, 0)
             self._cache_put(key, np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_SIZE))
             return out
@@ -231,12 +255,18 @@ class BlindingPool:
             for a, b in parts
         ]
         results = [f.result() for f in futures]
-        out = np.concatenate([_check(blinded, bad, a) for (_, blinded, bad), (a, _) in zip(results, parts)])
+        self.cpu_seconds += sum(r[3] for r in results)
+        out = np.concatenate([_check(blinded, bad, a) for (_, blinded, bad, _), (a, _) in zip(results, parts)])
         self._cache_put(key, np.frombuffer(b"".join(r[0] for r in results), dtype=np.uint8).reshape(-1, POINT_SIZE))
         return out
 
-    def blind(self, scalar: bytes, points: np.ndarray) -> np.ndarray:
+    def blind(self, scalar: bytes, points: np.ndarray, *, inputs: str = "returned") -> np.ndarray:
         """Compute ``X25519(scalar, u)`` for every row of an ``(n, 32)`` uint8 array.
+
+        ``inputs``: ``"own"`` (the party's own hashed points), ``"kept"`` (a peer's points,
+        results kept by this party) or ``"returned"`` (a peer's points, results sent back
+        to it; the default): which X25519 backend may run them
+        (:func:`fedrisk.crypto.psi_x25519.admits`).
 
         Raises
         ------
@@ -247,12 +277,17 @@ class BlindingPool:
         if points.ndim != 2 or points.shape[1] != POINT_SIZE:
             raise CryptoError(f"points must be an (n, 32) uint8 array, got shape {points.shape}")
         n = points.shape[0]
+        self.operations["x25519"] += n
         if not self._parallel(n):
-            return _check(*_blind_chunk(scalar, points.tobytes()), 0)
+            blob, bad, cpu = _blind_chunk(scalar, points.tobytes(), inputs)
+            self.cpu_seconds += cpu
+            return _check(blob, bad, 0)
         executor = self._ensure_executor()
         parts = self._chunks(n)
-        futures = [executor.submit(_blind_chunk, scalar, points[a:b].tobytes()) for a, b in parts]
-        return np.concatenate([_check(*f.result(), a) for f, (a, _) in zip(futures, parts)])
+        futures = [executor.submit(_blind_chunk, scalar, points[a:b].tobytes(), inputs) for a, b in parts]
+        results = [f.result() for f in futures]
+        self.cpu_seconds += sum(r[2] for r in results)
+        return np.concatenate([_check(blob, bad, a) for (blob, bad, _), (a, _) in zip(results, parts)])
 
 
 def _set_key(domain: bytes, lengths: bytes, blob: bytes) -> bytes:

@@ -18,6 +18,10 @@ coordinator learns: the set sizes (from message sizes, which depend on nothing
 else) and the number of training rows (``|X|``) — not the intersection nor its
 size, which stay with the label holder (:func:`fedrisk.parties.alignment.read_alignment_report`)
 and appear in no reply, log line, checkpoint or ``result.json`` of the coordinator.
+Within one of the label holder's key epochs (:mod:`fedrisk.crypto.psi_cache`) the
+coordinator relays the same blinded values for the label holder in every run (in a
+fresh order), so it can link those runs and count how many of the label holder's IDs
+were added or removed between them; nothing across epochs. The wire is unchanged.
 """
 
 from __future__ import annotations

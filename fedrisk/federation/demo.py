@@ -48,8 +48,12 @@ def run_demo(
     from fedrisk.errors import ConfigError
 
     if mode == "vertical":
-        if model not in ("vertical_lr", "secureboost"):
-            raise ConfigError(f"--model: expected 'vertical_lr' or 'secureboost', got {model!r}")
+        if model not in ("vertical_lr", "secureboost", "stacking"):
+            raise ConfigError(f"--model: expected 'vertical_lr', 'secureboost' or 'stacking', got {model!r}")
+        if model == "stacking":
+            from fedrisk.federation.stacking import run_stacking_demo
+
+            return run_stacking_demo(runs_dir=runs_dir, rows=rows, epochs=rounds, trees=trees, seed=seed, console=console)
         return run_vertical_demo(runs_dir=runs_dir, rows=rows, epochs=rounds, trees=trees, model=model, seed=seed, console=console)
     if mode == "horizontal":
         return run_horizontal_demo(runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
@@ -121,8 +125,10 @@ def run_vertical_demo(
     metrics = vertical_metrics(result, label_holder_intersection(parties, result))
     train_by_row = training_mask(np.asarray(data.bank.labels), VALIDATION)
     central = _centralised_reference(data, train_by_row, model, trees)
+    live: dict = {}
     with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
-        scoring = score_live(run_dir, result, data, paths, train_by_row, model=model)
+        scoring = score_live(run_dir, result, data, paths, train_by_row, model=model, arrays=live)
+    report = _vertical_model_report(run_dir, result, data, parties, train_by_row, live, model, metrics.get("auc_bank_only"))
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -140,6 +146,8 @@ def run_vertical_demo(
         "bytes_total": result.get("bytes_total"),
         "seconds_training": result.get("seconds"),
         "scoring": scoring,
+        "model_report": str(report.html_path),
+        "model_report_json": str(report.json_path),
         **audit_run(run_dir, result.get("run_id", run_dir.name)),
         "seconds": time.perf_counter() - started,
     }
@@ -148,7 +156,8 @@ def run_vertical_demo(
     return summary
 
 
-def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray, *, model: str = "vertical_lr") -> dict:
+def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray, *, model: str = "vertical_lr",
+               scoring_dir: str = "scoring", arrays: dict | None = None, rows: np.ndarray | None = None) -> dict:
     """Deploy the trained model to the scoring node and decide live on the bank's evaluation rows.
 
     Starts each feature holder's party scoring service (its own table, the IDs it
@@ -172,14 +181,15 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
     pki = load_federation_pki(run_dir / "pki")
     trusted = run_dir / "coordinator" / "signing_keys.json"
     y = np.asarray(data.bank.labels)
-    rows = np.flatnonzero(evaluation_mask(y, train_by_row, int(VALIDATION["seed"])))
+    if rows is None:  # default: the evaluation half of the held-out rows
+        rows = np.flatnonzero(evaluation_mask(y, train_by_row, int(VALIDATION["seed"])))
     ids = data.bank.ids[rows]
     revenue = 12.0 * data.bank.features["monthly_inflow"].to_numpy()[rows]  # what the applicant declares
     deployment = start_scoring_deployment(
         pki=pki, trusted_keys=trusted, bank_bundle=bundles["bank"],
         party_bundles={p: bundles[p] for p in holders}, party_tables={p: tables[p] for p in holders},
         allow_lists={p: allow_list_path(run_dir / "parties" / p, run_id) for p in holders},
-        state_dir=run_dir / "scoring", bank_table=tables["bank"], policy=_portfolio_policy(run_dir),
+        state_dir=run_dir / scoring_dir, bank_table=tables["bank"], policy=_portfolio_policy(run_dir),
     )
     try:
         with ScoringClient(deployment.node.address, ca=pki.ca_cert) as client:
@@ -199,6 +209,8 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
     pd_offline = offline(bundles, keys, data, holders, ids, data.bank.feature_matrix()[rows])
     outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
     latency = np.array([d.latency_ms for d in decisions])
+    if arrays is not None:  # the bank's own view of the live decisions, for the model report and the stack
+        arrays.update(rows=rows, pd_live=pd_live, pd_offline=pd_offline, outcomes=outcomes, latency=latency)
     return {
         "applications": len(decisions),
         "approve": outcomes.count("APPROVE"),
@@ -212,6 +224,22 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
         "node_latency_p99_ms": float(np.percentile(latency, 99)),
         "sandbox": sandbox,
     }
+
+
+def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_row: np.ndarray, live: dict, model: str, auc_bank_only):
+    """``runs/<id>/model_report.html`` + ``.json``: the live PDs on the evaluation rows, the bank's IV, each party left out."""
+    from fedrisk.federation.stacking import _leave_out_pd, _model_report
+
+    trusted = run_dir / "coordinator" / "signing_keys.json"
+    keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
+    y = np.asarray(data.bank.labels).astype(int)
+    rows = live["rows"]
+    bundles = {party: Path(path) for party, path in result["bundles"].items()}
+    holders = [p for p in VERTICAL_PARTIES if VERTICAL_PARTIES[p] == "feature_holder"]
+    ids, X_bank = data.bank.ids[rows], data.bank.feature_matrix()[rows]
+    without = {p: _leave_out_pd(model, bundles, keys, data, holders, p, ids, X_bank) for p in holders}
+    return _model_report(run_dir, result.get("run_id", run_dir.name), data, parties, y, train_by_row, y[rows], live["pd_live"], None,
+                         without, auc_bank_only=auc_bank_only, model=model)
 
 
 def _portfolio_policy(run_dir: Path) -> Path:

@@ -46,6 +46,12 @@ MAX_BLOB_BYTES = 256 * 1024 * 1024
 COORDINATOR = "coordinator"
 NO_KEY = "-"
 
+#: A transport probe: the party's warm process sends the content straight back (``benchmarks/exchange.py``).
+#: It carries only what the coordinator sent, so a party releases nothing of its own by answering it.
+ECHO = "query.echo"
+#: The only content class an echo may carry: it is the coordinator's own public test payload.
+ECHO_CONTENT_CLASS = "public"
+
 
 @dataclass(frozen=True)
 class ExchangeHeader:
@@ -164,6 +170,23 @@ class Exchange:
         if default is ...:
             raise ProtocolError(f"step {self.header.step!r}: config lacks {name!r}")
         return default
+
+
+def echo_reply(content: RecordDict, party: str) -> RecordDict:
+    """The answer to an :data:`ECHO`: the same payload and config, addressed back to its sender.
+
+    Refuses an echo addressed to another party or declared anything but
+    :data:`ECHO_CONTENT_CLASS` (an echo must never be a way to bounce a
+    ciphertext or a masked value through a party).
+    """
+    header = read_header(content)
+    if header.receiver != party:
+        raise ProtocolError(f"party {party!r} got an echo addressed to {header.receiver!r}")
+    if header.content_class != ECHO_CONTENT_CLASS:
+        raise ProtocolError(f"an echo carries {ECHO_CONTENT_CLASS!r} content only, not {header.content_class!r}")
+    reply = RecordDict({name: record for name, record in content.items() if name != HEADER_RECORD})
+    reply[HEADER_RECORD] = header.reply(ECHO_CONTENT_CLASS).to_record()
+    return reply
 
 
 def read_header(content: RecordDict) -> ExchangeHeader:

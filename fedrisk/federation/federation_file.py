@@ -56,7 +56,7 @@ ALGORITHM_KEYS = {
     },
     "secureboost": {
         "trees": int, "depth": int, "learning-rate": float, "bins": int, "l2": float, "min-child-weight": float,
-        "subsample": float, "seed": int, "n-jobs": int, "flood-std": float,
+        "subsample": float, "seed": int, "n-jobs": int,
     },
 }
 

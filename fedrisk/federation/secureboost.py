@@ -50,12 +50,6 @@ class SecureBoostConfig:
     bins: int = 32
     seed: int = 0
     n_jobs: int = 1
-    flood_std: float | None = None
-    """Std of the feature holders' histogram flooding per slot; None: their default,
-    :data:`fedrisk.crypto.encrypted_histogram.FLOOD_STD` (module docstring there for
-    the bound it gives). A run-level parameter like the others: recorded in the
-    checkpoint digest, sent to every feature holder and announced back in its bin
-    layout. Lower it only to compare runs split for split (tests)."""
 
 
 @dataclass
@@ -145,8 +139,7 @@ def run_secureboost(
                     build_content(
                         session.header(0, "sb.join", p, "public", fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
-                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs,  # type: ignore[call-overload, arg-type]
-                         **({} if config.flood_std is None else {"flood_std": float(config.flood_std)})},
+                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
                     ),
                 )
                 for p in fhs

@@ -98,6 +98,10 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
 
     algorithm = _cfg(context, "algorithm", "vertical_lr")
     roles = VerticalRoles.of(session)
+    if algorithm == "stacking":
+        from fedrisk.federation.stacking import run_stacking_bases
+
+        return run_stacking_bases(session, context, _run_vertical, _close_ledgers)
     if algorithm not in ("vertical_lr", "secureboost"):
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
     from fedrisk.federation.secureboost import checkpoint_digest as secureboost_digest
@@ -168,7 +172,6 @@ def _secureboost_config(context: Context):
         bins=_cfg(context, "bins", 32),
         seed=_cfg(context, "seed", 0),
         n_jobs=_cfg(context, "n-jobs", 1),
-        flood_std=context.run_config.get("flood-std"),
     )
 
 
@@ -180,6 +183,56 @@ def _run_secureboost(session: CoordinatorSession, config, roles, checkpoints=Non
 
     trained = run_secureboost(session, roles, config, progress=progress, checkpoints=checkpoints, resume=resume, alignment=alignment)
     return secureboost_summary(trained)
+
+
+def run_echo(session: CoordinatorSession, run_config) -> dict:
+    """Transport probe (``benchmarks/exchange.py``): timed echo exchanges with every party.
+
+    Run config: ``echo-sizes`` (payload bytes, comma-separated), ``echo-counts``
+    (exchanges per size), ``echo-warmup`` (untimed exchanges per size). One
+    exchange sends the same public payload to every party at once and waits
+    for all the echoes, as a protocol step does; each echo is checked byte for
+    byte. Returns per size the exchange latencies in milliseconds.
+    """
+    import hashlib
+
+    from fedrisk.federation.exchange import ECHO, ECHO_CONTENT_CLASS, build_content
+
+    sizes = [int(v) for v in str(run_config.get("echo-sizes", "1024")).split(",") if v.strip()]
+    counts = [int(v) for v in str(run_config.get("echo-counts", "50")).split(",") if v.strip()]
+    warmup = int(run_config.get("echo-warmup", 3))
+    if len(counts) == 1:
+        counts = counts * len(sizes)
+    if len(counts) != len(sizes):
+        raise ConfigError("run config: echo-counts needs one count, or one per echo-sizes entry")
+    import resource
+
+    names = sorted(session.parties)
+    out = []
+    for size, count in zip(sizes, counts):
+        cpu_started = resource.getrusage(resource.RUSAGE_SELF)
+        payload = os.urandom(size)
+        digest = hashlib.sha256(payload).digest()
+        latencies = []
+        for i in range(warmup + count):
+            requests = {
+                name: (ECHO, build_content(session.header(i, "echo", name, ECHO_CONTENT_CLASS), blobs={"payload": payload}))
+                for name in names
+            }
+            started = time.perf_counter()
+            replies = session.exchange(requests)
+            elapsed = time.perf_counter() - started
+            for name, reply in replies.items():
+                if hashlib.sha256(reply.blob("payload")).digest() != digest:
+                    raise FedriskError(f"party {name} echoed a different payload of {size} bytes")
+            if i >= warmup:
+                latencies.append(elapsed * 1000.0)
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = (cpu.ru_utime - cpu_started.ru_utime) + (cpu.ru_stime - cpu_started.ru_stime)
+        out.append({"bytes": size, "parties": len(names), "latencies_ms": [round(v, 3) for v in latencies], "warmup": warmup, "coordinator_cpu_s": round(cpu_s, 4)})
+        if latencies:
+            print(f"[fedrisk] echo {size} B x {len(names)} parties: median {sorted(latencies)[len(latencies) // 2]:.1f} ms over {count}", flush=True)
+    return {"status": "ok", "mode": "echo", "echo": out}
 
 
 @app.main()
@@ -242,6 +295,8 @@ def main(grid: Grid, context: Context) -> None:
             }
         elif mode == "vertical":
             result = _run_vertical(session, context, checkpoints)
+        elif mode == "echo":
+            result = run_echo(session, context.run_config)
         else:
             raise ConfigError(f"unknown mode {mode!r}")
         result.update(

@@ -4,7 +4,8 @@ Protocols talk to parties by *name* through :class:`CoordinatorSession`;
 it maps names to Flower node ids (asking each node who it is), sends
 messages through Flower's ``Grid``, and waits for the replies with a short
 poll (Flower's own ``send_and_receive`` sleeps 3 s between pulls, which a
-vertical protocol with several round trips per epoch cannot afford).  A
+vertical protocol with several round trips per epoch cannot afford; here
+the pulls follow :meth:`CoordinatorSession.pull_delay`).  A
 party that answers with an error or not at all within the deadline raises a
 one-line :class:`~fedrisk.errors.PartyUnavailableError` naming it and the step.
 """
@@ -175,6 +176,18 @@ class CoordinatorSession:
             time.sleep(self.poll_interval)
 
     # -- exchange ------------------------------------------------------------
+    def pull_delay(self, waited: float) -> float:
+        """Seconds to sleep before the next pull of an exchange that has waited ``waited`` seconds.
+
+        Flower's Grid has no long poll: each pull is one request to the
+        SuperLink. A reply to a short step comes within milliseconds, a reply
+        to a heavy one after seconds, so the pulls start every
+        :data:`FIRST_PULL_DELAY` and slow down to a tenth of the time waited
+        so far, capped at :attr:`poll_interval`: a reply waits at most ~10 %
+        longer than it took, or ``poll_interval``.
+        """
+        return min(self.poll_interval, max(FIRST_PULL_DELAY, PULL_DELAY_FRACTION * waited))
+
     def header(self, round_: int, step: str, receiver: str, content_class: str, key_fingerprint: str = "-") -> ExchangeHeader:
         return ExchangeHeader(self.run_id, round_, step, COORDINATOR, receiver, content_class, key_fingerprint)
 
@@ -377,7 +390,7 @@ class CoordinatorSession:
                         f"no answer from {', '.join(who(n) for n in late)} at step {step!r} within {timeout:.0f} s"
                     )
             self.status.heartbeat()
-            time.sleep(self.poll_interval)
+            time.sleep(self.pull_delay(time.monotonic() - started))
         self._stray.update(probes)
         self._stray.update(live)
         return replies, failures
@@ -403,6 +416,9 @@ class CoordinatorSession:
         return next(iter(self.grid.push_messages([message])))
 
 
+#: First pauses between the pulls of an exchange, and the fraction of the time waited they grow to.
+FIRST_PULL_DELAY = 0.002
+PULL_DELAY_FRACTION = 0.1
 #: Seconds between a transient failure and sending the same message again.
 RESEND_BACKOFF = 2.0
 #: Seconds a message may still arrive after its node answered a later probe.

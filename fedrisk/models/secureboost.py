@@ -1,7 +1,7 @@
-"""Vertical SecureBoost across a bank and feature holders, over CKKS.
+"""Vertical SecureBoost across a bank and feature holders, over BFV (exact encrypted histograms).
 
 The **label holder** (a bank) holds the default labels, its own features and the
-CKKS secret key. **Feature holders** (tax bureau, platform) hold other features
+BFV secret key. **Feature holders** (tax bureau, platform) hold other features
 of the same SMEs, rows aligned by PSI to the bank's order with a coverage mask.
 The **coordinator** holds a public context only and relays every payload after
 checking its route and context. The tree algorithm is the one of
@@ -14,10 +14,10 @@ class in brackets)::
 
     setup   bank ──BoostPlan [public]──▶ feature holders
             feature holder ──BinLayout [public]──▶ bank            (bins per feature, packing)
-    tree t  bank ──EncryptedGradients [ciphertext]──▶ feature holders   ([[g + i·h]], once per tree)
+    tree t  bank ──EncryptedGradients [ciphertext]──▶ feature holders   ([[g_q + 2^k·h_q]], once per tree)
             bank ──HistogramRequest [public]──▶ feature holders     (nodes: their row sets, or
                                                                       "the left child of your split v")
-            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (per-bin totals per node, flooded)
+            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (per-bin totals per node, noise flooded)
             bank decrypts, derives each sibling as parent − child, picks the best split
             bank ──SplitDecisions [public]──▶ owner only            ("your feature j, your bin b",
                                                                       split id, default direction, node rows)
@@ -34,16 +34,17 @@ to :meth:`LabelHolderSB.receive`. With one feature holder a tree takes at most
 Threat model (honest-but-curious parties and coordinator, no coordinator–bank
 collusion, TLS on every link). What each party learns:
 
-* **Bank**: per node and feature holder, the per-bin totals of g and h (each
-  with Gaussian noise of std ``flood_std/√L``, 0.71 by default) — that is
-  SecureBoost's inherent disclosure, aggregated over the rows of a bin, never a
-  row's value nor a sum over part of a bin's rows: every slot it decrypts holds a
-  whole bin total. Beyond the totals its view is within statistical distance
-  2^-17.5 of a simulation from the totals over a default 30-tree run (the CKKS
-  evaluation-noise channel, flooded; the bound and why it is not 40 bits are in
-  :mod:`fedrisk.crypto.encrypted_histogram`). Also the number of bins of each
+* **Bank**: per node and feature holder, the exact per-bin totals of its own
+  quantised g and h — SecureBoost's inherent disclosure, aggregated over the rows
+  of a bin, never a row's value nor a sum over part of a bin's rows: every slot it
+  decrypts holds a whole bin total. Beyond the totals its view is within
+  statistical distance 2^-49 of a simulation from the totals alone over a default
+  30-tree run (120 histograms; ≥ 2^-40 up to 2^15 histograms per run), given RLWE:
+  each histogram is re-randomised and its BFV noise flooded
+  (:mod:`fedrisk.crypto.encrypted_histogram`, *Run-level bound*). Also the number of bins of each
   feature (≤ 32, which reveals how many distinct values a low-cardinality feature
-  has) and which features have missing values; for the splits it chose on another
+  has) and which features have missing values (the feature holder's public
+  layout, which also caps how small an intersection can hide among the bins); for the splits it chose on another
   party's feature, that feature's index and bin index and which rows go left
   (needed to route its own training rows) — never the threshold.
 * **Feature holder**: ciphertexts of g/h (never decryptable by it); the instance
@@ -55,9 +56,9 @@ collusion, TLS on every link). What each party learns:
   contents (row sets, split/bin indices); it holds no secret key.
 
 The bank decrypts a node's histogram from a party at most once and only
-ciphertexts shaped like a histogram product (the announced count, the kernel's
-level and its exact product scale ≈2^82), so a cheating feature holder cannot echo
-``[[g + ih]]`` back to have it decrypted. An actively malicious feature holder could still return a chosen
+ciphertexts shaped like a histogram output (the announced count, the output level
+of three primes, every copy of a column equal), so a cheating feature holder cannot
+echo the encrypted gradients back to have them decrypted. An actively malicious feature holder could still return a chosen
 linear function of ``g`` of the same shape; proofs of correct evaluation are
 outside this threat model (the audit ledger records each request). Payloads carry
 the context fingerprint and are refused under any other context.
@@ -87,6 +88,7 @@ re-exported here; the tree algorithm, model and routing tables in
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,14 +99,13 @@ import tenseal as ts
 from sklearn.base import BaseEstimator
 
 from fedrisk.crypto.encrypted_histogram import (
-    FLOOD_STD,
     EncryptedHistogramKernel,
     HistogramLayout,
     decrypt_histogram,
     encrypt_gradients,
+    make_histogram_context,
 )
 from fedrisk.crypto.encrypted_matvec import (
-    CKKSRuntime,
     check_fingerprint,
     context_fingerprint,
     peek_frame,
@@ -137,8 +138,10 @@ from fedrisk.models.secureboost_tree import (
     TreeBuilder,
     base_score,
     best_split,
+    child_bounds,
     gradients,
     leaf_weight,
+    monotone_array,
     new_node,
     plain_histogram,
     sample_rows,
@@ -151,7 +154,6 @@ from fedrisk.models.vertical_lr import (
     _public_copies,
     _table_parts,
     _Wire,
-    make_context,
 )
 
 __all__ = [
@@ -179,7 +181,7 @@ __all__ = [
     "label_holder_bundle",
     "load_feature_holder_bundle",
     "load_label_holder_bundle",
-    "make_context",
+    "make_histogram_context",
     "train_secureboost",
 ]
 
@@ -206,6 +208,7 @@ class _Node:
     decided: bool = False
     waiting_partition: str = ""         # owner whose partition is outstanding
     children: tuple[int, int] | None = None
+    bounds: tuple[float, float] = (-math.inf, math.inf)   # leaf-value bounds from monotone splits above
 
 
 class LabelHolderSB:
@@ -244,16 +247,18 @@ class LabelHolderSB:
         subsample: float = 1.0,
         n_bins: int = 32,
         random_state: int | None = 0,
+        monotone: Mapping[str, int] | None = None,
     ) -> None:
         if not context.is_private():
             raise CryptoError("the label holder needs the CKKS context with its secret key")
         self.context = context
         self.name = name
+        self.monotone = monotone
+        self._monotone: dict[str, np.ndarray | None] = {}
         self.params = BoostParams(n_trees, max_depth, float(learning_rate), float(reg_lambda), float(min_child_weight),
                                   float(subsample), n_bins)
         self.random_state = random_state
         self.fingerprint = context_fingerprint(context)
-        self.runtime = CKKSRuntime.for_context(context)
         self.done_ = False
 
     # ------------------------------------------------------------------ setup
@@ -289,6 +294,7 @@ class LabelHolderSB:
             self.coverage_[party] = cov
         self.feature_holders_ = tuple(coverage)
         self.feature_names_ = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(X.shape[1]))
+        self._monotone = {**self._monotone, self.name: monotone_array(self.monotone, self.feature_names_, self.name)}
         self.binner_ = QuantileBinner(self.params.n_bins).fit(X)
         self._codes = self.binner_.transform(X)
         self._y = y.astype(np.float64)
@@ -305,6 +311,17 @@ class LabelHolderSB:
         self.plan_ = BoostPlan(self.fingerprint, self.name, self.feature_holders_, n, self.params.n_bins,
                                self.params.n_trees, self.params.max_depth)
         return self.plan_
+
+    def declare_monotone(self, party: str, directions: Sequence[int]) -> None:
+        """A feature holder's declared monotone direction per own feature (+1/−1/0, in its feature order).
+
+        The owner validates the declaration against its own feature names and sends
+        only the directions; the bank learns them (not the names' values).
+        """
+        d = np.asarray(list(directions), dtype=np.int64)
+        if d.ndim != 1 or not np.all(np.isin(d, (-1, 0, 1))):
+            raise ProtocolError(f"monotone directions of {party!r} must be -1, 0 or +1 per feature")
+        self._monotone = {**self._monotone, party: d if d.any() else None}
 
     def register_layout(self, payload: BinLayout) -> None:
         """Note a feature holder's bins and packing; the first tree starts once all are in."""
@@ -494,18 +511,24 @@ class LabelHolderSB:
         choice: tuple[str, SplitCandidate] | None = None
         if node.depth < self.params.max_depth:
             assert node.own is not None
-            options = [(self.name, best_split(node.own, node.grad, node.hess, self.params))]
-            options += [(p, best_split(self._party_histogram(node, p), node.grad, node.hess, self.params)) for p in self.active_]
+            options = [(self.name, best_split(node.own, node.grad, node.hess, self.params,
+                                              monotone=self._monotone.get(self.name), bounds=node.bounds))]
+            options += [(p, best_split(self._party_histogram(node, p), node.grad, node.hess, self.params,
+                                       monotone=self._monotone.get(p), bounds=node.bounds)) for p in self.active_]
             for party, cand in options:  # first strictly better wins: ties go to the earlier party
                 if cand is not None and (choice is None or cand.gain > choice[1].gain):
                     choice = (party, cand)
         if choice is None:
-            record["value"] = leaf_weight(node.grad, node.hess, self.params)
+            record["value"] = leaf_weight(node.grad, node.hess, self.params, node.bounds)
             return
         party, cand = choice
         left, right = len(self._nodes), len(self._nodes) + 1
         node.children = (left, right)
-        self._nodes += [_Node(left, node.depth + 1, node.index, "left"), _Node(right, node.depth + 1, node.index, "right")]
+        mono = self._monotone.get(party)
+        b_left, b_right = child_bounds(cand, node.grad, node.hess, self.params,
+                                       0 if mono is None else int(mono[cand.feature]), node.bounds)
+        self._nodes += [_Node(left, node.depth + 1, node.index, "left", bounds=b_left),
+                        _Node(right, node.depth + 1, node.index, "right", bounds=b_right)]
         self._records += [new_node(node.depth + 1), new_node(node.depth + 1)]
         record.update(left=left, right=right, default_left=int(cand.default_left), gain=cand.gain)
         if party == self.name:
@@ -595,9 +618,6 @@ class FeatureHolderSB:
     name : str
     n_jobs : int
         Worker processes of the histogram kernel.
-    flood_std : float
-        Std of the Gaussian flooding on every slot of a histogram ciphertext (see
-        :mod:`fedrisk.crypto.encrypted_histogram`, *Flooding*).
     cache_bytes : int
         Memory budget for pre-encoded one-hot plaintexts.
 
@@ -610,14 +630,12 @@ class FeatureHolderSB:
     layout_ : HistogramLayout or None
     """
 
-    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, flood_std: float = FLOOD_STD,
-                 cache_bytes: int = 2 << 30) -> None:
+    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, cache_bytes: int = 2 << 30) -> None:
         if context.is_private():
             raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
         self.context = context
         self.name = name
         self.n_jobs = n_jobs
-        self.flood_std = flood_std
         self.cache_bytes = cache_bytes
         self.fingerprint = context_fingerprint(context)
         self._kernel: EncryptedHistogramKernel | None = None
@@ -653,13 +671,13 @@ class FeatureHolderSB:
         self.layout_: HistogramLayout | None = None
         if cov.any() and X.shape[1] > 0:
             self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_, self.binner_.has_missing_, cov, self.context,
-                                                    n_jobs=self.n_jobs, flood_std=self.flood_std, cache_bytes=self.cache_bytes)
+                                                    n_jobs=self.n_jobs, cache_bytes=self.cache_bytes)
             self.layout_ = self._kernel.layout_
         self._tree = -1
         self._node_rows: dict[int, np.ndarray] = {}
         self._partitions: dict[int, np.ndarray] = {}
         self.done_ = False
-        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_, self.flood_std)
+        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_)
 
     def handle(self, payloads: Sequence[VerticalPayload]) -> list[VerticalPayload]:
         """Process one round's payloads in order; return the replies (partitions before histograms)."""
@@ -890,9 +908,6 @@ class VerticalSecureBoost(BaseEstimator):
         Seed of the row subsampling.
     n_jobs : int
         Worker processes per feature holder for the histogram kernel.
-    flood_std : float
-        Std of each feature holder's Gaussian flooding per histogram slot (default
-        :data:`~fedrisk.crypto.encrypted_histogram.FLOOD_STD`).
     label : str
         Label column of the bank's table.
     label_holder_name : str
@@ -927,10 +942,11 @@ class VerticalSecureBoost(BaseEstimator):
         n_bins: int = 32,
         random_state: int | None = 0,
         n_jobs: int = 1,
-        flood_std: float = FLOOD_STD,
         label: str = "y",
         label_holder_name: str = "bank",
+        monotone: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
+        self.monotone = monotone
         self.n_trees = n_trees
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -940,7 +956,6 @@ class VerticalSecureBoost(BaseEstimator):
         self.n_bins = n_bins
         self.random_state = random_state
         self.n_jobs = n_jobs
-        self.flood_std = flood_std
         self.label = label
         self.label_holder_name = label_holder_name
 
@@ -960,7 +975,7 @@ class VerticalSecureBoost(BaseEstimator):
         label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
         feature_holder_tables : mapping name → PartyTable, DataFrame (joined on ID) or ndarray (already aligned)
         context : tenseal.Context, optional
-            The bank's secret context (default: a fresh one, see :func:`make_context`).
+            The bank's secret context (default: a fresh one, see :func:`make_histogram_context`).
         transcript : list, optional
             Receives a :class:`WireRecord` per payload (``epoch`` = tree index).
         keep_bytes : bool
@@ -974,7 +989,11 @@ class VerticalSecureBoost(BaseEstimator):
             raise ConfigError("vertical training needs at least one feature holder")
         if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
             raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
-        secret = context if context is not None else make_context()
+        monotone = dict(self.monotone or {})
+        unknown = sorted(set(monotone) - set(feature_holder_tables) - {self.label_holder_name})
+        if unknown:
+            raise ConfigError(f"monotone constraints name an unknown party {unknown[0]!r}")
+        secret = context if context is not None else make_histogram_context()
         copies = _public_copies(secret)
         names = list(feature_holder_tables)
         self.coordinator_ = CoordinatorSB(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
@@ -982,8 +1001,12 @@ class VerticalSecureBoost(BaseEstimator):
         bank = LabelHolderSB(secret, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
                              learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
                              min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,
-                             random_state=self.random_state)
+                             random_state=self.random_state, monotone=monotone.get(self.label_holder_name))
         aligned = {nm: self._aligned(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+        for nm, (_, _, fnames) in aligned.items():  # each owner checks its declaration against its own names
+            directions = monotone_array(monotone.get(nm), fnames, nm)
+            if directions is not None:
+                bank.declare_monotone(nm, directions)
         plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b)
         pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
         wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
@@ -993,7 +1016,7 @@ class VerticalSecureBoost(BaseEstimator):
             layouts = []
             for nm in names:
                 wire.received[nm] = pub_len
-                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs, flood_std=self.flood_std)
+                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs)
                 holders[nm] = fh
                 got = BoostPlan.from_bytes(wire.send(self.label_holder_name, nm, plan), context=fh.context)
                 X_k, cov_k, fnames = aligned[nm]

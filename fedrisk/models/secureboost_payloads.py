@@ -3,7 +3,7 @@
 Each payload is a frozen dataclass with a 4-byte ``KIND`` and a declared
 ``content_class`` (``ciphertext`` or ``public`` here; the audit ledger records it),
 serialised by :func:`fedrisk.crypto.encrypted_matvec.pack_frame` — magic, version,
-kind, the CKKS context fingerprint, a JSON header and binary blobs (SEAL
+kind, the context fingerprint, a JSON header and binary blobs (SEAL
 ciphertexts, packed row bitmaps). Nothing is pickled; every parser validates
 sizes and types and raises a one-line :class:`~fedrisk.errors.ProtocolError`.
 
@@ -24,7 +24,6 @@ payload                     kind  class       direction
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -126,10 +125,9 @@ class BinLayout(VerticalPayload):
     party: str
     n_features: int
     layout: HistogramLayout | None
-    flood_std: float
 
     def _header(self) -> dict[str, Any]:
-        return {"party": self.party, "n_features": self.n_features, "flood_std": self.flood_std,
+        return {"party": self.party, "n_features": self.n_features,
                 "layout": None if self.layout is None else self.layout.to_dict()}
 
     @classmethod
@@ -141,10 +139,7 @@ class BinLayout(VerticalPayload):
         n_features = _h_int(h, "n_features")
         if layout is not None and layout.n_features != n_features:
             raise ProtocolError("bin layout: feature count disagrees with its bins")
-        flood = h.get("flood_std")
-        if isinstance(flood, bool) or not isinstance(flood, (int, float)) or not (math.isfinite(flood) and flood >= 0.0):
-            raise ProtocolError("bin layout: flood_std must be a non-negative number")
-        return cls(fp, _h_str(h, "party"), n_features, layout, float(flood))
+        return cls(fp, _h_str(h, "party"), n_features, layout)
 
 
 @dataclass(frozen=True)
@@ -233,7 +228,7 @@ class HistogramRequest(VerticalPayload):
 
 @dataclass(frozen=True)
 class EncryptedHistograms(VerticalPayload):
-    """Feature holder → bank: per requested node, its flooded histogram ciphertexts (bin totals only)."""
+    """Feature holder → bank: per requested node, its histogram ciphertexts (bin totals only; re-randomised, noise flooded)."""
 
     KIND: ClassVar[bytes] = b"SHST"
     content_class: ClassVar[str] = "ciphertext"

@@ -1,7 +1,7 @@
 """Gradient-boosted trees for SecureBoost: bins, histograms, split search, the model, a plaintext reference.
 
 Everything here is plaintext and single-party; :mod:`fedrisk.models.secureboost` runs
-the same algorithm across parties over CKKS and calls into this module for every
+the same algorithm across parties over homomorphic encryption and calls into this module for every
 decision, so that the federated model and :class:`PlainSecureBoost` (the reference
 on the joined table) make the same choices from the same numbers.
 
@@ -25,26 +25,22 @@ The algorithm (XGBoost-style second-order boosting of the logistic loss)
 
 Near-ties and the federated histograms
 --------------------------------------
-The federated histograms of a feature holder carry its flooding (Gaussian, std
-``flood_std/√L`` on a bin total: 0.71 by default, see
-:mod:`fedrisk.crypto.encrypted_histogram`) on top of CKKS evaluation noise (< 2^-24);
-the bank's own histograms are exact. Two rules make the decisions robust to small
-noise and are applied identically here:
+The federated histograms are exact sums of the label holder's quantised ``g`` and
+``h`` (``g`` to 2^-13, ``h`` to 2^-15 at 24,000 rows; BFV, see
+:mod:`fedrisk.crypto.encrypted_histogram`); the bank's own histograms are exact
+in floating point. Two rules make the decisions robust to such differences and are
+applied identically here:
 
 * a bin (or missing bucket) whose hessian sum is at most :data:`EMPTY_HESSIAN` is
   *empty*: its threshold is not a candidate (it would split the rows exactly like
-  the previous bin's threshold — an exact tie in plaintext, a coin toss under noise);
+  the previous bin's threshold — an exact tie in plaintext);
   when the missing bucket is empty the default direction is the child with the
   larger hessian (scikit-learn: the child with more samples);
 * children must hold more than :data:`EMPTY_HESSIAN` of hessian.
 
-Under the default flooding they only take effect on the bank's own features: a
-feature holder's empty bin reads as ±0.7, not ≤ 1e-2. Candidates whose gains
-differ by less than the flooding's effect on a gain are then chosen by the noise
-— the price of hiding the evaluation noise; the default-credit AUC stays within
-0.005 of the plaintext reference (tests/test_secureboost.py). With the flooding
-turned down (``flood_std = 2^-20``) the federated model equals this module's
-reference split for split.
+Candidates whose gains differ by less than the quantisation's effect on a gain can
+still be chosen differently from this module's float reference; the default-credit
+AUC stays within 0.005 of it (tests/test_secureboost.py).
 """
 
 from __future__ import annotations
@@ -86,8 +82,8 @@ MAX_BINS = 254
 EMPTY_HESSIAN = 1e-2
 """A bin, bucket or child with at most this hessian sum counts as empty.
 
-Far above the CKKS evaluation noise of a bin total (< 2^-24; the default flooding,
-≈0.7, is not covered: see the module docstring), and below the hessian of any single
+Far above the quantisation of a federated bin total (2^-15 per row at 24,000 rows),
+and below the hessian of any single
 row whose predicted default probability lies in [0.01, 0.99].
 """
 HESSIAN_FLOOR = 1e-16
@@ -329,15 +325,70 @@ def candidate_gains(hist: Histogram, grad_total: float, hess_total: float, param
     return gains, lefts
 
 
-def best_split(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams) -> SplitCandidate | None:
+def monotone_array(monotone: Mapping[str, int] | None, names: Sequence[str], who: str) -> np.ndarray | None:
+    """Per feature the owner's declared direction (+1 increasing, −1 decreasing, 0 free), or None if none.
+
+    Raises
+    ------
+    ConfigError
+        A direction on a feature the owner does not have, or one other than ±1/0 (one line).
+    """
+    if not monotone:
+        return None
+    unknown = sorted(set(monotone) - set(names))
+    if unknown:
+        raise ConfigError(f"{who}: monotone constraint on unknown feature {unknown[0]!r}")
+    for feat, d in monotone.items():
+        if d not in (-1, 0, 1) or isinstance(d, bool):
+            raise ConfigError(f"{who}: monotone direction of {feat!r} must be +1, -1 or 0, got {d!r}")
+    out = np.array([int(monotone.get(n, 0)) for n in names], dtype=np.int64)
+    return out if out.any() else None
+
+
+def _clipped_weights(lefts: np.ndarray, grad_total: float, hess_total: float, params: BoostParams,
+                     bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Leaf weights of every candidate's left and right child, clipped to the node's bounds."""
+    gl, hl = lefts[..., 0], lefts[..., 1]
+    lam, lr = params.reg_lambda, params.learning_rate
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wl = np.where(hl + lam > 0, -lr * gl / (hl + lam), 0.0)
+        wr = np.where(hess_total - hl + lam > 0, -lr * (grad_total - gl) / (hess_total - hl + lam), 0.0)
+    return np.clip(wl, *bounds), np.clip(wr, *bounds)
+
+
+def child_bounds(cand: SplitCandidate, grad_total: float, hess_total: float, params: BoostParams,
+                 direction: int, bounds: tuple[float, float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Leaf-value bounds of the two children (XGBoost's rule): a split on a constrained feature
+    puts the midpoint of the clipped child weights between them; otherwise both inherit."""
+    lo, hi = bounds
+    if direction == 0:
+        return (lo, hi), (lo, hi)
+    wl, wr = _clipped_weights(np.array([cand.grad_left, cand.hess_left]), grad_total, hess_total, params, bounds)
+    mid = 0.5 * (float(wl) + float(wr))
+    if direction > 0:
+        return (lo, mid), (mid, hi)
+    return (mid, hi), (lo, mid)
+
+
+def best_split(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams, *,
+               monotone: np.ndarray | None = None, bounds: tuple[float, float] = (-math.inf, math.inf)) -> SplitCandidate | None:
     """Best split by XGBoost gain, or None if no candidate has a positive gain.
 
     Ties go to the first candidate in (feature, bin, missing-right-first) order.
+    With ``monotone`` (per feature +1/−1/0), a candidate on a constrained feature is
+    valid only if its clipped child weights go the declared way (left = lower values);
+    ``bounds`` are the node's leaf-value bounds (:func:`child_bounds`).
     """
     n_feat, width = hist.grad.shape
     if n_feat == 0 or width == 0:
         return None
     gains, lefts = candidate_gains(hist, grad_total, hess_total, params)
+    if monotone is not None and np.any(monotone):
+        if np.asarray(monotone).shape != (n_feat,):
+            raise DataValidationError(f"monotone constraints cover {np.size(monotone)} features, the histogram {n_feat}")
+        wl, wr = _clipped_weights(lefts, grad_total, hess_total, params, bounds)
+        sign = np.asarray(monotone, dtype=np.float64)[:, None, None]
+        gains = np.where(sign * (wr - wl) < 0.0, -np.inf, gains)
     flat = int(np.argmax(gains))
     best = float(gains.flat[flat])
     if not best > 0.0:
@@ -354,12 +405,13 @@ def best_split(hist: Histogram, grad_total: float, hess_total: float, params: Bo
     return SplitCandidate(best, int(f), int(b), bool(default_left), gl, hl)
 
 
-def leaf_weight(grad: float, hess: float, params: BoostParams) -> float:
-    """Shrunk Newton step ``−lr · G/(H + λ)`` (0 for an empty leaf)."""
+def leaf_weight(grad: float, hess: float, params: BoostParams,
+                bounds: tuple[float, float] = (-math.inf, math.inf)) -> float:
+    """Shrunk Newton step ``−lr · G/(H + λ)`` (0 for an empty leaf), clipped to monotone ``bounds``."""
     denom = hess + params.reg_lambda
     if denom <= 0.0:
-        return 0.0
-    return -params.learning_rate * grad / denom
+        return float(np.clip(0.0, *bounds))
+    return float(np.clip(-params.learning_rate * grad / denom, *bounds))
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -763,6 +815,7 @@ class PlainSecureBoost(BaseEstimator):
         subsample: float = 1.0,
         n_bins: int = 32,
         random_state: int | None = 0,
+        monotone: Mapping[str, int] | None = None,
     ) -> None:
         self.n_trees = n_trees
         self.max_depth = max_depth
@@ -772,6 +825,7 @@ class PlainSecureBoost(BaseEstimator):
         self.subsample = subsample
         self.n_bins = n_bins
         self.random_state = random_state
+        self.monotone = monotone
 
     def _params(self) -> BoostParams:
         return BoostParams(self.n_trees, self.max_depth, float(self.learning_rate), float(self.reg_lambda),
@@ -783,6 +837,8 @@ class PlainSecureBoost(BaseEstimator):
         y = np.asarray(y, dtype=np.float64).ravel()
         if y.size != X.shape[0] or not np.all(np.isin(y, (0.0, 1.0))):
             raise DataValidationError("reference: y must hold one 0/1 label per row")
+        names = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(X.shape[1]))
+        self._monotone = monotone_array(self.monotone, names, "reference")
         self.binner_ = QuantileBinner(params.n_bins).fit(X)
         codes = self.binner_.transform(X)
         n_bins = self.binner_.n_bins_
@@ -800,7 +856,6 @@ class PlainSecureBoost(BaseEstimator):
             builder.add_tree(nodes)
             raw += np.array([nodes[i]["value"] for i in range(len(nodes))])[leaf_of]
             self.tree_seconds_.append(time.perf_counter() - t0)
-        names = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(X.shape[1]))
         self.model_ = SecureBoostModel(("all",), names, self.base_score_, builder.arrays(), params)
         self.n_features_in_ = X.shape[1]
         return self
@@ -811,20 +866,24 @@ class PlainSecureBoost(BaseEstimator):
         n = codes.shape[0]
         nodes = [new_node(0)]
         rows_of = {0: np.ones(n, dtype=bool)}
+        bounds_of = {0: (-math.inf, math.inf)}
+        mono = getattr(self, "_monotone", None)
         leaf_of = np.zeros(n, dtype=np.int64)
         frontier = [0]
         while frontier:
             nxt = []
             for i in frontier:
                 rows = rows_of.pop(i)
+                bounds = bounds_of.pop(i)
                 G, H = float(g[rows].sum()), float(h[rows].sum())
                 cand = None
                 if nodes[i]["depth"] < params.max_depth:
-                    cand = best_split(plain_histogram(codes, n_bins, g, h, rows), G, H, params)
+                    cand = best_split(plain_histogram(codes, n_bins, g, h, rows), G, H, params, monotone=mono, bounds=bounds)
                 if cand is None:
-                    nodes[i]["value"] = leaf_weight(G, H, params)
+                    nodes[i]["value"] = leaf_weight(G, H, params, bounds)
                     leaf_of[rows] = i
                     continue
+                direction = 0 if mono is None else int(mono[cand.feature])
                 code = codes[:, cand.feature]
                 go_left = np.where(code == MISSING, cand.default_left, code <= cand.bin)
                 left, right = len(nodes), len(nodes) + 1
@@ -833,6 +892,7 @@ class PlainSecureBoost(BaseEstimator):
                                 default_left=int(cand.default_left), gain=cand.gain)
                 nodes.extend([new_node(nodes[i]["depth"] + 1), new_node(nodes[i]["depth"] + 1)])
                 rows_of[left], rows_of[right] = rows & go_left, rows & ~go_left
+                bounds_of[left], bounds_of[right] = child_bounds(cand, G, H, params, direction, bounds)
                 nxt += [left, right]
             frontier = nxt
         return nodes, leaf_of

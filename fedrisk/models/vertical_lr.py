@@ -462,6 +462,24 @@ def _apply_standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np
     return np.where(np.isnan(Z), 0.0, Z)  # missing → training mean
 
 
+def monotone_signs(monotone: Mapping[str, int] | None, names: Sequence[str], who: str) -> np.ndarray:
+    """Per feature the owner's declared coefficient sign (+1, −1; 0 = free), checked against its own names.
+
+    Raises
+    ------
+    ConfigError
+        A sign on a feature the owner does not have, or a sign other than ±1/0 (one line).
+    """
+    monotone = dict(monotone or {})
+    unknown = sorted(set(monotone) - set(names))
+    if unknown:
+        raise ConfigError(f"{who}: monotone sign on unknown feature {unknown[0]!r}")
+    for feat, sign in monotone.items():
+        if sign not in (-1, 0, 1) or isinstance(sign, bool):
+            raise ConfigError(f"{who}: monotone sign of {feat!r} must be +1, -1 or 0, got {sign!r}")
+    return np.array([float(monotone.get(n, 0)) for n in names])
+
+
 def _preconditioner(Z: np.ndarray, n_train: int, damping: float, l2: float, free: int | None = None) -> np.ndarray:
     """``(K/(4n) ZᵀZ + λI)⁻¹``; column ``free`` (the intercept) is not penalised."""
     G = (damping / (4.0 * n_train)) * (Z.T @ Z)
@@ -475,7 +493,9 @@ def _preconditioner(Z: np.ndarray, n_train: int, damping: float, l2: float, free
 class _BlockNesterov:
     """One party's block of the accelerated MM optimiser (identical at every party)."""
 
-    def __init__(self, n_params: int, precond: np.ndarray, l2: float, free: int | None, momentum: bool) -> None:
+    def __init__(self, n_params: int, precond: np.ndarray, l2: float, free: int | None, momentum: bool,
+                 signs: np.ndarray | None = None) -> None:
+        self.signs = None if signs is None or not np.any(signs) else np.asarray(signs, dtype=np.float64)
         self.w = np.zeros(n_params)
         self.w_prev = np.zeros(n_params)
         self.t = 1
@@ -492,7 +512,10 @@ class _BlockNesterov:
     def step(self, grad_sum: np.ndarray, n_train: int, restart: bool) -> None:
         y = self.lookahead()
         grad = grad_sum / n_train + self.penalty * y
-        self.w_prev, self.w = self.w, y - self.P @ grad
+        w = y - self.P @ grad
+        if self.signs is not None:  # projected step: a declared sign is never crossed
+            w = np.where(self.signs * w < 0.0, 0.0, w)
+        self.w_prev, self.w = self.w, w
         self.t = 1 if restart else self.t + 1
 
 
@@ -526,6 +549,9 @@ class LabelHolderLR:
         Gaussian noise added to every masked value the bank returns.
     random_state : int, optional
         Seed of the validation split.
+    monotone : mapping feature name → +1/−1, optional
+        The bank's declared coefficient sign per own feature (projected updates:
+        the coefficient stays on that side of 0, so the score is monotone in it).
 
     Attributes
     ----------
@@ -558,9 +584,11 @@ class LabelHolderLR:
         momentum: bool = True,
         flood_std: float = DECRYPT_FLOOD_STD,
         random_state: int | None = None,
+        monotone: Mapping[str, int] | None = None,
     ) -> None:
         if not context.is_private():
             raise CryptoError("the label holder needs the CKKS context with its secret key")
+        self.monotone = monotone
         if not 0.0 <= validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
         if C <= 0:
@@ -659,7 +687,10 @@ class LabelHolderLR:
         K = float(self.damping) if self.damping is not None else float(1 + len(coverage))
         l2 = 1.0 / (self.C * self.n_train_)
         free = Z.shape[1] - 1
-        self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum)
+        signs = monotone_signs(self.monotone, names, self.name)
+        signs = np.concatenate([signs, np.zeros(Z.shape[1] - signs.size)])  # indicators, intercept: free
+        self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum,
+                                   signs)
         # Start at the prior log-odds, not 0 (PD 0.5): every epoch's model is then
         # calibrated on average, whichever epoch early stopping keeps.
         rate = float(np.clip(self._y[train_mask].mean(), 1e-6, 1 - 1e-6))
@@ -903,6 +934,9 @@ class FeatureHolderLR:
         Most features per product ciphertext (see :class:`EncryptedMatVec`).
     cache_bytes : int
         Memory budget for pre-encoded plaintexts.
+    monotone : mapping feature name → +1/−1, optional
+        This owner's declared coefficient sign per own feature (projected updates at
+        the owner; nobody else sees the declaration).
 
     Attributes
     ----------
@@ -929,9 +963,11 @@ class FeatureHolderLR:
         n_jobs: int = 1,
         max_pack: int | None = None,
         cache_bytes: int = 2 << 30,
+        monotone: Mapping[str, int] | None = None,
     ) -> None:
         if context.is_private():
             raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+        self.monotone = monotone
         self.context = context
         self.name = name
         self.n_jobs = n_jobs
@@ -973,7 +1009,9 @@ class FeatureHolderLR:
         Z = _apply_standardise(X, self.mean_, self.scale_)
         Z[~cov] = 0.0  # uncovered rows contribute nothing; the bank's indicator takes over
         self._Z, self._train, self._plan = Z, train, plan
-        self._opt = _BlockNesterov(X.shape[1], _preconditioner(Z[train], plan.n_train, plan.damping, plan.l2), plan.l2, None, momentum)
+        signs = monotone_signs(self.monotone, self.feature_names_, self.name)
+        self._opt = _BlockNesterov(X.shape[1], _preconditioner(Z[train], plan.n_train, plan.damping, plan.l2), plan.l2, None, momentum,
+                                   signs)
         self._best_w = self._opt.w.copy()
         self.coef_ = self._best_w.copy()
         self.close()
@@ -1244,7 +1282,12 @@ def _public_copies(secret: ts.Context) -> _PublicCopies:
     """
     copies = _COPIES.get(secret)
     if copies is None:
-        fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+        if hasattr(secret, "_fedrisk_seeded_galois"):  # a BFV histogram context: its chosen Galois keys, seeded
+            from fedrisk.crypto.bfv import public_bfv_context_bytes
+
+            fh = public_bfv_context_bytes(secret, galois=True)
+        else:
+            fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
         co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
         copies = _PublicCopies(ts.context_from(fh), len(fh), ts.context_from(co), len(co))
         _COPIES[secret] = copies
@@ -1282,6 +1325,8 @@ class VerticalLogisticRegression(BaseEstimator):
     and :class:`CoordinatorLR`: every payload is serialised to bytes between the
     parties (and counted). ``fit`` takes the bank's table and a mapping of feature
     holder name → table, joined on ID.
+    ``monotone`` (party → feature → +1/−1) carries each owner's declared coefficient
+    signs to that owner only; each projects its own block's updates.
 
     Attributes
     ----------
@@ -1316,7 +1361,9 @@ class VerticalLogisticRegression(BaseEstimator):
         label: str = "y",
         label_holder_name: str = "bank",
         random_state: int | None = 0,
+        monotone: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
+        self.monotone = monotone
         self.C = C
         self.max_epochs = max_epochs
         self.patience = patience
@@ -1361,6 +1408,10 @@ class VerticalLogisticRegression(BaseEstimator):
             raise ConfigError("vertical training needs at least one feature holder")
         if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
             raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
+        monotone = dict(self.monotone or {})
+        unknown = sorted(set(monotone) - set(feature_holder_tables) - {self.label_holder_name})
+        if unknown:
+            raise ConfigError(f"monotone signs name an unknown party {unknown[0]!r}")
         secret = context if context is not None else make_context()
         copies = _public_copies(secret)
         names = list(feature_holder_tables)
@@ -1377,6 +1428,7 @@ class VerticalLogisticRegression(BaseEstimator):
             damping=self.damping,
             momentum=self.momentum,
             random_state=self.random_state,
+            monotone=monotone.get(self.label_holder_name),
         )
         aligned = {nm: _align(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
         plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b, train_mask=train_mask)
@@ -1388,7 +1440,8 @@ class VerticalLogisticRegression(BaseEstimator):
             for nm in names:
                 wire.received[nm] = pub_len
                 data = wire.send(self.label_holder_name, nm, plan)
-                fh = FeatureHolderLR(copies.feature_holder, name=nm, n_jobs=self.n_jobs, max_pack=self.max_pack)
+                fh = FeatureHolderLR(copies.feature_holder, name=nm, n_jobs=self.n_jobs, max_pack=self.max_pack,
+                                     monotone=monotone.get(nm))
                 X_k, cov_k, fnames = aligned[nm]
                 fh.setup(X_k, cov_k, TrainingPlan.from_bytes(data, context=fh.context), feature_names=fnames, momentum=self.momentum)
                 bank.record_feature_count(nm, fh.n_features_in_, fh.layout_.n_ciphertexts)

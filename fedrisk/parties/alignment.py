@@ -17,8 +17,12 @@ function of the two set sizes the coordinator already sees in the PSI messages,
 never of the intersection.
 
 Content classes: blinded ID sets are ``masked`` (each value is ``k·H(id)`` under
-a per-run secret scalar; DDH hides the ID), the PSI answer and the sealed
-positions are ``ciphertext``, acknowledgements are ``public``.
+a secret scalar; DDH hides the ID), the PSI answer and the sealed
+positions are ``ciphertext``, acknowledgements are ``public``. The feature
+holders' scalars are fresh every run; the label holder's comes from its key
+epoch and its blinded set from its cache, ``<state-dir>/psi/label-holder-cache.sqlite``
+(:mod:`fedrisk.crypto.psi_cache`: rotation by age, use and set change, a rate limit
+on the partner elements it exponentiates, what a stable key reveals).
 
 What each party ends with (:class:`AlignedRows`): the label holder its features,
 labels, training mask and, per feature holder, a coverage mask, all in training
@@ -214,7 +218,21 @@ class LabelHolderAlignment(_AlignmentParty):
 
         if self.runtime.table.labels is None:
             raise DataValidationError(f"label holder {self.name!r}: its table has no label column")
-        return self._blinded_reply(exchange, LabelHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name))
+        psi = LabelHolderPSI(self._ids(), run_id=exchange.header.run_id, party=self.name, cache=self.key_cache())
+        return self._blinded_reply(exchange, psi)
+
+    def key_cache(self):
+        """The label holder's PSI key epoch and blinded-set cache, under its state folder.
+
+        Policy from the party settings' optional ``psi`` mapping
+        (:class:`~fedrisk.crypto.psi_cache.KeyEpochPolicy` fields), defaults otherwise.
+        """
+        from fedrisk.crypto.psi_cache import KeyEpochPolicy, LabelHolderKeyCache
+
+        if getattr(self, "_key_cache", None) is None:
+            policy = KeyEpochPolicy.from_mapping(getattr(self.runtime.settings, "psi", None))
+            self._key_cache = LabelHolderKeyCache(self.runtime.state_dir, policy)
+        return self._key_cache
 
     def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
         psi = self._psi()

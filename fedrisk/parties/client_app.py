@@ -12,6 +12,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedrisk.federation.exchange import ECHO, echo_reply
 from fedrisk.federation.message_types import MESSAGE_TYPES
 from fedrisk.parties.ledger_mod import ledger_mod
 from fedrisk.parties.relay import relay_call
@@ -28,6 +29,11 @@ def _relay(msg: Message, context: Context) -> Message:
         "node_id": int(msg.metadata.dst_node_id),
     }
     socket_path = context.node_config.get("party-socket")
+    if msg.metadata.message_type == ECHO:
+        # A transport probe (benchmarks/exchange.py): through the warm party process and back when
+        # there is one; the reply carries only what the coordinator sent, readdressed.
+        content = relay_call(str(socket_path), ECHO, meta, msg.content) if socket_path else msg.content
+        return Message(echo_reply(content, str(context.node_config.get("party", ""))), reply_to=msg)
     if socket_path:
         reply = relay_call(str(socket_path), msg.metadata.message_type, meta, msg.content)
     else:
@@ -37,6 +43,6 @@ def _relay(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-for _message_type in MESSAGE_TYPES:
+for _message_type in (*MESSAGE_TYPES, ECHO):
     _category, _action = _message_type.split(".")
     getattr(app, _category)(_action)(_relay)

@@ -140,6 +140,10 @@ def supernode_failure(log_text: str, superlink: str, root_certificates: Path | N
     return None
 
 
+#: How often the SuperLink's SuperExec looks for a run to start (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``).
+SUPEREXEC_POLL_SECONDS = 0.25
+
+
 def node_env(flwr_home: Path) -> dict[str, str]:
     """Environment of fedrisk's Flower processes: their own FLWR_HOME, fast task polling."""
     env = dict(os.environ)
@@ -148,8 +152,12 @@ def node_env(flwr_home: Path) -> dict[str, str]:
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("GRPC_VERBOSITY", "ERROR")
-    # Flower's SuperExec looks for new ClientApp/ServerApp tasks once a second by default.
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")
+    # Flower's SuperExec (next to the SuperLink) looks for a new ServerApp task once a second by
+    # default; each look is an HTTP request the SuperLink serves. Polled every 50 ms it was the
+    # SuperLink's busiest client (20 requests/s for the whole life of a federation, measured by
+    # benchmarks/exchange.py); it only delays the start of a run, so 0.25 s. Parties' SuperNodes
+    # run no SuperExec: their ClientApp runs warm in the SuperNode (fedrisk.parties.supernode).
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_SECONDS))
     # Several parties may share this machine's cores: one compute thread each.
     env.setdefault("OMP_NUM_THREADS", "1")
     return env

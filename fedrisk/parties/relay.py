@@ -31,6 +31,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
+from fedrisk.federation.exchange import ECHO
 
 MAGIC = b"FRR1"
 MAX_HEADER_BYTES = 64 * 1024
@@ -121,6 +122,10 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             header, body = recv_frame(self.request)
             message_type = str(header.pop("message_type", ""))
+            if message_type == ECHO:
+                # A transport probe: the bytes go back untouched (the ClientApp readdresses them).
+                send_frame(self.request, {"ok": True}, body)
+                return
             content = decode_content(body)
             with self.server.lock:
                 reply = self.server.handler(message_type, header, content)

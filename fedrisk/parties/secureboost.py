@@ -39,7 +39,7 @@ from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.secureboost_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
-from fedrisk.parties.vertical_lr import _Durable, _public_context_bytes, load_public_context
+from fedrisk.parties.vertical_lr import _Durable, load_public_context
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -132,13 +132,14 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         self.answers = {p: SplitAnswers.from_bytes(state.blob(f"answers:{p}"), context=model.context) for p in wrapper["answers"]}
 
     def _on_setup(self, exchange: Exchange) -> "RecordDict":
-        from fedrisk.models.vertical_lr import make_context
+        from fedrisk.crypto.bfv import public_bfv_context_bytes
+        from fedrisk.crypto.encrypted_histogram import make_histogram_context
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         aligned = self._aligned()
         train = aligned.train_mask
         assert aligned.y is not None and train is not None
-        context = make_context()  # generated here; the secret key never leaves this process
+        context = make_histogram_context()  # generated here; the secret key never leaves this process
         params = _setup_params(exchange)
         model, plan = self._make_model(context, params, aligned)
         self.model, self.answers, self.final = model, {}, None
@@ -153,8 +154,8 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
         blobs = {
             "plan": plan.to_bytes(),
-            "feature_holder_context": _public_context_bytes(context, galois=True),
-            "coordinator_context": _public_context_bytes(context, galois=False),
+            "feature_holder_context": public_bfv_context_bytes(context, galois=True),
+            "coordinator_context": public_bfv_context_bytes(context, galois=False),
         }
         config = {
             "rows": int(train.size),
@@ -242,16 +243,12 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
             self.model.close()
         self.discard_durable()
 
-    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int, flood_std: float | None = None):
-        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``.
-
-        ``flood_std`` None: the histogram kernel's default flooding.
-        """
-        from fedrisk.crypto.encrypted_histogram import FLOOD_STD
+    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int):
+        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``."""
         from fedrisk.models.secureboost import FeatureHolderSB
 
         X, cov = self._own_rows()
-        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs, flood_std=FLOOD_STD if flood_std is None else float(flood_std))
+        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs)
         layout = model.setup(X[train], cov[train], plan, feature_names=self._aligned().feature_names)
         return model, layout
 
@@ -263,7 +260,7 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         context = load_public_context(static.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
         train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
-        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]), values.get("flood_std"))
+        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
         if layout.to_bytes() != static.blob("layout"):
             model.close()
             raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
@@ -312,21 +309,10 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         if self.model is not None:
             self.model.close()
         n_jobs = int(exchange.value("n_jobs", 1))  # type: ignore[call-overload]
-        flood = exchange.value("flood_std", None)  # a run parameter; None: the kernel's default
-        if flood is not None and (isinstance(flood, bool) or not isinstance(flood, (int, float))):
-            raise ProtocolError(f"{self.name}: flood_std must be a number")
-        from fedrisk.crypto.encrypted_histogram import FLOOD_STD
-
-        floor = self.runtime.settings.min_flood_std or FLOOD_STD
-        if flood is not None and float(flood) < floor:
-            raise ProtocolError(
-                f"{self.name}: the run asks for histogram flooding {float(flood):g}, below this party's floor {floor:g} "
-                "(only the party's own settings can lower it)"
-            )
-        model, layout = self._make_model(context, plan, train, n_jobs, flood)
+        model, layout = self._make_model(context, plan, train, n_jobs)
         self.model, self.train_mask, self.gradients = model, train, None
         values, blobs = aligned_blobs(aligned)
-        values.update(rows=rows, n_jobs=n_jobs, flood_std=None if flood is None else float(flood))
+        values.update(rows=rows, n_jobs=n_jobs)
         self._durable(exchange.header.run_id).save_static(values, {
             **blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan"), "train_mask": packed, "layout": layout.to_bytes(),
         })

@@ -32,11 +32,6 @@ class PartySettings:
     validation : dict
         ``{"fraction": 0.2, "seed": 42}`` to hold out rows of this table, or
         ``{"table": path}`` to evaluate on a separate table with the same schema.
-    min_flood_std : float or None
-        The lowest SecureBoost histogram flooding (std per slot) this party
-        accepts from a run's config; None: the kernel's ``FLOOD_STD``. A run may
-        ask for more flooding, never for less than this: only the party itself
-        can lower its privacy floor (reproducibility tests, research).
     """
 
     name: str
@@ -45,13 +40,10 @@ class PartySettings:
     schema: dict
     state_dir: str
     validation: dict = field(default_factory=lambda: {"fraction": 0.2, "seed": 42})
-    min_flood_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"party {self.name!r}: role {self.role!r} is not one of {', '.join(ROLES)}")
-        if self.min_flood_std is not None and not (isinstance(self.min_flood_std, (int, float)) and self.min_flood_std > 0):
-            raise ConfigError(f"party {self.name!r}: min_flood_std must be a positive number")
 
     @property
     def state_path(self) -> Path:

@@ -3,13 +3,17 @@
 Flower 1.39's SuperNode sleeps 3 s whenever a pull from the SuperLink finds
 no message.  Vertical protocols exchange several messages per epoch, so that
 idle sleep, not computation, would dominate an epoch.  This entry point runs
-the unmodified ``flower-supernode`` with its idle waits capped at
-:data:`IDLE_POLL_SECONDS` (a pull every 100 ms per node on a TLS channel
-that is already open).
+the unmodified ``flower-supernode`` with its waits following the node's
+activity (:class:`FleetPoll`: a pull 5 ms after the node's last message,
+slowing to a tenth of the idle time and at most every
+:data:`IDLE_POLL_SECONDS`; the ClientApp's reply looked for every 2 ms).
 
 It also runs the SuperNode in Flower's ``process`` isolation with the
 ClientApp tasks executed by :class:`~fedrisk.parties.warm_executor.WarmClientAppExecutor`
 in this process, instead of a fresh ``flwr-clientapp`` process per message.
+The executor uses the SuperNode's own state through Flower's Runtime API
+handlers in process (:class:`~fedrisk.parties.warm_executor.InProcessRuntimeClient`,
+no loopback HTTP), woken when the SuperNode has stored a message.
 That executor runs only the installed fedrisk ClientApp and refuses any other
 app package the coordinator submits; ``--isolation subprocess`` is refused
 with one line, since Flower's ``flwr-clientapp`` would install and import
@@ -45,7 +49,14 @@ from __future__ import annotations
 import sys
 import time as _time
 
+#: Longest idle sleep between two pulls from the SuperLink (Flower: 3 s).
 IDLE_POLL_SECONDS = 0.1
+#: Shortest idle sleep, right after the node received or answered a message.
+FAST_POLL_SECONDS = 0.005
+#: Between the two, the idle sleep is this fraction of the time since the node's last message.
+IDLE_POLL_FRACTION = 0.1
+#: How often the loop looks for the ClientApp's reply in its in-memory state (Flower: 0.5 s).
+REPLY_POLL_SECONDS = 0.002
 #: Heartbeat interval the SuperNode announces (Flower's minimum; Flower's default is 30 s).
 HEARTBEAT_SECONDS = 10
 #: HTTP/2 keepalive on the Fleet channel.
@@ -115,7 +126,7 @@ def keep_supernode_alive_on_stale_tasks() -> None:
     retry.make_simple_http_retry_invoker = make_simple_http_retry_invoker
 
 
-def _guarded_executor(runtime: str):
+def _guarded_executor(runtime: str, state=None):
     """The warm executor, with a task that fails in its clean-up (stale token, stopped run) logged, not fatal."""
     import logging
 
@@ -132,7 +143,7 @@ def _guarded_executor(runtime: str):
             except BaseException as err:  # noqa: BLE001 - RunNotRunningException is a BaseException
                 log.warning("ClientApp task abandoned: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
 
-    return GuardedWarmClientAppExecutor(runtime)
+    return GuardedWarmClientAppExecutor(runtime, state)
 
 
 def tune_fleet_link() -> None:
@@ -170,15 +181,127 @@ def tune_fleet_link() -> None:
     connection.create_channel = create_channel
 
 
-class _ShortSleepTime:
-    """The ``time`` module, with ``sleep`` capped for the SuperNode's poll loop."""
+class FleetPoll:
+    """When the SuperNode's loop asks the SuperLink again, and how long it waits for its ClientApp's reply.
+
+    Flower 1.39's Fleet API has no long poll: ``PullMessages`` answers at once,
+    and the SuperNode sleeps 3 s after an empty pull. A message therefore waits
+    at the SuperLink for up to one sleep. Here the idle sleep follows the node's
+    activity: :data:`FAST_POLL_SECONDS` right after the node received or
+    answered a message (the next message of a protocol usually follows within
+    milliseconds), growing to :data:`IDLE_POLL_FRACTION` of the time since
+    then and capped at :data:`IDLE_POLL_SECONDS`: a message that comes after a
+    quiet gap ``g`` waits about ``g / 10`` at most (5 ms to 100 ms), and an idle
+    node costs the SuperLink ten pulls a second.
+
+    Flower's loop also waits for the ClientApp's reply (and for the reply's
+    objects) by sleeping 0.5 s between looks at its in-memory state; with the
+    ClientApp warm in this process the reply is usually ready within
+    milliseconds, so that wait looks every :data:`REPLY_POLL_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self.last_activity = float("-inf")
+        #: Idle sleeps taken, and the last one (for tests and diagnostics).
+        self.idle_sleeps = 0
+        self.last_idle_sleep = None
+
+    def activity(self) -> None:
+        self.last_activity = _time.monotonic()
+
+    def idle_interval(self) -> float:
+        since = _time.monotonic() - self.last_activity
+        return min(IDLE_POLL_SECONDS, max(FAST_POLL_SECONDS, IDLE_POLL_FRACTION * since))
+
+    def sleep(self, seconds: float) -> None:
+        """Flower's ``time.sleep`` in its SuperNode loop: 3 s when idle, 0.5 s while waiting for a reply."""
+        if seconds >= 1.0:
+            interval = self.idle_interval()
+            self.idle_sleeps += 1
+            self.last_idle_sleep = interval
+            _time.sleep(interval)
+        else:
+            _time.sleep(min(seconds, REPLY_POLL_SECONDS))
+
+
+class _SuperNodeTime:
+    """The ``time`` module, as Flower's SuperNode loop sees it: its ``sleep`` is :class:`FleetPoll`'s."""
+
+    def __init__(self, poll: FleetPoll) -> None:
+        self.poll = poll
 
     def __getattr__(self, name: str):
         return getattr(_time, name)
 
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        _time.sleep(min(seconds, IDLE_POLL_SECONDS))
+    def sleep(self, seconds: float) -> None:
+        self.poll.sleep(seconds)
+
+
+#: The SuperNode's poll schedule in this process (set by :func:`tune_supernode_loop`).
+POLL: FleetPoll | None = None
+
+
+def tune_supernode_loop(on_message=None) -> FleetPoll:
+    """Activity-driven idle polling and a short reply wait in Flower's SuperNode loop (idempotent).
+
+    ``on_message`` is called each time the loop stored a message pulled from
+    the SuperLink with all its objects (the warm executor takes its task then).
+    """
+    global POLL
+    from flwr.supernode import start_client_internal as loop
+
+    if POLL is None:
+        POLL = FleetPoll()
+    poll = POLL
+    loop.time = _SuperNodeTime(poll)  # type: ignore[assignment]
+    flower_pull = getattr(loop, "_pull_and_store_message", None)
+    flower_push = getattr(loop, "_push_messages", None)
+    if flower_pull is None or flower_push is None or getattr(flower_pull, "_fedrisk", False):
+        return poll  # another Flower, or already tuned
+
+    def _pull_and_store_message(*args, **kwargs):
+        run_id = flower_pull(*args, **kwargs)
+        if run_id is not None:
+            poll.activity()
+            if on_message is not None:
+                on_message()
+        return run_id
+
+    def _push_messages(*args, **kwargs):
+        try:
+            return flower_push(*args, **kwargs)
+        finally:
+            poll.activity()
+
+    _pull_and_store_message._fedrisk = True  # type: ignore[attr-defined]
+    loop._pull_and_store_message = _pull_and_store_message
+    loop._push_messages = _push_messages
+    return poll
+
+
+def capture_node_state(holder: dict) -> bool:
+    """Keep the SuperNode's ``NodeStateFactory`` in ``holder["factory"]`` when Flower creates it.
+
+    ``flower-supernode`` makes the factory and hands it to ``start_client_internal``;
+    the warm executor, in this process, uses the same state through Flower's
+    Runtime API handlers instead of over HTTP.
+    """
+    import importlib
+
+    cli = importlib.import_module("flwr.supernode.cli.flower_supernode")  # the module, not the function of that name
+    flower_start = getattr(cli, "start_client_internal", None)
+    if flower_start is None:
+        return False  # another Flower: the executor stays on the Runtime HTTP API
+    if getattr(flower_start, "_fedrisk", False):
+        return True
+
+    def start_client_internal(*args, **kwargs):
+        holder["factory"] = kwargs.get("state_factory")
+        return flower_start(*args, **kwargs)
+
+    start_client_internal._fedrisk = True  # type: ignore[attr-defined]
+    cli.start_client_internal = start_client_internal
+    return True
 
 
 def _option(args: list[str], name: str, default: str) -> str:
@@ -191,7 +314,6 @@ def _option(args: list[str], name: str, default: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
     from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
@@ -204,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
             "Flower's subprocess isolation would install and run whatever app package the coordinator submits\n"
         )
         return 2
-    start_client_internal.time = _ShortSleepTime()  # type: ignore[assignment]
     shorten_object_pull_backoff()
     tune_fleet_link()
     drop_messages_of_stopped_runs()
@@ -222,7 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--isolation", "process"]
     runtime = f"{_option(args, '--host', '127.0.0.1')}:{_option(args, '--port', '9094')}"
     keep_supernode_alive_on_stale_tasks()
-    _guarded_executor(runtime).start()
+    holder: dict = {}
+
+    def node_state():
+        factory = holder.get("factory")
+        return factory.state() if factory is not None else None
+
+    executor = _guarded_executor(runtime, node_state if capture_node_state(holder) else None)
+    tune_supernode_loop(on_message=executor.notify)
+    executor.start()
     sys.argv = ["flower-supernode", *args]
     result = flower_supernode()
     return int(result or 0)

@@ -155,7 +155,7 @@ def build_secureboost_example(
     data, ex = _prepare(root, rows, seed, run_id)
     tables = {name: table for name, table in data.parties.items()}
     others = {p: tables[p] for p in FEATURE_HOLDERS}
-    model = train_secureboost(tables["bank"], others, context=make_context(), n_trees=trees, max_depth=depth, random_state=seed)
+    model = train_secureboost(tables["bank"], others, n_trees=trees, max_depth=depth, random_state=seed)
     arrays, meta = sb_label_holder_bundle(model.label_holder_)
     meta.update(run_id=run_id, party="bank", schema=tables["bank"].schema.to_dict())
     ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])

@@ -314,14 +314,21 @@ class PartyFanout:
         if not self.use_stream:
             return await self._call(request, timeout=deadline, wait_for_ready=False)
         try:
-            return await asyncio.wait_for(self._over_stream(request), deadline)
+            return await self._over_stream(request, deadline)
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             self.use_stream = False  # an older party: ask it one call at a time
             return await self._call(request, timeout=deadline, wait_for_ready=False)
 
-    async def _over_stream(self, request: pb.PartyScoreRequest) -> pb.PartyScoreResponse:
+    async def _over_stream(self, request: pb.PartyScoreRequest, deadline: float) -> pb.PartyScoreResponse:
+        """One request on the long-lived stream and its answer, within ``deadline`` seconds (else ``TimeoutError``).
+
+        The deadline is one timer on the answer's future — no ``wait_for`` task
+        per batch. Should the write itself still be blocked when it fires (the
+        party stopped reading), the stream is reset and the wait for the write
+        cancelled; either way the batch times out.
+        """
         loop = asyncio.get_running_loop()
         call = self._stream
         if call is None:
@@ -335,12 +342,36 @@ class PartyFanout:
         waiting = self._waiting
         fut: asyncio.Future[pb.PartyScoreResponse] = loop.create_future()
         waiting[request.request_id] = fut
+        expired = False
+        task = asyncio.current_task()
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+            if writing:  # a write blocked past the deadline: end it with the stream, and stop waiting for it
+                if self._stream is call:
+                    self._reset_stream()
+                if task is not None:
+                    task.cancel()
+
+        writing = True
+        timer = loop.call_later(deadline, expire)
         try:
             await call.write(request)
+            writing = False
             return await fut
         except asyncio.InvalidStateError:
+            if expired:
+                raise TimeoutError() from None
             raise _BrokenAnswer("the stream to the party closed") from None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            if expired and writing:
+                raise TimeoutError() from None
+            raise
         finally:
+            timer.cancel()
             waiting.pop(request.request_id, None)
 
     async def _read(self, call: grpc.aio.StreamStreamCall, waiting: dict[str, asyncio.Future[pb.PartyScoreResponse]]) -> None:

@@ -323,6 +323,7 @@ class Launcher:
                     await asyncio.wait_for(summary_task, 1.0)
             self.session = None
         if self.register is not None:
+            self.ready["register"] = self.register.stats()
             await self.register.close()
             self.register = None
         return code

@@ -34,6 +34,7 @@ bad input is an ``INVALID_ARGUMENT`` naming the field.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -451,27 +452,31 @@ class ScoringNode:
                 out.append(pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk"))
         return out
 
-    def _record(self, app: ValidApplication, d: pb.Decision) -> dict[str, Any]:
-        return {
-            "application_id": d.application_id,
-            "sme_id": d.sme_id,
-            "received_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "purpose": _PURPOSE_NAMES.get(app.purpose, "application"),
-            "outcome": _OUTCOME_NAMES[d.outcome],
-            "probability_of_default": d.probability_of_default,
-            "score": d.score,
-            "risk_band": d.risk_band,
-            "credit_limit": d.credit_limit,
-            "currency": d.currency,
-            "degraded": d.degraded,
-            "reasons": [[r.party, r.code] for r in d.reasons],
-            "parties": {p.party: _STATE_NAMES[p.state] for p in d.parties},
-            "applicant_declared_revenue": app.declared_revenue,
-            "applicant_requested_amount": app.requested_amount,
-            "model_version": d.model_version,
-            "policy_version": d.policy_version,
-            "latency_ms": round(d.latency_ms, 3),
-        }
+    def _record(self, app: ValidApplication, d: pb.Decision) -> list[Any]:
+        """The register row of a decision, in the register's column order (reasons and parties as canonical JSON)."""
+        return [
+            d.application_id,
+            d.sme_id,
+            datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            _PURPOSE_NAMES.get(app.purpose, "application"),
+            _OUTCOME_NAMES[d.outcome],
+            d.probability_of_default,
+            d.score,
+            d.risk_band,
+            d.credit_limit,
+            d.currency,
+            int(d.degraded),
+            _json([[r.party, r.code] for r in d.reasons]),
+            _json({p.party: _STATE_NAMES[p.state] for p in d.parties}),
+            app.declared_revenue,
+            app.requested_amount,
+            d.model_version,
+            d.policy_version,
+            round(d.latency_ms, 3),
+        ]
+
+
+_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # as register.as_row encodes reasons and parties
 
 
 def _range_reference(table: FeatureLookup | None, n_features: int) -> tuple[list[float], list[float]]:

@@ -17,6 +17,7 @@ aborting the stream; an SME the bank's table does not hold comes back as
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import time
@@ -43,7 +44,7 @@ from fedrisk.parties.scoring.client import ScoringClient
 from fedrisk.parties.scoring.validation import normalise_id
 from fedrisk.v1 import scoring_pb2 as pb
 
-__all__ = ["read_id_table", "run_batch", "run_watch"]
+__all__ = ["book_stability", "compare_books", "read_id_table", "run_batch", "run_watch"]
 
 _ID_COLUMNS = ("sme_id", "credit_code", "id")
 _PD_COLUMNS = ("previous_pd", "probability_of_default", "pd")
@@ -190,6 +191,73 @@ def run_batch(
     }
 
 
+#: Columns of a book holding one party's partial score (its share of the log-odds).
+PARTIAL_PREFIX = "partial_"
+
+
+def _stability_columns(df: pd.DataFrame, *, current: bool) -> dict[str, str]:
+    """What a book can be compared on: ``pd``, ``score`` and each ``partial_<party>``, mapped to its column."""
+    cols = list(df.columns)
+    pd_names = ("current_pd",) + _PD_COLUMNS if current else _PD_COLUMNS
+    score_names = ("current_score",) + _SCORE_COLUMNS if current else _SCORE_COLUMNS
+    out = {}
+    for key, names in (("pd", pd_names), ("score", score_names)):
+        found = next((c for c in names if c in cols), None)
+        if found:
+            out[key] = found
+    for c in cols:
+        if c.startswith(PARTIAL_PREFIX) and len(c) > len(PARTIAL_PREFIX):
+            out[c] = c
+    return out
+
+
+def book_stability(baseline: pd.DataFrame, current: pd.DataFrame, *, bins: int = 10) -> dict[str, dict[str, Any]]:
+    """Population stability (PSI) between two books: of the PD, the score and each party's partial score.
+
+    Parameters
+    ----------
+    baseline, current : DataFrame
+        Books with a PD column (``previous_pd`` / ``probability_of_default`` / ``pd``;
+        ``current_pd`` first in the current book), optionally a score column and
+        ``partial_<party>`` columns (a party's share of the log-odds).
+    bins : int
+        Quantile bins of the baseline.
+
+    Returns
+    -------
+    dict
+        ``pd``, ``score`` and ``partial_<party>`` → :func:`fedrisk.models.report.population_stability`,
+        for every quantity both books hold.
+    """
+    from fedrisk.models.report import population_stability
+
+    base_cols = _stability_columns(baseline, current=False)
+    cur_cols = _stability_columns(current, current=True)
+    out = {}
+    for key in [k for k in base_cols if k in cur_cols]:
+        e = pd.to_numeric(baseline[base_cols[key]], errors="coerce")
+        a = pd.to_numeric(current[cur_cols[key]], errors="coerce")
+        out[key] = population_stability(e, a, bins=bins)
+    return out
+
+
+def compare_books(baseline_csv: str | Path, current_csv: str | Path, out_dir: str | Path, *, id_column: str | None = None,
+                  bins: int = 10) -> dict[str, Any]:
+    """PSI between two stored books (no rescoring): ``psi.json`` in ``out_dir``; returns the summary."""
+    started = time.perf_counter()
+    base = read_id_table(baseline_csv, id_column)
+    cur = read_id_table(current_csv, id_column)
+    psi = book_stability(base, cur, bins=bins)
+    if not psi:
+        raise ConfigError(f"{Path(baseline_csv).name} and {Path(current_csv).name} share no PD, score or partial_<party> column to compare")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    psi_path = folder / "psi.json"
+    psi_path.write_text(json.dumps(psi, indent=1, sort_keys=True))
+    return {"psi": {k: round(v["psi"], 6) for k, v in psi.items()}, "psi_verdict": {k: v["verdict"] for k, v in psi.items()},
+            "psi_json": str(psi_path), "baseline_rows": len(base), "rows": len(cur), "seconds": round(time.perf_counter() - started, 3)}
+
+
 def run_watch(
     client: ScoringClient,
     book_csv: str | Path,
@@ -198,14 +266,24 @@ def run_watch(
     pd_threshold: float,
     min_rise: float = 0.0,
     id_column: str | None = None,
+    baseline: str | Path | None = None,
+    psi_bins: int = 10,
     progress: bool = True,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Rescore a book; flag borrowers whose PD rose to ``pd_threshold`` or above.
+    """Rescore a book; flag borrowers whose PD rose to ``pd_threshold`` or above; population stability.
 
     A borrower is flagged when its current PD is at least ``pd_threshold``, it
     is higher than its previous PD by more than ``min_rise``, and the previous PD
     was below the threshold (it *crossed* it) or ``min_rise`` > 0 (it keeps rising).
+
+    Population stability (``psi`` in the summary, ``psi.json`` in ``out_dir``):
+    PSI of the PD and score between the baseline book — ``baseline`` if given,
+    else the book's own previous columns — and the rescored book, and of each
+    party's partial score (``partial_<party>`` columns) where both books hold
+    them. The scoring node's decisions do not carry per-party partial scores,
+    so for those the current book must be given with ``partial_`` columns too
+    (``fedrisk score watch BOOK --baseline OLD --no-rescore`` compares two stored books, :func:`compare_books`).
     """
     if not 0.0 < pd_threshold < 1.0:
         raise ConfigError(f"--pd-threshold must be in (0, 1), got {pd_threshold}")
@@ -246,7 +324,15 @@ def run_watch(
     png_path = folder / "score_shift.png"
     _plot(out, png_path, pd_threshold, use_score=previous_score is not None)
     ok = out[out["status"] == "ok"]
+    current = ok
+    base_df = read_id_table(baseline, id_column) if baseline is not None else df
+    psi = book_stability(base_df, current, bins=psi_bins) if len(current) else {}
+    psi_path = folder / "psi.json"
+    psi_path.write_text(json.dumps(psi, indent=1, sort_keys=True))
     return {
+        "psi": {k: round(v["psi"], 6) for k, v in psi.items()},
+        "psi_verdict": {k: v["verdict"] for k, v in psi.items()},
+        "psi_json": str(psi_path),
         "rows": len(out),
         "rescored": len(ok),
         "flagged": int(ok["flagged"].sum()),

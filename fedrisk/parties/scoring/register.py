@@ -30,6 +30,8 @@ import socket
 import sqlite3
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +86,7 @@ CREATE TRIGGER IF NOT EXISTS applications_no_delete BEFORE DELETE ON application
 BEGIN SELECT RAISE(ABORT, 'the application register is append-only'); END;
 """
 _MAX_FRAME = 8 * 1024 * 1024
+_INSERT = f"INSERT INTO applications ({', '.join(_COLUMNS)}, prev_hash, row_hash) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})"
 _REASONS, _PARTIES, _DEGRADED, _APP_ID = (_COLUMNS.index(c) for c in ("reasons", "parties", "degraded", "application_id"))
 
 
@@ -147,14 +150,31 @@ class SqliteRegister:
         self._last = row[0] if row else _GENESIS
 
     def append(self, records: Sequence[Mapping[str, Any] | Sequence[Any]]) -> list[bool]:
-        """Append records in one transaction; ``False`` where the application ID was already recorded."""
+        """Append records in one transaction; ``False`` where the application ID was already recorded.
+
+        The batch is inserted optimistically (application IDs are unique in the
+        table, so a duplicate aborts the transaction); only then is it redone
+        with a look-up of the IDs already recorded — one query less per commit
+        in the usual case.
+        """
         rows = [as_row(r) for r in records]
-        ids = [row[_APP_ID] for row in rows]
-        sql = f"INSERT INTO applications ({', '.join(_COLUMNS)}, prev_hash, row_hash) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})"
-        last = self._last
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            seen = {r[0] for r in self._db.execute(f"SELECT application_id FROM applications WHERE application_id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
+            return self._append(rows, lookup=False)
+        except sqlite3.IntegrityError:
+            pass
+        except (sqlite3.Error, ValueError) as exc:
+            raise LedgerError(f"application register {self.path}: write failed: {exc}") from None
+        try:
+            return self._append(rows, lookup=True)
+        except (sqlite3.Error, ValueError) as exc:
+            raise LedgerError(f"application register {self.path}: write failed: {exc}") from None
+
+    def _append(self, rows: list[list[Any]], *, lookup: bool) -> list[bool]:
+        ids = [row[_APP_ID] for row in rows]
+        last = self._last
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            seen = {r[0] for r in self._db.execute(f"SELECT application_id FROM applications WHERE application_id IN ({', '.join('?' * len(ids))})", ids)} if ids and lookup else set()
             results: list[bool] = []
             values = []
             for row, app_id in zip(rows, ids):
@@ -166,14 +186,14 @@ class SqliteRegister:
                 values.append([*row, last, digest])
                 last = digest
                 results.append(True)
-            self._db.executemany(sql, values)
+            self._db.executemany(_INSERT, values)
             self._db.execute("COMMIT")
-        except (sqlite3.Error, ValueError) as exc:
+        except BaseException:
             try:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            raise LedgerError(f"application register {self.path}: write failed: {exc}") from None
+            raise
         self._last = last
         return results
 
@@ -215,9 +235,9 @@ def verify_register(path: str | Path) -> list[str]:
 
 
 class Register(Protocol):
-    """What the scoring node records through."""
+    """What the scoring node records through (a record: a mapping by column, or a row in column order)."""
 
-    async def record(self, record: Mapping[str, Any]) -> None: ...
+    async def record(self, record: Mapping[str, Any] | Sequence[Any]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -362,6 +382,24 @@ class RegisterServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.commits = 0
+        self.records = 0
+        self._commit_ms: deque[float] = deque(maxlen=20_000)
+
+    def stats(self) -> dict[str, float]:
+        """Group commits so far: how many, records per commit, and how long a commit took (ms)."""
+        lat = sorted(self._commit_ms)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else 0.0
+
+        return {
+            "commits": self.commits,
+            "records": self.records,
+            "mean_batch": round(self.records / self.commits, 2) if self.commits else 0.0,
+            "commit_p50_ms": pct(0.5),
+            "commit_p99_ms": pct(0.99),
+        }
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -400,7 +438,12 @@ class RegisterServer:
                 records = frame["records"]
                 if not isinstance(records, list):
                     raise LedgerError("register frame without a list of records")
-                reply = {"id": frame.get("id"), "results": self._sqlite.append(records)}
+                t0 = time.perf_counter()
+                results = self._sqlite.append(records)
+                self._commit_ms.append((time.perf_counter() - t0) * 1000.0)
+                self.commits += 1
+                self.records += len(records)
+                reply = {"id": frame.get("id"), "results": results}
             except (LedgerError, KeyError, TypeError, ValueError) as exc:
                 reply = {"id": None, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
             try:

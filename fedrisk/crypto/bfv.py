@@ -1,0 +1,366 @@
+"""BFV primitives for exact encrypted sums (hazmat: the histogram kernel's scheme).
+
+Why BFV and not CKKS for histograms: a CKKS decryption returns the message *plus*
+its evaluation noise, and that noise is a function of which rows the feature
+holder summed, so it has to be flooded — and every bit of flooding costs a bit of
+the totals' precision (:mod:`fedrisk.crypto.encrypted_histogram` measured the
+ceiling at ≈19 bits of statistical security over a run). BFV keeps the message
+``m`` (integers mod ``t``) in the high bits, ``Δ·m + v`` with ``Δ = ⌊q/t⌋``,
+apart from the noise ``v``: the noise can be flooded with a uniform term far
+larger than ``v`` and still far smaller than ``Δ/2``, and the decryption stays
+exact. The flooding costs modulus, not precision.
+
+Parameters (fixed, one recipe): ``N = 16384``, six 60-bit primes (five data
+primes, 300 bits, plus the special prime; SEAL's 128-bit bound for ``N = 16384``
+is 438 bits), plaintext modulus ``t`` a 59-bit batching prime. Slots form a
+2 × 8192 matrix; rows rotate cyclically, columns swap.
+
+Galois keys are made for exactly the steps the kernel uses — row rotations by
+``2^k`` (``k = 0 … 12``) and the column swap — not TenSEAL's default set (27
+keys, 200 MB at these parameters): 14 keys, ≈106 MB, sent once per run to each
+feature holder. TenSEAL cannot generate a chosen set, so :func:`make_bfv_context`
+makes them with SEAL's key generator and places them in the TenSEAL context's own
+serialisation (its ``galois_keys`` field), so the context object travels and
+loads like any other.
+
+Raw coefficient access (:func:`add_to_c0`) writes into a ciphertext's memory
+through the pointer SEAL exposes; it is the one place where fedrisk touches
+ciphertext internals, and it checks form, size and modulus count first.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as sa
+
+from fedrisk.crypto.encrypted_matvec import _ByteBridge, context_fingerprint
+from fedrisk.errors import CryptoError
+
+__all__ = [
+    "COEFF_MOD_BITS",
+    "PLAIN_MODULUS_BITS",
+    "POLY_DEGREE",
+    "ROW_STEPS",
+    "BFVRuntime",
+    "add_to_c0",
+    "make_bfv_context",
+    "public_bfv_context_bytes",
+    "uniform_noise_rns",
+]
+
+POLY_DEGREE = 16384
+COEFF_MOD_BITS = (60, 60, 60, 60, 60, 60)
+PLAIN_MODULUS_BITS = 59
+ROW_STEPS = tuple(2**k for k in range(13))
+"""Row-rotation steps with a Galois key (every power of two below 8192)."""
+
+_RT_CACHE: "weakref.WeakKeyDictionary[ts.Context, BFVRuntime]" = weakref.WeakKeyDictionary()
+
+
+def _galois_elements(n: int) -> list[int]:
+    """SEAL's Galois elements for the row rotations in :data:`ROW_STEPS` and the column swap."""
+    m = 2 * n
+    return [pow(3, step, m) for step in ROW_STEPS] + [m - 1]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise CryptoError("BFV context serialisation is malformed")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Top-level protobuf fields (varint, 64-bit and length-delimited only)."""
+    out: list[tuple[int, int, bytes | int]] = []
+    i = 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+            out.append((field, wire, value))
+        elif wire == 1:
+            out.append((field, wire, buf[i : i + 8]))
+            i += 8
+        elif wire == 2:
+            size, i = _read_varint(buf, i)
+            out.append((field, wire, buf[i : i + size]))
+            i += size
+        else:
+            raise CryptoError("BFV context serialisation is malformed")
+    return out
+
+
+def _encode_fields(fields: Sequence[tuple[int, int, bytes | int]]) -> bytes:
+    out = bytearray()
+    for field, wire, value in fields:
+        out += _varint(field << 3 | wire)
+        if wire == 0:
+            out += _varint(int(value))  # type: ignore[arg-type]
+        elif wire == 1:
+            out += bytes(value)  # type: ignore[arg-type]
+        else:
+            out += _varint(len(value)) + bytes(value)  # type: ignore[arg-type]
+    return bytes(out)
+
+
+def _with_galois_keys(serialised: bytes, galois: bytes) -> bytes:
+    """A TenSEAL context serialisation with ``galois`` as its Galois keys (TenSEALPublicProto field 5)."""
+    fields = []
+    for field, wire, value in _fields(serialised):
+        if field == 2 and wire == 2:
+            sub = [f for f in _fields(value) if f[0] != 5] + [(5, 2, galois)]  # type: ignore[arg-type]
+            value = _encode_fields(sub)
+        fields.append((field, wire, value))
+    return _encode_fields(fields)
+
+
+def make_bfv_context() -> ts.Context:
+    """A key holder's fresh secret BFV context with the kernel's Galois keys (see the module docstring).
+
+    The Galois keys are also kept in SEAL's seeded form (half the size), which
+    :func:`public_bfv_context_bytes` sends.
+    """
+    plain = sa.PlainModulus.Batching(POLY_DEGREE, PLAIN_MODULUS_BITS).value()
+    context = ts.context(ts.SCHEME_TYPE.BFV, POLY_DEGREE, plain, coeff_mod_bit_sizes=list(COEFF_MOD_BITS))
+    io = _ByteBridge()
+    seal = _seal_context(context, io)
+    secret = sa.SecretKey()
+    io.load(io.save(context.data.secret_key().save), lambda p: secret.load(seal, p))
+    seeded = io.save(sa.KeyGenerator(seal, secret).create_galois_keys(_galois_elements(POLY_DEGREE)).save)
+    blob = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    context = ts.context_from(_with_galois_keys(blob, seeded))
+    context._fedrisk_seeded_galois = seeded  # type: ignore[attr-defined]
+    return context
+
+
+def public_bfv_context_bytes(context: ts.Context, *, galois: bool) -> bytes:
+    """The public copy of a BFV context, with the kernel's Galois keys in seeded form if ``galois``."""
+    blob = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    if not galois:
+        return blob
+    seeded = getattr(context, "_fedrisk_seeded_galois", None)
+    if seeded is None:
+        if not context.has_galois_keys():
+            raise CryptoError("this BFV context has no Galois keys to share")
+        return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+    return _with_galois_keys(blob, seeded)
+
+
+def _seal_context(context: ts.Context, io: _ByteBridge) -> Any:
+    parms = sa.EncryptionParameters(sa.SCHEME_TYPE.BFV)
+    io.load(io.save(context.seal_context().data.key_context_data().parms().save), parms.load)
+    if parms.scheme() != sa.SCHEME_TYPE.BFV:
+        raise CryptoError("expected a BFV context")
+    seal = sa.SEALContext(parms, True, sa.SEC_LEVEL_TYPE.TC128)
+    if not seal.parameters_set():
+        raise CryptoError("BFV context parameters are not valid for SEAL")
+    return seal
+
+
+class BFVRuntime:
+    """SEAL objects for one TenSEAL BFV context: evaluator, batch encoder, public key, Galois keys.
+
+    The secret key is loaded only on a private context, only by :meth:`decrypt`.
+    Use :meth:`for_context` to share one runtime per context.
+    """
+
+    def __init__(self, context: ts.Context) -> None:
+        self.fingerprint = context_fingerprint(context)
+        self._context_ref = weakref.ref(context)
+        self._io = _ByteBridge()
+        self.seal = _seal_context(context, self._io)
+        self.evaluator = sa.Evaluator(self.seal)
+        self.encoder = sa.BatchEncoder(self.seal)
+        self.slots = int(self.encoder.slot_count())
+        self.row_slots = self.slots // 2
+        data = self.seal.first_context_data()
+        self.plain_modulus = int(data.parms().plain_modulus().value())
+        self.parms_ids: list[Any] = []
+        self.moduli: list[list[int]] = []
+        while data is not None:
+            self.parms_ids.append(data.parms_id())
+            self.moduli.append([int(m.value()) for m in data.parms().coeff_modulus()])
+            data = data.next_context_data()
+        self.public_key: Any = None
+        self._encryptor: Any = None
+        if context.has_public_key():
+            pk = sa.PublicKey()
+            self._io.load(self._io.save(context.data.public_key().save), lambda p: pk.load(self.seal, p))
+            self.public_key = pk
+            self._encryptor = sa.Encryptor(self.seal, pk)
+        self._has_galois = bool(context.has_galois_keys())
+        self._galois: Any = None
+        self._decryptor: Any = None
+
+    @classmethod
+    def for_context(cls, context: ts.Context) -> BFVRuntime:
+        runtime = _RT_CACHE.get(context)
+        if runtime is None:
+            runtime = cls(context)
+            _RT_CACHE[context] = runtime
+        return runtime
+
+    @property
+    def has_galois_keys(self) -> bool:
+        return self._has_galois
+
+    @property
+    def galois_keys(self) -> Any:
+        if self._galois is None:
+            context = self._context_ref()
+            if not self._has_galois or context is None:
+                raise CryptoError("BFV context has no Galois keys; the histogram kernel needs rotations")
+            keys = sa.GaloisKeys()
+            self._io.load(self._io.save(context.data.galois_keys().save), lambda p: keys.load(self.seal, p))
+            for elt in _galois_elements(POLY_DEGREE):
+                if not keys.has_key(elt):
+                    raise CryptoError("BFV context lacks a Galois key the histogram kernel needs")
+            self._galois = keys
+        return self._galois
+
+    def level_of(self, ct: Any) -> int:
+        pid = ct.parms_id()
+        for i, cand in enumerate(self.parms_ids):
+            if cand == pid:
+                return i
+        raise CryptoError("ciphertext is not at any level of this BFV context")
+
+    def load(self, blob: bytes) -> Any:
+        ct = sa.Ciphertext()
+        try:
+            self._io.load(blob, lambda p: ct.load(self.seal, p))
+        except Exception as exc:  # SEAL raises ValueError/RuntimeError/IOError
+            raise CryptoError(f"ciphertext does not load under this BFV context: {exc}") from None
+        if ct.size() != 2 or ct.is_ntt_form():
+            raise CryptoError("BFV ciphertext must have two polynomials in coefficient form")
+        return ct
+
+    def dump(self, ct: Any) -> bytes:
+        return self._io.save(ct.save)
+
+    def encode(self, values: np.ndarray) -> Any:
+        """Batch-encode up to :attr:`slots` integers (reduced mod ``t``)."""
+        vals = np.zeros(self.slots, dtype=np.int64)
+        arr = np.asarray(values, dtype=np.int64).ravel()
+        vals[: arr.size] = arr
+        pt = sa.Plaintext()
+        self.encoder.encode(vals.tolist(), pt)
+        return pt
+
+    def encode_ntt(self, values: np.ndarray, level: int = 0) -> Any:
+        """:meth:`encode`, then to NTT form at ``level`` (for products with NTT-form ciphertexts)."""
+        pt = self.encode(values)
+        self.evaluator.transform_to_ntt_inplace(pt, self.parms_ids[level])
+        return pt
+
+    def encrypt(self, values: np.ndarray) -> Any:
+        if self._encryptor is None:
+            raise CryptoError("BFV context has no public key; cannot encrypt")
+        ct = sa.Ciphertext()
+        self._encryptor.encrypt(self.encode(values), ct)
+        return ct
+
+    def encrypt_zero(self, level: int = 0) -> Any:
+        if self._encryptor is None:
+            raise CryptoError("BFV context has no public key; cannot encrypt")
+        ct = sa.Ciphertext()
+        self._encryptor.encrypt_zero(self.parms_ids[level], ct)
+        return ct
+
+    def decrypt(self, ct: Any) -> np.ndarray:
+        """Decrypt and decode to centred integers in ``(−t/2, t/2]`` (key holder only)."""
+        if self._decryptor is None:
+            context = self._context_ref()
+            if context is None or not context.is_private():
+                raise CryptoError("this BFV context holds no secret key; it cannot decrypt")
+            secret = sa.SecretKey()
+            self._io.load(self._io.save(context.data.secret_key().save), lambda p: secret.load(self.seal, p))
+            self._decryptor = sa.Decryptor(self.seal, secret)
+        pt = sa.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        return np.asarray(self.encoder.decode_int64(pt), dtype=np.int64)
+
+    def noise_budget(self, ct: Any) -> int:
+        """SEAL's invariant noise budget in bits (key holder only; for tests and measurements)."""
+        self.decrypt(ct)  # loads the decryptor or raises
+        return int(self._decryptor.invariant_noise_budget(ct))
+
+
+def uniform_noise_rns(moduli: Sequence[int], n: int, bits: int) -> np.ndarray:
+    """``n`` independent uniform integers in ``[−2^bits, 2^bits)`` (``os.urandom``), reduced mod each prime.
+
+    Returns an array ``(len(moduli), n)`` of uint64, the noise's RNS form.
+    """
+    if not 0 <= bits < 127:
+        raise CryptoError(f"flooding width must be 0..126 bits, got {bits}")
+    width = bits + 1
+    raw = np.frombuffer(os.urandom(16 * n), dtype="<u8").reshape(n, 2)
+    if width <= 64:
+        uniform = (raw[:, 0] & np.uint64((1 << width) - 1)).astype(object)
+    else:
+        high = raw[:, 1] & np.uint64((1 << (width - 64)) - 1)
+        uniform = (high.astype(object) << 64) | raw[:, 0].astype(object)
+    centred = uniform - (1 << bits)
+    return np.array([(centred % q).astype(np.uint64) for q in moduli], dtype=np.uint64)
+
+
+def add_to_c0(runtime: BFVRuntime, ct: Any, noise_rns: np.ndarray) -> None:
+    """``c0 += noise`` coefficient-wise, in place, on a coefficient-form BFV ciphertext.
+
+    Adds to ``c0 + c1·s = Δ·m + v`` exactly the noise polynomial: the message is
+    unchanged while ``|v + noise| < Δ/2``. SEAL's Python binding gives no write
+    access to coefficients, so the noise is loaded as the data of a ciphertext
+    ``(noise, 0)`` with ``ct``'s parameters (SEAL's own uncompressed array format)
+    and added with SEAL's evaluator, which reduces mod each prime.
+    """
+    level = runtime.level_of(ct)
+    k, n = len(runtime.moduli[level]), int(ct.poly_modulus_degree())
+    if ct.is_ntt_form() or ct.size() != 2 or int(ct.coeff_modulus_size()) != k or noise_rns.shape != (k, n):
+        raise CryptoError("flooding needs a two-polynomial coefficient-form ciphertext matching the noise's moduli")
+    if np.any(noise_rns >= np.asarray(runtime.moduli[level], dtype=np.uint64)[:, None]):
+        raise CryptoError("flooding noise is not reduced mod the ciphertext's primes")
+    flood = sa.Ciphertext(runtime.seal, runtime.parms_ids[level])
+    flood.resize(runtime.seal, runtime.parms_ids[level], 2)  # (0, 0) with ct's parameters, coefficient form
+    data = np.concatenate([noise_rns.astype("<u8").ravel(), np.zeros(k * n, dtype="<u8")])
+    body = struct.pack("<Q", data.size) + data.tobytes()
+    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body))
+    runtime._io.load(header + body, flood.dyn_array().load)
+    runtime.evaluator.add_inplace(ct, flood)
+
+
+def _seal_version() -> tuple[int, int]:
+    """SEAL's serialisation version, read from a header SEAL itself writes."""
+    blob = _ByteBridge().save(sa.DynArray(1).save)
+    magic, size, major, minor = struct.unpack("<HBBB", blob[:5])
+    if magic != _SEAL_MAGIC or size != 16:
+        raise CryptoError("unexpected SEAL serialisation header")
+    return major, minor
+
+
+_SEAL_MAGIC = 0xA15E
+_SEAL_VERSION = _seal_version()
