@@ -1,7 +1,8 @@
 """Benchmark: one coordinator -> party -> coordinator exchange on the Deployment Engine.
 
 Deploys a real federation on loopback (:class:`fedrisk.federation.local.LocalFederation`):
-Flower's SuperLink with TLS and SuperNode authentication, three parties each with
+Flower's SuperLink (through fedrisk's entry point, :mod:`fedrisk.federation.superlink`)
+with TLS and SuperNode authentication, three parties each with
 its warm party process and fedrisk's SuperNode, every ledger on (the coordinator's
 ``LedgeredGrid`` and each party's ledger mod). The fedrisk ServerApp runs in
 ``echo`` mode (:func:`fedrisk.federation.server_app.run_echo`): one *exchange*
@@ -19,11 +20,16 @@ Prints one JSON object (the last stdout line): ``p50_ms``, ``p99_ms``,
 same keys for 1 KB, 1 MB and 10 MB, ``inprocess`` (the reference figures per size),
 ``goal_p50_ms`` / ``goal_p99_ms`` and the conditions. ``mb_per_s`` counts payload
 bytes that crossed the wire both ways (to and from every party) per second of
-exchange. ``--quick`` runs fewer exchanges.
+exchange. ``--quick`` runs fewer exchanges. ``cpu_ms_per_exchange`` is the CPU
+each process spent per exchange: the SuperLink and its SuperExec on their own,
+the coordinator (``flwr-serverapp``) for its timed loop, the SuperNodes and the
+party processes with their children. ``--flower-superlink`` runs the same with
+a SuperLink that serves Flower's own per-object calls on Flower's SQLite state
+(how it ran before fedrisk's SuperLink extension), for comparison.
 
 Usage::
 
-    python benchmarks/exchange.py [--quick] [--small N] [--medium N] [--large N] [--parties 3]
+    python benchmarks/exchange.py [--quick] [--small N] [--medium N] [--large N] [--parties 3] [--flower-superlink]
 """
 
 from __future__ import annotations
@@ -92,58 +98,84 @@ def echo_config(counts: list[int], warmup: int, sizes: tuple[int, ...] = SIZES) 
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its waited-for children (Linux /proc), 0 once it is gone."""
+def _cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU of a process (and of its waited-for children), from Linux /proc; 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().decode(errors="replace").rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(v) for v in fields[11:15]) / ticks  # utime, stime, cutime, cstime
-
-
-def _federation_pids(federation) -> dict[str, list[int]]:
-    from fedrisk.federation.local import _descendants
-
-    link = federation.superlink.popen.pid
-    return {
-        "superlink": [link, *(p for p in _descendants(link))],
-        "supernodes": [n.supernode_process.popen.pid for n in federation.nodes],
-        "party_processes": [n.party_process.popen.pid for n in federation.nodes],
-    }
+    return sum(int(v) for v in fields[11 : 15 if children else 13]) / ticks  # utime, stime[, cutime, cstime]
 
 
 def _cpu(federation) -> dict[str, float]:
-    return {role: sum(_cpu_seconds(p) for p in pids) for role, pids in _federation_pids(federation).items()}
+    """CPU seconds so far per role. The SuperLink and its SuperExec count alone: the coordinator
+    (``flwr-serverapp``, their child) reports its own CPU for the timed exchanges (``coordinator``)."""
+    from fedrisk.federation.local import _cmdline, _descendants
+
+    link = federation.superlink.popen.pid
+    return {
+        "superlink": _cpu_seconds(link, children=False),
+        "superexec": sum(_cpu_seconds(p, children=False) for p in _descendants(link) if "flower-superexec" in _cmdline(p)),
+        "supernodes": sum(_cpu_seconds(n.supernode_process.popen.pid) for n in federation.nodes),
+        "party_processes": sum(_cpu_seconds(n.party_process.popen.pid) for n in federation.nodes),
+    }
 
 
-def deployed(root: Path, n_parties: int, counts: list[int], warmup: int) -> tuple[list[dict], float]:
+def _flower_superlink(federation_class):
+    """``LocalFederation`` whose SuperLink serves Flower's calls only, on Flower's SQLite state (``--flower-superlink``).
+
+    The same fedrisk entry point with ``--no-bundles`` and ``--database FILE``:
+    fedrisk's SuperNode and ServerApp then fall back to Flower's per-object
+    calls and short polls, as before fedrisk's SuperLink extension existed.
+    """
+
+    class FlowerSuperLinkFederation(federation_class):
+        def _spawn(self, name, argv):
+            if name == "superlink":
+                argv = list(argv)
+                at = argv.index("--node-registry")
+                del argv[at : at + 2]
+                argv[argv.index("--database") + 1] = str(self.run_dir / "flwr" / "superlink.db")
+                argv.append("--no-bundles")
+            return super()._spawn(name, argv)
+
+    return FlowerSuperLinkFederation
+
+
+def deployed(root: Path, n_parties: int, counts: list[int], warmup: int, *, flower_superlink: bool = False) -> tuple[list[dict], float]:
     """One run per payload size on one deployed federation, with the CPU every process spent on it.
 
-    A run with no exchanges first measures what a run costs besides its
-    exchanges (submission, discovery, ledger close); it is subtracted.
+    Two runs with no exchanges come first: one that pays the processes' one-time
+    costs (imports, first connections), and one that measures what a run costs
+    besides its exchanges (submission, discovery, app check, ledger close); the
+    second is subtracted. What is left is divided by the exchanges (warm-up
+    included); it can come out slightly negative for a process that spends
+    almost nothing per exchange (the noise of the subtraction), and is reported as is.
     """
     from fedrisk.federation.local import LocalFederation
 
+    if flower_superlink:
+        LocalFederation = _flower_superlink(LocalFederation)  # noqa: N806
     settings = parties(root, n_parties)
     results = []
     started = time.perf_counter()
     with LocalFederation(root / "run", settings, echo_config([0], 0, (SIZES[0],)), log=lambda line: print(line, file=sys.stderr)) as federation:
         baseline = None
-        for size, count in [(SIZES[0], 0), *zip(SIZES, counts)]:
-            config = {**echo_config([count], warmup if count else 0, (size,)), "fedrisk-run-id": f"bench-exchange-{size}-{count}"}
+        for i, (size, count) in enumerate([(SIZES[0], 0), (SIZES[0], 0), *zip(SIZES, counts)]):
+            config = {**echo_config([count], warmup if count else 0, (size,)), "fedrisk-run-id": f"bench-exchange-{i}-{size}-{count}"}
             before = _cpu(federation)
             result = federation.run(run_config=config, timeout=3600)
             after = _cpu(federation)
             cpu = {role: after[role] - before[role] for role in after}
             entry = dict(result["echo"][0])
             entry["cpu_s"] = cpu
-            if baseline is None:
+            if i < 2:
                 baseline = cpu
                 continue
             n = count + entry.get("warmup", 0)
-            per = {role: max(0.0, cpu[role] - baseline[role]) / n * 1000 for role in cpu}
+            per = {role: (cpu[role] - baseline[role]) / n * 1000 for role in cpu}
             per["coordinator"] = entry.get("coordinator_cpu_s", 0.0) / n * 1000
             entry["cpu_ms_per_exchange"] = {k: round(v, 2) for k, v in per.items()}
             entry["cpu_ms_per_exchange"]["total"] = round(sum(per.values()), 2)
@@ -173,14 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parties", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (logs, ledgers)")
+    parser.add_argument(
+        "--flower-superlink", action="store_true",
+        help="for comparison: the SuperLink serves Flower's per-object calls only, on Flower's SQLite state",
+    )
     args = parser.parse_args(argv)
     defaults = (60, 10, 4) if args.quick else (300, 30, 10)
     counts = [args.small or defaults[0], args.medium or defaults[1], args.large or defaults[2]]
 
     started = time.perf_counter()
+    load_before = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="fedrisk-bench-exchange-") as tmp:
         root = args.keep.resolve() if args.keep else Path(tmp)
-        echoes, deployed_s = deployed(root, args.parties, counts, args.warmup)
+        echoes, deployed_s = deployed(root, args.parties, counts, args.warmup, flower_superlink=args.flower_superlink)
         reference = in_process(root, args.parties, counts, args.warmup)
 
     sizes = {
@@ -205,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         "goal_p99_ms": GOAL_P99_MS,
         "parties": args.parties,
         "transport": "Flower 1.39 Deployment Engine, gRPC+TLS on loopback, node auth, ledgers on",
+        "superlink": (
+            "fedrisk entry point serving Flower's calls only, SQLite state (--flower-superlink)" if args.flower_superlink
+            else "fedrisk entry point: bundled long-poll calls, in-memory state, node registry"
+        ),
         "deployed_seconds": round(deployed_s, 1),
         "seconds_total": round(time.perf_counter() - started, 1),
         "load_average": round(os.getloadavg()[0], 2),
+        # 1, 5 and 15-minute load averages of this (shared) machine before and after the run.
+        "load_averages": {"before": load_before, "after": [round(v, 2) for v in os.getloadavg()]},
     }
     print(json.dumps(out))
     return 0

@@ -20,6 +20,11 @@ features, one feature holder ``tax_bureau`` 10 features), stratified 80/20 hold-
   direction, scorecard coefficients with the wrong sign, and (unless
   ``--no-trees``) pairs of grid points where a monotone-constrained vertical
   SecureBoost's prediction moves against a feature's declared direction (goal 0).
+* **Points** (:class:`fedrisk.models.points.PointsScorecard`, PDO 20, 600 points at
+  50 : 1): ``points_table_rows`` (rows of every party's points table, bins plus the
+  bank's base row) and ``score_matches_logodds`` — the summed points of every
+  held-out row, from the raw features, equal ``offset − factor·z`` of the trained
+  LR's log-odds ``z`` to 1e-9 (``points_score_max_abs_diff``).
 * ``auc_base`` / ``auc_stacking``: from ``fedrisk.models.stacking.benchmark_stacking``
   when it is importable (it receives ``guest``, ``host``, ``train``, ``test`` —
   DataFrames indexed by ``id`` and the two ID arrays — and returns a dict with
@@ -182,6 +187,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sk = LogisticRegression(C=args.C, max_iter=2000).fit(np.hstack([Wb_train, Wh_train]), y_train)
     auc_sk = auc(y_test, sk.predict_proba(np.hstack([Wb_test, Wh_test]))[:, 1])
 
+    # points scorecard: each party's table from its own block; the summed points must be the LR's log-odds on the scale
+    from fedrisk.models.points import PointsScorecard
+
+    card = PointsScorecard.from_woe_model(fed, lr)
+    score = card.score({BANK: guest.loc[test, bank_feats], HOLDER: host.loc[test, host_feats]})
+    z_test = lr.decision_function(bank_test, {HOLDER: host_test}, secure=False)
+    points_diff = float(np.max(np.abs(score - card.scale.score_of_log_odds(z_test))))
+    points_rows = {p: int(len(card.points_table(p))) for p in card.parts}
+
     violations = 0
     for party, tables in fed.label_holder_.tables_.items():
         for t in tables:
@@ -207,6 +221,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "woe_bytes": int(woe_bytes),
         "scorecard_seconds": round(lr_seconds, 3),
         "scorecard_epochs": int(lr.n_epochs_),
+        "points_table_rows": sum(points_rows.values()),
+        "points_table_rows_by_party": points_rows,
+        "points_score_max_abs_diff": points_diff,
+        "score_matches_logodds": bool(points_diff <= 1e-9),
     }
     if not args.no_trees:
         mono_tree_bank = {"x0": 1}  # PAY_6: later payment status, more default

@@ -29,10 +29,28 @@ on other jobs sharing the cores, and the one-minute ``load_average``).
 ``--ops`` adds the measured per-operation costs behind the cost model in
 :mod:`fedrisk.crypto.encrypted_histogram` and one node histogram on one core.
 
+``--deployment`` then runs the same job the way users run it — over Flower's
+Deployment Engine (:mod:`benchmarks._deployment`: SuperLink, one SuperNode and
+warm party process per party on 127.0.0.1, TLS, node authentication, ledgers
+on, PSI first) — on the same rows: the bank's table is the whole data set in
+the same order, and its validation split (``fraction`` 0.2, ``seed`` 42,
+stratified) is by construction the hold-out above (checked), so it trains on
+exactly the rows the in-process fit trained on. It adds
+``seconds_total_deployment`` (the coordinator's ledger, from the ``sb.setup``
+request to the last SecureBoost reply: key generation, the bank-only baseline,
+setup, every tree, the validation answers and the signed bundles),
+``deployment_ratio`` (÷ ``seconds_total``), ``auc_deployment`` (the hold-out
+scored from the signed bundles the run wrote: the bank's trees, the tax
+bureau's routing table answering its own splits), ``exchanges`` (coordinator
+requests of the protocol), ``seconds_per_exchange``, and where the time went
+(``deployment_breakdown``: time inside the parties, Flower transport, the
+coordinator; PSI; process start-up; the whole run).
+
 Usage::
 
     python benchmarks/secureboost.py [--quick] [--rows N] [--trees T] [--depth D] [--bins B]
                                      [--learning-rate LR] [--n-jobs J] [--data DIR] [--ops]
+                                     [--deployment]
 """
 
 from __future__ import annotations
@@ -149,7 +167,108 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.ops:
         result["ops_ms"] = measure_ops(context, host.loc[train].to_numpy(), args.bins)
+    if args.deployment:
+        del model, ref, sk  # nothing of the in-process run stays warm for the deployed one
+        result.update(deployment_figures(run_deployment(args, guest, host, test), result))
     return result
+
+
+def _deployment_helpers() -> None:
+    """Make ``benchmarks/_deployment.py`` importable however this file was loaded."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
+#: Validation split of the deployed bank: the same stratified 80/20 split as the hold-out above.
+DEPLOYED_VALIDATION = {"fraction": 0.2, "seed": 42}
+#: Coordinator requests of the SecureBoost protocol (fedrisk.federation.secureboost).
+SB_REQUESTS = ("sb.setup", "sb.join", "sb.bank", "sb.round")
+
+
+def run_deployment(args: argparse.Namespace, guest: pd.DataFrame, host: pd.DataFrame, test: np.ndarray) -> dict[str, Any]:
+    """The same job over SuperLink/SuperNodes with TLS; hold-out AUC from the run's signed bundles."""
+    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.parties.settings import PartySettings
+
+    _deployment_helpers()
+    from _deployment import exchange_timing, handler_seconds, run_deployed, schema, workspace, write_table
+
+    from fedrisk.federation import message_types as mt
+
+    held_out = ~training_mask(guest["y"].to_numpy(), DEPLOYED_VALIDATION)
+    if set(guest.index[held_out]) != set(test):
+        raise SystemExit("the deployed bank's validation rows are not the in-process hold-out: cannot compare")
+    bank_features = [c for c in guest.columns if c != "y"]
+    with workspace("fedrisk-bench-sb-") as root:
+        # The bank's table in the data set's order (its validation split is the hold-out);
+        # the tax bureau's in an order of its own, as it would be.
+        bank_csv = write_table(guest.reset_index(), root / "data" / "bank.csv")
+        host_csv = write_table(host.sample(frac=1.0, random_state=3).reset_index(), root / "data" / "tax_bureau.csv")
+        parties = [
+            PartySettings(BANK, "label_holder", str(bank_csv), schema(bank_features, label="y"), str(root / "run" / "parties" / BANK),
+                          dict(DEPLOYED_VALIDATION)),
+            PartySettings(HOLDER, "feature_holder", str(host_csv), schema(list(host.columns)), str(root / "run" / "parties" / HOLDER)),
+        ]
+        config = {
+            "mode": "vertical", "algorithm": "secureboost", "trees": args.trees, "depth": args.depth, "bins": args.bins,
+            "learning-rate": args.learning_rate, "n-jobs": args.n_jobs, "seed": 0,
+        }
+        log.info("deployment: %d trees over SuperLink/SuperNodes (TLS, node auth) on loopback", args.trees)
+
+        def inspect(run: Any) -> dict[str, Any]:
+            timing = exchange_timing(run, {p.name: Path(p.state_dir) for p in parties}, SB_REQUESTS)
+            handlers = handler_seconds(run, (mt.SB_SETUP, mt.SB_JOIN, mt.SB_BANK_ROUND, mt.SB_ROUND))
+            return {"timing": timing, "handlers": handlers, "auc": deployed_auc(run, guest.loc[test], host.loc[test])}
+
+        run, seen = run_deployed(root, parties, config, run_id="bench-secureboost", inspect=inspect)
+    return {"run": run, **seen}
+
+
+def deployed_auc(run: Any, guest_test: pd.DataFrame, host_test: pd.DataFrame) -> float:
+    """Hold-out AUC of the deployed model, scored from each party's signed bundle as the scoring node does."""
+    from fedrisk.models.bundle import load_model_bundle
+    from fedrisk.models.secureboost import answer_splits, load_feature_holder_bundle, load_label_holder_bundle
+
+    trees = load_label_holder_bundle(*load_model_bundle(run.bundles[BANK], run.keys))
+    arrays, meta = load_model_bundle(run.bundles[HOLDER], run.keys)
+    routing = load_feature_holder_bundle(arrays, meta)
+    answers = answer_splits(routing, host_test[list(routing.feature_names)].to_numpy(), fingerprint=str(meta.get("context_fingerprint", "")))
+    p = trees.predict_proba(guest_test[list(trees.feature_names)].to_numpy(), {HOLDER: answers})[:, 1]
+    return float(auc(guest_test["y"].to_numpy(), p))
+
+
+def deployment_figures(deployed: dict[str, Any], inprocess: dict[str, Any]) -> dict[str, Any]:
+    """The deployed run's keys beside the in-process ones."""
+    _deployment_helpers()
+    from _deployment import TRANSPORT
+
+    run, timing = deployed["run"], deployed["timing"]
+    result = run.result
+    seconds = float(timing.get("seconds", float("nan")))
+    exchanges = int(timing["exchanges"])
+    trees = [float(t["seconds"]) for t in result.get("trees", [])]
+    return {
+        "seconds_total_deployment": round(seconds, 3),
+        "deployment_ratio": round(seconds / float(inprocess["seconds_total"]), 2),
+        "auc_deployment": round(deployed["auc"], 6),
+        "exchanges": exchanges,
+        "seconds_per_exchange": round(seconds / max(1, exchanges), 4),
+        "seconds_per_tree_deployment": round(sum(trees) / max(1, len(trees)), 4),
+        "rounds_deployment": int(result.get("rounds", 0)),
+        "deployment_breakdown": {
+            **{k: v for k, v in timing.items() if k not in ("exchanges", "seconds")},
+            # of seconds_in_parties: the warm party processes' protocol handlers (the rest: ClientApp, ledger mod, relay)
+            "seconds_party_handlers": deployed["handlers"],
+            "extra_seconds_per_exchange": round((seconds - float(inprocess["seconds_total"])) / max(1, exchanges), 4),
+            "psi_seconds": round(float(result.get("psi_seconds", float("nan"))), 3),
+            "coordinator_run_seconds": round(float(result.get("seconds", float("nan"))), 3),
+            "flwr_run_wall_seconds": round(run.seconds_run, 3),
+            "start_seconds": round(run.seconds_start, 3),
+            "bytes_total": int(result.get("bytes_total", 0)),
+        },
+        "deployment_transport": TRANSPORT,
+    }
 
 
 def flood_bits(args: argparse.Namespace, layout: Any) -> float | None:
@@ -245,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, default=2, help="feature holder's worker processes")
     parser.add_argument("--data", default=None, help="folder with the default-credit split files")
     parser.add_argument("--ops", action="store_true", help="also measure per-operation costs")
+    parser.add_argument("--deployment", action="store_true",
+                        help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = args.rows or 8000

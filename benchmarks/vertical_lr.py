@@ -23,11 +23,28 @@ epoch for that shape on two 16-core hosts).
 :mod:`fedrisk.crypto.encrypted_matvec` and the TenSEAL baselines (one ``dot``
 per feature and chunk; ``CKKSVector.matmul``) on a small shape.
 
+Rows: 80 % train, 20 % hold-out (seeded permutation); of the training rows a
+stratified ``--validation-fraction`` validates (:func:`fedrisk.parties.datasplit.training_mask`
+with ``seed`` = ``--seed``: the split a deployed label holder makes of its table).
+
+``--deployment`` then runs the same job the way users run it — over Flower's
+Deployment Engine (:mod:`benchmarks._deployment`: SuperLink, one SuperNode and
+warm party process per party on 127.0.0.1, TLS, node authentication, ledgers
+on, PSI first) — on the same rows: each party's table holds the training rows
+(Parquet; the bank's in the order above, so that its validation split is the
+in-process one; each feature holder's in an order of its own), the same
+epochs, no early stop, ``C``, momentum and worker processes. It adds
+``epoch_s_deployment`` (mean of the coordinator's full epochs: encrypted
+scores, their sum, the residual, the masked products), ``deployment_ratio``
+(÷ ``epoch_s``), ``auc_deployment`` (the hold-out scored from the signed
+scorecards the run wrote), ``exchanges`` and where the time went
+(``deployment_breakdown``).
+
 Usage::
 
     python benchmarks/vertical_lr.py [--quick] [--rows N] [--features-label-holder A]
                                      [--features-others B] [--feature-holders K]
-                                     [--epochs E] [--n-jobs J] [--ops]
+                                     [--epochs E] [--n-jobs J] [--ops] [--deployment]
 """
 
 from __future__ import annotations
@@ -38,12 +55,14 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fedrisk.models.metrics import auc
+from fedrisk.parties.datasplit import training_mask
 from fedrisk.models.vertical_lr import (
     _apply_standardise,
     _BlockNesterov,
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--ops", action="store_true", help="also measure per-op costs and TenSEAL baselines")
+    ap.add_argument("--deployment", action="store_true",
+                    help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
@@ -221,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     is_test[rng.permutation(rows)[: rows // 5]] = True
     train_ids, test_ids = ids[~is_test], ids[is_test]
     n_tr = len(train_ids)
-    train_mask = np.ones(n_tr, dtype=bool)
-    train_mask[rng.permutation(n_tr)[: int(round(args.validation_fraction * n_tr))]] = False
+    validation = {"fraction": args.validation_fraction, "seed": args.seed}
+    # The stratified split a deployed label holder makes of its table (same rows in both runs).
+    train_mask = training_mask(y[~is_test], validation) if args.validation_fraction > 0 else np.ones(n_tr, dtype=bool)
+    if args.deployment and args.validation_fraction <= 0:
+        raise SystemExit("--deployment needs --validation-fraction in (0, 1): a deployed label holder always validates")
 
     log.info("key generation")
     ctx = make_context()
@@ -280,8 +304,113 @@ def main(argv: list[str] | None = None) -> int:
     if args.ops:
         log.info("per-operation costs")
         out["op_costs_ms"] = op_costs()
+    if args.deployment:
+        del model  # nothing of the in-process run stays warm for the deployed one
+        deployed = run_deployment(args, bank, others, train_ids, test_ids, epochs, validation)
+        out.update(deployment_figures(deployed, out))
     print(json.dumps(out))
     return 0
+
+
+def _deployment_helpers() -> None:
+    """Make ``benchmarks/_deployment.py`` importable however this file was loaded."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
+#: Coordinator requests of vertical LR (fedrisk.federation.vertical_lr).
+VLR_REQUESTS = ("vlr.setup", "vlr.join", "vlr.scores", "vlr.score_sum", "vlr.residual", "vlr.products", "vlr.finish")
+BANK = "bank"
+
+
+def run_deployment(
+    args: argparse.Namespace, bank: pd.DataFrame, others: dict[str, pd.DataFrame], train_ids: np.ndarray, test_ids: np.ndarray,
+    epochs: int, validation: dict,
+) -> dict[str, Any]:
+    """The same job over SuperLink/SuperNodes with TLS; hold-out AUC from the run's signed scorecards."""
+    from fedrisk.federation import message_types as mt
+    from fedrisk.parties.settings import PartySettings
+
+    _deployment_helpers()
+    from _deployment import exchange_timing, handler_seconds, run_deployed, schema, workspace, write_table
+
+    with workspace("fedrisk-bench-vlr-") as root:
+        log.info("deployment: writing the parties' tables")
+        data = root / "data"
+        parties = [
+            PartySettings(
+                BANK, "label_holder", str(write_table(bank.loc[train_ids].reset_index(), data / "bank.parquet")),
+                schema([c for c in bank.columns if c != "y"], label="y"), str(root / "run" / "parties" / BANK), dict(validation),
+            )
+        ]
+        for k, (name, table) in enumerate(others.items()):
+            own_order = table.loc[train_ids].sample(frac=1.0, random_state=args.seed + 10 + k).reset_index()
+            parties.append(PartySettings(name, "feature_holder", str(write_table(own_order, data / f"{name}.parquet")),
+                                         schema(list(table.columns)), str(root / "run" / "parties" / name)))
+        config = {
+            "mode": "vertical", "algorithm": "vertical_lr", "epochs": epochs, "patience": epochs + 1, "tol": 0.0,
+            "c": 1.0, "momentum": True, "n-jobs": args.n_jobs,
+        }
+        log.info("deployment: %d epochs over SuperLink/SuperNodes (TLS, node auth) on loopback", epochs)
+
+        def inspect(run: Any) -> dict[str, Any]:
+            timing = exchange_timing(run, {p.name: Path(p.state_dir) for p in parties}, VLR_REQUESTS)
+            handlers = handler_seconds(run, (mt.VLR_SETUP, mt.VLR_JOIN, mt.VLR_SCORES, mt.VLR_RESIDUAL, mt.VLR_GRADIENT,
+                                             mt.VLR_DECRYPT, mt.VLR_FINISH))
+            return {"timing": timing, "handlers": handlers, "auc": deployed_auc(run, bank.loc[test_ids], {n: t.loc[test_ids] for n, t in others.items()})}
+
+        run, seen = run_deployed(root, parties, config, run_id="bench-vertical-lr", inspect=inspect)
+    return {"run": run, **seen}
+
+
+def deployed_auc(run: Any, bank_test: pd.DataFrame, others_test: dict[str, pd.DataFrame]) -> float:
+    """Hold-out AUC of the deployed model: each party's signed scorecard on its own hold-out rows."""
+    from fedrisk.models.scorecard import load_scorecard
+
+    card = load_scorecard(run.bundles[BANK], run.keys)
+    partial = {}
+    for name, table in others_test.items():
+        part = load_scorecard(run.bundles[name], run.keys)
+        partial[name] = part.partial_score(table[list(part.features)].to_numpy())
+    z = card.decision_function(bank_test[list(card.features)].to_numpy(), partial)
+    return float(auc(bank_test["y"].to_numpy(), z))
+
+
+def deployment_figures(deployed: dict[str, Any], inprocess: dict[str, Any]) -> dict[str, Any]:
+    """The deployed run's keys beside the in-process ones."""
+    _deployment_helpers()
+    from _deployment import TRANSPORT
+
+    run, timing = deployed["run"], deployed["timing"]
+    result = run.result
+    rows = list(result.get("epochs", []))
+    full = rows[:-1] if len(rows) > 1 else rows  # the last row is the label holder's stop: no residual, no products
+    epoch_s = float(np.mean([float(r["seconds"]) for r in full])) if full else float("nan")
+    exchanges = int(timing["exchanges"])
+    return {
+        "epoch_s_deployment": round(epoch_s, 4),
+        "deployment_ratio": round(epoch_s / float(inprocess["epoch_s"]), 2),
+        "auc_deployment": round(deployed["auc"], 5),
+        "epochs_deployment": len(full),
+        "exchanges": exchanges,
+        "seconds_per_exchange": round(float(timing.get("seconds", float("nan"))) / max(1, exchanges), 4),
+        "deployment_breakdown": {
+            "epoch_s_all": [round(float(r["seconds"]), 3) for r in rows],
+            "bytes_per_epoch": int(np.mean([int(r.get("bytes", 0)) for r in full])) if full else 0,
+            "protocol_seconds": timing.get("seconds"),
+            **{k: v for k, v in timing.items() if k not in ("exchanges", "seconds")},
+            # of seconds_in_parties: the warm party processes' protocol handlers (the rest: ClientApp, ledger mod, relay)
+            "seconds_party_handlers": deployed["handlers"],
+            "psi_seconds": round(float(result.get("psi_seconds", float("nan"))), 3),
+            "coordinator_run_seconds": round(float(result.get("seconds", float("nan"))), 3),
+            "flwr_run_wall_seconds": round(run.seconds_run, 3),
+            "start_seconds": round(run.seconds_start, 3),
+            "bytes_total": int(result.get("bytes_total", 0)),
+            "best_epoch": result.get("final", {}).get("best_epoch"),
+        },
+        "deployment_transport": TRANSPORT,
+    }
 
 
 if __name__ == "__main__":

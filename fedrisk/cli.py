@@ -44,6 +44,9 @@ app.add_typer(score_app, name="score")
 from fedrisk.cli_simulate import simulate  # noqa: E402
 
 app.command("simulate")(simulate)
+from fedrisk.cli_scorecard import scorecard_app  # noqa: E402
+
+app.add_typer(scorecard_app, name="scorecard")
 
 console = Console(stderr=True)
 

@@ -342,3 +342,30 @@ def test_packing_plan_beats_one_rotation_per_column():
     diagonal = min(packing_cost(120, 2, 8192, 2**k, 1, n_jobs=2)[0] for k in range(14))  # B = 1: one rotation per diagonal
     assert planned < 0.8 * diagonal
     assert plan_packing(8, 1, 8192)[0] >= 8  # a small table fits one output ciphertext
+
+
+def test_seeded_galois_keys_load_in_seal_and_bad_ones_are_refused(keys):
+    """A feature holder hands its workers the Galois keys in the seeded form it received:
+    rotations under keys SEAL expanded from the seeds decrypt right; damaged seeds are one clear error."""
+    from fedrisk.crypto.bfv import keep_seeded_galois, public_bfv_context_bytes
+
+    secret, _ = keys
+    blob = public_bfv_context_bytes(secret, galois=True)
+    public = keep_seeded_galois(ts.context_from(blob), blob)
+    seeded = public._fedrisk_seeded_galois
+    assert len(seeded) < len(public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=True,
+                                              save_relin_keys=False)) * 0.6  # seeded: about half the expanded keys
+
+    bare = ts.context_from(public_bfv_context_bytes(secret, galois=False))
+    bare._fedrisk_seeded_galois = seeded  # what a worker process builds
+    runtime = BFVRuntime(bare)
+    values = np.arange(runtime.slots) % 1000
+    ct = runtime.encrypt(values)
+    runtime.evaluator.rotate_rows_inplace(ct, 4, runtime.galois_keys)
+    got = BFVRuntime.for_context(secret).decrypt(ct)
+    assert np.array_equal(got, eh._roll_rows(values, 4, runtime.row_slots))
+
+    damaged = ts.context_from(public_bfv_context_bytes(secret, galois=False))
+    damaged._fedrisk_seeded_galois = seeded[: len(seeded) // 2]
+    with pytest.raises(CryptoError, match="Galois keys do not load"):
+        BFVRuntime(damaged).galois_keys

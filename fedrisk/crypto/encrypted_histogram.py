@@ -120,7 +120,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, make_bfv_context, uniform_noise_rns
+from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, make_bfv_context, public_bfv_context_bytes, uniform_noise_rns
 from fedrisk.crypto.encrypted_matvec import _recv, _send, _WorkerPool, pack_frame, unpack_frame
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
@@ -407,6 +407,8 @@ class KernelCosts:
     """Pointwise (NTT-form) plain multiplication and addition, five primes."""
     rotation: float = 5.5
     """Rotation (key switch) on the output level's three primes: giant steps and the rotate-and-sum."""
+    giant_step: float = 3.5
+    """Per giant step and node: back from NTT form on five primes and the switch to three."""
     node_mask: float = 3.3
     """Encode a rotated node mask, to NTT, multiply: per chunk and baby step."""
     baby_rotation: float = 16.0
@@ -421,14 +423,14 @@ def packing_cost(n_columns: int, n_chunks: int, slots: int, F: int, B: int, n_jo
     """Modelled ``(wall, total CPU)`` ms per node histogram for ``F`` columns per output and ``B`` baby steps.
 
     ``slots`` is one row of the slot matrix. Per node: ``C·m'`` products and
-    ``G·(F/B − 1)`` giant rotations (each with an inverse NTT), shared between the
+    ``G·(F/B − 1)`` giant rotations (each after an inverse NTT and a switch to the output level), shared between the
     workers; ``C·B`` node-mask products in every worker; ``G`` outputs, each reduced
     by ``log2(slots/F) + 1`` rotations in the main process; plus the ``(B − 1)·C``
     baby rotations of each tree spread over its nodes.
     """
     G = -(-n_columns // F)
     workers = max(1, min(n_jobs, len(_units(G, F // B, n_jobs))))
-    shared = n_chunks * G * F * costs.multiply_add + G * (F // B - 1) * costs.rotation
+    shared = n_chunks * G * F * costs.multiply_add + G * (F // B - 1) * costs.rotation + G * (F // B) * costs.giant_step
     each = n_chunks * B * costs.node_mask + (B - 1) * n_chunks * costs.baby_rotation / costs.nodes_per_tree
     main = G * (costs.output + (int(math.log2(slots // F)) + 1) * costs.rotation)
     return shared / workers + each + main, shared + workers * each + main
@@ -554,6 +556,9 @@ class _BSGSKernel:
                 part = np.concatenate([part, np.zeros(N - part.size, dtype=np.int64)])
             if not part.any():
                 continue  # no node row in this chunk: it adds nothing
+            if part[: min(N, self.n_rows - c * N)].all():
+                out[c] = steps  # every row of the chunk (the root): the mask is the identity
+                continue
             masked = []
             for i, rotated in enumerate(steps):  # the node mask is rotated in the clear
                 cur = sa.Ciphertext()
@@ -649,6 +654,8 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
                 return
             if kind == b"HINI":
                 context = ts.context_from(blobs[0])
+                if len(blobs) > 2:  # the Galois keys apart, seeded: SEAL loads them at half the bytes
+                    context._fedrisk_seeded_galois = blobs[2]  # type: ignore[attr-defined]
                 runtime = BFVRuntime(context)
                 onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
                 kernel = _BSGSKernel(runtime, onehot, F=int(header["F"]), B=int(header["B"]),
@@ -783,14 +790,16 @@ class EncryptedHistogramKernel:
         else:
             self._pool = _Workers(n_workers)
             weakref.finalize(self, _WorkerPool.close, self._pool)
-            ctx_bytes = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+            seeded = getattr(context, "_fedrisk_seeded_galois", None)
+            shared = ([public_bfv_context_bytes(context, galois=False), seeded] if seeded is not None else
+                      [context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)])
             frames = []
             for mine in self._assign:
                 qs = sorted({u[0] for u in mine})
                 block = np.ascontiguousarray(np.concatenate([padded[:, q * F : (q + 1) * F] for q in qs], axis=1))
                 header = {"rows": self.n_rows, "cols": block.shape[1], "F": F, "B": B,
                           "units": [list(u) for u in mine], "cache": cache}
-                frames.append(pack_frame(b"HINI", self.fingerprint, header, [ctx_bytes, block.tobytes()]))
+                frames.append(pack_frame(b"HINI", self.fingerprint, header, [shared[0], block.tobytes(), *shared[1:]]))
             try:
                 self._pool.scatter(frames)
             except BaseException:

@@ -183,16 +183,12 @@ itself would accept them (same parameters) and decrypt to garbage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
-import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -202,6 +198,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
+from fedrisk.crypto.seal_runtime import SealRuntime, context_fingerprint
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
 
 __all__ = [
@@ -251,28 +248,9 @@ FLOOD_STD = 2.0**8
 """Std (per real component) of the Gaussian that floods each slot's own evaluation noise in a masked product."""
 
 _MAX_HEADER = 1 << 20
-_FP_CACHE: weakref.WeakKeyDictionary[ts.Context, str] = weakref.WeakKeyDictionary()
-_RT_CACHE: weakref.WeakKeyDictionary[ts.Context, CKKSRuntime] = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- fingerprint
-
-
-def context_fingerprint(context: ts.Context) -> str:
-    """Return the 16-hex-digit fingerprint of a CKKS context.
-
-    SHA-256 of the context serialised with its public key and without secret,
-    Galois or relinearisation keys: identical for the key holder's secret
-    context and every public copy made from it, different for any other key.
-    """
-    cached = _FP_CACHE.get(context)
-    if cached is None:
-        blob = context.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-        )
-        cached = hashlib.sha256(blob).hexdigest()[:16]
-        _FP_CACHE[context] = cached
-    return cached
 
 
 # --------------------------------------------------------------------------- randomness
@@ -396,67 +374,8 @@ def check_fingerprint(expected: str, got: str, what: str) -> None:
 # --------------------------------------------------------------------------- SEAL bridge
 
 
-class _ByteBridge:
-    """Move SEAL objects to and from bytes through an anonymous in-memory file.
-
-    ``tenseal.sealapi`` only saves and loads through file paths; ``memfd`` keeps
-    that in RAM and invisible to other processes. Falls back to a private
-    temporary directory where ``memfd_create`` is unavailable.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tmpdir: str | None = None
-        try:
-            self._fd = os.memfd_create("fedrisk-seal", os.MFD_CLOEXEC)
-            self._path = f"/proc/self/fd/{self._fd}"
-            if not os.path.exists(self._path):
-                os.close(self._fd)
-                raise OSError("no /proc/self/fd")
-        except (AttributeError, OSError):
-            self._tmpdir = tempfile.mkdtemp(prefix="fedrisk-seal-")
-            self._path = os.path.join(self._tmpdir, "buffer")
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._finalizer = weakref.finalize(self, _ByteBridge._cleanup, self._fd, self._tmpdir)
-
-    @staticmethod
-    def _cleanup(fd: int, tmpdir: str | None) -> None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-    def load(self, data: bytes, loader: Any) -> None:
-        """Write ``data`` to the buffer and call ``loader(path)``."""
-        with self._lock:
-            os.ftruncate(self._fd, 0)
-            view = memoryview(data)
-            written = 0
-            while written < len(view):
-                written += os.pwrite(self._fd, view[written:], written)
-            loader(self._path)
-
-    def save(self, saver: Any) -> bytes:
-        """Call ``saver(path)`` and return what it wrote."""
-        with self._lock:
-            os.ftruncate(self._fd, 0)
-            saver(self._path)
-            size = os.fstat(self._fd).st_size
-            chunks = []
-            pos = 0
-            while pos < size:
-                chunk = os.pread(self._fd, size - pos, pos)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                pos += len(chunk)
-            return b"".join(chunks)
-
-
-class CKKSRuntime:
-    """SEAL objects (``tenseal.sealapi``) mirroring the public part of a TenSEAL context.
+class CKKSRuntime(SealRuntime):
+    """SEAL objects (``tenseal.sealapi``) mirroring the public part of a CKKS TenSEAL context.
 
     Holds the parameters, evaluator, encoder, public key and (lazily) the Galois
     keys; never the secret key. Use :meth:`for_context` to share one per context.
@@ -467,68 +386,16 @@ class CKKSRuntime:
         A CKKS context, public or secret; only public material is read.
     """
 
+    scheme = sa.SCHEME_TYPE.CKKS
+    scheme_name = "CKKS"
+    galois_purpose = "packed X^T[[d]] needs rotations"
+
     def __init__(self, context: ts.Context) -> None:
-        self.fingerprint = context_fingerprint(context)
-        self._context_ref = weakref.ref(context)
-        self._io = _ByteBridge()
-        parms = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
-        seal_ctx = context.seal_context().data
-        self._io.load(self._io.save(seal_ctx.key_context_data().parms().save), parms.load)
-        self.seal = sa.SEALContext(parms, True, sa.SEC_LEVEL_TYPE.TC128)
-        if not self.seal.parameters_set():
-            raise CryptoError("CKKS context parameters are not valid for SEAL")
-        self.evaluator = sa.Evaluator(self.seal)
+        super().__init__(context)
         self.encoder = sa.CKKSEncoder(self.seal)
         self.slots = int(self.encoder.slot_count())
         self.global_scale = float(context.global_scale)
-        self.parms_ids: list[Any] = []
-        self.level_bits: list[float] = []
-        data = self.seal.first_context_data()
-        while data is not None:
-            self.parms_ids.append(data.parms_id())
-            self.level_bits.append(sum(math.log2(m.value()) for m in data.parms().coeff_modulus()))
-            data = data.next_context_data()
-        self.public_key: Any = None
-        if context.has_public_key():
-            pk = sa.PublicKey()
-            self._io.load(self._io.save(context.data.public_key().save), lambda p: pk.load(self.seal, p))
-            self.public_key = pk
-            self._encryptor = sa.Encryptor(self.seal, pk)
-        self._has_galois = bool(context.has_galois_keys())
-        self._galois: Any = None
-
-    @classmethod
-    def for_context(cls, context: ts.Context) -> CKKSRuntime:
-        """Return the runtime cached for ``context`` (built on first use)."""
-        runtime = _RT_CACHE.get(context)
-        if runtime is None:
-            runtime = cls(context)
-            _RT_CACHE[context] = runtime
-        return runtime
-
-    @property
-    def has_galois_keys(self) -> bool:
-        return self._has_galois
-
-    @property
-    def galois_keys(self) -> Any:
-        """SEAL Galois keys (loaded on first use; ~0.25 s and 33 MB for N = 8192)."""
-        if self._galois is None:
-            context = self._context_ref()
-            if not self._has_galois or context is None:
-                raise CryptoError("CKKS context has no Galois keys; packed X^T[[d]] needs rotations")
-            keys = sa.GaloisKeys()
-            self._io.load(self._io.save(context.data.galois_keys().save), lambda p: keys.load(self.seal, p))
-            self._galois = keys
-        return self._galois
-
-    def level_of(self, ct: Any) -> int:
-        """Index in :attr:`parms_ids` (0 = most primes) of a ciphertext's level."""
-        pid = ct.parms_id()
-        for i, cand in enumerate(self.parms_ids):
-            if cand == pid:
-                return i
-        raise CryptoError("ciphertext is not at any level of this CKKS context")
+        self.level_bits: list[float] = [sum(math.log2(m) for m in primes) for primes in self.moduli]
 
     def load(self, blob: bytes) -> Any:
         """Load one SEAL-serialised ciphertext (validated against the parameters)."""

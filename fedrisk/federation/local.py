@@ -18,7 +18,7 @@ Crash recovery: runs are submitted with ``recovery = true`` (the ServerApp
 checkpoints after every round and pauses for restarting parties, see
 :mod:`fedrisk.federation.server_app`). A party process or SuperNode that dies
 is restarted (:meth:`~fedrisk.parties.node.PartyNode.supervise`); a
-SuperLink that dies is restarted on the same ports and database; a
+SuperLink that dies is restarted on the same ports and node registry; a
 coordinator (``flwr-serverapp``) that dies without writing a result is
 resubmitted with the same run id, up to ``max_coordinator_restarts`` times,
 and resumes from its checkpoint.
@@ -228,13 +228,16 @@ class LocalFederation:
         )
 
     def _start_superlink(self) -> None:
+        # fedrisk's SuperLink entry point: Flower's SuperLink with bundled long-poll transfers, on Flower's
+        # in-memory state, its node registrations kept across restarts (fedrisk.federation.superlink).
         argv = [
-            str(self.bin_dir / "flower-superlink"),
+            sys.executable, "-m", "fedrisk.federation.superlink",
+            "--node-registry", str(self.run_dir / "flwr" / "superlink-nodes.bin"),
             "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
             "--host", "127.0.0.1",
             "--port", str(self.control_port),
             "--disable-runtime-dependency-installation",
-            "--database", str(self.run_dir / "flwr" / "superlink.db"),
+            "--database", ":flwr-in-memory:",
         ]
         if self.tls:
             argv += ["--ssl-ca-certfile", str(self.keys.ca_cert), "--ssl-certfile", str(self.keys.superlink_cert), "--ssl-keyfile", str(self.keys.superlink_key)]
@@ -246,7 +249,7 @@ class LocalFederation:
         self._wait_for("SuperLink", lambda: _port_open(self.fleet_port) and _port_open(self.control_port))
 
     def restart_superlink(self) -> None:
-        """Start the SuperLink again on the same ports and database (registered node keys persist)."""
+        """Start the SuperLink again on the same ports and node registry (registered node keys persist)."""
         old = self.superlink
         if old is not None:
             old.terminate()

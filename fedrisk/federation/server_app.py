@@ -32,11 +32,12 @@ from flwr.serverapp import Grid, ServerApp
 from fedrisk.errors import ConfigError, FedriskError
 from fedrisk.federation.exchange import COORDINATOR
 from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
-from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
+from fedrisk.federation.flower_tuning import shorten_object_pull_backoff, use_bundled_runtime_calls
 from fedrisk.federation.session import CoordinatorSession
 from fedrisk.federation.status import RunStatus, status_path
 
 shorten_object_pull_backoff()  # flwr-serverapp imports this module before it pulls any reply
+use_bundled_runtime_calls()  # one request per push and per pull against fedrisk's SuperLink (fedrisk.federation.superlink)
 app = ServerApp()
 
 #: Prefix of the log line that carries the coordinator's result (sizes and metrics only).

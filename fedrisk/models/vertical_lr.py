@@ -1289,7 +1289,12 @@ def _public_copies(secret: ts.Context) -> _PublicCopies:
         else:
             fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
         co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-        copies = _PublicCopies(ts.context_from(fh), len(fh), ts.context_from(co), len(co))
+        fh_context = ts.context_from(fh)
+        if hasattr(secret, "_fedrisk_seeded_galois"):
+            from fedrisk.crypto.bfv import keep_seeded_galois
+
+            keep_seeded_galois(fh_context, fh)
+        copies = _PublicCopies(fh_context, len(fh), ts.context_from(co), len(co))
         _COPIES[secret] = copies
     return copies
 

@@ -853,9 +853,15 @@ class VerticalWOE(BaseEstimator):
         unknown = set(monotone) - set(holders) - {self.label_holder_name}
         if unknown:
             raise ConfigError(f"monotone constraints name an unknown party {sorted(unknown)[0]!r}")
+        if not isinstance(self.n_bins, int | np.integer) or not 2 <= int(self.n_bins) <= MAX_BINS:
+            raise ConfigError(f"n_bins must be an integer in 2..{MAX_BINS}, got {self.n_bins!r}")
+        if not isinstance(self.min_bin_size, int | np.integer) or self.min_bin_size < 1:
+            raise ConfigError(f"min_bin_size must be an integer ≥ 1, got {self.min_bin_size!r}")
         names = dict(holder_feature_names or {})
-        for party, (X_k, cov_k) in holders.items():  # each owner's own checks, before any key is made
-            _check_monotone(monotone.get(party), _names(names.get(party), np.shape(X_k)[1]), party)
+        own = {self.label_holder_name: (bank_feature_names, X_bank, np.ones(np.shape(X_bank)[0], dtype=bool))}
+        own.update({p: (names.get(p), X_k, cov_k) for p, (X_k, cov_k) in holders.items()})
+        for party, (feats, X_k, cov_k) in own.items():  # each owner's own checks (the bank's too), before any key is made
+            _check_monotone(monotone.get(party), _names(feats, np.shape(X_k)[1]), party)
             n_cov = int(np.sum(np.asarray(cov_k, dtype=bool)))
             if n_cov < int(self.n_bins) * int(self.min_bin_size):
                 raise ConfigError(f"n_bins={self.n_bins} × min_bin_size={self.min_bin_size} needs "

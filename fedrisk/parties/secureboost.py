@@ -257,7 +257,9 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         from fedrisk.parties.vertical_lr_state import from_json
 
         values = {k: from_json(v) for k, v in static.state.items()}
-        context = load_public_context(static.blob("context"), f"feature holder {self.name!r}")
+        from fedrisk.crypto.bfv import keep_seeded_galois
+
+        context = keep_seeded_galois(load_public_context(static.blob("context"), f"feature holder {self.name!r}"), static.blob("context"))
         plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
         train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
         model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
@@ -298,7 +300,9 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         from fedrisk.models.secureboost import BoostPlan
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
-        context = load_public_context(exchange.blob("context"), f"feature holder {self.name!r}")
+        from fedrisk.crypto.bfv import keep_seeded_galois
+
+        context = keep_seeded_galois(load_public_context(exchange.blob("context"), f"feature holder {self.name!r}"), exchange.blob("context"))
         plan = BoostPlan.from_bytes(exchange.blob("plan"), context=context)
         aligned = self._aligned()
         rows = int(exchange.value("rows"))  # type: ignore[call-overload]

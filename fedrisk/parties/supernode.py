@@ -1,12 +1,21 @@
-"""Run Flower's SuperNode with a short idle poll and the fedrisk ClientApp kept warm.
+"""Run Flower's SuperNode with bundled long-poll transfers and the fedrisk ClientApp kept warm.
 
 Flower 1.39's SuperNode sleeps 3 s whenever a pull from the SuperLink finds
-no message.  Vertical protocols exchange several messages per epoch, so that
-idle sleep, not computation, would dominate an epoch.  This entry point runs
-the unmodified ``flower-supernode`` with its waits following the node's
-activity (:class:`FleetPoll`: a pull 5 ms after the node's last message,
-slowing to a tenth of the idle time and at most every
-:data:`IDLE_POLL_SECONDS`; the ClientApp's reply looked for every 2 ms).
+no message, and moves every object of a message in its own request.  Vertical
+protocols exchange several messages per epoch, so those waits and requests,
+not computation, would dominate an epoch.  This entry point runs the
+unmodified ``flower-supernode`` with:
+
+* against fedrisk's SuperLink (:mod:`fedrisk.federation.superlink`), a pull
+  that waits at the SuperLink for the next message (up to
+  :data:`LONG_POLL_SECONDS`) and brings it with its objects, and a reply pushed
+  with its objects, one request each (:class:`BundleLink`,
+  :mod:`fedrisk.federation.bundles`);
+* against any other SuperLink, Flower's own calls with waits following the
+  node's activity (:class:`FleetPoll`: a pull 5 ms after the node's last
+  message, slowing to a tenth of the idle time and at most every
+  :data:`IDLE_POLL_SECONDS`);
+* the ClientApp's reply sent as soon as the warm executor stored it.
 
 It also runs the SuperNode in Flower's ``process`` isolation with the
 ClientApp tasks executed by :class:`~fedrisk.parties.warm_executor.WarmClientAppExecutor`
@@ -35,18 +44,20 @@ other hosts, behind NATs and firewalls:
   every :data:`KEEPALIVE_MS` (60 s, timeout 20 s) while calls are in flight
   (``keepalive_permit_without_calls`` stays 0, as Flower's server requires:
   its server allows pings only with calls active, and the SuperNode always
-  has one — it polls every 100 ms, so the server's 5-minute minimum ping
-  interval without data never applies).
+  has one — a long poll, or a pull every 100 ms at most, so the server's
+  5-minute minimum ping interval without data never applies).
 * **message size**: Flower's limit is 2 GiB - 1 each way
   (``flwr.supercore.grpc.GRPC_MAX_MESSAGE_LENGTH``) and is kept; fedrisk caps
-  a single payload blob at 256 MiB (:data:`fedrisk.federation.exchange.MAX_BLOB_BYTES`)
-  and Flower 1.39 sends large arrays as separately pulled objects, so no
-  single gRPC message approaches it.
+  a single payload blob at 256 MiB (:data:`fedrisk.federation.exchange.MAX_BLOB_BYTES`),
+  Flower 1.39 sends large arrays as separately pulled objects of 5 MiB, and a
+  bundle carries at most :data:`fedrisk.federation.bundles.MAX_BUNDLE_BYTES`
+  of them, so no single gRPC message approaches it.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time as _time
 
 #: Longest idle sleep between two pulls from the SuperLink (Flower: 3 s).
@@ -55,8 +66,13 @@ IDLE_POLL_SECONDS = 0.1
 FAST_POLL_SECONDS = 0.005
 #: Between the two, the idle sleep is this fraction of the time since the node's last message.
 IDLE_POLL_FRACTION = 0.1
-#: How often the loop looks for the ClientApp's reply in its in-memory state (Flower: 0.5 s).
-REPLY_POLL_SECONDS = 0.002
+#: Longest wait for the ClientApp's reply between looks at the in-memory state (Flower: 0.5 s); the warm
+#: executor wakes the loop as soon as it stored the reply, so this is only the fallback.
+REPLY_POLL_SECONDS = 0.02
+#: How long one pull may wait at a fedrisk SuperLink for a message for this node (long poll).
+LONG_POLL_SECONDS = 1.0
+#: After a long poll that waited, the loop pulls again after this pause (instead of its idle sleep).
+AFTER_LONG_POLL_SECONDS = 0.0005
 #: Heartbeat interval the SuperNode announces (Flower's minimum; Flower's default is 30 s).
 HEARTBEAT_SECONDS = 10
 #: HTTP/2 keepalive on the Fleet channel.
@@ -85,6 +101,10 @@ def drop_messages_of_stopped_runs() -> None:
         return  # another Flower: leave it alone
 
     def pull_objects(*args, **kwargs):
+        # The objects a bundled pull brought (fedrisk's SuperLink): no per-object pull, no thread pool.
+        carried = BUNDLES.take_carried(args[0] if args else kwargs.get("object_ids", ()))
+        if carried is not None:
+            return carried
         try:
             return flower_pull_objects(*args, **kwargs)
         except RunNotRunningException:
@@ -92,6 +112,46 @@ def drop_messages_of_stopped_runs() -> None:
 
     pull_objects._fedrisk = True  # type: ignore[attr-defined]
     start_client_internal.pull_objects = pull_objects
+
+
+def transfer_in_process_objects_in_line() -> None:
+    """Move the warm ClientApp's objects one after the other, not through a thread pool per message.
+
+    Flower's ClientApp runtime pulls a message's objects and pushes its reply's
+    objects through a new thread pool each time (``pull_objects``,
+    ``push_object_contents_from_iterable``): right for a ``flwr-clientapp``
+    process talking HTTP, pure overhead for the warm executor, whose Runtime
+    API calls are function calls on the SuperNode's state (measured: 4 ms of
+    wall time each way per message, 1.2 ms of it CPU). Here each object is
+    moved in turn; an object not yet available falls back to Flower's own
+    pull, with its retries and deadline, for the objects still missing.
+    Only the ClientApp runtime calls these through ``inflatable_utils``; the
+    SuperNode's Fleet transfers keep their own references to Flower's functions.
+    """
+    from flwr.supercore.inflatable import inflatable_utils as utils
+
+    flower_pull, flower_push = getattr(utils, "pull_objects", None), getattr(utils, "push_object_contents_from_iterable", None)
+    unavailable = getattr(utils, "ObjectUnavailableError", None)
+    if flower_pull is None or flower_push is None or unavailable is None or getattr(flower_pull, "_fedrisk", False):
+        return
+
+    def pull_objects(object_ids, pull_object_fn, **kwargs):
+        contents: dict[str, bytes] = {}
+        for i, object_id in enumerate(object_ids):
+            try:
+                contents[object_id] = pull_object_fn(object_id)
+            except unavailable:
+                contents.update(flower_pull([o for o in object_ids[i:] if o not in contents], pull_object_fn, **kwargs))
+                break
+        return contents
+
+    def push_object_contents_from_iterable(object_contents, push_object_fn, **kwargs):
+        for object_id, content in object_contents:
+            push_object_fn(object_id, content)
+
+    pull_objects._fedrisk = True  # type: ignore[attr-defined]
+    utils.pull_objects = pull_objects
+    utils.push_object_contents_from_iterable = push_object_contents_from_iterable
 
 
 def keep_supernode_alive_on_stale_tasks() -> None:
@@ -164,7 +224,9 @@ def tune_fleet_link() -> None:
         from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH
 
         if insecure:
-            return flower_create_channel(server_address, insecure, root_certificates, max_message_length or GRPC_MAX_MESSAGE_LENGTH, interceptors)
+            return BUNDLES.attach(
+                flower_create_channel(server_address, insecure, root_certificates, max_message_length or GRPC_MAX_MESSAGE_LENGTH, interceptors)
+            )
         length = max_message_length or GRPC_MAX_MESSAGE_LENGTH
         options = [
             ("grpc.max_send_message_length", length),
@@ -175,7 +237,8 @@ def tune_fleet_link() -> None:
             ("grpc.http2.max_pings_without_data", 0),
         ]
         channel = grpc.secure_channel(server_address, grpc.ssl_channel_credentials(root_certificates), options=options)
-        return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+        # Flower's interceptors (node signature, runtime version) sign fedrisk's bundled calls on this channel too.
+        return BUNDLES.attach(grpc.intercept_channel(channel, *interceptors) if interceptors else channel)
 
     create_channel._fedrisk = True  # type: ignore[attr-defined]
     connection.create_channel = create_channel
@@ -186,18 +249,21 @@ class FleetPoll:
 
     Flower 1.39's Fleet API has no long poll: ``PullMessages`` answers at once,
     and the SuperNode sleeps 3 s after an empty pull. A message therefore waits
-    at the SuperLink for up to one sleep. Here the idle sleep follows the node's
-    activity: :data:`FAST_POLL_SECONDS` right after the node received or
-    answered a message (the next message of a protocol usually follows within
-    milliseconds), growing to :data:`IDLE_POLL_FRACTION` of the time since
-    then and capped at :data:`IDLE_POLL_SECONDS`: a message that comes after a
-    quiet gap ``g`` waits about ``g / 10`` at most (5 ms to 100 ms), and an idle
-    node costs the SuperLink ten pulls a second.
+    at the SuperLink for up to one sleep. Against fedrisk's SuperLink the pull
+    itself waits there (:class:`BundleLink`, up to :data:`LONG_POLL_SECONDS`) and
+    the loop asks again right away (:data:`AFTER_LONG_POLL_SECONDS`). Against
+    another SuperLink the idle sleep follows the node's activity:
+    :data:`FAST_POLL_SECONDS` right after the node received or answered a
+    message (the next message of a protocol usually follows within
+    milliseconds), growing to :data:`IDLE_POLL_FRACTION` of the time since then
+    and capped at :data:`IDLE_POLL_SECONDS`: a message that comes after a quiet
+    gap ``g`` waits about ``g / 10`` at most (5 ms to 100 ms), and an idle node
+    costs the SuperLink ten pulls a second.
 
     Flower's loop also waits for the ClientApp's reply (and for the reply's
-    objects) by sleeping 0.5 s between looks at its in-memory state; with the
-    ClientApp warm in this process the reply is usually ready within
-    milliseconds, so that wait looks every :data:`REPLY_POLL_SECONDS`.
+    objects) by sleeping 0.5 s between looks at its in-memory state; the warm
+    executor wakes it when the reply is stored (:meth:`reply_stored`), and it
+    looks at least every :data:`REPLY_POLL_SECONDS`.
     """
 
     def __init__(self) -> None:
@@ -205,9 +271,20 @@ class FleetPoll:
         #: Idle sleeps taken, and the last one (for tests and diagnostics).
         self.idle_sleeps = 0
         self.last_idle_sleep = None
+        #: Seconds the SuperLink held the last empty pull (a long poll), spent instead of the next idle sleep.
+        self.waited = 0.0
+        self._reply = threading.Event()
 
     def activity(self) -> None:
         self.last_activity = _time.monotonic()
+
+    def long_polled(self, seconds: float) -> None:
+        """The last pull came back empty after the SuperLink held it ``seconds``."""
+        self.waited = seconds
+
+    def reply_stored(self) -> None:
+        """The ClientApp's reply is in the node's state: end the loop's wait for it now."""
+        self._reply.set()
 
     def idle_interval(self) -> float:
         since = _time.monotonic() - self.last_activity
@@ -217,11 +294,15 @@ class FleetPoll:
         """Flower's ``time.sleep`` in its SuperNode loop: 3 s when idle, 0.5 s while waiting for a reply."""
         if seconds >= 1.0:
             interval = self.idle_interval()
+            if self.waited:
+                interval = max(AFTER_LONG_POLL_SECONDS, interval - self.waited)
+                self.waited = 0.0
             self.idle_sleeps += 1
             self.last_idle_sleep = interval
             _time.sleep(interval)
         else:
-            _time.sleep(min(seconds, REPLY_POLL_SECONDS))
+            self._reply.wait(min(seconds, REPLY_POLL_SECONDS))
+            self._reply.clear()
 
 
 class _SuperNodeTime:
@@ -237,12 +318,159 @@ class _SuperNodeTime:
         self.poll.sleep(seconds)
 
 
+class BundleLink:
+    """The SuperNode's side of fedrisk's bundled Fleet calls (:mod:`fedrisk.federation.bundles`).
+
+    A pull is one request that may wait at the SuperLink for a message and
+    brings it with its objects, already confirmed; a push is one request with
+    the reply and its objects. Both go through the channel Flower opened (its
+    TLS, its node-signature and version interceptors). Everything else stays
+    Flower's: the bundle's objects are handed to Flower's own pull loop, which
+    stores them in the node's object store (checking each against its SHA-256
+    id); objects a bundle lacks are pulled or pushed one by one, by Flower. A
+    call that fails falls back to Flower's call, whose retries and errors apply;
+    a SuperLink without the extension (``UNIMPLEMENTED``) is not asked again.
+    """
+
+    def __init__(self) -> None:
+        self.channel = None
+        self.enabled = True
+        #: Bundled pulls and pushes answered (diagnostics and tests).
+        self.pulls = 0
+        self.pushes = 0
+        #: Objects of the message the last bundled pull brought, until Flower's pull loop takes them.
+        self.carried: dict[str, bytes] = {}
+
+    def take_carried(self, object_ids) -> dict[str, bytes] | None:
+        """All of ``object_ids`` from the last bundle (removed from it), or ``None`` if one is missing."""
+        object_ids = list(object_ids)
+        if not object_ids or not all(i in self.carried for i in object_ids):
+            return None
+        return {i: self.carried.pop(i) for i in object_ids}
+
+    def attach(self, channel):
+        from fedrisk.federation.bundles import FLEET_PULL, FLEET_PUSH, Bundle
+
+        self.channel = channel
+        self._pull = channel.unary_unary(FLEET_PULL, request_serializer=Bundle.SerializeToString, response_deserializer=Bundle.FromString)
+        self._push = channel.unary_unary(FLEET_PUSH, request_serializer=Bundle.SerializeToString, response_deserializer=Bundle.FromString)
+        return channel
+
+    @property
+    def usable(self) -> bool:
+        return self.enabled and self.channel is not None
+
+    def _call(self, method, bundle, timeout: float):
+        import grpc
+
+        try:
+            return method(bundle, timeout=timeout)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.enabled = False
+                sys.stderr.write("[fedrisk] the SuperLink serves no bundled calls: using Flower's per-object calls\n")
+            return None
+
+    def pull(self, node, wait: float):
+        """``(PullMessagesResponse, Bundle)``, or ``None`` (then use Flower's pull)."""
+        from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=no-name-in-module
+
+        from fedrisk.federation.bundles import Bundle
+
+        answer = self._call(self._pull, Bundle(PullMessagesRequest(node=node).SerializeToString(), {"wait": wait}), wait + 30.0)
+        if answer is None:
+            return None
+        self.pulls += 1
+        return PullMessagesResponse.FromString(answer.head), answer
+
+    def push(self, request, objects):
+        """The ``PushMessagesResponse`` (objects still to push in ``objects_to_push``), or ``None``."""
+        from flwr.proto.fleet_pb2 import PushMessagesResponse  # pylint: disable=no-name-in-module
+
+        from fedrisk.federation.bundles import Bundle
+
+        answer = self._call(self._push, Bundle(request.SerializeToString(), {}, objects), 300.0)
+        if answer is None:
+            return None
+        self.pushes += 1
+        return PushMessagesResponse.FromString(answer.head)
+
+    def bundled_receive(self, poll: FleetPoll, kwargs: dict) -> None:
+        """Swap ``receive``, ``pull_object`` and ``confirm_message_received`` of one ``_pull_and_store_message`` call."""
+        from flwr.common.serde import message_from_proto
+        from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
+
+        state = kwargs["state"]
+        flower_receive, flower_pull_object, flower_confirm = kwargs["receive"], kwargs["pull_object"], kwargs["confirm_message_received"]
+        carried = self.carried = {}
+        confirmed: set[str] = set()
+
+        def receive():
+            if not self.usable:
+                return flower_receive()
+            started = _time.monotonic()
+            got = self.pull(Node(node_id=state.get_node_id()), LONG_POLL_SECONDS)
+            if got is None:
+                return flower_receive()
+            response, bundle = got
+            if not response.messages_list:
+                poll.long_polled(_time.monotonic() - started)
+                return None
+            carried.update(bundle.objects)
+            confirmed.update(bundle.meta.get("confirmed", ()))
+            return message_from_proto(response.messages_list[0]), response.message_object_trees[0]
+
+        def pull_object(run_id: int, object_id: str) -> bytes:
+            content = carried.pop(object_id, None)
+            return content if content is not None else flower_pull_object(run_id, object_id)
+
+        def confirm_message_received(run_id: int, message_id: str) -> None:
+            if message_id in confirmed:
+                confirmed.discard(message_id)  # the bundled pull confirmed it at the SuperLink
+                return
+            flower_confirm(run_id, message_id)
+
+        kwargs.update(receive=receive, pull_object=pull_object, confirm_message_received=confirm_message_received)
+
+    def bundled_send(self, kwargs: dict) -> None:
+        """Swap ``send`` of one ``_push_messages`` call: the reply and its objects in one request."""
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.fleet_pb2 import PushMessagesRequest  # pylint: disable=no-name-in-module
+        from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
+        from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+
+        from fedrisk.federation.bundles import gather_objects
+
+        state, store, flower_send = kwargs["state"], kwargs["object_store"], kwargs["send"]
+
+        def send(message, object_tree, clientapp_runtime: float):
+            if not self.usable:
+                return flower_send(message, object_tree, clientapp_runtime)
+            bare = remove_content_from_message(message) if message.has_content() else message
+            request = PushMessagesRequest(
+                node=Node(node_id=state.get_node_id()),
+                messages_list=[message_to_proto(bare)],
+                message_object_trees=[object_tree],
+                clientapp_runtime_list=[clientapp_runtime],
+            )
+            objects, _ = gather_objects([t.object_id for t in iterate_object_tree(object_tree)], store.get)
+            response = self.push(request, objects)
+            if response is None:
+                return flower_send(message, object_tree, clientapp_runtime)
+            return set(response.objects_to_push), response.session_id
+
+        kwargs.update(send=send)
+
+
 #: The SuperNode's poll schedule in this process (set by :func:`tune_supernode_loop`).
 POLL: FleetPoll | None = None
+#: The SuperNode's bundled Fleet calls in this process (its channel is attached by :func:`tune_fleet_link`).
+BUNDLES = BundleLink()
 
 
 def tune_supernode_loop(on_message=None) -> FleetPoll:
-    """Activity-driven idle polling and a short reply wait in Flower's SuperNode loop (idempotent).
+    """Bundled long-poll pulls and pushes, idle polling and a short reply wait in Flower's SuperNode loop (idempotent).
 
     ``on_message`` is called each time the loop stored a message pulled from
     the SuperLink with all its objects (the warm executor takes its task then).
@@ -260,6 +488,8 @@ def tune_supernode_loop(on_message=None) -> FleetPoll:
         return poll  # another Flower, or already tuned
 
     def _pull_and_store_message(*args, **kwargs):
+        if not args and {"state", "receive", "pull_object", "confirm_message_received"} <= kwargs.keys():
+            BUNDLES.bundled_receive(poll, kwargs)
         run_id = flower_pull(*args, **kwargs)
         if run_id is not None:
             poll.activity()
@@ -268,6 +498,8 @@ def tune_supernode_loop(on_message=None) -> FleetPoll:
         return run_id
 
     def _push_messages(*args, **kwargs):
+        if not args and {"state", "object_store", "send"} <= kwargs.keys():
+            BUNDLES.bundled_send(kwargs)
         try:
             return flower_push(*args, **kwargs)
         finally:
@@ -329,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     shorten_object_pull_backoff()
     tune_fleet_link()
     drop_messages_of_stopped_runs()
+    transfer_in_process_objects_in_line()
     import faulthandler
     import os
     import signal
@@ -350,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         return factory.state() if factory is not None else None
 
     executor = _guarded_executor(runtime, node_state if capture_node_state(holder) else None)
-    tune_supernode_loop(on_message=executor.notify)
+    executor.on_reply = tune_supernode_loop(on_message=executor.notify).reply_stored
     executor.start()
     sys.argv = ["flower-supernode", *args]
     result = flower_supernode()

@@ -37,6 +37,7 @@ It relies on Flower's Runtime API client and the helpers of
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -52,8 +53,9 @@ log = logging.getLogger("fedrisk.warm_executor")
 
 #: Poll interval of the Runtime HTTP API (without the SuperNode's state in hand).
 POLL_SECONDS = 0.01
-#: In process, the SuperNode wakes the executor when it stored a message; this is only the fallback poll.
-IDLE_WAIT_SECONDS = 0.05
+#: In process, the SuperNode wakes the executor when it stored a message and the executor claims that
+#: message's task by id; a full ``AcquireTask`` (a scan of every task the node ever ran) is only the fallback.
+IDLE_WAIT_SECONDS = 0.5
 #: The only ClientApp a fedrisk party runs (the installed package's).
 CLIENT_APP = "fedrisk.parties.client_app:app"
 PUBLISHER = "fedrisk"
@@ -205,6 +207,70 @@ class InProcessRuntimeClient:
         pass
 
 
+class TaskBeats(threading.Thread):
+    """One long-lived thread that keeps the running in-process task's token alive.
+
+    Flower's ``HeartbeatSender`` is a new thread per task that beats at once and
+    then every ~20 s; for a warm task of a few milliseconds that thread's start,
+    first beat and join were a millisecond of every message. The token is fresh
+    when the task is claimed, so here one thread beats for whichever task is
+    running, at Flower's cadence (:data:`INTERVAL` after the task started, then
+    every :data:`INTERVAL`).
+    """
+
+    #: Flower's heartbeat cadence: (30 s interval - 5 s call timeout) x 0.8.
+    INTERVAL = 20.0
+
+    def __init__(self) -> None:
+        super().__init__(name="fedrisk-task-heartbeat", daemon=True)
+        self._cond = threading.Condition()
+        self._beat = None
+        self._since = 0.0
+
+    def sender(self, beat) -> _BeatHandle:
+        """A handle with ``HeartbeatSender``'s ``start``/``stop``/``is_running`` for one task's ``beat``."""
+        return _BeatHandle(self, beat)
+
+    def _begin(self, beat) -> None:
+        with self._cond:
+            self._beat, self._since = beat, time.monotonic()
+            self._cond.notify()
+
+    def _end(self, beat) -> None:
+        with self._cond:
+            if self._beat is beat:
+                self._beat = None
+
+    def run(self) -> None:  # pragma: no cover - beats only for tasks longer than INTERVAL
+        while True:
+            with self._cond:
+                while self._beat is None:
+                    self._cond.wait()
+                remaining = self._since + self.INTERVAL - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                beat, self._since = self._beat, time.monotonic()
+            beat()
+
+
+class _BeatHandle:
+    def __init__(self, beats: TaskBeats, beat) -> None:
+        self._beats, self._beat, self._running = beats, beat, False
+
+    def start(self) -> None:
+        self._running = True
+        self._beats._begin(self._beat)
+
+    def stop(self) -> None:
+        self._running = False
+        self._beats._end(self._beat)
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+
 class WarmClientAppExecutor(threading.Thread):
     """Acquire ClientApp tasks from a SuperNode's Runtime API and run them in this process.
 
@@ -227,6 +293,11 @@ class WarmClientAppExecutor(threading.Thread):
         self.wakeup = threading.Event()
         self._apps: dict[str, object] = {}
         self.tasks_run = 0
+        #: ClientApp tasks the SuperNode created since the last look (claimed by id, oldest first).
+        self._created: collections.deque[int] = collections.deque()
+        self._beats: TaskBeats | None = None
+        #: Called once a task's reply is in the SuperNode's state (the SuperNode loop then sends it at once).
+        self.on_reply = None
 
     def notify(self) -> None:
         """A message was stored for this node: look for its task now."""
@@ -236,7 +307,10 @@ class WarmClientAppExecutor(threading.Thread):
         """A Runtime API client for acquiring tasks (in-process when the SuperNode's state is known)."""
         if self.state_provider is not None:
             state = self.state_provider()
-            return InProcessRuntimeClient(state) if state is not None else None
+            if state is None:
+                return None
+            self._watch_created_tasks(state)
+            return InProcessRuntimeClient(state)
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
@@ -248,6 +322,35 @@ class WarmClientAppExecutor(threading.Thread):
             interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
             retry_invoker=make_simple_http_retry_invoker(),
         )
+
+    def _watch_created_tasks(self, state) -> None:
+        """Note the id of each ClientApp task the SuperNode creates (Flower's ``create_task``), once."""
+        from flwr.supercore.constant import TaskType
+
+        flower_create = getattr(state, "create_task", None)
+        if flower_create is None or getattr(flower_create, "_fedrisk", False):
+            return
+
+        def create_task(*args, **kwargs):
+            task_id = flower_create(*args, **kwargs)
+            task_type = kwargs.get("task_type", args[0] if args else None)
+            if task_id is not None and task_type == TaskType.CLIENT_APP:
+                self._created.append(task_id)  # claimed once the SuperNode has the message whole (notify)
+            return task_id
+
+        create_task._fedrisk = True  # type: ignore[attr-defined]
+        state.create_task = create_task
+
+    def _claim_created(self, client):
+        """Flower's ``ClaimTask`` for the oldest task noted by :meth:`_watch_created_tasks`: a token or ``None``."""
+        from flwr.proto.runtime_pb2 import ClaimTaskRequest  # pylint: disable=no-name-in-module
+        from flwr.supercore.servicer.runtime import runtime_handlers as core
+
+        while self._created:
+            token = core.claim_task(ClaimTaskRequest(task_id=self._created.popleft()), client.state).token
+            if token:
+                return token
+        return None
 
     def run(self) -> None:  # pragma: no cover - exercised by the end-to-end tests
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
@@ -262,6 +365,11 @@ class WarmClientAppExecutor(threading.Thread):
                         time.sleep(0.05)
                         continue
                 self.wakeup.clear()
+                token = self._claim_created(client) if isinstance(client, InProcessRuntimeClient) else None
+                if token:
+                    self._run_task(token)
+                    self.tasks_run += 1
+                    continue
                 res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
             except Exception as err:  # the Runtime API is not up yet, or restarting
                 log.debug("acquire task: %s", err)
@@ -304,7 +412,10 @@ class WarmClientAppExecutor(threading.Thread):
                     pass
                 return True
 
-            return client, HeartbeatSender(beat)
+            if self._beats is None:
+                self._beats = TaskBeats()
+                self._beats.start()
+            return client, self._beats.sender(beat)
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
@@ -349,6 +460,8 @@ class WarmClientAppExecutor(threading.Thread):
                     push_message(client, reply, context)
             except Exception as ex:  # noqa: BLE001
                 log.error("failed to push the reply: %s", ex)
+            if self.on_reply is not None:
+                self.on_reply()
             push_task_output(client=client, context=context, sub_status=status, details=details)
             if heartbeat.is_running:
                 heartbeat.stop()
