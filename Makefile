@@ -37,7 +37,7 @@ test: $(STAMP) system-deps  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## run every benchmark in quick mode
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b --quick; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b --quick; done
 
 clean:  ## remove the virtualenv and run folders
 	rm -rf $(VENV) runs .pytest_cache

@@ -67,7 +67,7 @@ def _emit(summary: dict, as_json: bool) -> None:
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
     mode: str = typer.Option("vertical", help="vertical (bank + tax bureau + platform) or horizontal (three banks)."),
-    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard), secureboost (trees) or stacking (both, meta-learner at the bank)."),
+    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard), secureboost (trees), stacking (both, meta-learner at the bank) or scorecard (WOE points scorecard, trained in-process: live points decisions and the bank's own points table)."),
     trees: int = typer.Option(10, help="SecureBoost trees (depth 3, 32 bins)."),
     rows: int = typer.Option(10_000, help="Synthetic SMEs known to the bank."),
     rounds: int = typer.Option(15, "--rounds", "--epochs", help="Most epochs (vertical) or rounds (horizontal)."),
@@ -104,6 +104,22 @@ def train(
     _emit(summary, as_json)
 
 
+def benchmark_names(folder: Path) -> list[str]:
+    """The benchmarks in ``folder``: its ``NAME.py`` files, without the private helpers (``_deployment.py``...).
+
+    Parameters
+    ----------
+    folder : Path
+        The ``benchmarks`` folder.
+
+    Returns
+    -------
+    list of str
+        Sorted names; a name starting with ``_`` is a module the benchmarks import, not one to run.
+    """
+    return sorted(p.stem for p in Path(folder).glob("*.py") if not p.stem.startswith("_"))
+
+
 @app.command()
 def bench(
     name: str = typer.Argument(..., help="Benchmark name: a file benchmarks/NAME.py."),
@@ -114,10 +130,10 @@ def bench(
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    script = root / "benchmarks" / f"{name}.py"
-    if not script.exists():
-        available = sorted(p.stem for p in (root / "benchmarks").glob("*.py"))
+    available = benchmark_names(root / "benchmarks")
+    if name not in available:
         _fail(FedriskError(f"no benchmark {name!r}; available: {', '.join(available) or 'none'}"))
+    script = root / "benchmarks" / f"{name}.py"
     argv = [sys.executable, str(script)] + (["--quick"] if quick else [])
     completed = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None if not as_json else subprocess.DEVNULL, text=True)
     lines = [line for line in completed.stdout.splitlines() if line.strip()]

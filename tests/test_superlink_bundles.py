@@ -7,11 +7,18 @@ import threading
 
 import pytest
 
-from fedrisk.federation.bundles import Bundle, BundleError, gather_objects
+from fedrisk.errors import FedriskError
+from fedrisk.federation.bundles import (
+    Bundle,
+    BundleError,
+    gather_messages,
+    gather_objects,
+)
 from fedrisk.federation.superlink import (
     NodeRegistry,
     StateChanges,
     _pop_option,
+    main,
     watch_state,
 )
 
@@ -40,6 +47,33 @@ def test_objects_fill_a_bundle_up_to_its_budget_once_each_and_only_when_availabl
     carried, left = gather_objects(["a", "b", "c", "a", "d"], contents.get, budget=7)
     assert carried == [("a", b"1111"), ("d", b"44")]  # "c" does not fit, "b" is not uploaded yet
     assert left == ["b", "c"]
+
+
+def test_a_pull_bundle_carries_each_object_once_and_confirms_only_whole_messages():
+    from types import SimpleNamespace
+
+    from flwr.proto.message_pb2 import ObjectTree  # pylint: disable=no-name-in-module
+
+    def message(mid: str):
+        return SimpleNamespace(metadata=SimpleNamespace(message_id=mid))
+
+    def tree(root: str, *leaves: str) -> ObjectTree:
+        return ObjectTree(object_id=root, children=[ObjectTree(object_id=leaf) for leaf in leaves])
+
+    contents = {"m1": b"1", "shared": b"s", "m2": b"2", "m3": b"3"}  # "late" not uploaded yet
+    asked: list[tuple[str, str]] = []
+    confirmed_by_flower: list[str] = []
+
+    def content_of(msg, object_id: str) -> bytes | None:
+        asked.append((msg.metadata.message_id, object_id))
+        return contents.get(object_id)
+
+    messages = [(message("m1"), tree("m1", "shared")), (message("m2"), tree("m2", "shared")), (message("m3"), tree("m3", "late"))]
+    objects, confirmed = gather_messages(messages, content_of, lambda msg: confirmed_by_flower.append(msg.metadata.message_id))
+    assert objects == [("shared", b"s"), ("m1", b"1"), ("m2", b"2"), ("m3", b"3")]
+    assert confirmed == confirmed_by_flower == ["m1", "m2"]  # m3 is missing "late": left to Flower's calls
+    assert ("m2", "shared") not in asked  # carried once, with the first message
+    assert gather_messages(messages, content_of, lambda msg: None, budget=2)[1] == ["m1"]  # the budget is the whole bundle's
 
 
 def test_the_superlink_entry_point_takes_its_own_options_and_leaves_flowers():
@@ -91,6 +125,61 @@ def test_the_node_registry_restores_the_same_node_ids_and_keeps_unregistered_key
     assert restarted.acknowledge_node_heartbeat(kept, 10)
     assert restarted.get_node_info(node_ids=[kept])[0].status == NodeStatus.ONLINE
     assert registry.restore(restarted) == 0  # nothing twice
+
+
+def _registry_with_two_nodes(tmp_path):
+    from flwr.common.constant import NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
+
+    registry = NodeRegistry(tmp_path / "nodes.bin")
+    state = _memory_state()
+    registry.watch(state)
+    for key in (b"key-a", b"key-b"):
+        state.create_node(NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, key, 0)
+    return registry, state
+
+
+def test_the_node_registry_is_private_even_over_a_stale_temporary_file_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    from flwr.common.constant import NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
+
+    stale = tmp_path / "nodes.bin.tmp"
+    stale.write_bytes(b"left by a crash")
+    stale.chmod(0o644)
+    registry, state = _registry_with_two_nodes(tmp_path)
+    assert registry.path.stat().st_mode & 0o777 == 0o600
+    before = registry.path.read_bytes()
+    assert len(registry.load()) == 2
+
+    def disk_full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        state.create_node(NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, b"key-c", 0)
+    assert registry.path.read_bytes() == before  # the old registry, whole
+    assert not stale.exists()  # and no half-written copy next to it
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda data: data[:-3], "claims"),  # cut inside the last entry
+        (lambda data: data + b"\x00\x01", "stray byte"),  # cut inside a length prefix
+        (lambda data: b"\x00\x00\x00\x04\xff\xff\xff\xff", "not a NodeInfo"),
+        (lambda data: b"\x00\x00\x00\x00", "no node id"),
+        (lambda data: b"this is no registry at all", "claims"),
+    ],
+)
+def test_a_damaged_node_registry_is_one_line_not_a_traceback_nor_lost_nodes(tmp_path, capsys, damage, why):
+    registry, _ = _registry_with_two_nodes(tmp_path)
+    registry.path.write_bytes(damage(registry.path.read_bytes()))
+    with pytest.raises(FedriskError, match=why) as err:
+        registry.load()
+    assert "\n" not in str(err.value) and str(registry.path) in str(err.value)
+    # The entry point refuses it before Flower starts: exit code 2, one line on stderr.
+    assert main(["--node-registry", str(registry.path), "--database", ":flwr-in-memory:"]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and out.err.startswith(f"error: node registry {registry.path} is damaged")
+    assert "Traceback" not in out.err
 
 
 @pytest.mark.e2e

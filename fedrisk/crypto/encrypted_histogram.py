@@ -84,11 +84,15 @@ kept through the switch to three primes: noise ≈ 2^31–2^32, which
 :data:`EVAL_NOISE_BITS` = 34 bounds; after the flooding ≈ 9 bits remain.
 
 Measured (``benchmarks/secureboost.py``, default credit, 24,000 training rows, 120
-columns, 30 trees, two workers, load ≈ 1.8): 56.7 s, CPU 9.5 s main + 66.1 s workers,
-against 23.1 s (≈ 5 + 35–40 s) for the CKKS kernel: the price of exactness is
-``N = 16384`` with five primes (≈ 0.8 ms per product and ≈ 5–16 ms per key
-switch, against 0.09 and 1.2 ms). AUC equal to the plaintext reference, split for
-split. Per tree 5.8 MB (two 1.3 MB gradient ciphertexts, 0.79 MB per histogram).
+columns, 30 trees, two workers): 44.7 s on a quiet machine (setup 2.7 s; CPU 9.2 s
+main + 68.0 s workers; 59.0 s in the workers once the planner counted the
+giant steps, B = 8), against 21.7–23.1 s (CPU ≈ 5 + 35–40 s) for the CKKS kernel:
+the price of exactness is ``N = 16384`` with five primes (≈ 0.6–0.8 ms per product
+and ≈ 4.5–9.5 ms per key switch, against 0.09 and 1.2 ms) — about 2.3 core-seconds
+per tree, ≈ 0.53 s per node histogram (products 0.2 s, giant steps 0.14 s, node
+masks 0.05 s, baby steps 0.06 s, output 0.08 s by :class:`KernelCosts`). AUC equal
+to the plaintext reference, split for split. Per tree 5.8 MB (two 1.3 MB gradient
+ciphertexts, 0.79 MB per histogram).
 
 Alternatives measured and not taken
 -----------------------------------
@@ -100,10 +104,21 @@ Alternatives measured and not taken
   default-credit run on the label holder alone.
 * **N = 8192 BFV**: 218 bits of modulus cannot hold two plaintext products
   (≈ 66 bits each at ``t ≈ 2^59``) plus the flooding.
-* **Coefficient packing** (polynomial products, small noise growth): a column total
-  lands in one coefficient but every other coefficient holds a partial, shifted
-  correlation — exactly the leak this kernel removes — unless rows are cut into
-  blocks of ``N/columns``, which multiplies the gradient ciphertexts by ≈ 100.
+* **Coefficient packing** (Cheetah-style polynomial products, no key switching,
+  ``N = 8192``): rows in blocks of ``n`` coefficients, ``b`` columns per product with
+  ``n·b ≤ N``; one product yields ``b`` column sums over ``n`` rows, every other
+  coefficient is a partial correlation that the feature holder must overwrite with
+  uniform values mod ``t`` before it leaves. Measured here (four primes, 200 bits):
+  a 0/1 mask plaintext costs 0.06 ms to build and 0.62 ms to NTT, the product and
+  addition 0.30 ms, so a node's ``rows·columns/N ≈ 352`` products cost ≈ 0.35 s
+  and, with outputs and the label holder's 2.7 ms encryptions, ≈ 0.45 s against
+  this kernel's ≈ 0.53 s — the node mask changes the plaintexts, so their NTTs
+  cannot be cached — for ≈ 3× the bytes (the gradients need ≈ 60 ciphertexts per
+  tree). Caching them needs the label holder to send, per level, the asked nodes'
+  gradients sorted by node (≈ 1.25 core-s per tree modelled, against ≈ 2.3) at
+  ≈ 35 MB per tree instead of 5.8 MB. Not built: the first gains ≈ 15 %, the
+  second trades the deployed speed (bytes through the SuperLink) for the
+  in-process one, and both are a new protocol.
 * **TenSEAL's default Galois keys**: 27 keys, 206 MB; the kernel needs 14 (55 MB
   seeded).
 """

@@ -37,8 +37,11 @@ map of options, and ``(object id, content)`` pairs, length-prefixed.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
+from collections.abc import Callable, Iterable
+from typing import Any
 
 #: gRPC service of the Fleet API extension (same server, TLS and node authentication as Flower's Fleet).
 FLEET_SERVICE = "fedrisk.v1.FleetBundle"
@@ -171,3 +174,51 @@ def gather_objects(object_ids, content_of, budget: int = MAX_BUNDLE_BYTES) -> tu
         budget -= len(content)
         carried.append((object_id, content))
     return carried, left
+
+
+def gather_messages(
+    messages: Iterable[tuple[Any, Any]],
+    content_of: Callable[[Any, str], bytes | None],
+    confirm: Callable[[Any], None],
+    budget: int = MAX_BUNDLE_BYTES,
+) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Fill a pull's bundle: each message's objects, and the confirmation of each message carried whole.
+
+    The SuperLink's two bundled pulls (Fleet and Runtime) run this over what
+    Flower's ``PullMessages`` answered.
+
+    Parameters
+    ----------
+    messages : iterable of (message, object tree)
+        Flower's ``messages_list`` zipped with its ``message_object_trees``.
+    content_of : callable
+        ``content_of(message, object_id)``: the object's content, or ``None``/``b""`` when it is not (yet) available.
+    confirm : callable
+        ``confirm(message)``: Flower's ``ConfirmMessageReceived`` for a message all of whose objects are carried.
+    budget : int
+        Object bytes the whole bundle may carry.
+
+    Returns
+    -------
+    objects : list of (object id, content)
+        Every object carried, each once even when several messages share it.
+    confirmed : list of str
+        The ids of the messages confirmed.
+    """
+    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+
+    objects: list[tuple[str, bytes]] = []
+    confirmed: list[str] = []
+    seen: set[str] = set()
+    for message, tree in messages:
+        ids = [node.object_id for node in iterate_object_tree(tree)]
+        # An object an earlier message carried is not sent twice, and does not keep this message unconfirmed.
+        carried, left = gather_objects([i for i in ids if i not in seen], functools.partial(content_of, message), budget)
+        seen.update(i for i, _ in carried)
+        budget -= sum(len(c) for _, c in carried)
+        objects += carried
+        if not left:
+            # Confirmed only when carried whole: otherwise the receiver fetches the rest with Flower's per-object calls.
+            confirm(message)
+            confirmed.append(message.metadata.message_id)
+    return objects, confirmed

@@ -18,7 +18,8 @@ Crash recovery: runs are submitted with ``recovery = true`` (the ServerApp
 checkpoints after every round and pauses for restarting parties, see
 :mod:`fedrisk.federation.server_app`). A party process or SuperNode that dies
 is restarted (:meth:`~fedrisk.parties.node.PartyNode.supervise`); a
-SuperLink that dies is restarted on the same ports and node registry; a
+SuperLink that dies is restarted on the same ports and node registry (up to
+``superlink_start_attempts`` starts, then a one-line error); a
 coordinator (``flwr-serverapp``) that dies without writing a result is
 resubmitted with the same run id, up to ``max_coordinator_restarts`` times,
 and resumes from its checkpoint.
@@ -132,6 +133,8 @@ class LocalFederation:
     restart_processes: bool = True
     #: How often a coordinator that died without a result is resubmitted (it resumes from its checkpoint).
     max_coordinator_restarts: int = 3
+    #: How many times a SuperLink that died is started again, in one restart, before the federation gives up.
+    superlink_start_attempts: int = 3
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -164,7 +167,8 @@ class LocalFederation:
 
     def _check_alive(self, skip: ManagedProcess | None = None) -> None:
         """Restart what died (when ``restart_processes``), else raise naming it."""
-        if self.restart_processes and self.superlink is not None and self.superlink.exited() is not None:
+        superlink = self.superlink
+        if self.restart_processes and superlink is not None and superlink is not skip and superlink.exited() is not None:
             self.restart_superlink()
         for proc in self.processes:
             code = proc.exited()
@@ -175,14 +179,6 @@ class LocalFederation:
                 self.restarted += node.supervise()
             else:
                 node.check_alive()
-
-    def _wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise PartyUnavailableError(f"{what} did not come up within {timeout:.0f} s (see {self.logs_dir})")
-            time.sleep(0.1)
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +223,14 @@ class LocalFederation:
             f"TLS {'on' if self.tls else 'off'}, node authentication {'on' if self.node_auth else 'off'}"
         )
 
-    def _start_superlink(self) -> None:
+    def _start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink on :attr:`fleet_port` and :attr:`control_port` and wait until both are open.
+
+        Raises
+        ------
+        SuperLinkStartError
+            It exited, or did not open its ports within ``timeout`` seconds (it is stopped and forgotten).
+        """
         # fedrisk's SuperLink entry point: Flower's SuperLink with bundled long-poll transfers, on Flower's
         # in-memory state, its node registrations kept across restarts (fedrisk.federation.superlink).
         argv = [
@@ -245,11 +248,38 @@ class LocalFederation:
             argv.append("--insecure")
         if self.node_auth:
             argv.append("--enable-supernode-auth")
-        self.superlink = self._spawn("superlink", argv)
-        self._wait_for("SuperLink", lambda: _port_open(self.fleet_port) and _port_open(self.control_port))
+        proc = self.superlink = self._spawn("superlink", argv)
+        deadline = time.monotonic() + timeout
+        while not (_port_open(self.fleet_port) and _port_open(self.control_port)):
+            code = proc.exited()
+            if code is not None or time.monotonic() > deadline:
+                # Forget it before raising: a dead SuperLink left in place would be "restarted" by the next check.
+                proc.terminate()
+                self.processes.remove(proc)
+                self.superlink = None
+                why = (
+                    f"exited with code {code}: {_failure_line(proc.own_log())}"
+                    if code is not None
+                    else f"did not open its ports within {timeout:.0f} s (see {proc.log_path})"
+                )
+                raise SuperLinkStartError(
+                    f"the SuperLink (Fleet 127.0.0.1:{self.fleet_port}, Control 127.0.0.1:{self.control_port}) {why}"
+                )
+            self._check_alive(skip=proc)  # the parties that are up must still be; this SuperLink is judged above
+            time.sleep(0.1)
 
     def restart_superlink(self) -> None:
-        """Start the SuperLink again on the same ports and node registry (registered node keys persist)."""
+        """Start the SuperLink again on the same ports and node registry (registered node keys persist).
+
+        Up to :attr:`superlink_start_attempts` starts; a SuperLink that dies while starting is not
+        restarted from within its own start (which recursed without bound when it could never start).
+
+        Raises
+        ------
+        PartyUnavailableError
+            The old SuperLink's ports stay in use, or no attempt started (one line: ports, exit code,
+            the SuperLink's last error line).
+        """
         old = self.superlink
         if old is not None:
             old.terminate()
@@ -263,7 +293,16 @@ class LocalFederation:
             if time.monotonic() > deadline:
                 raise PartyUnavailableError("the SuperLink's ports are still in use 30 s after it died")
             time.sleep(0.2)
-        self._start_superlink()
+        attempts = max(1, self.superlink_start_attempts)
+        failure: SuperLinkStartError | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_superlink()
+                return
+            except SuperLinkStartError as err:
+                failure = err
+                self.log(f"SuperLink start {attempt}/{attempts} failed: {err}")
+        raise PartyUnavailableError(f"the SuperLink could not be restarted in {attempts} attempts: {failure}")
 
     def admin(self):
         """Node registration on this federation's SuperLink (Control API)."""
@@ -420,6 +459,26 @@ class LocalFederation:
 
 #: Seconds a vanished ``flwr-serverapp`` is given to have written its result before it counts as dead.
 COORDINATOR_GRACE = 2.0
+
+
+class SuperLinkStartError(PartyUnavailableError):
+    """The SuperLink exited, or did not open its ports, while being started."""
+
+
+def _failure_line(log_text: str) -> str:
+    """The line of a process's output that says why it failed: its last exception or error message, else its last line.
+
+    Flower's SuperLink ends with a generic ``Application startup failed`` after the line that matters
+    (``SystemExit: Port in server address ... is already in use.``).
+    """
+    import re
+
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.match(r"^(?:[\w.]+(?:Error|Exception|Exit)|error): (.+)$", line)
+        if found:
+            return found.group(1) if found.group(1).strip() else line
+    return lines[-1] if lines else "no output"
 
 
 def _children_map() -> dict[int, list[int]]:

@@ -68,13 +68,12 @@ from typing import NamedTuple
 from fedrisk.federation.bundles import (
     FLEET_PULL,
     FLEET_PUSH,
-    MAX_BUNDLE_BYTES,
     MAX_WAIT_SECONDS,
     RUNTIME_PULL,
     RUNTIME_PUSH,
     Bundle,
     BundleError,
-    gather_objects,
+    gather_messages,
 )
 
 #: After the first of several awaited replies is complete, how long a ServerApp pull waits for the others.
@@ -244,7 +243,6 @@ class FleetBundleHandler:
             ConfirmMessageReceivedRequest,
             PullObjectRequest,
         )
-        from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
 
         request = bundle.head_message  # type: ignore[attr-defined]
         state = self.servicer.state_factory.state()
@@ -260,27 +258,22 @@ class FleetBundleHandler:
                 if response.messages_list or inbox == "complete" or late:
                     break
             self.changes.wait(generation, deadline - time.monotonic())
-        objects: list[tuple[str, bytes]] = []
-        confirmed: list[str] = []
-        seen: set[str] = set()
-        budget = MAX_BUNDLE_BYTES
-        for message, tree in zip(response.messages_list, response.message_object_trees):
-            run_id = message.metadata.run_id
 
-            def content_of(object_id: str, run_id=run_id) -> bytes | None:
-                found = self.servicer.PullObject(PullObjectRequest(node=request.node, run_id=run_id, object_id=object_id), context)
-                return found.object_content if found.object_found and found.object_available else None
+        def content_of(message, object_id: str) -> bytes | None:
+            found = self.servicer.PullObject(
+                PullObjectRequest(node=request.node, run_id=message.metadata.run_id, object_id=object_id), context
+            )
+            return found.object_content if found.object_found and found.object_available else None
 
-            ids = [t.object_id for t in iterate_object_tree(tree)]
-            carried, left = gather_objects([i for i in ids if i not in seen], content_of, budget)
-            seen.update(i for i, _ in carried)
-            budget -= sum(len(c) for _, c in carried)
-            objects += carried
-            if not left:
-                self.servicer.ConfirmMessageReceived(
-                    ConfirmMessageReceivedRequest(node=request.node, run_id=run_id, message_object_id=message.metadata.message_id), context
-                )
-                confirmed.append(message.metadata.message_id)
+        def confirm(message) -> None:
+            self.servicer.ConfirmMessageReceived(
+                ConfirmMessageReceivedRequest(
+                    node=request.node, run_id=message.metadata.run_id, message_object_id=message.metadata.message_id
+                ),
+                context,
+            )
+
+        objects, confirmed = gather_messages(zip(response.messages_list, response.message_object_trees), content_of, confirm)
         return Bundle(response.SerializeToString(), {"confirmed": confirmed, "long_poll": MAX_WAIT_SECONDS}, objects)
 
     def push(self, bundle: Bundle, context) -> Bundle:
@@ -312,7 +305,6 @@ def runtime_pull(body: bytes, state, task, changes: StateChanges) -> bytes:
     from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest, PullObjectRequest  # pylint: disable=no-name-in-module
     from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
     from flwr.proto.runtime_pb2 import PullAppMessagesRequest  # pylint: disable=no-name-in-module
-    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
     from flwr.superlink.servicer.runtime import runtime_handlers as handlers
 
     bundle = Bundle.FromString(body)
@@ -342,26 +334,17 @@ def runtime_pull(body: bytes, state, task, changes: StateChanges) -> bytes:
     with changes.bundle_lock:
         response = handlers.pull_messages(request, state, task)
     node = Node(node_id=SUPERLINK_NODE_ID)
-    objects: list[tuple[str, bytes]] = []
-    confirmed: list[str] = []
-    seen: set[str] = set()
-    budget = MAX_BUNDLE_BYTES
 
-    def content_of(object_id: str) -> bytes | None:
+    def content_of(_message, object_id: str) -> bytes | None:
         found = handlers.pull_object(PullObjectRequest(node=node, run_id=task.run_id, object_id=object_id), state, task)
         return found.object_content if found.object_found and found.object_available else None
 
-    for message, tree in zip(response.messages_list, response.message_object_trees):
-        ids = [t.object_id for t in iterate_object_tree(tree)]
-        carried, left = gather_objects([i for i in ids if i not in seen], content_of, budget)
-        seen.update(i for i, _ in carried)
-        budget -= sum(len(c) for _, c in carried)
-        objects += carried
-        if not left:
-            handlers.confirm_message_received(
-                ConfirmMessageReceivedRequest(node=node, run_id=task.run_id, message_object_id=message.metadata.message_id), state, task
-            )
-            confirmed.append(message.metadata.message_id)
+    def confirm(message) -> None:
+        handlers.confirm_message_received(
+            ConfirmMessageReceivedRequest(node=node, run_id=task.run_id, message_object_id=message.metadata.message_id), state, task
+        )
+
+    objects, confirmed = gather_messages(zip(response.messages_list, response.message_object_trees), content_of, confirm)
     return Bundle(response.SerializeToString(), {"confirmed": confirmed, "long_poll": MAX_WAIT_SECONDS}, objects).SerializeToString()
 
 
@@ -448,29 +431,67 @@ class RuntimeRoutes:
 
 # -- node registry -------------------------------------------------------------------------------
 class NodeRegistry:
-    """The Control API's node registrations, kept in a file across restarts of an in-memory SuperLink."""
+    """The Control API's node registrations, kept in a file across restarts of an in-memory SuperLink.
+
+    The file is a sequence of Flower ``NodeInfo`` protobufs, each prefixed by
+    its length (4 bytes, big-endian). It holds the nodes' public keys and
+    owners, so it is written with mode 0600, and atomically: a failed write
+    leaves the previous file as it was.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
 
     def load(self) -> list:
+        """The saved ``NodeInfo`` entries (none when the file does not exist yet).
+
+        Raises
+        ------
+        FedriskError
+            The file cannot be read, or is not a whole registry (truncated, or not one at all).
+        """
         import struct
 
         from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+        from google.protobuf.message import DecodeError
+
+        from fedrisk.errors import FedriskError
 
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        out, at = [], 0
-        while at + 4 <= len(data):
+        except OSError as err:
+            raise FedriskError(f"cannot read the node registry {self.path}: {err.strerror}") from None
+        out: list = []
+        at = 0
+        while at < len(data):
+            # Refuse rather than drop: a registry read short would silently unregister nodes on the next save.
+            if at + 4 > len(data):
+                raise self._corrupt(f"{len(data) - at} stray byte(s) at offset {at}")
             (length,) = struct.unpack_from(">I", data, at)
-            out.append(NodeInfo.FromString(data[at + 4 : at + 4 + length]))
+            if at + 4 + length > len(data):
+                raise self._corrupt(f"entry {len(out) + 1} at offset {at} claims {length} bytes, {len(data) - at - 4} left")
+            try:
+                info = NodeInfo.FromString(data[at + 4 : at + 4 + length])
+            except DecodeError:
+                raise self._corrupt(f"entry {len(out) + 1} at offset {at} is not a NodeInfo") from None
+            if info.node_id == 0:
+                raise self._corrupt(f"entry {len(out) + 1} at offset {at} has no node id")
+            out.append(info)
             at += 4 + length
         return out
 
+    def _corrupt(self, why: str) -> Exception:
+        from fedrisk.errors import FedriskError
+
+        return FedriskError(
+            f"node registry {self.path} is damaged ({why}); restore it from a backup, or remove it and register the nodes again"
+        )
+
     def save(self, state) -> None:
+        """Write every node of ``state`` to the file: a private temporary file, then an atomic rename over the old one."""
         import struct
 
         with self._lock:
@@ -478,12 +499,24 @@ class NodeRegistry:
             data = b"".join(struct.pack(">I", len(b)) + b for b in (info.SerializeToString() for info in infos))
             tmp = self.path.with_name(self.path.name + ".tmp")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    os.fchmod(handle.fileno(), 0o600)  # a stale .tmp keeps its old mode through O_CREAT
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # the old registry is untouched; leave no half-written copy
+                raise
+            # The rename itself survives a power cut only once the folder is synced.
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
     def restore(self, state) -> int:
         """Put the saved nodes back into Flower's in-memory state (same ids, keys, owners); returns how many."""
@@ -571,13 +604,44 @@ def _pop_option(args: list[str], name: str, *, flag: bool = False) -> str | bool
     return False if flag else None
 
 
+_FEDRISK_OPTIONS = """fedrisk SuperLink: Flower's flower-superlink with bundled long-poll pulls and pushes.
+
+fedrisk options (before or among Flower's):
+  --node-registry FILE  keep registered node ids and public keys in FILE (0600), so a
+                        restarted in-memory SuperLink keeps its nodes
+  --no-bundles          serve Flower's per-object calls only (as a stock flower-superlink)
+
+Flower's options follow.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``flower-superlink`` with fedrisk's extensions; ``argv``: fedrisk's options and Flower's.
+
+    Returns
+    -------
+    int
+        0 after the SuperLink stopped; 2 when the node registry cannot be read (one line on stderr).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    registry_path = _pop_option(args, "--node-registry")
-    no_bundles = bool(_pop_option(args, "--no-bundles", flag=True))
-    install(bundles=not no_bundles, registry=NodeRegistry(Path(str(registry_path))) if registry_path else None)
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
+    if "-h" in args or "--help" in args:
+        print(_FEDRISK_OPTIONS)
+        sys.argv = ["flower-superlink", "--help"]
+        flower_superlink()  # prints Flower's help and exits, before anything is patched
+    registry_path = _pop_option(args, "--node-registry")
+    no_bundles = bool(_pop_option(args, "--no-bundles", flag=True))
+    registry = NodeRegistry(Path(str(registry_path))) if registry_path else None
+    if registry is not None:
+        from fedrisk.errors import FedriskError
+
+        try:
+            registry.load()  # read here, before Flower starts: a damaged file is one line, not a traceback mid-startup
+        except FedriskError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    install(bundles=not no_bundles, registry=registry)
     sys.argv = ["flower-superlink", *args]
     flower_superlink()
     return 0
