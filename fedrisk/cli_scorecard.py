@@ -4,7 +4,10 @@ Trains in one process, over the real encrypted protocols, the federated WOE binn
 (:class:`fedrisk.models.woe.VerticalWOE`) and the vertical logistic regression on the
 WOE table, converts the model to points (:mod:`fedrisk.models.points`) and prints the
 bank's own table. ``fedrisk demo`` trains a logistic model on raw features over the
-Deployment Engine, not a WOE scorecard, so the points table has its own command.
+Deployment Engine, not a WOE scorecard, so the points table has its own command;
+``fedrisk demo --model scorecard`` trains the WOE scorecard in-process as this
+command does, deploys each party's points table to the scoring node and prints the
+bank's table with :func:`render_points_table`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,16 @@ time, verifies every audit ledger and writes ``summary.json`` and the report.
 
 ``--mode horizontal`` runs three banks with CKKS-encrypted FedAvg and, for
 comparison, plaintext FedAvg on the same processes and seed.
+
+``--model scorecard`` is the credit team's points scorecard: the federated WOE
+binning and the vertical logistic regression on the WOE table, trained in one
+process over the real encrypted protocols (not over the Deployment Engine, as
+``fedrisk scorecard points``), converted to points; each party's signed bundle
+holds its own points table only. The demo deploys them to the sandboxed scoring
+node and the parties' scoring services, decides live on the held-out SMEs
+(scores equal to the offline points tables), prints the bank's own points table
+and writes it to ``runs/<id>/points_bank.csv`` — the other parties' tables stay
+in their own bundles.
 """
 
 from __future__ import annotations
@@ -48,8 +58,10 @@ def run_demo(
     from fedrisk.errors import ConfigError
 
     if mode == "vertical":
-        if model not in ("vertical_lr", "secureboost", "stacking"):
-            raise ConfigError(f"--model: expected 'vertical_lr', 'secureboost' or 'stacking', got {model!r}")
+        if model not in ("vertical_lr", "secureboost", "stacking", "scorecard"):
+            raise ConfigError(f"--model: expected 'vertical_lr', 'secureboost', 'stacking' or 'scorecard', got {model!r}")
+        if model == "scorecard":
+            return run_scorecard_demo(runs_dir=runs_dir, rows=rows, epochs=rounds, seed=seed, console=console)
         if model == "stacking":
             from fedrisk.federation.stacking import run_stacking_demo
 
@@ -339,6 +351,91 @@ def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
     verdict = "[green]verified[/green]" if summary["ledger_verified"] else "[red]FINDINGS[/red]"
     console.print(f"audit ledgers: {summary['ledger_entries']} entries, {verdict}; report: {summary['audit_report']}")
     console.print(f"summary: {run_dir / 'summary.json'}")
+
+
+SCORECARD_LIVE_APPLICATIONS = 400
+
+
+def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, console: Console | None = None) -> dict:
+    """The points scorecard: train in-process, deploy each party's own points table, decide live, show the bank's table."""
+    from fedrisk.cli_scorecard import render_points_table
+    from fedrisk.models.metrics import auc
+    from fedrisk.parties.scoring.bundles import load_bank_model, parse_trusted_keys
+    from fedrisk.parties.scoring.client import ScoringClient
+    from fedrisk.parties.scoring.deploy import start_example_deployment
+    from fedrisk.parties.scoring.example import build_points_example
+    from fedrisk.v1 import scoring_pb2 as pb
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run_dir = new_run_dir(runs_dir, "demo-scorecard")
+    console.print(f"[bold]fedrisk demo[/bold] — points scorecard, run folder {run_dir}")
+    holdout = 0.2
+    with console.status("federated WOE binning and vertical LR on the WOE table (in-process, encrypted protocols)"):
+        ex = build_points_example(run_dir / "federation", rows=rows, seed=seed, max_epochs=epochs, holdout=holdout, run_id=run_dir.name)
+    # The bank reads its own signed bundle: its own points table, nothing of another party's.
+    bank = load_bank_model(ex.bundles["bank"], parse_trusted_keys(ex.trusted_keys)).part
+    table = bank.table()  # type: ignore[union-attr]
+    csv_path = run_dir / f"points_{bank.party}.csv"  # type: ignore[union-attr]
+    table.to_csv(csv_path, index=False, lineterminator="\n")
+    assert ex.data is not None
+    ids = [str(i) for i in ex.data.bank.ids[len(ex.data.bank.ids) - round(holdout * len(ex.data.bank.ids)):]][:SCORECARD_LIVE_APPLICATIONS]
+    y = dict(zip(ex.data.bank.ids.tolist(), np.asarray(ex.data.bank.labels).tolist()))
+    with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
+        deployment = start_example_deployment(ex, run_dir / "scoring", policy=_portfolio_policy(run_dir))
+        try:
+            with ScoringClient(deployment.node.address, ca=ex.pki.ca_cert) as client:
+                client.wait_ready(timeout=30)
+                sandbox = client.describe().sandbox
+                applications = (pb.Application(application_id=f"demo-{i}", sme_id=sme, estimate_only=True) for i, sme in enumerate(ids))
+                decisions = list(client.score_stream(applications, timeout=300))
+        finally:
+            deployment.stop()
+    live = np.array([_exact_points(d) for d in decisions])
+    offline = np.array([ex.offline_score[d.sme_id] for d in decisions])
+    outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
+    summary = {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "mode": "vertical",
+        "algorithm": "points_scorecard",
+        "model": "scorecard",
+        "trained": "in-process (federated WOE binning, vertical LR on WOE; encrypted protocols, not the Deployment Engine)",
+        "parties": list(VERTICAL_PARTIES),
+        "rows": rows,
+        "rows_trained": rows - round(holdout * rows),
+        "scale": {**bank.scale.to_dict(), "factor": bank.scale.factor, "offset": bank.scale.offset},  # type: ignore[union-attr]
+        "points_table": str(csv_path),
+        "points_table_rows": len(table),
+        "scoring": {
+            "applications": len(decisions),
+            "approve": outcomes.count("APPROVE"),
+            "decline": outcomes.count("DECLINE"),
+            "refer": outcomes.count("REFER"),
+            "auc_live_holdout": float(auc(np.array([y[d.sme_id] for d in decisions]), live * -1.0)),
+            "max_abs_score_diff_vs_offline": float(np.max(np.abs(live - offline))),
+            "sandbox": sandbox,
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    write_summary(run_dir, summary)
+    console.print(render_points_table(table, bank.party, bank.scale))  # type: ignore[union-attr]
+    live_s = summary["scoring"]
+    console.print(
+        f"live decisions ({sandbox} sandbox): {live_s['applications']} held-out SMEs — {live_s['approve']} approve, "
+        f"{live_s['refer']} refer, {live_s['decline']} decline; score equals the offline points tables within "
+        f"{live_s['max_abs_score_diff_vs_offline']:.1e}; AUC {live_s['auc_live_holdout']:.4f}; reasons in points, per party"
+    )
+    console.print(f"the bank's points table: {csv_path} (each feature holder's stays in its own bundle)")
+    console.print(f"summary: {run_dir / 'summary.json'}")
+    return summary
+
+
+def _exact_points(decision) -> float:
+    """The exact score a points decision carries (``Decision.points``)."""
+    if not decision.points:
+        raise FedriskError(f"decision {decision.application_id} carries no points score")
+    return float(decision.points)
 
 
 def _write_bank_shares(run_dir: Path, rows: int, seed: int) -> tuple[dict[str, Path], Path, dict]:

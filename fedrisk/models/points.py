@@ -58,7 +58,17 @@ rows) to the first bin — as the WOE transform does.
 Leakage. Building the tables sends nothing: each party turns its own block into its
 own table. A points bundle (:meth:`PartyPoints.to_bundle`) holds the party's own
 features, bin edges, WOE and points, and the public scale; the bank's adds its base
-points and coverage-indicator points.
+points and coverage-indicator points. :meth:`PointsScorecard.bundle` adds what the
+scoring deployment needs (the label holder's name, the party's table schema; for
+the bank, the names of its feature holders).
+
+Live scoring. A feature holder's scoring service reads its own table with its own
+points table and answers its partial points as its share of the log-odds
+``−points / factor`` with the names of its features that cost the most points
+against their best bin — what the logistic scorecard's answer discloses (a
+partial log-odds and feature names), nothing per feature in points. The bank's
+node adds its own points (base, features, indicators) and every party's, so the
+live score is :meth:`PointsScorecard.score` (:mod:`fedrisk.parties.scoring.node`).
 """
 
 from __future__ import annotations
@@ -378,6 +388,13 @@ class PartyPoints:
                 total = total + np.where(c, ind.covered, ind.not_covered)
         return total
 
+    def points_below_best(self, X: Any) -> np.ndarray:
+        """``(n, m)``: how many points each row's bin of each own feature scores below that feature's best bin."""
+        P = self.feature_points(X)
+        if not self.features:
+            return P
+        return np.array([fp.best_points() for fp in self.features])[None, :] - P
+
     def reasons(self, row: Any, top: int = 3) -> list[Reason]:
         """The own features that cost the row most points against their best bin, worst first.
 
@@ -449,6 +466,8 @@ class PartyPoints:
             return cls(str(meta["party"]), ScoreScale(**meta["scale"]), feats, None if base is None else float(base), inds)
         except KeyError as err:
             raise ProtocolError(f"points bundle lacks {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ProtocolError(f"points bundle is malformed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 # =========================================================================== the whole card
@@ -536,6 +555,21 @@ class PointsScorecard:
     def score(self, data: Any) -> np.ndarray:
         """The score of each row: the sum of every party's points (higher is safer)."""
         return self.partial_points(data).sum(axis=1).to_numpy()
+
+    def bundle(self, party: str, *, run_id: str, schema: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """``party``'s scoring bundle contents: its own table (:meth:`PartyPoints.to_bundle`) and who it serves.
+
+        Adds the label holder's name (a feature holder's service answers only it),
+        the party's table schema (how its scoring service reads its own table) and,
+        for the label holder, the names of the feature holders its node asks.
+        Nothing of another party's table is added.
+        """
+        if party not in self.parts:
+            raise DataValidationError(f"no party {party!r} in this scorecard; parties: {', '.join(self.parts)}")
+        extra: dict[str, Any] = {"label_holder": self.label_holder, "schema": dict(schema or {})}
+        if party == self.label_holder:
+            extra["feature_holders"] = [p for p in self.parts if p != party]
+        return self.parts[party].to_bundle(run_id=run_id, extra=extra)
 
     def reasons(self, row: Any, party: str, top: int = 3) -> list[Reason]:
         """``party``'s features that cost ``row`` the most points against their best bin."""

@@ -98,19 +98,21 @@ class Reason(_message.Message):
     def __init__(self, party: _Optional[str] = ..., code: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PartyStatus(_message.Message):
-    __slots__ = ("party", "state", "latency_ms", "detail")
+    __slots__ = ("party", "state", "latency_ms", "detail", "points")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
     party: str
     state: PartyState
     latency_ms: float
     detail: str
-    def __init__(self, party: _Optional[str] = ..., state: _Optional[_Union[PartyState, str]] = ..., latency_ms: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+    points: float
+    def __init__(self, party: _Optional[str] = ..., state: _Optional[_Union[PartyState, str]] = ..., latency_ms: _Optional[float] = ..., detail: _Optional[str] = ..., points: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("application_id", "sme_id", "outcome", "probability_of_default", "score", "credit_limit", "currency", "risk_band", "reasons", "parties", "model_version", "policy_version", "latency_ms", "degraded", "recorded", "index")
+    __slots__ = ("application_id", "sme_id", "outcome", "probability_of_default", "score", "credit_limit", "currency", "risk_band", "reasons", "parties", "model_version", "policy_version", "latency_ms", "degraded", "recorded", "index", "points")
     APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     SME_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,7 @@ class Decision(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     RECORDED_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
     application_id: str
     sme_id: str
     outcome: Outcome
@@ -143,7 +146,8 @@ class Decision(_message.Message):
     degraded: bool
     recorded: bool
     index: int
-    def __init__(self, application_id: _Optional[str] = ..., sme_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., probability_of_default: _Optional[float] = ..., score: _Optional[int] = ..., credit_limit: _Optional[int] = ..., currency: _Optional[str] = ..., risk_band: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., parties: _Optional[_Iterable[_Union[PartyStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., latency_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., recorded: _Optional[bool] = ..., index: _Optional[int] = ...) -> None: ...
+    points: float
+    def __init__(self, application_id: _Optional[str] = ..., sme_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., probability_of_default: _Optional[float] = ..., score: _Optional[int] = ..., credit_limit: _Optional[int] = ..., currency: _Optional[str] = ..., risk_band: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., parties: _Optional[_Iterable[_Union[PartyStatus, _Mapping]]] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., latency_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., recorded: _Optional[bool] = ..., index: _Optional[int] = ..., points: _Optional[float] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

@@ -6,14 +6,17 @@ weights are safetensors, the metadata JSON). :func:`load_bank_model` and
 :func:`load_party_model` return the party's part of the joint model with its
 provenance: ``model_version`` = the joint model's run id (what the parties
 check) plus the first 12 hex digits of the SHA-256 of the signed manifest
-(which exact bundle). Two model kinds are served: the vertical logistic
-scorecard (:mod:`fedrisk.models.scorecard`) and vertical SecureBoost
-(:mod:`fedrisk.models.secureboost`: the bank's trees, a feature holder's
-routing table); the bundle's ``kind`` says which.
+(which exact bundle). Three model kinds are served: the vertical logistic
+scorecard (:mod:`fedrisk.models.scorecard`), the points scorecard
+(:mod:`fedrisk.models.points`: the WOE scorecard as each party's own points
+table) and vertical SecureBoost (:mod:`fedrisk.models.secureboost`: the bank's
+trees, a feature holder's routing table); the bundle's ``kind`` says which.
 
 :class:`LinearScorer` evaluates the bank's block for one application in pure
 Python — a numpy call costs more than the arithmetic for ten features — and is
-checked against :meth:`LabelHolderScorecard.decision_function` when built.
+checked against :meth:`LabelHolderScorecard.decision_function` when built;
+:class:`PointsScorer` does the same for the bank's points table (checked
+against :meth:`PartyPoints.partial_points`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ import numpy as np
 
 from fedrisk.crypto.signing import verify_bundle_with_manifest
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
+from fedrisk.models.points import POINTS_KIND, PartyPoints
 from fedrisk.models.scorecard import (
     FeatureHolderScorecard,
     LabelHolderScorecard,
@@ -38,23 +43,25 @@ from fedrisk.models.scorecard import (
 )
 
 __all__ = [
+    "POINTS",
     "SCORECARD",
     "SECUREBOOST",
     "LinearScorer",
     "LoadedModel",
+    "PointsScorer",
     "load_bank_model",
     "load_party_model",
     "parse_trusted_keys",
 ]
 
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
-SCORECARD, SECUREBOOST = "scorecard", "secureboost"
+SCORECARD, SECUREBOOST, POINTS = "scorecard", "secureboost", "points"
 _SB_LABEL_HOLDER, _SB_FEATURE_HOLDER = "secureboost_label_holder", "secureboost_feature_holder"
 
 if TYPE_CHECKING:  # the tree module (and scikit-learn) is imported only for a SecureBoost bundle
     from fedrisk.models.secureboost_tree import RoutingTable, SecureBoostModel
 
-    ModelPart = LabelHolderScorecard | FeatureHolderScorecard | SecureBoostModel | RoutingTable
+    ModelPart = LabelHolderScorecard | FeatureHolderScorecard | SecureBoostModel | RoutingTable | PartyPoints
 
 
 def parse_trusted_keys(spec: str | Path | Iterable[str | bytes] | Mapping[str, str]) -> list[bytes]:
@@ -108,9 +115,10 @@ class LoadedModel:
 
     Attributes
     ----------
-    part : LabelHolderScorecard, FeatureHolderScorecard, SecureBoostModel or RoutingTable
-        The party's part: a scorecard block, the bank's SecureBoost trees, or a
-        feature holder's SecureBoost routing table (its own thresholds only).
+    part : LabelHolderScorecard, FeatureHolderScorecard, PartyPoints, SecureBoostModel or RoutingTable
+        The party's part: a scorecard block, its own points table, the bank's
+        SecureBoost trees, or a feature holder's SecureBoost routing table (its own
+        thresholds only).
     meta : mapping
         The bundle's verified JSON metadata (run id, party, schema, ...).
     """
@@ -130,12 +138,16 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        """``scorecard`` or ``secureboost``."""
+        """``scorecard``, ``points`` or ``secureboost``."""
+        if self.meta.get("kind") == POINTS_KIND:
+            return POINTS
         return SECUREBOOST if self.meta.get("kind") in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER) else SCORECARD
 
     @property
     def is_label_holder(self) -> bool:
         """Whether this is the label holder's (the bank's) part."""
+        if isinstance(self.part, PartyPoints):
+            return self.part.is_label_holder
         return isinstance(self.part, LabelHolderScorecard) or self.meta.get("kind") == _SB_LABEL_HOLDER
 
     @property
@@ -198,6 +210,8 @@ def _part_from_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Any) -
     """The model part a verified bundle holds, by its ``kind``."""
     if not isinstance(meta, dict):
         raise ProtocolError(f"bundle {path}: its metadata is not a JSON object")
+    if meta.get("kind") == POINTS_KIND:
+        return _points_part(path, arrays, meta)
     if meta.get("kind") not in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER):
         return scorecard_from_arrays(arrays, meta)
     from fedrisk.models.secureboost_tree import RoutingTable, SecureBoostModel
@@ -208,6 +222,29 @@ def _part_from_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Any) -
         return RoutingTable.from_bundle(arrays, meta)
     except DataValidationError as exc:
         raise ProtocolError(f"bundle {path}: {exc}") from None
+
+
+def _points_part(path: Path, arrays: Mapping[str, np.ndarray], meta: dict) -> PartyPoints:
+    """A points table from a verified bundle, checked to be servable: whom it answers, which parties the bank asks."""
+    try:
+        part = PartyPoints.from_bundle(arrays, meta)
+    except (ProtocolError, DataValidationError) as exc:
+        raise ProtocolError(f"bundle {path}: {str(exc).splitlines()[0]}") from None
+    names = part.feature_names
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"bundle {path}: the points table lists a feature twice")
+    holders = meta.get("feature_holders")
+    if part.is_label_holder:
+        if not isinstance(holders, list) or not all(isinstance(p, str) and p for p in holders):
+            raise ProtocolError(f"bundle {path}: the label holder's points bundle does not name its feature holders")
+        unknown = [i.party for i in part.indicators if i.party not in holders]
+        if unknown:
+            raise ProtocolError(f"bundle {path}: a coverage indicator of {unknown[0]!r}, which is not a feature holder of the model")
+    elif not meta.get("label_holder"):
+        raise ProtocolError(f"bundle {path}: a feature holder's points bundle must name its label holder")
+    elif holders is not None or part.indicators:
+        raise ProtocolError(f"bundle {path}: a feature holder's points bundle holds the label holder's part")
+    return part
 
 
 def load_bank_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
@@ -291,3 +328,103 @@ class LinearScorer:
             got = self.log_odds(self.contributions(list(X[i])), ind, parts)
             if not math.isclose(got, float(want[i]), rel_tol=1e-9, abs_tol=1e-9):
                 raise ProtocolError("fast scorer disagrees with the scorecard; refusing to serve")
+
+
+class PointsScorer:
+    """The bank's points table for one application at a time, in plain Python.
+
+    ``score = own feature points + base points + coverage-indicator points + Σ
+    points of each covering party`` — what :meth:`PointsScorecard.score` adds
+    offline — and the log-odds of default ``z = (offset − score) / factor``. A
+    feature holder sends its share of the log-odds (``−points / factor``, from its
+    own table), so its points are ``−factor·u``; one that does not cover the SME
+    (or did not answer) adds 0 points.
+
+    Parameters
+    ----------
+    part : PartyPoints
+        The label holder's table (base points, its own features, indicators).
+    feature_holders : sequence of str
+        Every feature holder of the model (the parties the node asks).
+    """
+
+    def __init__(self, part: PartyPoints, feature_holders: Sequence[str]) -> None:
+        if not part.is_label_holder:
+            raise ConfigError(f"the points table of {part.party!r} has no base points: the scoring node needs the label holder's")
+        self.part = part
+        self.scale = part.scale
+        self.features: tuple[str, ...] = tuple(part.feature_names)
+        self.parties: tuple[str, ...] = tuple(feature_holders)
+        self._factor, self._offset = float(part.scale.factor), float(part.scale.offset)
+        self._base = float(part.base_points)  # type: ignore[arg-type]
+        # per feature: edges, points per bin (the missing bin last when it has one), NaN's bin, best points, bin labels
+        self._bins: list[tuple[list[float], list[float], int, float, list[str]]] = []
+        for fp in part.features:
+            pts = [float(v) for v in fp.points] + ([float(fp.missing_points)] if fp.missing_points is not None else [])
+            nan_at = fp.edges.size + 1 if fp.missing_points is not None else max(fp.nan_bin, 0)
+            self._bins.append(([float(e) for e in fp.edges], pts, nan_at, max(pts), fp.labels()))
+        self._indicator: dict[str, tuple[float, float]] = {i.party: (float(i.not_covered), float(i.covered)) for i in part.indicators}
+        self._self_check()
+
+    def bins(self, x: Sequence[float]) -> list[int]:
+        """Bin index of each own value (as :meth:`FeaturePoints.bins`)."""
+        return [nan_at if math.isnan(v) else bisect_left(edges, v) for v, (edges, _p, nan_at, _b, _l) in zip(x, self._bins, strict=True)]
+
+    def own_points(self, x: Sequence[float]) -> list[float]:
+        """Points of the bin of each own value."""
+        return [b[1][g] for b, g in zip(self._bins, self.bins(x))]
+
+    def indicator_points(self, covered: Mapping[str, bool]) -> dict[str, float]:
+        """Points of each coverage indicator given which parties cover the SME."""
+        return {p: pair[1] if covered.get(p, False) else pair[0] for p, pair in self._indicator.items()}
+
+    def party_points(self, partial_log_odds: float | None) -> float:
+        """A feature holder's points from its share of the log-odds (0 when it has none)."""
+        return 0.0 if partial_log_odds is None else -self._factor * partial_log_odds
+
+    def bank_points(self, own: Sequence[float], indicators: Mapping[str, float]) -> float:
+        """The bank's points: own features, base, coverage indicators (the grouping of :meth:`PartyPoints.partial_points`)."""
+        total = 0.0
+        for v in own:
+            total += v
+        total += self._base
+        for v in indicators.values():
+            total += v
+        return total
+
+    def log_odds(self, score: float) -> float:
+        """``(offset − score) / factor``: the model's log-odds of default at ``score``."""
+        return (self._offset - score) / self._factor
+
+    def reasons(self, x: Sequence[float], covered: Mapping[str, bool]) -> list[tuple[float, str, str, float]]:
+        """``(points below best, code, bin, points)`` of the bank's own features and indicators that cost points, worst first."""
+        items = []
+        for (_edges, pts, _nan_at, best, labels), name, g in zip(self._bins, self.features, self.bins(x)):
+            if best - pts[g] > 1e-9:
+                items.append((best - pts[g], name, labels[g], pts[g]))
+        for party, (off, on) in self._indicator.items():
+            if not covered.get(party, False) and on - off > 1e-9:
+                items.append((on - off, f"thin_file:{party}", "not covered", off))
+        items.sort(key=lambda t: -t[0])
+        return items
+
+    @staticmethod
+    def probability(z: float) -> float:
+        """σ(z), as :meth:`LinearScorer.probability`."""
+        return 0.5 * (1.0 + math.tanh(0.5 * z))
+
+    def _self_check(self) -> None:
+        """Every bin of every own feature (and NaN), each indicator both ways, against the points table."""
+        columns = []
+        for edges, *_ in self._bins:
+            e = np.asarray(edges, dtype=np.float64)
+            inner = [e[0] - 1.0, *((e[:-1] + e[1:]) / 2.0), *e, e[-1] + 1.0] if e.size else [0.0]
+            columns.append([*inner, math.nan])
+        n = max((len(c) for c in columns), default=1)
+        X = np.array([[c[k % len(c)] for c in columns] for k in range(n)], dtype=np.float64).reshape(n, len(self.features))
+        covered = {p: np.arange(n) % 2 == j % 2 for j, p in enumerate(self._indicator)}
+        want = self.part.partial_points(X, covered)
+        for i in range(n):
+            got = self.bank_points(self.own_points(list(X[i])), self.indicator_points({p: bool(v[i]) for p, v in covered.items()}))
+            if not math.isclose(got, float(want[i]), rel_tol=0.0, abs_tol=1e-9):
+                raise ProtocolError("fast points scorer disagrees with the points table; refusing to serve")

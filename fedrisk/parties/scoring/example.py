@@ -1,8 +1,9 @@
 """A small, fully trained federation on disk, for examples, tests and benchmarks.
 
 :func:`build_example` draws synthetic SME data, trains the vertical scorecard
-(:func:`build_secureboost_example`: vertical SecureBoost trees) in-process over
-the real encrypted protocol, has each party sign its own bundle, and writes
+(:func:`build_secureboost_example`: vertical SecureBoost trees;
+:func:`build_points_example`: the federated WOE scorecard as points) in-process
+over the real encrypted protocol, has each party sign its own bundle, and writes
 everything a scoring deployment needs into one folder::
 
     tables/{bank,tax_bureau,platform}.csv    each party's own table
@@ -42,6 +43,7 @@ __all__ = [
     "NODE_CERT",
     "ExampleFederation",
     "build_example",
+    "build_points_example",
     "build_secureboost_example",
     "load_or_build_example",
 ]
@@ -65,6 +67,7 @@ class ExampleFederation:
     trusted_keys: Path = Path()
     signers: dict[str, SigningIdentity] = field(default_factory=dict, repr=False)
     offline_pd: dict[str, float] = field(default_factory=dict, repr=False)
+    offline_score: dict[str, float] = field(default_factory=dict, repr=False)  # points models: each bank SME's points
 
     def server_cert(self, name: str) -> tuple[Path, Path]:
         """``(cert, key)`` of a server certificate (the node's or a party service's)."""
@@ -167,17 +170,58 @@ def build_secureboost_example(
     return _finish(ex, data, pd, model="secureboost", trees=trees, depth=depth)
 
 
+def build_points_example(
+    folder: str | Path, *, rows: int = 3000, seed: int = 11, max_epochs: int = 10, n_bins: int = 8, min_bin_size: int = 50,
+    holdout: float = 0.0, run_id: str = "example-points",
+) -> ExampleFederation:
+    """Train the federated WOE scorecard (in-process, encrypted protocols), convert it to points and write its bundles.
+
+    Each party's bundle is its own points table (:meth:`PointsScorecard.bundle`:
+    its own features, bins and points, the public scale, whom it serves), signed by
+    that party. ``offline_score`` maps each bank SME to its score from the points
+    tables scored in this process (:meth:`PointsScorecard.score`), ``offline_pd``
+    to ``σ((offset − score) / factor)``. ``holdout``: the share of the bank's
+    SMEs (the last ones, in table order) left out of training.
+    """
+    import pandas as pd
+
+    from fedrisk.models.points import train_points_scorecard
+
+    root = Path(folder)
+    data, ex = _prepare(root, rows, seed, run_id)
+    frames = {p: pd.DataFrame(t.feature_matrix(), columns=t.feature_names, index=t.ids) for p, t in data.parties.items()}
+    label = str(data.bank.schema.label_column)
+    frames["bank"][label] = data.bank.labels
+    n_train = len(data.bank.ids) - round(holdout * len(data.bank.ids))
+    card, _woe, _lr = train_points_scorecard(
+        frames["bank"].iloc[:n_train], {p: frames[p] for p in FEATURE_HOLDERS}, label=label, n_bins=n_bins,
+        min_bin_size=min_bin_size, max_epochs=max_epochs,
+    )
+    for party, table in data.parties.items():
+        arrays, meta = card.bundle(party, run_id=run_id, schema=table.schema.to_dict())
+        ex.bundles[party] = write_model_bundle(root / "bundles" / party, arrays, meta, ex.signers[party])
+    score = card.score(frames)
+    ex.offline_score = dict(zip(data.bank.ids.tolist(), score.tolist()))
+    z = (card.scale.offset - score) / card.scale.factor
+    pd_ = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return _finish(ex, data, pd_, model="points", trained_rows=n_train, offline_score=ex.offline_score)
+
+
 def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFederation:
     """Reuse an example federation already written to ``folder`` (same arguments), else build it.
 
-    ``model="secureboost"`` reuses or builds :func:`build_secureboost_example`
-    (default: the scorecard of :func:`build_example`). The reloaded federation has
+    ``model="secureboost"`` reuses or builds :func:`build_secureboost_example`,
+    ``model="points"`` :func:`build_points_example` (default: the scorecard of
+    :func:`build_example`). The reloaded federation has
     no in-memory ``data`` nor signing identities (their keys are in ``signing/``).
     """
     root = Path(folder)
     model = str(kwargs.pop("model", "vertical_lr"))
-    build = build_secureboost_example if model == "secureboost" else build_example
-    defaults = {"rows": 1500, "run_id": "example-secureboost", "trees": 4} if model == "secureboost" else {"rows": 3000, "run_id": "example-run"}
+    build = {"secureboost": build_secureboost_example, "points": build_points_example}.get(model, build_example)
+    defaults = {
+        "secureboost": {"rows": 1500, "run_id": "example-secureboost", "trees": 4},
+        "points": {"rows": 3000, "run_id": "example-points"},
+    }.get(model, {"rows": 3000, "run_id": "example-run"})
     index_path = root / _INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
@@ -194,5 +238,6 @@ def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFedera
                 trusted_keys=Path(index["trusted_keys"]),
                 signers={p: SigningIdentity.load(root / "signing" / f"{p}.key") for p in ("bank", *FEATURE_HOLDERS)},
                 offline_pd={k: float(v) for k, v in index["offline_pd"].items()},
+                offline_score={k: float(v) for k, v in (index.get("offline_score") or {}).items()},
             )
     return build(root, **kwargs)  # type: ignore[arg-type]

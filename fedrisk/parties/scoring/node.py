@@ -11,9 +11,10 @@ For each application the node
    slow or resting becomes "missing" instead of an error);
 4. combines the parts exactly as training did
    (:class:`~fedrisk.parties.scoring.bundles.LinearScorer` for the scorecard,
-   :class:`~fedrisk.parties.scoring.trees.TreeScorer` for the trees), a missing
-   party scored as not covering the SME (for trees: its splits take their
-   learned default directions);
+   :class:`~fedrisk.parties.scoring.bundles.PointsScorer` for the points
+   scorecard, :class:`~fedrisk.parties.scoring.trees.TreeScorer` for the
+   trees), a missing party scored as not covering the SME (for trees: its
+   splits take their learned default directions);
 5. applies the credit policy (:mod:`~fedrisk.parties.scoring.policy`): band,
    decision, differentiated limit, what a missing party means;
 6. records the application durably unless it is an estimate
@@ -29,6 +30,19 @@ The node serves ``fedrisk.v1.ScoringService`` plus gRPC health checking
 SERVING once the model is loaded and the parties' channels are open) and server
 reflection. It reads requests as raw bytes and parses them itself so that every
 bad input is an ``INVALID_ARGUMENT`` naming the field.
+
+Points scorecard. When the bank's bundle is a points table
+(:mod:`fedrisk.models.points`), each feature holder answers from its own points
+table and the score is the sum of every party's points, ``offset − factor·z``
+exactly as offline; the decision's ``score`` is that sum rounded (and clipped to
+the policy's range), the PD is ``σ(z)``, and the reasons are in points, per
+party: ``PARTY_POINTS`` (each party's points), ``SCORE_POINTS`` (party
+``node``: the total; the exact figures are ``Decision.points`` and each
+``PartyStatus.points``), then the bank's own features that cost the most
+points against their best bin (with bin and points: the bank's own data) and,
+per feature holder, the names of its features that cost it the most points —
+names only, as for the logistic scorecard. The bundle's scale must be the
+policy's.
 """
 
 from __future__ import annotations
@@ -50,8 +64,10 @@ from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError, FedriskError, LedgerError
 from fedrisk.parties.scoring.bundles import (
+    POINTS,
     SECUREBOOST,
     LinearScorer,
+    PointsScorer,
     load_bank_model,
     parse_trusted_keys,
 )
@@ -119,9 +135,18 @@ class ScoringNode:
         self.policy = load_policy(config.policy or None)
         lh = self.model.part
         self.trees: TreeScorer | None = None
-        if self.model.kind == SECUREBOOST:
+        self.points: PointsScorer | None = None
+        if self.model.kind == POINTS:
+            self.points = PointsScorer(lh, list(self.model.meta.get("feature_holders") or ()))  # type: ignore[arg-type]
+            self.scorer = self.points  # type: ignore[assignment]
+            features = self.points.features
+            _check_scale(self.points.scale, self.policy)
+            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            mean, scale = _range_reference(self.table, len(features))
+            known = set(self.points.parties)
+        elif self.model.kind == SECUREBOOST:
             self.trees = TreeScorer(lh)  # type: ignore[arg-type]
-            self.scorer: LinearScorer | TreeScorer = self.trees
+            self.scorer: LinearScorer | TreeScorer | PointsScorer = self.trees
             features = self.trees.features
             self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
             mean, scale = _range_reference(self.table, len(features))
@@ -369,11 +394,16 @@ class ScoringNode:
         pending = [f.ask(app.sme_id, party_budget) for f in self.fanouts.values()]
         results: list[PartyResult] = [await fut for fut in pending]
         missing = [r.party for r in results if r.failed]
-        if self.trees is None:
+        points = None
+        party_points: dict[str, float] = {}
+        if self.points is not None:
+            pd, model_reasons, points, party_points = self._points_part(self.points, x, results)
+        elif self.trees is None:
             pd, model_reasons = self._scorecard_part(x, results)
         else:
             pd, model_reasons = self._tree_part(self.trees, x, results)
         outcome = self.policy.decide(pd, declared_revenue=app.declared_revenue, requested_amount=app.requested_amount, unavailable=missing)
+        score = outcome.score if points is None else int(min(max(round(points), self.policy.min_points), self.policy.max_points))
         reasons = [pb.Reason(party="policy", code=r.code, text=r.text) for r in outcome.reasons]
         reasons += model_reasons
         decision = pb.Decision(
@@ -381,15 +411,17 @@ class ScoringNode:
             sme_id=app.sme_id,
             outcome=_OUTCOMES[outcome.decision],
             probability_of_default=pd,
-            score=outcome.score,
+            score=score,
             credit_limit=outcome.credit_limit,
             currency=self.policy.currency,
             risk_band=outcome.band,
             reasons=reasons,
-            parties=[pb.PartyStatus(party=r.party, state=r.state, latency_ms=round(r.latency_ms, 3), detail=r.detail) for r in results],
+            parties=[pb.PartyStatus(party=r.party, state=r.state, latency_ms=round(r.latency_ms, 3), detail=r.detail,
+                                    points=party_points.get(r.party, 0.0)) for r in results],
             model_version=self.model.model_version,
             policy_version=self.policy.label,
             degraded=bool(missing),
+            points=0.0 if points is None else points,
         )
         if not app.estimate_only and self.register is not None:
             decision.latency_ms = (time.perf_counter() - t0) * 1000.0
@@ -415,6 +447,33 @@ class ScoringNode:
             for feature in r.reasons:
                 reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk"))
         return pd, reasons
+
+    def _points_part(self, scorer: PointsScorer, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason], float, dict[str, float]]:
+        """PD, reasons in points per party, the exact score and each feature holder's points from the points tables: the bank's, the parties' points."""
+        covered = {r.party: r.state == pb.COVERED for r in results}
+        own = scorer.own_points(x)
+        bank = scorer.bank_points(own, scorer.indicator_points(covered))
+        parts = {r.party: scorer.party_points(r.partial_score if r.state == pb.COVERED else None) for r in results}
+        total = bank
+        for party in scorer.parties:  # the order of PointsScorecard.partial_points: the bank, then each feature holder
+            total += parts.get(party, 0.0)
+        pd = PointsScorer.probability(scorer.log_odds(total))
+        reasons = [pb.Reason(party="node", code="SCORE_POINTS", text=f"score {total:.2f} points: the sum of every party's points")]
+        reasons.append(pb.Reason(party=self.model.party, code="PARTY_POINTS", text=f"{self.model.party}: {bank:.2f} points (base points included)"))
+        k = self.policy.max_reasons_per_party
+        for below, code, bin_text, pts in scorer.reasons(x, covered)[: max(k, 0)]:
+            if code.startswith("thin_file:"):
+                party = code.split(":", 1)[1]
+                text = f"{party} holds no data on this SME (thin file): {pts:.1f} points, {below:.1f} below covered"
+            else:
+                text = f"bank data: {code} in {bin_text} scores {pts:.1f} points, {below:.1f} below its best bin"
+            reasons.append(pb.Reason(party=self.model.party, code=code, text=text))
+        for r in results:
+            state = "" if r.state == pb.COVERED else f" ({_STATE_NAMES.get(r.state, 'missing').lower().replace('_', ' ')}: 0 points)"
+            reasons.append(pb.Reason(party=r.party, code="PARTY_POINTS", text=f"{r.party}: {parts[r.party]:.2f} points{state}"))
+            for feature in r.reasons:
+                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} costs points against its best bin"))
+        return pd, reasons, total, parts
 
     def _tree_part(self, trees: TreeScorer, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason]]:
         """PD and model reasons from the trees, routed with the parties' answers (defaults for the others).
@@ -477,6 +536,17 @@ class ScoringNode:
 
 
 _json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # as register.as_row encodes reasons and parties
+
+
+def _check_scale(scale: Any, policy: Any) -> None:
+    """A points scorecard's scale must be the policy's: the decision's score and PD bands speak the same points."""
+    ours = (float(policy.points_to_double_odds), float(policy.base_odds), float(policy.base_points))
+    theirs = (float(scale.pdo), float(scale.base_odds), float(scale.base_score))
+    if any(not math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) for a, b in zip(ours, theirs)):
+        raise ConfigError(
+            f"the points scorecard's scale ({theirs[2]:g} points at {theirs[1]:g}:1, PDO {theirs[0]:g}) is not the policy's "
+            f"({ours[2]:g} points at {ours[1]:g}:1, PDO {ours[0]:g})"
+        )
 
 
 def _range_reference(table: FeatureLookup | None, n_features: int) -> tuple[list[float], list[float]]:

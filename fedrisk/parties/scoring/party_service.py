@@ -6,6 +6,13 @@ node asks about, it answers with its part of the joint model, as its bundle says
 * vertical scorecard (``SCORECARD``): its partial log-odds
   ``u_k = Σ_j w_kj·std(x_kj)`` and the *names* of its features that raise the
   risk most — never a feature value, never its coefficients;
+* points scorecard (a WOE scorecard as points, :mod:`fedrisk.models.points`;
+  ``SCORECARD`` on the wire): its partial points, the sum of the points of the
+  bins its SME falls in, read from its own points table (its bundle holds no
+  other), sent as its share of the log-odds ``u = −points / factor`` on the
+  public scale; and the *names* of its features that cost the most points
+  against their best bin, worst first — never a value, a bin or a point amount
+  per feature;
 * vertical SecureBoost (``TREE_ROUTING``): for each of its own splits (all, or
   those the request lists), whether the SME goes ``LEFT`` or ``RIGHT`` — one
   direction per split id, computed with its own thresholds on its own table
@@ -56,6 +63,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError
 from fedrisk.parties.scoring.bundles import (
+    POINTS,
     SECUREBOOST,
     load_party_model,
     parse_trusted_keys,
@@ -112,6 +120,7 @@ class PartyScoringService:
         self.model = load_party_model(config.bundle, parse_trusted_keys(config.trusted_keys))
         self.scorecard = self.model.part
         self.kind = pb.TREE_ROUTING if self.model.kind == SECUREBOOST else pb.SCORECARD
+        self.points = self.model.kind == POINTS  # a points table: SCORECARD on the wire
         self.party = self.model.party
         self.id_format = str(self.model.schema.get("id_format", "opaque"))
         self.callers = set(config.allowed_callers) or {self.model.label_holder} - {""}
@@ -119,9 +128,10 @@ class PartyScoringService:
             raise ConfigError("no caller may ask: the bundle names no label holder and allowed_callers is empty")
         if not config.allow_list and not config.allow_any_known:
             raise ConfigError("give an allow-list of IDs this party may answer for (or allow_any_known explicitly)")
-        features = self.scorecard.feature_names if self.kind == pb.TREE_ROUTING else self.scorecard.features  # type: ignore[union-attr]
+        features = self.scorecard.feature_names if self.kind == pb.TREE_ROUTING or self.points else self.scorecard.features  # type: ignore[union-attr]
         self.lookup: FeatureLookup = load_feature_lookup(config.table, self.model.schema, features, name=self.party)
-        # scorecard: ID -> (partial score, adverse feature names); trees: ID -> goes left at each own split
+        # scorecard: ID -> (partial score, adverse feature names); points: ID -> (partial log-odds, names of
+        # features costing points, worst first); trees: ID -> goes left at each own split
         self._answers: dict[str, Any] = {}
         self._encoded: dict[tuple[str, int], bytes] = {}
         if self.kind == pb.TREE_ROUTING:
@@ -153,6 +163,15 @@ class PartyScoringService:
             go_left = self.scorecard.answer(self.lookup.matrix[rows])  # type: ignore[union-attr]
             for k, sme_id in enumerate(ids):
                 answers[sme_id] = tuple(go_left[k].tolist())
+        elif len(rows) and self.points:
+            X = self.lookup.matrix[rows]
+            partial = self.scorecard.partial_points(X)  # type: ignore[union-attr]
+            u = -partial / self.scorecard.scale.factor  # type: ignore[union-attr]
+            below = self.scorecard.points_below_best(X)  # type: ignore[union-attr]
+            order = np.argsort(-below, axis=1, kind="stable")[:, :20]
+            names = self.scorecard.feature_names  # type: ignore[union-attr]
+            for k, sme_id in enumerate(ids):
+                answers[sme_id] = (float(u[k]), tuple(names[j] for j in order[k] if below[k, j] > 1e-9))
         elif len(rows):
             contrib = self.scorecard.contributions(self.lookup.matrix[rows])  # type: ignore[union-attr]
             partial = contrib.sum(axis=1)
