@@ -82,9 +82,9 @@ class Bundle:
         self.meta = dict(meta or {})
         self.objects = list(objects or [])
         #: The requesting node (``flwr.proto.Node``), for Flower's node-id check on the Fleet API.
-        self.node = None
-        #: The parsed head, where the receiver knows its type.
-        self.head_message = None
+        self.node: Any = None
+        #: The parsed head (a Flower protobuf message), where the receiver knows its type.
+        self.head_message: Any = None
 
     def SerializeToString(self, deterministic: bool = False) -> bytes:  # noqa: N802 - protobuf's name
         meta = json.dumps(self.meta, sort_keys=True, separators=(",", ":")).encode()

@@ -281,9 +281,11 @@ def _party_rows(table, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _offline_scorecard_pd(bundles: dict[str, Path], keys: list[bytes], data, holders: list[str], ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
     """The scorecard's PD from the signed bundles: each party's partial score on its own rows."""
-    from fedrisk.models.scorecard import load_scorecard
+    from fedrisk.models.scorecard import LabelHolderScorecard, load_scorecard
 
     bank = load_scorecard(bundles["bank"], keys)
+    if not isinstance(bank, LabelHolderScorecard):
+        raise FedriskError("the bank's scorecard bundle is a feature holder's part")
     parts = {}
     for party in holders:
         scorecard = load_scorecard(bundles[party], keys)
@@ -374,9 +376,13 @@ def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, con
     with console.status("federated WOE binning and vertical LR on the WOE table (in-process, encrypted protocols)"):
         ex = build_points_example(run_dir / "federation", rows=rows, seed=seed, max_epochs=epochs, holdout=holdout, run_id=run_dir.name)
     # The bank reads its own signed bundle: its own points table, nothing of another party's.
+    from fedrisk.models.points import PartyPoints
+
     bank = load_bank_model(ex.bundles["bank"], parse_trusted_keys(ex.trusted_keys)).part
-    table = bank.table()  # type: ignore[union-attr]
-    csv_path = run_dir / f"points_{bank.party}.csv"  # type: ignore[union-attr]
+    if not isinstance(bank, PartyPoints):
+        raise FedriskError("the bank's bundle for the scorecard demo is not a points table")
+    table = bank.table()
+    csv_path = run_dir / f"points_{bank.party}.csv"
     table.to_csv(csv_path, index=False, lineterminator="\n")
     assert ex.data is not None
     ids = [str(i) for i in ex.data.bank.ids[len(ex.data.bank.ids) - round(holdout * len(ex.data.bank.ids)):]][:SCORECARD_LIVE_APPLICATIONS]
@@ -394,6 +400,15 @@ def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, con
     live = np.array([_exact_points(d) for d in decisions])
     offline = np.array([ex.offline_score[d.sme_id] for d in decisions])
     outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
+    live_s: dict[str, object] = {
+        "applications": len(decisions),
+        "approve": outcomes.count("APPROVE"),
+        "decline": outcomes.count("DECLINE"),
+        "refer": outcomes.count("REFER"),
+        "auc_live_holdout": float(auc(np.array([y[d.sme_id] for d in decisions]), live * -1.0)),
+        "max_abs_score_diff_vs_offline": float(np.max(np.abs(live - offline))),
+        "sandbox": sandbox,
+    }
     summary = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
@@ -404,23 +419,14 @@ def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, con
         "parties": list(VERTICAL_PARTIES),
         "rows": rows,
         "rows_trained": rows - round(holdout * rows),
-        "scale": {**bank.scale.to_dict(), "factor": bank.scale.factor, "offset": bank.scale.offset},  # type: ignore[union-attr]
+        "scale": {**bank.scale.to_dict(), "factor": bank.scale.factor, "offset": bank.scale.offset},
         "points_table": str(csv_path),
         "points_table_rows": len(table),
-        "scoring": {
-            "applications": len(decisions),
-            "approve": outcomes.count("APPROVE"),
-            "decline": outcomes.count("DECLINE"),
-            "refer": outcomes.count("REFER"),
-            "auc_live_holdout": float(auc(np.array([y[d.sme_id] for d in decisions]), live * -1.0)),
-            "max_abs_score_diff_vs_offline": float(np.max(np.abs(live - offline))),
-            "sandbox": sandbox,
-        },
+        "scoring": live_s,
         "seconds": time.perf_counter() - started,
     }
     write_summary(run_dir, summary)
-    console.print(render_points_table(table, bank.party, bank.scale))  # type: ignore[union-attr]
-    live_s = summary["scoring"]
+    console.print(render_points_table(table, bank.party, bank.scale))
     console.print(
         f"live decisions ({sandbox} sandbox): {live_s['applications']} held-out SMEs — {live_s['approve']} approve, "
         f"{live_s['refer']} refer, {live_s['decline']} decline; score equals the offline points tables within "

@@ -35,11 +35,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import FedriskError, PartyUnavailableError
 from fedrisk.parties.node import ManagedProcess, PartyNode, free_port, node_env, spawn
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
+
+if TYPE_CHECKING:
+    from fedrisk.crypto.pki_admin import FederationKeys
 
 APP_PYPROJECT = """\
 [build-system]
@@ -140,7 +143,7 @@ class LocalFederation:
         self.run_dir = Path(self.run_dir).resolve()
         self.logs_dir = self.run_dir / "logs"
         self.bin_dir = Path(sys.executable).parent
-        self.keys = None
+        self.keys: FederationKeys | None = None
         self.superlink: ManagedProcess | None = None
         self.coordinator_restarts = 0
         self.restarted: list[str] = []
@@ -191,15 +194,16 @@ class LocalFederation:
 
             names = [p.name for p in self.parties]
             if self.keys_dir is not None:
-                self.keys = load_federation_keys(self.keys_dir)
+                keys = load_federation_keys(self.keys_dir)
             else:
-                self.keys = init_federation_keys(ensure_private_dir(self.run_dir / "pki"), names, force=True)
-            node_keys = {name: self.keys.node_private_key(name) for name in names}  # refuses a revoked party
-            self.ca_cert = Path(self.keys.ca_cert)
+                keys = init_federation_keys(ensure_private_dir(self.run_dir / "pki"), names, force=True)
+            self.keys = keys
+            node_keys = {name: keys.node_private_key(name) for name in names}  # refuses a revoked party
+            self.ca_cert = Path(keys.ca_cert)
             # Each node's ledger key, bound to its certificate before any node starts (fedrisk audit verify checks it).
             from fedrisk.crypto.pki_admin import bind_ledger_keys
 
-            bind_ledger_keys(self.keys, {**{p.name: p.state_dir for p in self.parties}, "coordinator": self.run_dir / "coordinator"})
+            bind_ledger_keys(keys, {**{p.name: p.state_dir for p in self.parties}, "coordinator": self.run_dir / "coordinator"})
         self._write_flwr_config()
         self._write_app()
 
@@ -212,8 +216,9 @@ class LocalFederation:
             self.nodes.append(node)
         self._start_superlink()
         if self.node_auth:
+            keys = self._federation_keys()
             for party in self.parties:
-                self.register_node_key(party.name, self.keys.node_public_key(party.name))
+                self.register_node_key(party.name, keys.node_public_key(party.name))
         for node in self.nodes:
             node.wait_party_ready()
             node.auth_key = node_keys.get(node.settings.name) if self.node_auth else None
@@ -243,7 +248,8 @@ class LocalFederation:
             "--database", ":flwr-in-memory:",
         ]
         if self.tls:
-            argv += ["--ssl-ca-certfile", str(self.keys.ca_cert), "--ssl-certfile", str(self.keys.superlink_cert), "--ssl-keyfile", str(self.keys.superlink_key)]
+            keys = self._federation_keys()
+            argv += ["--ssl-ca-certfile", str(keys.ca_cert), "--ssl-certfile", str(keys.superlink_cert), "--ssl-keyfile", str(keys.superlink_key)]
         else:
             argv.append("--insecure")
         if self.node_auth:
@@ -331,6 +337,12 @@ class LocalFederation:
         if self.superlink is None:
             return []
         return [pid for pid in _descendants(self.superlink.popen.pid) if "flwr-serverapp" in _cmdline(pid)]
+
+    def _federation_keys(self) -> FederationKeys:
+        """The federation's keys (made or loaded by :meth:`start` when TLS is on)."""
+        if self.keys is None:
+            raise FedriskError("the federation's keys are not loaded: TLS is off or the federation was not started")
+        return self.keys
 
     def _write_flwr_config(self) -> None:
         write_flwr_config(self.run_dir / "flwr", f"127.0.0.1:{self.control_port}", self.ca_cert if self.tls else None)

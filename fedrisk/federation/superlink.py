@@ -63,7 +63,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from fedrisk.federation.bundles import (
     FLEET_PULL,
@@ -244,7 +244,7 @@ class FleetBundleHandler:
             PullObjectRequest,
         )
 
-        request = bundle.head_message  # type: ignore[attr-defined]
+        request = bundle.head_message
         state = self.servicer.state_factory.state()
         node_id = request.node.node_id
         deadline = time.monotonic() + _wait_seconds(bundle)
@@ -279,7 +279,7 @@ class FleetBundleHandler:
     def push(self, bundle: Bundle, context) -> Bundle:
         from flwr.proto.message_pb2 import PushObjectRequest  # pylint: disable=no-name-in-module
 
-        request = bundle.head_message  # type: ignore[attr-defined]
+        request = bundle.head_message
         run_id = request.messages_list[0].metadata.run_id if request.messages_list else 0
         provided = dict(bundle.objects)
         remaining = []
@@ -563,8 +563,8 @@ def install(*, bundles: bool = True, registry: NodeRegistry | None = None) -> No
 
     from flwr.supercore import log
 
-    superlink_main = importlib.import_module("flwr.superlink.main")
-    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function of that name
+    superlink_main: Any = importlib.import_module("flwr.superlink.main")
+    cli: Any = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function of that name
 
     changes = StateChanges()
     flower_create_app = superlink_main.create_app

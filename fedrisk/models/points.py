@@ -546,7 +546,7 @@ class PointsScorecard:
             df = frames.get(p)
             cov = np.zeros(len(bank_df), dtype=bool) if df is None else bank_df.index.isin(df.index)
             pts = np.zeros(len(bank_df))
-            if cov.any():
+            if df is not None and cov.any():
                 pts[cov] = part.partial_points(df.loc[bank_df.index[cov]])
             out[p], covered[p] = pts, cov
         out = {self.label_holder: self.parts[self.label_holder].partial_points(bank_df, covered), **out}

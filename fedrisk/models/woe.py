@@ -154,9 +154,9 @@ def merge_small_bins(sizes: np.ndarray, min_bin_size: int) -> np.ndarray:
     Repeatedly merges the smallest group with its smaller neighbour. Returns the
     group index of each input bin (non-decreasing, starting at 0).
     """
-    sizes = [int(s) for s in sizes]
-    groups = [[i] for i in range(len(sizes))]
-    tot = list(sizes)
+    counts = [int(s) for s in sizes]
+    groups = [[i] for i in range(len(counts))]
+    tot = list(counts)
     while len(tot) > 1 and min(tot) < min_bin_size:
         j = int(np.argmin(tot))
         if j == 0:
@@ -169,7 +169,7 @@ def merge_small_bins(sizes: np.ndarray, min_bin_size: int) -> np.ndarray:
         groups[a] += groups[b]
         tot[a] += tot[b]
         del groups[b], tot[b]
-    out = np.empty(len(sizes), dtype=np.int64)
+    out = np.empty(len(counts), dtype=np.int64)
     for g, members in enumerate(groups):
         out[members] = g
     return out
