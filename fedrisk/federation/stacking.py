@@ -12,6 +12,14 @@ learner's and the stack's AUC on the *evaluation* half, which neither training,
 early stopping nor the meta-learner saw. The meta-learner is written as a signed
 bundle of the bank's (JSON + safetensors, Ed25519).
 
+Serving the stack as one model: the scoring node can (a stack folder of the
+bank's base bundles and this meta bundle, which names their run ids and
+digests; each feature holder asked once per application for every base
+learner: :mod:`fedrisk.parties.scoring.stack`). The demo still scores each base
+learner on its own node, because its meta-learner is fitted on the base
+learners' live scores — which exist only once each base learner is served — and
+each base run has its own PSI allow-list.
+
 Deployed vs in-process: :class:`fedrisk.models.stacking.VerticalStacking` (and
 ``benchmarks/scorecard.py``) fits the meta-learner on K-fold out-of-fold
 predictions; the deployed demo uses held-out rows (blending) because the parties'
@@ -67,16 +75,25 @@ def _leave_out_pd(model: str, bundles: dict, keys: list[bytes], data, holders: l
     return trees.predict_proba(X_bank, answers)[:, 1]
 
 
-def _write_meta_bundle(run_dir: Path, meta_learner, run_id: str) -> Path:
-    """The bank's meta-learner as a signed bundle (kind ``stacking_meta``), signed with the bank's ledger identity."""
+def _write_meta_bundle(run_dir: Path, meta_learner, run_id: str, bases: dict | None = None) -> Path:
+    """The bank's meta-learner as a signed bundle (kind ``stacking_meta``), signed with the bank's ledger identity.
+
+    ``bases`` (base learner name → the bank's verified base bundle, a
+    :class:`~fedrisk.parties.scoring.bundles.LoadedModel`) binds the meta-learner to
+    the exact base bundles it was fitted on (their run ids and manifest digests), as a
+    scoring node serving the stack as one model checks (:mod:`fedrisk.parties.scoring.stack`).
+    """
     from fedrisk.models.bundle import write_model_bundle
     from fedrisk.parties.identity import PartyIdentity
 
     bank_dir = run_dir / "parties" / "bank"
     identity = PartyIdentity.load_or_create(bank_dir, "bank")
     record = meta_learner.to_record()
-    meta = {"kind": "stacking_meta", "run_id": run_id, "base_learners": record["names"], "intercept": record["intercept"],
+    meta = {"kind": "stacking_meta", "run_id": run_id, "party": "bank", "base_learners": record["names"], "intercept": record["intercept"],
             "meta_fit": "held-out selection rows (blending)"}
+    if bases:
+        meta["base_run_ids"] = {n: bases[n].run_id for n in record["names"] if n in bases}
+        meta["base_digests"] = {n: bases[n].digest for n in record["names"] if n in bases}
     return write_model_bundle(bank_dir / "bundles" / f"{run_id}-stacking-meta", {"coef": np.asarray(record["coef"])}, meta, identity.signing)
 
 
@@ -172,11 +189,14 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     z = {n: _logit(live[n]["pd_live"]) for n in BASES}
     meta = fit_meta_learner({n: z[n][select] for n in BASES}, y[rows_scored][select])
     run_id = run_dir.name
-    meta_bundle = _write_meta_bundle(run_dir, meta, run_id)
     trusted = run_dir / "coordinator" / "signing_keys.json"
     import json
 
+    from fedrisk.parties.scoring.bundles import load_bank_model
+
     keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
+    bank_bases = {n: load_bank_model(results[n]["bundles"]["bank"], keys) for n in BASES}
+    meta_bundle = _write_meta_bundle(run_dir, meta, run_id, bank_bases)
     arrays, meta_json = load_model_bundle(meta_bundle, keys)  # verified before use, as the node would
     meta = MetaLearner(meta_json["base_learners"], arrays["coef"], float(meta_json["intercept"]))
     y_eval = y[rows_scored][evaluate]

@@ -38,7 +38,11 @@ each role learns beyond a single run of each base protocol:
 
 Scoring: each base learner fans out exactly as when served alone (feature
 holders return partial scores or split answers); the meta-learner runs at the
-bank, so a feature holder learns nothing new at scoring time.
+bank, so a feature holder learns nothing new at scoring time. Deployed, the
+stack is one model on one scoring node (:mod:`fedrisk.parties.scoring.stack`):
+each feature holder is asked once per application for its part of every base
+learner, and the node's PD equals :meth:`VerticalStacking.predict_proba` with
+``secure=False`` (plaintext sums of the same partial scores).
 """
 
 from __future__ import annotations
@@ -160,6 +164,15 @@ def fit_meta_learner(oof: Mapping[str, np.ndarray], y: np.ndarray, *, C: float =
     return MetaLearner(names, lr.coef_.ravel(), float(lr.intercept_[0]))
 
 
+def _params(fn: Callable[..., Any]) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -274,7 +287,9 @@ class VerticalStacking(BaseEstimator):
         return make_histogram_context()
 
     @staticmethod
-    def _decision(model: Any, bank: pd.DataFrame, holders: Mapping[str, Any]) -> np.ndarray:
+    def _decision(model: Any, bank: pd.DataFrame, holders: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:
+        if not secure and "secure" in _params(model.decision_function):  # vertical LR: plaintext sum of the partial scores
+            return np.asarray(model.decision_function(bank, holders, secure=False), dtype=np.float64)
         return np.asarray(model.decision_function(bank, holders), dtype=np.float64)
 
     # ------------------------------------------------------------------ fit
@@ -342,21 +357,27 @@ class VerticalStacking(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ scoring
-    def base_decision_functions(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Joint log-odds of every refitted base learner, each scored over its own protocol."""
+    def base_decision_functions(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> dict[str, np.ndarray]:
+        """Joint log-odds of every refitted base learner, each scored over its own protocol.
+
+        ``secure=False``: vertical LR sums the feature holders' partial scores in
+        plaintext (as the live scoring node does) instead of under CKKS, so the
+        scores carry no encryption noise; SecureBoost's split answers are exact
+        either way.
+        """
         from fedrisk.models.vertical_lr import _table_parts
 
         ids, Xb, fnames, _ = _table_parts(label_holder_table, self.label, "label holder")
         bank = pd.DataFrame(Xb, index=ids, columns=fnames)
-        return {n: self._decision(m, bank, feature_holder_tables) for n, m in self.base_learners_.items()}
+        return {n: self._decision(m, bank, feature_holder_tables, secure=secure) for n, m in self.base_learners_.items()}
 
-    def decision_function(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> np.ndarray:
+    def decision_function(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:
         """Stack log-odds: the meta-learner (at the bank) on the base learners' log-odds."""
-        return self.meta_.decision_function(self.base_decision_functions(label_holder_table, feature_holder_tables))
+        return self.meta_.decision_function(self.base_decision_functions(label_holder_table, feature_holder_tables, secure=secure))
 
-    def predict_proba(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> np.ndarray:
-        """``(n, 2)`` probabilities [no default, default]."""
-        p = _sigmoid(self.decision_function(label_holder_table, feature_holder_tables))
+    def predict_proba(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:
+        """``(n, 2)`` probabilities [no default, default] (``secure``: see :meth:`base_decision_functions`)."""
+        p = _sigmoid(self.decision_function(label_holder_table, feature_holder_tables, secure=secure))
         return np.column_stack([1.0 - p, p])
 
 

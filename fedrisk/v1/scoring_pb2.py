@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64risk/v1/scoring.proto\x12\nfedrisk.v1\"\xd2\x02\n\x0b\x41pplication\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0e\n\x06sme_id\x18\x02 \x01(\t\x12$\n\x17\x64\x65\x63lared_annual_revenue\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10requested_amount\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x37\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32%.fedrisk.v1.Application.FeaturesEntry\x12\x15\n\restimate_only\x18\x06 \x01(\x08\x12$\n\x07purpose\x18\x07 \x01(\x0e\x32\x13.fedrisk.v1.Purpose\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x1a\n\x18_declared_annual_revenueB\x13\n\x11_requested_amount\"3\n\x06Reason\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"w\n\x0bPartyStatus\x12\r\n\x05party\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedrisk.v1.PartyState\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0e\n\x06points\x18\x05 \x01(\x01\"\x97\x03\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0e\n\x06sme_id\x18\x02 \x01(\t\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.fedrisk.v1.Outcome\x12\x1e\n\x16probability_of_default\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x05\x12\x14\n\x0c\x63redit_limit\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x11\n\trisk_band\x18\x08 \x01(\t\x12#\n\x07reasons\x18\t \x03(\x0b\x32\x12.fedrisk.v1.Reason\x12(\n\x07parties\x18\n \x03(\x0b\x32\x17.fedrisk.v1.PartyStatus\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x16\n\x0epolicy_version\x18\x0c \x01(\t\x12\x12\n\nlatency_ms\x18\r \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x0e \x01(\x08\x12\x10\n\x08recorded\x18\x0f \x01(\x08\x12\r\n\x05index\x18\x10 \x01(\r\x12\x0e\n\x06points\x18\x11 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xd4\x01\n\x0fNodeDescription\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x14\n\x0clabel_holder\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_holders\x18\x04 \x03(\t\x12\x15\n\rbank_features\x18\x05 \x03(\t\x12\x11\n\tid_format\x18\x06 \x01(\t\x12\x0f\n\x07sandbox\x18\x07 \x01(\t\x12(\n\x07parties\x18\x08 \x03(\x0b\x32\x17.fedrisk.v1.PartyStatus\"\xb1\x01\n\x11PartyScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedrisk.v1.ModelKind\x12\x0f\n\x07sme_ids\x18\x04 \x03(\t\x12\x13\n\x0bmax_reasons\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\x12\x11\n\tsplit_ids\x18\x07 \x03(\r\"7\n\rScorecardPart\x12\x15\n\rpartial_score\x18\x01 \x01(\x01\x12\x0f\n\x07reasons\x18\x02 \x03(\t\"\x8b\x01\n\x0bTreeRouting\x12\x37\n\x08\x62ranches\x18\x01 \x03(\x0b\x32%.fedrisk.v1.TreeRouting.BranchesEntry\x1a\x43\n\rBranchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12!\n\x05value\x18\x02 \x01(\x0e\x32\x12.fedrisk.v1.Branch:\x02\x38\x01\"\xa8\x01\n\x0bPartyAnswer\x12\x0e\n\x06sme_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedrisk.v1.PartyState\x12.\n\tscorecard\x18\x03 \x01(\x0b\x32\x19.fedrisk.v1.ScorecardPartH\x00\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x17.fedrisk.v1.TreeRoutingH\x00\x42\x06\n\x04part\"\x9b\x01\n\x12PartyScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12(\n\x07\x61nswers\x18\x04 \x03(\x0b\x32\x17.fedrisk.v1.PartyAnswer\x12\x12\n\nerror_code\x18\x05 \x01(\x05\x12\r\n\x05\x65rror\x18\x06 \x01(\t*T\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41PPLICATION\x10\x01\x12\x0f\n\x0bPREAPPROVAL\x10\x02\x12\x0e\n\nMONITORING\x10\x03*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03*w\n\nPartyState\x12\x1b\n\x17PARTY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43OVERED\x10\x01\x12\x0f\n\x0bNOT_COVERED\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\x10\n\x0c\x43IRCUIT_OPEN\x10\x05*H\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\r\n\tSCORECARD\x10\x01\x12\x10\n\x0cTREE_ROUTING\x10\x02*5\n\x06\x42ranch\x12\x16\n\x12\x42RANCH_UNSPECIFIED\x10\x00\x12\x08\n\x04LEFT\x10\x01\x12\t\n\x05RIGHT\x10\x02\x32\xcf\x01\n\x0eScoringService\x12\x36\n\x05Score\x12\x17.fedrisk.v1.Application\x1a\x14.fedrisk.v1.Decision\x12?\n\nScoreBatch\x12\x17.fedrisk.v1.Application\x1a\x14.fedrisk.v1.Decision(\x01\x30\x01\x12\x44\n\x08\x44\x65scribe\x12\x1b.fedrisk.v1.DescribeRequest\x1a\x1b.fedrisk.v1.NodeDescription2\xbf\x01\n\x13PartyScoringService\x12N\n\rPartialScores\x12\x1d.fedrisk.v1.PartyScoreRequest\x1a\x1e.fedrisk.v1.PartyScoreResponse\x12X\n\x13PartialScoresStream\x12\x1d.fedrisk.v1.PartyScoreRequest\x1a\x1e.fedrisk.v1.PartyScoreResponse(\x01\x30\x01\x42I\n\rio.fedrisk.v1P\x01Z6github.com/fedrisk/fedrisk/gen/go/fedrisk/v1;fedriskv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64risk/v1/scoring.proto\x12\nfedrisk.v1\"\xd2\x02\n\x0b\x41pplication\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0e\n\x06sme_id\x18\x02 \x01(\t\x12$\n\x17\x64\x65\x63lared_annual_revenue\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10requested_amount\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x37\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32%.fedrisk.v1.Application.FeaturesEntry\x12\x15\n\restimate_only\x18\x06 \x01(\x08\x12$\n\x07purpose\x18\x07 \x01(\x0e\x32\x13.fedrisk.v1.Purpose\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x1a\n\x18_declared_annual_revenueB\x13\n\x11_requested_amount\"3\n\x06Reason\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"w\n\x0bPartyStatus\x12\r\n\x05party\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedrisk.v1.PartyState\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0e\n\x06points\x18\x05 \x01(\x01\"\x97\x03\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0e\n\x06sme_id\x18\x02 \x01(\t\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.fedrisk.v1.Outcome\x12\x1e\n\x16probability_of_default\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x05\x12\x14\n\x0c\x63redit_limit\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x11\n\trisk_band\x18\x08 \x01(\t\x12#\n\x07reasons\x18\t \x03(\x0b\x32\x12.fedrisk.v1.Reason\x12(\n\x07parties\x18\n \x03(\x0b\x32\x17.fedrisk.v1.PartyStatus\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x16\n\x0epolicy_version\x18\x0c \x01(\t\x12\x12\n\nlatency_ms\x18\r \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x0e \x01(\x08\x12\x10\n\x08recorded\x18\x0f \x01(\x08\x12\r\n\x05index\x18\x10 \x01(\r\x12\x0e\n\x06points\x18\x11 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xd4\x01\n\x0fNodeDescription\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\t\x12\x14\n\x0clabel_holder\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_holders\x18\x04 \x03(\t\x12\x15\n\rbank_features\x18\x05 \x03(\t\x12\x11\n\tid_format\x18\x06 \x01(\t\x12\x0f\n\x07sandbox\x18\x07 \x01(\t\x12(\n\x07parties\x18\x08 \x03(\x0b\x32\x17.fedrisk.v1.PartyStatus\"\xde\x01\n\x11PartyScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.fedrisk.v1.ModelKind\x12\x0f\n\x07sme_ids\x18\x04 \x03(\t\x12\x13\n\x0bmax_reasons\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\x12\x11\n\tsplit_ids\x18\x07 \x03(\r\x12+\n\x05\x62\x61ses\x18\x08 \x03(\x0b\x32\x1c.fedrisk.v1.BaseModelRequest\"v\n\x10\x42\x61seModelRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.fedrisk.v1.ModelKind\x12\x13\n\x0bmax_reasons\x18\x03 \x01(\r\x12\x11\n\tsplit_ids\x18\x04 \x03(\r\"\x8a\x01\n\rBaseModelPart\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\tscorecard\x18\x02 \x01(\x0b\x32\x19.fedrisk.v1.ScorecardPartH\x00\x12*\n\x07routing\x18\x03 \x01(\x0b\x32\x17.fedrisk.v1.TreeRoutingH\x00\x42\x06\n\x04part\"7\n\rScorecardPart\x12\x15\n\rpartial_score\x18\x01 \x01(\x01\x12\x0f\n\x07reasons\x18\x02 \x03(\t\"\x8b\x01\n\x0bTreeRouting\x12\x37\n\x08\x62ranches\x18\x01 \x03(\x0b\x32%.fedrisk.v1.TreeRouting.BranchesEntry\x1a\x43\n\rBranchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12!\n\x05value\x18\x02 \x01(\x0e\x32\x12.fedrisk.v1.Branch:\x02\x38\x01\"\xd2\x01\n\x0bPartyAnswer\x12\x0e\n\x06sme_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.fedrisk.v1.PartyState\x12.\n\tscorecard\x18\x03 \x01(\x0b\x32\x19.fedrisk.v1.ScorecardPartH\x00\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x17.fedrisk.v1.TreeRoutingH\x00\x12(\n\x05parts\x18\x05 \x03(\x0b\x32\x19.fedrisk.v1.BaseModelPartB\x06\n\x04part\"\x9b\x01\n\x12PartyScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12(\n\x07\x61nswers\x18\x04 \x03(\x0b\x32\x17.fedrisk.v1.PartyAnswer\x12\x12\n\nerror_code\x18\x05 \x01(\x05\x12\r\n\x05\x65rror\x18\x06 \x01(\t*T\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41PPLICATION\x10\x01\x12\x0f\n\x0bPREAPPROVAL\x10\x02\x12\x0e\n\nMONITORING\x10\x03*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03*w\n\nPartyState\x12\x1b\n\x17PARTY_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43OVERED\x10\x01\x12\x0f\n\x0bNOT_COVERED\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\x10\n\x0c\x43IRCUIT_OPEN\x10\x05*S\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\r\n\tSCORECARD\x10\x01\x12\x10\n\x0cTREE_ROUTING\x10\x02\x12\t\n\x05STACK\x10\x03*5\n\x06\x42ranch\x12\x16\n\x12\x42RANCH_UNSPECIFIED\x10\x00\x12\x08\n\x04LEFT\x10\x01\x12\t\n\x05RIGHT\x10\x02\x32\xcf\x01\n\x0eScoringService\x12\x36\n\x05Score\x12\x17.fedrisk.v1.Application\x1a\x14.fedrisk.v1.Decision\x12?\n\nScoreBatch\x12\x17.fedrisk.v1.Application\x1a\x14.fedrisk.v1.Decision(\x01\x30\x01\x12\x44\n\x08\x44\x65scribe\x12\x1b.fedrisk.v1.DescribeRequest\x1a\x1b.fedrisk.v1.NodeDescription2\xbf\x01\n\x13PartyScoringService\x12N\n\rPartialScores\x12\x1d.fedrisk.v1.PartyScoreRequest\x1a\x1e.fedrisk.v1.PartyScoreResponse\x12X\n\x13PartialScoresStream\x12\x1d.fedrisk.v1.PartyScoreRequest\x1a\x1e.fedrisk.v1.PartyScoreResponse(\x01\x30\x01\x42I\n\rio.fedrisk.v1P\x01Z6github.com/fedrisk/fedrisk/gen/go/fedrisk/v1;fedriskv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLICATION_FEATURESENTRY']._serialized_options = b'8\001'
   _globals['_TREEROUTING_BRANCHESENTRY']._loaded_options = None
   _globals['_TREEROUTING_BRANCHESENTRY']._serialized_options = b'8\001'
-  _globals['_PURPOSE']._serialized_start=1907
-  _globals['_PURPOSE']._serialized_end=1991
-  _globals['_OUTCOME']._serialized_start=1993
-  _globals['_OUTCOME']._serialized_end=2064
-  _globals['_PARTYSTATE']._serialized_start=2066
-  _globals['_PARTYSTATE']._serialized_end=2185
-  _globals['_MODELKIND']._serialized_start=2187
-  _globals['_MODELKIND']._serialized_end=2259
-  _globals['_BRANCH']._serialized_start=2261
-  _globals['_BRANCH']._serialized_end=2314
+  _globals['_PURPOSE']._serialized_start=2255
+  _globals['_PURPOSE']._serialized_end=2339
+  _globals['_OUTCOME']._serialized_start=2341
+  _globals['_OUTCOME']._serialized_end=2412
+  _globals['_PARTYSTATE']._serialized_start=2414
+  _globals['_PARTYSTATE']._serialized_end=2533
+  _globals['_MODELKIND']._serialized_start=2535
+  _globals['_MODELKIND']._serialized_end=2618
+  _globals['_BRANCH']._serialized_start=2620
+  _globals['_BRANCH']._serialized_end=2673
   _globals['_APPLICATION']._serialized_start=41
   _globals['_APPLICATION']._serialized_end=379
   _globals['_APPLICATION_FEATURESENTRY']._serialized_start=283
@@ -61,19 +61,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEDESCRIPTION']._serialized_start=985
   _globals['_NODEDESCRIPTION']._serialized_end=1197
   _globals['_PARTYSCOREREQUEST']._serialized_start=1200
-  _globals['_PARTYSCOREREQUEST']._serialized_end=1377
-  _globals['_SCORECARDPART']._serialized_start=1379
-  _globals['_SCORECARDPART']._serialized_end=1434
-  _globals['_TREEROUTING']._serialized_start=1437
-  _globals['_TREEROUTING']._serialized_end=1576
-  _globals['_TREEROUTING_BRANCHESENTRY']._serialized_start=1509
-  _globals['_TREEROUTING_BRANCHESENTRY']._serialized_end=1576
-  _globals['_PARTYANSWER']._serialized_start=1579
-  _globals['_PARTYANSWER']._serialized_end=1747
-  _globals['_PARTYSCORERESPONSE']._serialized_start=1750
-  _globals['_PARTYSCORERESPONSE']._serialized_end=1905
-  _globals['_SCORINGSERVICE']._serialized_start=2317
-  _globals['_SCORINGSERVICE']._serialized_end=2524
-  _globals['_PARTYSCORINGSERVICE']._serialized_start=2527
-  _globals['_PARTYSCORINGSERVICE']._serialized_end=2718
+  _globals['_PARTYSCOREREQUEST']._serialized_end=1422
+  _globals['_BASEMODELREQUEST']._serialized_start=1424
+  _globals['_BASEMODELREQUEST']._serialized_end=1542
+  _globals['_BASEMODELPART']._serialized_start=1545
+  _globals['_BASEMODELPART']._serialized_end=1683
+  _globals['_SCORECARDPART']._serialized_start=1685
+  _globals['_SCORECARDPART']._serialized_end=1740
+  _globals['_TREEROUTING']._serialized_start=1743
+  _globals['_TREEROUTING']._serialized_end=1882
+  _globals['_TREEROUTING_BRANCHESENTRY']._serialized_start=1815
+  _globals['_TREEROUTING_BRANCHESENTRY']._serialized_end=1882
+  _globals['_PARTYANSWER']._serialized_start=1885
+  _globals['_PARTYANSWER']._serialized_end=2095
+  _globals['_PARTYSCORERESPONSE']._serialized_start=2098
+  _globals['_PARTYSCORERESPONSE']._serialized_end=2253
+  _globals['_SCORINGSERVICE']._serialized_start=2676
+  _globals['_SCORINGSERVICE']._serialized_end=2883
+  _globals['_PARTYSCORINGSERVICE']._serialized_start=2886
+  _globals['_PARTYSCORINGSERVICE']._serialized_end=3077
 # @@protoc_insertion_point(module_scope)

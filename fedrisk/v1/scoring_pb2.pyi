@@ -35,6 +35,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
     SCORECARD: _ClassVar[ModelKind]
     TREE_ROUTING: _ClassVar[ModelKind]
+    STACK: _ClassVar[ModelKind]
 
 class Branch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ CIRCUIT_OPEN: PartyState
 MODEL_KIND_UNSPECIFIED: ModelKind
 SCORECARD: ModelKind
 TREE_ROUTING: ModelKind
+STACK: ModelKind
 BRANCH_UNSPECIFIED: Branch
 LEFT: Branch
 RIGHT: Branch
@@ -174,7 +176,7 @@ class NodeDescription(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., label_holder: _Optional[str] = ..., feature_holders: _Optional[_Iterable[str]] = ..., bank_features: _Optional[_Iterable[str]] = ..., id_format: _Optional[str] = ..., sandbox: _Optional[str] = ..., parties: _Optional[_Iterable[_Union[PartyStatus, _Mapping]]] = ...) -> None: ...
 
 class PartyScoreRequest(_message.Message):
-    __slots__ = ("request_id", "model_version", "kind", "sme_ids", "max_reasons", "deadline_ms", "split_ids")
+    __slots__ = ("request_id", "model_version", "kind", "sme_ids", "max_reasons", "deadline_ms", "split_ids", "bases")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +184,7 @@ class PartyScoreRequest(_message.Message):
     MAX_REASONS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    BASES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_version: str
     kind: ModelKind
@@ -189,7 +192,30 @@ class PartyScoreRequest(_message.Message):
     max_reasons: int
     deadline_ms: int
     split_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., sme_ids: _Optional[_Iterable[str]] = ..., max_reasons: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., split_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    bases: _containers.RepeatedCompositeFieldContainer[BaseModelRequest]
+    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., sme_ids: _Optional[_Iterable[str]] = ..., max_reasons: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., split_ids: _Optional[_Iterable[int]] = ..., bases: _Optional[_Iterable[_Union[BaseModelRequest, _Mapping]]] = ...) -> None: ...
+
+class BaseModelRequest(_message.Message):
+    __slots__ = ("model_version", "kind", "max_reasons", "split_ids")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MAX_REASONS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    kind: ModelKind
+    max_reasons: int
+    split_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_version: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_reasons: _Optional[int] = ..., split_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BaseModelPart(_message.Message):
+    __slots__ = ("model_version", "scorecard", "routing")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORECARD_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    scorecard: ScorecardPart
+    routing: TreeRouting
+    def __init__(self, model_version: _Optional[str] = ..., scorecard: _Optional[_Union[ScorecardPart, _Mapping]] = ..., routing: _Optional[_Union[TreeRouting, _Mapping]] = ...) -> None: ...
 
 class ScorecardPart(_message.Message):
     __slots__ = ("partial_score", "reasons")
@@ -213,16 +239,18 @@ class TreeRouting(_message.Message):
     def __init__(self, branches: _Optional[_Mapping[int, Branch]] = ...) -> None: ...
 
 class PartyAnswer(_message.Message):
-    __slots__ = ("sme_id", "state", "scorecard", "routing")
+    __slots__ = ("sme_id", "state", "scorecard", "routing", "parts")
     SME_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SCORECARD_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     sme_id: str
     state: PartyState
     scorecard: ScorecardPart
     routing: TreeRouting
-    def __init__(self, sme_id: _Optional[str] = ..., state: _Optional[_Union[PartyState, str]] = ..., scorecard: _Optional[_Union[ScorecardPart, _Mapping]] = ..., routing: _Optional[_Union[TreeRouting, _Mapping]] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[BaseModelPart]
+    def __init__(self, sme_id: _Optional[str] = ..., state: _Optional[_Union[PartyState, str]] = ..., scorecard: _Optional[_Union[ScorecardPart, _Mapping]] = ..., routing: _Optional[_Union[TreeRouting, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[BaseModelPart, _Mapping]]] = ...) -> None: ...
 
 class PartyScoreResponse(_message.Message):
     __slots__ = ("request_id", "party", "model_version", "answers", "error_code", "error")

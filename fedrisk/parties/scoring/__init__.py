@@ -6,7 +6,9 @@ application it asks every feature holder's party scoring service
 its own table) for its part of the score — a partial log-odds for the vertical
 scorecard, the direction at each of its splits for vertical SecureBoost —
 combines the parts exactly as training did, applies the credit policy and
-records the application. Each runs
+records the application. A stacked model is served as one (:mod:`.stack`): each
+party is asked once per application for its part of every base learner, and
+the meta-learner runs at the bank. Each runs
 in its own sandbox, started by a launcher that opens only the configured doors.
 
 Modules, one concept each:
@@ -15,6 +17,7 @@ Modules, one concept each:
 ``validation``     precise checks of every request (INVALID_ARGUMENT)
 ``bundles``        verified model bundles (Ed25519, trusted keys) and the fast per-application scorer
 ``trees``          the bank's SecureBoost trees routed per application with the parties' answers, and their reasons
+``stack``          a stacked model at the bank: base learners combined as when served alone, the meta-learner on their log-odds
 ``tables``         a party's own table indexed by SME ID
 ``fanout``         the bank's coalescing, deadline-bound, circuit-broken calls to the parties
 ``node``           the bank's scoring node

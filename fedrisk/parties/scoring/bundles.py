@@ -12,6 +12,19 @@ scorecard (:mod:`fedrisk.models.scorecard`), the points scorecard
 table) and vertical SecureBoost (:mod:`fedrisk.models.secureboost`: the bank's
 trees, a feature holder's routing table); the bundle's ``kind`` says which.
 
+Stacked model. A *stack folder* is a plain folder (no manifest of its own)
+whose sub-folders are signed bundles: at the bank, the bank's part of every
+base learner (vertical LR scorecard, SecureBoost trees) plus its meta-learner
+bundle (``kind = "stacking_meta"``: a logistic regression on the base learners'
+log-odds, :class:`fedrisk.models.stacking.MetaLearner`); at a feature holder,
+its own part of every base learner. Every bundle in it is verified as a single
+bundle is. :func:`load_bank_model` returns a :class:`LoadedStack` for a stack
+folder, :func:`load_party_models` the feature holder's parts. A stack is
+refused (one line) when its base learners do not share the label holder and
+feature holders, when the meta-learner expects other base learners (number,
+kind, or — when it records them — run ids and bundle digests), or when two
+base learners share a run id (the key a party's answer is matched by).
+
 :class:`LinearScorer` evaluates the bank's block for one application in pure
 Python — a numpy call costs more than the arithmetic for ten features — and is
 checked against :meth:`LabelHolderScorecard.decision_function` when built;
@@ -43,19 +56,27 @@ from fedrisk.models.scorecard import (
 )
 
 __all__ = [
+    "META_KIND",
     "POINTS",
     "SCORECARD",
     "SECUREBOOST",
+    "STACK",
     "LinearScorer",
     "LoadedModel",
+    "LoadedStack",
     "PointsScorer",
+    "is_stack_folder",
     "load_bank_model",
     "load_party_model",
+    "load_party_models",
     "parse_trusted_keys",
 ]
 
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
-SCORECARD, SECUREBOOST, POINTS = "scorecard", "secureboost", "points"
+SCORECARD, SECUREBOOST, POINTS, STACK = "scorecard", "secureboost", "points", "stack"
+META_KIND = "stacking_meta"  # the bank's meta-learner bundle of a stacked model
+#: base learner name (as the meta-learner names its inputs) of each servable kind
+BASE_LEARNER_OF = {SCORECARD: "vertical_lr", SECUREBOOST: "secureboost"}
 _SB_LABEL_HOLDER, _SB_FEATURE_HOLDER = "secureboost_label_holder", "secureboost_feature_holder"
 
 if TYPE_CHECKING:  # the tree module (and scikit-learn) is imported only for a SecureBoost bundle
@@ -138,7 +159,9 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        """``scorecard``, ``points`` or ``secureboost``."""
+        """``scorecard``, ``points``, ``secureboost`` or ``stacking_meta``."""
+        if self.meta.get("kind") == META_KIND:
+            return META_KIND
         if self.meta.get("kind") == POINTS_KIND:
             return POINTS
         return SECUREBOOST if self.meta.get("kind") in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER) else SCORECARD
@@ -148,6 +171,8 @@ class LoadedModel:
         """Whether this is the label holder's (the bank's) part."""
         if isinstance(self.part, PartyPoints):
             return self.part.is_label_holder
+        if self.meta.get("kind") == META_KIND:
+            return True  # a meta-learner is the bank's alone
         return isinstance(self.part, LabelHolderScorecard) or self.meta.get("kind") == _SB_LABEL_HOLDER
 
     @property
@@ -155,6 +180,8 @@ class LoadedModel:
         """The party whose part this is."""
         if self.meta.get("kind") == _SB_LABEL_HOLDER:
             return str(self.meta.get("party") or self.part.parties[0])  # type: ignore[union-attr]
+        if self.meta.get("kind") == META_KIND:
+            return str(self.meta.get("party") or "")
         return str(self.part.party)  # type: ignore[union-attr]
 
     @property
@@ -212,6 +239,8 @@ def _part_from_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Any) -
         raise ProtocolError(f"bundle {path}: its metadata is not a JSON object")
     if meta.get("kind") == POINTS_KIND:
         return _points_part(path, arrays, meta)
+    if meta.get("kind") == META_KIND:
+        return _meta_part(path, arrays, meta)
     if meta.get("kind") not in (_SB_LABEL_HOLDER, _SB_FEATURE_HOLDER):
         return scorecard_from_arrays(arrays, meta)
     from fedrisk.models.secureboost_tree import RoutingTable, SecureBoostModel
@@ -247,11 +276,164 @@ def _points_part(path: Path, arrays: Mapping[str, np.ndarray], meta: dict) -> Pa
     return part
 
 
-def load_bank_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel:
-    """Verify and load the label holder's bundle: scorecard or SecureBoost trees (refuses a feature holder's)."""
+def _meta_part(path: Path, arrays: Mapping[str, np.ndarray], meta: dict) -> Any:
+    """The bank's meta-learner from a verified ``stacking_meta`` bundle."""
+    from fedrisk.models.stacking import MetaLearner
+
+    names = meta.get("base_learners")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or "coef" not in arrays:
+        raise ProtocolError(f"bundle {path}: a meta-learner bundle must name its base learners and hold their coefficients")
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"bundle {path}: the meta-learner names a base learner twice")
+    try:
+        return MetaLearner(names, np.asarray(arrays["coef"], dtype=np.float64), float(meta.get("intercept", math.nan)))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bundle {path}: {str(exc).splitlines()[0]}") from None
+
+
+def is_stack_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a stack folder: no manifest of its own, signed bundles in its sub-folders."""
+    from fedrisk.crypto.signing import MANIFEST_NAME
+
+    path = Path(folder)
+    return path.is_dir() and not (path / MANIFEST_NAME).exists() and any(p.is_dir() for p in path.iterdir())
+
+
+def _stack_members(folder: str | Path, trusted_keys: Sequence[bytes]) -> list[LoadedModel]:
+    """Every bundle of a stack folder, verified, in the order of the sub-folders' names."""
+    path = Path(folder)
+    stray = sorted(p.name for p in path.iterdir() if not p.is_dir() and not p.name.startswith("."))
+    if stray:
+        raise ConfigError(f"stack folder {path}: {stray[0]!r} is not a bundle folder (a stack folder holds only signed bundles)")
+    return [_load(sub, trusted_keys) for sub in sorted(p for p in path.iterdir() if p.is_dir())]
+
+
+@dataclass(frozen=True)
+class LoadedStack:
+    """A stacked model at the bank: its base learners' bank parts and the meta-learner, verified.
+
+    Attributes
+    ----------
+    bases : tuple of LoadedModel
+        The bank's part of each base learner, in the meta-learner's input order.
+    meta_model : LoadedModel
+        The meta-learner bundle (its ``part`` is a :class:`~fedrisk.models.stacking.MetaLearner`).
+    names : tuple of str
+        Base learner names (the meta-learner's inputs), one per base.
+    """
+
+    bases: tuple[LoadedModel, ...]
+    meta_model: LoadedModel
+    names: tuple[str, ...]
+    path: Path
+
+    kind = STACK
+    is_label_holder = True
+
+    @property
+    def part(self) -> Any:
+        """The meta-learner."""
+        return self.meta_model.part
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.meta_model.meta
+
+    @property
+    def run_id(self) -> str:
+        """The stack's id: the meta-learner bundle's run id."""
+        return self.meta_model.run_id
+
+    @property
+    def digest(self) -> str:
+        return self.meta_model.digest
+
+    @property
+    def model_version(self) -> str:
+        """``<stack run id>+<meta-learner manifest digest>`` (the meta bundle names its bases' run ids and digests)."""
+        return self.meta_model.model_version
+
+    @property
+    def party(self) -> str:
+        return self.bases[0].party
+
+    @property
+    def label_holder(self) -> str:
+        return self.bases[0].party
+
+    @property
+    def schema(self) -> Mapping[str, Any]:
+        return self.bases[0].schema
+
+
+def _feature_holders_of(model: LoadedModel) -> tuple[str, ...]:
+    """The feature holders a base learner was trained with (for trees: every party of training, split-owning or not)."""
+    if model.kind == SECUREBOOST:
+        return tuple(str(p) for p in model.part.parties[1:])  # type: ignore[union-attr]
+    return tuple(model.part.feature_holders)  # type: ignore[union-attr]
+
+
+def _load_stack(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedStack:
+    """The bank's stack folder: one meta-learner bundle and the bank's part of every base learner, checked to fit together."""
+    path = Path(folder)
+    members = _stack_members(path, trusted_keys)
+    metas = [m for m in members if m.kind == META_KIND]
+    if len(metas) != 1:
+        raise ConfigError(f"stack folder {path} holds {len(metas)} meta-learner bundles; a stack has exactly one")
+    meta_model = metas[0]
+    bases = [m for m in members if m is not meta_model]
+    for m in bases:
+        if not m.is_label_holder:
+            raise ConfigError(f"bundle {m.path} is a feature holder's part; the scoring node needs the label holder's")
+        if m.kind not in BASE_LEARNER_OF:
+            raise ConfigError(f"bundle {m.path} ({m.kind}) cannot be a base learner of a stack (vertical_lr or secureboost)")
+    names: tuple[str, ...] = meta_model.part.names  # type: ignore[union-attr]
+    if len(bases) != len(names):
+        raise ConfigError(f"the meta-learner of {path} expects {len(names)} base learners ({', '.join(names)}); the stack folder holds {len(bases)}")
+    by_name: dict[str, LoadedModel] = {}
+    for m in bases:
+        name = BASE_LEARNER_OF[m.kind]
+        if name in by_name:
+            raise ConfigError(f"stack folder {path} holds two {name} base learners ({by_name[name].path.name}, {m.path.name})")
+        by_name[name] = m
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"the meta-learner of {path} expects base learner {unknown[0]!r}, which the stack folder does not hold")
+    ordered = tuple(by_name[n] for n in names)
+    first = ordered[0]
+    for name, m in zip(names[1:], ordered[1:]):
+        if m.party != first.party:
+            raise ConfigError(f"the base learners' parties do not match: {names[0]} is {first.party!r}'s, {name} is {m.party!r}'s")
+        if set(_feature_holders_of(m)) != set(_feature_holders_of(first)):
+            raise ConfigError(
+                f"the base learners' parties do not match: {names[0]} has feature holders {sorted(_feature_holders_of(first))}, "
+                f"{name} has {sorted(_feature_holders_of(m))}"
+            )
+        if str(m.schema.get("id_format", "opaque")) != str(first.schema.get("id_format", "opaque")):
+            raise ConfigError(f"the base learners' ID formats do not match ({names[0]}, {name})")
+    run_ids = meta_model.meta.get("base_run_ids") or {}
+    digests = meta_model.meta.get("base_digests") or {}
+    if not isinstance(run_ids, dict) or not isinstance(digests, dict):
+        raise ConfigError(f"bundle {meta_model.path}: base_run_ids and base_digests must map base learner names to values")
+    for name, m in zip(names, ordered):
+        if name in run_ids and run_ids[name] != m.run_id:
+            raise ConfigError(f"the meta-learner was fitted on {name} run {run_ids[name]!r}, not on {m.run_id!r}")
+        if name in digests and digests[name] != m.digest:
+            raise ConfigError(f"the meta-learner was fitted on another {name} bundle (digest {digests[name]}, not {m.digest})")
+    if len({m.run_id for m in ordered}) != len(ordered):
+        raise ConfigError(f"the base learners of {path} share a run id; each must have its own (parties' answers are matched by it)")
+    return LoadedStack(bases=ordered, meta_model=meta_model, names=tuple(names), path=path)
+
+
+def load_bank_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> LoadedModel | LoadedStack:
+    """Verify and load the label holder's bundle: scorecard, points table or SecureBoost trees — or, for a stack folder, the stack (refuses a feature holder's)."""
+    if is_stack_folder(folder):
+        return _load_stack(folder, trusted_keys)
     model = _load(folder, trusted_keys)
     if not model.is_label_holder:
         raise ConfigError(f"bundle {folder} is a feature holder's part; the scoring node needs the label holder's")
+    if model.kind == META_KIND:
+        raise ConfigError(f"bundle {folder} is a meta-learner alone; serve it in a stack folder with the bank's base learner bundles")
     return model
 
 
@@ -261,6 +443,31 @@ def load_party_model(folder: str | Path, trusted_keys: Sequence[bytes]) -> Loade
     if model.is_label_holder:
         raise ConfigError(f"bundle {folder} is the label holder's part; a party scoring service needs its own part")
     return model
+
+
+def load_party_models(folder: str | Path, trusted_keys: Sequence[bytes]) -> list[LoadedModel]:
+    """A feature holder's bundle, or every bundle of its stack folder (its part of each base learner), verified.
+
+    The parts of a stack must be one party's, answer one label holder, and have
+    distinct run ids (the bank's request names each base learner by it).
+    """
+    if not is_stack_folder(folder):
+        return [load_party_model(folder, trusted_keys)]
+    models = _stack_members(folder, trusted_keys)
+    for m in models:
+        if m.is_label_holder:
+            raise ConfigError(f"bundle {m.path} is the label holder's part; a party scoring service needs its own part")
+    first = models[0]
+    for m in models[1:]:
+        if m.party != first.party:
+            raise ConfigError(f"the base learners' parties do not match: {first.path.name} is {first.party!r}'s, {m.path.name} is {m.party!r}'s")
+        if m.label_holder != first.label_holder:
+            raise ConfigError(f"the base learners' parties do not match: {first.path.name} answers {first.label_holder!r}, {m.path.name} {m.label_holder!r}")
+        if str(m.schema.get("id_format", "opaque")) != str(first.schema.get("id_format", "opaque")):
+            raise ConfigError(f"the base learners' ID formats do not match ({first.path.name}, {m.path.name})")
+    if len({m.run_id for m in models}) != len(models):
+        raise ConfigError(f"two bundles of {folder} share a run id; each base learner must have its own")
+    return models
 
 
 class LinearScorer:

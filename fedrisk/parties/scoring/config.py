@@ -75,7 +75,9 @@ class NodeConfig:
     Attributes
     ----------
     bundle : str
-        The bank's (label holder's) signed model bundle.
+        The bank's (label holder's) signed model bundle, or a stack folder: the
+        bank's bundle of every base learner of a stacked model plus its
+        meta-learner bundle, one sub-folder each (served as one model).
     trusted_keys : list of str
         Hex Ed25519 keys allowed to sign bundles.
     listen : str
@@ -135,7 +137,8 @@ class PartyServiceConfig:
     Attributes
     ----------
     bundle : str
-        The party's own signed model bundle.
+        The party's own signed model bundle, or a stack folder of its bundles,
+        one per base learner of a stacked model (answered in one call).
     trusted_keys : list of str
     table : str
         The party's own table (CSV or Parquet, the training schema).

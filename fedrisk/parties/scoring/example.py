@@ -2,12 +2,14 @@
 
 :func:`build_example` draws synthetic SME data, trains the vertical scorecard
 (:func:`build_secureboost_example`: vertical SecureBoost trees;
-:func:`build_points_example`: the federated WOE scorecard as points) in-process
+:func:`build_points_example`: the federated WOE scorecard as points;
+:func:`build_stacking_example`: a stack of both with the bank's meta-learner) in-process
 over the real encrypted protocol, has each party sign its own bundle, and writes
 everything a scoring deployment needs into one folder::
 
     tables/{bank,tax_bureau,platform}.csv    each party's own table
-    bundles/{bank,tax_bureau,platform}/      signed model bundles (each party's part)
+    bundles/{bank,tax_bureau,platform}/      signed model bundles (each party's part; for a
+                                             stack, a stack folder of one bundle per base learner)
     trusted_keys.json                        party -> Ed25519 public key (hex)
     allow/{tax_bureau,platform}.txt          IDs each party may answer for (trained intersection)
     pki/                                     federation CA, client and server certificates
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +48,7 @@ __all__ = [
     "build_example",
     "build_points_example",
     "build_secureboost_example",
+    "build_stacking_example",
     "load_or_build_example",
 ]
 
@@ -68,6 +72,7 @@ class ExampleFederation:
     signers: dict[str, SigningIdentity] = field(default_factory=dict, repr=False)
     offline_pd: dict[str, float] = field(default_factory=dict, repr=False)
     offline_score: dict[str, float] = field(default_factory=dict, repr=False)  # points models: each bank SME's points
+    model: Any = field(default=None, repr=False)  # the trained model, in the process that built it (None when reloaded)
 
     def server_cert(self, name: str) -> tuple[Path, Path]:
         """``(cert, key)`` of a server certificate (the node's or a party service's)."""
@@ -207,20 +212,84 @@ def build_points_example(
     return _finish(ex, data, pd_, model="points", trained_rows=n_train, offline_score=ex.offline_score)
 
 
+def build_stacking_example(
+    folder: str | Path, *, rows: int = 600, seed: int = 11, n_folds: int = 2, max_epochs: int = 6, trees: int = 3, depth: int = 3,
+    n_bins: int = 16, run_id: str = "example-stacking",
+) -> ExampleFederation:
+    """Train a stack (:class:`~fedrisk.models.stacking.VerticalStacking`: vertical LR and SecureBoost, each over its
+    encrypted protocol on K folds and refitted, the bank's meta-learner on the out-of-fold log-odds) and write it
+    as stack folders: one signed bundle per base learner per party, and the bank's meta-learner bundle.
+
+    ``bundles/bank/`` holds ``vertical_lr/``, ``secureboost/`` (the bank's part of each, run ids
+    ``<run_id>.vertical_lr`` and ``<run_id>.secureboost``) and ``meta/`` (kind ``stacking_meta``, naming its base
+    learners' run ids and bundle digests); ``bundles/<party>/`` holds the party's part of each base learner.
+    ``ex.bundles`` also has each base bundle as ``"<party>.<base>"``. ``offline_pd`` is the trained stack's
+    :meth:`~fedrisk.models.stacking.VerticalStacking.predict_proba` (``secure=False``: plaintext sums of the same
+    partial scores) on the bank's rows; ``ex.model`` the stack itself.
+    """
+    from fedrisk.models.bundle import write_model_bundle as write
+    from fedrisk.models.secureboost import (
+        feature_holder_bundle as sb_feature_holder_bundle,
+    )
+    from fedrisk.models.secureboost import label_holder_bundle as sb_label_holder_bundle
+    from fedrisk.models.stacking import VerticalStacking
+    from fedrisk.parties.scoring.bundles import load_bank_model
+
+    root = Path(folder)
+    data, ex = _prepare(root, rows, seed, run_id)
+    tables = dict(data.parties)
+    others = {p: tables[p] for p in FEATURE_HOLDERS}
+    stack = VerticalStacking(
+        n_folds=n_folds, lr_params={"max_epochs": max_epochs, "random_state": seed},
+        sb_params={"n_trees": trees, "max_depth": depth, "n_bins": n_bins, "random_state": seed},
+        label=str(data.bank.schema.label_column), random_state=seed, progress=False,
+    ).fit(tables["bank"], others)
+    run_ids = {name: f"{run_id}.{name}" for name in stack.meta_.names}
+    folders = {party: root / "bundles" / party for party in ("bank", *FEATURE_HOLDERS)}
+    for name, model in stack.base_learners_.items():
+        rid = run_ids[name]
+        for party in ("bank", *FEATURE_HOLDERS):
+            schema = tables[party].schema.to_dict()
+            if name == "vertical_lr" and party == "bank":
+                arrays, meta = label_holder_bundle(model.label_holder_, run_id=rid, schema=schema)
+            elif name == "vertical_lr":
+                arrays, meta = feature_holder_bundle(model.feature_holders_[party], run_id=rid, label_holder="bank", schema=schema)
+            else:
+                part = model.label_holder_ if party == "bank" else model.feature_holders_[party]
+                arrays, meta = sb_label_holder_bundle(part) if party == "bank" else sb_feature_holder_bundle(part)
+                meta.update(run_id=rid, party=party, schema=schema)
+            ex.bundles[f"{party}.{name}"] = write(folders[party] / name, arrays, meta, ex.signers[party])
+    bank_key = [ex.signers["bank"].public_key_bytes]
+    record = stack.meta_.to_record()
+    meta = {"kind": "stacking_meta", "run_id": run_id, "party": "bank", "base_learners": record["names"], "intercept": record["intercept"],
+            "base_run_ids": run_ids, "base_digests": {n: load_bank_model(ex.bundles[f"bank.{n}"], bank_key).digest for n in record["names"]},
+            "meta_fit": f"{n_folds}-fold out-of-fold log-odds"}
+    ex.bundles["bank.meta"] = write(folders["bank"] / "meta", {"coef": np.asarray(record["coef"], dtype=np.float64)}, meta, ex.signers["bank"])
+    for party, path in folders.items():
+        ex.bundles[party] = path
+    ex.model = stack
+    pd_ = stack.predict_proba(tables["bank"], others, secure=False)[:, 1]
+    return _finish(ex, data, pd_, model="stacking", n_folds=n_folds, trees=trees, depth=depth, max_epochs=max_epochs,
+                   base_run_ids=run_ids)
+
+
 def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFederation:
     """Reuse an example federation already written to ``folder`` (same arguments), else build it.
 
     ``model="secureboost"`` reuses or builds :func:`build_secureboost_example`,
-    ``model="points"`` :func:`build_points_example` (default: the scorecard of
+    ``model="points"`` :func:`build_points_example`, ``model="stacking"``
+    :func:`build_stacking_example` (default: the scorecard of
     :func:`build_example`). The reloaded federation has
     no in-memory ``data`` nor signing identities (their keys are in ``signing/``).
     """
     root = Path(folder)
     model = str(kwargs.pop("model", "vertical_lr"))
-    build = {"secureboost": build_secureboost_example, "points": build_points_example}.get(model, build_example)
+    build = {"secureboost": build_secureboost_example, "points": build_points_example,
+             "stacking": build_stacking_example}.get(model, build_example)  # fmt: skip
     defaults = {
         "secureboost": {"rows": 1500, "run_id": "example-secureboost", "trees": 4},
         "points": {"rows": 3000, "run_id": "example-points"},
+        "stacking": {"rows": 600, "run_id": "example-stacking", "trees": 3, "n_folds": 2},
     }.get(model, {"rows": 3000, "run_id": "example-run"})
     index_path = root / _INDEX
     if index_path.is_file():

@@ -3,7 +3,9 @@
 One :class:`PartyFanout` per feature holder keeps one long-lived mTLS channel
 and asks for its part of the joint model under a per-call deadline: a partial
 score (``SCORECARD``) or, for SecureBoost, the direction at each of its splits
-(``TREE_ROUTING``). It never raises and
+(``TREE_ROUTING``), or for a stacked model its part of every base learner at
+once (``STACK``: one call per SME, one part per base learner in each answer;
+see :class:`StackBase`). It never raises and
 never hangs: every :meth:`PartyFanout.ask` resolves to a :class:`PartyResult`
 whose state is ``COVERED``, ``NOT_COVERED``, ``TIMEOUT``, ``UNAVAILABLE`` or
 ``CIRCUIT_OPEN``; the credit policy decides what a missing part means.
@@ -51,7 +53,7 @@ import grpc
 from fedrisk.parties.scoring.revocation import LinkError, PartyLink
 from fedrisk.v1 import scoring_pb2 as pb
 
-__all__ = ["FanoutStats", "PartyFanout", "PartyResult"]
+__all__ = ["FanoutStats", "PartyFanout", "PartyResult", "StackBase"]
 
 _METHOD = "/fedrisk.v1.PartyScoringService/PartialScores"
 _STREAM_METHOD = "/fedrisk.v1.PartyScoringService/PartialScoresStream"
@@ -69,11 +71,34 @@ class PartyResult:
     latency_ms: float = 0.0
     detail: str = ""
     routing: Mapping[int, bool] | None = None  # TREE_ROUTING: split id -> goes left
+    parts: tuple[PartyResult, ...] | None = None  # STACK, COVERED: one per base learner, in the fan-out's order
 
     @property
     def failed(self) -> bool:
         """The party's part is missing because of a failure (not because it does not cover the SME)."""
         return self.state in (pb.UNAVAILABLE, pb.TIMEOUT, pb.CIRCUIT_OPEN)
+
+
+@dataclass(frozen=True)
+class StackBase:
+    """One base learner of a stacked model, as the node asks one party for it.
+
+    Attributes
+    ----------
+    model_version : str
+        The base learner's run id (the party checks it; its answer's part is matched by it).
+    kind : int
+        ``pb.SCORECARD`` or ``pb.TREE_ROUTING``.
+    split_ids : tuple of int
+        ``TREE_ROUTING``: the party's splits the base learner uses.
+    name : str
+        The base learner's name (messages only).
+    """
+
+    model_version: str
+    kind: int
+    split_ids: tuple[int, ...] = ()
+    name: str = ""
 
 
 @dataclass
@@ -119,9 +144,13 @@ class PartyFanout:
     model_version : str
         The joint model's run id (the party refuses another).
     kind : int
-        ``pb.SCORECARD`` (partial scores) or ``pb.TREE_ROUTING`` (directions at the party's splits).
+        ``pb.SCORECARD`` (partial scores), ``pb.TREE_ROUTING`` (directions at the
+        party's splits) or ``pb.STACK`` (every base learner of ``bases`` in one call).
     split_ids : sequence of int
         ``TREE_ROUTING``: the party's splits the model uses; every answer must route exactly these.
+    bases : sequence of StackBase
+        ``STACK``: the base learners this party takes part in, in the stack's order;
+        a covered answer must carry exactly one part per base, in this order.
     deadline_s : float
         Per-call deadline.
     max_reasons : int
@@ -153,6 +182,7 @@ class PartyFanout:
         deadline_s: float,
         kind: int = pb.SCORECARD,
         split_ids: Sequence[int] = (),
+        bases: Sequence[StackBase] = (),
         max_reasons: int = 3,
         max_batch: int = 512,
         max_inflight: int = 2,
@@ -172,6 +202,13 @@ class PartyFanout:
         self._split_set = frozenset(self.split_ids)
         if self.kind == pb.TREE_ROUTING and not self.split_ids:
             raise ValueError(f"{party}: a tree-routing fan-out needs the party's split ids")
+        self.bases = tuple(bases)
+        if self.kind == pb.STACK and not self.bases:
+            raise ValueError(f"{party}: a stacked fan-out needs the base learners to ask for")
+        for base in self.bases:
+            if base.kind == pb.TREE_ROUTING and not base.split_ids:
+                raise ValueError(f"{party}: base learner {base.name or base.model_version} needs the party's split ids")
+        self._base_split_sets = tuple(frozenset(b.split_ids) for b in self.bases)
         self.max_reasons = int(max_reasons)
         self.max_batch = int(max_batch)
         self.max_inflight = int(max_inflight)
@@ -263,6 +300,11 @@ class PartyFanout:
             max_reasons=self.max_reasons if self.kind == pb.SCORECARD else 0,
             deadline_ms=max(1, int(deadline * 1000)),
             split_ids=self.split_ids,
+            bases=[
+                pb.BaseModelRequest(model_version=b.model_version, kind=b.kind,  # type: ignore[arg-type]
+                                    max_reasons=self.max_reasons if b.kind == pb.SCORECARD else 0, split_ids=b.split_ids)
+                for b in self.bases
+            ],
         )
         t0 = time.perf_counter()
         results: list[PartyResult]
@@ -415,26 +457,51 @@ class PartyFanout:
             raise _BrokenAnswer(f"answered {len(answers)} IDs for {len(ids)} asked")
         out = []
         trees = self.kind == pb.TREE_ROUTING
+        stack = self.kind == pb.STACK
         for sme_id, answer in zip(ids, answers):
             if answer.sme_id != sme_id:
                 raise _BrokenAnswer("answers are not in request order")
-            if answer.state == pb.COVERED and trees:
+            if answer.state == pb.COVERED and stack:
+                out.append(PartyResult(self.party, pb.COVERED, latency_ms=latency, parts=self._stack_parts(answer, latency)))
+            elif answer.state == pb.COVERED and trees:
                 out.append(PartyResult(self.party, pb.COVERED, latency_ms=latency, routing=self._routing(answer)))
             elif answer.state == pb.COVERED:
-                if answer.WhichOneof("part") != "scorecard":
-                    raise _BrokenAnswer("a covered answer without a scorecard part")
-                u = answer.scorecard.partial_score
-                if not math.isfinite(u) or abs(u) > _MAX_PARTIAL:
-                    raise _BrokenAnswer(f"partial score {u!r} is out of range")
-                out.append(PartyResult(self.party, pb.COVERED, u, tuple(answer.scorecard.reasons[: self.max_reasons]), latency))
+                out.append(self._scorecard(answer, latency))
             elif answer.state == pb.NOT_COVERED:
                 out.append(PartyResult(self.party, pb.NOT_COVERED, None, (), latency))
             else:
                 raise _BrokenAnswer(f"unexpected answer state {answer.state}")
         return out
 
-    def _routing(self, answer: pb.PartyAnswer) -> dict[int, bool]:
+    def _scorecard(self, answer: pb.PartyAnswer | pb.BaseModelPart, latency: float) -> PartyResult:
+        """A covered scorecard part, checked: present, finite, in range."""
+        if answer.WhichOneof("part") != "scorecard":
+            raise _BrokenAnswer("a covered answer without a scorecard part")
+        u = answer.scorecard.partial_score
+        if not math.isfinite(u) or abs(u) > _MAX_PARTIAL:
+            raise _BrokenAnswer(f"partial score {u!r} is out of range")
+        return PartyResult(self.party, pb.COVERED, u, tuple(answer.scorecard.reasons[: self.max_reasons]), latency)
+
+    def _stack_parts(self, answer: pb.PartyAnswer, latency: float) -> tuple[PartyResult, ...]:
+        """One checked part per base learner asked, in order (a missing, extra or unasked part breaks the answer)."""
+        parts = answer.parts
+        if answer.WhichOneof("part") is not None:
+            raise _BrokenAnswer("a stacked answer with a single model's part")
+        out = []
+        for k, base in enumerate(self.bases):
+            if k >= len(parts) or parts[k].model_version != base.model_version:
+                raise _BrokenAnswer(f"no part for base learner {base.name or base.model_version!r} (run {base.model_version})")
+            if base.kind == pb.TREE_ROUTING:
+                out.append(PartyResult(self.party, pb.COVERED, latency_ms=latency, routing=self._routing(parts[k], self._base_split_sets[k])))
+            else:
+                out.append(self._scorecard(parts[k], latency))
+        if len(parts) != len(self.bases):
+            raise _BrokenAnswer(f"{len(parts)} base learner parts for the {len(self.bases)} asked")
+        return tuple(out)
+
+    def _routing(self, answer: pb.PartyAnswer | pb.BaseModelPart, split_set: frozenset[int] | None = None) -> dict[int, bool]:
         """Split id -> goes left, checked: exactly the splits asked, each LEFT or RIGHT."""
+        split_set = self._split_set if split_set is None else split_set
         if answer.WhichOneof("part") != "routing":
             raise _BrokenAnswer("a covered answer without a routing part")
         routing = {}
@@ -445,8 +512,8 @@ class PartyFanout:
                 routing[split_id] = False
             else:
                 raise _BrokenAnswer(f"split {split_id} routed neither left nor right")
-        if routing.keys() != self._split_set:
-            raise _BrokenAnswer(f"routed {len(routing)} splits, not the {len(self._split_set)} asked")
+        if routing.keys() != split_set:
+            raise _BrokenAnswer(f"routed {len(routing)} splits, not the {len(split_set)} asked")
         return routing
 
     async def close(self) -> None:

@@ -178,15 +178,15 @@ class Launcher:
     def _preflight(self) -> None:
         from fedrisk.parties.scoring.bundles import (
             load_bank_model,
-            load_party_model,
+            load_party_models,
             parse_trusted_keys,
         )
 
         keys = parse_trusted_keys(self.config.trusted_keys)
         if isinstance(self.config, NodeConfig):
-            load_bank_model(self.config.bundle, keys)
+            load_bank_model(self.config.bundle, keys)  # a bundle, or a stack folder of them
         else:
-            load_party_model(self.config.bundle, keys)
+            load_party_models(self.config.bundle, keys)
         for path in read_only_paths(self.config):
             if not Path(path).exists():
                 raise ConfigError(f"{path} does not exist")

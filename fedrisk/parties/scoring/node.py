@@ -43,6 +43,22 @@ points against their best bin (with bin and points: the bank's own data) and,
 per feature holder, the names of its features that cost it the most points —
 names only, as for the logistic scorecard. The bundle's scale must be the
 policy's.
+
+Stacked model. When the bank's bundle is a stack folder (the bank's part of
+each base learner plus its meta-learner bundle,
+:mod:`~fedrisk.parties.scoring.stack`), the node serves the stack as one
+model: each feature holder is asked once per application for its part of every
+base learner (``STACK``), each base learner is combined exactly as when served
+alone, and the meta-learner turns their log-odds into the PD at the bank. A
+party missing (down, slow, resting) is missing for every base learner alike —
+the scorecard scores it as not covering the SME, the trees route its splits by
+their defaults — and the policy's fallback applies once. A reply that lacks a
+base learner's part is a broken answer: that party is ``UNAVAILABLE`` for the
+application (detail: which base learner), never half-used. Reasons: each base
+learner's reasons as when served alone, per party (their text names the base
+learner), after a ``node`` reason per base learner (``BASE_LEARNER``: its
+log-odds, PD, meta weight and contribution) and one for the stack
+(``STACK_LOG_ODDS``: intercept, contributions, total) — the bank's own data.
 """
 
 from __future__ import annotations
@@ -66,6 +82,7 @@ from fedrisk.errors import ConfigError, DataValidationError, FedriskError, Ledge
 from fedrisk.parties.scoring.bundles import (
     POINTS,
     SECUREBOOST,
+    STACK,
     LinearScorer,
     PointsScorer,
     load_bank_model,
@@ -93,6 +110,7 @@ from fedrisk.parties.scoring.transport import (
     secure_channel,
     server_credentials,
 )
+from fedrisk.parties.scoring.stack import StackScorer
 from fedrisk.parties.scoring.trees import Routing, TreeScorer
 from fedrisk.parties.scoring.validation import ApplicationValidator, ValidApplication
 from fedrisk.v1 import scoring_pb2 as pb
@@ -136,7 +154,20 @@ class ScoringNode:
         lh = self.model.part
         self.trees: TreeScorer | None = None
         self.points: PointsScorer | None = None
-        if self.model.kind == POINTS:
+        self.stack: StackScorer | None = None
+        if self.model.kind == STACK:
+            self.stack = StackScorer(self.model)  # type: ignore[arg-type]
+            self.scorer = self.stack  # type: ignore[assignment]
+            features = self.stack.features
+            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            mean, scale = _range_reference(self.table, len(features))
+            for member in self.stack.members:  # a scorecard's training moments where it has them
+                if isinstance(member.scorer, LinearScorer):
+                    lh = member.model.part
+                    for j, col in enumerate(member.columns):
+                        mean[col], scale[col] = float(lh.mean[j]), float(lh.scale[j])  # type: ignore[union-attr]
+            known = self.stack.known_parties()
+        elif self.model.kind == POINTS:
             self.points = PointsScorer(lh, list(self.model.meta.get("feature_holders") or ()))  # type: ignore[arg-type]
             self.scorer = self.points  # type: ignore[assignment]
             features = self.points.features
@@ -192,8 +223,9 @@ class ScoringNode:
                 link=link,
                 model_version=self.model.run_id,
                 deadline_s=self.policy.deadline_ms / 1000.0,
-                kind=pb.TREE_ROUTING if self.trees is not None else pb.SCORECARD,
+                kind=pb.STACK if self.stack is not None else pb.TREE_ROUTING if self.trees is not None else pb.SCORECARD,
                 split_ids=self.trees.split_ids[party] if self.trees is not None else (),
+                bases=self.stack.requests(party) if self.stack is not None else (),
                 max_reasons=self.policy.max_reasons_per_party,
                 max_inflight=cfg.max_inflight_per_party,
                 request_prefix=prefix,
@@ -396,7 +428,9 @@ class ScoringNode:
         missing = [r.party for r in results if r.failed]
         points = None
         party_points: dict[str, float] = {}
-        if self.points is not None:
+        if self.stack is not None:
+            pd, model_reasons = self._stack_part(self.stack, x, results)
+        elif self.points is not None:
             pd, model_reasons, points, party_points = self._points_part(self.points, x, results)
         elif self.trees is None:
             pd, model_reasons = self._scorecard_part(x, results)
@@ -433,7 +467,11 @@ class ScoringNode:
 
     def _scorecard_part(self, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason]]:
         """PD and model reasons from the scorecard: own block, coverage indicators, the parties' partial scores."""
-        scorer: LinearScorer = self.scorer  # type: ignore[assignment]
+        z, reasons = self._scorecard_log_odds(self.scorer, x, results)  # type: ignore[arg-type]
+        return LinearScorer.probability(z), reasons
+
+    def _scorecard_log_odds(self, scorer: LinearScorer, x: Sequence[float], results: Sequence[PartyResult], tag: str = "") -> tuple[float, list[pb.Reason]]:
+        """Log-odds and model reasons from a scorecard (``tag``: appended to each reason's text)."""
         partials: dict[str, float | None] = {}
         covered: dict[str, bool] = {}
         for r in results:
@@ -441,12 +479,12 @@ class ScoringNode:
             covered[r.party] = r.state == pb.COVERED
         own = scorer.contributions(x)
         indicators = scorer.indicator_contributions(covered)
-        pd = LinearScorer.probability(scorer.log_odds(own, indicators, partials))
-        reasons = self._bank_reasons(own, indicators, covered)
+        z = scorer.log_odds(own, indicators, partials)
+        reasons = self._bank_reasons(own, indicators, covered, scorer.features, tag)
         for r in results:
             for feature in r.reasons:
-                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk"))
-        return pd, reasons
+                reasons.append(pb.Reason(party=r.party, code=feature, text=f"{r.party} data: {feature} raises the risk{tag}"))
+        return z, reasons
 
     def _points_part(self, scorer: PointsScorer, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason], float, dict[str, float]]:
         """PD, reasons in points per party, the exact score and each feature holder's points from the points tables: the bank's, the parties' points."""
@@ -482,33 +520,76 @@ class ScoringNode:
         against treating them as missing, then each party whose answers raise it
         against its splits' default directions — names only.
         """
+        z, reasons = self._tree_log_odds(trees, x, results)
+        return TreeScorer.probability(z), reasons
+
+    def _tree_log_odds(self, trees: TreeScorer, x: Sequence[float], results: Sequence[PartyResult], tag: str = "") -> tuple[float, list[pb.Reason]]:
+        """Log-odds and model reasons from the trees (``tag``: appended to each reason's text)."""
         answers: dict[str, Routing] = {r.party: r.routing if r.state == pb.COVERED else None for r in results}
         z = trees.log_odds(x, answers)
-        pd = TreeScorer.probability(z)
         k = self.policy.max_reasons_per_party
         if k <= 0:
-            return pd, []
+            return z, []
         own, parties = trees.contributions(x, answers)
         ranked = sorted((name for name, c in own.items() if c > 0), key=lambda name: -own[name])
-        reasons = [pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk") for name in ranked[:k]]
+        reasons = [pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk{tag}") for name in ranked[:k]]
         for party in sorted(parties, key=lambda p: -parties[p]):
             if parties[party] > 0:
-                reasons.append(pb.Reason(party=party, code="tree_routing", text=f"{party} data: where the SME falls at {party}'s splits raises the risk"))
-        return pd, reasons
+                reasons.append(pb.Reason(party=party, code="tree_routing", text=f"{party} data: where the SME falls at {party}'s splits raises the risk{tag}"))
+        return z, reasons
 
-    def _bank_reasons(self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool]) -> list[pb.Reason]:
+    def _stack_part(self, stack: StackScorer, x: Sequence[float], results: Sequence[PartyResult]) -> tuple[float, list[pb.Reason]]:
+        """PD and reasons of the stack: every base learner combined as when served alone, then the meta-learner (at the bank).
+
+        A party's one answer carries its part of each base learner it takes part
+        in; a party that did not cover the SME or did not answer is that for every
+        base learner.
+        """
+        per_base: list[list[PartyResult]] = [[] for _ in stack.members]
+        for r in results:
+            for j, k in enumerate(stack.party_bases.get(r.party, ())):
+                if r.state == pb.COVERED:
+                    assert r.parts is not None  # the fan-out checked one part per base learner asked
+                    part = r.parts[j]
+                else:
+                    part = PartyResult(r.party, r.state, latency_ms=r.latency_ms, detail=r.detail)
+                per_base[k].append(part)
+        zs: list[float] = []
+        base_reasons: list[pb.Reason] = []
+        for member, parts in zip(stack.members, per_base):
+            xb = [x[c] for c in member.columns]
+            tag = f" ({member.name})"
+            if isinstance(member.scorer, TreeScorer):
+                z, reasons = self._tree_log_odds(member.scorer, xb, parts, tag)
+            else:
+                z, reasons = self._scorecard_log_odds(member.scorer, xb, parts, tag)
+            zs.append(z)
+            base_reasons += reasons
+        z_stack = stack.log_odds(zs)
+        pd = StackScorer.probability(z_stack)
+        reasons = []
+        for member, a, z in zip(stack.members, stack.coef, zs):
+            reasons.append(pb.Reason(party="node", code=f"BASE_LEARNER:{member.name}", text=(
+                f"{member.name}: log-odds {z:+.4f} (PD {StackScorer.probability(z):.4f}) x meta weight {a:+.4f} = {a * z:+.4f}")))
+        terms = " ".join(f"{a * z:+.4f}" for a, z in zip(stack.coef, zs))
+        reasons.append(pb.Reason(party="node", code="STACK_LOG_ODDS", text=(
+            f"stack log-odds {z_stack:+.4f} = meta intercept {stack.intercept:+.4f} {terms} (PD {pd:.4f})")))
+        return pd, reasons + base_reasons
+
+    def _bank_reasons(self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool],
+                      features: Sequence[str], tag: str = "") -> list[pb.Reason]:
         k = self.policy.max_reasons_per_party
         if k <= 0:
             return []
-        items = [(c, name, False) for c, name in zip(own, self.scorer.features) if c > 0]
+        items = [(c, name, False) for c, name in zip(own, features) if c > 0]
         items += [(c, party, True) for party, c in indicators.items() if c > 0 and not covered.get(party, False)]
         items.sort(key=lambda t: -t[0])
         out = []
         for _, name, is_indicator in items[:k]:
             if is_indicator:
-                out.append(pb.Reason(party="bank", code=f"thin_file:{name}", text=f"{name} holds no data on this SME (thin file)"))
+                out.append(pb.Reason(party="bank", code=f"thin_file:{name}", text=f"{name} holds no data on this SME (thin file){tag}"))
             else:
-                out.append(pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk"))
+                out.append(pb.Reason(party="bank", code=name, text=f"bank data: {name} raises the risk{tag}"))
         return out
 
     def _record(self, app: ValidApplication, d: pb.Decision) -> list[Any]:

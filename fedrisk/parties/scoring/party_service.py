@@ -39,6 +39,27 @@ It answers only
 What the party learns: which SMEs the bank scores and when (the ID travels in
 the request; inherent to scoring at decision time, and logged per caller).
 
+Stacked model (``STACK``). Given a stack folder (its own signed bundle for
+each base learner of a stacked model: a scorecard block and/or a routing
+table, each verified as a single bundle is) the service answers the bank's node
+once per SME for every base learner: the request lists the base learners
+(``bases``: run id, kind, reasons or split ids asked) and each covered answer
+carries one part per base learner (``parts``), each exactly the part above —
+partial log-odds and feature names, or directions at its own splits. Coverage
+is one allow-list for all of them, so an SME is covered for every base learner
+or for none. What each role learns, compared with serving the base learners
+alone (one call per base learner per SME):
+
+* the feature holder: the same SME IDs, once instead of once per base learner,
+  and that the bank serves these base learners together — which it knew, as it
+  holds a bundle of each. Never the meta-learner (its weights stay in the bank's
+  bundle), a base learner's joint log-odds, the PD or the decision;
+* the bank: exactly each base learner's part as when served alone (partial
+  log-odds and reason names; the side of every split of the party) — nothing
+  about how the parts relate beyond what it could join from separate calls;
+* the meta-learner's inputs (each base learner's log-odds) and output (the PD)
+  are computed at the bank's node only.
+
 Answers are precomputed when the table is loaded (one vectorised pass), so a
 request costs a dictionary lookup per ID: each answer's protobuf encoding is
 cached (per number of reasons, or per set of split ids asked) and the response
@@ -65,7 +86,9 @@ from fedrisk.errors import ConfigError, DataValidationError
 from fedrisk.parties.scoring.bundles import (
     POINTS,
     SECUREBOOST,
-    load_party_model,
+    LoadedModel,
+    is_stack_folder,
+    load_party_models,
     parse_trusted_keys,
 )
 from fedrisk.parties.scoring.config import PartyServiceConfig
@@ -106,21 +129,120 @@ def read_allow_list(path: str | Path, id_format: str) -> set[str]:
     return out
 
 
+class _Served:
+    """One bundle this party serves (its part of one joint model), precomputed on its own table.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        A verified feature-holder bundle.
+    table : str
+        The party's own table.
+    """
+
+    def __init__(self, model: LoadedModel, table: str) -> None:
+        self.model = model
+        self.part = model.part
+        self.run_id = model.run_id
+        self.kind = pb.TREE_ROUTING if model.kind == SECUREBOOST else pb.SCORECARD
+        self.points = model.kind == POINTS  # a points table: SCORECARD on the wire
+        features = self.part.feature_names if self.kind == pb.TREE_ROUTING or self.points else self.part.features  # type: ignore[union-attr]
+        self.lookup: FeatureLookup = load_feature_lookup(table, model.schema, features, name=model.party)
+        # scorecard: ID -> (partial score, adverse feature names); points: ID -> (partial log-odds, names of
+        # features costing points, worst first); trees: ID -> goes left at each own split
+        self.answers: dict[str, Any] = {}
+        self.encoded: dict[tuple[str, int], bytes] = {}
+        if self.kind == pb.TREE_ROUTING:
+            self.split_ids: tuple[int, ...] = tuple(int(v) for v in self.part.split_id)  # type: ignore[union-attr]
+            self._split_column = {sid: j for j, sid in enumerate(self.split_ids)}
+            # cached encodings are keyed by a small view number per distinct list of split ids asked
+            self._views: dict[tuple[int, ...], int] = {}
+            self.view_columns: dict[int, tuple[tuple[int, int], ...]] = {}  # view -> (split id, column)
+
+    def precompute(self, allowed: set[str] | None) -> None:
+        """Answers for every ID of the table on the allow-list (one vectorised pass)."""
+        ids = [i for i in self.lookup.index if allowed is None or i in allowed]
+        rows = np.array([self.lookup.index[i] for i in ids], dtype=np.int64)
+        answers: dict[str, Any] = {}
+        part: Any = self.part
+        if len(rows) and self.kind == pb.TREE_ROUTING:
+            go_left = part.answer(self.lookup.matrix[rows])
+            for k, sme_id in enumerate(ids):
+                answers[sme_id] = tuple(go_left[k].tolist())
+        elif len(rows) and self.points:
+            X = self.lookup.matrix[rows]
+            partial = part.partial_points(X)
+            u = -partial / part.scale.factor
+            below = part.points_below_best(X)
+            order = np.argsort(-below, axis=1, kind="stable")[:, :20]
+            names = part.feature_names
+            for k, sme_id in enumerate(ids):
+                answers[sme_id] = (float(u[k]), tuple(names[j] for j in order[k] if below[k, j] > 1e-9))
+        elif len(rows):
+            contrib = part.contributions(self.lookup.matrix[rows])
+            partial = contrib.sum(axis=1)
+            order = np.argsort(-contrib, axis=1, kind="stable")[:, :20]
+            names = part.features
+            for k, sme_id in enumerate(ids):
+                top = tuple(names[j] for j in order[k] if contrib[k, j] > 0)
+                answers[sme_id] = (float(partial[k]), top)
+        self.answers = answers
+        self.encoded = {}
+
+    def view(self, max_reasons: int, split_ids: Sequence[int], party: str) -> int:
+        """Reasons asked (scorecard), or the number of the list of split ids asked (trees, see :meth:`split_view`)."""
+        return self.split_view(split_ids, party) if self.kind == pb.TREE_ROUTING else min(int(max_reasons), 20)
+
+    def split_view(self, split_ids: Sequence[int], party: str) -> int:
+        """Number of the list of split ids a request asks for (empty: all of this party's).
+
+        Registered on first use; at most ``_MAX_SPLIT_VIEWS`` lists are kept (then
+        the lists and the cached encodings start afresh). Raises :class:`_Refused`
+        for a split id this party does not own.
+        """
+        wanted = tuple(split_ids) or self.split_ids
+        view = self._views.get(wanted)
+        if view is not None:
+            return view
+        columns = []
+        for sid in dict.fromkeys(wanted):
+            j = self._split_column.get(sid)
+            if j is None:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.split_ids: {party} has no split {sid}")
+            columns.append((sid, j))
+        if len(self._views) >= _MAX_SPLIT_VIEWS:
+            self._views, self.view_columns, self.encoded = {}, {}, {}
+        view = len(self._views)
+        self._views[wanted] = view
+        self.view_columns[view] = tuple(columns)
+        return view
+
+    def part_kwargs(self, found: Any, view: int) -> dict[str, Any]:
+        """The ``scorecard=`` or ``routing=`` field of this model's part for a covered SME."""
+        if self.kind == pb.TREE_ROUTING:
+            return {"routing": pb.TreeRouting(branches={sid: pb.LEFT if found[j] else pb.RIGHT for sid, j in self.view_columns[view]})}
+        return {"scorecard": pb.ScorecardPart(partial_score=found[0], reasons=found[1][:view])}
+
+    def kind_name(self) -> str:
+        return "SecureBoost tree routing" if self.kind == pb.TREE_ROUTING else "a scorecard"
+
+
 class PartyScoringService:
     """Answer the bank's node with this party's part: partial scores, or directions at its splits.
 
     Parameters
     ----------
     config : PartyServiceConfig
-        Paths as seen by this process.
+        Paths as seen by this process. ``bundle`` is the party's signed bundle,
+        or a stack folder of its bundles, one per base learner of a stacked model
+        (:func:`~fedrisk.parties.scoring.bundles.load_party_models`).
     """
 
     def __init__(self, config: PartyServiceConfig) -> None:
         self.config = config
-        self.model = load_party_model(config.bundle, parse_trusted_keys(config.trusted_keys))
+        models = load_party_models(config.bundle, parse_trusted_keys(config.trusted_keys))
+        self.model = models[0]
         self.scorecard = self.model.part
-        self.kind = pb.TREE_ROUTING if self.model.kind == SECUREBOOST else pb.SCORECARD
-        self.points = self.model.kind == POINTS  # a points table: SCORECARD on the wire
         self.party = self.model.party
         self.id_format = str(self.model.schema.get("id_format", "opaque"))
         self.callers = set(config.allowed_callers) or {self.model.label_holder} - {""}
@@ -128,23 +250,21 @@ class PartyScoringService:
             raise ConfigError("no caller may ask: the bundle names no label holder and allowed_callers is empty")
         if not config.allow_list and not config.allow_any_known:
             raise ConfigError("give an allow-list of IDs this party may answer for (or allow_any_known explicitly)")
-        features = self.scorecard.feature_names if self.kind == pb.TREE_ROUTING or self.points else self.scorecard.features  # type: ignore[union-attr]
-        self.lookup: FeatureLookup = load_feature_lookup(config.table, self.model.schema, features, name=self.party)
-        # scorecard: ID -> (partial score, adverse feature names); points: ID -> (partial log-odds, names of
-        # features costing points, worst first); trees: ID -> goes left at each own split
-        self._answers: dict[str, Any] = {}
-        self._encoded: dict[tuple[str, int], bytes] = {}
-        if self.kind == pb.TREE_ROUTING:
-            self._split_ids: tuple[int, ...] = tuple(int(v) for v in self.scorecard.split_id)  # type: ignore[union-attr]
-            self._split_column = {sid: j for j, sid in enumerate(self._split_ids)}
-            # cached encodings are keyed by a small view number per distinct list of split ids asked
-            self._views: dict[tuple[int, ...], int] = {}
-            self._view_columns: dict[int, tuple[tuple[int, int], ...]] = {}  # view -> (split id, column)
+        #: every model this party serves, by run id (one; several for a stack folder)
+        self.served: dict[str, _Served] = {m.run_id: _Served(m, config.table) for m in models}
+        first = self.served[self.model.run_id]
+        self.stacked = is_stack_folder(config.bundle)
+        self.kind = pb.STACK if self.stacked else first.kind
+        self.points = first.points
+        self.lookup: FeatureLookup = first.lookup
+        self._stack_encoded: dict[tuple[str, tuple[Any, ...]], bytes] = {}
+        self._stack_keys: set[tuple[Any, ...]] = set()
         self.reload()
         self.revocations = RevocationGuard(config.crl, config.client_ca) if config.crl else None
         self._crl_watcher: asyncio.Future[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        #: per caller: requests answered (one per fan-out call), IDs asked, IDs covered
         self.requests = Counter()
         self.ids_asked = Counter()
         self.ids_answered = Counter()
@@ -152,38 +272,21 @@ class PartyScoringService:
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Future[None] | None = None
 
+    @property
+    def _answers(self) -> dict[str, Any]:
+        """The first model's answers (which IDs this party covers: the same for every model it serves)."""
+        return self.served[self.model.run_id].answers
+
     # ------------------------------------------------------------- answers
     def reload(self) -> int:
         """(Re)read the allow-list and precompute answers; returns how many IDs it answers for."""
         allowed = read_allow_list(self.config.allow_list, self.id_format) if self.config.allow_list else None
-        ids = [i for i in self.lookup.index if allowed is None or i in allowed]
-        rows = np.array([self.lookup.index[i] for i in ids], dtype=np.int64)
-        answers: dict[str, Any] = {}
-        if len(rows) and self.kind == pb.TREE_ROUTING:
-            go_left = self.scorecard.answer(self.lookup.matrix[rows])  # type: ignore[union-attr]
-            for k, sme_id in enumerate(ids):
-                answers[sme_id] = tuple(go_left[k].tolist())
-        elif len(rows) and self.points:
-            X = self.lookup.matrix[rows]
-            partial = self.scorecard.partial_points(X)  # type: ignore[union-attr]
-            u = -partial / self.scorecard.scale.factor  # type: ignore[union-attr]
-            below = self.scorecard.points_below_best(X)  # type: ignore[union-attr]
-            order = np.argsort(-below, axis=1, kind="stable")[:, :20]
-            names = self.scorecard.feature_names  # type: ignore[union-attr]
-            for k, sme_id in enumerate(ids):
-                answers[sme_id] = (float(u[k]), tuple(names[j] for j in order[k] if below[k, j] > 1e-9))
-        elif len(rows):
-            contrib = self.scorecard.contributions(self.lookup.matrix[rows])  # type: ignore[union-attr]
-            partial = contrib.sum(axis=1)
-            order = np.argsort(-contrib, axis=1, kind="stable")[:, :20]
-            names = self.scorecard.features  # type: ignore[union-attr]
-            for k, sme_id in enumerate(ids):
-                top = tuple(names[j] for j in order[k] if contrib[k, j] > 0)
-                answers[sme_id] = (float(partial[k]), top)
-        self._answers = answers
-        self._encoded = {}
-        log.info("%s answers for %d IDs (%d in its table)", self.party, len(answers), len(self.lookup))
-        return len(answers)
+        for served in self.served.values():
+            served.precompute(allowed)
+        self._stack_encoded, self._stack_keys = {}, set()
+        n = len(self._answers)
+        log.info("%s answers for %d IDs (%d in its table)", self.party, n, len(self.lookup))
+        return n
 
     async def _watch_allow_list(self) -> None:
         """Reload when the allow-list file changes (size, mtime or inode)."""
@@ -207,44 +310,21 @@ class PartyScoringService:
                 except Exception as exc:  # a bad edit keeps the previous allow-list
                     log.warning("%s kept its previous allow-list: %s", self.party, str(exc).splitlines()[0] if str(exc) else exc)
 
-    def answer_bytes(self, sme_id: str, view: int) -> bytes:
+    def answer_bytes(self, sme_id: str, view: int, served: _Served | None = None) -> bytes:
         """The encoded ``PartyAnswer`` for one ID (cached).
 
         ``view`` is the number of reasons asked (scorecard) or the number of the
-        list of split ids asked (trees, see :meth:`_split_view`).
+        list of split ids asked (trees, see :meth:`_Served.split_view`).
         """
+        served = served or self.served[self.model.run_id]
         key = (sme_id, view)
-        cached = self._encoded.get(key)
+        cached = served.encoded.get(key)
         if cached is not None:
             return cached
-        encoded = self._answer_as(sme_id, sme_id, view)
-        if sme_id in self._answers:  # only IDs it answers for: the cache is bounded by the allow-list
-            self._encoded[key] = encoded
+        encoded = self._answer_as(sme_id, sme_id, view, served)
+        if sme_id in served.answers:  # only IDs it answers for: the cache is bounded by the allow-list
+            served.encoded[key] = encoded
         return encoded
-
-    def _split_view(self, split_ids: Sequence[int]) -> int:
-        """Number of the list of split ids a request asks for (empty: all of this party's).
-
-        Registered on first use; at most ``_MAX_SPLIT_VIEWS`` lists are kept (then
-        the lists and the cached encodings start afresh). Raises :class:`_Refused`
-        for a split id this party does not own.
-        """
-        wanted = tuple(split_ids) or self._split_ids
-        view = self._views.get(wanted)
-        if view is not None:
-            return view
-        columns = []
-        for sid in dict.fromkeys(wanted):
-            j = self._split_column.get(sid)
-            if j is None:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.split_ids: {self.party} has no split {sid}")
-            columns.append((sid, j))
-        if len(self._views) >= _MAX_SPLIT_VIEWS:
-            self._views, self._view_columns, self._encoded = {}, {}, {}
-        view = len(self._views)
-        self._views[wanted] = view
-        self._view_columns[view] = tuple(columns)
-        return view
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> str:
@@ -339,49 +419,107 @@ class PartyScoringService:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except Exception:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message") from None
-        if req.model_version != self.model.run_id:
-            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{self.party} serves model {self.model.run_id!r}, not {req.model_version!r}")
-        if req.kind not in (self.kind, pb.MODEL_KIND_UNSPECIFIED):
-            kind = pb.ModelKind.Name(req.kind) if req.kind in pb.ModelKind.values() else str(req.kind)
-            serves = "SecureBoost tree routing" if self.kind == pb.TREE_ROUTING else "a scorecard"
-            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{self.party} serves {serves}; model kind {kind} is not available")
         n = len(req.sme_ids)
         if n > self.config.max_ids:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
-        k = self._split_view(req.split_ids) if self.kind == pb.TREE_ROUTING else min(int(req.max_reasons), 20)
-        parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=self.model.run_id).SerializeToString()]
-        covered = 0
-        answers = self._answers
-        for raw_id in req.sme_ids:
-            if raw_id in answers:
-                covered += 1
-                parts.append(self.answer_bytes(raw_id, k))
-                continue
-            try:
-                sme_id = normalise_id(raw_id, self.id_format, "sme_id")
-            except DataValidationError as exc:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}") from None
-            covered += sme_id in answers
-            parts.append(self._answer_as(raw_id, sme_id, k))
+        if req.kind == pb.STACK:
+            parts, covered = self._answer_stack(req)
+        else:
+            parts, covered = self._answer_one(req)
         self.requests[caller] += 1
         self.ids_asked[caller] += n
         self.ids_answered[caller] += covered
         return b"".join(parts)
 
-    def _answer_as(self, raw_id: str, sme_id: str, k: int) -> bytes:
+    def _served_for(self, model_version: str, kind: int, where: str) -> _Served:
+        """The model a request (or one base learner of a stacked request) names, of the kind it asks."""
+        served = self.served.get(model_version)
+        if served is None:
+            serving = ", ".join(repr(r) for r in self.served)
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{where}{self.party} serves model {serving}, not {model_version!r}")
+        if kind not in (served.kind, pb.MODEL_KIND_UNSPECIFIED):
+            name = pb.ModelKind.Name(kind) if kind in pb.ModelKind.values() else str(kind)
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{where}{self.party} serves {served.kind_name()}; model kind {name} is not available")
+        return served
+
+    def _answer_one(self, req: pb.PartyScoreRequest) -> tuple[list[bytes], int]:
+        """One model's parts (a base learner served alone, or a single bundle)."""
+        if req.bases:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is only for kind STACK")
+        served = self._served_for(req.model_version, req.kind, "")
+        k = served.view(req.max_reasons, req.split_ids, self.party)
+        parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=served.run_id).SerializeToString()]
+        covered = 0
+        answers = served.answers
+        for raw_id in req.sme_ids:
+            if raw_id in answers:
+                covered += 1
+                parts.append(self.answer_bytes(raw_id, k, served))
+                continue
+            sme_id = self._normalised(raw_id)
+            covered += sme_id in answers
+            parts.append(self._answer_as(raw_id, sme_id, k, served))
+        return parts, covered
+
+    def _answer_stack(self, req: pb.PartyScoreRequest) -> tuple[list[bytes], int]:
+        """Every base learner's part in one answer per SME: exactly what each base learner alone would get, nothing more."""
+        if not req.bases:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is empty: a STACK request names its base learners")
+        models: list[tuple[_Served, int]] = []
+        for i, base in enumerate(req.bases):
+            if base.kind == pb.STACK:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: a base learner cannot be a stack")
+            served = self._served_for(base.model_version, base.kind, f"PartyScoreRequest.bases[{i}]: ")
+            if any(s is served for s, _ in models):
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: model {base.model_version!r} is asked twice")
+            models.append((served, served.view(base.max_reasons, base.split_ids, self.party)))
+        # cache key: the bases asked, by what they ask (view numbers can be renumbered; the request itself cannot)
+        key = tuple((s.run_id, min(int(b.max_reasons), 20) if s.kind == pb.SCORECARD else tuple(b.split_ids)) for (s, _), b in zip(models, req.bases))
+        if key not in self._stack_keys:
+            if len(self._stack_keys) >= _MAX_SPLIT_VIEWS:
+                self._stack_encoded, self._stack_keys = {}, set()
+            self._stack_keys.add(key)
+        parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=req.model_version).SerializeToString()]
+        covered = 0
+        for raw_id in req.sme_ids:
+            cached = self._stack_encoded.get((raw_id, key))
+            if cached is not None:
+                covered += 1
+                parts.append(cached)
+                continue
+            sme_id = raw_id if all(raw_id in s.answers for s, _ in models) else self._normalised(raw_id)
+            found = [s.answers.get(sme_id) for s, _ in models]
+            if all(f is not None for f in found):
+                covered += 1
+                answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, parts=[
+                    pb.BaseModelPart(model_version=s.run_id, **s.part_kwargs(f, view)) for (s, view), f in zip(models, found)
+                ])  # fmt: skip
+            else:
+                answer = pb.PartyAnswer(sme_id=raw_id, state=pb.NOT_COVERED)
+            body = answer.SerializeToString()
+            encoded = b"\x22" + _varint(len(body)) + body
+            if answer.state == pb.COVERED and raw_id == sme_id:  # bounded by the allow-list
+                self._stack_encoded[(raw_id, key)] = encoded
+            parts.append(encoded)
+        return parts, covered
+
+    def _normalised(self, raw_id: str) -> str:
+        try:
+            return normalise_id(raw_id, self.id_format, "sme_id")
+        except DataValidationError as exc:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}") from None
+
+    def _answer_as(self, raw_id: str, sme_id: str, k: int, served: _Served) -> bytes:
         """Encoded answer for ``sme_id``, reported under the ID as the caller wrote it.
 
         ``k``: reasons (scorecard) or split view (trees). A ``PartyScoreResponse``
         field 4 element: tag 0x22, varint length, bytes.
         """
-        found = self._answers.get(sme_id)
+        found = served.answers.get(sme_id)
         if found is None:
             answer = pb.PartyAnswer(sme_id=raw_id, state=pb.NOT_COVERED)
-        elif self.kind == pb.TREE_ROUTING:
-            branches = {sid: pb.LEFT if found[j] else pb.RIGHT for sid, j in self._view_columns[k]}
-            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, routing=pb.TreeRouting(branches=branches))
         else:
-            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, scorecard=pb.ScorecardPart(partial_score=found[0], reasons=found[1][:k]))
+            answer = pb.PartyAnswer(sme_id=raw_id, state=pb.COVERED, **served.part_kwargs(found, k))
         body = answer.SerializeToString()
         return b"\x22" + _varint(len(body)) + body
 
