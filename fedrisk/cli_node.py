@@ -62,7 +62,7 @@ def node_start(
     try:
         fmt = check_format(log_format)
         mode = "horizontal" if role == "bank" else "vertical"
-        raw = {"name": name, "role": role, "data": str(data), "id-column": id_column, "id-format": id_format}
+        raw: dict[str, object] = {"name": name, "role": role, "data": str(data), "id-column": id_column, "id-format": id_format}
         if label_column is not None:
             raw["label-column"] = label_column
         for key, listed in (("features", features), ("categorical", categorical), ("allow-missing", allow_missing)):
@@ -83,5 +83,5 @@ def node_start(
             sys.stderr.write(json_line(str(err).splitlines()[0], level="ERROR", logger="fedrisk.node", party=name) + "\n")
         else:
             console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=2) from None
     raise typer.Exit(code=code)

@@ -31,7 +31,7 @@ def simulate(
     finished, 1 when one failed (its error is in the table), 2 on a bad
     scenario.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from fedrisk.simulation.scenario import load_scenario
 
@@ -56,8 +56,8 @@ def simulate(
         console=console,
         transient=False,
     ) as progress:
-        tasks: dict[str, int] = {}
-        overall = None
+        tasks: dict[str, TaskID] = {}
+        overall: TaskID | None = None
 
         def on_event(kind: str, payload: dict) -> None:
             nonlocal overall

@@ -17,7 +17,6 @@ from fedrisk.crypto.encrypted_histogram import (
     EncryptedHistogramKernel,
     HistogramLayout,
     decrypt_histogram,
-    decrypt_slots,
     encrypt_gradients,
     flooding_bound,
     make_histogram_context,

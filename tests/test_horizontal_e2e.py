@@ -9,7 +9,6 @@ the weights) and at least 0.72.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -111,7 +111,7 @@ def _true_column_events(model: VerticalWOE, run) -> list[np.ndarray]:
 def test_curious_bank_reads_no_row_level_value_and_no_small_bin(run):
     """Nothing the bank can read in the clear has anything near a row's length (only per-bin numbers),
     and every bin it sees holds ≥ min_bin_size rows."""
-    model, Xh, covered = run["model"], run["Xh"], run["covered"]
+    model, covered = run["model"], run["covered"]
     counts = _received(model, "bank")[0]
     for vec in _numbers(counts):
         assert vec.size < covered.sum() // 4

@@ -294,6 +294,7 @@ def _pb_fields(buf: memoryview) -> dict[int, list[Any]]:
     fields: dict[int, list[Any]] = {}
     pos = 0
     n = len(buf)
+    value: int | memoryview
     while pos < n:
         key, pos = _read_varint(buf, pos)
         number, wire = key >> 3, key & 7

@@ -1217,7 +1217,7 @@ class EncryptedMatVec:
         return _PackedKernel(
             self.runtime,
             X[:, cols[0] : cols[1]],
-            [tuple(g) for g in groups],
+            [(s, f) for s, f in groups],
             level=self.level_,
             x_scale=self.x_scale,
             cache_plaintexts=self.cache_plaintexts_,

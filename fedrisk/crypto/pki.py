@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedrisk.crypto.keyfiles import (
@@ -501,10 +501,13 @@ CRL_DAYS = 30
 
 def load_certificate(data: bytes | str | os.PathLike[str]) -> x509.Certificate:
     """A certificate from PEM or DER bytes, or from a file; a one-line error otherwise."""
-    try:
-        raw = data if isinstance(data, bytes) else Path(data).read_bytes()
-    except OSError as err:
-        raise CryptoError(f"cannot read the certificate {data}: {err.strerror or err}") from None
+    if isinstance(data, bytes):
+        raw = data
+    else:
+        try:
+            raw = Path(data).read_bytes()
+        except OSError as err:
+            raise CryptoError(f"cannot read the certificate {data}: {err.strerror or err}") from None
     try:
         return x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(raw)
     except ValueError:
@@ -558,6 +561,16 @@ class RevocationList:
             raise CryptoError(f"{what} {certificate_label(cert)} was revoked on {when:%Y-%m-%d %H:%M} UTC ({self.source})")
 
 
+#: The public-key types that can sign a certificate or CRL (cryptography's ``CertificateIssuerPublicKeyTypes``).
+_ISSUER_KEY_TYPES = (
+    dsa.DSAPublicKey,
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
+
+
 def load_revocation_list(crl: str | os.PathLike[str], ca: str | os.PathLike[str]) -> RevocationList:
     """Read ``crl`` and verify that the CA in ``ca`` issued and signed it.
 
@@ -578,7 +591,10 @@ def load_revocation_list(crl: str | os.PathLike[str], ca: str | os.PathLike[str]
     ca_cert = load_certificate(ca)
     if parsed.issuer != ca_cert.subject:
         raise CryptoError(f"the CRL {path} was issued by {parsed.issuer.rfc4514_string()}, not by the CA in {ca}")
-    if not parsed.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+    ca_key = ca_cert.public_key()
+    if not isinstance(ca_key, _ISSUER_KEY_TYPES):
+        raise CryptoError(f"the CA in {ca} has a {type(ca_key).__name__}, which cannot sign a CRL")
+    if not parsed.is_signature_valid(ca_key):
         raise CryptoError(f"the CRL {path} is not signed by the CA in {ca}")
     return RevocationList(
         source=path.name,

@@ -101,6 +101,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -256,14 +257,14 @@ def encode_ids(ids: Sequence[str | bytes] | np.ndarray, owner: str) -> list[byte
     DataValidationError
         On an empty list, an empty or non-text ID, or a duplicate (naming the rows).
     """
-    if isinstance(ids, np.ndarray):
-        ids = ids.tolist()
-    if isinstance(ids, (str, bytes)):
-        raise DataValidationError(f"IDs of {owner} must be a sequence of strings, not one {type(ids).__name__}")
+    # Items are validated below, so they are typed as unknown: a non-str fails the fast path.
+    items: Sequence[Any] = ids.tolist() if isinstance(ids, np.ndarray) else ids
+    if isinstance(items, (str, bytes)):
+        raise DataValidationError(f"IDs of {owner} must be a sequence of strings, not one {type(items).__name__}")
     try:
-        encoded = [s.encode("utf-8") for s in ids]
+        encoded = [s.encode("utf-8") for s in items]
     except (AttributeError, UnicodeEncodeError):
-        encoded = [_encode_one(v, i, owner) for i, v in enumerate(ids)]
+        encoded = [_encode_one(v, i, owner) for i, v in enumerate(items)]
     if not encoded:
         raise DataValidationError(f"{owner} has no IDs")
     if min(map(len, encoded)) == 0:
@@ -355,7 +356,10 @@ def match_points(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.nd
     return hit[full].astype(np.int64), j[full].astype(np.int64)
 
 
-def _coerce(message: PSIMessage | bytes, cls: type, step: str) -> PSIMessage:
+_Message = TypeVar("_Message", BlindedSet, DoubleBlindedSet, PSIResult)
+
+
+def _coerce(message: PSIMessage | bytes, cls: type[_Message], step: str) -> _Message:
     if isinstance(message, (bytes, bytearray, memoryview)):
         message = decode_psi_message(bytes(message))
     if not isinstance(message, cls):
@@ -366,7 +370,7 @@ def _coerce(message: PSIMessage | bytes, cls: type, step: str) -> PSIMessage:
 class _Party:
     """State shared by both roles: IDs, the per-run key, the shuffle of the own set."""
 
-    role: str
+    role: Literal["label", "feature"]
 
     def __init__(
         self,
@@ -423,7 +427,7 @@ class _Party:
         return BlindedSet(
             run_id=self.run_id,
             sender=self.party,
-            role=self.role,  # type: ignore[arg-type]
+            role=self.role,
             public_key=self.public_key,
             points=blinded[perm].tobytes(),
         )

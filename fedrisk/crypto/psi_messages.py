@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -341,9 +342,10 @@ class PSIResult:
 
 
 PSIMessage = BlindedSet | DoubleBlindedSet | PSIResult
+_Message = TypeVar("_Message", BlindedSet, DoubleBlindedSet, PSIResult)
 
 
-def _build(reader: _Reader, cls: type, **fields: object) -> PSIMessage:
+def _build(reader: _Reader, cls: type[_Message], **fields: Any) -> _Message:
     reader.done()
     try:
         return cls(**fields)
@@ -388,5 +390,10 @@ def decode_psi_message(data: bytes) -> PSIMessage:
         If ``data`` is not exactly one well-formed PSI message.
     """
     reader = _Reader(data, None)
-    parser = {_KIND_BLINDED: _parse_blinded, _KIND_DOUBLE: _parse_double, _KIND_RESULT: _parse_result}[reader.kind]
+    parsers: dict[int, Callable[[_Reader], PSIMessage]] = {
+        _KIND_BLINDED: _parse_blinded,
+        _KIND_DOUBLE: _parse_double,
+        _KIND_RESULT: _parse_result,
+    }
+    parser = parsers[reader.kind]
     return parser(reader)

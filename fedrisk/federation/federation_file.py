@@ -37,8 +37,11 @@ import csv
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from fedrisk.errors import ConfigError
+
+_T = TypeVar("_T")
 
 MODES = {"horizontal": ("fedavg",), "vertical": ("vertical_lr", "secureboost")}
 _FEDERATION_KEYS = {"name", "mode", "algorithm"}
@@ -85,9 +88,9 @@ class FederationFile:
     parties: tuple[PartyEntry, ...] = ()
 
 
-def _expect(value: object, kind: type, key: str) -> object:
+def _expect(value: object, kind: type[_T], key: str) -> _T:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -208,20 +211,20 @@ def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFi
         raise ConfigError("algorithm: expected a table")
     allowed = ALGORITHM_KEYS[algorithm]
     _unknown(set(params_raw), set(allowed), "algorithm")
-    params = {k: _expect(v, allowed[k], f"algorithm.{k}") for k, v in params_raw.items()}
+    params: dict[str, int | float | str | bool] = {k: _expect(v, allowed[k], f"algorithm.{k}") for k, v in params_raw.items()}
     for key in ("rounds", "epochs", "trees", "depth", "bins", "batch-size", "local-epochs", "n-jobs"):
-        if key in params and int(params[key]) < 1:  # type: ignore[arg-type]
+        if key in params and int(params[key]) < 1:
             raise ConfigError(f"algorithm.{key}: must be >= 1, got {params[key]}")
-    if "subsample" in params and not 0 < float(params["subsample"]) <= 1:  # type: ignore[arg-type]
+    if "subsample" in params and not 0 < float(params["subsample"]) <= 1:
         raise ConfigError(f"algorithm.subsample: must be in (0, 1], got {params['subsample']}")
-    if "bins" in params and not 2 <= int(params["bins"]) <= 255:  # type: ignore[call-overload]
+    if "bins" in params and not 2 <= int(params["bins"]) <= 255:
         raise ConfigError(f"algorithm.bins: must be between 2 and 255, got {params['bins']}")
-    if "min-parties" in params and int(params["min-parties"]) < 2:  # type: ignore[call-overload]
+    if "min-parties" in params and int(params["min-parties"]) < 2:
         raise ConfigError(f"algorithm.min-parties: must be >= 2 (one bank's aggregate is its own model), got {params['min-parties']}")
     for key in ("c", "learning-rate", "round-timeout", "dp-epsilon", "dp-clip"):
-        if key in params and not float(params[key]) > 0:  # type: ignore[arg-type]
+        if key in params and not float(params[key]) > 0:
             raise ConfigError(f"algorithm.{key}: must be > 0, got {params[key]}")
-    if "dp-delta" in params and not 0 < float(params["dp-delta"]) < 1:  # type: ignore[arg-type]
+    if "dp-delta" in params and not 0 < float(params["dp-delta"]) < 1:
         raise ConfigError(f"algorithm.dp-delta: must be between 0 and 1, got {params['dp-delta']}")
     if "aggregation" in params and params["aggregation"] not in ("ckks", "plain"):
         raise ConfigError(f"algorithm.aggregation: expected 'ckks' or 'plain', got {params['aggregation']!r}")
@@ -242,7 +245,7 @@ def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFi
         validation = {**validation, "table": str(table.resolve())}
     elif "fraction" in validation:
         fraction = _expect(validation["fraction"], float, "validation.fraction")
-        if not 0 < float(fraction) < 1:  # type: ignore[arg-type]
+        if not 0 < float(fraction) < 1:
             raise ConfigError(f"validation.fraction: must be between 0 and 1, got {fraction}")
     parties_raw = raw.get("parties")
     if not isinstance(parties_raw, list) or not parties_raw:

@@ -60,21 +60,37 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, TypedDict, cast
 
 import numpy as np
 
 from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
+from fedrisk.federation.config_values import as_float, as_int, config_float, config_int
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
+    from fedrisk.crypto.ckks import PublicContext
     from fedrisk.federation.checkpoint import CheckpointStore
 
 AGGREGATIONS = ("ckks", "plain")
 #: Longest simulated straggler delay a bank accepts (seconds).
 MAX_SIM_DELAY = 300.0
+
+
+class RunConfigOptions(TypedDict, total=False):
+    """The :class:`FedAvgConfig` options a Flower run config may set (``FedAvgConfig.RUN_CONFIG_KEYS``)."""
+
+    min_parties: int
+    round_timeout: float
+    dp_epsilon: float
+    dp_delta: float
+    dp_clip: float
+    dp_noise_seed: int
+    sim_dropout: float
+    sim_stragglers: float
+    sim_straggler_delay: float
 
 
 @dataclass(frozen=True)
@@ -141,17 +157,19 @@ class FedAvgConfig:
             raise ConfigError(f"sim-straggler-delay must be in [0, {MAX_SIM_DELAY:.0f}] seconds, got {self.sim_straggler_delay}")
 
     @classmethod
-    def options_from_run_config(cls, run_config: Mapping[str, object]) -> dict[str, object]:
+    def options_from_run_config(cls, run_config: Mapping[str, object]) -> RunConfigOptions:
         """The dropout, DP and simulation options present in a Flower run config, typed."""
-        types = {f.name: type(f.default) for f in fields(cls)}
-        out: dict[str, object] = {}
+        defaults = {f.name: f.default for f in fields(cls)}
+        out: dict[str, int | float] = {}
         for key, name in cls.RUN_CONFIG_KEYS.items():
             if key in run_config:
+                value = run_config[key]
                 try:
-                    out[name] = types[name](run_config[key])
-                except (TypeError, ValueError):
+                    out[name] = as_int(value, key) if isinstance(defaults[name], int) else as_float(value, key)
+                except (ProtocolError, ValueError):
                     raise ConfigError(f"run config {key}: expected a number, got {run_config[key]!r}") from None
-        return out
+        # By construction: keys are RUN_CONFIG_KEYS' field names, each value typed as its field's default.
+        return cast(RunConfigOptions, out)
 
     @property
     def dp_enabled(self) -> bool:
@@ -317,7 +335,7 @@ class _Aggregator:
 
     def __init__(self, aggregation: str) -> None:
         self.aggregation = aggregation
-        self.public_context = None
+        self.public_context: PublicContext | None = None
         self.fingerprint = "-"
 
     def set_public_context(self, blob: bytes) -> None:
@@ -334,6 +352,8 @@ class _Aggregator:
         if self.aggregation == "ckks":
             from fedrisk.crypto.ckks import EncryptedVector, add_encrypted
 
+            if self.public_context is None:
+                raise ProtocolError("ckks aggregation needs the key holder's public context first")
             vectors = [EncryptedVector.from_bytes(r.blob(blob_name)) for r in replies.values()]
             return add_encrypted(self.public_context, vectors).to_bytes()
         arrays = [np.frombuffer(r.blob(blob_name), dtype="<f8") for r in replies.values()]
@@ -449,7 +469,7 @@ def run_fedavg(
         if len(widths) != 1:
             raise ProtocolError("banks declare different numbers of features: their schemas disagree")
         exponents = np.max([np.asarray(r.value("exponents"), dtype=int) for r in bounds.values()], axis=0)
-        row_exponent = max(int(r.value("row_exponent")) for r in bounds.values())  # type: ignore[call-overload]
+        row_exponent = max(config_int(r, "row_exponent") for r in bounds.values())
         party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
         stats_replies = session.exchange(
             {b: (mt.FEDAVG_STATS, build_content(session.header(0, "fedavg.stats", b, "public", fp), config=party_cfg)) for b in banks}
@@ -528,7 +548,7 @@ def run_fedavg(
             "round": round_,
             "seconds": time.perf_counter() - started,
             "bytes": session.traffic.total() - sent_before,
-            "train_loss": float(np.mean([float(r.value("train_loss")) for r in replies.values()])),
+            "train_loss": float(np.mean([config_float(r, "train_loss") for r in replies.values()])),
             "answered": len(replies),
             "dropped": sorted(failures),
             "stragglers": [b for b in stragglers if b in replies],
@@ -537,10 +557,10 @@ def run_fedavg(
             row["drop_reasons"] = {name: reason for name, reason in sorted(failures.items())}
         if redone:
             row["redone_for"] = sorted(set(redone))
-        aucs = [float(r.value("val_auc")) for r in replies.values() if "val_auc" in r.config]
+        aucs = [config_float(r, "val_auc") for r in replies.values() if "val_auc" in r.config]
         if aucs:  # validation of the previous round's global model, as seen by each bank
             row["val_auc_prev_global"] = float(np.mean(aucs))
-        result.n_params = int(next(iter(replies.values())).value("n_params"))
+        result.n_params = config_int(next(iter(replies.values())), "n_params")
         result.rounds.append(row)
         if checkpoints is not None:
             blobs = {"stats": stats_blob, "aggregate": aggregate}

@@ -67,10 +67,11 @@ def batch_items(exchange: Exchange) -> list[BatchItem]:
     items = []
     for i in range(count):
         key = f"item:{i}"
+        inline = exchange.config.get(key)
         if key in exchange.blobs:
             data, cls = exchange.blobs[key], exchange.header.content_class
-        elif key in exchange.config and isinstance(exchange.config[key], bytes):
-            data, cls = bytes(exchange.config[key]), PUBLIC  # type: ignore[arg-type]
+        elif isinstance(inline, bytes):
+            data, cls = bytes(inline), PUBLIC
         else:
             raise ProtocolError(f"step {exchange.header.step!r}: item {i} is missing")
         items.append(BatchItem(data, cls, str(exchange.config.get(f"{key}:party", ""))))

@@ -72,13 +72,12 @@ class RemoteFederation:
         config.setdefault("recovery", True)
         app = write_app(self.run_dir / "app", config, self.parties)
         deadline = time.monotonic() + timeout
-        for attempt in range(1, self.max_restarts + 2):
-            result = self._attempt(app, home, deadline)
-            if result is not None:
-                break
+        attempt = 1
+        while (result := self._attempt(app, home, deadline)) is None:
             if attempt > self.max_restarts:
                 raise FedriskError(f"the coordinator died {attempt} times without a result (see {self.run_dir / 'logs'})")
             self.log(f"the coordinator stopped without a result; resubmitting the run to resume it (attempt {attempt + 1})")
+            attempt += 1
         if result.get("status") != "ok":
             raise FedriskError(str(result.get("error", "the coordinator failed")))
         return result

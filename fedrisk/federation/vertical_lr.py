@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
+from fedrisk.federation.config_values import config_bytes, config_float, config_int
 from fedrisk.federation.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
 
@@ -136,7 +137,7 @@ def run_vertical_lr(
         setup = session.exchange({lh: (mt.VLR_SETUP, build_content(session.header(0, "vlr.setup", lh, "public"), config=params))})[lh]
         context_blob = setup.blob("coordinator_context")
         fp = setup.header.key_fingerprint
-        result.rows = int(setup.value("rows"))  # type: ignore[call-overload]
+        result.rows = config_int(setup, "rows")
         coordinator = _coordinator(context_blob, fp, lh, fhs)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
         joined = session.exchange(
@@ -152,7 +153,7 @@ def run_vertical_lr(
                 for p in fhs
             }
         )
-        counts = {p: [int(r.value("n_features")), int(r.value("n_products"))] for p, r in joined.items()}  # type: ignore[call-overload]
+        counts = {p: [config_int(r, "n_features"), config_int(r, "n_products")] for p, r in joined.items()}
         masked = {}
         epoch = 0
     result.key_fingerprint = fp
@@ -190,11 +191,11 @@ def run_vertical_lr(
         decision = session.exchange(
             {lh: (mt.VLR_RESIDUAL, build_content(session.header(epoch, "vlr.score_sum", lh, "aggregate", fp), {"score_sum": coordinator.relay(COORDINATOR, lh, total.to_bytes())}, config_lh))}
         )[lh]
-        control = coordinator.relay(lh, fhs[0], bytes(decision.value("control")))  # type: ignore[arg-type]
-        row = {"epoch": epoch, "train_loss": float(decision.value("train_loss"))}  # type: ignore[arg-type]
+        control = coordinator.relay(lh, fhs[0], config_bytes(decision, "control"))
+        row = {"epoch": epoch, "train_loss": config_float(decision, "train_loss")}
         for key in ("val_auc", "val_ks"):
             if key in decision.config:
-                row[key] = float(decision.value(key))  # type: ignore[arg-type]
+                row[key] = config_float(decision, key)
         if "residual" not in decision.blobs:  # the label holder stopped: its best epoch is final
             result.final = dict(decision.config)
             result.final.pop("control", None)

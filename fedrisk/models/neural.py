@@ -39,9 +39,9 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> "ModelSpec":
         return cls(
             kind=str(data["kind"]),
-            n_features=int(data["n_features"]),  # type: ignore[arg-type]
-            hidden_units=int(data.get("hidden_units", 64)),  # type: ignore[arg-type]
-            hidden_layers=int(data.get("hidden_layers", 2)),  # type: ignore[arg-type]
+            n_features=int(data["n_features"]),
+            hidden_units=int(data.get("hidden_units", 64)),
+            hidden_layers=int(data.get("hidden_layers", 2)),
         )
 
 
@@ -55,6 +55,7 @@ class RiskNet(nn.Module):
         self.spec = spec
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)  # every party starts from the same weights
+        self.body: nn.Module
         if spec.kind == "logistic":
             self.body = nn.Linear(spec.n_features, 1)
         else:

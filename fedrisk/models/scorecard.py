@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 import numpy as np
 
@@ -256,11 +256,22 @@ def feature_holder_bundle(
     return arrays, meta
 
 
+class _PartFields(TypedDict):
+    """The :class:`ScorecardPart` fields both kinds of block share."""
+
+    party: str
+    features: tuple[str, ...]
+    coef: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    meta: dict
+
+
 def scorecard_from_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> LabelHolderScorecard | FeatureHolderScorecard:
     """Rebuild a party's block from verified bundle contents."""
     kind = meta.get("kind")
     try:
-        common = dict(
+        common = _PartFields(
             party=str(meta["party"]),
             features=tuple(str(f) for f in meta["features"]),
             coef=np.asarray(arrays["coef"], dtype=np.float64),

@@ -312,7 +312,7 @@ class LabelHolderSB:
                                self.params.n_trees, self.params.max_depth)
         return self.plan_
 
-    def declare_monotone(self, party: str, directions: Sequence[int]) -> None:
+    def declare_monotone(self, party: str, directions: Sequence[int] | np.ndarray) -> None:
         """A feature holder's declared monotone direction per own feature (+1/−1/0, in its feature order).
 
         The owner validates the declaration against its own feature names and sends
@@ -670,8 +670,8 @@ class FeatureHolderSB:
         self.close()
         self.layout_: HistogramLayout | None = None
         if cov.any() and X.shape[1] > 0:
-            self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_, self.binner_.has_missing_, cov, self.context,
-                                                    n_jobs=self.n_jobs, cache_bytes=self.cache_bytes)
+            self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_.tolist(), self.binner_.has_missing_.tolist(),
+                                                    cov, self.context, n_jobs=self.n_jobs, cache_bytes=self.cache_bytes)
             self.layout_ = self._kernel.layout_
         self._tree = -1
         self._node_rows: dict[int, np.ndarray] = {}
@@ -997,7 +997,7 @@ class VerticalSecureBoost(BaseEstimator):
         copies = _public_copies(secret)
         names = list(feature_holder_tables)
         self.coordinator_ = CoordinatorSB(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
-        wire = _Wire(self.coordinator_, transcript, keep_bytes)  # type: ignore[arg-type]
+        wire = _Wire(self.coordinator_, transcript, keep_bytes)
         bank = LabelHolderSB(secret, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
                              learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
                              min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,

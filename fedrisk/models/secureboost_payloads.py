@@ -202,7 +202,13 @@ class HistogramRequest(VerticalPayload):
                 "nodes": [{"node": r.node, "source": r.source, "parent": r.parent} for r in self.nodes]}
 
     def _blobs(self) -> list[bytes]:
-        return [_pack_rows(r.rows) for r in self.nodes if r.source == "rows"]
+        blobs = []
+        for r in self.nodes:
+            if r.source == "rows":
+                if r.rows is None:
+                    raise ProtocolError(f"histogram request node {r.node} has source 'rows' but no row set")
+                blobs.append(_pack_rows(r.rows))
+        return blobs
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> HistogramRequest:

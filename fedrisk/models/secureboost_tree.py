@@ -446,8 +446,11 @@ def base_score(y: np.ndarray) -> float:
 class PartyAnswers(Protocol):
     """A party's left/right answers for a batch of rows (see :meth:`RoutingTable.answer`)."""
 
-    split_ids: np.ndarray
-    go_left: np.ndarray
+    @property
+    def split_ids(self) -> np.ndarray: ...
+
+    @property
+    def go_left(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -748,14 +751,14 @@ class RoutingTable:
 
     def to_bundle(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(arrays, meta)`` holding only this party's own thresholds."""
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "split_id": np.ascontiguousarray(self.split_id, dtype=np.int64),
             "feature": np.ascontiguousarray(self.feature, dtype=np.int32),
             "bin": np.ascontiguousarray(self.bin, dtype=np.int32),
             "threshold": np.ascontiguousarray(self.threshold, dtype=np.float64),
             "default_left": np.ascontiguousarray(self.default_left, dtype=np.uint8),
         }
-        meta = {
+        meta: dict[str, Any] = {
             "kind": "secureboost_feature_holder",
             "format": MODEL_FORMAT,
             "party": self.party,

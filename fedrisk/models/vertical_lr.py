@@ -87,7 +87,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -1299,10 +1299,16 @@ def _public_copies(secret: ts.Context) -> _PublicCopies:
     return copies
 
 
+class _Relay(Protocol):
+    """A coordinator that routes payload bytes (:class:`CoordinatorLR`, ``CoordinatorSB``)."""
+
+    def relay(self, sender: str, receiver: str, data: bytes) -> bytes: ...
+
+
 class _Wire:
     """Serialises every payload, relays it through the coordinator and counts bytes."""
 
-    def __init__(self, coordinator: CoordinatorLR, transcript: list[WireRecord] | None, keep_bytes: bool) -> None:
+    def __init__(self, coordinator: _Relay, transcript: list[WireRecord] | None, keep_bytes: bool) -> None:
         self.coordinator = coordinator
         self.transcript = transcript
         self.keep_bytes = keep_bytes
@@ -1504,12 +1510,17 @@ class VerticalLogisticRegression(BaseEstimator):
         coordinator adds them and the bank decrypts only the sum — as in training.
         """
         ids, Xb, _, _ = _table_parts(label_holder_table, self.label, "label holder")
-        coverage, parts = {}, []
+        coverage = {}
+        encrypted: list[EncryptedScores] = []
+        plain: list[np.ndarray] = []
         for nm, fh in self.feature_holders_.items():
             X_k, cov_k, _ = _align(ids, feature_holder_tables[nm], nm)
             coverage[nm] = cov_k
-            parts.append(fh.encrypted_partial_scores(X_k, cov_k) if secure else fh.partial_scores(X_k, cov_k))
-        others: Any = self.coordinator_.sum_scores(parts) if secure else np.sum(parts, axis=0)
+            if secure:
+                encrypted.append(fh.encrypted_partial_scores(X_k, cov_k))
+            else:
+                plain.append(fh.partial_scores(X_k, cov_k))
+        others: Any = self.coordinator_.sum_scores(encrypted) if secure else np.sum(plain, axis=0)
         return self.label_holder_.decision_function(Xb, coverage, others)
 
     def predict_proba(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 
 from fedrisk.errors import DataValidationError, ProtocolError
 from fedrisk.federation import message_types as mt
+from fedrisk.federation.config_values import config_int, config_strings
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.parties.datasplit import evaluation_mask, training_mask
 
@@ -257,7 +258,7 @@ class LabelHolderAlignment(_AlignmentParty):
         psi = self._psi()
         table = self.runtime.table
         results = psi.results
-        peers = dict(zip(exchange.value("peer_names"), exchange.value("peer_keys")))  # type: ignore[arg-type]
+        peers = dict(zip(config_strings(exchange, "peer_names"), config_strings(exchange, "peer_keys")))
         if sorted(peers) != sorted(results):
             raise ProtocolError(f"alignment asked for {sorted(peers)}, PSI ran with {sorted(results)}")
         order = _secret_permutation(len(table))
@@ -340,7 +341,7 @@ class FeatureHolderAlignment(_AlignmentParty):
         from fedrisk.crypto.envelope import envelope_aad, open_sealed
 
         result = self._psi().result
-        n_rows = int(exchange.value("rows"))  # type: ignore[call-overload]
+        n_rows = config_int(exchange, "rows")
         raw = open_sealed(
             self.runtime.identity.envelope,
             exchange.blob("positions"),
@@ -382,9 +383,9 @@ class AlignedRowsProtocol:
 
     def _aligned(self) -> AlignedRows:
         alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
-        if alignment is None:
+        if not isinstance(alignment, _AlignmentParty):  # None, or the registry holds something else under that name
             raise ProtocolError(f"party {self.name!r} runs no entity alignment")
-        return alignment.require_aligned()  # type: ignore[attr-defined]
+        return alignment.require_aligned()
 
     def _write(self, run_id: str, arrays: dict, meta: dict):
         """Write (or atomically replace) this party's signed bundle of run ``run_id``."""

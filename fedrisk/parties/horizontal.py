@@ -51,6 +51,7 @@ import numpy as np
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
 from fedrisk.federation import message_types as mt
+from fedrisk.federation.config_values import config_float, config_int, config_strings
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.models.metrics import auc, ks
 from fedrisk.models.neural import ModelSpec, RiskNet
@@ -58,6 +59,8 @@ from fedrisk.parties.datasplit import train_validation_split
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
+
+    from fedrisk.crypto.ckks import KeyHolderContext
 
     from fedrisk.parties.runtime import PartyRuntime
 
@@ -102,7 +105,7 @@ class HorizontalParty:
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None
         self.model_: RiskNet | None = None
-        self._context = None  # KeyHolderContext, loaded lazily
+        self._context: KeyHolderContext | None = None  # loaded lazily
 
     def handlers(self) -> dict:
         return {
@@ -125,7 +128,7 @@ class HorizontalParty:
     def secret_path(self) -> Path:
         return self.runtime.state_dir / SECRET_CONTEXT_FILE
 
-    def context(self, expected_fingerprint: str):
+    def context(self, expected_fingerprint: str) -> KeyHolderContext:
         from fedrisk.crypto.ckks import KeyHolderContext
 
         if self._context is None:
@@ -146,7 +149,7 @@ class HorizontalParty:
         context = KeyHolderContext.generate(AGGREGATION)
         context.save(self.secret_path)
         self._context = context
-        peers = dict(zip(exchange.value("peer_names"), exchange.value("peer_keys")))  # type: ignore[arg-type]
+        peers = dict(zip(config_strings(exchange, "peer_names"), config_strings(exchange, "peer_keys")))
         blobs = {"public_context": context.public_context().to_bytes()}
         secret = context.to_bytes()
         for peer_name, peer_key_hex in sorted(peers.items()):
@@ -211,7 +214,7 @@ class HorizontalParty:
         return build_content(header, config={"exponents": [int(e) for e in exponents], "row_exponent": row_exponent})
 
     def _row_unit(self, exchange: Exchange) -> float:
-        return float(2 ** int(exchange.value("row_exponent")))  # type: ignore[call-overload]
+        return float(2 ** config_int(exchange, "row_exponent"))
 
     def _scale(self, exchange: Exchange) -> np.ndarray:
         exponents = np.asarray(exchange.value("exponents"), dtype=float)
@@ -250,7 +253,7 @@ class HorizontalParty:
                     "hidden_layers": exchange.value("hidden_layers", 2),
                 }
             )
-            self.model_ = spec.build(seed=int(exchange.value("seed")))  # type: ignore[arg-type]
+            self.model_ = spec.build(seed=config_int(exchange, "seed"))
         return self.model_
 
     def _apply_global(self, exchange: Exchange, model: RiskNet) -> None:
@@ -267,7 +270,7 @@ class HorizontalParty:
         return {"val_auc": float(auc(split.y_val, p)), "val_ks": float(ks(split.y_val, p)), "val_rows": int(len(p))}
 
     def _noise_rng(self, exchange: Exchange) -> np.random.Generator:
-        seed = int(exchange.value("dp_noise_seed", -1))  # type: ignore[call-overload]
+        seed = config_int(exchange, "dp_noise_seed", -1)
         if seed < 0:
             return np.random.default_rng()  # fresh OS entropy
         name = zlib.crc32(self.runtime.settings.name.encode())
@@ -275,7 +278,7 @@ class HorizontalParty:
 
     def _on_train(self, exchange: Exchange) -> "RecordDict":
         round_ = exchange.header.round
-        delay = float(exchange.value("sim_delay", 0.0))  # type: ignore[arg-type]
+        delay = config_float(exchange, "sim_delay", 0.0)
         if delay > 0:
             time.sleep(min(delay, MAX_SIM_DELAY))
         if exchange.value("sim_drop", False):
@@ -296,15 +299,15 @@ class HorizontalParty:
         loss = model.fit_local(
             self._standardize(split.x_train),
             split.y_train,
-            epochs=int(exchange.value("local_epochs")),  # type: ignore[arg-type]
-            learning_rate=float(exchange.value("learning_rate")),  # type: ignore[arg-type]
-            batch_size=int(exchange.value("batch_size")),  # type: ignore[arg-type]
-            seed=int(exchange.value("seed")) * 1000 + round_,  # type: ignore[operator]
+            epochs=config_int(exchange, "local_epochs"),
+            learning_rate=config_float(exchange, "learning_rate"),
+            batch_size=config_int(exchange, "batch_size"),
+            seed=config_int(exchange, "seed") * 1000 + round_,
         )
         weights = model.get_flat()
-        noise_multiplier = float(exchange.value("dp_noise_multiplier", 0.0))  # type: ignore[arg-type]
+        noise_multiplier = config_float(exchange, "dp_noise_multiplier", 0.0)
         if noise_multiplier > 0:
-            clip = float(exchange.value("dp_clip"))  # type: ignore[arg-type]
+            clip = config_float(exchange, "dp_clip")
             weights = privatise_update(weights, reference, clip=clip, noise_multiplier=noise_multiplier, rng=self._noise_rng(exchange))
         weight = len(split.x_train) / self._row_unit(exchange)
         update = np.concatenate([weights * weight, [weight]])

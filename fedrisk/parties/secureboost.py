@@ -35,6 +35,7 @@ import numpy as np
 
 from fedrisk.errors import ProtocolError
 from fedrisk.federation import message_types as mt
+from fedrisk.federation.config_values import config_bytes, config_float, config_int
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
@@ -54,14 +55,14 @@ def _item(payload, party: str = "") -> BatchItem:
 def _setup_params(exchange: Exchange) -> dict[str, Any]:
     """The boosting parameters of an ``sb.setup`` request, typed, with their defaults."""
     return {
-        "trees": int(exchange.value("trees", 30)),  # type: ignore[call-overload]
-        "depth": int(exchange.value("depth", 3)),  # type: ignore[call-overload]
-        "learning_rate": float(exchange.value("learning_rate", 0.3)),  # type: ignore[arg-type]
-        "l2": float(exchange.value("l2", 1.0)),  # type: ignore[arg-type]
-        "min_child_weight": float(exchange.value("min_child_weight", 1.0)),  # type: ignore[arg-type]
-        "subsample": float(exchange.value("subsample", 1.0)),  # type: ignore[arg-type]
-        "bins": int(exchange.value("bins", 32)),  # type: ignore[call-overload]
-        "seed": int(exchange.value("seed", 0)),  # type: ignore[call-overload]
+        "trees": config_int(exchange, "trees", 30),
+        "depth": config_int(exchange, "depth", 3),
+        "learning_rate": config_float(exchange, "learning_rate", 0.3),
+        "l2": config_float(exchange, "l2", 1.0),
+        "min_child_weight": config_float(exchange, "min_child_weight", 1.0),
+        "subsample": config_float(exchange, "subsample", 1.0),
+        "bins": config_int(exchange, "bins", 32),
+        "seed": config_int(exchange, "seed", 0),
     }
 
 
@@ -173,8 +174,9 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         trees_before = len(model.history_) if hasattr(model, "history_") else 0
         for item in batch_items(exchange):
             payload = parse_payload(item.data, context=model.context)
-            if getattr(payload, "party", item.party) != item.party:
-                raise ProtocolError(f"a payload of {payload.party!r} was relayed as {item.party!r}")
+            sender = getattr(payload, "party", item.party)
+            if sender != item.party:
+                raise ProtocolError(f"a payload of {sender!r} was relayed as {item.party!r}")
             if isinstance(payload, BinLayout):
                 model.register_layout(payload)
             elif isinstance(payload, SplitAnswers):
@@ -200,6 +202,8 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         model = self.model
         assert model is not None
         aligned = self._aligned()
+        if aligned.train_mask is None or aligned.y is None:
+            raise ProtocolError(f"label holder {self.name!r} has no labels or training split in its aligned rows")
         val = ~aligned.train_mask
         missing = sorted(set(model.active_) - set(self.answers)) if hasattr(model, "active_") else []
         if missing:
@@ -305,14 +309,14 @@ class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
         context = keep_seeded_galois(load_public_context(exchange.blob("context"), f"feature holder {self.name!r}"), exchange.blob("context"))
         plan = BoostPlan.from_bytes(exchange.blob("plan"), context=context)
         aligned = self._aligned()
-        rows = int(exchange.value("rows"))  # type: ignore[call-overload]
+        rows = config_int(exchange, "rows")
         if rows != aligned.X.shape[0]:
             raise ProtocolError(f"{self.name}: the plan covers {rows} rows, this party aligned {aligned.X.shape[0]}")
-        packed = bytes(exchange.value("train_mask"))  # type: ignore[arg-type]
+        packed = config_bytes(exchange, "train_mask")
         train = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=rows).astype(bool)
         if self.model is not None:
             self.model.close()
-        n_jobs = int(exchange.value("n_jobs", 1))  # type: ignore[call-overload]
+        n_jobs = config_int(exchange, "n_jobs", 1)
         model, layout = self._make_model(context, plan, train, n_jobs)
         self.model, self.train_mask, self.gradients = model, train, None
         values, blobs = aligned_blobs(aligned)

@@ -288,7 +288,7 @@ def _draw_latent(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     log_age = np.log(36.0) + 0.7 * rng.standard_normal(n)
     latent["age_months"] = np.clip(np.exp(log_age), 3.0, 360.0)
     latent["age"] = (np.log(latent["age_months"]) - np.log(36.0)) / 0.7
-    health = sum(weight * latent[name] for name, weight in _HEALTH_WEIGHTS.items())
+    health = sum((weight * latent[name] for name, weight in _HEALTH_WEIGHTS.items()), np.zeros(n))
     health_sd = float(np.sqrt(sum(w * w for w in _HEALTH_WEIGHTS.values())))
     intercept = _intercept_for_rate(_TARGET_DEFAULT_RATE, _DEFAULT_SLOPE * health_sd)
     latent["default_12m"] = (rng.random(n) < _sigmoid(intercept - _DEFAULT_SLOPE * health)).astype(np.int8)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.federation import message_types as mt
+from fedrisk.federation.config_values import config_bytes, config_float, config_int
 from fedrisk.federation.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, FeatureHolderAlignment, LabelHolderAlignment, bank_only_metrics
 from fedrisk.parties.vertical_lr_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
@@ -106,8 +107,8 @@ class _Durable:
         static, state = loaded
         aligned = aligned_from(static)
         alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
-        if alignment is not None:
-            alignment.aligned = aligned  # type: ignore[attr-defined]
+        if isinstance(alignment, (LabelHolderAlignment, FeatureHolderAlignment)):
+            alignment.aligned = aligned
         self._rebuild(static, aligned)
         if state is None:
             return None
@@ -178,10 +179,10 @@ class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
         model = LabelHolderLR(
             context,
             name=self.name,
-            C=float(exchange.value("c", 1.0)),  # type: ignore[arg-type]
-            max_epochs=int(exchange.value("epochs", 30)),  # type: ignore[call-overload]
-            patience=int(exchange.value("patience", 5)),  # type: ignore[call-overload]
-            tol=float(exchange.value("tol", 1e-6)),  # type: ignore[arg-type]
+            C=config_float(exchange, "c", 1.0),
+            max_epochs=config_int(exchange, "epochs", 30),
+            patience=config_int(exchange, "patience", 5),
+            tol=config_float(exchange, "tol", 1e-6),
             momentum=bool(exchange.value("momentum", True)),
         )
         plan = model.setup(
@@ -189,7 +190,7 @@ class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
             train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
         )
         self.model = model
-        self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": float(exchange.value("c", 1.0))})  # type: ignore[arg-type]
+        self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": config_float(exchange, "c", 1.0)})
         self._save_static(exchange, context, aligned)
         blobs = {
             "plan": plan.to_bytes(),
@@ -205,8 +206,8 @@ class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
 
         values, blobs = aligned_blobs(aligned)
         values.update(
-            c=float(exchange.value("c", 1.0)), epochs=int(exchange.value("epochs", 30)),  # type: ignore[arg-type, call-overload]
-            patience=int(exchange.value("patience", 5)), tol=float(exchange.value("tol", 1e-6)),  # type: ignore[arg-type, call-overload]
+            c=config_float(exchange, "c", 1.0), epochs=config_int(exchange, "epochs", 30),
+            patience=config_int(exchange, "patience", 5), tol=config_float(exchange, "tol", 1e-6),
             momentum=bool(exchange.value("momentum", True)), baseline=dict(self.baseline),
         )
         secret = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=True, save_relin_keys=True)
@@ -333,13 +334,13 @@ class FeatureHolderVerticalLR(_Durable, AlignedRowsProtocol):
         plan = TrainingPlan.from_bytes(exchange.blob("plan"), context=context)
         if self.model is not None:
             self.model.close()
-        model = FeatureHolderLR(context, name=self.name, n_jobs=int(exchange.value("n_jobs", 1)))  # type: ignore[call-overload]
+        model = FeatureHolderLR(context, name=self.name, n_jobs=config_int(exchange, "n_jobs", 1))
         model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=bool(exchange.value("momentum", True)))
         self.model, self.label_holder = model, plan.label_holder
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         values, blobs = aligned_blobs(aligned)
-        values.update(n_jobs=int(exchange.value("n_jobs", 1)), momentum=bool(exchange.value("momentum", True)))  # type: ignore[call-overload]
+        values.update(n_jobs=config_int(exchange, "n_jobs", 1), momentum=bool(exchange.value("momentum", True)))
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan")})
         config = {"n_features": int(model.n_features_in_), "n_products": int(model.layout_.n_ciphertexts), "mask_bits": int(model.mask_bits_)}
         return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.joined"), config=config)
@@ -359,7 +360,7 @@ class FeatureHolderVerticalLR(_Durable, AlignedRowsProtocol):
         from fedrisk.models.vertical_lr import EpochControl
 
         model = self._require_model()
-        control = EpochControl.from_bytes(bytes(exchange.value("control")), context=model.context)  # type: ignore[arg-type]
+        control = EpochControl.from_bytes(config_bytes(exchange, "control"), context=model.context)
         model.control(control)
         if control.improved and not control.stop:
             self._write_bundle(exchange.header.run_id, final=False)

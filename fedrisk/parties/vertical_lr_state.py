@@ -190,8 +190,11 @@ def aligned_from(static: Checkpoint) -> Any:
 
     values = {k: from_json(v) for k, v in static.state.items()}
     arrays = {name: array_from(static.blob(f"aligned:{name}")) if static.has_blob(f"aligned:{name}") else None for name in ALIGNED_ARRAYS}
+    X = arrays["X"]
+    if X is None:
+        raise ProtocolError("the party's recovery state lacks its aligned feature matrix (aligned:X)")
     return AlignedRows(
-        X=arrays["X"],
+        X=X,
         feature_names=list(values["feature_names"]),
         coverage={party: array_from(static.blob(f"coverage:{party}")) for party in values["coverage"]},
         y=arrays["y"],

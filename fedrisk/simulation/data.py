@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.errors import ConfigError
-from fedrisk.parties.table import PartyTable, TableSchema
+from fedrisk.parties.table import ColumnType, PartyTable, TableSchema
 from fedrisk.simulation.partition import coverage_subset, partition
 from fedrisk.simulation.scenario import Scenario
 
@@ -109,7 +109,7 @@ def infer_schema(frame: pd.DataFrame, *, id_column: str, label_column: str | Non
     return TableSchema(
         id_column=id_column,
         label_column=label_column,
-        features={c: "float" for c in features},
+        features={c: ColumnType.FLOAT for c in features},
         id_format="opaque",
         allow_missing=frozenset(missing),
     )

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from fedrisk.parties.settings import PartySettings
 from fedrisk.simulation import comparison as cmp
@@ -135,19 +135,19 @@ def _parties(scenario: Scenario, folder: Path):
             for b, path in data.paths.items()
         ]
         return data, parties
-    data = prepare_vertical(scenario, folder / "data")
+    vertical = prepare_vertical(scenario, folder / "data")
     parties = [
         PartySettings(
             name=name,
-            role="label_holder" if name == data.label_holder else "feature_holder",
-            data=str(data.paths[name]),
+            role="label_holder" if name == vertical.label_holder else "feature_holder",
+            data=str(vertical.paths[name]),
             schema=table.schema.to_dict(),
             state_dir=str(folder / "parties" / name),
-            validation=dict(data.validation),
+            validation=dict(vertical.validation),
         )
-        for name, table in data.tables.items()
+        for name, table in vertical.tables.items()
     ]
-    return data, parties
+    return vertical, parties
 
 
 def _train_rows(scenario: Scenario, data) -> int:
@@ -280,7 +280,7 @@ def run_scenario(
         files["sweep"] = write_csv(sweep, run_dir / "sweep.csv", columns)
     if plots:
         files.update(_plots(scenario, outcomes, sweep, run_dir))
-    summary = {
+    summary: dict[str, Any] = {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
         "scenario": scenario.name,

@@ -165,9 +165,9 @@ def validate_scenario(
     raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None, quick: bool = False
 ) -> Scenario:
     """Validate scenario data (as parsed from TOML) and fill in defaults; see :func:`load_scenario`."""
-    raw = copy.deepcopy(dict(raw))
-    _check_structure(raw, allow=tuple(SECTIONS) + ("quick",), where="")
-    overrides = raw.pop("quick", {}) or {}
+    data: dict[str, Any] = copy.deepcopy(dict(raw))
+    _check_structure(data, allow=tuple(SECTIONS) + ("quick",), where="")
+    overrides = data.pop("quick", {}) or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"quick: expected a table of overrides, got {show(overrides)}")
     _check_structure(overrides, allow=tuple(SECTIONS), where="quick.")
@@ -177,18 +177,18 @@ def validate_scenario(
             if spec.kind not in ("any_list", "any"):
                 coerce(f"quick.{section}.{key}", spec, value)
     if quick:
-        raw = _merge(raw, overrides)
-    mode = _mode(raw)
+        data = _merge(data, overrides)
+    mode = _mode(data)
     values: dict[str, dict[str, Any]] = {}
     for section in SCENARIO_SECTIONS:
-        values[section] = _section(section, raw.get(section, {}), mode)
+        values[section] = _section(section, data.get(section, {}), mode)
     _resolve_algorithm(values, mode)
     _resolve_data(values, mode, base_dir)
     _resolve_parties(values, mode)
     _check_faults(values, mode)
     scenario = Scenario(values=values, source=source, quick=quick, quick_overrides=overrides)
-    if "sweep" in raw:
-        scenario = Scenario(values=values, sweep=_sweep(raw["sweep"], scenario), source=source, quick=quick, quick_overrides=overrides)
+    if "sweep" in data:
+        scenario = Scenario(values=values, sweep=_sweep(data["sweep"], scenario), source=source, quick=quick, quick_overrides=overrides)
     return scenario
 
 
@@ -346,13 +346,15 @@ def _sweep(table: Mapping[str, Any], scenario: Scenario) -> dict[str, Any]:
     if "values" not in table:
         raise ConfigError("sweep.values: missing (the values to run)")
     values = coerce("sweep.values", SECTIONS["sweep"]["values"], table["values"])
+    if not isinstance(values, list):  # coerce has checked it is one (kind any_list)
+        raise ConfigError(f"sweep.values: expected a list, got {show(values)}")
     section = parameter.split(".")[0]
     if section in SECTIONS and parameter.split(".")[1] in SECTIONS[section] and scenario.mode not in spec.modes:
         raise ConfigError(f"sweep.parameter: {parameter} applies to {spec.modes[0]} scenarios only (scenario.mode is {scenario.mode})")
     if parameter.startswith("privacy.") and parameter != "privacy.enabled" and not scenario.get("privacy.enabled"):
         raise ConfigError(f"sweep.parameter: sweeping {parameter} needs privacy.enabled = true")
     typed = []
-    for i, value in enumerate(values):  # type: ignore[arg-type]
+    for i, value in enumerate(values):
         try:
             typed.append(coerce(f"sweep.values[{i}]", spec, value))
             scenario.with_value(parameter, typed[-1])

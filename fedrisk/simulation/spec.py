@@ -56,17 +56,27 @@ class Key:
     required: bool = False
 
 
+#: What a numeric check answers for a value that is not a number (``coerce`` types int/float keys first).
+NOT_A_NUMBER = "must be a number"
+
+
 def positive(value: object) -> str | None:
-    return None if value > 0 and math.isfinite(value) else "must be > 0"  # type: ignore[operator]
+    if not isinstance(value, (int, float)):
+        return NOT_A_NUMBER
+    return None if value > 0 and math.isfinite(value) else "must be > 0"
 
 
 def positive_or_inf(value: object) -> str | None:
-    return None if value > 0 else "must be > 0 (inf = no DP)"  # type: ignore[operator]
+    if not isinstance(value, (int, float)):
+        return NOT_A_NUMBER
+    return None if value > 0 else "must be > 0 (inf = no DP)"
 
 
 def at_least(low: float) -> Check:
     def check(value: object) -> str | None:
-        return None if value >= low and math.isfinite(value) else f"must be >= {low:g}"  # type: ignore[operator]
+        if not isinstance(value, (int, float)):
+            return NOT_A_NUMBER
+        return None if value >= low and math.isfinite(value) else f"must be >= {low:g}"
 
     return check
 
@@ -75,8 +85,10 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
     left, right = ("(" if low_open else "["), (")" if high_open else "]")
 
     def check(value: object) -> str | None:
-        ok_low = value > low if low_open else value >= low  # type: ignore[operator]
-        ok_high = value < high if high_open else value <= high  # type: ignore[operator]
+        if not isinstance(value, (int, float)):
+            return NOT_A_NUMBER
+        ok_low = value > low if low_open else value >= low
+        ok_high = value < high if high_open else value <= high
         return None if ok_low and ok_high else f"must be in {left}{low:g}, {high:g}{right}"
 
     return check
