@@ -19,7 +19,8 @@ Prints one JSON object:
 * ``round_s_ledger`` / ``round_s_no_ledger`` and ``ledger_entries_per_round``,
   and ``ledger_verified`` (every ledger of the ledgered runs verifies);
 * ``recorder_ms_per_entry`` - recording one 100 kB message as a node does (content
-  digest, open the ledger, one durable append, close);
+  digest, one durable append on the node's kept-open ledger, which first checks
+  that no other connection changed the file);
 * ``round_overhead_pct_bound`` - an upper bound free of timing noise: a round's
   entries, each recorded that way, one after another on the critical path.
 
@@ -106,7 +107,7 @@ def core(entries: int, batch: int, singles: int) -> dict[str, object]:
 
 def _recorder_ms_per_entry(signer: Ed25519Signer, blob_bytes: int = 100_000, n: int = 100) -> float:
     """What recording one message costs a node, as the Flower mod and the grid wrapper do it:
-    digest the content, open the ledger, append one durable entry, close."""
+    digest the content, append one durable entry to the kept-open ledger (re-checked for other writers)."""
     from fedrisk.audit.recorder import ExchangeRecorder, PendingRecord
     from fedrisk.federation.exchange import ExchangeHeader, build_content
 

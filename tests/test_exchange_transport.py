@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 import pytest
 from flwr.app import Message
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.exchange import ECHO, ExchangeHeader, build_content, echo_reply, read_content
+from fedrisk.federation.exchange import (
+    ECHO,
+    ExchangeHeader,
+    build_content,
+    echo_reply,
+    read_content,
+)
 from fedrisk.federation.session import FIRST_PULL_DELAY, CoordinatorSession
 from fedrisk.parties import supernode
 
@@ -83,3 +90,44 @@ def test_the_in_process_runtime_client_refuses_an_unknown_token():
     with pytest.raises(FlowerError):
         InProcessRuntimeClient(state, "not-a-token").PullTaskInput(PullTaskInputRequest())
     assert not InProcessRuntimeClient(state).AcquireTask.__self__.token
+
+
+def test_the_warm_executor_claims_announced_tasks_without_rescanning_the_node(monkeypatch):
+    """A full AcquireTask scans every task the node ever ran: made at most every IDLE_WAIT_SECONDS, not per message."""
+    from flwr.proto.runtime_pb2 import AcquireTaskResponse  # pylint: disable=no-name-in-module
+
+    from fedrisk.parties import warm_executor
+    from fedrisk.parties.warm_executor import (
+        IDLE_WAIT_SECONDS,
+        InProcessRuntimeClient,
+        WarmClientAppExecutor,
+    )
+
+    clock = [100.0]
+    monkeypatch.setattr(warm_executor.time, "monotonic", lambda: clock[0])
+
+    class Client(InProcessRuntimeClient):
+        def AcquireTask(self, request):
+            return AcquireTaskResponse()  # nothing unannounced
+
+    executor = WarmClientAppExecutor("127.0.0.1:0", state=lambda: None)
+    announced: list[str] = []
+    executor._claim_created = lambda client: announced.pop(0) if announced else None  # type: ignore[method-assign]
+    client = Client(state=None)
+    waits: list[float] = []
+
+    class Wakeup(threading.Event):
+        def wait(self, timeout=None):  # no sleeping in this test: record how long it would wait
+            waits.append(timeout)
+            return False
+
+    executor.wakeup = Wakeup()
+    assert executor._next_task(client) is None and executor.scans == 1  # the first look scans
+    for i in range(20):  # a message announced, claimed by id, then the look after it: no scan
+        announced.append(f"t{i}")
+        executor.notify()
+        assert executor._next_task(client) == f"t{i}"
+        assert executor._next_task(client) is None
+    assert executor.scans == 1 and all(0 < w <= IDLE_WAIT_SECONDS for w in waits)
+    clock[0] += IDLE_WAIT_SECONDS  # quiet for that long: the fallback scan again
+    assert executor._next_task(client) is None and executor.scans == 2

@@ -14,6 +14,14 @@ triggers; that is what :mod:`fedrisk.audit.verify` is for.
 Appends take SQLite's write lock first (``BEGIN IMMEDIATE``) and read the
 chain head inside the transaction, so several processes of one node (a
 Flower SuperNode starts a ClientApp process per message) can share a file.
+
+A :class:`Ledger` may stay open for many appends (a party's SuperNode keeps
+its ledger open across messages, :mod:`fedrisk.audit.recorder`). What opening
+checks — writer, key, triggers, the last entry's hash and signature — is
+checked again inside the appending transaction whenever another connection
+committed to the file since this one last looked (SQLite's
+``PRAGMA data_version``), so a long-lived ledger never extends a chain that
+someone else altered in the meantime.
 """
 
 from __future__ import annotations
@@ -250,6 +258,8 @@ class Ledger:
             raise LedgerError(f"{self.path}: cannot open ledger ({exc})") from None
         try:
             self._setup()
+            # Read before the checks below: a commit by anyone else after this makes the next append check again.
+            self._data_version = self._read_data_version()
             self.meta = self._load_meta()
             self._check_identity()
             self._check_triggers()
@@ -365,18 +375,45 @@ class Ledger:
         """
         batch = list(exchanges)
         for ex in batch:
-            if not isinstance(ex, ExchangeRecord):
-                raise LedgerError(f"{self.path}: append expects ExchangeRecord, got {type(ex).__name__}")
-            if ex.kind is not EntryKind.EXCHANGE:
-                raise LedgerError(f"{self.path}: a {ex.kind.value} record is written by close_run, not append")
-            if ex.writer != self.writer:
-                side = "sender" if ex.direction.value == "sent" else "receiver"
-                raise LedgerError(
-                    f"{self.path}: {ex.direction.value} message has {side} {ex.writer!r}, but this ledger's writer is {self.writer!r}"
-                )
+            self._check_exchange(ex)
         if not batch:
             return []
         return self._append(lambda seq, prev: batch)
+
+    def append_chain(self, items: Iterable[ExchangeRecord | Callable[[int, str], ExchangeRecord]]) -> list[LedgerEntry]:
+        """Append records in one durable transaction, where a record may depend on the entry before it.
+
+        An item is an :class:`ExchangeRecord`, or a callable given the head
+        ``(count, entry_hash)`` the ledger has once every earlier item is
+        sealed, returning the record to append there (a reply stamped with the
+        head that includes the request's entry). Callables run inside the
+        transaction, under the write lock: nothing else can extend the chain
+        between them. All or none is stored; the same checks as
+        :meth:`append_many` apply to every record.
+        """
+        items = list(items)
+
+        def build(seq: int, prev: str):
+            for item in items:
+                record = item(seq, prev) if callable(item) else item
+                self._check_exchange(record)
+                entry = yield record
+                seq, prev = entry.seq, entry.entry_hash
+
+        if not items:
+            return []
+        return self._append(build)
+
+    def _check_exchange(self, ex: object) -> None:
+        if not isinstance(ex, ExchangeRecord):
+            raise LedgerError(f"{self.path}: append expects ExchangeRecord, got {type(ex).__name__}")
+        if ex.kind is not EntryKind.EXCHANGE:
+            raise LedgerError(f"{self.path}: a {ex.kind.value} record is written by close_run, not append")
+        if ex.writer != self.writer:
+            side = "sender" if ex.direction.value == "sent" else "receiver"
+            raise LedgerError(
+                f"{self.path}: {ex.direction.value} message has {side} {ex.writer!r}, but this ledger's writer is {self.writer!r}"
+            )
 
     def close_run(self, run_id: str) -> LedgerEntry:
         """Append the signed run-close record of ``run_id``: it names the head it closes.
@@ -388,19 +425,31 @@ class Ledger:
         check_name(run_id, "run_id")
         return self._append(lambda seq, prev: [run_close_record(run_id, self.writer, seq, prev)])[0]
 
-    def _append(self, build: Callable[[int, str], list[ExchangeRecord]]) -> list[LedgerEntry]:
-        """Seal and insert ``build(head_seq, head_hash)`` in one durable transaction."""
+    def _append(self, build: Callable[[int, str], Iterable[ExchangeRecord]]) -> list[LedgerEntry]:
+        """Seal and insert ``build(head_seq, head_hash)`` in one durable transaction.
+
+        ``build`` may return a generator: each entry sealed is sent back into
+        it (``send``) before it yields the next record.
+        """
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    self._revalidate_locked()
                     seq, prev = self._head_locked()
                     batch = build(seq, prev)
                     now = time.time_ns() // 1000
                     sealed: list[tuple[LedgerEntry, str]] = []
                     rows: list[tuple[object, ...]] = []
-                    for ex in batch:
+                    feed = getattr(batch, "send", None)
+                    records = iter(batch)
+                    entry = None
+                    while True:
+                        try:
+                            ex = feed(entry) if feed is not None and entry is not None else next(records)
+                        except StopIteration:
+                            break
                         seq += 1
                         entry, text = seal(ex, seq, prev, self._signer, now)
                         prev = entry.entry_hash
@@ -415,6 +464,33 @@ class Ledger:
             except sqlite3.Error as exc:
                 raise LedgerError(f"{self.path}: append failed ({exc})") from None
         return [e for e, _ in sealed]
+
+    def check(self) -> None:
+        """Redo the opening checks now if another connection wrote to the file since this one last looked.
+
+        Cheap when nobody did (one pragma). Appends do the same inside their
+        transaction; this lets a caller refuse work before it starts (a party
+        before it handles a message whose record would be refused).
+        """
+        with self._lock:
+            try:
+                self._revalidate_locked()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"{self.path}: cannot check ledger ({exc})") from None
+
+    def _read_data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _revalidate_locked(self) -> None:
+        """Inside the write transaction: redo the opening checks if another connection committed since."""
+        version = self._read_data_version()
+        if version == self._data_version:
+            return  # nobody else wrote: the file is as this connection left it (checked)
+        self.meta = self._load_meta()
+        self._check_identity()
+        self._check_triggers()
+        self._check_tail()
+        self._data_version = version
 
     # -- reading -----------------------------------------------------------
 
@@ -437,6 +513,18 @@ class Ledger:
         with self._lock:
             rows = self._conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
         return [_row_entry(r)[0] for r in rows]
+
+    def checkpoint(self) -> None:
+        """Copy committed entries from the WAL into the main file, if no reader is in the way (best effort).
+
+        Entries are durable in the WAL already; this only keeps the main file
+        complete on its own (e.g. for a copy taken of it alone) at quiet points, such as a run's end.
+        """
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -1,10 +1,15 @@
 """The coordinator's status file: what ``fedrisk status`` shows about a running federation.
 
 The coordinator (re)writes ``<run-dir>/coordinator/status.json`` atomically
-whenever something changes — a party answers or fails, a round completes, the
-run pauses waiting for a party or resumes after a restart — and at least every
-:data:`HEARTBEAT_SECONDS` while it waits, so a status older than
-:data:`STALE_SECONDS` means the coordinator itself is gone::
+whenever something changes — a party connects, answers for the first time,
+fails or comes back, a round completes, the run pauses waiting for a party or
+resumes after a restart — and at least every :data:`HEARTBEAT_SECONDS` while
+it waits, so a status older than :data:`STALE_SECONDS` means the coordinator
+itself is gone. A change of nothing but a party's ``last_seen`` (it answered
+again, as it does at every exchange) is written at most every
+:data:`REFRESH_SECONDS` — with the next write, or by the next heartbeat once
+that long has passed — not per message (each write is an fsync'd file and
+folder)::
 
     {"format": "fedrisk-status/1", "run_id": ..., "state": "running",
      "protocol": "fedavg", "round": 3, "rounds": 5, "step": "fedavg.train",
@@ -32,6 +37,8 @@ FORMAT = "fedrisk-status/1"
 STATUS_FILE = "status.json"
 #: The coordinator rewrites its status at least this often while it waits.
 HEARTBEAT_SECONDS = 5.0
+#: A party's ``last_seen`` alone is rewritten at most this often.
+REFRESH_SECONDS = 1.0
 #: A running status not updated for this long means the coordinator is gone.
 STALE_SECONDS = 30.0
 MAX_EVENTS = 30
@@ -56,6 +63,8 @@ class RunStatus:
     def __init__(self, path: str | os.PathLike[str] | None, run_id: str) -> None:
         self.path = Path(path) if path is not None else None
         self._last_write = 0.0
+        #: A ``last_seen`` refresh not written yet.
+        self._refresh_pending = False
         previous = read_status_file(self.path) if self.path is not None else None
         if previous and previous.get("run_id") == run_id:
             self.data: dict[str, Any] = previous
@@ -79,6 +88,7 @@ class RunStatus:
 
     def party(self, name: str, state: str, *, error: str | None = None, **fields: Any) -> None:
         entry = self.data.setdefault("parties", {}).setdefault(name, {})
+        before = {k: v for k, v in entry.items() if k != "last_seen"}
         entry.update(fields)
         entry["state"] = state
         if state in ("answered", "connected"):
@@ -86,6 +96,10 @@ class RunStatus:
         if error is not None:
             entry["last_error"] = error
             entry["last_error_at"] = _now()
+        if {k: v for k, v in entry.items() if k != "last_seen"} == before:
+            self._refresh_pending = True  # only last_seen moved: written soon, not per message
+            self.heartbeat()
+            return
         self.write()
 
     def paused(self, waiting: dict[str, str]) -> None:
@@ -108,14 +122,17 @@ class RunStatus:
         self.event(f"failed: {error}")
 
     def heartbeat(self) -> None:
-        """Rewrite the status if it has not been written for a while (shows the coordinator is alive)."""
-        if time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+        """Rewrite the status if it has not been written for a while (shows the coordinator is alive),
+        or if a ``last_seen`` refresh waits and :data:`REFRESH_SECONDS` have passed."""
+        elapsed = time.monotonic() - self._last_write
+        if elapsed >= HEARTBEAT_SECONDS or (self._refresh_pending and elapsed >= REFRESH_SECONDS):
             self.write()
 
     def write(self) -> None:
         if self.path is None:
             return
         self.data["updated_at"] = _now()
+        self._refresh_pending = False
         try:
             write_public_file(self.path, (json.dumps(self.data, indent=2, sort_keys=True, default=str) + "\n").encode())
         except OSError:

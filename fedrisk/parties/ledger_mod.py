@@ -1,10 +1,20 @@
 """The Flower mod that writes every message a party receives and sends to its ledger.
 
-Installed on the fedrisk ClientApp itself, so no protocol can skip it: the
-received message is recorded before the party handles it, the reply after,
-stamped with this party's ledger head (:mod:`fedrisk.audit.recorder`). The
-coordinator's head stamp on a received message is recorded, then removed
-before the party's protocols see the message.
+Installed on the fedrisk ClientApp itself, so no protocol can skip it: a
+message and the party's reply to it are recorded together, in one durable
+transaction committed *before the reply is handed back to Flower* — nothing
+leaves the party that its ledger does not already hold, with the request it
+answers. The reply is stamped, inside that transaction, with the ledger head
+that includes the request's entry (:mod:`fedrisk.audit.recorder`). The request's
+entry keeps the time the message arrived. The ledger is checked before the
+party handles the message (a file altered by someone else, or under another
+key, refuses the message as before). A message whose handling fails (no
+reply content) is recorded on its own before the failure is reported. A crash
+while the party handles a message leaves neither entry: no reply left, and
+the coordinator's ledger shows a message sent that this party never recorded —
+the same finding as a crash on receipt. The coordinator's head stamp on a
+received message is recorded, then removed before the party's protocols see
+the message.
 
 When the coordinator ends a run it sends a ``ledger.close`` query: the mod
 answers it itself — received entry, signed run-close record, reply carrying
@@ -20,12 +30,40 @@ the coordinator and cannot.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 _OFF = ("false", "0", "off", "no")
+
+#: state folder -> (signing key file's (inode, mtime, size), identity): the key is read once, not per message.
+_identities: dict[tuple[str, str], tuple[tuple[int, int, int], object]] = {}
+_identities_lock = threading.Lock()
+
+
+def _identity(state_dir: Path, name: str):
+    """The party's identity, loaded again only when its signing key file changed."""
+    from fedrisk.parties.identity import SIGNING_KEY_FILE, PartyIdentity
+
+    key = (os.fspath(state_dir), name)
+    try:
+        st = os.stat(state_dir / SIGNING_KEY_FILE)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    with _identities_lock:
+        cached = _identities.get(key)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
+        identity = PartyIdentity.load_or_create(state_dir, name)
+        st = os.stat(state_dir / SIGNING_KEY_FILE)
+        _identities[key] = ((st.st_ino, st.st_mtime_ns, st.st_size), identity)
+        return identity
 
 
 def _state_dir(context: Context) -> Path | None:
@@ -71,11 +109,16 @@ def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         if msg.has_content():
             msg.content = without_head(msg.content)
         return call_next(msg, context)
-    from fedrisk.audit.recorder import LEDGER_FILE, ExchangeRecorder, PendingRecord, with_head
-    from fedrisk.parties.identity import PartyIdentity
+    from fedrisk.audit.recorder import (
+        LEDGER_FILE,
+        ExchangeRecorder,
+        PendingRecord,
+        with_head,
+    )
 
+    arrived_us = time.time_ns() // 1000
     name = str(context.node_config.get("party", ""))
-    identity = PartyIdentity.load_or_create(state_dir, name)
+    identity = _identity(state_dir, name)
     recorder = ExchangeRecorder(state_dir / LEDGER_FILE, name, identity.signing)
     message_type = msg.metadata.message_type
     if closing:
@@ -84,14 +127,37 @@ def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             recorder.close_run(_run_id(msg), ledger=ledger)
             reply = _close_reply(msg, ledger.head())
             recorder.record(PendingRecord(reply.content, "sent", message_type), ledger=ledger)
+            ledger.checkpoint()  # the run is over: its entries into the main file
         return reply
-    recorder.record(PendingRecord(msg.content, "received", message_type, receiver=name))
+    # Digest now (undeclared content is refused before the party sees it); stored with the reply.
+    received = recorder.entry(PendingRecord(msg.content, "received", message_type, receiver=name), timestamp_us=arrived_us)
+    # A ledger that could not take the entries (altered file, wrong key) refuses the message before the party handles it.
+    recorder.check()
     msg.content = without_head(msg.content)
-    reply = call_next(msg, context)
-    if reply.has_content():
-        with recorder.open() as ledger:
-            reply.content = with_head(reply.content, *ledger.head())
-            recorder.record(PendingRecord(reply.content, "sent", message_type), ledger=ledger)
+    try:
+        reply = call_next(msg, context)
+    except BaseException:
+        recorder.record_chain(received)  # the failure is reported only once the message is on record
+        raise
+    if not reply.has_content():
+        recorder.record_chain(received)
+        return reply
+    unstamped = reply.content
+
+    def reply_entry(count: int, head: str):
+        # Inside the transaction, after the request's entry: the head includes it.
+        reply.content = with_head(unstamped, count, head)
+        return recorder.entry(PendingRecord(reply.content, "sent", message_type))
+
+    # One durable transaction for the request and the reply, committed before the reply leaves.
+    try:
+        recorder.record_chain(received, reply_entry)
+    except Exception:
+        # The reply cannot be recorded (undeclared content, another sender, a failed write): it does
+        # not leave, and the request is still put on record, alone, if the ledger takes it.
+        with contextlib.suppress(Exception):  # the first failure is the one to report
+            recorder.record_chain(received)
+        raise
     return reply
 
 

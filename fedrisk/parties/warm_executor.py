@@ -54,7 +54,8 @@ log = logging.getLogger("fedrisk.warm_executor")
 #: Poll interval of the Runtime HTTP API (without the SuperNode's state in hand).
 POLL_SECONDS = 0.01
 #: In process, the SuperNode wakes the executor when it stored a message and the executor claims that
-#: message's task by id; a full ``AcquireTask`` (a scan of every task the node ever ran) is only the fallback.
+#: message's task by id; a full ``AcquireTask`` (a scan of every task the node ever ran, so its cost grows
+#: with the run) is only the fallback, made at most once per this many seconds — not after every message.
 IDLE_WAIT_SECONDS = 0.5
 #: The only ClientApp a fedrisk party runs (the installed package's).
 CLIENT_APP = "fedrisk.parties.client_app:app"
@@ -296,6 +297,10 @@ class WarmClientAppExecutor(threading.Thread):
         #: ClientApp tasks the SuperNode created since the last look (claimed by id, oldest first).
         self._created: collections.deque[int] = collections.deque()
         self._beats: TaskBeats | None = None
+        #: When the last full ``AcquireTask`` scan was made (in process).
+        self._last_scan = float("-inf")
+        #: Full scans made (diagnostics and tests).
+        self.scans = 0
         #: Called once a task's reply is in the SuperNode's state (the SuperNode loop then sends it at once).
         self.on_reply = None
 
@@ -353,9 +358,6 @@ class WarmClientAppExecutor(threading.Thread):
         return None
 
     def run(self) -> None:  # pragma: no cover - exercised by the end-to-end tests
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
-        from flwr.supercore.constant import TaskType
-
         client = None
         while not self.stop_event.is_set():
             try:
@@ -364,24 +366,48 @@ class WarmClientAppExecutor(threading.Thread):
                     if client is None:  # the SuperNode has not made its state yet
                         time.sleep(0.05)
                         continue
-                self.wakeup.clear()
-                token = self._claim_created(client) if isinstance(client, InProcessRuntimeClient) else None
-                if token:
-                    self._run_task(token)
-                    self.tasks_run += 1
-                    continue
-                res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
+                token = self._next_task(client)
             except Exception as err:  # the Runtime API is not up yet, or restarting
                 log.debug("acquire task: %s", err)
                 time.sleep(0.2)
                 continue
-            if res.HasField("task") and res.token:
-                self._run_task(res.token)
+            if token:
+                self._run_task(token)
                 self.tasks_run += 1
-            elif self.state_provider is not None:
-                self.wakeup.wait(IDLE_WAIT_SECONDS)
-            else:
-                time.sleep(POLL_SECONDS)
+
+    def _next_task(self, client) -> str | None:
+        """The token of a task to run now, or ``None`` after waiting a little for one.
+
+        In process: a task the SuperNode announced is claimed by id; only when
+        none is, and no full scan was made for :data:`IDLE_WAIT_SECONDS`, is the
+        node's whole task list scanned (``AcquireTask``), for a task created
+        unannounced; otherwise wait for the next announcement, at most until the
+        next scan is due. Over HTTP: one ``AcquireTask``, then a short sleep.
+        """
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+        from flwr.supercore.constant import TaskType
+
+        in_process = isinstance(client, InProcessRuntimeClient)
+        if in_process:
+            self.wakeup.clear()
+            token = self._claim_created(client)
+            if token:
+                return token
+            due = self._last_scan + IDLE_WAIT_SECONDS - time.monotonic()
+            if due > 0:
+                self.wakeup.wait(due)
+                return None
+        res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]))
+        if in_process:
+            self._last_scan = time.monotonic()
+            self.scans += 1
+        if res.HasField("task") and res.token:
+            return res.token
+        if in_process:
+            self.wakeup.wait(IDLE_WAIT_SECONDS)
+        else:
+            time.sleep(POLL_SECONDS)
+        return None
 
     def _client_app(self, run, fab):
         """The installed fedrisk ClientApp, once the run's app package is checked to be fedrisk's."""
