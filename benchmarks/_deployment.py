@@ -7,7 +7,7 @@ A benchmark that measures a protocol in one process (``benchmarks/secureboost.py
 party process per party on 127.0.0.1 (ports picked free), TLS on the Fleet and
 Control APIs, SuperNode authentication, every ledger on, and the run submitted
 with ``flwr run``. Each party reads its table from a file in a temporary folder
-(CSV or Parquet, as :func:`fedrisk.parties.table.load_party_table` reads them);
+(CSV or Parquet, as :func:`fedrisk.data.table.load_party_table` reads them);
 the folder, the processes and the run folder are removed when the run ends,
 also when it fails or the benchmark is interrupted (Ctrl-C, SIGTERM, SIGHUP).
 
@@ -75,7 +75,7 @@ def workspace(prefix: str) -> Iterator[Path]:
 
 
 def schema(features: list[str], *, label: str | None = None, id_column: str = "id") -> dict:
-    """A party table's schema (as :class:`fedrisk.parties.table.TableSchema` reads it): float features, opaque IDs."""
+    """A party table's schema (as :class:`fedrisk.data.table.TableSchema` reads it): float features, opaque IDs."""
     out: dict[str, Any] = {"id_column": id_column, "features": {f: "float" for f in features}, "id_format": "opaque"}
     if label is not None:
         out["label_column"] = label

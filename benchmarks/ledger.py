@@ -109,7 +109,7 @@ def _recorder_ms_per_entry(signer: Ed25519Signer, blob_bytes: int = 100_000, n: 
     """What recording one message costs a node, as the Flower mod and the grid wrapper do it:
     digest the content, append one durable entry to the kept-open ledger (re-checked for other writers)."""
     from fedrisk.audit.recorder import ExchangeRecorder, PendingRecord
-    from fedrisk.federation.exchange import ExchangeHeader, build_content
+    from fedrisk.wire.exchange import ExchangeHeader, build_content
 
     header = ExchangeHeader(run_id="bench-run", round=1, step="vlr.residual", sender="coordinator", receiver="bank",
                             content_class="ciphertext", key_fingerprint="ctx-0123456789abcdef")  # fmt: skip
@@ -132,7 +132,7 @@ def round_overhead(rows: int, epochs: int, pairs: int, seed: int = 3) -> dict[st
     from fedrisk.federation.local import LocalFederation
     from fedrisk.federation.train import audit_run
     from fedrisk.parties.settings import PartySettings
-    from fedrisk.parties.synthetic import PARTY_SCHEMAS, generate_sme_data
+    from fedrisk.data.synthetic import PARTY_SCHEMAS, generate_sme_data
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-ledger-rounds-") as tmp:
         run_dir = Path(tmp) / "run"

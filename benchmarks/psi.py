@@ -68,7 +68,7 @@ def make_ids(n_label: int, n_feature: int, overlap: float, seed: int, kind: str)
     used = "opaque"
     if kind in ("auto", "credit-code"):
         try:
-            from fedrisk.parties.credit_code import make_credit_codes
+            from fedrisk.data.credit_code import make_credit_codes
 
             universe = make_credit_codes(total, rng).tolist()
             used = "credit-code"

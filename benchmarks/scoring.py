@@ -83,7 +83,7 @@ def _log(message: str) -> None:
 async def _drive(address: str, ca: str, ids: list[str], concurrency: int, seconds: float, warmup: float, estimate: bool, api: str = "unary") -> dict:
     import grpc
 
-    from fedrisk.parties.scoring.transport import secure_channel
+    from fedrisk.scoring.transport import secure_channel
     from fedrisk.v1 import scoring_pb2 as pb
 
     channel = secure_channel(address, ca=ca, authority="localhost" if address.startswith("unix:") else None)
@@ -247,7 +247,7 @@ async def _floor_serve(folder: str, seconds: float) -> None:
     """A bare gRPC server (TLS, the node's server options, uvloop): echo, unary and on a stream."""
     import grpc
 
-    from fedrisk.parties.scoring.transport import SERVER_OPTIONS, bind, server_credentials
+    from fedrisk.scoring.transport import SERVER_OPTIONS, bind, server_credentials
 
     async def unary(request: bytes, context: object) -> bytes:
         return request
@@ -274,7 +274,7 @@ async def _floor_drive(address: str, ca: str, kind: str, concurrency: int, secon
     """Echo 120-byte messages as fast as ``concurrency`` callers can: unary calls, or messages on one stream."""
     import grpc
 
-    from fedrisk.parties.scoring.transport import secure_channel
+    from fedrisk.scoring.transport import secure_channel
 
     channel = secure_channel(address, ca=ca, authority="localhost")
     await asyncio.wait_for(channel.channel_ready(), 10)  # type: ignore[union-attr]
@@ -376,7 +376,7 @@ def main() -> None:
     parser.add_argument("--floor-drive", nargs=5, metavar=("ADDRESS", "CA", "KIND", "CONCURRENCY", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_serve or args.floor_drive:
-        from fedrisk.parties.scoring.main import run_loop
+        from fedrisk.scoring.main import run_loop
 
         if args.floor_serve:
             run_loop(_floor_serve(args.floor_serve, 0))
@@ -389,15 +389,15 @@ def main() -> None:
         return
     if args.drive:
         spec = json.loads(Path(args.drive[1]).read_text())
-        from fedrisk.parties.scoring.main import run_loop
+        from fedrisk.scoring.main import run_loop
 
         result = run_loop(_drive(args.drive[0], spec["ca"], spec["ids"], spec["concurrency"], spec["seconds"], spec["warmup"], spec["estimate"], spec.get("api", "unary")))
         sys.stdout.write(json.dumps(result) + "\n")
         return
     seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0)
 
-    from fedrisk.parties.scoring.deploy import start_example_deployment
-    from fedrisk.parties.scoring.example import build_example
+    from fedrisk.scoring.deploy import start_example_deployment
+    from fedrisk.scoring.example import build_example
 
     with tempfile.TemporaryDirectory(prefix="fedrisk-scoring-bench-") as tmp:
         root = Path(tmp)

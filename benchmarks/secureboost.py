@@ -188,13 +188,13 @@ SB_REQUESTS = ("sb.setup", "sb.join", "sb.bank", "sb.round")
 
 def run_deployment(args: argparse.Namespace, guest: pd.DataFrame, host: pd.DataFrame, test: np.ndarray) -> dict[str, Any]:
     """The same job over SuperLink/SuperNodes with TLS; hold-out AUC from the run's signed bundles."""
-    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.data.datasplit import training_mask
     from fedrisk.parties.settings import PartySettings
 
     _deployment_helpers()
     from _deployment import exchange_timing, handler_seconds, run_deployed, schema, workspace, write_table
 
-    from fedrisk.federation import message_types as mt
+    from fedrisk.wire import message_types as mt
 
     held_out = ~training_mask(guest["y"].to_numpy(), DEPLOYED_VALIDATION)
     if set(guest.index[held_out]) != set(test):

@@ -24,7 +24,7 @@ epoch for that shape on two 16-core hosts).
 per feature and chunk; ``CKKSVector.matmul``) on a small shape.
 
 Rows: 80 % train, 20 % hold-out (seeded permutation); of the training rows a
-stratified ``--validation-fraction`` validates (:func:`fedrisk.parties.datasplit.training_mask`
+stratified ``--validation-fraction`` validates (:func:`fedrisk.data.datasplit.training_mask`
 with ``seed`` = ``--seed``: the split a deployed label holder makes of its table).
 
 ``--deployment`` then runs the same job the way users run it — over Flower's
@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.models.metrics import auc
-from fedrisk.parties.datasplit import training_mask
+from fedrisk.data.datasplit import training_mask
 from fedrisk.models.vertical_lr import (
     _apply_standardise,
     _BlockNesterov,
@@ -329,7 +329,7 @@ def run_deployment(
     epochs: int, validation: dict,
 ) -> dict[str, Any]:
     """The same job over SuperLink/SuperNodes with TLS; hold-out AUC from the run's signed scorecards."""
-    from fedrisk.federation import message_types as mt
+    from fedrisk.wire import message_types as mt
     from fedrisk.parties.settings import PartySettings
 
     _deployment_helpers()

@@ -57,7 +57,7 @@ import numpy as np
 import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
-from fedrisk.federation.exchange import read_header
+from fedrisk.wire.exchange import read_header
 
 # --------------------------------------------------------------------------- kinds
 
@@ -546,7 +546,7 @@ class _Parser:
 
     # -- messages ---------------------------------------------------------------------
     def message(self, captured: Captured) -> MessageView:
-        from fedrisk.federation.exchange import content_digest
+        from fedrisk.wire.exchange import content_digest
 
         content = captured.content
         header = read_header(content)  # refuses undeclared content (the sender's declaration, kept for reference only)
@@ -1159,7 +1159,7 @@ HOST_FEATURES = 10
 
 def credit_codes_for(ids: Iterable[int]) -> dict[int, str]:
     """A fixed credit code per default-credit row id (so raw IDs are unmistakable 18-character strings)."""
-    from fedrisk.parties.credit_code import make_credit_codes
+    from fedrisk.data.credit_code import make_credit_codes
 
     ids = sorted(set(int(i) for i in ids))
     codes = make_credit_codes(len(ids), np.random.default_rng(20240607))

@@ -87,7 +87,7 @@ def test_a_residual_in_the_answers_config_is_caught(tmp_path, default_credit_dir
 
 def test_a_plaintext_array_declared_ciphertext_is_caught(tmp_path, default_credit_dir, monkeypatch, tap):
     """(b) A bank sends its update as a plain numpy array under content class "ciphertext" and the federation key."""
-    from fedrisk.federation.exchange import build_content
+    from fedrisk.wire.exchange import build_content
     from fedrisk.parties.horizontal import HorizontalParty
 
     original = HorizontalParty._encode
@@ -172,7 +172,7 @@ def test_the_classifier_parses_payloads_instead_of_trusting_their_class():
     import tenseal as ts
 
     from fedrisk.crypto.encrypted_matvec import CKKSRuntime, context_fingerprint, residual_level
-    from fedrisk.federation.exchange import ExchangeHeader, build_content
+    from fedrisk.wire.exchange import ExchangeHeader, build_content
     from fedrisk.models.vertical_lr import EncryptedResidual, MaskedGradient, make_context
     from privacy_view import CIPHERTEXT, FOREIGN, MASKED, Captured
 
@@ -215,7 +215,7 @@ def test_id_probes_find_raw_hashed_and_unblinded_ids():
 
     from fedrisk.crypto.psi_group import hash_domain, hash_ids_to_u
     from fedrisk.crypto.psi_messages import BlindedSet
-    from fedrisk.federation.exchange import ExchangeHeader, build_content
+    from fedrisk.wire.exchange import ExchangeHeader, build_content
     from privacy_view import Captured, Secrets, credit_codes_for, probe_ids
 
     ids = list(credit_codes_for(range(1, 400)).values())

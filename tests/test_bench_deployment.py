@@ -43,7 +43,7 @@ def test_both_benchmarks_take_the_deployment_flag(name, capsys):
 
 
 def test_the_deployed_bank_validates_on_the_in_process_hold_out(default_credit_dir):
-    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.data.datasplit import training_mask
 
     bench = _load("secureboost")
     for rows in (None, 8000):

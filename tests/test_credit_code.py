@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrisk.parties.credit_code import (
+from fedrisk.data.credit_code import (
     CREDIT_CODE_ALPHABET,
     CREDIT_CODE_WEIGHTS,
     credit_code_check_char,

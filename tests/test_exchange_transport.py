@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Message
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.exchange import (
+from fedrisk.wire.exchange import (
     ECHO,
     ExchangeHeader,
     build_content,

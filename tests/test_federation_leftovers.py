@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from fedrisk.cli import app, benchmark_names
 from fedrisk.errors import PartyUnavailableError
 from fedrisk.federation.local import LocalFederation, _failure_line
-from fedrisk.parties.node import free_port
+from fedrisk.parties.party_node import free_port
 
 
 @pytest.mark.e2e  # starts (failing) SuperLink processes; about 4 s

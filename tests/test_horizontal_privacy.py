@@ -20,7 +20,7 @@ from flwr.app import Context, RecordDict
 
 from fedrisk.crypto.ckks import PublicContext
 from fedrisk.errors import CryptoError, PartyUnavailableError
-from fedrisk.federation.exchange import read_content
+from fedrisk.wire.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.parties.settings import PartySettings

@@ -29,7 +29,7 @@ from fedrisk.audit import (
 from fedrisk.audit import recorder as recorder_module
 from fedrisk.audit.recorder import LEDGER_FILE, ExchangeRecorder, PendingRecord, head_of
 from fedrisk.errors import LedgerError, ProtocolError
-from fedrisk.federation.exchange import (
+from fedrisk.wire.exchange import (
     ECHO,
     ExchangeHeader,
     build_content,
@@ -168,7 +168,7 @@ _KILLED_AFTER_REPLY = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from test_ledger_commit import _answer, _context, _request
-    from fedrisk.federation.exchange import content_digest
+    from fedrisk.wire.exchange import content_digest
     from fedrisk.parties.ledger_mod import ledger_mod
 
     state = Path(sys.argv[1])

@@ -14,7 +14,7 @@ from fedrisk.audit.recorder import ExchangeRecorder
 from fedrisk.audit.run_files import collect_ledgers
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.exchange import ExchangeHeader, build_content
+from fedrisk.wire.exchange import ExchangeHeader, build_content
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.ledger_grid import LedgeredGrid
 from fedrisk.federation.server_app import app as server_app
@@ -118,7 +118,7 @@ def test_recorded_entries_are_what_crossed(tmp_path, default_credit_dir):
     """Parse every message that crossed (not what the ledger or the sender declared) and hold each entry to it."""
     from fedrisk.audit.recorder import HEAD_RECORD, head_of
     from fedrisk.crypto.ckks import EncryptedVector
-    from fedrisk.federation.exchange import PAYLOAD_RECORD, content_digest
+    from fedrisk.wire.exchange import PAYLOAD_RECORD, content_digest
 
     crossed: dict[str, list] = {}
 
@@ -174,7 +174,7 @@ def _digest_content() -> RecordDict:
 def test_content_digest_is_the_same_after_flowers_wire_format_and_names_every_change():
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
-    from fedrisk.federation.exchange import (
+    from fedrisk.wire.exchange import (
         CONFIG_RECORD,
         PAYLOAD_RECORD,
         content_digest,

@@ -14,7 +14,7 @@ import pytest
 
 from fedrisk.errors import DataValidationError
 from fedrisk.models.report import population_stability
-from fedrisk.parties.scoring.portfolio import book_stability
+from fedrisk.scoring.portfolio import book_stability
 
 
 def _reference_psi(expected: np.ndarray, actual: np.ndarray, bins: int, floor: float = 1e-4) -> float:

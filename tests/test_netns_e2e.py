@@ -142,7 +142,7 @@ def _wait_port(namespaces: Namespaces, host: str, port: int, proc: subprocess.Po
 
 
 def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_path, default_credit_dir):
-    from fedrisk.parties.node import node_env
+    from fedrisk.parties.party_node import node_env
 
     namespaces = _namespaces_or_skip(["superlink", "bank", "tax"])
     procs: list[subprocess.Popen] = []

@@ -159,7 +159,7 @@ FOREIGN_SERVER = textwrap.dedent(
 def test_a_party_refuses_a_run_of_another_flower_app(superlink):
     """The coordinator submits a different Flower App: the party answers with one line and never imports its ClientApp."""
     from fedrisk.federation.local import write_flwr_config
-    from fedrisk.parties.node import node_env
+    from fedrisk.parties.party_node import node_env
 
     tmp, operator = superlink
     control = f"127.0.0.1:{operator.control_port}"

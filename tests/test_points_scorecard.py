@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrisk.cli import app
-from fedrisk.cli_scorecard import DEFAULT_CREDIT_BANK, DEFAULT_CREDIT_HOLDER, render_points_table
+from fedrisk.cli.scorecard import DEFAULT_CREDIT_BANK, DEFAULT_CREDIT_HOLDER, render_points_table
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ConfigError, DataValidationError
 from fedrisk.models.bundle import load_model_bundle, write_model_bundle
@@ -74,7 +74,7 @@ def test_score_is_the_models_log_odds_on_the_points_scale(trained):
 
 
 def test_the_scale_is_the_scoring_policys(trained):
-    from fedrisk.parties.scoring.policy import load_policy
+    from fedrisk.scoring.policy import load_policy
 
     card, woe, lr, seen, _ = trained
     policy = load_policy()

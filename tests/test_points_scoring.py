@@ -3,7 +3,7 @@
 A small synthetic federation is trained once (federated WOE binning and the
 vertical LR on the WOE table, over the real encrypted protocols), converted to
 points, and each party signs a bundle holding its own points table
-(:func:`fedrisk.parties.scoring.example.build_points_example`). The node and the
+(:func:`fedrisk.scoring.example.build_points_example`). The node and the
 party services run in this process over real gRPC with TLS (mTLS to the parties).
 The live score must be the offline :class:`~fedrisk.models.points.PointsScorecard`
 score to 1e-9, the reasons must be in points and per party, and no bundle may
@@ -28,19 +28,19 @@ from typer.testing import CliRunner
 from fedrisk.errors import ConfigError, DataValidationError, ProtocolError
 from fedrisk.models.bundle import write_model_bundle
 from fedrisk.models.points import PartyPoints
-from fedrisk.parties.scoring.bundles import load_bank_model, load_party_model
-from fedrisk.parties.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
-from fedrisk.parties.scoring.example import (
+from fedrisk.scoring.bundles import load_bank_model, load_party_model
+from fedrisk.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
+from fedrisk.scoring.example import (
     FEATURE_HOLDERS,
     NODE_CERT,
     ExampleFederation,
     load_or_build_example,
 )
-from fedrisk.parties.scoring.node import ScoringNode
-from fedrisk.parties.scoring.party_service import PartyScoringService
-from fedrisk.parties.scoring.tables import load_feature_lookup
-from fedrisk.parties.scoring.transport import secure_channel
-from fedrisk.parties.synthetic import PARTY_SCHEMAS
+from fedrisk.scoring.scoring_node import ScoringNode
+from fedrisk.scoring.party_service import PartyScoringService
+from fedrisk.scoring.tables import load_feature_lookup
+from fedrisk.scoring.transport import secure_channel
+from fedrisk.data.synthetic import PARTY_SCHEMAS
 from fedrisk.v1 import scoring_pb2 as pb
 from fedrisk.v1 import scoring_pb2_grpc as rpc
 
@@ -58,7 +58,7 @@ def _keys(ex: ExampleFederation) -> list[str]:
 
 
 def _patient_policy(folder: Path, **changes: str) -> str:
-    from fedrisk.parties.scoring.policy import default_policy_path
+    from fedrisk.scoring.policy import default_policy_path
 
     text = default_policy_path().read_text().replace("deadline_ms = 40", "deadline_ms = 2000")
     for old, new in changes.items():
@@ -155,7 +155,7 @@ def live(ex, tmp_path_factory):
 
 def test_live_score_is_the_offline_points_scorecard_score(ex, live):
     parts, ids, decisions = live
-    from fedrisk.parties.scoring.policy import load_policy
+    from fedrisk.scoring.policy import load_policy
 
     policy = load_policy(_patient_policy(Path(ex.folder)))
     scale = parts["bank"][0].scale

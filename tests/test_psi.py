@@ -151,7 +151,7 @@ def ids(prefix: str, start: int, stop: int) -> list[str]:
 
 def credit_codes(n: int, seed: int) -> list[str]:
     """Unified social credit codes (GB 32100-2015), valid check digits, distinct."""
-    from fedrisk.parties.credit_code import is_valid_credit_code, make_credit_codes
+    from fedrisk.data.credit_code import is_valid_credit_code, make_credit_codes
 
     codes = make_credit_codes(n, np.random.default_rng(seed)).tolist()
     assert len(set(codes)) == n and all(is_valid_credit_code(c) for c in codes)
@@ -709,7 +709,7 @@ def _forget(parties) -> None:
 
 def _message_sizes(seen) -> list[tuple]:
     """What the coordinator can measure of each message it relays: step, direction, party, sizes."""
-    from fedrisk.federation.exchange import read_content
+    from fedrisk.wire.exchange import read_content
 
     out = []
     for direction, node, msg in seen:

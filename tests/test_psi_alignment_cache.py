@@ -20,7 +20,7 @@ from test_psi import N_ROWS, _forget, _message_sizes, _party_tables
 
 def _align(root, parties, run_id: str):
     from fedrisk.federation.alignment import VerticalRoles, run_alignment
-    from fedrisk.federation.exchange import read_content
+    from fedrisk.wire.exchange import read_content
     from fedrisk.federation.inprocess import InProcessGrid
     from fedrisk.federation.session import CoordinatorSession
     from fedrisk.parties.alignment import read_alignment_report

@@ -22,8 +22,8 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedrisk.errors import ConfigError, ProtocolError
-from fedrisk.federation.checkpoint import CheckpointStore
-from fedrisk.federation.exchange import read_content
+from fedrisk.checkpoint import CheckpointStore
+from fedrisk.wire.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.federation.status import read_status

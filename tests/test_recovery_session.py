@@ -10,9 +10,9 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedrisk.errors import PartyUnavailableError
-from fedrisk.federation import message_types as mt
+from fedrisk.wire import message_types as mt
 from fedrisk.federation import session as session_module
-from fedrisk.federation.exchange import build_content, read_content
+from fedrisk.wire.exchange import build_content, read_content
 from fedrisk.federation.session import CoordinatorSession, PartyInfo
 from fedrisk.federation.status import RunStatus
 

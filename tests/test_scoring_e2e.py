@@ -21,12 +21,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedrisk.parties.scoring.client import ScoringClient
-from fedrisk.parties.scoring.deploy import start_example_deployment
-from fedrisk.parties.scoring.example import LOAN_SYSTEM, load_or_build_example
-from fedrisk.parties.scoring.policy import load_policy
-from fedrisk.parties.scoring.register import read_register, verify_register
-from fedrisk.parties.scoring.sandbox import choose_mechanism
+from fedrisk.scoring.client import ScoringClient
+from fedrisk.scoring.deploy import start_example_deployment
+from fedrisk.scoring.example import LOAN_SYSTEM, load_or_build_example
+from fedrisk.scoring.policy import load_policy
+from fedrisk.scoring.register import read_register, verify_register
+from fedrisk.scoring.sandbox import choose_mechanism
 from fedrisk.v1 import scoring_pb2 as pb
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def example(tmp_path_factory):
 
 def patient_policy(folder: Path) -> Path:
     """The shipped policy with a 2 s fan-out deadline: a loaded CI machine must not turn correctness checks into fallbacks."""
-    from fedrisk.parties.scoring.policy import default_policy_path
+    from fedrisk.scoring.policy import default_policy_path
 
     path = folder / "policy.toml"
     path.write_text(default_policy_path().read_text().replace("deadline_ms = 40", "deadline_ms = 2000"))

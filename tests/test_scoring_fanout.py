@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from fedrisk.parties.scoring.fanout import PartyFanout
+from fedrisk.scoring.fanout import PartyFanout
 from fedrisk.v1 import scoring_pb2 as pb
 
 SERVICE = "fedrisk.v1.PartyScoringService"

@@ -21,18 +21,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedrisk.errors import ConfigError, CryptoError
-from fedrisk.parties.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
-from fedrisk.parties.scoring.example import (
+from fedrisk.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
+from fedrisk.scoring.example import (
     FEATURE_HOLDERS,
     LOAN_SYSTEM,
     NODE_CERT,
     ExampleFederation,
     load_or_build_example,
 )
-from fedrisk.parties.scoring.node import ScoringNode
-from fedrisk.parties.scoring.party_service import PartyScoringService
-from fedrisk.parties.scoring.register import read_register, verify_register
-from fedrisk.parties.scoring.transport import secure_channel
+from fedrisk.scoring.scoring_node import ScoringNode
+from fedrisk.scoring.party_service import PartyScoringService
+from fedrisk.scoring.register import read_register, verify_register
+from fedrisk.scoring.transport import secure_channel
 from fedrisk.v1 import scoring_pb2 as pb
 from fedrisk.v1 import scoring_pb2_grpc as rpc
 
@@ -64,7 +64,7 @@ def node_config(ex: ExampleFederation, parties: dict[str, PartyEndpoint], tmp: P
 
 def patient_policy(folder: Path) -> str:
     """The shipped policy with a 2 s fan-out deadline (a loaded machine must not turn checks into fallbacks)."""
-    from fedrisk.parties.scoring.policy import default_policy_path
+    from fedrisk.scoring.policy import default_policy_path
 
     path = folder / "patient_policy.toml"
     path.write_text(default_policy_path().read_text().replace("deadline_ms = 40", "deadline_ms = 2000"))
@@ -134,7 +134,7 @@ def test_decisions_equal_the_models_offline_predictions(example, tmp_path):
     rows = read_register(tmp_path / "state" / "applications.sqlite")
     assert len(rows) == len(ids) and verify_register(tmp_path / "state" / "applications.sqlite") == []
     # the register holds decisions and reason *names*: no column for any feature value
-    from fedrisk.parties.synthetic import PARTY_SCHEMAS
+    from fedrisk.data.synthetic import PARTY_SCHEMAS
 
     features = {f for schema in PARTY_SCHEMAS.values() for f in schema.features}
     assert not features & set(rows[0])
@@ -142,7 +142,7 @@ def test_decisions_equal_the_models_offline_predictions(example, tmp_path):
 
 
 def test_reasons_name_each_partys_own_features_without_values(example, tmp_path):
-    from fedrisk.parties.synthetic import PARTY_SCHEMAS
+    from fedrisk.data.synthetic import PARTY_SCHEMAS
 
     async def scenario() -> pb.Decision:
         async with running(example, tmp_path) as (_, stub, _c):
@@ -181,7 +181,7 @@ def test_a_party_that_is_down_degrades_by_policy_and_says_so(example, tmp_path):
 
 def test_refer_policy_when_a_party_is_down(example, tmp_path):
     policy = tmp_path / "refer.toml"
-    text = Path(__file__).resolve().parents[1].joinpath("fedrisk/parties/scoring/default_policy.toml").read_text()
+    text = Path(__file__).resolve().parents[1].joinpath("fedrisk/scoring/default_policy.toml").read_text()
     policy.write_text(text.replace('action = "fallback"', 'action = "refer"', 1))
 
     async def scenario() -> pb.Decision:
@@ -295,7 +295,7 @@ def test_every_bad_input_is_invalid_argument_with_a_precise_message(example, ser
 def _bank_row(ex: ExampleFederation, sme_id: str) -> dict[str, float]:
     import pandas as pd
 
-    from fedrisk.parties.synthetic import BANK_SCHEMA
+    from fedrisk.data.synthetic import BANK_SCHEMA
 
     df = pd.read_csv(ex.tables["bank"], dtype={"credit_code": str}).set_index("credit_code")
     return {name: float(df.loc[sme_id, name]) for name in BANK_SCHEMA.features}
@@ -455,7 +455,7 @@ def test_a_register_that_cannot_record_refuses_the_decision_cleanly(example, tmp
 
 
 def test_a_running_party_service_picks_up_appended_ids(example, tmp_path, monkeypatch):
-    from fedrisk.parties.scoring import party_service
+    from fedrisk.scoring import party_service
 
     monkeypatch.setattr(party_service, "RELOAD_EVERY_S", 0.05)
     ids = Path(example.allow_lists["platform"]).read_text().split()
@@ -489,9 +489,9 @@ def test_the_validators_id_cache_keeps_every_check():
     from fedrisk.errors import DataValidationError
     import numpy as np
 
-    from fedrisk.parties.credit_code import make_credit_codes
-    from fedrisk.parties.scoring import validation
-    from fedrisk.parties.scoring.validation import ApplicationValidator, FeatureSpec
+    from fedrisk.data.credit_code import make_credit_codes
+    from fedrisk.scoring import validation
+    from fedrisk.scoring.validation import ApplicationValidator, FeatureSpec
 
     validator = ApplicationValidator([FeatureSpec("x")], "credit_code")
     good = str(make_credit_codes(3, np.random.default_rng(5))[0])

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from fedrisk.errors import ConfigError
-from fedrisk.parties.scoring.policy import (
+from fedrisk.scoring.policy import (
     APPROVE,
     DECLINE,
     REFER,

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from fedrisk.errors import LedgerError
-from fedrisk.parties.scoring.register import (
+from fedrisk.scoring.register import (
     DuplicateApplication,
     LocalRegister,
     RegisterServer,
@@ -113,7 +113,7 @@ def test_duplicates_inside_a_batch_and_against_the_file_keep_the_chain(tmp_path)
 
 def test_rows_in_column_order_record_like_mappings(tmp_path):
     """The node sends rows (column order, reasons and parties as canonical JSON); the file holds the same as for a mapping."""
-    from fedrisk.parties.scoring.register import as_row
+    from fedrisk.scoring.register import as_row
 
     reg = SqliteRegister(tmp_path / "r.sqlite")
     assert reg.append([record(1), as_row(record(2))]) == [True, True]

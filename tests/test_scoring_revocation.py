@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedrisk.crypto.pki import FederationPKI, create_server_cert, load_federation_pki
 from fedrisk.crypto.pki_admin import init_federation_keys
-from fedrisk.parties.scoring import revocation
-from fedrisk.parties.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
-from fedrisk.parties.scoring.example import FEATURE_HOLDERS, ExampleFederation, load_or_build_example
-from fedrisk.parties.scoring.node import ScoringNode
-from fedrisk.parties.scoring.party_service import PartyScoringService
-from fedrisk.parties.scoring.transport import secure_channel
+from fedrisk.scoring import revocation
+from fedrisk.scoring.config import NodeConfig, PartyEndpoint, PartyServiceConfig
+from fedrisk.scoring.example import FEATURE_HOLDERS, ExampleFederation, load_or_build_example
+from fedrisk.scoring.scoring_node import ScoringNode
+from fedrisk.scoring.party_service import PartyScoringService
+from fedrisk.scoring.transport import secure_channel
 from fedrisk.v1 import scoring_pb2 as pb
 from fedrisk.v1 import scoring_pb2_grpc as rpc
 
@@ -77,7 +77,7 @@ def party_config(ex: ExampleFederation, fed: FederationPKI, party: str, **kw: ob
 
 
 def node_config(ex: ExampleFederation, fed: FederationPKI, parties: dict[str, PartyEndpoint], tmp: Path) -> NodeConfig:
-    from fedrisk.parties.scoring.policy import default_policy_path
+    from fedrisk.scoring.policy import default_policy_path
 
     policy = tmp / "patient_policy.toml"  # a 2 s deadline: a loaded machine must not turn checks into fallbacks
     policy.write_text(default_policy_path().read_text().replace("deadline_ms = 40", "deadline_ms = 2000"))
@@ -216,7 +216,7 @@ def test_a_pinned_link_accepts_exactly_the_checked_certificate(fed):
         for label, (cert, key) in {"genuine": fed.server_certs["tax_bureau-scoring"], "impostor": (other, other_key)}.items():
             server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-            from fedrisk.parties.scoring.transport import server_credentials
+            from fedrisk.scoring.transport import server_credentials
 
             port = server.add_secure_port("127.0.0.1:0", server_credentials(cert, key, client_ca=fed.ca_cert))
             await server.start()

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from fedrisk.errors import ConfigError
-from fedrisk.parties.scoring.config import Limits
-from fedrisk.parties.scoring.launcher import SandboxSession
-from fedrisk.parties.scoring.sandbox import (
+from fedrisk.scoring.config import Limits
+from fedrisk.scoring.launcher import SandboxSession
+from fedrisk.scoring.sandbox import (
     bwrap_usable,
     choose_mechanism,
     namespaces_usable,
@@ -167,7 +167,7 @@ def test_auto_picks_the_strongest_available_mechanism():
 
 def test_auto_refuses_to_serve_without_a_sandbox(monkeypatch):
     """Fail closed: with neither bubblewrap nor namespaces, `auto` is an error; only an explicit choice serves unisolated."""
-    from fedrisk.parties.scoring import sandbox
+    from fedrisk.scoring import sandbox
 
     monkeypatch.setattr(sandbox, "bwrap_usable", lambda: False)
     monkeypatch.setattr(sandbox, "namespaces_usable", lambda: False)
@@ -212,8 +212,8 @@ def test_a_sandboxed_scorer_cannot_open_the_partys_key_files(mechanism, example,
     from fedrisk.crypto.keyfiles import write_secret_file
     from fedrisk.crypto.pki import create_server_cert, load_federation_pki
     from fedrisk.crypto.pki_admin import init_federation_keys
-    from fedrisk.parties.scoring.config import PartyServiceConfig
-    from fedrisk.parties.scoring.launcher import read_only_paths
+    from fedrisk.scoring.config import PartyServiceConfig
+    from fedrisk.scoring.launcher import read_only_paths
 
     keys = init_federation_keys(tmp_path / "fed", ["bank", "tax_bureau"])
     cert, key = create_server_cert(load_federation_pki(keys.folder), "tax_bureau-scoring", ["127.0.0.1"])
@@ -279,8 +279,8 @@ def test_resource_limits_cap_memory_and_are_irreversible():
     code = textwrap.dedent(
         """
         import resource, sys
-        from fedrisk.parties.scoring.config import Limits
-        from fedrisk.parties.scoring.limits import apply_limits
+        from fedrisk.scoring.config import Limits
+        from fedrisk.scoring.limits import apply_limits
         apply_limits(Limits(memory_mb=400, max_open_files=64, file_size_mb=1))
         try:
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -313,7 +313,7 @@ def test_limits_default_is_a_bounded_process():
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    from fedrisk.parties.scoring.example import load_or_build_example
+    from fedrisk.scoring.example import load_or_build_example
 
     return load_or_build_example(tmp_path_factory.getbasetemp() / "scoring-example")
 
@@ -323,9 +323,9 @@ def example(tmp_path_factory):
 def test_a_party_scoring_service_serves_from_each_mechanism(mechanism, example):
     if mechanism != "rlimits" and not _available(mechanism):
         pytest.skip(f"sandbox mechanism {mechanism!r} is not available on this machine")
-    from fedrisk.parties.scoring.config import PartyServiceConfig
-    from fedrisk.parties.scoring.launcher import Launcher
-    from fedrisk.parties.scoring.transport import secure_channel
+    from fedrisk.scoring.config import PartyServiceConfig
+    from fedrisk.scoring.launcher import Launcher
+    from fedrisk.scoring.transport import secure_channel
     from fedrisk.v1 import scoring_pb2 as pb
     from fedrisk.v1 import scoring_pb2_grpc as rpc
 
@@ -377,7 +377,7 @@ def test_a_tampered_bundle_is_refused_before_any_sandbox_starts(example, tmp_pat
 
 
 def test_private_dirs_of_dead_launchers_are_swept(tmp_path, monkeypatch):
-    from fedrisk.parties.scoring import sandbox
+    from fedrisk.scoring import sandbox
 
     monkeypatch.setattr(sandbox.os, "access", lambda path, mode: False)  # use the temp dir, not /dev/shm
     monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(tmp_path))

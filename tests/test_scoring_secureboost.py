@@ -32,21 +32,21 @@ from fedrisk.models.secureboost import (
     load_feature_holder_bundle,
     load_label_holder_bundle,
 )
-from fedrisk.parties.scoring.client import ScoringClient
-from fedrisk.parties.scoring.config import PartyEndpoint
-from fedrisk.parties.scoring.deploy import start_example_deployment
-from fedrisk.parties.scoring.example import (
+from fedrisk.scoring.client import ScoringClient
+from fedrisk.scoring.config import PartyEndpoint
+from fedrisk.scoring.deploy import start_example_deployment
+from fedrisk.scoring.example import (
     FEATURE_HOLDERS,
     LOAN_SYSTEM,
     ExampleFederation,
     load_or_build_example,
 )
-from fedrisk.parties.scoring.node import ScoringNode
-from fedrisk.parties.scoring.party_service import PartyScoringService
-from fedrisk.parties.scoring.policy import load_policy
-from fedrisk.parties.scoring.transport import secure_channel
-from fedrisk.parties.synthetic import PARTY_SCHEMAS
-from fedrisk.parties.table import load_party_table
+from fedrisk.scoring.scoring_node import ScoringNode
+from fedrisk.scoring.party_service import PartyScoringService
+from fedrisk.scoring.policy import load_policy
+from fedrisk.scoring.transport import secure_channel
+from fedrisk.data.synthetic import PARTY_SCHEMAS
+from fedrisk.data.table import load_party_table
 from fedrisk.v1 import scoring_pb2 as pb
 
 pytestmark = pytest.mark.e2e
@@ -243,8 +243,8 @@ def test_tampered_secureboost_bundles_are_refused(example, tmp_path):
 
 
 def test_tree_reasons_are_the_log_odds_each_party_and_own_feature_moves(example):
-    from fedrisk.parties.scoring.bundles import load_bank_model, parse_trusted_keys
-    from fedrisk.parties.scoring.trees import TreeScorer
+    from fedrisk.scoring.bundles import load_bank_model, parse_trusted_keys
+    from fedrisk.scoring.trees import TreeScorer
 
     model = load_bank_model(example.bundles["bank"], parse_trusted_keys(example.trusted_keys))
     trees = TreeScorer(model.part)  # type: ignore[arg-type]

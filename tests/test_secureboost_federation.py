@@ -18,9 +18,9 @@ from flwr.app import Context, RecordDict
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from fedrisk.federation.exchange import read_content
+from fedrisk.wire.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
-from fedrisk.federation.payload_batch import batch_items
+from fedrisk.wire.payload_batch import batch_items
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.models.bundle import load_model_bundle
 from fedrisk.models.secureboost import answer_splits, load_feature_holder_bundle, load_label_holder_bundle
@@ -84,7 +84,7 @@ def test_federated_trees_score_the_hold_out_like_the_plaintext_reference(boosted
 
     # The same algorithm on one machine, on exactly the rows the bank trained on
     # (its table minus the validation rows it held out for the joint model's metrics).
-    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.data.datasplit import training_mask
 
     bank_rows = guest.loc[train_ids]
     rows = bank_rows.index[training_mask(bank_rows["y"].to_numpy(), {"fraction": 0.1, "seed": 1})]

@@ -23,7 +23,7 @@ import pytest
 from test_secureboost import BANK, SMALL, _federated_splits, _joined, _small_tables
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.checkpoint import CheckpointStore
+from fedrisk.checkpoint import CheckpointStore
 from fedrisk.models.secureboost import (
     BinLayout,
     EncryptedGradients,

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedrisk.errors import ConfigError, PartyUnavailableError
-from fedrisk.federation.exchange import read_content
+from fedrisk.wire.exchange import read_content
 from fedrisk.federation.horizontal import (
     FedAvgConfig,
     calibrate_noise_multiplier,
@@ -26,7 +26,7 @@ from fedrisk.federation.horizontal import (
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.parties.settings import PartySettings
-from fedrisk.parties.synthetic import BANK_SCHEMA, generate_sme_data
+from fedrisk.data.synthetic import BANK_SCHEMA, generate_sme_data
 
 
 @pytest.fixture(scope="module")

@@ -28,18 +28,18 @@ from test_scoring_node import node_config, party_config, patient_policy
 
 from fedrisk.errors import ConfigError
 from fedrisk.models.bundle import load_model_bundle, write_model_bundle
-from fedrisk.parties.scoring.bundles import load_bank_model, load_party_models
-from fedrisk.parties.scoring.config import PartyEndpoint
-from fedrisk.parties.scoring.example import (
+from fedrisk.scoring.bundles import load_bank_model, load_party_models
+from fedrisk.scoring.config import PartyEndpoint
+from fedrisk.scoring.example import (
     FEATURE_HOLDERS,
     LOAN_SYSTEM,
     ExampleFederation,
     load_or_build_example,
 )
-from fedrisk.parties.scoring.node import ScoringNode
-from fedrisk.parties.scoring.party_service import PartyScoringService
-from fedrisk.parties.scoring.transport import secure_channel
-from fedrisk.parties.synthetic import PARTY_SCHEMAS
+from fedrisk.scoring.scoring_node import ScoringNode
+from fedrisk.scoring.party_service import PartyScoringService
+from fedrisk.scoring.transport import secure_channel
+from fedrisk.data.synthetic import PARTY_SCHEMAS
 from fedrisk.v1 import scoring_pb2 as pb
 from fedrisk.v1 import scoring_pb2_grpc as rpc
 
@@ -323,7 +323,7 @@ def test_a_party_refuses_stack_requests_it_cannot_answer(example, tmp_path):
     lr, sb = (f"{example.run_id}.{n}" for n in BASES)
 
     def refused(request: pb.PartyScoreRequest) -> str:
-        from fedrisk.parties.scoring.party_service import _Refused
+        from fedrisk.scoring.party_service import _Refused
 
         with pytest.raises(_Refused) as err:
             svc.answer(request.SerializeToString(), "bank")
@@ -351,8 +351,8 @@ def test_a_party_refuses_stack_requests_it_cannot_answer(example, tmp_path):
 @pytest.mark.e2e
 def test_the_stack_deploys_as_one_sandboxed_node(example, tmp_path):
     """The real processes (launcher, sandbox, CLI): stack folders as the node's and the parties' bundles."""
-    from fedrisk.parties.scoring.client import ScoringClient
-    from fedrisk.parties.scoring.deploy import start_example_deployment
+    from fedrisk.scoring.client import ScoringClient
+    from fedrisk.scoring.deploy import start_example_deployment
 
     dep = start_example_deployment(example, tmp_path / "state", sandbox="auto", policy=patient_policy(tmp_path), require_client_cert=True)
     try:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from fedrisk.errors import FedriskError
-from fedrisk.federation.bundles import (
+from fedrisk.wire.bundles import (
     Bundle,
     BundleError,
     gather_messages,

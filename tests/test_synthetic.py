@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from fedrisk.parties.credit_code import credit_code_validity_mask
-from fedrisk.parties.synthetic import (
+from fedrisk.data.credit_code import credit_code_validity_mask
+from fedrisk.data.synthetic import (
     BANK_SCHEMA,
     PARTY_SCHEMAS,
     PLATFORM_SCHEMA,
@@ -20,7 +20,7 @@ from fedrisk.parties.synthetic import (
     SyntheticSMEData,
     generate_sme_data,
 )
-from fedrisk.parties.table import ColumnType, load_party_table
+from fedrisk.data.table import ColumnType, load_party_table
 
 N_SMES = 20_000
 

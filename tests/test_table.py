@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedrisk.errors import DataValidationError
-from fedrisk.parties.table import ColumnType, PartyTable, TableSchema, load_party_table
+from fedrisk.data.table import ColumnType, PartyTable, TableSchema, load_party_table
 
 # Valid credit codes (see tests/test_credit_code.py for where these come from).
 HUAWEI = "914403001922038216"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fedrisk.errors import ConfigError, ProtocolError
-from fedrisk.federation.config_values import config_bytes, config_float, config_int, config_strings
-from fedrisk.federation.exchange import Exchange, ExchangeHeader
+from fedrisk.wire.config_values import config_bytes, config_float, config_int, config_strings
+from fedrisk.wire.exchange import Exchange, ExchangeHeader
 
 FP = "0123456789abcdef"
 

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from fedrisk.errors import PartyUnavailableError
-from fedrisk.federation.exchange import read_content
+from fedrisk.wire.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.models.bundle import load_model_bundle

@@ -317,7 +317,7 @@ class ExchangeRecord:
         ``sent`` or ``received``.
     payload_sha256
         Lower-case hex SHA-256 of the payload: for a Flower message, of its content's
-        canonical encoding (:func:`fedrisk.federation.exchange.content_digest`).
+        canonical encoding (:func:`fedrisk.wire.exchange.content_digest`).
     size_bytes
         Length of those bytes.
     content_class
@@ -417,7 +417,7 @@ class ExchangeRecord:
         sender_head: str = "",
     ) -> ExchangeRecord:
         """Build an exchange from a payload's SHA-256 (hex) and size, computed by the caller
-        (:func:`fedrisk.federation.exchange.content_digest` for a Flower message's content).
+        (:func:`fedrisk.wire.exchange.content_digest` for a Flower message's content).
 
         ``message_id`` defaults to :func:`derive_message_id`, which the other
         side computes identically from the same digest.

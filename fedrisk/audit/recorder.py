@@ -4,7 +4,7 @@ Both ends call :meth:`ExchangeRecorder.record` with the same message content,
 so both compute the same SHA-256 and size (over Flower's deterministic
 protobuf encoding of the content) and the same message id, and the run's
 ledgers can be cross-checked.  Content without a declared
-:class:`~fedrisk.federation.exchange.ExchangeHeader` is refused here: a
+:class:`~fedrisk.wire.exchange.ExchangeHeader` is refused here: a
 protocol cannot send an undeclared payload past the ledger.
 
 Ledger heads. Before a node sends a message it stamps the content with its
@@ -45,7 +45,7 @@ from flwr.app import ConfigRecord, RecordDict
 from fedrisk.audit.entry import CLOSE_HANDSHAKE_STEP, ExchangeRecord, signer_public_key
 from fedrisk.audit.store import Ledger
 from fedrisk.errors import LedgerError
-from fedrisk.federation.exchange import content_digest, read_header
+from fedrisk.wire.exchange import content_digest, read_header
 
 LEDGER_FILE = "ledger.sqlite"
 #: The content record carrying the sender's ledger head: ``{"count": int, "head": hex}``.

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from fedrisk.crypto.envelope import public_key_id
 from fedrisk.errors import ConfigError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import build_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
 
 

@@ -2,7 +2,7 @@
 
 The default is the product's main story, **vertical**: a bank (labels and its
 own account data), the tax bureau and an e-commerce/utility platform hold
-different columns about overlapping SMEs (:mod:`fedrisk.parties.synthetic`).
+different columns about overlapping SMEs (:mod:`fedrisk.data.synthetic`).
 Over real gRPC with TLS and node authentication on loopback they align their
 rows by PSI and train an encrypted logistic scorecard; the demo then prints
 bank-only vs federated vs centralised AUC and KS (the centralised model is
@@ -78,7 +78,7 @@ def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertica
     from sklearn.linear_model import LogisticRegression
 
     from fedrisk.models.metrics import auc, ks
-    from fedrisk.parties.datasplit import evaluation_mask
+    from fedrisk.data.datasplit import evaluation_mask
 
     blocks = [data.bank.feature_matrix()]
     for table in (data.tax_bureau, data.platform):
@@ -108,8 +108,8 @@ def run_vertical_demo(
     *, runs_dir: Path, rows: int, epochs: int, seed: int, model: str = "vertical_lr", trees: int = 10, console: Console | None = None,
 ) -> dict:
     """Bank + tax bureau + platform: PSI and an encrypted model over gRPC+TLS; writes ``summary.json``."""
-    from fedrisk.parties.datasplit import training_mask
-    from fedrisk.parties.synthetic import PARTY_SCHEMAS, generate_sme_data
+    from fedrisk.data.datasplit import training_mask
+    from fedrisk.data.synthetic import PARTY_SCHEMAS, generate_sme_data
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -182,9 +182,9 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
     from fedrisk.crypto.pki import load_federation_pki
     from fedrisk.models.metrics import auc
     from fedrisk.parties.alignment import allow_list_path
-    from fedrisk.parties.datasplit import evaluation_mask
-    from fedrisk.parties.scoring.client import ScoringClient
-    from fedrisk.parties.scoring.deploy import start_scoring_deployment
+    from fedrisk.data.datasplit import evaluation_mask
+    from fedrisk.scoring.client import ScoringClient
+    from fedrisk.scoring.deploy import start_scoring_deployment
     from fedrisk.v1 import scoring_pb2 as pb
 
     run_id = result.get("run_id", run_dir.name)
@@ -263,7 +263,7 @@ def _portfolio_policy(run_dir: Path) -> Path:
     """
     import re
 
-    from fedrisk.parties.scoring.policy import default_policy_path
+    from fedrisk.scoring.policy import default_policy_path
 
     text, found = re.subn(r"(?m)^deadline_ms = \d+(\.\d+)?", "deadline_ms = 2000", default_policy_path().read_text())
     if found != 1:
@@ -360,12 +360,12 @@ SCORECARD_LIVE_APPLICATIONS = 400
 
 def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, console: Console | None = None) -> dict:
     """The points scorecard: train in-process, deploy each party's own points table, decide live, show the bank's table."""
-    from fedrisk.cli_scorecard import render_points_table
+    from fedrisk.cli.scorecard import render_points_table
     from fedrisk.models.metrics import auc
-    from fedrisk.parties.scoring.bundles import load_bank_model, parse_trusted_keys
-    from fedrisk.parties.scoring.client import ScoringClient
-    from fedrisk.parties.scoring.deploy import start_example_deployment
-    from fedrisk.parties.scoring.example import build_points_example
+    from fedrisk.scoring.bundles import load_bank_model, parse_trusted_keys
+    from fedrisk.scoring.client import ScoringClient
+    from fedrisk.scoring.deploy import start_example_deployment
+    from fedrisk.scoring.example import build_points_example
     from fedrisk.v1 import scoring_pb2 as pb
 
     console = console or Console(stderr=True)
@@ -447,7 +447,7 @@ def _exact_points(decision) -> float:
 def _write_bank_shares(run_dir: Path, rows: int, seed: int) -> tuple[dict[str, Path], Path, dict]:
     from sklearn.model_selection import train_test_split
 
-    from fedrisk.parties.synthetic import BANK_SCHEMA, generate_sme_data
+    from fedrisk.data.synthetic import BANK_SCHEMA, generate_sme_data
 
     frame = generate_sme_data(rows, seed=seed).bank.to_dataframe()
     label = BANK_SCHEMA.label_column

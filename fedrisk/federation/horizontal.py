@@ -65,14 +65,14 @@ from typing import TYPE_CHECKING, Mapping, TypedDict, cast
 import numpy as np
 
 from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.config_values import as_float, as_int, config_float, config_int
-from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.config_values import as_float, as_int, config_float, config_int
+from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
     from fedrisk.crypto.ckks import PublicContext
-    from fedrisk.federation.checkpoint import CheckpointStore
+    from fedrisk.checkpoint import CheckpointStore
 
 AGGREGATIONS = ("ckks", "plain")
 #: Longest simulated straggler delay a bank accepts (seconds).
@@ -365,7 +365,7 @@ class _Aggregator:
 def _checkpoint_state(config: FedAvgConfig) -> str:
     from dataclasses import asdict
 
-    from fedrisk.federation.checkpoint import config_digest
+    from fedrisk.checkpoint import config_digest
 
     return config_digest({"protocol": "fedavg", **asdict(config)})
 

@@ -21,7 +21,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedrisk.audit.recorder import CLOSE_STEP, ExchangeRecorder, PendingRecord, with_head, without_head
-from fedrisk.federation.exchange import read_header
+from fedrisk.wire.exchange import read_header
 
 
 class LedgeredGrid(Grid):
@@ -97,8 +97,8 @@ def close_run(session, *, timeout: float = 60.0) -> dict[str, str]:
     then the coordinator writes its own run-close record. Sent even when the
     coordinator's own ledger is off: the parties' ledgers are theirs.
     """
-    from fedrisk.federation import message_types as mt
-    from fedrisk.federation.exchange import build_content
+    from fedrisk.wire import message_types as mt
+    from fedrisk.wire.exchange import build_content
 
     requests = {
         name: (mt.IDENTITY, build_content(session.header(0, CLOSE_STEP, name, "public")))

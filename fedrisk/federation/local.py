@@ -17,7 +17,7 @@ whose key is not registered is refused.
 Crash recovery: runs are submitted with ``recovery = true`` (the ServerApp
 checkpoints after every round and pauses for restarting parties, see
 :mod:`fedrisk.federation.server_app`). A party process or SuperNode that dies
-is restarted (:meth:`~fedrisk.parties.node.PartyNode.supervise`); a
+is restarted (:meth:`~fedrisk.parties.party_node.PartyNode.supervise`); a
 SuperLink that dies is restarted on the same ports and node registry (up to
 ``superlink_start_attempts`` starts, then a one-line error); a
 coordinator (``flwr-serverapp``) that dies without writing a result is
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import FedriskError, PartyUnavailableError
-from fedrisk.parties.node import ManagedProcess, PartyNode, free_port, node_env, spawn
+from fedrisk.parties.party_node import ManagedProcess, PartyNode, free_port, node_env, spawn
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from pathlib import Path
 from fedrisk.errors import ConfigError, FedriskError, PartyUnavailableError
 from fedrisk.federation.local import write_app, write_flwr_config
 from fedrisk.federation.server_app import RESULT_PREFIX
-from fedrisk.parties.node import node_env, spawn
+from fedrisk.parties.party_node import node_env, spawn
 
 
 @dataclass

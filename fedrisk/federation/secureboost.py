@@ -8,7 +8,7 @@ policy (kind per link, context fingerprint, the party named in it) on the way.
 See :mod:`fedrisk.parties.secureboost` for the messages of a round and
 :mod:`fedrisk.models.secureboost` for the protocol and its threat model.
 
-Recovery: with a :class:`~fedrisk.federation.checkpoint.CheckpointStore` the
+Recovery: with a :class:`~fedrisk.checkpoint.CheckpointStore` the
 coordinator checkpoints after the setup and after every completed round (the
 bank's round and the feature holders' answers to it) what the next round starts
 from — the replies it still has to hand the bank, the public context, the
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation import message_types as mt
+from fedrisk.wire import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
-from fedrisk.federation.exchange import build_content
-from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
+from fedrisk.wire.exchange import build_content
+from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
-    from fedrisk.federation.checkpoint import Checkpoint, CheckpointStore
+    from fedrisk.checkpoint import Checkpoint, CheckpointStore
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def checkpoint_digest(config: SecureBoostConfig, roles: VerticalRoles) -> str:
     """What a resumed SecureBoost run must share with the run it resumes."""
     from dataclasses import asdict
 
-    from fedrisk.federation.checkpoint import config_digest
+    from fedrisk.checkpoint import config_digest
 
     return config_digest({"protocol": "secureboost", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
 

@@ -31,9 +31,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.errors import ConfigError, FedriskError
-from fedrisk.federation.exchange import COORDINATOR
+from fedrisk.wire.exchange import COORDINATOR
 from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
-from fedrisk.federation.flower_tuning import shorten_object_pull_backoff, use_bundled_runtime_calls
+from fedrisk.wire.flower_tuning import shorten_object_pull_backoff, use_bundled_runtime_calls
 from fedrisk.federation.session import CoordinatorSession
 from fedrisk.federation.status import RunStatus, status_path
 
@@ -198,7 +198,7 @@ def run_echo(session: CoordinatorSession, run_config) -> dict:
     """
     import hashlib
 
-    from fedrisk.federation.exchange import ECHO, ECHO_CONTENT_CLASS, build_content
+    from fedrisk.wire.exchange import ECHO, ECHO_CONTENT_CLASS, build_content
 
     sizes = [int(v) for v in str(run_config.get("echo-sizes", "1024")).split(",") if v.strip()]
     counts = [int(v) for v in str(run_config.get("echo-counts", "50")).split(",") if v.strip()]
@@ -247,7 +247,7 @@ def main(grid: Grid, context: Context) -> None:
     status = RunStatus(status_path(run_dir) if recovery["checkpoint"] or recovery["pause_timeout"] > 0 else None, run_id)
     checkpoints = None
     if recovery["checkpoint"]:
-        from fedrisk.federation.checkpoint import CheckpointStore
+        from fedrisk.checkpoint import CheckpointStore
 
         checkpoints = CheckpointStore(run_dir / "coordinator" / "checkpoints" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
     try:

@@ -21,8 +21,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import (
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.exchange import (
     COORDINATOR,
     Exchange,
     ExchangeHeader,

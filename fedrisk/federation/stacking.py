@@ -15,7 +15,7 @@ bundle of the bank's (JSON + safetensors, Ed25519).
 Serving the stack as one model: the scoring node can (a stack folder of the
 bank's base bundles and this meta bundle, which names their run ids and
 digests; each feature holder asked once per application for every base
-learner: :mod:`fedrisk.parties.scoring.stack`). The demo still scores each base
+learner: :mod:`fedrisk.scoring.stack`). The demo still scores each base
 learner on its own node, because its meta-learner is fitted on the base
 learners' live scores — which exist only once each base learner is served — and
 each base run has its own PSI allow-list.
@@ -79,9 +79,9 @@ def _write_meta_bundle(run_dir: Path, meta_learner, run_id: str, bases: dict | N
     """The bank's meta-learner as a signed bundle (kind ``stacking_meta``), signed with the bank's ledger identity.
 
     ``bases`` (base learner name → the bank's verified base bundle, a
-    :class:`~fedrisk.parties.scoring.bundles.LoadedModel`) binds the meta-learner to
+    :class:`~fedrisk.scoring.bundles.LoadedModel`) binds the meta-learner to
     the exact base bundles it was fitted on (their run ids and manifest digests), as a
-    scoring node serving the stack as one model checks (:mod:`fedrisk.parties.scoring.stack`).
+    scoring node serving the stack as one model checks (:mod:`fedrisk.scoring.stack`).
     """
     from fedrisk.models.bundle import write_model_bundle
     from fedrisk.parties.identity import PartyIdentity
@@ -147,8 +147,8 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     from fedrisk.models.bundle import load_model_bundle
     from fedrisk.models.metrics import auc, ks
     from fedrisk.models.stacking import MetaLearner, fit_meta_learner
-    from fedrisk.parties.datasplit import evaluation_mask, training_mask
-    from fedrisk.parties.synthetic import PARTY_SCHEMAS, generate_sme_data
+    from fedrisk.data.datasplit import evaluation_mask, training_mask
+    from fedrisk.data.synthetic import PARTY_SCHEMAS, generate_sme_data
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -192,7 +192,7 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     trusted = run_dir / "coordinator" / "signing_keys.json"
     import json
 
-    from fedrisk.parties.scoring.bundles import load_bank_model
+    from fedrisk.scoring.bundles import load_bank_model
 
     keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
     bank_bases = {n: load_bank_model(results[n]["bundles"]["bank"], keys) for n in BASES}

@@ -20,7 +20,7 @@ uploaded and retried.
 
 So, here:
 
-1. **Bundles** (:mod:`fedrisk.federation.bundles`): a pull returns a message
+1. **Bundles** (:mod:`fedrisk.wire.bundles`): a pull returns a message
    with all its objects and confirms it, a push stores a message with its
    objects, each in one request. Flower's handlers do the work, one call per
    object, in process. Served as ``fedrisk.v1.FleetBundle`` on the Fleet gRPC
@@ -29,7 +29,7 @@ So, here:
    ``/v1/fedrisk/`` on the Runtime HTTP API (Flower's task-token authentication,
    :class:`RuntimeRoutes`).
 2. **Long polls**: a bundled pull waits, up to what the caller asks (at most
-   :data:`~fedrisk.federation.bundles.MAX_WAIT_SECONDS`), until there is a
+   :data:`~fedrisk.wire.bundles.MAX_WAIT_SECONDS`), until there is a
    message for it whose objects have all arrived — a SuperNode's pull until a
    message for that node is complete, the ServerApp's until every reply it
    asks for is complete (or :data:`REPLY_LINGER_SECONDS` after the first one).
@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fedrisk.federation.bundles import (
+from fedrisk.wire.bundles import (
     FLEET_PULL,
     FLEET_PUSH,
     MAX_WAIT_SECONDS,

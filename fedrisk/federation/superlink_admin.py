@@ -70,7 +70,7 @@ class SuperLinkAdmin:
         (home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def _env(self) -> dict[str, str]:
-        from fedrisk.parties.node import node_env
+        from fedrisk.parties.party_node import node_env
 
         return node_env(self.home)
 

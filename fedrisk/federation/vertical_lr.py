@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation import message_types as mt
+from fedrisk.wire import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
-from fedrisk.federation.config_values import config_bytes, config_float, config_int
-from fedrisk.federation.exchange import build_content
+from fedrisk.wire.config_values import config_bytes, config_float, config_int
+from fedrisk.wire.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
-    from fedrisk.federation.checkpoint import Checkpoint, CheckpointStore
+    from fedrisk.checkpoint import Checkpoint, CheckpointStore
 
 COORDINATOR = "coordinator"
 
@@ -84,7 +84,7 @@ def checkpoint_digest(config: VerticalLRConfig, roles: VerticalRoles) -> str:
     """What a resumed vertical-LR run must share with the run it resumes."""
     from dataclasses import asdict
 
-    from fedrisk.federation.checkpoint import config_digest
+    from fedrisk.checkpoint import config_digest
 
     return config_digest({"protocol": "vertical_lr", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
 

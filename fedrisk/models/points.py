@@ -17,7 +17,7 @@ risk**: with ``z`` the model's log-odds of default,
 
 At ``base_score`` the odds of good are ``base_odds`` : 1, and every ``PDO`` more
 points double them. Defaults (600 points at 50 : 1, 20 points to double) are those
-of the scoring node's policy (:class:`fedrisk.parties.scoring.policy.Policy`,
+of the scoring node's policy (:class:`fedrisk.scoring.policy.Policy`,
 ``base_points``, ``base_odds``, ``points_to_double_odds``), so the scorecard and
 the live decision speak the same points.
 
@@ -68,7 +68,7 @@ points table and answers its partial points as its share of the log-odds
 against their best bin — what the logistic scorecard's answer discloses (a
 partial log-odds and feature names), nothing per feature in points. The bank's
 node adds its own points (base, features, indicators) and every party's, so the
-live score is :meth:`PointsScorecard.score` (:mod:`fedrisk.parties.scoring.node`).
+live score is :meth:`PointsScorecard.score` (:mod:`fedrisk.scoring.scoring_node`).
 """
 
 from __future__ import annotations

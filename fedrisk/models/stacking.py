@@ -39,7 +39,7 @@ each role learns beyond a single run of each base protocol:
 Scoring: each base learner fans out exactly as when served alone (feature
 holders return partial scores or split answers); the meta-learner runs at the
 bank, so a feature holder learns nothing new at scoring time. Deployed, the
-stack is one model on one scoring node (:mod:`fedrisk.parties.scoring.stack`):
+stack is one model on one scoring node (:mod:`fedrisk.scoring.stack`):
 each feature holder is asked once per application for its part of every base
 learner, and the node's PD equals :meth:`VerticalStacking.predict_proba` with
 ``secure=False`` (plaintext sums of the same partial scores).

@@ -1211,7 +1211,7 @@ def make_context(*, galois: bool = True) -> ts.Context:
 
 def _table_parts(table: Any, label: str | None, who: str) -> tuple[pd.Index, np.ndarray, list[str], np.ndarray | None]:
     """``(ids, X, feature_names, labels)`` from a PartyTable, DataFrame, ndarray or (X, y)."""
-    if hasattr(table, "feature_matrix") and hasattr(table, "ids"):  # fedrisk.parties.table.PartyTable
+    if hasattr(table, "feature_matrix") and hasattr(table, "ids"):  # fedrisk.data.table.PartyTable
         ids = pd.Index(np.asarray(table.ids))
         X = np.asarray(table.feature_matrix(), dtype=np.float64)
         names = list(table.feature_names)

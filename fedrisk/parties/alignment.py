@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedrisk.errors import DataValidationError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.config_values import config_int, config_strings
-from fedrisk.federation.exchange import Exchange, build_content
-from fedrisk.parties.datasplit import evaluation_mask, training_mask
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.config_values import config_int, config_strings
+from fedrisk.wire.exchange import Exchange, build_content
+from fedrisk.data.datasplit import evaluation_mask, training_mask
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -82,7 +82,7 @@ class AlignedRows:
         True for training rows (label holder only; feature holders get it in the plan).
     eval_mask : ndarray or None
         Label holder: the held-out rows kept apart from early stopping, on which
-        the joint model's metrics are reported (:func:`~fedrisk.parties.datasplit.evaluation_mask`).
+        the joint model's metrics are reported (:func:`~fedrisk.data.datasplit.evaluation_mask`).
     intersection : dict of str → int
         Label holder: intersection size per feature holder.
     """

@@ -12,8 +12,8 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedrisk.federation.exchange import ECHO, echo_reply
-from fedrisk.federation.message_types import MESSAGE_TYPES
+from fedrisk.wire.exchange import ECHO, echo_reply
+from fedrisk.wire.message_types import MESSAGE_TYPES
 from fedrisk.parties.ledger_mod import ledger_mod
 from fedrisk.parties.relay import relay_call
 

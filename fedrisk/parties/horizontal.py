@@ -50,12 +50,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.config_values import config_float, config_int, config_strings
-from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.config_values import config_float, config_int, config_strings
+from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.models.metrics import auc, ks
 from fedrisk.models.neural import ModelSpec, RiskNet
-from fedrisk.parties.datasplit import train_validation_split
+from fedrisk.data.datasplit import train_validation_split
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -314,7 +314,7 @@ class HorizontalParty:
         content = self._encode(exchange, update, "fedavg.update")
         from flwr.app import ConfigRecord
 
-        from fedrisk.federation.exchange import CONFIG_RECORD
+        from fedrisk.wire.exchange import CONFIG_RECORD
 
         content[CONFIG_RECORD] = ConfigRecord({"train_loss": float(loss), "n_params": int(model.n_params), **metrics})
         return content

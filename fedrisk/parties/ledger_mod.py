@@ -85,8 +85,8 @@ def ledger_enabled(context: Context) -> bool:
 
 def _is_close(msg: Message) -> bool:
     from fedrisk.audit.recorder import CLOSE_STEP
-    from fedrisk.federation import message_types as mt
-    from fedrisk.federation.exchange import read_header
+    from fedrisk.wire import message_types as mt
+    from fedrisk.wire.exchange import read_header
 
     if msg.metadata.message_type != mt.IDENTITY or not msg.has_content():
         return False
@@ -162,7 +162,7 @@ def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 def _run_id(msg: Message) -> str:
-    from fedrisk.federation.exchange import read_header
+    from fedrisk.wire.exchange import read_header
 
     return read_header(msg.content).run_id
 
@@ -170,7 +170,7 @@ def _run_id(msg: Message) -> str:
 def _close_reply(msg: Message, head: tuple[int, str] | None) -> Message:
     """The answer to ``ledger.close``: stamped with the head that includes the run-close record."""
     from fedrisk.audit.recorder import with_head
-    from fedrisk.federation.exchange import build_content, read_header
+    from fedrisk.wire.exchange import build_content, read_header
 
     header = read_header(msg.content).reply("public")
     if head is None:

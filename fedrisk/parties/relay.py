@@ -31,7 +31,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
-from fedrisk.federation.exchange import ECHO
+from fedrisk.wire.exchange import ECHO
 
 MAGIC = b"FRR1"
 MAX_HEADER_BYTES = 64 * 1024

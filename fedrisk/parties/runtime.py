@@ -34,8 +34,8 @@ from typing import Callable
 from flwr.app import Context, RecordDict
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.exchange import Exchange, ExchangeHeader, build_content, read_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.exchange import Exchange, ExchangeHeader, build_content, read_content
 from fedrisk.parties.identity import PartyIdentity
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
 
@@ -65,7 +65,7 @@ class PartyRuntime:
 
     @cached_property
     def table(self):  # -> PartyTable
-        from fedrisk.parties.table import TableSchema, load_party_table
+        from fedrisk.data.table import TableSchema, load_party_table
 
         schema = TableSchema.from_dict(self.settings.schema)
         return load_party_table(self.settings.data, schema, name=self.settings.name)
@@ -138,7 +138,7 @@ class PartyRuntime:
             raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")
         key = None
         if message_type != mt.IDENTITY:
-            from fedrisk.federation.exchange import content_digest
+            from fedrisk.wire.exchange import content_digest
 
             key = hashlib.sha256(message_type.encode() + b"\0" + content_digest(content)[0].encode("ascii")).hexdigest()
             cached = self._replies.get(key)

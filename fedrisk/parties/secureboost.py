@@ -14,7 +14,7 @@ two exchanges (the coordinator's side is :mod:`fedrisk.federation.secureboost`):
     sb.bank   coordinator → label holder     every feature holder's replies
               label holder → coordinator     its next outbox, per feature holder
 
-Payloads of several kinds share a message as :mod:`fedrisk.federation.payload_batch`
+Payloads of several kinds share a message as :mod:`fedrisk.wire.payload_batch`
 describes. The label holder trains on its training rows only; once the trees are
 done each feature holder answers its splits for the validation rows (public, as
 at scoring time) so that the bank can measure the joint model, and each party
@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.config_values import config_bytes, config_float, config_int
-from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.config_values import config_bytes, config_float, config_int
+from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
-from fedrisk.federation.payload_batch import BatchItem, batch_class, batch_content, batch_items
+from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.secureboost_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
 from fedrisk.parties.vertical_lr import _Durable, load_public_context
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.checkpoint import Checkpoint
+from fedrisk.checkpoint import Checkpoint
 from fedrisk.parties.vertical_lr_state import array_bytes, array_from, to_json
 
 #: Mutable fields of the label holder after setup (``model_`` exists once training is done).

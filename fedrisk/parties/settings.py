@@ -26,7 +26,7 @@ class PartySettings:
     data : str
         Path to the party's table (CSV or Parquet).
     schema : dict
-        The table's declared schema (:class:`fedrisk.parties.table.TableSchema` as a dict).
+        The table's declared schema (:class:`fedrisk.data.table.TableSchema` as a dict).
     state_dir : str
         Private folder (0700) for keys, the ledger and model bundles.
     validation : dict

@@ -10,7 +10,7 @@ unmodified ``flower-supernode`` with:
   that waits at the SuperLink for the next message (up to
   :data:`LONG_POLL_SECONDS`) and brings it with its objects, and a reply pushed
   with its objects, one request each (:class:`BundleLink`,
-  :mod:`fedrisk.federation.bundles`);
+  :mod:`fedrisk.wire.bundles`);
 * against any other SuperLink, Flower's own calls with waits following the
   node's activity (:class:`FleetPoll`: a pull 5 ms after the node's last
   message, slowing to a tenth of the idle time and at most every
@@ -48,9 +48,9 @@ other hosts, behind NATs and firewalls:
   5-minute minimum ping interval without data never applies).
 * **message size**: Flower's limit is 2 GiB - 1 each way
   (``flwr.supercore.grpc.GRPC_MAX_MESSAGE_LENGTH``) and is kept; fedrisk caps
-  a single payload blob at 256 MiB (:data:`fedrisk.federation.exchange.MAX_BLOB_BYTES`),
+  a single payload blob at 256 MiB (:data:`fedrisk.wire.exchange.MAX_BLOB_BYTES`),
   Flower 1.39 sends large arrays as separately pulled objects of 5 MiB, and a
-  bundle carries at most :data:`fedrisk.federation.bundles.MAX_BUNDLE_BYTES`
+  bundle carries at most :data:`fedrisk.wire.bundles.MAX_BUNDLE_BYTES`
   of them, so no single gRPC message approaches it.
 """
 
@@ -319,7 +319,7 @@ class _SuperNodeTime:
 
 
 class BundleLink:
-    """The SuperNode's side of fedrisk's bundled Fleet calls (:mod:`fedrisk.federation.bundles`).
+    """The SuperNode's side of fedrisk's bundled Fleet calls (:mod:`fedrisk.wire.bundles`).
 
     A pull is one request that may wait at the SuperLink for a message and
     brings it with its objects, already confirmed; a push is one request with
@@ -349,7 +349,7 @@ class BundleLink:
         return {i: self.carried.pop(i) for i in object_ids}
 
     def attach(self, channel):
-        from fedrisk.federation.bundles import FLEET_PULL, FLEET_PUSH, Bundle
+        from fedrisk.wire.bundles import FLEET_PULL, FLEET_PUSH, Bundle
 
         self.channel = channel
         self._pull = channel.unary_unary(FLEET_PULL, request_serializer=Bundle.SerializeToString, response_deserializer=Bundle.FromString)
@@ -375,7 +375,7 @@ class BundleLink:
         """``(PullMessagesResponse, Bundle)``, or ``None`` (then use Flower's pull)."""
         from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=no-name-in-module
 
-        from fedrisk.federation.bundles import Bundle
+        from fedrisk.wire.bundles import Bundle
 
         answer = self._call(self._pull, Bundle(PullMessagesRequest(node=node).SerializeToString(), {"wait": wait}), wait + 30.0)
         if answer is None:
@@ -387,7 +387,7 @@ class BundleLink:
         """The ``PushMessagesResponse`` (objects still to push in ``objects_to_push``), or ``None``."""
         from flwr.proto.fleet_pb2 import PushMessagesResponse  # pylint: disable=no-name-in-module
 
-        from fedrisk.federation.bundles import Bundle
+        from fedrisk.wire.bundles import Bundle
 
         answer = self._call(self._push, Bundle(request.SerializeToString(), {}, objects), 300.0)
         if answer is None:
@@ -440,7 +440,7 @@ class BundleLink:
         from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
         from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
 
-        from fedrisk.federation.bundles import gather_objects
+        from fedrisk.wire.bundles import gather_objects
 
         state, store, flower_send = kwargs["state"], kwargs["object_store"], kwargs["send"]
 
@@ -548,7 +548,7 @@ def _option(args: list[str], name: str, default: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from flwr.supernode.cli import flower_supernode
 
-    from fedrisk.federation.flower_tuning import shorten_object_pull_backoff
+    from fedrisk.wire.flower_tuning import shorten_object_pull_backoff
 
     args = list(sys.argv[1:] if argv is None else argv)
     isolation = _option(args, "--isolation", "")

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 
 from fedrisk.errors import CryptoError, ProtocolError
-from fedrisk.federation import message_types as mt
-from fedrisk.federation.config_values import config_bytes, config_float, config_int
-from fedrisk.federation.exchange import Exchange, build_content
+from fedrisk.wire import message_types as mt
+from fedrisk.wire.config_values import config_bytes, config_float, config_int
+from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, FeatureHolderAlignment, LabelHolderAlignment, bank_only_metrics
 from fedrisk.parties.vertical_lr_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
 

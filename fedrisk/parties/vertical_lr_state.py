@@ -13,7 +13,7 @@ private state folder (``recovery/<run-id>/``, files 0600)::
                              the mutable fields of the model and the answer itself,
                              keyed by the SHA-256 of the request it answered
 
-Both are :class:`~fedrisk.federation.checkpoint.CheckpointStore` folders
+Both are :class:`~fedrisk.checkpoint.CheckpointStore` folders
 (atomic JSON plus byte blobs, no pickle: arrays are ``.npy`` bytes read back
 with ``allow_pickle=False``). Restoring rebuilds the model exactly as the
 setup did — same aligned rows, same plan, same context — then puts the saved
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from fedrisk.errors import ProtocolError
-from fedrisk.federation.checkpoint import Checkpoint, CheckpointStore
+from fedrisk.checkpoint import Checkpoint, CheckpointStore
 
 #: Mutable fields of each model after setup: dotted paths ("_opt.w" is the optimiser's weights).
 LABEL_HOLDER_FIELDS = (

@@ -11,7 +11,7 @@ table — and they are scored on **the same rows** as the federated model:
   epochs, batch size, learning rate and seeds (FedAvg with one bank holding
   everything *is* centralised training);
 * vertical: every model is scored on the label holder's validation rows
-  (:func:`~fedrisk.parties.datasplit.training_mask`, the split the protocol
+  (:func:`~fedrisk.data.datasplit.training_mask`, the split the protocol
   uses).  *Party alone* is logistic regression (scikit-learn, same ``C``) on
   one party's features, with the label holder's labels — for a feature holder
   a what-if no real party could run, since it holds no labels; a feature
@@ -141,7 +141,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, train: np.ndarray, c: float) -> tupl
 
 def vertical_baselines(data, scenario) -> list[BaselineScore]:
     """Each party's columns alone and all columns joined, scored on the label holder's validation rows."""
-    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.data.datasplit import training_mask
 
     blocks, y = vertical_blocks(data)
     train = training_mask(y, data.validation)

@@ -1,7 +1,7 @@
 """The tables of one simulated run: generated or read, held out, partitioned, written.
 
 Horizontal runs need one pooled table of SMEs with labels: the synthetic
-bank table (:func:`fedrisk.parties.synthetic.generate_sme_data`) or a CSV
+bank table (:func:`fedrisk.data.synthetic.generate_sme_data`) or a CSV
 (``data.path``).  A stratified ``data.test-fraction`` of it (or
 ``data.test-path``) is a **common hold-out** every bank evaluates on — the
 rows the comparison table scores every model on — and the rest is cut into
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.errors import ConfigError
-from fedrisk.parties.table import ColumnType, PartyTable, TableSchema
+from fedrisk.data.table import ColumnType, PartyTable, TableSchema
 from fedrisk.simulation.partition import coverage_subset, partition
 from fedrisk.simulation.scenario import Scenario
 
@@ -135,7 +135,7 @@ def _write(frame: pd.DataFrame, path: Path) -> Path:
 def _horizontal_pool(scenario: Scenario) -> tuple[PartyTable, PartyTable | None]:
     data = scenario.values["data"]
     if data["source"] == "synthetic":
-        from fedrisk.parties.synthetic import generate_sme_data
+        from fedrisk.data.synthetic import generate_sme_data
 
         return generate_sme_data(int(data["rows"]), seed=scenario.seed).bank, None
     pool = read_csv_table(data["path"], id_column=data["id-column"], label_column=data["label-column"], name="pool")
@@ -225,7 +225,7 @@ def prepare_vertical(scenario: Scenario, folder: Path) -> VerticalData:
     coverage = dict(scenario.get("partitioning.coverage"))
     tables: dict[str, PartyTable] = {}
     if data["source"] == "synthetic":
-        from fedrisk.parties.synthetic import generate_sme_data
+        from fedrisk.data.synthetic import generate_sme_data
 
         generated = generate_sme_data(
             int(data["rows"]),

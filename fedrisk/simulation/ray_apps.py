@@ -18,7 +18,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedrisk.federation.message_types import MESSAGE_TYPES
+from fedrisk.wire.message_types import MESSAGE_TYPES
 
 #: The run config the wrapped ServerApp runs with (set by the engine before each run).
 RUN_CONFIG: dict = {}

@@ -153,7 +153,7 @@ def _parties(scenario: Scenario, folder: Path):
 def _train_rows(scenario: Scenario, data) -> int:
     if scenario.horizontal:
         return sum(int(y.size) for _, y in data.train.values())
-    from fedrisk.parties.datasplit import training_mask
+    from fedrisk.data.datasplit import training_mask
 
     holder = data.tables[data.label_holder]
     return int(training_mask(holder.labels, data.validation).sum())
