@@ -408,7 +408,7 @@ class _Parser:
         return CIPHERTEXT, f"{len(blobs)} ciphertext(s) under {fingerprint}", levels
 
     def frame(self, data: bytes, base: dict, hints: dict) -> Part:
-        from fedrisk.crypto.encrypted_matvec import unpack_frame
+        from fedrisk.crypto.frames import unpack_frame
 
         try:
             kind, fp, header, blobs = unpack_frame(data)

@@ -16,13 +16,12 @@ from fedrisk.crypto.encrypted_matvec import (
     check_group_sizes,
     context_fingerprint,
     decrypt_ciphertexts,
-    pack_frame,
     reduce_product,
     residual_level,
     residual_scale,
-    secure_normal,
-    unpack_frame,
 )
+from fedrisk.crypto.frames import pack_frame, unpack_frame
+from fedrisk.crypto.secure_random import secure_normal
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
 
 

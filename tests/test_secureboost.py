@@ -13,7 +13,8 @@ from sklearn.model_selection import train_test_split
 
 from fedrisk.crypto.bfv import BFVRuntime
 from fedrisk.crypto.encrypted_histogram import decrypt_histogram, make_histogram_context
-from fedrisk.crypto.encrypted_matvec import context_fingerprint, pack_frame
+from fedrisk.crypto.encrypted_matvec import context_fingerprint
+from fedrisk.crypto.frames import pack_frame
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ContextMismatchError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.bundle import load_model_bundle, write_model_bundle

@@ -122,7 +122,7 @@ def test_feature_holders_get_only_ciphertexts_of_g_h_and_public_protocol_items(b
 
 
 def _kind(data: bytes) -> str:
-    from fedrisk.crypto.encrypted_matvec import peek_frame
+    from fedrisk.crypto.frames import peek_frame
 
     return peek_frame(data)[0].decode()
 

@@ -23,7 +23,7 @@ from scipy.optimize import brentq
 
 from fedrisk.crypto.bfv import BFVRuntime
 from fedrisk.crypto.encrypted_histogram import OUTPUT_LEVEL, decrypt_histogram, decrypt_slots, quantisation
-from fedrisk.crypto.encrypted_matvec import pack_frame, unpack_frame
+from fedrisk.crypto.frames import pack_frame, unpack_frame
 from fedrisk.errors import ProtocolError
 from fedrisk.models.woe import (
     SMOOTHING,

@@ -136,7 +136,8 @@ import tenseal as ts
 import tenseal.sealapi as sa
 
 from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, make_bfv_context, public_bfv_context_bytes, uniform_noise_rns
-from fedrisk.crypto.encrypted_matvec import _recv, _send, _WorkerPool, pack_frame, unpack_frame
+from fedrisk.crypto.frames import pack_frame, unpack_frame
+from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
 __all__ = [
@@ -661,7 +662,7 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
     runtime: BFVRuntime | None = None
     while True:
         try:
-            kind, fp, header, blobs = unpack_frame(_recv(inp))
+            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
         except EOFError:
             return
         try:
@@ -675,22 +676,22 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
                 onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
                 kernel = _BSGSKernel(runtime, onehot, F=int(header["F"]), B=int(header["B"]),
                                      units=[tuple(u) for u in header["units"]], cache_plaintexts=bool(header["cache"]))
-                _send(out, pack_frame(b"OKAY", fp, {}))
+                send_frame(out, pack_frame(b"OKAY", fp, {}))
             elif kind == b"HGRD":
                 if kernel is None or runtime is None:
                     raise ProtocolError("worker got gradients before HINI")
                 kernel.set_gradients([runtime.load(b) for b in blobs])
-                _send(out, pack_frame(b"OKAY", fp, {}))
+                send_frame(out, pack_frame(b"OKAY", fp, {}))
             elif kind == b"HNOD":
                 if kernel is None or runtime is None:
                     raise ProtocolError("worker got a node before HINI")
                 nodes = [np.unpackbits(np.frombuffer(b, dtype=np.uint8), count=kernel.n_rows).astype(bool) for b in blobs]
                 parts = [p for per_node in kernel.run(nodes) for p in per_node]
-                _send(out, pack_frame(b"RSLT", fp, {}, [b"" if p is None else runtime.dump(p) for p in parts]))
+                send_frame(out, pack_frame(b"RSLT", fp, {}, [b"" if p is None else runtime.dump(p) for p in parts]))
             else:
                 raise ProtocolError(f"unknown worker command {kind!r}")
         except Exception as exc:  # report, keep serving
-            _send(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
 _BOOT = (
@@ -699,10 +700,11 @@ _BOOT = (
 )
 
 
-class _Workers(_WorkerPool):
+class _Workers(WorkerPool):
     """The histogram kernel's worker pool (frames over pipes, no pickle), booting this module's loop."""
 
     boot = _BOOT
+    what = "histogram worker"
 
 
 # --------------------------------------------------------------------------- feature holder: kernel
@@ -804,7 +806,7 @@ class EncryptedHistogramKernel:
             self._local = _BSGSKernel(self.runtime, padded, F=F, B=B, units=units, cache_plaintexts=cache)
         else:
             self._pool = _Workers(n_workers)
-            weakref.finalize(self, _WorkerPool.close, self._pool)
+            weakref.finalize(self, WorkerPool.close, self._pool)
             seeded = getattr(context, "_fedrisk_seeded_galois", None)
             shared = ([public_bfv_context_bytes(context, galois=False), seeded] if seeded is not None else
                       [context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)])

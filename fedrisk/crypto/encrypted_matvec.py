@@ -183,12 +183,8 @@ itself would accept them (same parameters) and decrypt to garbage.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import struct
-import subprocess
-import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -198,12 +194,13 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
+from fedrisk.crypto.frames import pack_frame, unpack_frame
 from fedrisk.crypto.seal_runtime import SealRuntime, context_fingerprint
+from fedrisk.crypto.secure_random import secure_normal, secure_uniform
+from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
 
 __all__ = [
-    "FRAME_MAGIC",
-    "FRAME_VERSION",
     "MIN_MASK_BITS",
     "CKKSRuntime",
     "EncryptedMatVec",
@@ -212,8 +209,6 @@ __all__ = [
     "PackingLayout",
     "context_fingerprint",
     "decrypt_ciphertexts",
-    "pack_frame",
-    "peek_frame",
     "check_fingerprint",
     "check_group_sizes",
     "reduce_product",
@@ -221,14 +216,9 @@ __all__ = [
     "residual_scale",
     "product_scale",
     "run_mask_bits",
-    "secure_normal",
-    "secure_uniform",
     "score_level",
-    "unpack_frame",
 ]
 
-FRAME_MAGIC = b"FRSK"
-FRAME_VERSION = 1
 MIN_MASK_BITS = 16
 """Refuse to reveal a masked value whose statistical distance bound exceeds 2^-16."""
 
@@ -247,8 +237,6 @@ SCORE_BITS = 18
 FLOOD_STD = 2.0**8
 """Std (per real component) of the Gaussian that floods each slot's own evaluation noise in a masked product."""
 
-_MAX_HEADER = 1 << 20
-
 
 # --------------------------------------------------------------------------- fingerprint
 
@@ -256,113 +244,7 @@ _MAX_HEADER = 1 << 20
 # --------------------------------------------------------------------------- randomness
 
 
-def secure_uniform(low: float, high: float, size: int) -> np.ndarray:
-    """Uniform doubles in ``[low, high)`` from ``os.urandom`` (masks must not be predictable)."""
-    raw = np.frombuffer(os.urandom(8 * int(size)), dtype=np.uint64)
-    unit = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return low + (high - low) * unit
-
-
-def secure_normal(loc: float, scale: float, size: int) -> np.ndarray:
-    """Gaussian doubles from ``os.urandom`` (Box–Muller)."""
-    u1 = secure_uniform(0.0, 1.0, size)
-    u2 = secure_uniform(0.0, 1.0, size)
-    return loc + scale * np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
-
-
 # --------------------------------------------------------------------------- binary frames
-
-
-def pack_frame(kind: bytes, fingerprint: str, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
-    """Serialise one payload: magic, version, kind, fingerprint, JSON header, blobs.
-
-    Layout (little endian)::
-
-        b"FRSK" | u8 version | 4-byte kind | 8-byte fingerprint |
-        u32 header length | UTF-8 JSON header | u32 blob count | (u64 length | bytes)*
-    """
-    if len(kind) != 4:
-        raise ProtocolError(f"payload kind must be 4 bytes, got {kind!r}")
-    fp = _fingerprint_bytes(fingerprint)
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    parts = [FRAME_MAGIC, bytes([FRAME_VERSION]), kind, fp, struct.pack("<I", len(head)), head]
-    parts.append(struct.pack("<I", len(blobs)))
-    for blob in blobs:
-        parts.append(struct.pack("<Q", len(blob)))
-        parts.append(bytes(blob))
-    return b"".join(parts)
-
-
-def unpack_frame(data: bytes, kind: bytes | None = None) -> tuple[bytes, str, dict[str, Any], list[bytes]]:
-    """Parse a frame made by :func:`pack_frame`; returns ``(kind, fingerprint, header, blobs)``.
-
-    Raises
-    ------
-    ProtocolError
-        Bad magic, version, kind, truncated or trailing data, or a header that is not a JSON object.
-    """
-    view = memoryview(data)
-    if len(view) < 21 or bytes(view[:4]) != FRAME_MAGIC:
-        raise ProtocolError("payload is not a fedrisk frame (bad magic or too short)")
-    if view[4] != FRAME_VERSION:
-        raise ProtocolError(f"payload frame version {view[4]} is not supported (expected {FRAME_VERSION})")
-    got_kind = bytes(view[5:9])
-    if kind is not None and got_kind != kind:
-        raise ProtocolError(f"expected a {kind.decode()} payload, got {got_kind.decode(errors='replace')}")
-    fingerprint = bytes(view[9:17]).hex()
-    (hlen,) = struct.unpack_from("<I", view, 17)
-    pos = 21
-    if hlen > _MAX_HEADER or pos + hlen + 4 > len(view):
-        raise ProtocolError("payload header is truncated or too large")
-    try:
-        header = json.loads(bytes(view[pos : pos + hlen]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("payload header is not a JSON object")
-    pos += hlen
-    (count,) = struct.unpack_from("<I", view, pos)
-    pos += 4
-    blobs: list[bytes] = []
-    for _ in range(count):
-        if pos + 8 > len(view):
-            raise ProtocolError("payload is truncated (blob length)")
-        (blen,) = struct.unpack_from("<Q", view, pos)
-        pos += 8
-        if pos + blen > len(view):
-            raise ProtocolError("payload is truncated (blob data)")
-        blobs.append(bytes(view[pos : pos + blen]))
-        pos += blen
-    if pos != len(view):
-        raise ProtocolError(f"payload has {len(view) - pos} trailing bytes")
-    return got_kind, fingerprint, header, blobs
-
-
-def peek_frame(data: bytes) -> tuple[bytes, str, dict[str, Any]]:
-    """Kind, fingerprint and header of a frame without copying its blobs (for routing)."""
-    view = memoryview(data)
-    if len(view) < 21 or bytes(view[:4]) != FRAME_MAGIC or view[4] != FRAME_VERSION:
-        raise ProtocolError("payload is not a fedrisk frame (bad magic, version or length)")
-    (hlen,) = struct.unpack_from("<I", view, 17)
-    if hlen > _MAX_HEADER or 21 + hlen > len(view):
-        raise ProtocolError("payload header is truncated or too large")
-    try:
-        header = json.loads(bytes(view[21 : 21 + hlen]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("payload header is not a JSON object")
-    return bytes(view[5:9]), bytes(view[9:17]).hex(), header
-
-
-def _fingerprint_bytes(fingerprint: str) -> bytes:
-    try:
-        raw = bytes.fromhex(fingerprint)
-    except ValueError:
-        raw = b""
-    if len(raw) != 8:
-        raise ProtocolError(f"context fingerprint must be 16 hex digits, got {fingerprint!r}")
-    return raw
 
 
 def check_fingerprint(expected: str, got: str, what: str) -> None:
@@ -908,27 +790,6 @@ def _value_bounds(X: np.ndarray, groups: Sequence[tuple[int, int]], slots: int, 
 # --------------------------------------------------------------------------- worker processes
 
 
-def _read_exact(stream: Any, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError("pipe closed")
-        buf += chunk
-    return bytes(buf)
-
-
-def _send(stream: Any, frame: bytes) -> None:
-    stream.write(struct.pack("<Q", len(frame)))
-    stream.write(frame)
-    stream.flush()
-
-
-def _recv(stream: Any) -> bytes:
-    (n,) = struct.unpack("<Q", _read_exact(stream, 8))
-    return _read_exact(stream, n)
-
-
 def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
     """Serve INIT/MATV/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
     kernel: _PackedKernel | None = None
@@ -936,7 +797,7 @@ def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a c
     context = None
     while True:
         try:
-            kind, fp, header, blobs = unpack_frame(_recv(inp))
+            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
         except EOFError:
             return
         try:
@@ -956,16 +817,16 @@ def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a c
                     cache_plaintexts=bool(header["cache"]),
                     reduce=bool(header["reduce"]),
                 )
-                _send(out, pack_frame(b"OKAY", fp, {}))
+                send_frame(out, pack_frame(b"OKAY", fp, {}))
             elif kind == b"MATV":
                 if kernel is None or runtime is None:
                     raise ProtocolError("worker got MATV before INIT")
                 result = kernel.run([runtime.load(b) for b in blobs])
-                _send(out, pack_frame(b"RSLT", fp, {}, [runtime.dump(c) for c in result]))
+                send_frame(out, pack_frame(b"RSLT", fp, {}, [runtime.dump(c) for c in result]))
             else:
                 raise ProtocolError(f"unknown worker command {kind!r}")
         except Exception as exc:  # report, keep serving
-            _send(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
 _WORKER_BOOT = (
@@ -974,77 +835,11 @@ _WORKER_BOOT = (
 )
 
 
-class _WorkerPool:
-    """The feature holder's own worker processes, one per feature block.
+class _MatVecWorkers(WorkerPool):
+    """The feature holder's matvec workers, one per feature block, booting this module's loop."""
 
-    Fresh ``python`` children talking length-prefixed frames over dedicated pipes:
-    no pickling, and no re-import of the caller's ``__main__`` (which
-    ``multiprocessing`` spawn would need guarded). Their stdout goes to stderr.
-    """
-
-    #: The ``python -c`` line a child runs: the module whose worker loop it serves.
-    boot: str = _WORKER_BOOT
-
-    def __init__(self, n: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.links: list[tuple[Any, Any]] = []
-        for _ in range(n):
-            to_child_r, to_child_w = os.pipe()
-            from_child_r, from_child_w = os.pipe()
-            proc = subprocess.Popen(
-                [sys.executable, "-c", self.boot, str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
-                close_fds=True,
-            )
-            os.close(to_child_r)
-            os.close(from_child_w)
-            self.procs.append(proc)
-            self.links.append((os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb")))
-
-    def scatter(self, frames: Sequence[bytes]) -> list[list[bytes]]:
-        """Send one frame to each worker, then collect every reply (workers run concurrently)."""
-        try:
-            for (w, _), frame in zip(self.links, frames, strict=True):
-                _send(w, frame)
-            replies = [_recv(r) for _, r in self.links]
-        except (OSError, EOFError) as exc:
-            raise CryptoError(f"matvec worker process died: {exc}") from None
-        results = []
-        for reply in replies:
-            kind, _, header, blobs = unpack_frame(reply)
-            if kind == b"ERRR":
-                raise CryptoError(f"matvec worker failed: {header.get('error', '?')}")
-            results.append(blobs)
-        return results
-
-    def close(self) -> None:
-        for w, r in self.links:
-            try:
-                _send(w, pack_frame(b"STOP", "0" * 16, {}))
-            except (OSError, ValueError):
-                pass
-            for stream in (w, r):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.links, self.procs = [], []
-
-
-def _has_fileno(stream: Any) -> bool:
-    try:
-        stream.fileno()
-        return True
-    except (AttributeError, OSError, ValueError):
-        return False
+    boot = _WORKER_BOOT
+    what = "matvec worker"
 
 
 # --------------------------------------------------------------------------- public kernel
@@ -1155,14 +950,14 @@ class EncryptedMatVec:
         n_plain = self.n_chunks * self.n_features
         plain_bytes = n_plain * self.runtime.slots * 2 * len(self._primes_at(self.level_)) * 8
         self.cache_plaintexts_ = bool(plain_bytes <= cache_bytes) if cache_plaintexts == "auto" else bool(cache_plaintexts)
-        self._pool: _WorkerPool | None = None
+        self._pool: _MatVecWorkers | None = None
         self._kernels: list[_PackedKernel] = []
         n_workers = len(self.layout_.blocks)
         if n_workers <= 1:
             self._kernels = [self._local_kernel(X, 0)]
         else:
-            self._pool = _WorkerPool(n_workers)
-            weakref.finalize(self, _WorkerPool.close, self._pool)
+            self._pool = _MatVecWorkers(n_workers)
+            weakref.finalize(self, WorkerPool.close, self._pool)
             ctx_bytes = context.serialize(
                 save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False
             )

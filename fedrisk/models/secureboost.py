@@ -105,11 +105,8 @@ from fedrisk.crypto.encrypted_histogram import (
     encrypt_gradients,
     make_histogram_context,
 )
-from fedrisk.crypto.encrypted_matvec import (
-    check_fingerprint,
-    context_fingerprint,
-    peek_frame,
-)
+from fedrisk.crypto.encrypted_matvec import check_fingerprint, context_fingerprint
+from fedrisk.crypto.frames import peek_frame
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.secureboost_payloads import (
     PAYLOAD_TYPES,

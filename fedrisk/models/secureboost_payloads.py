@@ -2,7 +2,7 @@
 
 Each payload is a frozen dataclass with a 4-byte ``KIND`` and a declared
 ``content_class`` (``ciphertext`` or ``public`` here; the audit ledger records it),
-serialised by :func:`fedrisk.crypto.encrypted_matvec.pack_frame` — magic, version,
+serialised by :func:`fedrisk.crypto.frames.pack_frame` — magic, version,
 kind, the context fingerprint, a JSON header and binary blobs (SEAL
 ciphertexts, packed row bitmaps). Nothing is pickled; every parser validates
 sizes and types and raises a one-line :class:`~fedrisk.errors.ProtocolError`.
@@ -32,7 +32,7 @@ import numpy as np
 import tenseal as ts
 
 from fedrisk.crypto.encrypted_histogram import HistogramLayout
-from fedrisk.crypto.encrypted_matvec import peek_frame
+from fedrisk.crypto.frames import peek_frame
 from fedrisk.errors import ProtocolError
 from fedrisk.models.vertical_lr import VerticalPayload, _h_bool, _h_int, _h_str
 

@@ -103,17 +103,15 @@ from fedrisk.crypto.encrypted_matvec import (
     check_group_sizes,
     context_fingerprint,
     decrypt_ciphertexts,
-    pack_frame,
-    peek_frame,
     product_scale,
     reduce_product,
     residual_level,
     residual_scale,
     run_mask_bits,
     score_level,
-    secure_normal,
-    unpack_frame,
 )
+from fedrisk.crypto.frames import pack_frame, peek_frame, unpack_frame
+from fedrisk.crypto.secure_random import secure_normal
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.metrics import auc, ks
 
@@ -210,7 +208,7 @@ class VerticalPayload:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialise (no pickle): see :func:`fedrisk.crypto.encrypted_matvec.pack_frame`."""
+        """Serialise (no pickle): see :func:`fedrisk.crypto.frames.pack_frame`."""
         return pack_frame(self.KIND, self.fingerprint, self._header(), self._blobs())
 
     @classmethod
