@@ -148,10 +148,10 @@ class Tap:
 
     def close(self) -> None:
         """Forget the captured messages and the parties' in-process runtimes (their keys and tables)."""
-        from fedrisk.parties import runtime as party_runtime
+        from fedrisk.parties.registry import forget_runtime
 
         for ctx in (self.grid.contexts.values() if self.grid is not None else ()):
-            runtime = party_runtime._RUNTIMES.pop(str(ctx.node_config.get("party-settings")), None)
+            runtime = forget_runtime(str(ctx.node_config.get("party-settings")))
             for protocols in getattr(runtime, "_runs", {}).values():
                 for protocol in protocols.values():
                     try:
@@ -162,7 +162,7 @@ class Tap:
 
     def runtime(self, party: str):
         """The party's in-process runtime (its own state: what *it* knows)."""
-        from fedrisk.parties.runtime import runtime_for_context
+        from fedrisk.parties.registry import runtime_for_context
 
         node = next(n for n, name in self.names.items() if name == party)
         return runtime_for_context(self.grid.contexts[node])

@@ -127,7 +127,7 @@ def test_fedavg_coordinator_killed_mid_round_resumes_and_matches(tmp_path, banks
 
 def test_fedavg_pauses_for_a_restarting_bank_and_resumes(tmp_path, banks, horizontal_base):
     """Every bank required (min-parties = 2 of 2): a bank that goes away mid-round pauses the run, not fails it."""
-    from fedrisk.parties import runtime as runtime_module
+    from fedrisk.parties.registry import forget_runtime
 
     config = {**HORIZONTAL, "aggregation": "plain"}
     base = horizontal_base("plain")
@@ -139,7 +139,7 @@ def test_fedavg_pauses_for_a_restarting_bank_and_resumes(tmp_path, banks, horizo
             state["done"] = True
             grid = state["grid"]
             grid.offline.add(node_id)  # bank_b's node is gone...
-            runtime_module._RUNTIMES.pop(str(Path(banks[1].state_dir) / "settings.json"), None)  # ...and its warm state with it
+            forget_runtime(Path(banks[1].state_dir) / "settings.json")  # ...and its warm state with it
 
             def back():
                 time.sleep(1.5)
@@ -357,6 +357,7 @@ def test_secureboost_party_processes_killed_resume_from_their_disk_state(tmp_pat
     """Both parties' processes die mid-tree (one before answering, one after): the run pauses, they restore, it matches."""
     from fedrisk.errors import PartyUnavailableError
     from fedrisk.parties import runtime as runtime_module
+    from fedrisk.parties.registry import forget_runtime
 
     settings = {p.name: str(Path(p.state_dir) / "settings.json") for p in boosting}
     original = runtime_module.PartyRuntime.handle
@@ -373,7 +374,7 @@ def test_secureboost_party_processes_killed_resume_from_their_disk_state(tmp_pat
                 if after_answering:
                     original(self, mtype, meta, content)  # state and answer are on disk; the answer never leaves
                 state["killed"].add(kill)
-                runtime_module._RUNTIMES.pop(settings[name], None)  # the warm process and everything in it are gone
+                forget_runtime(settings[name])  # the warm process and everything in it are gone
                 state["dead"][name] = time.monotonic() + 1.0
                 raise PartyUnavailableError(f"party process is not listening on {settings[name]}: Connection refused")
         before = self.repeats
@@ -450,6 +451,7 @@ def test_vertical_party_process_killed_resumes_from_its_disk_state(tmp_path, ver
     """A vertical party's process dies mid-epoch: its state comes back from disk, the run pauses, then finishes."""
     from fedrisk.errors import PartyUnavailableError
     from fedrisk.parties import runtime as runtime_module
+    from fedrisk.parties.registry import forget_runtime
 
     base = vertical_base
     settings_path = str(Path(next(p.state_dir for p in vertical if p.name == party)) / "settings.json")
@@ -465,7 +467,7 @@ def test_vertical_party_process_killed_resumes_from_its_disk_state(tmp_path, ver
             original(self, mtype, meta, content)  # state and answer are on disk; the answer never leaves
         if kill_now:
             state["killed"] = True
-            runtime_module._RUNTIMES.pop(settings_path, None)  # the warm process and everything in it are gone
+            forget_runtime(settings_path)  # the warm process and everything in it are gone
             state["dead_until"] = time.monotonic() + 1.0
             raise PartyUnavailableError(f"party process is not listening on {settings_path}: Connection refused")
         before = self.repeats

@@ -55,7 +55,7 @@ from fedrisk.data.datasplit import evaluation_mask, training_mask
 if TYPE_CHECKING:
     from flwr.app import RecordDict
 
-    from fedrisk.parties.runtime import PartyRuntime
+    from fedrisk.parties.protocol import Party
 
 ALIGNMENT_PURPOSE = "vertical-row-positions"
 
@@ -172,7 +172,7 @@ def _secret_permutation(n: int) -> np.ndarray:
 class _AlignmentParty:
     role = ""
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         self.runtime = runtime
         self.aligned: AlignedRows | None = None
         self.psi = None
@@ -374,7 +374,7 @@ class FeatureHolderAlignment(_AlignmentParty):
 class AlignedRowsProtocol:
     """Base of a vertical protocol's party handlers: the aligned rows and the party's own bundles."""
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         self.runtime = runtime
 
     @property

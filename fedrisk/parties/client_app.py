@@ -37,7 +37,7 @@ def _relay(msg: Message, context: Context) -> Message:
     if socket_path:
         reply = relay_call(str(socket_path), msg.metadata.message_type, meta, msg.content)
     else:
-        from fedrisk.parties.runtime import runtime_for_context  # heavy: only in simulation
+        from fedrisk.parties.registry import runtime_for_context  # heavy: only in simulation
 
         reply = runtime_for_context(context).handle(msg.metadata.message_type, meta, msg.content)
     return Message(reply, reply_to=msg)

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from fedrisk.crypto.ckks import KeyHolderContext
 
-    from fedrisk.parties.runtime import PartyRuntime
+    from fedrisk.parties.protocol import Party
 
 SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
 #: Longest simulated delay a bank accepts (seconds): a coordinator cannot stall a bank longer.
@@ -100,7 +100,7 @@ def privatise_update(
 class HorizontalParty:
     """Handlers for the key ceremony and FedAvg rounds of one bank."""
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         self.runtime = runtime
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None

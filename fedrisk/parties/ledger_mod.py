@@ -103,7 +103,7 @@ def ledger_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     state_dir = _state_dir(context)
     recording = state_dir is not None and ledger_enabled(context)
     closing = _is_close(msg)
-    if not recording:
+    if state_dir is None or not recording:
         if closing:
             return _close_reply(msg, None)
         if msg.has_content():

@@ -29,31 +29,40 @@ import hashlib
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import TypeVar
 
-from flwr.app import Context, RecordDict
+from flwr.app import RecordDict
 
 from fedrisk.errors import ProtocolError
 from fedrisk.wire import message_types as mt
 from fedrisk.wire.exchange import Exchange, ExchangeHeader, build_content, read_content
 from fedrisk.parties.identity import PartyIdentity
+from fedrisk.parties.protocol import ClosingProtocol, DurableProtocol, Handler, PartyProtocol, Registry
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
 
-Handler = Callable[[Exchange], RecordDict]
+P = TypeVar("P")
 
 #: Answers kept for repeated requests (a coordinator re-sends only its latest request per party).
 REPLY_CACHE_SIZE = 4
 
 
 class PartyRuntime:
-    """A party's state and its handlers, keyed by Flower message type."""
+    """A party's state and its handlers, keyed by Flower message type.
 
-    def __init__(self, settings: PartySettings) -> None:
+    Parameters
+    ----------
+    settings : PartySettings
+    registry : Registry
+        Party role → its protocol roles (:data:`fedrisk.parties.registry.PROTOCOLS`).
+    """
+
+    def __init__(self, settings: PartySettings, registry: Registry) -> None:
         self.settings = settings
         self.state_dir = ensure_private_dir(Path(settings.state_dir))
         # Protocol state is per run: a warm party process serves run after run.
-        self._protocol_classes = self._protocol_classes_for_role()
-        self._runs: dict[str, dict[str, object]] = {}
+        load = registry.get(settings.role)
+        self._protocol_classes = list(load()) if load is not None else []
+        self._runs: dict[str, dict[str, PartyProtocol]] = {}
         self._replies: OrderedDict[str, RecordDict] = OrderedDict()
         #: Requests answered from the reply cache (a measure of redone steps).
         self.repeats = 0
@@ -71,31 +80,11 @@ class PartyRuntime:
         return load_party_table(self.settings.data, schema, name=self.settings.name)
 
     # -- dispatch ----------------------------------------------------------
-    def _protocol_classes_for_role(self) -> list[type]:
-        role = self.settings.role
-        if role == "bank":
-            from fedrisk.parties.horizontal import HorizontalParty
-
-            return [HorizontalParty]
-        if role == "label_holder":
-            from fedrisk.parties.alignment import LabelHolderAlignment
-            from fedrisk.parties.secureboost import LabelHolderSecureBoost
-            from fedrisk.parties.vertical_lr import LabelHolderVerticalLR
-
-            return [LabelHolderAlignment, LabelHolderVerticalLR, LabelHolderSecureBoost]
-        if role == "feature_holder":
-            from fedrisk.parties.alignment import FeatureHolderAlignment
-            from fedrisk.parties.secureboost import FeatureHolderSecureBoost
-            from fedrisk.parties.vertical_lr import FeatureHolderVerticalLR
-
-            return [FeatureHolderAlignment, FeatureHolderVerticalLR, FeatureHolderSecureBoost]
-        return []
-
-    def protocol(self, cls: type) -> object | None:
+    def protocol(self, cls: type[P]) -> P | None:
         """The current run's instance of protocol ``cls`` (protocols of one run share state)."""
         for protocols in self._runs.values():
             found = protocols.get(cls.__name__)
-            if found is not None:
+            if isinstance(found, cls):
                 return found
         return None
 
@@ -106,21 +95,19 @@ class PartyRuntime:
         if protocols is None:
             for old in self._runs.values():
                 for protocol in old.values():
-                    close = getattr(protocol, "close", None)
-                    if close is not None:
-                        close()
-            protocols = {cls.__name__: cls(self) for cls in self._protocol_classes}
+                    if isinstance(protocol, ClosingProtocol):
+                        protocol.close()
+            protocols = {getattr(cls, "__name__", repr(cls)): cls(self) for cls in self._protocol_classes}
             self._runs = {run_id: protocols}  # keep only the current run warm
             self._replies.clear()
             for protocol in protocols.values():
                 # A restarted party process picks up a run where its last answer left it.
-                restore = getattr(protocol, "restore_durable", None)
-                restored = restore(run_id) if restore is not None else None
+                restored = protocol.restore_durable(run_id) if isinstance(protocol, DurableProtocol) else None
                 if restored is not None:
                     key, reply = restored
                     self._replies[key] = reply
         for protocol in protocols.values():
-            handler = protocol.handlers().get(message_type)  # type: ignore[attr-defined]
+            handler = protocol.handlers().get(message_type)
             if handler is not None:
                 return handler
         return None
@@ -147,10 +134,9 @@ class PartyRuntime:
                 return cached
         reply = handler(exchange)
         if key is not None:
-            owner = getattr(handler, "__self__", None)
-            save = getattr(owner, "save_durable", None)
-            if save is not None:  # state and answer on disk before the answer leaves
-                save(exchange.header.run_id, key, reply)
+            owner = getattr(handler, "__self__", None)  # the role whose bound method answered
+            if isinstance(owner, DurableProtocol):  # state and answer on disk before the answer leaves
+                owner.save_durable(exchange.header.run_id, key, reply)
             self._replies[key] = reply
             while len(self._replies) > REPLY_CACHE_SIZE:
                 self._replies.popitem(last=False)
@@ -170,21 +156,3 @@ class PartyRuntime:
                 "signing_key_id": self.identity.signing_key_id,
             },
         )
-
-
-_RUNTIMES: dict[str, PartyRuntime] = {}
-
-
-def runtime_for_context(context: Context) -> PartyRuntime:
-    """The in-process runtime of a simulated node (Flower Simulation Engine)."""
-    settings_path = context.node_config.get("party-settings")
-    if not settings_path:
-        raise ProtocolError(
-            "node config has neither 'party-socket' nor 'party-settings': "
-            "start nodes with `fedrisk node start` or `fedrisk simulate`"
-        )
-    runtime = _RUNTIMES.get(str(settings_path))
-    if runtime is None:
-        runtime = PartyRuntime(PartySettings.read(Path(str(settings_path))))
-        _RUNTIMES[str(settings_path)] = runtime
-    return runtime

@@ -40,12 +40,13 @@ from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.secureboost_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
-from fedrisk.parties.vertical_lr import _Durable, load_public_context
+from fedrisk.parties.durable_role import DurableRole
+from fedrisk.parties.vertical_lr import load_public_context
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
 
-    from fedrisk.parties.runtime import PartyRuntime
+    from fedrisk.parties.protocol import Party
 
 
 def _item(payload, party: str = "") -> BatchItem:
@@ -66,12 +67,12 @@ def _setup_params(exchange: Exchange) -> dict[str, Any]:
     }
 
 
-class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
+class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
     """The bank's handlers: the plan, every round's decisions, the final evaluation."""
 
     FIELDS = LABEL_HOLDER_FIELDS
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         super().__init__(runtime)
         self.model = None  # LabelHolderSB
         self.answers: dict[str, Any] = {}
@@ -227,12 +228,12 @@ class LabelHolderSecureBoost(_Durable, AlignedRowsProtocol):
         return out
 
 
-class FeatureHolderSecureBoost(_Durable, AlignedRowsProtocol):
+class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
     """A feature holder's handlers: bins, encrypted histograms, its own splits."""
 
     FIELDS = FEATURE_HOLDER_FIELDS
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         super().__init__(runtime)
         self.model = None  # FeatureHolderSB
         self.train_mask: np.ndarray | None = None

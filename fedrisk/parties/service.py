@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fedrisk.parties.relay import PartyRelayServer
-from fedrisk.parties.runtime import PartyRuntime
+from fedrisk.parties.registry import party_runtime
 from fedrisk.parties.settings import PartySettings
 
 log = logging.getLogger("fedrisk.party")
@@ -24,7 +24,7 @@ log = logging.getLogger("fedrisk.party")
 
 def serve(settings: PartySettings, socket_path: Path, ready_file: Path | None = None) -> None:
     """Serve relay requests until SIGTERM/SIGINT."""
-    runtime = PartyRuntime(settings)
+    runtime = party_runtime(settings)
     _ = runtime.identity  # create keys before the first message arrives
 
     def on_error(err: BaseException) -> None:

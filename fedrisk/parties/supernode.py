@@ -59,6 +59,7 @@ from __future__ import annotations
 import sys
 import threading
 import time as _time
+from typing import Any
 
 #: Longest idle sleep between two pulls from the SuperLink (Flower: 3 s).
 IDLE_POLL_SECONDS = 0.1
@@ -270,7 +271,7 @@ class FleetPoll:
         self.last_activity = float("-inf")
         #: Idle sleeps taken, and the last one (for tests and diagnostics).
         self.idle_sleeps = 0
-        self.last_idle_sleep = None
+        self.last_idle_sleep: float | None = None
         #: Seconds the SuperLink held the last empty pull (a long poll), spent instead of the next idle sleep.
         self.waited = 0.0
         self._reply = threading.Event()
@@ -520,7 +521,8 @@ def capture_node_state(holder: dict) -> bool:
     """
     import importlib
 
-    cli = importlib.import_module("flwr.supernode.cli.flower_supernode")  # the module, not the function of that name
+    # the module, not the function of that name (its attributes are looked up and replaced at run time)
+    cli: Any = importlib.import_module("flwr.supernode.cli.flower_supernode")
     flower_start = getattr(cli, "start_client_internal", None)
     if flower_start is None:
         return False  # another Flower: the executor stays on the Runtime HTTP API
@@ -586,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     executor.on_reply = tune_supernode_loop(on_message=executor.notify).reply_stored
     executor.start()
     sys.argv = ["flower-supernode", *args]
-    result = flower_supernode()
-    return int(result or 0)
+    flower_supernode()  # Flower types it "-> None": nothing to pass on
+    return 0
 
 
 if __name__ == "__main__":

@@ -35,13 +35,14 @@ from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.wire import message_types as mt
 from fedrisk.wire.config_values import config_bytes, config_float, config_int
 from fedrisk.wire.exchange import Exchange, build_content
-from fedrisk.parties.alignment import AlignedRowsProtocol, FeatureHolderAlignment, LabelHolderAlignment, bank_only_metrics
+from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
+from fedrisk.parties.durable_role import DurableRole
 from fedrisk.parties.vertical_lr_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
 
-    from fedrisk.parties.runtime import PartyRuntime
+    from fedrisk.parties.protocol import Party
 
 
 def _public_context_bytes(context, *, galois: bool) -> bytes:
@@ -61,82 +62,12 @@ def load_public_context(blob: bytes, who: str):
     return context
 
 
-class _Durable:
-    """Keep a vertical party's state on disk after every message (see :mod:`fedrisk.parties.vertical_lr_state`)."""
-
-    FIELDS: tuple[str, ...] = ()
-    runtime: "PartyRuntime"
-    model: Any
-
-    def _durable(self, run_id: str):
-        from fedrisk.parties.vertical_lr_state import DurableVerticalState
-
-        self._durable_run = run_id
-        return DurableVerticalState(self.runtime.state_dir, run_id, type(self).__name__)
-
-    def save_durable(self, run_id: str, request_key: str, reply: "RecordDict") -> None:
-        """Called by the runtime after each answer, before it leaves: the model's fields and the answer."""
-        from fedrisk.parties.relay import encode_content
-
-        if self.model is None:
-            return
-        progress, values, blobs = self._capture()
-        self._durable(run_id).save_state(progress, values, blobs, request_key, encode_content(reply))
-
-    def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
-        """The model's mutable fields: (progress counter, JSON values, byte blobs)."""
-        from fedrisk.parties.vertical_lr_state import capture
-
-        values, blobs = capture(self.model, self.FIELDS)
-        return int(getattr(self.model, "epoch_", 0)), values, blobs
-
-    def _apply(self, values: dict[str, Any], state) -> None:
-        """Put the fields :meth:`_capture` saved back on the freshly rebuilt model."""
-        from fedrisk.parties.vertical_lr_state import apply
-
-        apply(self.model, self.FIELDS, values, state)
-
-    def restore_durable(self, run_id: str):
-        """In a restarted party process: rebuild the run's model from disk; returns (request key, answer) to cache."""
-        from fedrisk.parties.relay import decode_content
-        from fedrisk.parties.vertical_lr_state import aligned_from
-
-        loaded = self._durable(run_id).load()
-        if loaded is None:
-            return None
-        static, state = loaded
-        aligned = aligned_from(static)
-        alignment = self.runtime.protocol(LabelHolderAlignment) or self.runtime.protocol(FeatureHolderAlignment)
-        if isinstance(alignment, (LabelHolderAlignment, FeatureHolderAlignment)):
-            alignment.aligned = aligned
-        self._rebuild(static, aligned)
-        if state is None:
-            return None
-        self._apply(dict(state.state["fields"]), state)
-        self._after_restore()
-        return str(state.state["request"]), decode_content(state.blob("reply"))
-
-    def _rebuild(self, static, aligned) -> None:
-        raise NotImplementedError
-
-    def _after_restore(self) -> None:
-        pass
-
-    def discard_durable(self) -> None:
-        """Delete the run's recovery state (the label holder's copy of its secret key with it)."""
-        import shutil
-
-        run_id = getattr(self, "_durable_run", None)
-        if run_id is not None:
-            shutil.rmtree(self._durable(run_id).static.folder.parent, ignore_errors=True)
-
-
-class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
+class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
     """The bank's handlers: key generation, residuals, decryption of masked products."""
 
     FIELDS = LABEL_HOLDER_FIELDS
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         super().__init__(runtime)
         self.model = None  # LabelHolderLR
         self.baseline: dict[str, float] = {}
@@ -282,12 +213,12 @@ class LabelHolderVerticalLR(_Durable, AlignedRowsProtocol):
         return out
 
 
-class FeatureHolderVerticalLR(_Durable, AlignedRowsProtocol):
+class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
     """A feature holder's handlers: partial scores, X_kᵀ[[d]] masked, its own update."""
 
     FIELDS = FEATURE_HOLDER_FIELDS
 
-    def __init__(self, runtime: "PartyRuntime") -> None:
+    def __init__(self, runtime: "Party") -> None:
         super().__init__(runtime)
         self.model = None  # FeatureHolderLR
         self.label_holder = ""

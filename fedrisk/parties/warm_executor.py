@@ -446,14 +446,14 @@ class WarmClientAppExecutor(threading.Thread):
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
-        client = RuntimeHttpClient.from_server_address(
+        http_client = RuntimeHttpClient.from_server_address(
             server_address=self.runtime_api_address,
             insecure=True,
             root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
             retry_invoker=make_simple_http_retry_invoker(),
         )
-        return client, HeartbeatSender(make_task_heartbeat_fn_http(client))
+        return http_client, HeartbeatSender(make_task_heartbeat_fn_http(http_client))
 
     def _run_task(self, token: str) -> None:  # pragma: no cover - exercised by the end-to-end tests
         from flwr.app import Message
@@ -468,7 +468,7 @@ class WarmClientAppExecutor(threading.Thread):
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
             app = self._client_app(run, fab)
-            reply = app(message=message, context=context)  # type: ignore[operator]
+            reply = app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
         except Exception as ex:  # reported to the SuperNode as Flower's own executor does
             reason = str(type(ex)) + ":<'" + str(ex) + "'>"

@@ -148,10 +148,10 @@ def _run_ray(parties: list[PartySettings], run_config: dict) -> None:
 
 def forget_party_runtimes(parties: list[PartySettings]) -> None:
     """Drop the warm runtimes this process keeps for simulated parties (memory across sweep points)."""
-    from fedrisk.parties import runtime
+    from fedrisk.parties.registry import forget_runtime
 
     for party in parties:
-        runtime._RUNTIMES.pop(str(Path(party.state_dir) / "settings.json"), None)
+        forget_runtime(Path(party.state_dir) / "settings.json")
 
 
 def run_federation(
