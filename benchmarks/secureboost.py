@@ -308,7 +308,7 @@ def measure_ops(context: Any, X: np.ndarray, n_bins: int) -> dict[str, float]:
     from fedrisk.crypto.bfv import BFVRuntime, uniform_noise_rns
     from fedrisk.crypto.encrypted_histogram import OUTPUT_LEVEL, EncryptedHistogramKernel, encrypt_gradients
     from fedrisk.models.secureboost_tree import QuantileBinner
-    from fedrisk.models.vertical_lr import _public_copies
+    from fedrisk.models.in_process import public_copies
 
     def best(fn: Any, reps: int = 20) -> float:
         out = np.inf
@@ -319,7 +319,7 @@ def measure_ops(context: Any, X: np.ndarray, n_bins: int) -> dict[str, float]:
             out = min(out, (time.perf_counter() - t) / reps)
         return round(out * 1e3, 4)
 
-    public = _public_copies(context).feature_holder
+    public = public_copies(context).feature_holder
     rt = BFVRuntime.for_context(public)
     ev = rt.evaluator
     values = np.random.default_rng(0).integers(0, 2, rt.slots)

@@ -27,7 +27,7 @@ from fedrisk.crypto.encrypted_histogram import (
 )
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.models.secureboost_tree import MISSING
-from fedrisk.models.vertical_lr import _public_copies
+from fedrisk.models.in_process import public_copies
 
 N_ROWS = 20_000  # two 16,384-slot chunks, the second one partial
 
@@ -35,7 +35,7 @@ N_ROWS = 20_000  # two 16,384-slot chunks, the second one partial
 @pytest.fixture(scope="module")
 def keys() -> tuple[ts.Context, ts.Context]:
     secret = make_histogram_context()
-    return secret, _public_copies(secret).feature_holder
+    return secret, public_copies(secret).feature_holder
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from fedrisk.models.secureboost import (
     parse_payload,
 )
 from fedrisk.models.secureboost_tree import PlainSecureBoost
-from fedrisk.models.vertical_lr import _public_copies, _table_parts
+from fedrisk.models.in_process import public_copies, table_parts
 from fedrisk.parties.secureboost_state import (
     FEATURE_HOLDER_FIELDS,
     LABEL_HOLDER_FIELDS,
@@ -53,9 +53,9 @@ def _through_disk(store: CheckpointStore, values: dict, blobs: dict[str, bytes])
 
 def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
     context = make_histogram_context()
-    public = _public_copies(context).feature_holder
+    public = public_copies(context).feature_holder
     bank_table, others = _small_tables()
-    ids, X_bank, bank_names, y = _table_parts(bank_table, "y", "label holder")
+    ids, X_bank, bank_names, y = table_parts(bank_table, "y", "label holder")
     aligned = {name: VerticalSecureBoost._aligned(ids, table, name) for name, table in others.items()}
     params = {k: SMALL[k] for k in ("n_trees", "max_depth", "n_bins", "learning_rate", "subsample", "random_state")}
 

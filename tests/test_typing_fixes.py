@@ -105,3 +105,45 @@ def test_ckks_context_field_parser_handles_every_wire_type():
     data = bytes([0x08, 0x96, 0x01, 0x11]) + bytes(8) + bytes([0x1A, 0x02]) + b"hi" + bytes([0x25]) + bytes(4)
     fields = _pb_fields(memoryview(data))
     assert fields[1] == [150] and bytes(fields[3][0]) == b"hi" and len(fields[2][0]) == 8 and len(fields[4][0]) == 4
+
+
+def test_exchange_header_with_a_list_as_round_is_a_protocol_error():
+    """A peer's header whose round is a list used to escape as a bare TypeError from ``int()``."""
+    from flwr.app import ConfigRecord
+
+    fields = {"run_id": "r1", "step": "s", "sender": "a", "receiver": "b", "content_class": "public", "key_fingerprint": ""}
+    with pytest.raises(ProtocolError, match="round"):
+        ExchangeHeader.from_record(ConfigRecord({**fields, "round": [1, 2]}))
+    assert ExchangeHeader.from_record(ConfigRecord({**fields, "round": 3})).round == 3
+
+
+def test_audit_report_run_filter_keeps_the_snapshot_fields_tuples():
+    """``_only_run`` used to put lists where :class:`LedgerSnapshot` declares tuples."""
+    from types import SimpleNamespace
+
+    from fedrisk.audit.report import _only_run
+    from fedrisk.audit.store import LedgerSnapshot
+
+    entries = tuple(SimpleNamespace(run_id=r) for r in ("a", "b", "a"))
+    snap = LedgerSnapshot(path="x.db", meta={}, entries=entries, bodies=("1", "2", "3"), triggers=frozenset())
+    only = _only_run(snap, "a")
+    assert isinstance(only.entries, tuple) and isinstance(only.bodies, tuple)
+    assert [e.run_id for e in only.entries] == ["a", "a"] and only.bodies == ("1", "3")
+
+
+def test_portfolio_applications_still_take_numpy_amounts():
+    """The amount check now converts to float first; numpy integers still count as amounts."""
+    import pandas as pd
+
+    from fedrisk.scoring.portfolio import _applications
+    from fedrisk.v1 import scoring_pb2 as pb
+
+    df = pd.DataFrame({"sme_id": ["s1", "s2", "s3"], "requested_amount": np.array([5, 0, -1], dtype=np.int64),
+                       "declared_annual_revenue": [1.5, float("nan"), 2.0]})
+    invalid: dict[int, str] = {}
+    apps = dict(_applications(df, "opaque", pb.PREAPPROVAL, True, invalid))
+    assert not invalid
+    assert apps[0].requested_amount == 5.0 and apps[0].declared_annual_revenue == 1.5
+    assert not apps[1].HasField("requested_amount") and not apps[1].HasField("declared_annual_revenue")
+    assert not apps[2].HasField("requested_amount") and apps[2].declared_annual_revenue == 2.0
+    assert apps[0].purpose == pb.PREAPPROVAL

@@ -293,7 +293,7 @@ def _enum(cls: type[Enum], value: object, what: str) -> Any:
     try:
         return cls(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in cls)
         raise LedgerError(f"{what} {value!r} is not one of {allowed}") from None
 
 
@@ -505,7 +505,7 @@ def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now
     ts = exchange.timestamp_us
     if ts is None:
         ts = now_us if now_us is not None else time.time_ns() // 1000
-    body = {
+    body: dict[str, Any] = {
         "seq": seq,
         "kind": exchange.kind.value,
         "run_id": exchange.run_id,

@@ -392,7 +392,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
 def _only_run(snap: LedgerSnapshot, run_id: str) -> LedgerSnapshot:
     keep = [i for i, e in enumerate(snap.entries) if e.run_id == run_id]
     return dataclasses.replace(
-        snap, entries=[snap.entries[i] for i in keep], bodies=[snap.bodies[i] for i in keep]
+        snap, entries=tuple(snap.entries[i] for i in keep), bodies=tuple(snap.bodies[i] for i in keep)
     )
 
 

@@ -164,8 +164,8 @@ def _check_meta(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None) -> tuple
     except LedgerError as exc:
         out.append(Finding(f, None, "meta", _error_text(exc, f)))
         meta = None
-    for key in sorted(set(map(str, snap.meta)) - _META_KEYS):
-        out.append(Finding(f, None, f"meta.{key}", "unexpected meta row"))
+    for row in sorted(set(map(str, snap.meta)) - _META_KEYS):
+        out.append(Finding(f, None, f"meta.{row}", "unexpected meta row"))
     if "sealed" not in snap.meta:
         out.append(Finding(f, None, "meta.sealed", "meta was never sealed"))
     missing = sorted(set(TRIGGERS) - snap.triggers)
@@ -203,12 +203,13 @@ def _check_meta(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None) -> tuple
                 )
                 # The trusted key is the truth: entries are judged under it.
                 pub = trusted_raw
+    public_key: Ed25519PublicKey | None
     try:
-        key = Ed25519PublicKey.from_public_bytes(pub)
+        public_key = Ed25519PublicKey.from_public_bytes(pub)
     except ValueError:
         out.append(Finding(f, None, "meta.public_key", "not a valid Ed25519 public key"))
-        key = None
-    return out, _KeyView(meta.writer, key, key_id_of(pub), expected_genesis)
+        public_key = None
+    return out, _KeyView(meta.writer, public_key, key_id_of(pub), expected_genesis)
 
 
 def _encodable(entry: LedgerEntry) -> str | None:
@@ -518,11 +519,11 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
                 )
             if e.content_class in (ContentClass.CIPHERTEXT.value, ContentClass.MASKED.value) and not e.key_fingerprint:
                 out.append(Finding(f, seq, "key_fingerprint", f"{e.content_class} payload without a key fingerprint"))
-            key = (e.message_id, e.sender, e.receiver)
+            msg_key: Key = (e.message_id, e.sender, e.receiver)
             if e.direction == Direction.SENT.value and e.sender == writer:
-                sent[key].append((snap, e))
+                sent[msg_key].append((snap, e))
             elif e.direction == Direction.RECEIVED.value and e.receiver == writer:
-                received[key].append((snap, e))
+                received[msg_key].append((snap, e))
             # Entries naming the wrong writer are reported by verify_ledger.
 
     # (file, absent peer) -> (first seq, count): one finding per pair, not per entry.
@@ -574,9 +575,9 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
                         f"received from {sender!r} but {Path(peer.path).name} has no matching sent entry{extra}",
                     )
                 )
-    for (path, peer), (first, count) in sorted(absent.items()):
+    for (path, absent_peer), (first, count) in sorted(absent.items()):
         out.append(
-            Finding(path, first, "peer", f"no ledger of {peer!r} among the checked files; {count} {'entry' if count == 1 else 'entries'} cannot be cross-checked")
+            Finding(path, first, "peer", f"no ledger of {absent_peer!r} among the checked files; {count} {'entry' if count == 1 else 'entries'} cannot be cross-checked")
         )
     out += _check_peer_heads(by_writer, received)
     return sorted(out, key=lambda x: (x.file, x.seq if x.seq is not None else -1, x.field))

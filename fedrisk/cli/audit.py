@@ -61,7 +61,7 @@ def verify(
         ca_fp = fingerprint(load_ca(ca_path)) if ca_path is not None else None
     except FedriskError as err:
         console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from err
     binding = (
         f"ledger keys checked against the certificates of CA {ca_fp} ({ca_path})"
         if ca_fp else "ledger keys NOT checked against certificates (no federation CA: pass --ca); trusted as the key registry lists them"
@@ -97,6 +97,6 @@ def report(
         result = build_report(ledgers, out_dir, trusted_keys=found_keys, run_id=run_id, ca=ca)
     except FedriskError as err:
         console.print(f"[red]error:[/red] {str(err).splitlines()[0]}", highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from err
     console.print(f"report: {result.html_path} ({'verified' if result.ok else f'{len(result.findings)} finding(s)'})")
     sys.stdout.write(f"{result.html_path}\n")

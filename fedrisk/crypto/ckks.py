@@ -897,7 +897,7 @@ def encrypt_vector(
         )
     if packing != "complex":
         raise CryptoError(f"packing must be 'complex' or 'real', got {packing!r}")
-    from fedrisk.crypto.encrypted_matvec import CKKSRuntime, _tenseal_vector_bytes
+    from fedrisk.crypto.encrypted_matvec import CKKSRuntime, tenseal_vector_bytes
 
     runtime = CKKSRuntime.for_context(ctx._ts)
     chunks = []
@@ -907,7 +907,7 @@ def encrypt_vector(
         packed.real[: min(slots, part.size)] = part[:slots]
         packed.imag[: max(0, part.size - slots)] = part[slots:]
         blob = runtime.encrypt_complex(packed)
-        chunks.append(_tenseal_vector_bytes([blob], slots, float(ctx._ts.global_scale)))
+        chunks.append(tenseal_vector_bytes([blob], slots, float(ctx._ts.global_scale)))
     return EncryptedVector(
         fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=2 * slots, chunks=tuple(chunks), terms=1,
         complex_packed=True,

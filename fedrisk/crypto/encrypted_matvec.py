@@ -414,7 +414,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _tenseal_vector_bytes(blobs: Sequence[bytes], slots: int, scale: float) -> bytes:
+def tenseal_vector_bytes(blobs: Sequence[bytes], slots: int, scale: float) -> bytes:
     """Wrap SEAL ciphertexts as a TenSEAL ``CKKSVectorProto`` (sizes, ciphertexts, scale)."""
     packed = b"".join(_varint(slots) for _ in blobs)
     out = [b"\x0a", _varint(len(packed)), packed]
@@ -460,7 +460,7 @@ def decrypt_ciphertexts(
     if not blobs:
         return np.zeros(0)
     try:
-        vec = ts.ckks_vector_from(context, _tenseal_vector_bytes(blobs, slots, float(context.global_scale)))
+        vec = ts.ckks_vector_from(context, tenseal_vector_bytes(blobs, slots, float(context.global_scale)))
         values = np.asarray(vec.decrypt(), dtype=np.float64)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CryptoError(f"ciphertext does not decrypt under this CKKS context: {exc}") from None

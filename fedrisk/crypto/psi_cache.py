@@ -444,11 +444,11 @@ class LabelHolderKeyCache:
                 epoch = self._new_epoch(conn, now)
             return epoch
 
-        return self._with_conn(work)  # type: ignore[return-value]
+        return self._with_conn(work)
 
     def rotate(self) -> KeyEpoch:
         """Start a new epoch now (dropping every cached set of the old one)."""
-        return self._with_conn(lambda conn: self._new_epoch(conn, self._clock()))  # type: ignore[return-value]
+        return self._with_conn(lambda conn: self._new_epoch(conn, self._clock()))
 
     # ------------------------------------------------------------------ sets
 
@@ -496,7 +496,7 @@ class LabelHolderKeyCache:
             conn.execute("UPDATE blinded SET used = ? WHERE digest = ? AND epoch_id = ?", (now, digest, epoch.epoch_id))
             return epoch, arr
 
-        epoch, points = self._with_conn(lookup)  # type: ignore[misc]
+        epoch, points = self._with_conn(lookup)
         if points is not None:
             self.stats["sets_reused"] += 1
             return epoch, points, True
@@ -577,7 +577,7 @@ class LabelHolderKeyCache:
 
         out = self._with_conn(work)
         self.stats["evaluations"] += count
-        return out  # type: ignore[return-value]
+        return out
 
     def check(self) -> KeyEpoch | None:
         """Read and verify the file strictly (no reset): the epoch, or None if there is none.

@@ -240,7 +240,7 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
 
 def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_row: np.ndarray, live: dict, model: str, auc_bank_only):
     """``runs/<id>/model_report.html`` + ``.json``: the live PDs on the evaluation rows, the bank's IV, each party left out."""
-    from fedrisk.federation.stacking import _leave_out_pd, _model_report
+    from fedrisk.federation.stacking import leave_out_pd, write_model_report
 
     trusted = run_dir / "coordinator" / "signing_keys.json"
     keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
@@ -249,8 +249,8 @@ def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_
     bundles = {party: Path(path) for party, path in result["bundles"].items()}
     holders = [p for p in VERTICAL_PARTIES if VERTICAL_PARTIES[p] == "feature_holder"]
     ids, X_bank = data.bank.ids[rows], data.bank.feature_matrix()[rows]
-    without = {p: _leave_out_pd(model, bundles, keys, data, holders, p, ids, X_bank) for p in holders}
-    return _model_report(run_dir, result.get("run_id", run_dir.name), data, parties, y, train_by_row, y[rows], live["pd_live"], None,
+    without = {p: leave_out_pd(model, bundles, keys, data, holders, p, ids, X_bank) for p in holders}
+    return write_model_report(run_dir, result.get("run_id", run_dir.name), data, parties, y, train_by_row, y[rows], live["pd_live"], None,
                          without, auc_bank_only=auc_bank_only, model=model)
 
 

@@ -143,25 +143,25 @@ class CoordinatorSession:
             for reply in self.grid.pull_messages(list(asked) + list(self._stray)) if asked or self._stray else []:
                 if self._stray.pop(reply.metadata.reply_to_message_id, None) is not None:
                     continue
-                node_id = asked.pop(reply.metadata.reply_to_message_id, None)
-                if node_id is None:
+                replier = asked.pop(reply.metadata.reply_to_message_id, None)
+                if replier is None:
                     continue
                 if reply.has_error():
                     continue  # asked again when it is listed again
-                known.add(node_id)
+                known.add(replier)
                 cfg = read_content(reply.content).config
                 info = PartyInfo(
                     name=str(cfg["name"]),
                     role=str(cfg["role"]),
-                    node_id=node_id,
+                    node_id=replier,
                     envelope_public_key=str(cfg["envelope_public_key"]),
                     signing_public_key=str(cfg["signing_public_key"]),
                     signing_key_id=str(cfg["signing_key_id"]),
                 )
-                if info.name in self.parties and self.parties[info.name].node_id != node_id:
+                if info.name in self.parties and self.parties[info.name].node_id != replier:
                     raise ProtocolError(f"two nodes claim to be party {info.name!r}")
                 self.parties[info.name] = info
-                self.status.party(info.name, "connected", role=info.role, node_id=str(node_id))
+                self.status.party(info.name, "connected", role=info.role, node_id=str(replier))
             missing = sorted(set(expected) - set(self.parties))
             if not missing:
                 self._stray.update(asked)  # nodes that have not answered yet (a dead SuperNode, a second copy)

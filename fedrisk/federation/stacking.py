@@ -52,7 +52,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _leave_out_pd(model: str, bundles: dict, keys: list[bytes], data, holders: list[str], drop: str, ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
+def leave_out_pd(model: str, bundles: dict, keys: list[bytes], data, holders: list[str], drop: str, ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
     """The trained model's PD with party ``drop`` left out: scored as if it covered no SME (no retraining)."""
     from fedrisk.federation import demo
 
@@ -211,9 +211,9 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     ids, X_bank = data.bank.ids[eval_rows], data.bank.feature_matrix()[eval_rows]
     without = {}
     for party in holders:
-        zs = {n: _logit(_leave_out_pd(n, bundles[n], keys, data, holders, party, ids, X_bank)) for n in BASES}
+        zs = {n: _logit(leave_out_pd(n, bundles[n], keys, data, holders, party, ids, X_bank)) for n in BASES}
         without[party] = meta.predict_proba(zs)[:, 1]
-    report = _model_report(run_dir, run_id, data, parties, y, train_by_row, y_eval, p_stack, p_base, without,
+    report = write_model_report(run_dir, run_id, data, parties, y, train_by_row, y_eval, p_stack, p_base, without,
                            auc_bank_only=metrics["vertical_lr"].get("auc_bank_only"))
     audits = {n: audit_run(run_dir, results[n].get("run_id", f"{run_id}-{n}")) for n in BASES}
     auc_stack, ks_stack = float(auc(y_eval, p_stack)), float(ks(y_eval, p_stack))
@@ -271,7 +271,7 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     return summary
 
 
-def _model_report(run_dir: Path, run_id: str, data, parties, y: np.ndarray, train_by_row: np.ndarray, y_eval: np.ndarray,
+def write_model_report(run_dir: Path, run_id: str, data, parties, y: np.ndarray, train_by_row: np.ndarray, y_eval: np.ndarray,
                   p_model: np.ndarray, p_base: dict | None, without: dict, *, auc_bank_only: float | None, model: str = "stacking"):
     """``runs/<id>/model_report.html`` + ``.json`` from the bank's side."""
     from fedrisk.models.report import bank_iv, build_model_report, leave_out_contributions

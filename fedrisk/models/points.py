@@ -591,14 +591,14 @@ def check_constraints(tables: Mapping[str, Sequence[str]], monotone: Mapping[str
         A constraint names an unknown party or a feature its owner does not have (one line).
     """
     from fedrisk.models.vertical_lr import monotone_signs
-    from fedrisk.models.woe import _check_monotone
+    from fedrisk.models.woe import check_monotone
 
     for what, given in (("monotone constraint", monotone), ("coefficient sign", signs)):
         for party, cons in dict(given or {}).items():
             if party not in tables:
                 raise ConfigError(f"{what}s name an unknown party {party!r}")
             if what == "monotone constraint":
-                _check_monotone(cons, list(tables[party]), party)
+                check_monotone(cons, list(tables[party]), party)
             else:
                 monotone_signs(cons, list(tables[party]), party)
 

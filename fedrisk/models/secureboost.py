@@ -144,14 +144,8 @@ from fedrisk.models.secureboost_tree import (
     sample_rows,
     sigmoid,
 )
-from fedrisk.models.vertical_lr import (
-    VerticalPayload,
-    WireRecord,
-    _align,
-    _public_copies,
-    _table_parts,
-    _Wire,
-)
+from fedrisk.models.in_process import Wire, WireRecord, align_rows, public_copies, table_parts
+from fedrisk.models.vertical_lr import VerticalPayload
 
 __all__ = [
     "PAYLOAD_TYPES",
@@ -979,7 +973,7 @@ class VerticalSecureBoost(BaseEstimator):
             Keep each payload's bytes in the transcript.
         """
         t_start = time.perf_counter()
-        ids, Xb, names_b, y = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, names_b, y = table_parts(label_holder_table, self.label, "label holder")
         if y is None:
             raise DataValidationError(f"label holder table has no label column {self.label!r}")
         if not feature_holder_tables:
@@ -991,10 +985,10 @@ class VerticalSecureBoost(BaseEstimator):
         if unknown:
             raise ConfigError(f"monotone constraints name an unknown party {unknown[0]!r}")
         secret = context if context is not None else make_histogram_context()
-        copies = _public_copies(secret)
+        copies = public_copies(secret)
         names = list(feature_holder_tables)
         self.coordinator_ = CoordinatorSB(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
-        wire = _Wire(self.coordinator_, transcript, keep_bytes)
+        wire = Wire(self.coordinator_, transcript, keep_bytes)
         bank = LabelHolderSB(secret, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
                              learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
                              min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,
@@ -1036,12 +1030,12 @@ class VerticalSecureBoost(BaseEstimator):
 
     @staticmethod
     def _aligned(ids: Any, table: Any, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        X, cov, names = _align(ids, table, name)
+        X, cov, names = align_rows(ids, table, name)
         X = X.copy()
         X[~cov] = np.nan  # a row the party does not cover is missing in every feature
         return X, cov, names
 
-    def _run(self, bank: LabelHolderSB, holders: dict[str, FeatureHolderSB], wire: _Wire) -> int:
+    def _run(self, bank: LabelHolderSB, holders: dict[str, FeatureHolderSB], wire: Wire) -> int:
         self._setup_bytes = wire.total
         rounds = 0
         while True:
@@ -1061,7 +1055,7 @@ class VerticalSecureBoost(BaseEstimator):
     # ------------------------------------------------------------------ scoring
     def answers(self, label_holder_table: Any, feature_holder_tables: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, SplitAnswers]]:
         """The bank's own rows and every feature holder's serialised answers on them."""
-        ids, Xb, _, _ = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, _, _ = table_parts(label_holder_table, self.label, "label holder")
         answers = {}
         for nm, fh in self.feature_holders_.items():
             X_k = self._aligned(ids, feature_holder_tables[nm], nm)[0] if nm in feature_holder_tables else np.full((len(ids), fh.n_features_in_), np.nan)

@@ -34,7 +34,8 @@ import tenseal as ts
 from fedrisk.crypto.encrypted_histogram import HistogramLayout
 from fedrisk.crypto.frames import peek_frame
 from fedrisk.errors import ProtocolError
-from fedrisk.models.vertical_lr import VerticalPayload, _h_bool, _h_int, _h_str
+from fedrisk.models.payload_fields import bool_field, int_field, str_field
+from fedrisk.models.vertical_lr import VerticalPayload
 
 __all__ = [
     "PAYLOAD_TYPES",
@@ -107,8 +108,8 @@ class BoostPlan(VerticalPayload):
         holders = _h_list(h, "feature_holders")
         if not all(isinstance(x, str) and x for x in holders) or blobs:
             raise ProtocolError("boost plan is malformed")
-        return cls(fp, _h_str(h, "label_holder"), tuple(holders), _h_int(h, "n_rows"), _h_int(h, "n_bins"),
-                   _h_int(h, "n_trees"), _h_int(h, "max_depth"))
+        return cls(fp, str_field(h, "label_holder"), tuple(holders), int_field(h, "n_rows"), int_field(h, "n_bins"),
+                   int_field(h, "n_trees"), int_field(h, "max_depth"))
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,10 @@ class BinLayout(VerticalPayload):
         if blobs or not (raw is None or isinstance(raw, dict)):
             raise ProtocolError("bin layout is malformed")
         layout = None if raw is None else HistogramLayout.from_dict(raw)
-        n_features = _h_int(h, "n_features")
+        n_features = int_field(h, "n_features")
         if layout is not None and layout.n_features != n_features:
             raise ProtocolError("bin layout: feature count disagrees with its bins")
-        return cls(fp, _h_str(h, "party"), n_features, layout)
+        return cls(fp, str_field(h, "party"), n_features, layout)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class EncryptedGradients(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedGradients:
-        return cls(fp, _h_int(h, "tree"), _h_int(h, "n"), tuple(blobs))
+        return cls(fp, int_field(h, "tree"), int_field(h, "n"), tuple(blobs))
 
     @property
     def nbytes(self) -> int:
@@ -212,12 +213,12 @@ class HistogramRequest(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> HistogramRequest:
-        n = _h_int(h, "n_rows")
+        n = int_field(h, "n_rows")
         items, it = [], iter(blobs)
         for entry in _h_list(h, "nodes"):
             if not isinstance(entry, dict) or entry.get("source") not in cls.SOURCES:
                 raise ProtocolError("histogram request has a malformed node entry")
-            node, parent = _h_int(entry, "node"), entry.get("parent")
+            node, parent = int_field(entry, "node"), entry.get("parent")
             if not isinstance(parent, int) or isinstance(parent, bool):
                 raise ProtocolError("histogram request has a malformed parent")
             rows = None
@@ -229,7 +230,7 @@ class HistogramRequest(VerticalPayload):
             items.append(NodeRequest(node, entry["source"], parent, rows))
         if next(it, None) is not None:
             raise ProtocolError("histogram request carries extra data")
-        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), n, tuple(items))
+        return cls(fp, str_field(h, "party"), int_field(h, "tree"), n, tuple(items))
 
 
 @dataclass(frozen=True)
@@ -255,10 +256,10 @@ class EncryptedHistograms(VerticalPayload):
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedHistograms:
         nodes = tuple(_int_items(_h_list(h, "nodes"), "nodes"))
-        per = _h_int(h, "per_node")
+        per = int_field(h, "per_node")
         if len(blobs) != per * len(nodes):
             raise ProtocolError(f"encrypted histograms carry {len(blobs)} ciphertexts for {len(nodes)} nodes of {per}")
-        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), nodes, per, tuple(blobs))
+        return cls(fp, str_field(h, "party"), int_field(h, "tree"), nodes, per, tuple(blobs))
 
     def node_ciphertexts(self, i: int) -> tuple[bytes, ...]:
         return self.ciphertexts[i * self.per_node : (i + 1) * self.per_node]
@@ -303,7 +304,7 @@ class SplitDecisions(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> SplitDecisions:
-        n = _h_int(h, "n_rows")
+        n = int_field(h, "n_rows")
         entries = _h_list(h, "splits")
         if len(entries) != len(blobs):
             raise ProtocolError("split decisions and row sets differ in number")
@@ -311,9 +312,9 @@ class SplitDecisions(VerticalPayload):
         for e, blob in zip(entries, blobs, strict=True):
             if not isinstance(e, dict):
                 raise ProtocolError("split decision entry is not an object")
-            splits.append(SplitOrder(_h_int(e, "node"), _h_int(e, "feature"), _h_int(e, "bin"), _h_int(e, "split_id"),
-                                     _h_bool(e, "default_left"), _unpack_rows(blob, n, "split node row set")))
-        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), n, tuple(splits))
+            splits.append(SplitOrder(int_field(e, "node"), int_field(e, "feature"), int_field(e, "bin"), int_field(e, "split_id"),
+                                     bool_field(e, "default_left"), _unpack_rows(blob, n, "split node row set")))
+        return cls(fp, str_field(h, "party"), int_field(h, "tree"), n, tuple(splits))
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ class SplitPartitions(VerticalPayload):
         if not len(nodes) == len(sizes) == len(blobs):
             raise ProtocolError("split partitions are malformed")
         parts = tuple(_unpack_rows(b, s, "split partition") for b, s in zip(blobs, sizes, strict=True))
-        return cls(fp, _h_str(h, "party"), _h_int(h, "tree"), tuple(nodes), parts)
+        return cls(fp, str_field(h, "party"), int_field(h, "tree"), tuple(nodes), parts)
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ class TrainingDone(VerticalPayload):
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> TrainingDone:
         if blobs:
             raise ProtocolError("training-done carries no data")
-        return cls(fp, _h_int(h, "n_trees"))
+        return cls(fp, int_field(h, "n_trees"))
 
 
 @dataclass(frozen=True)
@@ -386,11 +387,11 @@ class SplitAnswers(VerticalPayload):
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> SplitAnswers:
         ids = np.array(_int_items(_h_list(h, "split_ids"), "split_ids"), dtype=np.int64)
-        n = _h_int(h, "n_rows")
+        n = int_field(h, "n_rows")
         if len(blobs) != 1:
             raise ProtocolError("split answers carry one bit matrix")
         bits = _unpack_rows(blobs[0], n * ids.size, "split answers")
-        return cls(fp, _h_str(h, "party"), ids, bits.reshape(n, ids.size))
+        return cls(fp, str_field(h, "party"), ids, bits.reshape(n, ids.size))
 
 
 PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {

@@ -309,10 +309,10 @@ class VerticalStacking(BaseEstimator):
         on_progress : callable, optional
             Called with (base learner, fold) after each run; fold ``-1`` is the refit.
         """
-        from fedrisk.models.vertical_lr import _table_parts
+        from fedrisk.models.in_process import table_parts
 
         names = self._check_params()
-        ids, Xb, fnames, y = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, fnames, y = table_parts(label_holder_table, self.label, "label holder")
         if y is None:
             raise DataValidationError(f"label holder table has no label column {self.label!r}")
         y = np.asarray(y).astype(int)
@@ -365,9 +365,9 @@ class VerticalStacking(BaseEstimator):
         scores carry no encryption noise; SecureBoost's split answers are exact
         either way.
         """
-        from fedrisk.models.vertical_lr import _table_parts
+        from fedrisk.models.in_process import table_parts
 
-        ids, Xb, fnames, _ = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, fnames, _ = table_parts(label_holder_table, self.label, "label holder")
         bank = pd.DataFrame(Xb, index=ids, columns=fnames)
         return {n: self._decision(m, bank, feature_holder_tables, secure=secure) for n, m in self.base_learners_.items()}
 

@@ -84,13 +84,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import tenseal as ts
 from sklearn.base import BaseEstimator
 
@@ -114,6 +112,8 @@ from fedrisk.crypto.frames import pack_frame, peek_frame, unpack_frame
 from fedrisk.crypto.secure_random import secure_normal
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.metrics import auc, ks
+from fedrisk.models.in_process import Wire, WireRecord, align_rows, public_copies, table_parts
+from fedrisk.models.payload_fields import bool_field, float_field, int_field, str_field
 
 __all__ = [
     "CoordinatorLR",
@@ -156,34 +156,6 @@ def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
 
 
 # =========================================================================== payloads
-
-
-def _h_int(h: Mapping[str, Any], key: str, *, signed: bool = False) -> int:
-    v = h.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and not signed):
-        raise ProtocolError(f"payload field {key!r} must be an integer")
-    return v
-
-
-def _h_bool(h: Mapping[str, Any], key: str) -> bool:
-    v = h.get(key)
-    if not isinstance(v, bool):
-        raise ProtocolError(f"payload field {key!r} must be a boolean")
-    return v
-
-
-def _h_str(h: Mapping[str, Any], key: str) -> str:
-    v = h.get(key)
-    if not isinstance(v, str) or not v:
-        raise ProtocolError(f"payload field {key!r} must be a non-empty string")
-    return v
-
-
-def _h_float(h: Mapping[str, Any], key: str) -> float:
-    v = h.get(key)
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-        raise ProtocolError(f"payload field {key!r} must be a finite number")
-    return float(v)
 
 
 class VerticalPayload:
@@ -264,7 +236,7 @@ class TrainingPlan(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> TrainingPlan:
-        n = _h_int(h, "n_rows")
+        n = int_field(h, "n_rows")
         holders = h.get("feature_holders")
         if not isinstance(holders, list) or not all(isinstance(x, str) and x for x in holders):
             raise ProtocolError("payload field 'feature_holders' must be a list of names")
@@ -272,7 +244,7 @@ class TrainingPlan(VerticalPayload):
             raise ProtocolError("training plan row mask has the wrong size")
         mask = np.unpackbits(np.frombuffer(blobs[0], dtype=np.uint8), count=n).astype(bool)
         return cls(
-            fp, _h_str(h, "label_holder"), tuple(holders), mask, _h_float(h, "l2"), _h_float(h, "damping"), _h_int(h, "max_epochs")
+            fp, str_field(h, "label_holder"), tuple(holders), mask, float_field(h, "l2"), float_field(h, "damping"), int_field(h, "max_epochs")
         )
 
 
@@ -294,7 +266,7 @@ class _CiphertextList(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> Any:
-        return cls(fp, _h_str(h, "party"), _h_int(h, "epoch"), _h_int(h, "n"), tuple(blobs))
+        return cls(fp, str_field(h, "party"), int_field(h, "epoch"), int_field(h, "n"), tuple(blobs))
 
     @property
     def nbytes(self) -> int:
@@ -358,7 +330,7 @@ class EncryptedMaskedGradient(_CiphertextList):
         if not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
             raise ProtocolError("payload field 'groups' must be a list of integers")
         return cls(
-            fp, _h_str(h, "party"), _h_int(h, "epoch"), _h_int(h, "n"), tuple(blobs), tuple(groups), _h_bool(h, "reduced")
+            fp, str_field(h, "party"), int_field(h, "epoch"), int_field(h, "n"), tuple(blobs), tuple(groups), bool_field(h, "reduced")
         )
 
 
@@ -382,13 +354,13 @@ class MaskedGradient(VerticalPayload):
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> MaskedGradient:
-        n = _h_int(h, "n")
+        n = int_field(h, "n")
         if len(blobs) != 1 or len(blobs[0]) != 8 * n:
             raise ProtocolError("masked gradient has the wrong size")
         values = np.frombuffer(blobs[0], dtype="<f8").astype(np.float64)
         if not np.all(np.isfinite(values)):
             raise ProtocolError("masked gradient contains non-finite values")
-        return cls(fp, _h_str(h, "party"), _h_int(h, "epoch"), values)
+        return cls(fp, str_field(h, "party"), int_field(h, "epoch"), values)
 
 
 @dataclass(frozen=True)
@@ -415,7 +387,7 @@ class EpochControl(VerticalPayload):
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EpochControl:
         if blobs:
             raise ProtocolError("epoch control carries no data")
-        return cls(fp, _h_int(h, "epoch"), _h_bool(h, "improved"), _h_bool(h, "restart"), _h_bool(h, "stop"))
+        return cls(fp, int_field(h, "epoch"), bool_field(h, "improved"), bool_field(h, "restart"), bool_field(h, "stop"))
 
 
 PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
@@ -1185,19 +1157,6 @@ class CoordinatorLR:
 # =========================================================================== driver
 
 
-@dataclass
-class WireRecord:
-    """One serialised payload as it crossed a party boundary (for tests and the audit ledger)."""
-
-    epoch: int
-    sender: str
-    receiver: str
-    kind: str
-    content_class: str
-    n_bytes: int
-    data: bytes | None = field(default=None, repr=False)
-
-
 def make_context(*, galois: bool = True) -> ts.Context:
     """A key holder's CKKS context like ``CKKSParams.COMPUTE`` (N 8192, 60|40|40|60, Δ 2^40)."""
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
@@ -1205,126 +1164,6 @@ def make_context(*, galois: bool = True) -> ts.Context:
     if galois:
         ctx.generate_galois_keys()
     return ctx
-
-
-def _table_parts(table: Any, label: str | None, who: str) -> tuple[pd.Index, np.ndarray, list[str], np.ndarray | None]:
-    """``(ids, X, feature_names, labels)`` from a PartyTable, DataFrame, ndarray or (X, y)."""
-    if hasattr(table, "feature_matrix") and hasattr(table, "ids"):  # fedrisk.data.table.PartyTable
-        ids = pd.Index(np.asarray(table.ids))
-        X = np.asarray(table.feature_matrix(), dtype=np.float64)
-        names = list(table.feature_names)
-        labels = None if getattr(table, "labels", None) is None else np.asarray(table.labels)
-    elif isinstance(table, pd.DataFrame):
-        df = table.set_index("id") if "id" in table.columns else table
-        labels = None
-        if label is not None and label in df.columns:
-            labels = df[label].to_numpy()
-            df = df.drop(columns=[label])
-        try:
-            X = df.to_numpy(dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataValidationError(f"{who}: feature columns must be numeric") from None
-        ids, names = df.index, [str(c) for c in df.columns]
-    elif isinstance(table, tuple) and len(table) == 2:
-        X = np.asarray(table[0], dtype=np.float64)
-        labels = np.asarray(table[1])
-        ids, names = pd.RangeIndex(X.shape[0]), [f"x{j}" for j in range(X.shape[1])]
-    else:
-        X = np.asarray(table, dtype=np.float64)
-        labels = None
-        ids, names = pd.RangeIndex(X.shape[0]), [f"x{j}" for j in range(X.shape[1])]
-    if X.ndim != 2:
-        raise DataValidationError(f"{who}: features must be a 2-D table")
-    if not ids.is_unique:
-        raise DataValidationError(f"{who}: IDs are not unique")
-    return ids, X, names, labels
-
-
-def _align(ids: pd.Index, table: Any, who: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A feature holder's rows in the bank's order and its coverage (what PSI hands it).
-
-    Tables with IDs are joined on them; a bare array is taken as already aligned,
-    an all-NaN row meaning "not covered".
-    """
-    if isinstance(table, np.ndarray):
-        X = np.asarray(table, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] != len(ids):
-            raise DataValidationError(f"{who}: an array without IDs must have the bank's {len(ids)} rows")
-        cov = ~np.all(np.isnan(X), axis=1)
-        return np.where(cov[:, None], X, 0.0), cov, [f"x{j}" for j in range(X.shape[1])]
-    fids, X, names, _ = _table_parts(table, None, who)
-    pos = fids.get_indexer(ids)
-    cov = pos >= 0
-    aligned = np.zeros((len(ids), X.shape[1]))
-    aligned[cov] = X[pos[cov]]
-    return aligned, cov, names
-
-
-@dataclass(frozen=True)
-class _PublicCopies:
-    feature_holder: ts.Context
-    feature_holder_bytes: int
-    coordinator: ts.Context
-    coordinator_bytes: int
-
-
-_COPIES: weakref.WeakKeyDictionary[ts.Context, _PublicCopies] = weakref.WeakKeyDictionary()
-
-
-def _public_copies(secret: ts.Context) -> _PublicCopies:
-    """Public contexts as the parties would receive them (deserialised from bytes), cached per key.
-
-    Feature holders get the public key and Galois keys; the coordinator only adds
-    ciphertexts and gets the public key alone. Re-deserialising 35 MB of Galois
-    keys per fit would dominate small simulations, hence the cache.
-    """
-    copies = _COPIES.get(secret)
-    if copies is None:
-        if hasattr(secret, "_fedrisk_seeded_galois"):  # a BFV histogram context: its chosen Galois keys, seeded
-            from fedrisk.crypto.bfv import public_bfv_context_bytes
-
-            fh = public_bfv_context_bytes(secret, galois=True)
-        else:
-            fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
-        co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-        fh_context = ts.context_from(fh)
-        if hasattr(secret, "_fedrisk_seeded_galois"):
-            from fedrisk.crypto.bfv import keep_seeded_galois
-
-            keep_seeded_galois(fh_context, fh)
-        copies = _PublicCopies(fh_context, len(fh), ts.context_from(co), len(co))
-        _COPIES[secret] = copies
-    return copies
-
-
-class _Relay(Protocol):
-    """A coordinator that routes payload bytes (:class:`CoordinatorLR`, ``CoordinatorSB``)."""
-
-    def relay(self, sender: str, receiver: str, data: bytes) -> bytes: ...
-
-
-class _Wire:
-    """Serialises every payload, relays it through the coordinator and counts bytes."""
-
-    def __init__(self, coordinator: _Relay, transcript: list[WireRecord] | None, keep_bytes: bool) -> None:
-        self.coordinator = coordinator
-        self.transcript = transcript
-        self.keep_bytes = keep_bytes
-        self.sent: dict[str, int] = {}
-        self.received: dict[str, int] = {}
-        self.total = 0
-        self.epoch = -1
-
-    def send(self, sender: str, receiver: str, payload: VerticalPayload) -> bytes:
-        data = self.coordinator.relay(sender, receiver, payload.to_bytes())
-        self.sent[sender] = self.sent.get(sender, 0) + len(data)
-        self.received[receiver] = self.received.get(receiver, 0) + len(data)
-        self.total += len(data)
-        if self.transcript is not None:
-            self.transcript.append(
-                WireRecord(self.epoch, sender, receiver, type(payload).__name__, payload.content_class, len(data), data if self.keep_bytes else None)
-            )
-        return data
 
 
 class VerticalLogisticRegression(BaseEstimator):
@@ -1410,7 +1249,7 @@ class VerticalLogisticRegression(BaseEstimator):
             Keep each payload's bytes in the transcript.
         """
         t_setup = time.perf_counter()
-        ids, Xb, names_b, y = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, names_b, y = table_parts(label_holder_table, self.label, "label holder")
         if y is None:
             raise DataValidationError(f"label holder table has no label column {self.label!r}")
         if not feature_holder_tables:
@@ -1422,10 +1261,10 @@ class VerticalLogisticRegression(BaseEstimator):
         if unknown:
             raise ConfigError(f"monotone signs name an unknown party {unknown[0]!r}")
         secret = context if context is not None else make_context()
-        copies = _public_copies(secret)
+        copies = public_copies(secret)
         names = list(feature_holder_tables)
         self.coordinator_ = CoordinatorLR(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
-        wire = _Wire(self.coordinator_, transcript, keep_bytes)
+        wire = Wire(self.coordinator_, transcript, keep_bytes)
         bank = LabelHolderLR(
             secret,
             name=self.label_holder_name,
@@ -1439,7 +1278,7 @@ class VerticalLogisticRegression(BaseEstimator):
             random_state=self.random_state,
             monotone=monotone.get(self.label_holder_name),
         )
-        aligned = {nm: _align(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+        aligned = {nm: align_rows(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
         plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b, train_mask=train_mask)
         pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
         wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
@@ -1470,7 +1309,7 @@ class VerticalLogisticRegression(BaseEstimator):
         self.epoch_seconds_ = float(np.mean(round_secs)) if round_secs else 0.0
         return self
 
-    def _run(self, bank: LabelHolderLR, holders: dict[str, FeatureHolderLR], wire: _Wire) -> tuple[list[dict[str, Any]], list[int], list[float]]:
+    def _run(self, bank: LabelHolderLR, holders: dict[str, FeatureHolderLR], wire: Wire) -> tuple[list[dict[str, Any]], list[int], list[float]]:
         coord = self.coordinator_
         bank_name = self.label_holder_name
         round_bytes, round_secs = [], []
@@ -1507,12 +1346,12 @@ class VerticalLogisticRegression(BaseEstimator):
         With ``secure`` each feature holder encrypts its partial scores, the
         coordinator adds them and the bank decrypts only the sum — as in training.
         """
-        ids, Xb, _, _ = _table_parts(label_holder_table, self.label, "label holder")
+        ids, Xb, _, _ = table_parts(label_holder_table, self.label, "label holder")
         coverage = {}
         encrypted: list[EncryptedScores] = []
         plain: list[np.ndarray] = []
         for nm, fh in self.feature_holders_.items():
-            X_k, cov_k, _ = _align(ids, feature_holder_tables[nm], nm)
+            X_k, cov_k, _ = align_rows(ids, feature_holder_tables[nm], nm)
             coverage[nm] = cov_k
             if secure:
                 encrypted.append(fh.encrypted_partial_scores(X_k, cov_k))

@@ -101,7 +101,8 @@ from fedrisk.crypto.encrypted_histogram import (
 from fedrisk.crypto.encrypted_matvec import context_fingerprint
 from fedrisk.errors import ConfigError, DataValidationError, ProtocolError
 from fedrisk.models.secureboost_tree import MAX_BINS, MISSING, QuantileBinner
-from fedrisk.models.vertical_lr import VerticalPayload, _h_float, _h_int
+from fedrisk.models.payload_fields import int_field
+from fedrisk.models.vertical_lr import VerticalPayload
 
 __all__ = [
     "MONOTONE",
@@ -372,7 +373,7 @@ def _transform(codes: np.ndarray, covered: np.ndarray, tables: Sequence[FeatureW
     return out
 
 
-def _check_monotone(monotone: Mapping[str, str] | None, names: Sequence[str], who: str) -> list[str]:
+def check_monotone(monotone: Mapping[str, str] | None, names: Sequence[str], who: str) -> list[str]:
     monotone = dict(monotone or {})
     unknown = sorted(set(monotone) - set(names))
     if unknown:
@@ -426,7 +427,7 @@ class PlainWOE(BaseEstimator):
         y = np.asarray(y, dtype=np.float64)
         cov = np.ones(X.shape[0], dtype=bool) if covered is None else np.asarray(covered, dtype=bool)
         self.feature_names_in_ = _names(feature_names, X.shape[1])
-        directions = _check_monotone(self.monotone, self.feature_names_in_, "PlainWOE")
+        directions = check_monotone(self.monotone, self.feature_names_in_, "PlainWOE")
         self.binned_ = bin_features(X, cov, self.n_bins, self.min_bin_size)
         b = self.binned_
         sizes = _column_counts(b.codes, b.n_bins, b.has_missing, cov)
@@ -499,10 +500,10 @@ class WOEPlan(VerticalPayload):
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> WOEPlan:
         _exact_keys(h, {"n_values", "n_bins", "min_bin_size"}, "WOE plan")
-        n = _h_int(h, "n_values")
+        n = int_field(h, "n_values")
         if not blobs:
             raise ProtocolError("WOE plan carries no label ciphertexts")
-        return cls(fp, n, _h_int(h, "n_bins"), _h_int(h, "min_bin_size"), tuple(blobs))
+        return cls(fp, n, int_field(h, "n_bins"), int_field(h, "min_bin_size"), tuple(blobs))
 
 
 @dataclass(frozen=True)
@@ -740,7 +741,7 @@ class FeatureHolderWOE:
         if self.covered_.shape != (self.X_.shape[0],):
             raise DataValidationError("coverage mask does not match the rows")
         self.feature_names_in_ = _names(feature_names, self.X_.shape[1])
-        self.directions_ = _check_monotone(self.monotone, self.feature_names_in_, self.name)
+        self.directions_ = check_monotone(self.monotone, self.feature_names_in_, self.name)
         if self.dp_epsilon is not None:
             rr_probability(self.dp_epsilon, 2)  # validate early, one line
         return self
@@ -861,7 +862,7 @@ class VerticalWOE(BaseEstimator):
         own = {self.label_holder_name: (bank_feature_names, X_bank, np.ones(np.shape(X_bank)[0], dtype=bool))}
         own.update({p: (names.get(p), X_k, cov_k) for p, (X_k, cov_k) in holders.items()})
         for party, (feats, X_k, cov_k) in own.items():  # each owner's own checks (the bank's too), before any key is made
-            _check_monotone(monotone.get(party), _names(feats, np.shape(X_k)[1]), party)
+            check_monotone(monotone.get(party), _names(feats, np.shape(X_k)[1]), party)
             n_cov = int(np.sum(np.asarray(cov_k, dtype=bool)))
             if n_cov < int(self.n_bins) * int(self.min_bin_size):
                 raise ConfigError(f"n_bins={self.n_bins} × min_bin_size={self.min_bin_size} needs "

@@ -29,7 +29,7 @@ class ScoringClient:
 
     def __init__(self, address: str, *, ca: str | Path, cert: str | Path | None = None, key: str | Path | None = None, authority: str | None = None) -> None:
         self.address = address
-        self.channel: grpc.Channel = secure_channel(address, ca=ca, cert=cert, key=key, authority=authority, aio=False)  # type: ignore[assignment]
+        self.channel: grpc.Channel = secure_channel(address, ca=ca, cert=cert, key=key, authority=authority, aio=False)
         self._score = self.channel.unary_unary(
             "/fedrisk.v1.ScoringService/Score", request_serializer=pb.Application.SerializeToString, response_deserializer=pb.Decision.FromString
         )

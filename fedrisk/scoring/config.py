@@ -207,7 +207,9 @@ def load_config(text: str) -> NodeConfig | PartyServiceConfig:
 
 def with_paths(config: C, mapping: dict[str, str]) -> C:
     """A copy with the given fields replaced (the launcher's path rewrite)."""
-    return replace(config, **mapping)
+    # The fields rewritten are all ``str`` paths; ``replace`` checks the names.
+    changes: dict[str, Any] = dict(mapping)
+    return replace(config, **changes)
 
 
 def existing_file(path: str, what: str) -> Path:

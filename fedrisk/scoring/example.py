@@ -19,6 +19,7 @@ everything a scoring deployment needs into one folder::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,10 @@ def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFedera
     """
     root = Path(folder)
     model = str(kwargs.pop("model", "vertical_lr"))
-    build = {"secureboost": build_secureboost_example, "points": build_points_example,
-             "stacking": build_stacking_example}.get(model, build_example)  # fmt: skip
+    builders: dict[str, Callable[..., ExampleFederation]] = {
+        "secureboost": build_secureboost_example, "points": build_points_example, "stacking": build_stacking_example,
+    }  # fmt: skip
+    build = builders.get(model, build_example)
     defaults = {
         "secureboost": {"rows": 1500, "run_id": "example-secureboost", "trees": 4},
         "points": {"rows": 3000, "run_id": "example-points"},
@@ -309,4 +312,4 @@ def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFedera
                 offline_pd={k: float(v) for k, v in index["offline_pd"].items()},
                 offline_score={k: float(v) for k, v in (index.get("offline_score") or {}).items()},
             )
-    return build(root, **kwargs)  # type: ignore[arg-type]
+    return build(root, **kwargs)

@@ -65,7 +65,7 @@ class PartyResult:
     """One party's answer for one SME."""
 
     party: str
-    state: int
+    state: pb.PartyState
     partial_score: float | None = None
     reasons: tuple[str, ...] = ()
     latency_ms: float = 0.0
@@ -443,7 +443,7 @@ class PartyFanout:
             self._stream.cancel()
             self._stream = None
 
-    def _failed(self, ids: list[str], state: int, detail: str, latency: float) -> list[PartyResult]:
+    def _failed(self, ids: list[str], state: pb.PartyState, detail: str, latency: float) -> list[PartyResult]:
         self.stats.failures += 1
         self._failures_in_row += 1
         self.last_error = detail

@@ -82,7 +82,8 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedrisk.errors import ConfigError, DataValidationError
+from fedrisk.errors import ConfigError, DataValidationError, ProtocolError
+from fedrisk.models.scorecard import ScorecardPart
 from fedrisk.scoring.bundles import (
     POINTS,
     SECUREBOOST,
@@ -146,7 +147,17 @@ class _Served:
         self.run_id = model.run_id
         self.kind = pb.TREE_ROUTING if model.kind == SECUREBOOST else pb.SCORECARD
         self.points = model.kind == POINTS  # a points table: SCORECARD on the wire
-        features = self.part.feature_names if self.kind == pb.TREE_ROUTING or self.points else self.part.features  # type: ignore[union-attr]
+        part = self.part
+        features: Sequence[str]
+        if self.kind == pb.TREE_ROUTING or self.points:
+            # a routing table (trees) or a points table: both name their features
+            if isinstance(part, ScorecardPart):
+                raise ProtocolError(f"bundle of {model.party!r}: a {model.kind} bundle holds a scorecard block")
+            features = part.feature_names
+        else:
+            if not isinstance(part, ScorecardPart):
+                raise ProtocolError(f"bundle of {model.party!r}: a scorecard bundle holds no scorecard block")
+            features = part.features
         self.lookup: FeatureLookup = load_feature_lookup(table, model.schema, features, name=model.party)
         # scorecard: ID -> (partial score, adverse feature names); points: ID -> (partial log-odds, names of
         # features costing points, worst first); trees: ID -> goes left at each own split
@@ -265,9 +276,9 @@ class PartyScoringService:
         self.server: grpc.aio.Server | None = None
         self.address = ""
         #: per caller: requests answered (one per fan-out call), IDs asked, IDs covered
-        self.requests = Counter()
-        self.ids_asked = Counter()
-        self.ids_answered = Counter()
+        self.requests: Counter[str] = Counter()
+        self.ids_asked: Counter[str] = Counter()
+        self.ids_answered: Counter[str] = Counter()
         self._health = health.aio.HealthServicer()
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Future[None] | None = None

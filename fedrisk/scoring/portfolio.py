@@ -95,7 +95,7 @@ def _progress(enabled: bool, console: Console | None) -> Progress:
     )
 
 
-def _applications(df: pd.DataFrame, id_format: str, purpose: int, estimate: bool, invalid: dict[int, str]) -> Iterator[tuple[int, pb.Application]]:
+def _applications(df: pd.DataFrame, id_format: str, purpose: pb.Purpose, estimate: bool, invalid: dict[int, str]) -> Iterator[tuple[int, pb.Application]]:
     for i, row in enumerate(df.itertuples(index=False)):
         try:
             sme_id = normalise_id(str(row.sme_id), id_format)
@@ -105,14 +105,17 @@ def _applications(df: pd.DataFrame, id_format: str, purpose: int, estimate: bool
         app = pb.Application(sme_id=sme_id, estimate_only=estimate, purpose=purpose)
         for field in ("declared_annual_revenue", "requested_amount"):
             value = getattr(row, field, None)
-            if isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0:
-                if field == "requested_amount" and value == 0:
+            if not isinstance(value, numbers.Real):
+                continue
+            amount = float(value)
+            if math.isfinite(amount) and amount >= 0:
+                if field == "requested_amount" and amount == 0:
                     continue
-                setattr(app, field, float(value))
+                setattr(app, field, amount)
         yield i, app
 
 
-def _score_all(client: ScoringClient, df: pd.DataFrame, *, purpose: int, estimate: bool, label: str, progress: bool, console: Console | None) -> tuple[dict[int, pb.Decision], dict[int, str]]:
+def _score_all(client: ScoringClient, df: pd.DataFrame, *, purpose: pb.Purpose, estimate: bool, label: str, progress: bool, console: Console | None) -> tuple[dict[int, pb.Decision], dict[int, str]]:
     id_format = client.describe().id_format or "opaque"
     invalid: dict[int, str] = {}
     positions: list[int] = []

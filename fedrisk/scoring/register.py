@@ -247,10 +247,10 @@ class _GroupCommitter:
 
     def __init__(self, flush: Any) -> None:
         self._flush = flush
-        self._pending: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Mapping[str, Any] | Sequence[Any], asyncio.Future[None]]] = []
         self._busy = False
 
-    async def record(self, record: Mapping[str, Any]) -> None:
+    async def record(self, record: Mapping[str, Any] | Sequence[Any]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((record, fut))
         if not self._busy:
@@ -297,12 +297,12 @@ class LocalRegister:
         self._committer = _GroupCommitter(self._flush)
         self.path = self._sqlite.path
 
-    async def _flush(self, records: list[Mapping[str, Any]]) -> list[bool]:
+    async def _flush(self, records: list[Mapping[str, Any] | Sequence[Any]]) -> list[bool]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._sqlite.append, records)
 
-    async def record(self, record: Mapping[str, Any]) -> None:
+    async def record(self, record: Mapping[str, Any] | Sequence[Any]) -> None:
         """Append one record durably (raises :class:`DuplicateApplication`)."""
-        await self._committer.record(as_row(record))  # type: ignore[arg-type]
+        await self._committer.record(as_row(record))
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -339,7 +339,7 @@ class RemoteRegister:
         self._next = 0
         self._committer = _GroupCommitter(self._flush)
 
-    async def _flush(self, records: list[Mapping[str, Any]]) -> list[bool]:
+    async def _flush(self, records: list[Mapping[str, Any] | Sequence[Any]]) -> list[bool]:
         async with self._lock:
             try:
                 if self._writer is None:
@@ -359,7 +359,7 @@ class RemoteRegister:
             raise LedgerError(str(reply["error"]))
         return [bool(v) for v in reply["results"]]
 
-    async def record(self, record: Mapping[str, Any]) -> None:
+    async def record(self, record: Mapping[str, Any] | Sequence[Any]) -> None:
         await self._committer.record(record)
 
     async def close(self) -> None:

@@ -150,7 +150,7 @@ class _RevocationInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, guard: RevocationGuard) -> None:
         self.guard = guard
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

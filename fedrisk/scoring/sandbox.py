@@ -248,13 +248,13 @@ def bwrap_command(private_dir: Path, read_only: Iterable[str | Path], argv: list
         args += ["--ro-bind", str(path), str(path)]
     seen: set[str] = set()
     for item in read_only:
-        path = str(Path(item).resolve())
-        if path in seen:
+        resolved = str(Path(item).resolve())
+        if resolved in seen:
             continue
-        seen.add(path)
-        if not Path(path).exists():
+        seen.add(resolved)
+        if not Path(resolved).exists():
             raise ConfigError(f"{item} does not exist (needed inside the sandbox)")
-        args += ["--ro-bind", path, path]
+        args += ["--ro-bind", resolved, resolved]
     priv = str(Path(private_dir).resolve())
     args += ["--bind", priv, priv]
     # The root and /dev are tmpfs that bwrap built; make them read-only so the

@@ -69,7 +69,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,11 +79,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedrisk.errors import ConfigError, DataValidationError, FedriskError, LedgerError
+from fedrisk.models.points import PartyPoints
+from fedrisk.models.scorecard import LabelHolderScorecard
 from fedrisk.scoring.bundles import (
     POINTS,
     SECUREBOOST,
-    STACK,
     LinearScorer,
+    LoadedStack,
     PointsScorer,
     load_bank_model,
     parse_trusted_keys,
@@ -151,41 +153,60 @@ class ScoringNode:
         self.config = config
         self.model = load_bank_model(config.bundle, parse_trusted_keys(config.trusted_keys))
         self.policy = load_policy(config.policy or None)
-        lh = self.model.part
+        model = self.model
         self.trees: TreeScorer | None = None
         self.points: PointsScorer | None = None
         self.stack: StackScorer | None = None
-        if self.model.kind == STACK:
-            self.stack = StackScorer(self.model)  # type: ignore[arg-type]
-            self.scorer = self.stack  # type: ignore[assignment]
+        self.scorer: LinearScorer | TreeScorer | PointsScorer | StackScorer
+        features: Sequence[str]
+        mean: Iterable[float]
+        scale: Iterable[float]
+        if isinstance(model, LoadedStack):  # kind STACK
+            self.stack = StackScorer(model)
+            self.scorer = self.stack
             features = self.stack.features
-            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
-            mean, scale = _range_reference(self.table, len(features))
+            self.table = load_feature_lookup(config.bank_table, model.schema, features, name="bank") if config.bank_table else None
+            ref_mean, ref_scale = _range_reference(self.table, len(features))
             for member in self.stack.members:  # a scorecard's training moments where it has them
                 if isinstance(member.scorer, LinearScorer):
-                    lh = member.model.part
+                    block = member.model.part
+                    if not isinstance(block, LabelHolderScorecard):
+                        raise ConfigError(f"stack base learner {member.name!r}: the bank's bundle holds no label holder scorecard")
                     for j, col in enumerate(member.columns):
-                        mean[col], scale[col] = float(lh.mean[j]), float(lh.scale[j])  # type: ignore[union-attr]
+                        ref_mean[col], ref_scale[col] = float(block.mean[j]), float(block.scale[j])
+            mean, scale = ref_mean, ref_scale
             known = self.stack.known_parties()
-        elif self.model.kind == POINTS:
-            self.points = PointsScorer(lh, list(self.model.meta.get("feature_holders") or ()))  # type: ignore[arg-type]
-            self.scorer = self.points  # type: ignore[assignment]
+        elif model.kind == POINTS:
+            lh = model.part
+            if not isinstance(lh, PartyPoints):
+                raise ConfigError(f"bundle {config.bundle}: a points bundle holds no points table")
+            self.points = PointsScorer(lh, list(model.meta.get("feature_holders") or ()))
+            self.scorer = self.points
             features = self.points.features
             _check_scale(self.points.scale, self.policy)
-            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            self.table = load_feature_lookup(config.bank_table, model.schema, features, name="bank") if config.bank_table else None
             mean, scale = _range_reference(self.table, len(features))
             known = set(self.points.parties)
-        elif self.model.kind == SECUREBOOST:
-            self.trees = TreeScorer(lh)  # type: ignore[arg-type]
-            self.scorer: LinearScorer | TreeScorer | PointsScorer = self.trees
+        elif model.kind == SECUREBOOST:
+            # imported here as in the bundle loader (which already loaded it for this bundle)
+            from fedrisk.models.secureboost_tree import SecureBoostModel
+
+            lh = model.part
+            if not isinstance(lh, SecureBoostModel):
+                raise ConfigError(f"bundle {config.bundle}: a SecureBoost bundle holds no label holder trees")
+            self.trees = TreeScorer(lh)
+            self.scorer = self.trees
             features = self.trees.features
-            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            self.table = load_feature_lookup(config.bank_table, model.schema, features, name="bank") if config.bank_table else None
             mean, scale = _range_reference(self.table, len(features))
-            known = set(lh.parties[1:])  # type: ignore[union-attr]  (a party owning no split is not asked)
+            known = set(lh.parties[1:])  # (a party owning no split is not asked)
         else:
-            self.scorer = LinearScorer(lh)  # type: ignore[arg-type]
-            features, mean, scale = lh.features, lh.mean, lh.scale  # type: ignore[union-attr]
-            self.table = load_feature_lookup(config.bank_table, self.model.schema, features, name="bank") if config.bank_table else None
+            lh = model.part
+            if not isinstance(lh, LabelHolderScorecard):
+                raise ConfigError(f"bundle {config.bundle}: a scorecard bundle holds no label holder scorecard")
+            self.scorer = LinearScorer(lh)
+            features, mean, scale = lh.features, lh.mean, lh.scale
+            self.table = load_feature_lookup(config.bank_table, model.schema, features, name="bank") if config.bank_table else None
             known = set(self.scorer.parties)
         self.validator = ApplicationValidator.for_model(
             features, mean, scale, self.model.schema, max_bytes=config.max_message_bytes, max_abs_z=config.max_abs_z
@@ -219,7 +240,7 @@ class ScoringNode:
                 channel = secure_channel(endpoint.target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=endpoint.authority or None)
             self.fanouts[party] = PartyFanout(
                 party,
-                channel,  # type: ignore[arg-type]
+                channel,
                 link=link,
                 model_version=self.model.run_id,
                 deadline_s=self.policy.deadline_ms / 1000.0,
@@ -261,7 +282,7 @@ class ScoringNode:
             authority = parse_endpoint(target)[0]
 
         def channel(target: str, root_pem: bytes, authority: str) -> grpc.aio.Channel:
-            return secure_channel(target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=authority, root_pem=root_pem)  # type: ignore[return-value]
+            return secure_channel(target, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, authority=authority, root_pem=root_pem)
 
         assert self.revocations is not None
         return PartyLink(party, target, authority, ca=cfg.ca, cert=cfg.client_cert, key=cfg.client_key, guard=self.revocations, channel_factory=channel)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,7 +142,7 @@ class ApplicationValidator:
         self._known_ids: dict[str, str] = {}
 
     @classmethod
-    def for_model(cls, features: Sequence[str], mean: Sequence[float], scale: Sequence[float], schema: Mapping[str, Any], **kwargs: Any) -> ApplicationValidator:
+    def for_model(cls, features: Sequence[str], mean: Iterable[float], scale: Iterable[float], schema: Mapping[str, Any], **kwargs: Any) -> ApplicationValidator:
         """Build from the bank's scorecard and the schema recorded in its bundle."""
         kinds = dict((schema or {}).get("features") or {})
         allow = set((schema or {}).get("allow_missing") or ())

@@ -109,9 +109,12 @@ class ExchangeHeader:
     @classmethod
     def from_record(cls, record: ConfigRecord) -> "ExchangeHeader":
         try:
+            round_value = record["round"]
+            if isinstance(round_value, list):
+                raise ProtocolError("exchange header field 'round' is a list, not a round number")
             return cls(
                 run_id=str(record["run_id"]),
-                round=int(record["round"]),
+                round=int(round_value),
                 step=str(record["step"]),
                 sender=str(record["sender"]),
                 receiver=str(record["receiver"]),
