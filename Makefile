@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrisk-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps sandbox-deps bench clean help
+.PHONY: demo test lint install system-deps sandbox-deps bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,10 @@ demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on lo
 
 test: $(STAMP) system-deps  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests and mypy on fedrisk (settings in pyproject.toml)
+	$(BIN)/ruff check fedrisk benchmarks tests
+	$(BIN)/mypy
 
 bench: $(STAMP)  ## run every benchmark in quick mode
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b --quick; done

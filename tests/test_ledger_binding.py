@@ -11,10 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrisk.audit import Ed25519Signer, Ledger, verify_run
-from fedrisk.audit.key_binding import BINDING_FILE, bind_node, make_binding
+from fedrisk.audit.key_binding import BINDING_FILE, make_binding
 from fedrisk.cli import app
 from fedrisk.crypto.keyfiles import read_secret_file
-from fedrisk.crypto.pki_admin import bind_ledger_keys, init_federation_keys
+from fedrisk.crypto.pki_admin import init_federation_keys
+from fedrisk.federation.ledger_keys import bind_ledger_keys, bind_node
 from fedrisk.parties.identity import PartyIdentity
 
 NODES = ("coordinator", "bank", "tax_bureau")

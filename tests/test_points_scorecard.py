@@ -17,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrisk.cli import app
-from fedrisk.cli.scorecard import DEFAULT_CREDIT_BANK, DEFAULT_CREDIT_HOLDER, render_points_table
+from fedrisk.cli.scorecard import DEFAULT_CREDIT_BANK, DEFAULT_CREDIT_HOLDER
+from fedrisk.models.points import render_points_table
 from fedrisk.crypto.signing import SigningIdentity
 from fedrisk.errors import ConfigError, DataValidationError
 from fedrisk.models.bundle import load_model_bundle, write_model_bundle

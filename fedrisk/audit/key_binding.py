@@ -116,24 +116,6 @@ def make_binding(node: str, ledger_public_key: bytes, cert_pem: bytes, cert_key_
     }
 
 
-def bind_node(state_dir: str | os.PathLike[str], name: str, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> Path:
-    """Bind the ledger key kept in a node's state folder to its certificate.
-
-    Loads the node's Ed25519 identity from ``state_dir`` (creating it, 0600,
-    if the node has not started yet), signs the binding with the certificate
-    key at ``key_path`` (read only if it is 0600) and writes
-    ``<state_dir>/ledger_key_binding.json``. Returns that path.
-    """
-    from fedrisk.crypto.keyfiles import read_secret_file, write_public_file
-    from fedrisk.parties.identity import PartyIdentity
-    from fedrisk.parties.settings import ensure_private_dir
-
-    folder = ensure_private_dir(Path(state_dir))
-    identity = PartyIdentity.load_or_create(folder, name)
-    binding = make_binding(name, identity.signing_public_key, Path(cert_path).read_bytes(), read_secret_file(key_path))
-    return write_public_file(folder / BINDING_FILE, (json.dumps(binding, indent=2, sort_keys=True) + "\n").encode())
-
-
 def read_binding(path: str | os.PathLike[str]) -> object:
     """The parsed binding file (not judged); raises LedgerError if missing or not JSON."""
     try:

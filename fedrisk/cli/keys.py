@@ -170,8 +170,7 @@ def keys_bind_ledger(
     the operator runs it for the coordinator (and for local federations) from the key folder.
     `fedrisk audit verify --ca ca.crt` then accepts only ledgers signed by a bound key.
     """
-    from fedrisk.audit.key_binding import bind_node
-    from fedrisk.crypto.pki_admin import bind_ledger_keys
+    from fedrisk.federation.ledger_keys import bind_ledger_keys, bind_node
 
     try:
         if (cert is None) != (cert_key is None):

@@ -7,7 +7,7 @@ bank's own table. ``fedrisk demo`` trains a logistic model on raw features over 
 Deployment Engine, not a WOE scorecard, so the points table has its own command;
 ``fedrisk demo --model scorecard`` trains the WOE scorecard in-process as this
 command does, deploys each party's points table to the scoring node and prints the
-bank's table with :func:`render_points_table`.
+bank's table with :func:`fedrisk.models.points.render_points_table`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from fedrisk.errors import DataValidationError, FedriskError
 
@@ -62,25 +61,6 @@ def _read(path: Path, id_column: str, who: str) -> Any:
     return df.set_index(id_column)
 
 
-def render_points_table(table: Any, party: str, scale: Any) -> Table:
-    """A rich table of one party's points (``feature``, ``bin``, ``woe``, ``points``)."""
-    out = Table(title=f"Points table — {party}'s own features", caption=(
-        f"{scale.base_score:g} points at odds {scale.base_odds:g}:1, {scale.pdo:g} points to double the odds; "
-        "score = the sum of every party's points, higher is safer"))
-    out.add_column("feature")
-    out.add_column("bin")
-    out.add_column("WOE", justify="right")
-    out.add_column("points", justify="right")
-    prev = None
-    for r in table.itertuples(index=False):
-        if prev is not None and r.feature != prev:
-            out.add_section()
-        woe = "" if r.woe != r.woe else f"{r.woe:+.3f}"  # NaN: base / indicator rows
-        out.add_row(r.feature if r.feature != prev else "", r.bin, woe, f"{round(r.points, 1) + 0.0:.1f}")  # no "-0.0"
-        prev = r.feature
-    return out
-
-
 @scorecard_app.command("points")
 def points(
     bank: Optional[Path] = typer.Option(None, "--bank", help="The bank's CSV: ID, label and its features (default: the default-credit split's guest file)."),
@@ -99,7 +79,7 @@ def points(
 ) -> None:
     """Train the federated WOE scorecard in-process and print the bank's own points table."""
     try:
-        from fedrisk.models.points import ScoreScale, train_points_scorecard
+        from fedrisk.models.points import ScoreScale, render_points_table, train_points_scorecard
 
         scale = ScoreScale(pdo, base_odds, base_score)  # a bad scale is refused before any data is read
         started = time.perf_counter()

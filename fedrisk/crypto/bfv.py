@@ -118,9 +118,9 @@ def _encode_fields(fields: Sequence[tuple[int, int, bytes | int]]) -> bytes:
     for field, wire, value in fields:
         out += _varint(field << 3 | wire)
         if wire == 0:
-            out += _varint(int(value))  # type: ignore[arg-type]
+            out += _varint(int(value))
         elif wire == 1:
-            out += bytes(value)  # type: ignore[arg-type]
+            out += bytes(value)
         else:
             out += _varint(len(value)) + bytes(value)  # type: ignore[arg-type]
     return bytes(out)
@@ -152,7 +152,7 @@ def make_bfv_context() -> ts.Context:
     seeded = io.save(sa.KeyGenerator(seal, secret).create_galois_keys(_galois_elements(POLY_DEGREE)).save)
     blob = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
     context = ts.context_from(_with_galois_keys(blob, seeded))
-    context._fedrisk_seeded_galois = seeded  # type: ignore[attr-defined]
+    context._fedrisk_seeded_galois = seeded
     return context
 
 
@@ -181,7 +181,7 @@ def keep_seeded_galois(context: ts.Context, serialised: bytes) -> ts.Context:
         if field == 2 and wire == 2:
             for sub, sub_wire, sub_value in _fields(value):  # type: ignore[arg-type]
                 if sub == 5 and sub_wire == 2 and sub_value:
-                    context._fedrisk_seeded_galois = bytes(sub_value)  # type: ignore[attr-defined,arg-type]
+                    context._fedrisk_seeded_galois = bytes(sub_value)
     return context
 
 

@@ -671,7 +671,7 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
             if kind == b"HINI":
                 context = ts.context_from(blobs[0])
                 if len(blobs) > 2:  # the Galois keys apart, seeded: SEAL loads them at half the bytes
-                    context._fedrisk_seeded_galois = blobs[2]  # type: ignore[attr-defined]
+                    context._fedrisk_seeded_galois = blobs[2]
                 runtime = BFVRuntime(context)
                 onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
                 kernel = _BSGSKernel(runtime, onehot, F=int(header["F"]), B=int(header["B"]),

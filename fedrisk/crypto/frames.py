@@ -111,13 +111,3 @@ def _fingerprint_bytes(fingerprint: str) -> bytes:
     if len(raw) != 8:
         raise ProtocolError(f"context fingerprint must be 16 hex digits, got {fingerprint!r}")
     return raw
-
-
-def _fingerprint_bytes(fingerprint: str) -> bytes:
-    try:
-        raw = bytes.fromhex(fingerprint)
-    except ValueError:
-        raw = b""
-    if len(raw) != 8:
-        raise ProtocolError(f"context fingerprint must be 16 hex digits, got {fingerprint!r}")
-    return raw

@@ -15,7 +15,7 @@ folder::
     crl.pem                          the same revocations as an X.509 CRL signed by the CA
 
 A party gets ``ca.crt``, ``nodes/<name>`` and ``parties/<name>.*`` (for scoring,
-and to bind its ledger key to its certificate: :func:`bind_ledger_keys`, ``fedrisk
+and to bind its ledger key to its certificate: :func:`fedrisk.federation.ledger_keys.bind_ledger_keys`, ``fedrisk
 keys bind-ledger``); nobody else needs a private key. The registry is the operator's record:
 :func:`add_party` issues a new party's certificate and node key;
 :func:`revoke_party` marks a party revoked, moves its key files to
@@ -57,7 +57,6 @@ from fedrisk.errors import CryptoError
 __all__ = [
     "FederationKeys",
     "add_party",
-    "bind_ledger_keys",
     "init_federation_keys",
     "load_federation_keys",
     "node_key_fingerprint",
@@ -421,28 +420,3 @@ def _write_crl(keys: FederationKeys, revoked: list[dict[str, Any]]) -> None:
     write_public_file(keys.folder / CRL, crl.public_bytes(serialization.Encoding.PEM))
 
 
-def bind_ledger_keys(keys: FederationKeys | str | os.PathLike[str], state_dirs: dict[str, str | os.PathLike[str]]) -> dict[str, Path]:
-    """Bind each node's ledger signing key to its certificate in this key folder.
-
-    Parameters
-    ----------
-    keys : FederationKeys or path
-        The federation key folder (``fedrisk keys init``).
-    state_dirs : dict
-        Node name (a party, or ``coordinator``) to its private state folder;
-        the node's Ed25519 identity there is created (0600) if it does not exist yet.
-
-    Returns
-    -------
-    dict
-        Node name to the ``ledger_key_binding.json`` written in its state folder.
-    """
-    from fedrisk.audit.key_binding import bind_node
-
-    if not isinstance(keys, FederationKeys):
-        keys = load_federation_keys(keys)
-    out: dict[str, Path] = {}
-    for name, state_dir in state_dirs.items():
-        cert, key = keys.ledger_certificate(name)
-        out[name] = bind_node(state_dir, name, cert, key)
-    return out

@@ -360,7 +360,7 @@ SCORECARD_LIVE_APPLICATIONS = 400
 
 def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, console: Console | None = None) -> dict:
     """The points scorecard: train in-process, deploy each party's own points table, decide live, show the bank's table."""
-    from fedrisk.cli.scorecard import render_points_table
+    from fedrisk.models.points import render_points_table
     from fedrisk.models.metrics import auc
     from fedrisk.scoring.bundles import load_bank_model, parse_trusted_keys
     from fedrisk.scoring.client import ScoringClient

@@ -38,7 +38,7 @@ class LedgeredGrid(Grid):
         self.inner.set_run(run_id)  # type: ignore[arg-type]
 
     @property
-    def run(self):  # type: ignore[override]
+    def run(self):
         return self.inner.run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:

@@ -201,7 +201,7 @@ class LocalFederation:
             node_keys = {name: keys.node_private_key(name) for name in names}  # refuses a revoked party
             self.ca_cert = Path(keys.ca_cert)
             # Each node's ledger key, bound to its certificate before any node starts (fedrisk audit verify checks it).
-            from fedrisk.crypto.pki_admin import bind_ledger_keys
+            from fedrisk.federation.ledger_keys import bind_ledger_keys
 
             bind_ledger_keys(keys, {**{p.name: p.state_dir for p in self.parties}, "coordinator": self.run_dir / "coordinator"})
         self._write_flwr_config()

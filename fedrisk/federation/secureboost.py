@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 from fedrisk.errors import ProtocolError
 from fedrisk.wire import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
+from fedrisk.wire.config_values import config_bytes, config_int
 from fedrisk.wire.exchange import build_content
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.federation.session import CoordinatorSession
@@ -139,7 +140,7 @@ def run_secureboost(
                     build_content(
                         session.header(0, "sb.join", p, "public", fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
-                        {"rows": int(setup.value("rows")), "train_mask": bytes(setup.value("train_mask")), "n_jobs": config.n_jobs},  # type: ignore[call-overload, arg-type]
+                        {"rows": config_int(setup, "rows"), "train_mask": config_bytes(setup, "train_mask"), "n_jobs": config.n_jobs},
                     ),
                 )
                 for p in fhs

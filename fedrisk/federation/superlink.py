@@ -214,8 +214,8 @@ class FleetBundleHandler:
         def parse(head_type):
             def deserialize(data: bytes) -> Bundle:
                 bundle = Bundle.FromString(data)
-                bundle.head_message = head_type.FromString(bundle.head)  # type: ignore[attr-defined]
-                bundle.node = bundle.head_message.node  # type: ignore[attr-defined]
+                bundle.head_message = head_type.FromString(bundle.head)
+                bundle.node = bundle.head_message.node
                 return bundle
 
             return deserialize

@@ -25,7 +25,8 @@ __all__ = ["PublicCopies", "Relay", "Wire", "WirePayload", "WireRecord", "align_
 class WirePayload(Protocol):
     """A protocol payload: its bytes and its declared content class."""
 
-    content_class: str
+    @property
+    def content_class(self) -> str: ...
 
     def to_bytes(self) -> bytes: ...
 

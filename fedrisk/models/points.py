@@ -86,6 +86,7 @@ from fedrisk.errors import ConfigError, DataValidationError, ProtocolError
 
 __all__ = [
     "POINTS_KIND",
+    "render_points_table",
     "FeaturePoints",
     "IndicatorPoints",
     "PartyPoints",
@@ -677,3 +678,24 @@ def train_points_scorecard(
                                     label=label, label_holder_name=label_holder, monotone=signs, n_jobs=n_jobs)
     lr.fit(bank_woe, holder_woe)
     return PointsScorecard.from_woe_model(woe, lr, scale), woe, lr
+
+
+def render_points_table(table: Any, party: str, scale: Any) -> Any:
+    """A rich table of one party's points (``feature``, ``bin``, ``woe``, ``points``), for people."""
+    from rich.table import Table
+
+    out = Table(title=f"Points table — {party}'s own features", caption=(
+        f"{scale.base_score:g} points at odds {scale.base_odds:g}:1, {scale.pdo:g} points to double the odds; "
+        "score = the sum of every party's points, higher is safer"))
+    out.add_column("feature")
+    out.add_column("bin")
+    out.add_column("WOE", justify="right")
+    out.add_column("points", justify="right")
+    prev = None
+    for r in table.itertuples(index=False):
+        if prev is not None and r.feature != prev:
+            out.add_section()
+        woe = "" if r.woe != r.woe else f"{r.woe:+.3f}"  # NaN: base / indicator rows
+        out.add_row(r.feature if r.feature != prev else "", r.bin, woe, f"{round(r.points, 1) + 0.0:.1f}")  # no "-0.0"
+        prev = r.feature
+    return out

@@ -1,0 +1,116 @@
+"""The layout of docs/ARCHITECTURE.md, checked: which package may import which, no private names across
+modules, and every message type served by exactly the roles the registry hands the party runtime."""
+
+from __future__ import annotations
+
+import ast
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedrisk.parties.protocol import ClosingProtocol, DurableProtocol, PartyProtocol
+from fedrisk.parties.registry import PROTOCOLS
+from fedrisk.wire import message_types as mt
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fedrisk"
+
+#: Package (or top-level module) → the fedrisk packages it may import (docs/ARCHITECTURE.md, "may import").
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),
+    "logs": {"errors"},
+    "v1": set(),
+    "data": {"errors"},
+    "wire": {"errors"},
+    "crypto": {"errors"},
+    "checkpoint": {"crypto", "errors"},
+    "audit": {"crypto", "errors", "wire"},
+    "models": {"crypto", "errors"},
+    "parties": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "wire"},
+    "scoring": {"audit", "crypto", "data", "errors", "logs", "models", "v1"},
+    "federation": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "parties", "scoring", "v1", "wire"},
+    "simulation": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "wire"},
+    "cli": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "scoring", "simulation", "v1", "wire"},
+}
+
+
+def _modules() -> Iterator[tuple[str, Path, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if parts == ("__init__.py",):
+            continue
+        top = parts[0] if len(parts) > 1 else path.stem
+        yield top, path, ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _fedrisk_imports(tree: ast.Module) -> Iterator[tuple[ast.ImportFrom | ast.Import, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("fedrisk."):
+            yield node, node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("fedrisk."):
+                    yield node, alias.name
+
+
+def test_every_package_has_a_rule():
+    assert {top for top, _, _ in _modules()} <= set(MAY_IMPORT)
+
+
+def test_packages_import_only_what_the_architecture_allows():
+    crossings = []
+    for top, path, tree in _modules():
+        for node, module in _fedrisk_imports(tree):
+            target = module.split(".")[1]
+            if target != top and target not in MAY_IMPORT[top]:
+                crossings.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {module}")
+    assert crossings == []
+
+
+def test_no_module_imports_a_private_name_of_another():
+    private = []
+    for _, path, tree in _modules():
+        for node, module in _fedrisk_imports(tree):
+            if isinstance(node, ast.ImportFrom):
+                private += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
+
+
+def test_the_party_runtime_imports_no_protocol_role():
+    tree = ast.parse((PACKAGE / "parties" / "runtime.py").read_text(encoding="utf-8"))
+    imported = {module for _, module in _fedrisk_imports(tree)}
+    roles = {cls.__module__ for load in PROTOCOLS.values() for cls in load()}
+    assert roles and not (imported & roles), "the runtime gets its roles from the registry"
+    assert "fedrisk.parties.registry" not in imported
+
+
+@pytest.fixture(scope="module")
+def roles(tmp_path_factory) -> dict[str, list[PartyProtocol]]:
+    out: dict[str, list[PartyProtocol]] = {}
+    for role, load in PROTOCOLS.items():
+        party = types.SimpleNamespace(settings=types.SimpleNamespace(name="p", role=role), state_dir=tmp_path_factory.mktemp(role))
+        out[role] = [cls(party) for cls in load()]
+    return out
+
+
+def test_every_message_type_is_served_once_per_party_role(roles):
+    served: dict[str, list[str]] = {}
+    for role, protocols in roles.items():
+        mine: list[str] = []
+        for protocol in protocols:
+            assert isinstance(protocol, PartyProtocol)
+            mine += list(protocol.handlers())
+        assert len(mine) == len(set(mine)), f"{role}: a message type answered by two roles"
+        for message_type in mine:
+            served.setdefault(message_type, []).append(role)
+    assert set(served) | {mt.IDENTITY} == set(mt.MESSAGE_TYPES)  # the runtime answers the identity query itself
+
+
+def test_durable_and_closing_roles_are_recognised_by_type(roles):
+    by_name = {type(p).__name__: p for protocols in roles.values() for p in protocols}
+    for name in ("LabelHolderVerticalLR", "FeatureHolderVerticalLR", "LabelHolderSecureBoost", "FeatureHolderSecureBoost"):
+        assert isinstance(by_name[name], DurableProtocol), name
+    assert isinstance(by_name["FeatureHolderSecureBoost"], ClosingProtocol)
+    assert not isinstance(by_name["HorizontalParty"], DurableProtocol)
