@@ -114,3 +114,17 @@ def test_durable_and_closing_roles_are_recognised_by_type(roles):
         assert isinstance(by_name[name], DurableProtocol), name
     assert isinstance(by_name["FeatureHolderSecureBoost"], ClosingProtocol)
     assert not isinstance(by_name["HorizontalParty"], DurableProtocol)
+
+
+def test_fedavg_defaults_live_in_one_place_and_flwr_run_uses_the_same():
+    import tomllib
+
+    from fedrisk.errors import ConfigError
+    from fedrisk.federation.horizontal import FedAvgConfig
+
+    app_config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert FedAvgConfig.from_run_config(app_config) == FedAvgConfig()  # `flwr run .` trains with the code's defaults
+    assert FedAvgConfig.from_run_config({"learning-rate": "0.2", "num-rounds": 3}).learning_rate == 0.2
+    with pytest.raises(ConfigError, match="learning-rate") as err:
+        FedAvgConfig.from_run_config({"learning-rate": "fast"})
+    assert "\n" not in str(err.value)

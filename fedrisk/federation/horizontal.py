@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Mapping, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypedDict, cast
 
 import numpy as np
 
@@ -155,6 +155,38 @@ class FedAvgConfig:
                 raise ConfigError(f"{key} must be in [0, 1), got {share}")
         if not 0.0 <= self.sim_straggler_delay <= MAX_SIM_DELAY:
             raise ConfigError(f"sim-straggler-delay must be in [0, {MAX_SIM_DELAY:.0f}] seconds, got {self.sim_straggler_delay}")
+
+    #: Run-config keys of the training settings (the other options: :attr:`RUN_CONFIG_KEYS`).
+    TRAINING_KEYS = {
+        "num-rounds": "rounds",
+        "aggregation": "aggregation",
+        "local-epochs": "local_epochs",
+        "learning-rate": "learning_rate",
+        "batch-size": "batch_size",
+        "model": "model",
+        "hidden-units": "hidden_units",
+        "hidden-layers": "hidden_layers",
+        "seed": "seed",
+        "key-holder": "key_holder",
+    }
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> FedAvgConfig:
+        """The FedAvg settings of a Flower run config; a key it does not set keeps this class's default.
+
+        The defaults live here only (``pyproject.toml``'s ``[tool.flwr.app.config]``
+        repeats them for ``flwr run .``; a test keeps the two equal).
+        """
+        kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, name in cls.TRAINING_KEYS.items():
+            if key in run_config:
+                raw, kind = run_config[key], kinds[name]
+                try:
+                    values[name] = kind(raw)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"run config {key}: expected a {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+        return cls(**values, **cls.options_from_run_config(run_config))
 
     @classmethod
     def options_from_run_config(cls, run_config: Mapping[str, object]) -> RunConfigOptions:

@@ -237,6 +237,33 @@ def run_echo(session: CoordinatorSession, run_config) -> dict:
     return {"status": "ok", "mode": "echo", "echo": out}
 
 
+def _run_horizontal(session: CoordinatorSession, context: Context, checkpoints=None) -> dict:
+    """Encrypted FedAvg across the banks."""
+    config = FedAvgConfig.from_run_config(context.run_config)
+
+    def progress(round_: int, row: dict) -> None:
+        print(f"[fedrisk] round {round_}/{config.rounds}: {json.dumps(row, sort_keys=True)}", flush=True)
+
+    fedavg = run_fedavg(session, config, progress=progress, checkpoints=checkpoints)
+    return {
+        "status": "ok",
+        "mode": "horizontal",
+        "algorithm": "fedavg",
+        "aggregation": config.aggregation,
+        "rounds": fedavg.rounds,
+        "final": fedavg.final,
+        "key_holder": fedavg.key_holder,
+        "key_fingerprint": fedavg.key_fingerprint,
+        "n_params": fedavg.n_params,
+        "dp": fedavg.dp,
+    }
+
+
+def _run_echo(session: CoordinatorSession, context: Context, checkpoints=None) -> dict:
+    """The transport probe of ``benchmarks/exchange.py``."""
+    return run_echo(session, context.run_config)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_dir = Path(_cfg(context, "run-dir", "") or Path.cwd() / "runs" / "flwr-run")
@@ -268,43 +295,10 @@ def main(grid: Grid, context: Context) -> None:
         # full collection of them mid-exchange cost ~100 ms (the p99 of benchmarks/exchange.py).
         gc.collect()
         gc.freeze()
-        if mode == "horizontal":
-            config = FedAvgConfig(
-                rounds=_cfg(context, "num-rounds", 5),
-                aggregation=_cfg(context, "aggregation", "ckks"),
-                local_epochs=_cfg(context, "local-epochs", 1),
-                learning_rate=_cfg(context, "learning-rate", 0.01),
-                batch_size=_cfg(context, "batch-size", 256),
-                model=_cfg(context, "model", "mlp"),
-                hidden_units=_cfg(context, "hidden-units", 64),
-                hidden_layers=_cfg(context, "hidden-layers", 2),
-                seed=_cfg(context, "seed", 7),
-                key_holder=_cfg(context, "key-holder", ""),
-                **FedAvgConfig.options_from_run_config(context.run_config),  # min-parties, round-timeout, dp-*, sim-*
-            )
-
-            def progress(round_: int, row: dict) -> None:
-                print(f"[fedrisk] round {round_}/{config.rounds}: {json.dumps(row, sort_keys=True)}", flush=True)
-
-            fedavg = run_fedavg(session, config, progress=progress, checkpoints=checkpoints)
-            result = {
-                "status": "ok",
-                "mode": "horizontal",
-                "algorithm": "fedavg",
-                "aggregation": config.aggregation,
-                "rounds": fedavg.rounds,
-                "final": fedavg.final,
-                "key_holder": fedavg.key_holder,
-                "key_fingerprint": fedavg.key_fingerprint,
-                "n_params": fedavg.n_params,
-                "dp": fedavg.dp,
-            }
-        elif mode == "vertical":
-            result = _run_vertical(session, context, checkpoints)
-        elif mode == "echo":
-            result = run_echo(session, context.run_config)
-        else:
+        runners = {"horizontal": _run_horizontal, "vertical": _run_vertical, "echo": _run_echo}
+        if mode not in runners:
             raise ConfigError(f"unknown mode {mode!r}")
+        result = runners[mode](session, context, checkpoints)
         result.update(
             run_id=run_id,
             parties={n: {"role": p.role, "signing_key_id": p.signing_key_id} for n, p in session.parties.items()},
