@@ -128,3 +128,16 @@ def test_fedavg_defaults_live_in_one_place_and_flwr_run_uses_the_same():
     with pytest.raises(ConfigError, match="learning-rate") as err:
         FedAvgConfig.from_run_config({"learning-rate": "fast"})
     assert "\n" not in str(err.value)
+
+
+def test_secureboost_defaults_are_the_models():
+    from fedrisk.errors import ConfigError
+    from fedrisk.federation.secureboost import SecureBoostConfig
+    from fedrisk.models.secureboost_tree import BoostParams
+
+    assert SecureBoostConfig().params() == BoostParams()
+    config = SecureBoostConfig.from_run_config({"trees": 5, "depth": "2", "l2": 0.5, "learning-rate": 0.1})
+    assert config.params() == BoostParams(n_trees=5, max_depth=2, learning_rate=0.1, reg_lambda=0.5)
+    with pytest.raises(ConfigError, match="depth") as err:
+        SecureBoostConfig.from_run_config({"depth": 40}).params()
+    assert "\n" not in str(err.value)

@@ -20,10 +20,12 @@ answer a repeated request from their reply cache, so no round is applied twice.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from fedrisk.errors import ProtocolError
+from fedrisk.errors import ConfigError, ProtocolError
+from fedrisk.models.secureboost_tree import BoostParams
 from fedrisk.wire import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
 from fedrisk.wire.config_values import config_bytes, config_int
@@ -37,20 +39,48 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SecureBoostConfig:
-    """Parameters of SecureBoost (``[algorithm]`` of FEDERATION.toml).
+    """Parameters of SecureBoost (``[algorithm]`` of FEDERATION.toml, the run config's keys).
 
-    FATE's reference configuration is 30 trees, depth 3, 32 bins.
+    FATE's reference configuration is 30 trees, depth 3, 32 bins. The model's
+    defaults are :class:`fedrisk.models.secureboost_tree.BoostParams`'; these
+    take them from there (:attr:`RUN_CONFIG_KEYS` maps the run config's names
+    to the model's), plus the run's seed and worker count.
     """
 
-    trees: int = 30
-    depth: int = 3
-    learning_rate: float = 0.3
-    l2: float = 1.0
-    min_child_weight: float = 1.0
-    subsample: float = 1.0
-    bins: int = 32
+    trees: int = BoostParams.n_trees
+    depth: int = BoostParams.max_depth
+    learning_rate: float = BoostParams.learning_rate
+    l2: float = BoostParams.reg_lambda
+    min_child_weight: float = BoostParams.min_child_weight
+    subsample: float = BoostParams.subsample
+    bins: int = BoostParams.n_bins
     seed: int = 0
     n_jobs: int = 1
+
+    #: Run-config key → field (the same key as the field, in Flower's kebab case).
+    RUN_CONFIG_KEYS: ClassVar[dict[str, str]] = {
+        "trees": "trees", "depth": "depth", "learning-rate": "learning_rate", "l2": "l2",
+        "min-child-weight": "min_child_weight", "subsample": "subsample", "bins": "bins", "seed": "seed", "n-jobs": "n_jobs",
+    }  # fmt: skip
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> SecureBoostConfig:
+        """The settings of a Flower run config; a key it does not set keeps the default."""
+        kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, name in cls.RUN_CONFIG_KEYS.items():
+            if key in run_config:
+                raw = run_config[key]
+                try:
+                    values[name] = kinds[name](raw)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"run config {key}: expected a {kinds[name].__name__}, got {raw!r}") from None
+        return cls(**values)
+
+    def params(self) -> BoostParams:
+        """The model's hyper-parameters (validated there: one line per bad value)."""
+        return BoostParams(self.trees, self.depth, float(self.learning_rate), float(self.l2), float(self.min_child_weight),
+                           float(self.subsample), self.bins)
 
 
 @dataclass

@@ -164,17 +164,9 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
 def _secureboost_config(context: Context):
     from fedrisk.federation.secureboost import SecureBoostConfig
 
-    return SecureBoostConfig(
-        trees=_cfg(context, "trees", 30),
-        depth=_cfg(context, "depth", 3),
-        learning_rate=_cfg(context, "learning-rate", 0.3),
-        l2=_cfg(context, "l2", 1.0),
-        min_child_weight=_cfg(context, "min-child-weight", 1.0),
-        subsample=_cfg(context, "subsample", 1.0),
-        bins=_cfg(context, "bins", 32),
-        seed=_cfg(context, "seed", 0),
-        n_jobs=_cfg(context, "n-jobs", 1),
-    )
+    config = SecureBoostConfig.from_run_config(context.run_config)
+    config.params()  # refuse bad hyper-parameters before PSI, in one line
+    return config
 
 
 def _run_secureboost(session: CoordinatorSession, config, roles, checkpoints=None, resume=None, alignment=None) -> dict:
