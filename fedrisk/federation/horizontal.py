@@ -60,13 +60,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypedDict, cast
+from typing import TYPE_CHECKING, Mapping, TypedDict, cast
 
 import numpy as np
 
 from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
 from fedrisk.wire import message_types as mt
-from fedrisk.wire.config_values import as_float, as_int, config_float, config_int
+from fedrisk.wire.config_values import as_float, as_int, config_float, config_int, settings_from_run_config
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.federation.session import CoordinatorSession
 
@@ -177,15 +177,7 @@ class FedAvgConfig:
         The defaults live here only (``pyproject.toml``'s ``[tool.flwr.app.config]``
         repeats them for ``flwr run .``; a test keeps the two equal).
         """
-        kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, name in cls.TRAINING_KEYS.items():
-            if key in run_config:
-                raw, kind = run_config[key], kinds[name]
-                try:
-                    values[name] = kind(raw)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"run config {key}: expected a {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+        values = settings_from_run_config(cls, cls.TRAINING_KEYS, run_config)
         return cls(**values, **cls.options_from_run_config(run_config))
 
     @classmethod

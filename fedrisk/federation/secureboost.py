@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, ClassVar
 
-from fedrisk.errors import ConfigError, ProtocolError
+from fedrisk.errors import ProtocolError
 from fedrisk.models.secureboost_tree import BoostParams
 from fedrisk.wire import message_types as mt
 from fedrisk.federation.alignment import VerticalRoles
-from fedrisk.wire.config_values import config_bytes, config_int
+from fedrisk.wire.config_values import config_bytes, config_int, settings_from_run_config
 from fedrisk.wire.exchange import build_content
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.federation.session import CoordinatorSession
@@ -66,15 +66,7 @@ class SecureBoostConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> SecureBoostConfig:
         """The settings of a Flower run config; a key it does not set keeps the default."""
-        kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, name in cls.RUN_CONFIG_KEYS.items():
-            if key in run_config:
-                raw = run_config[key]
-                try:
-                    values[name] = kinds[name](raw)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"run config {key}: expected a {kinds[name].__name__}, got {raw!r}") from None
+        values = settings_from_run_config(cls, cls.RUN_CONFIG_KEYS, run_config)
         return cls(**values)
 
     def params(self) -> BoostParams:

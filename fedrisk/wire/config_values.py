@@ -12,12 +12,14 @@ missing key unless a default is given.
 
 from __future__ import annotations
 
-from typing import SupportsFloat, SupportsIndex, SupportsInt
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any, SupportsFloat, SupportsIndex, SupportsInt
 
-from fedrisk.errors import ProtocolError
+from fedrisk.errors import ConfigError, ProtocolError
 from fedrisk.wire.exchange import Exchange
 
-__all__ = ["as_float", "as_int", "config_bytes", "config_float", "config_int", "config_strings"]
+__all__ = ["as_float", "as_int", "config_bytes", "config_float", "config_int", "config_strings", "settings_from_run_config"]
 
 
 def _where(exchange: Exchange, name: str) -> str:
@@ -62,3 +64,22 @@ def config_strings(exchange: Exchange, name: str) -> list[str]:
     if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
         return [str(item) for item in value]
     raise ProtocolError(f"{_where(exchange, name)} is not a list of strings")
+
+
+def settings_from_run_config(settings: Any, keys: Mapping[str, str], run_config: Mapping[str, object]) -> dict[str, Any]:
+    """Field values of the dataclass ``settings`` that a Flower run config sets, each cast to its default's type.
+
+    ``keys`` maps run-config keys to field names; a key the run config does not set
+    is left out (the dataclass keeps its default). A value that does not cast is one
+    :class:`~fedrisk.errors.ConfigError` line naming the key.
+    """
+    kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(settings)}
+    values: dict[str, Any] = {}
+    for key, name in keys.items():
+        if key in run_config:
+            raw, kind = run_config[key], kinds[name]
+            try:
+                values[name] = kind(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"run config {key}: expected a {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+    return values
