@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import math
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,9 +244,10 @@ class KeyRing:
         return set().union(*(k.fingerprints for k in self.keys)) if self.keys else set()
 
 
-def decrypts(context: ts.Context) -> bool:
+def decrypts(context: Any) -> bool:
     """True if ``context`` can decrypt: encrypt a value with it (CKKS or BFV, whichever it is) and *try*
-    (a public context raises)."""
+    (a public context raises). A recipes-layer CKKS context is tried through its TenSEAL context."""
+    context = getattr(context, "tenseal_context", context)
     for encrypt, probe in ((ts.ckks_vector, 0.5), (ts.bfv_vector, 5)):
         try:
             vector = encrypt(context.copy(), [probe])  # on a copy: TenSEAL's BFV encrypt changes the context's serialisation
@@ -278,7 +281,7 @@ class Part:
     readable: bytes | None = None  # bytes the role can read in the clear, for byte probes
     raw: bytes | None = None  # every byte (ciphertexts too), for the ID scan
     fingerprint: str = ""
-    levels: list[tuple[int, int]] = field(default_factory=list)  # (level, serialised size) per SEAL ciphertext
+    levels: list[tuple[int, int, bool]] = field(default_factory=list)  # (level, serialised size, seeded) per SEAL ciphertext
     points: np.ndarray | None = None
 
 
@@ -333,27 +336,27 @@ class _Parser:
 
     def _context(self, data: bytes):
         from fedrisk.crypto import ckks
-        from fedrisk.crypto.encrypted_matvec import context_fingerprint
+        from fedrisk.crypto.seal_runtime import context_anatomy, context_fingerprint
 
-        if data[:4] == b"FRCX":
+        if data[:4] == b"FRSK" and data[5:9] in (ckks._KIND_PUBLIC, ckks._KIND_SECRET):  # a recipes-layer CKKS context frame
             try:
                 kind, params, tenseal_bytes = ckks._unpack_context(data)
-                anatomy = ckks._anatomy(tenseal_bytes)
+                anatomy = context_anatomy(tenseal_bytes)
                 context = ts.context_from(tenseal_bytes)
             except Exception as err:
-                return UNPARSED, f"FRCX bytes that do not load as a CKKS context: {err}", set(), None
+                return UNPARSED, f"CKKS context frame that does not load: {err}", set(), None
             secret = kind != ckks._KIND_PUBLIC or anatomy.has_secret_key or context.is_private() or context.has_secret_key()
             if secret or decrypts(context):
                 return SECRET_CONTEXT, "fedrisk CKKS context holding a SECRET key", set(), None
             try:
                 public = ckks.PublicContext.from_bytes(data)
             except Exception as err:
-                return UNPARSED, f"FRCX public context that fedrisk refuses: {err}", set(), None
+                return UNPARSED, f"CKKS public context frame that fedrisk refuses: {err}", set(), None
             return PUBLIC_CONTEXT, "fedrisk public CKKS context (decrypt refused)", {public.fingerprint, context_fingerprint(public.tenseal_context)}, public.tenseal_context
         if len(data) < 1024 or not _is_protobuf(data, {1, 2, 3, 4}):
             return None
         try:
-            anatomy = ckks._anatomy(data)
+            anatomy = context_anatomy(data)
         except Exception:
             return None
         if not anatomy.encryption_parameters:
@@ -388,7 +391,7 @@ class _Parser:
             return [Part(kind=ROWS, detail=f"bitmap over {rows.size} rows", vectors=[("bitmap", rows.astype(float))], readable=data, **base)]
         return [Part(kind=UNPARSED, detail="bytes that parse as no fedrisk payload", vectors=_interpretations(data), readable=data, **base)]
 
-    def _verify_ciphertexts(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int]]]:
+    def _verify_ciphertexts(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, bool]]]:
         key = self.ring.get(fingerprint)
         if key is None:
             return FOREIGN, f"ciphertexts under context {fingerprint}, which this role does not hold", []
@@ -398,13 +401,17 @@ class _Parser:
                 ct = key.runtime.load(blob)
             except Exception as err:
                 return UNPARSED, f"blob {i} is not a SEAL ciphertext under {fingerprint}: {err}", []
-            if key.runtime.dump(ct) != bytes(blob):
-                return UNPARSED, f"blob {i} loads as a ciphertext but carries other bytes (not its canonical serialisation)", []
+            seeded = False
+            full = key.runtime.dump(ct)
+            if full != bytes(blob):
+                if not _seeded_serialisation(bytes(blob), full):
+                    return UNPARSED, f"blob {i} loads as a ciphertext but carries other bytes (not its canonical serialisation)", []
+                seeded = True  # SEAL's seeded form: c0 and the seed of c1, which the load expanded
             if ct.is_transparent():
                 return UNPARSED, f"blob {i} is a transparent ciphertext: its content is in the clear", []
             if ct.size() < 2:
                 return UNPARSED, f"blob {i} has {ct.size()} polynomials", []
-            levels.append((key.runtime.level_of(ct), len(blob)))
+            levels.append((key.runtime.level_of(ct), len(blob), seeded))
         return CIPHERTEXT, f"{len(blobs)} ciphertext(s) under {fingerprint}", levels
 
     def frame(self, data: bytes, base: dict, hints: dict) -> Part:
@@ -893,16 +900,20 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
     third polynomial, structured (non-uniform) coefficients, or data.
     """
     findings = []
-    by_key: dict[int, dict[int, list[tuple[Part, int]]]] = {}
+    by_key: dict[int, dict[tuple[int, bool], list[tuple[Part, int]]]] = {}
     for part in view.parts:
         if part.kind == CIPHERTEXT and part.levels:
             key = view.ring.get(part.fingerprint)
-            for level, size in part.levels:
-                by_key.setdefault(id(key), {}).setdefault(level, []).append((part, size))
+            for level, size, seeded in part.levels:
+                by_key.setdefault(id(key), {}).setdefault((level, seeded), []).append((part, size))
     for key in view.ring.keys:
-        for level, seen in by_key.get(id(key), {}).items():
+        for (level, seeded), seen in by_key.get(id(key), {}).items():
             runtime = key.runtime
-            reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level)]
+            reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level, seeded)]
+            if not reference:
+                findings += [Finding("sizes", part.where, f"seeded ciphertext at level {level}: only fresh BFV encryptions travel seeded")
+                             for part, _ in seen]
+                continue
             slack = tolerance * float(np.mean(reference))
             low, high = min(reference) - slack, max(reference) + slack
             for part, size in seen:
@@ -912,13 +923,40 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
     return findings
 
 
-def _zeros_at(runtime: Any, level: int) -> list[bytes]:
-    """Fresh encryptions of zeros at ``level`` (CKKS vector layout, or one BFV ciphertext)."""
+def _zeros_at(runtime: Any, level: int, seeded: bool = False) -> list[bytes]:
+    """Fresh encryptions of zeros at ``level`` (CKKS vector layout, or one BFV ciphertext; seeded:
+    SEAL's seeded form, under a fresh key with the same parameters since the receiver holds none)."""
     from fedrisk.crypto.bfv import BFVRuntime
 
+    if seeded:
+        if not isinstance(runtime, BFVRuntime) or level != 0:
+            return []  # only fresh BFV encryptions travel seeded: anything else is out of range
+        return [_seeded_zero_runtime().encrypt_seeded(np.zeros(1, dtype=np.int64))]
     if isinstance(runtime, BFVRuntime):
         return [runtime.dump(runtime.encrypt_zero(level))]
     return runtime.encrypt(np.zeros(runtime.slots), level)
+
+
+@functools.lru_cache(maxsize=1)
+def _seeded_zero_runtime() -> Any:
+    from fedrisk.crypto.bfv import BFVRuntime, make_bfv_context
+
+    context = make_bfv_context()
+    _KEEP.append(context)  # the runtime cache holds contexts weakly
+    return BFVRuntime.for_context(context)
+
+
+_KEEP: list[Any] = []
+
+
+def _seeded_serialisation(blob: bytes, full: bytes) -> bool:
+    """Whether ``blob`` is SEAL's seeded serialisation of the ciphertext whose full form is ``full``:
+    a SEAL header whose size field covers exactly the blob (nothing appended), and fewer bytes
+    than the full form (``c1`` as a seed)."""
+    if len(blob) < 16:
+        return False
+    magic, header_size, _, _, _, _, size = struct.unpack_from("<HBBBBHQ", blob)
+    return magic == 0xA15E and header_size == 16 and size == len(blob) and len(blob) < 0.75 * len(full)
 
 
 # --------------------------------------------------------------------------- attack helpers

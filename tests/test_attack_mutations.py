@@ -171,13 +171,14 @@ def test_the_classifier_parses_payloads_instead_of_trusting_their_class():
     """Frames that claim to be ciphertexts, masked values or sealed blobs and are not: each is caught by parsing."""
     import tenseal as ts
 
+    from fedrisk.crypto import ckks
     from fedrisk.crypto.encrypted_matvec import CKKSRuntime, context_fingerprint, residual_level
     from fedrisk.wire.exchange import ExchangeHeader, build_content
     from fedrisk.models.vertical_lr import EncryptedResidual, MaskedGradient, make_context
     from privacy_view import CIPHERTEXT, FOREIGN, MASKED, Captured
 
     secret, other = make_context(galois=False), make_context(galois=False)
-    public = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    public = secret.public_bytes(minimal=True)
     fp = context_fingerprint(secret)
     runtime = CKKSRuntime.for_context(secret)
     y = (np.random.default_rng(0).random(300) < 0.3).astype(float)
@@ -206,7 +207,7 @@ def test_the_classifier_parses_payloads_instead_of_trusting_their_class():
     assert findings == {"trailing": "class", "foreign": "class", "unmasked": "mask", "fake_sealed": "class"}, findings
     sized = {f.where.split("[")[-1].strip("']") for f in ciphertext_size_findings(view)}
     assert sized == {"squared"}, sized
-    assert not ts.context_from(public).is_private()
+    assert not ckks.PublicContext.from_bytes(public).tenseal_context.is_private()
 
 
 def test_id_probes_find_raw_hashed_and_unblinded_ids():
@@ -232,3 +233,22 @@ def test_id_probes_find_raw_hashed_and_unblinded_ids():
     assert any("'note'" in f and "raw ID" in f for f in findings), findings
     assert any("'hashes'" in f and "SHA-256" in f for f in findings), findings
     assert any("'blinded'" in f and "not blinded" in f for f in findings), findings
+
+
+def test_seeded_ciphertexts_pass_only_in_seals_exact_seeded_form():
+    """SecureBoost's gradients travel seeded (``c0`` plus the seed of ``c1``): the classifier takes
+    that form, and nothing else that fails the canonical check — bytes appended to a seeded blob
+    (a planted leak) or a full form posing as seeded."""
+    from privacy_view import _seeded_serialisation
+
+    from fedrisk.crypto.bfv import BFVRuntime
+    from fedrisk.crypto.encrypted_histogram import encrypt_gradients, make_histogram_context
+
+    secret = make_histogram_context()
+    runtime = BFVRuntime.for_context(secret)
+    blob = encrypt_gradients(secret, np.zeros(100), np.zeros(100))[0]
+    full = runtime.dump(runtime.load(blob))
+    assert len(blob) < 0.55 * len(full)  # half the bytes: c1 is a seed
+    assert _seeded_serialisation(blob, full)
+    assert not _seeded_serialisation(blob + b"\x00" * 64, full)
+    assert not _seeded_serialisation(full, full)

@@ -14,6 +14,7 @@ from fedrisk.crypto.encrypted_histogram import (
     EVAL_NOISE_BITS,
     FLOOD_BITS,
     OUTPUT_LEVEL,
+    WIRE_LEVEL,
     EncryptedHistogramKernel,
     HistogramLayout,
     decrypt_histogram,
@@ -122,11 +123,19 @@ def test_every_decrypted_slot_is_a_whole_column_total(keys, data, kernel):
 
 def noise_bits(secret: ts.Context, blob: bytes) -> float:
     """log2 of the noise ‖v‖∞ of an output ciphertext, from SEAL's invariant noise budget ``b``:
-    ``‖v‖ = (q/t)·2^(−b−1)`` at the output level (``b`` is rounded down, so this is an upper bound)."""
+    ``‖v‖ = (q/t)·2^(−b−1)`` at the ciphertext's level (``b`` is rounded down, so this is an upper bound)."""
     runtime = BFVRuntime.for_context(secret)
     ct = runtime.load(blob)
-    q_bits = sum(math.log2(m) for m in runtime.moduli[OUTPUT_LEVEL])
+    q_bits = sum(math.log2(m) for m in runtime.moduli[runtime.level_of(ct)])
     return q_bits - math.log2(runtime.plain_modulus) - runtime.noise_budget(ct) - 1
+
+
+def to_wire_level(secret: ts.Context, blob: bytes) -> bytes:
+    """The switch the kernel does before sending, for outputs measured at :data:`OUTPUT_LEVEL`."""
+    runtime = BFVRuntime.for_context(secret)
+    ct = runtime.load(blob)
+    runtime.evaluator.mod_switch_to_inplace(ct, runtime.parms_ids[WIRE_LEVEL])
+    return runtime.dump(ct)
 
 
 def test_noise_stays_below_the_stated_bound_and_the_flooding_covers_it(keys):
@@ -135,6 +144,9 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_covers_it(keys):
     24,000 rows and 120 columns as the default-credit feature holder: the noise of every
     output stays 2 bits below :data:`EVAL_NOISE_BITS`; with the flooding the noise is
     ≈ 2^FLOOD_BITS and the decryption is still exact; the stated run-level bound follows.
+    Measured at :data:`OUTPUT_LEVEL`, where the flooding is added; what is sent is then
+    switched down to :data:`WIRE_LEVEL` (checked last: still exact, the noise scaled down
+    with the dropped prime).
     """
     secret, public = keys
     rng = np.random.default_rng(0)
@@ -148,7 +160,8 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_covers_it(keys):
     nodes = [np.ones(n, bool), rng.random(n) < 0.5]
     blobs = encrypt_gradients(secret, g, h)
     for flood in (0, FLOOD_BITS):
-        with EncryptedHistogramKernel(codes, n_bins, missing, covered, public, flood_bits=flood) as k:
+        with EncryptedHistogramKernel(codes, n_bins, missing, covered, public, flood_bits=flood,
+                                      wire_level=OUTPUT_LEVEL) as k:
             k.set_gradients(blobs, n)
             for rows, out in zip(nodes, k.node_histograms(nodes), strict=True):
                 bits = noise_bits(secret, out[0])
@@ -156,9 +169,19 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_covers_it(keys):
                     assert bits <= EVAL_NOISE_BITS - 2, bits
                 else:
                     assert FLOOD_BITS - 2 <= bits <= FLOOD_BITS + 1, bits  # the flooding dominates the noise
+                out = [to_wire_level(secret, b) for b in out]
                 G, H = decrypt_histogram(secret, out, k.layout_)
                 np.testing.assert_allclose(G, onehot.T @ (gq * rows), rtol=0, atol=1e-9)
                 np.testing.assert_allclose(H, onehot.T @ (hq * rows), rtol=0, atol=1e-9)
+    with EncryptedHistogramKernel(codes, n_bins, missing, covered, public) as k:  # as sent
+        k.set_gradients(blobs, n)
+        out = k.node_histogram(nodes[1])
+    runtime = BFVRuntime.for_context(secret)
+    assert [runtime.level_of(runtime.load(b)) for b in out] == [WIRE_LEVEL]
+    dropped = sum(math.log2(m) for m in runtime.moduli[OUTPUT_LEVEL]) - sum(math.log2(m) for m in runtime.moduli[WIRE_LEVEL])
+    assert noise_bits(secret, out[0]) <= FLOOD_BITS - dropped + 2
+    G, _ = decrypt_histogram(secret, out, k.layout_)
+    np.testing.assert_allclose(G, onehot.T @ (gq * nodes[1]), rtol=0, atol=1e-9)
     tv = flooding_bound(120)  # 30 trees × 4 requested nodes, one ciphertext each
     assert tv == pytest.approx(120 * 16384 * 2.0**EVAL_NOISE_BITS / 2.0 ** (FLOOD_BITS + 1))
     assert tv <= 2.0**-40 and flooding_bound(2**22) <= 2.0**-40  # 40 bits per run, with room for far longer runs
@@ -169,7 +192,7 @@ def test_mutation_without_flooding_the_noise_is_visible(keys, data, gradients, m
     secret, public = keys
     codes, n_bins, has_missing, covered, _, _ = data
     monkeypatch.setattr(eh, "add_to_c0", lambda runtime, ct, noise: None)
-    with EncryptedHistogramKernel(codes, n_bins, has_missing, covered, public) as k:
+    with EncryptedHistogramKernel(codes, n_bins, has_missing, covered, public, wire_level=OUTPUT_LEVEL) as k:
         k.set_gradients(gradients, N_ROWS)
         bits = noise_bits(secret, k.node_histogram(np.ones(N_ROWS, bool))[0])
     assert bits < FLOOD_BITS - 2

@@ -22,7 +22,7 @@ import pytest
 from scipy.optimize import brentq
 
 from fedrisk.crypto.bfv import BFVRuntime
-from fedrisk.crypto.encrypted_histogram import OUTPUT_LEVEL, decrypt_histogram, decrypt_slots, quantisation
+from fedrisk.crypto.encrypted_histogram import WIRE_LEVEL, decrypt_histogram, decrypt_slots, quantisation
 from fedrisk.crypto.frames import pack_frame, unpack_frame
 from fedrisk.errors import ProtocolError
 from fedrisk.models.woe import (
@@ -87,8 +87,8 @@ def test_curious_bank_decrypts_nothing_but_whole_bin_totals(run):
     assert [type(p) for p in got] == [WOECounts]
     counts = got[0]
     counts.check(bank.context)
-    for blob in counts.histogram:                      # real ciphertexts under the federation key, output level only
-        assert runtime.level_of(runtime.load(blob)) == OUTPUT_LEVEL
+    for blob in counts.histogram:                      # real ciphertexts under the federation key, wire level only
+        assert runtime.level_of(runtime.load(blob)) == WIRE_LEVEL
     slots = np.asarray(decrypt_slots(bank.context, list(counts.histogram), counts.layout), dtype=np.float64)
     truth = np.concatenate(_true_column_events(model, run))
     # every decrypted slot is the whole total of a column (events · 2^a, h = 0) or padding 0: no partial sum

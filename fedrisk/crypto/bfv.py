@@ -203,6 +203,8 @@ class BFVRuntime(SealRuntime):
         self.row_slots = self.slots // 2
         self.plain_modulus = int(self.seal.first_context_data().parms().plain_modulus().value())
         self._decryptor: Any = None
+        self._secret: Any = None
+        self._symmetric: Any = None
 
     def _check_galois(self, keys: Any) -> None:
         for elt in _galois_elements(POLY_DEGREE):
@@ -251,15 +253,32 @@ class BFVRuntime(SealRuntime):
         self._encryptor.encrypt_zero(self.parms_ids[level], ct)
         return ct
 
+    def _secret_key(self, purpose: str) -> Any:
+        if self._secret is None:
+            context = self._context_ref()
+            if context is None or not context.is_private():
+                raise CryptoError(f"this BFV context holds no secret key; it cannot {purpose}")
+            secret = sa.SecretKey()
+            self._io.load(self._io.save(context.data.secret_key().save), lambda p: secret.load(self.seal, p))
+            self._secret = secret
+        return self._secret
+
+    def encrypt_seeded(self, values: np.ndarray) -> bytes:
+        """Encrypt under the secret key and serialise seeded (key holder only).
+
+        ``c1`` is uniform from SEAL's PRNG, so it travels as its 64-byte seed and the
+        receiver's SEAL expands it on load: half the bytes of a public-key encryption,
+        the same RLWE hardness, fresh randomness per call.
+        """
+        if self._symmetric is None:
+            self._symmetric = sa.Encryptor(self.seal, self._secret_key("encrypt symmetrically"))
+        seeded = self._symmetric.encrypt_symmetric(self.encode(values))
+        return self._io.save(seeded.save)
+
     def decrypt(self, ct: Any) -> np.ndarray:
         """Decrypt and decode to centred integers in ``(−t/2, t/2]`` (key holder only)."""
         if self._decryptor is None:
-            context = self._context_ref()
-            if context is None or not context.is_private():
-                raise CryptoError("this BFV context holds no secret key; it cannot decrypt")
-            secret = sa.SecretKey()
-            self._io.load(self._io.save(context.data.secret_key().save), lambda p: secret.load(self.seal, p))
-            self._decryptor = sa.Decryptor(self.seal, secret)
+            self._decryptor = sa.Decryptor(self.seal, self._secret_key("decrypt"))
         pt = sa.Plaintext()
         self._decryptor.decrypt(ct, pt)
         return np.asarray(self.encoder.decode_int64(pt), dtype=np.int64)

@@ -22,7 +22,11 @@ histogram leaves the feature holder it is
    down to it as soon as they are done, so it is smaller on the wire and cheaper
    to rotate, and the noise shrinks with the modulus;
 3. flooded: a polynomial with coefficients uniform in ``[−2^F, 2^F)``,
-   ``F`` = :data:`FLOOD_BITS` (``os.urandom``), is added to ``c0``.
+   ``F`` = :data:`FLOOD_BITS` (``os.urandom``), is added to ``c0``;
+4. switched down to :data:`WIRE_LEVEL` (two primes, ``Δ ≈ 2^61``, the flooded noise
+   ≈ 2^50): a public function of the flooded ciphertext, so the bound below is
+   unchanged, and a third fewer bytes on the wire. The key holder decrypts nothing
+   at any other level.
 
 Run-level bound. Given RLWE (which the encryption rests on anyway) the key
 holder's view of one histogram is ``(c1 uniform-looking, totals, v + U)``; a
@@ -144,6 +148,7 @@ __all__ = [
     "EVAL_NOISE_BITS",
     "FLOOD_BITS",
     "OUTPUT_LEVEL",
+    "WIRE_LEVEL",
     "EncryptedHistogramKernel",
     "HistogramLayout",
     "KernelCosts",
@@ -160,7 +165,10 @@ __all__ = [
 ]
 
 OUTPUT_LEVEL = 2
-"""Histograms leave the feature holder on three primes (levels count down from five)."""
+"""Histograms are reduced, re-randomised and flooded on three primes (levels count down from five)."""
+WIRE_LEVEL = 3
+"""Histograms leave the feature holder on two primes: switched down after the flooding (``Δ ≈ 2^61``,
+the flooded noise ≈ 2^50), a public function of the flooded ciphertext, so the flooding bound holds."""
 FLOOD_BITS = 110
 """Coefficients of the flooding polynomial are uniform in ``[−2^110, 2^110)`` (``Δ/2 ≈ 2^120`` at the output level: ≈ 9 bits of noise budget remain)."""
 EVAL_NOISE_BITS = 34
@@ -235,13 +243,16 @@ def quantisation(rows: int) -> Quantisation:
 
 
 def encrypt_gradients(context: ts.Context, grad: np.ndarray, hess: np.ndarray) -> list[bytes]:
-    """Encrypt ``g_q + 2^k·h_q`` (:func:`quantisation`), 16,384 rows per ciphertext, with the public key.
+    """Encrypt ``g_q + 2^k·h_q`` (:func:`quantisation`), 16,384 rows per ciphertext (key holder only).
+
+    Encrypted under the secret key and sent seeded (:meth:`BFVRuntime.encrypt_seeded`):
+    half the bytes of a public-key encryption.
 
     Raises
     ------
     CryptoError
         Values outside the logistic-loss range (``|g| ≤ 1``, ``0 ≤ h ≤ 1/4``), which
-        the quantisation assumes.
+        the quantisation assumes, or a context without the secret key.
     """
     runtime = BFVRuntime.for_context(context)
     g = np.asarray(grad, dtype=np.float64).ravel()
@@ -252,10 +263,8 @@ def encrypt_gradients(context: ts.Context, grad: np.ndarray, hess: np.ndarray) -
         raise CryptoError("refusing to encrypt non-finite gradients")
     if g.size and (np.max(np.abs(g)) > 1.0 or h.min() < 0.0 or h.max() > 0.25):
         raise CryptoError("gradients must satisfy |g| ≤ 1 and 0 ≤ h ≤ 1/4 (logistic loss)")
-    if runtime.public_key is None:
-        raise CryptoError("BFV context has no public key; cannot encrypt")
     packed = quantisation(max(1, g.size)).pack(g, h)
-    return [runtime.dump(runtime.encrypt(packed[start : start + runtime.slots]))
+    return [runtime.encrypt_seeded(packed[start : start + runtime.slots])
             for start in range(0, max(packed.size, 1), runtime.slots)]
 
 
@@ -734,6 +743,10 @@ class EncryptedHistogramKernel:
     flood_bits : int
         Width of the flooding (default :data:`FLOOD_BITS`). Tests set 0 to measure the
         noise it has to hide; nothing else should change it.
+    wire_level : int
+        Level the histograms leave at (default :data:`WIRE_LEVEL`). Tests set
+        :data:`OUTPUT_LEVEL` to measure the noise before the switch; the key holder
+        decrypts only :data:`WIRE_LEVEL`.
 
     Attributes
     ----------
@@ -759,17 +772,20 @@ class EncryptedHistogramKernel:
         baby_steps: int | None = None,
         cache_bytes: int = 2 << 30,
         flood_bits: int = FLOOD_BITS,
+        wire_level: int = WIRE_LEVEL,
     ) -> None:
         if context.is_private():
             raise CryptoError("the histogram kernel must run under the public BFV context")
         if not isinstance(flood_bits, int) or not 0 <= flood_bits <= FLOOD_BITS:
             raise CryptoError(f"flooding width must be 0..{FLOOD_BITS} bits, got {flood_bits!r}")
+        if wire_level not in (OUTPUT_LEVEL, WIRE_LEVEL):
+            raise CryptoError(f"histograms leave at level {OUTPUT_LEVEL} or {WIRE_LEVEL}, got {wire_level!r}")
         self.runtime = BFVRuntime.for_context(context)
         self.context = context
         self.fingerprint = self.runtime.fingerprint
         if not self.runtime.has_galois_keys:
             raise CryptoError("the histogram kernel needs a context with Galois keys")
-        if len(self.runtime.parms_ids) <= OUTPUT_LEVEL:
+        if len(self.runtime.parms_ids) <= WIRE_LEVEL:
             raise CryptoError("the BFV context has too few primes for the histogram kernel")
         onehot = one_hot_bins(codes, n_bins, has_missing, covered).astype(np.uint8)
         m = onehot.shape[1]
@@ -781,6 +797,7 @@ class EncryptedHistogramKernel:
         self.n_chunks = max(1, -(-self.n_rows // slots))
         self.column_counts_ = onehot.sum(axis=0).astype(np.float64)
         self.flood_bits_ = int(flood_bits)
+        self.wire_level_ = int(wire_level)
         F, B = plan_packing(m, self.n_chunks, self.runtime.row_slots, n_jobs)
         F = int(columns_per_ciphertext or F)
         B = int(baby_steps or min(B, F))
@@ -899,6 +916,9 @@ class EncryptedHistogramKernel:
         ev.add_inplace(ct, rt.encrypt_zero(OUTPUT_LEVEL))
         if self.flood_bits_ > 0:
             add_to_c0(rt, ct, uniform_noise_rns(rt.moduli[OUTPUT_LEVEL], rt.slots, self.flood_bits_))
+        # A third fewer bytes on the wire; switching scales the flooded noise down with the modulus.
+        if self.wire_level_ != OUTPUT_LEVEL:
+            ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level_])
         return rt.dump(ct)
 
     def close(self) -> None:
@@ -921,8 +941,8 @@ class EncryptedHistogramKernel:
 def decrypt_slots(context: ts.Context, blobs: Sequence[bytes], layout: HistogramLayout) -> np.ndarray:
     """Every decrypted slot of a histogram, as packed integers (``g_q + 2^k·h_q`` sums), as the key holder sees them.
 
-    Only ciphertexts at the histogram output level are decrypted — so the encrypted
-    gradients sent back as they are get refused.
+    Only ciphertexts at the histogram wire level (:data:`WIRE_LEVEL`) are decrypted — so
+    the encrypted gradients sent back as they are get refused.
 
     Raises
     ------
@@ -941,7 +961,7 @@ def decrypt_slots(context: ts.Context, blobs: Sequence[bytes], layout: Histogram
     out = []
     for blob in blobs:
         ct = runtime.load(blob)
-        if runtime.level_of(ct) != OUTPUT_LEVEL:
+        if runtime.level_of(ct) != WIRE_LEVEL:
             raise ProtocolError("ciphertext is not a histogram output; refusing to decrypt")
         out.append(runtime.decrypt(ct))
     return np.concatenate(out)
