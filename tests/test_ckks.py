@@ -213,7 +213,7 @@ def test_public_from_bytes_refuses_secret_bytes(agg: KeyHolderContext) -> None:
 
 def test_public_bytes_carry_no_secret_key(agg_pub: PublicContext, comp: KeyHolderContext) -> None:
     _, _, tb = ckks._unpack_context(agg_pub.to_bytes())
-    assert not ckks._anatomy(tb).has_secret_key
+    assert not ckks.context_anatomy(tb).has_secret_key
     comp_pub = comp.public_context()
     assert comp_pub.tenseal_context.has_galois_keys()
     assert not comp_pub.tenseal_context.is_private()

@@ -76,7 +76,7 @@ def _product(secret: ts.Context, kernel: EncryptedMatVec, d: np.ndarray, *, floo
 def test_fingerprint_is_shared_by_public_copies_and_differs_across_keys(keys):
     secret, public = keys
     fp = context_fingerprint(secret)
-    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert len(fp) == 32 and int(fp, 16) >= 0  # 128 bits, the one fingerprint
     assert context_fingerprint(public) == fp
     assert context_fingerprint(_public(secret, galois=False)) == fp
     other = _context(galois=False)

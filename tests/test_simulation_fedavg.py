@@ -18,11 +18,11 @@ from flwr.app import Context, RecordDict
 from fedrisk.errors import ConfigError, PartyUnavailableError
 from fedrisk.wire.exchange import read_content
 from fedrisk.federation.horizontal import (
-    FedAvgConfig,
     calibrate_noise_multiplier,
     gaussian_epsilon,
     rdp_epsilon,
 )
+from fedrisk.protocols.fedavg import FedAvgConfig
 from fedrisk.federation.inprocess import InProcessGrid
 from fedrisk.federation.server_app import app as server_app
 from fedrisk.parties.settings import PartySettings

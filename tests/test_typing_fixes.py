@@ -9,7 +9,7 @@ from fedrisk.errors import ConfigError, ProtocolError
 from fedrisk.wire.config_values import config_bytes, config_float, config_int, config_strings
 from fedrisk.wire.exchange import Exchange, ExchangeHeader
 
-FP = "0123456789abcdef"
+FP = "0123456789abcdef" * 2  # a 128-bit context fingerprint
 
 
 def _exchange(config: dict[str, object] | None = None, blobs: dict[str, bytes] | None = None, content_class: str = "public") -> Exchange:
@@ -53,7 +53,7 @@ def test_plain_aggregation_is_unchanged():
 
 
 def test_run_config_options_typed_dict_matches_the_run_config_keys():
-    from fedrisk.federation.horizontal import FedAvgConfig, RunConfigOptions
+    from fedrisk.protocols.fedavg import FedAvgConfig, RunConfigOptions
 
     assert set(RunConfigOptions.__annotations__) == set(FedAvgConfig.RUN_CONFIG_KEYS.values())
     options = FedAvgConfig.options_from_run_config({"min-parties": 3.0, "dp-noise-seed": "5", "sim-dropout": 0})
@@ -99,7 +99,7 @@ def test_encode_ids_from_an_object_array_takes_the_slow_path_on_its_items():
 
 
 def test_ckks_context_field_parser_handles_every_wire_type():
-    from fedrisk.crypto.ckks import _pb_fields
+    from fedrisk.crypto.seal_runtime import _pb_fields
 
     # field 1 varint 150, field 2 fixed64, field 3 bytes "hi", field 4 fixed32
     data = bytes([0x08, 0x96, 0x01, 0x11]) + bytes(8) + bytes([0x1A, 0x02]) + b"hi" + bytes([0x25]) + bytes(4)

@@ -1,4 +1,14 @@
-"""Packed encrypted transpose-matrix-vector product X_kᵀ[[d]] for vertical models.
+"""Packed encrypted transpose-matrix-vector product X_kᵀ[[d]] for vertical models (hazmat).
+
+This is the **hazmat** layer beneath :mod:`fedrisk.crypto.ckks` (the recipes):
+it takes a recipes-layer context — the label holder's
+:class:`~fedrisk.crypto.ckks.KeyHolderContext` or a
+:class:`~fedrisk.crypto.ckks.PublicContext`, built with the
+:data:`~fedrisk.crypto.ckks.VERTICAL_LR` preset — and works on its raw TenSEAL
+context and SEAL objects at levels and scales of its own choosing, with the
+range and masking budget below. Only the kernel's own worker processes load a
+TenSEAL context from bytes here. Payloads and frames carry the one context
+fingerprint (:func:`fedrisk.crypto.seal_runtime.context_fingerprint`).
 
 A feature holder ``k`` owns a plaintext matrix ``X_k`` (n rows × m features); the
 label holder sends the residual ``d`` (n values) encrypted under CKKS. The
@@ -65,7 +75,7 @@ linear functionals of ``d`` per epoch, no more.
 
 Levels and scales (why the product never needs a rescale)
 ---------------------------------------------------------
-With ``CKKSParams.COMPUTE`` (N = 8192, primes 60|40|40|60) the label holder
+With ``ckks.VERTICAL_LR`` (N = 8192, primes 60|40|40|60) the label holder
 encrypts ``d`` at the 2-prime level (100-bit modulus) and at scale 2^30
 (:data:`RESIDUAL_SCALE_BITS`), ``X`` is encoded at ``Δ_x = 2^20``: products carry
 scale 2^50 and fit the 100-bit modulus with 2^49 of value headroom — room for
@@ -195,7 +205,7 @@ import tenseal as ts
 import tenseal.sealapi as sa
 
 from fedrisk.crypto.frames import pack_frame, unpack_frame
-from fedrisk.crypto.seal_runtime import SealRuntime, context_fingerprint
+from fedrisk.crypto.seal_runtime import HEContext, SealRuntime, context_fingerprint, tenseal_of
 from fedrisk.crypto.secure_random import secure_normal, secure_uniform
 from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
@@ -241,16 +251,10 @@ FLOOD_STD = 2.0**8
 # --------------------------------------------------------------------------- fingerprint
 
 
-# --------------------------------------------------------------------------- randomness
-
-
-# --------------------------------------------------------------------------- binary frames
-
-
 def check_fingerprint(expected: str, got: str, what: str) -> None:
-    """Raise :class:`ContextMismatchError` unless two context fingerprints match."""
+    """Raise :class:`ContextMismatchError` unless two context fingerprints match (one line)."""
     if expected != got:
-        raise ContextMismatchError(f"{what} was made under CKKS context {got}, not {expected}; refusing it")
+        raise ContextMismatchError(f"{what} was made under context {got}, not {expected}; refusing it")
 
 
 # --------------------------------------------------------------------------- SEAL bridge
@@ -264,7 +268,7 @@ class CKKSRuntime(SealRuntime):
 
     Parameters
     ----------
-    context : tenseal.Context
+    context : CKKSContext or tenseal.Context
         A CKKS context, public or secret; only public material is read.
     """
 
@@ -272,7 +276,8 @@ class CKKSRuntime(SealRuntime):
     scheme_name = "CKKS"
     galois_purpose = "packed X^T[[d]] needs rotations"
 
-    def __init__(self, context: ts.Context) -> None:
+    def __init__(self, context: HEContext) -> None:
+        context = tenseal_of(context)
         super().__init__(context)
         self.encoder = sa.CKKSEncoder(self.seal)
         self.slots = int(self.encoder.slot_count())
@@ -425,7 +430,7 @@ def tenseal_vector_bytes(blobs: Sequence[bytes], slots: int, scale: float) -> by
 
 
 def decrypt_ciphertexts(
-    context: ts.Context,
+    context: HEContext,
     blobs: Sequence[bytes],
     n_values: int | None = None,
     *,
@@ -438,7 +443,7 @@ def decrypt_ciphertexts(
 
     Parameters
     ----------
-    context : tenseal.Context
+    context : KeyHolderContext (or its tenseal.Context)
         Must hold the secret key.
     blobs : sequence of bytes
         SEAL-serialised ciphertexts, :attr:`CKKSRuntime.slots` values each.
@@ -454,6 +459,7 @@ def decrypt_ciphertexts(
     CryptoError
         The context holds no secret key, or a ciphertext does not decrypt under it.
     """
+    context = tenseal_of(context)
     if not context.is_private():
         raise CryptoError("this CKKS context holds no secret key; it cannot decrypt")
     slots = context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2
@@ -497,7 +503,7 @@ class EncryptedVector:
 
     @classmethod
     def encrypt(
-        cls, context: ts.Context, values: np.ndarray, *, level: int | None = None, scale: float | None = None
+        cls, context: HEContext, values: np.ndarray, *, level: int | None = None, scale: float | None = None
     ) -> EncryptedVector:
         """Encrypt ``values`` with the context's public key (at ``level``, default the top; ``scale``, default Δ)."""
         runtime = CKKSRuntime.for_context(context)
@@ -505,11 +511,11 @@ class EncryptedVector:
         blobs = runtime.encrypt(vals, 0 if level is None else level, scale)
         return cls(runtime.fingerprint, len(vals), tuple(blobs))
 
-    def check(self, context: ts.Context) -> None:
+    def check(self, context: HEContext) -> None:
         """Raise :class:`ContextMismatchError` unless made under ``context``."""
         check_fingerprint(context_fingerprint(context), self.fingerprint, type(self).__name__)
 
-    def decrypt(self, context: ts.Context) -> np.ndarray:
+    def decrypt(self, context: HEContext) -> np.ndarray:
         """Decrypt with the key holder's context (checks the fingerprint first)."""
         self.check(context)
         return decrypt_ciphertexts(context, self.ciphertexts, self.n_values)
@@ -518,7 +524,7 @@ class EncryptedVector:
         return pack_frame(self.KIND, self.fingerprint, {"n": self.n_values}, self.ciphertexts)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, context: ts.Context | None = None) -> EncryptedVector:
+    def from_bytes(cls, data: bytes, *, context: HEContext | None = None) -> EncryptedVector:
         """Parse; if ``context`` is given, refuse a payload made under another context."""
         _, fp, header, blobs = unpack_frame(data, cls.KIND)
         obj = cls(fp, _as_int(header, "n"), tuple(blobs))
@@ -867,7 +873,7 @@ class EncryptedMatVec:
     ----------
     X : ndarray of shape (n_rows, n_features)
         The feature holder's rows, in the order of the encrypted vector ``d``.
-    context : tenseal.Context
+    context : PublicContext (or its tenseal.Context)
         The key holder's *public* context (Galois keys needed unless ``max_pack=1``).
     max_pack : int, optional
         Most features per output ciphertext (power of two, default: all slots; 1 if
@@ -908,7 +914,7 @@ class EncryptedMatVec:
     def __init__(
         self,
         X: np.ndarray,
-        context: ts.Context,
+        context: HEContext,
         *,
         max_pack: int | None = None,
         n_jobs: int = 1,
@@ -958,7 +964,7 @@ class EncryptedMatVec:
         else:
             self._pool = _MatVecWorkers(n_workers)
             weakref.finalize(self, WorkerPool.close, self._pool)
-            ctx_bytes = context.serialize(
+            ctx_bytes = tenseal_of(context).serialize(
                 save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False
             )
             frames = []

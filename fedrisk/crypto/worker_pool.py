@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fedrisk.crypto.frames import pack_frame, unpack_frame
+from fedrisk.crypto.frames import NO_FINGERPRINT, pack_frame, unpack_frame
 from fedrisk.errors import CryptoError
 
 __all__ = ["WorkerPool", "recv_frame", "send_frame"]
@@ -95,7 +95,7 @@ class WorkerPool:
     def close(self) -> None:
         for w, r in self.links:
             try:
-                send_frame(w, pack_frame(b"STOP", "0" * 16, {}))
+                send_frame(w, pack_frame(b"STOP", NO_FINGERPRINT, {}))
             except (OSError, ValueError):
                 pass
             for stream in (w, r):

@@ -5,21 +5,38 @@ The vertical estimators (:class:`~fedrisk.models.vertical_lr.VerticalLogisticReg
 ones) run every party in one process, but every payload still crosses a
 party line as bytes through a coordinator (:class:`Wire`), and each party gets
 its public context as it would over the network (:func:`public_copies`).
+:class:`InProcessEstimator` is their one ``fit`` skeleton.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 import numpy as np
 import pandas as pd
 import tenseal as ts
+from sklearn.base import BaseEstimator
 
-from fedrisk.errors import DataValidationError
+from fedrisk.crypto.ckks import KeyHolderContext, PublicContext
+from fedrisk.crypto.seal_runtime import load_public_tenseal
+from fedrisk.errors import ConfigError, DataValidationError
 
-__all__ = ["PublicCopies", "Relay", "Wire", "WirePayload", "WireRecord", "align_rows", "public_copies", "table_parts"]
+__all__ = [
+    "InProcessEstimator",
+    "InProcessRun",
+    "PublicCopies",
+    "Relay",
+    "Wire",
+    "WirePayload",
+    "WireRecord",
+    "align_rows",
+    "public_copies",
+    "table_parts",
+]
 
 
 class WirePayload(Protocol):
@@ -97,41 +114,65 @@ def align_rows(ids: pd.Index, table: Any, who: str) -> tuple[np.ndarray, np.ndar
     return aligned, cov, names
 
 
+P = TypeVar("P")
+
+
 @dataclass(frozen=True)
-class PublicCopies:
-    feature_holder: ts.Context
+class PublicCopies(Generic[P]):
+    """The public contexts a key holder hands out, as the receivers load them, and their sizes on the wire."""
+
+    feature_holder: P
     feature_holder_bytes: int
-    coordinator: ts.Context
+    coordinator: P
     coordinator_bytes: int
 
 
-_COPIES: weakref.WeakKeyDictionary[ts.Context, PublicCopies] = weakref.WeakKeyDictionary()
+_COPIES: weakref.WeakKeyDictionary[Any, PublicCopies[Any]] = weakref.WeakKeyDictionary()
 
 
-def public_copies(secret: ts.Context) -> PublicCopies:
+@overload
+def public_copies(secret: KeyHolderContext) -> PublicCopies[PublicContext]: ...
+@overload
+def public_copies(secret: ts.Context) -> PublicCopies[ts.Context]: ...
+
+
+def public_copies(secret: KeyHolderContext | ts.Context) -> PublicCopies[Any]:
     """Public contexts as the parties would receive them (deserialised from bytes), cached per key.
 
     Feature holders get the public key and Galois keys; the coordinator only adds
-    ciphertexts and gets the public key alone. Re-deserialising 35 MB of Galois
-    keys per fit would dominate small simulations, hence the cache.
+    ciphertexts and gets the public key alone. A CKKS key holder's copies are
+    :class:`~fedrisk.crypto.ckks.PublicContext` recipes
+    (:meth:`~fedrisk.crypto.ckks.KeyHolderContext.public_bytes`); SecureBoost's
+    BFV context is a raw TenSEAL context whose chosen Galois keys travel seeded.
+    Re-deserialising 35 MB of Galois keys per fit would dominate small
+    simulations, hence the cache.
     """
     copies = _COPIES.get(secret)
-    if copies is None:
-        if hasattr(secret, "_fedrisk_seeded_galois"):  # a BFV histogram context: its chosen Galois keys, seeded
-            from fedrisk.crypto.bfv import public_bfv_context_bytes
-
-            fh = public_bfv_context_bytes(secret, galois=True)
-        else:
-            fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
-        co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-        fh_context = ts.context_from(fh)
-        if hasattr(secret, "_fedrisk_seeded_galois"):
-            from fedrisk.crypto.bfv import keep_seeded_galois
-
-            keep_seeded_galois(fh_context, fh)
-        copies = PublicCopies(fh_context, len(fh), ts.context_from(co), len(co))
-        _COPIES[secret] = copies
+    if copies is not None:
+        return copies
+    if isinstance(secret, KeyHolderContext):
+        fh_bytes, co_bytes = secret.public_bytes(), secret.public_bytes(minimal=True)
+        copies = PublicCopies(PublicContext.from_bytes(fh_bytes), len(fh_bytes), PublicContext.from_bytes(co_bytes), len(co_bytes))
+    else:
+        copies = _bfv_public_copies(secret)
+    _COPIES[secret] = copies
     return copies
+
+
+def _bfv_public_copies(secret: ts.Context) -> PublicCopies[ts.Context]:
+    if hasattr(secret, "_fedrisk_seeded_galois"):  # a BFV histogram context: its chosen Galois keys, seeded
+        from fedrisk.crypto.bfv import public_bfv_context_bytes
+
+        fh = public_bfv_context_bytes(secret, galois=True)
+    else:
+        fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+    co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    fh_context = load_public_tenseal(fh)
+    if hasattr(secret, "_fedrisk_seeded_galois"):
+        from fedrisk.crypto.bfv import keep_seeded_galois
+
+        keep_seeded_galois(fh_context, fh)
+    return PublicCopies(fh_context, len(fh), load_public_tenseal(co), len(co))
 
 
 class Relay(Protocol):
@@ -162,3 +203,135 @@ class Wire:
                 WireRecord(self.epoch, sender, receiver, type(payload).__name__, payload.content_class, len(data), data if self.keep_bytes else None)
             )
         return data
+
+
+@dataclass
+class InProcessRun:
+    """One in-process fit as the template ran it, for the estimator's :meth:`InProcessEstimator._set_fitted`."""
+
+    label_holder: Any
+    feature_holders: dict[str, Any]
+    wire: Wire
+    copies: PublicCopies[Any]
+    setup_bytes: int
+    """Bytes on the wire after every feature holder joined (payloads only; the public contexts are in ``copies``)."""
+    started: float
+    """``time.perf_counter()`` when ``fit`` began."""
+    result: Any
+    """What :meth:`InProcessEstimator._run` returned."""
+
+
+class InProcessEstimator(BaseEstimator):
+    """The ``fit`` skeleton of the in-process vertical estimators (a template method, scikit-learn shaped).
+
+    Parameters live in the subclass's ``__init__`` (at least ``label``,
+    ``label_holder_name`` and ``monotone``); fitted attributes end in ``_``.
+    :meth:`_fit` runs what every vertical protocol does in-process: split the
+    bank's table, check the parties' names and the monotone declarations, take
+    (or generate) the bank's secret context and hand out its public copies, put
+    a :class:`Wire` through the coordinator, set up the bank, align each feature
+    holder's rows, let each feature holder join (its public context counted on
+    the wire), run the protocol and close every feature holder, also on error.
+    The subclass supplies the hooks: the protocol objects, what joining and
+    running mean, and its fitted attributes.
+    """
+
+    label: str
+    label_holder_name: str
+    monotone: Mapping[str, Any] | None
+    #: What the monotone declarations are called in errors.
+    _monotone_noun: ClassVar[str] = "signs"
+
+    # ------------------------------------------------------------------ hooks
+    def _new_context(self) -> Any:
+        """A fresh secret context for the bank (when ``fit`` is given none)."""
+        raise NotImplementedError
+
+    def _new_coordinator(self, context: Any, feature_holders: list[str]) -> Relay:
+        raise NotImplementedError
+
+    def _new_label_holder(self, context: Any, monotone: Mapping[str, Any] | None) -> Any:
+        raise NotImplementedError
+
+    def _new_feature_holder(self, context: Any, name: str, monotone: Mapping[str, Any] | None) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _aligned(ids: pd.Index, table: Any, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """A feature holder's rows in the bank's order, coverage and feature names."""
+        return align_rows(ids, table, name)
+
+    def _setup_label_holder(
+        self, bank: Any, X: np.ndarray, y: np.ndarray, feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+    ) -> WirePayload:
+        """Set the bank up; return the plan it sends to every feature holder."""
+        raise NotImplementedError
+
+    def _join(self, bank: Any, holder: Any, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]], wire: Wire) -> Any:
+        """One feature holder receives the plan's bytes and sets up; returns what :meth:`_joined` needs."""
+        raise NotImplementedError
+
+    def _joined(self, bank: Any, replies: list[Any]) -> None:
+        """After every feature holder joined (default: nothing)."""
+
+    def _run(self, bank: Any, holders: dict[str, Any], wire: Wire) -> Any:
+        raise NotImplementedError
+
+    def _set_fitted(self, run: InProcessRun) -> None:
+        """The estimator's own fitted attributes (``label_holder_``, ``feature_holders_``, ``bytes_sent_`` and
+        ``bytes_received_`` are set already)."""
+
+    # ------------------------------------------------------------------ template
+    def _fit(
+        self,
+        label_holder_table: Any,
+        feature_holder_tables: Mapping[str, Any],
+        *,
+        context: Any,
+        transcript: list[WireRecord] | None,
+        keep_bytes: bool,
+        **options: Any,
+    ) -> Any:
+        started = time.perf_counter()
+        ids, Xb, names_b, y = table_parts(label_holder_table, self.label, "label holder")
+        if y is None:
+            raise DataValidationError(f"label holder table has no label column {self.label!r}")
+        if not feature_holder_tables:
+            raise ConfigError("vertical training needs at least one feature holder")
+        bank_name = self.label_holder_name
+        if bank_name in feature_holder_tables or "coordinator" in feature_holder_tables:
+            raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
+        monotone = dict(self.monotone or {})
+        unknown = sorted(set(monotone) - set(feature_holder_tables) - {bank_name})
+        if unknown:
+            raise ConfigError(f"monotone {self._monotone_noun} name an unknown party {unknown[0]!r}")
+        secret = context if context is not None else self._new_context()
+        copies = public_copies(secret)
+        names = list(feature_holder_tables)
+        self.coordinator_ = self._new_coordinator(copies.coordinator, names)
+        wire = Wire(self.coordinator_, transcript, keep_bytes)
+        bank = self._new_label_holder(secret, monotone.get(bank_name))
+        aligned = {nm: self._aligned(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+        plan = self._setup_label_holder(bank, Xb, y, names_b, aligned, monotone, **options)
+        pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
+        wire.sent[bank_name] = coord_len + pub_len * len(names)  # public contexts out
+        wire.received["coordinator"] = coord_len
+        holders: dict[str, Any] = {}
+        try:
+            replies = []
+            for nm in names:
+                wire.received[nm] = pub_len
+                holders[nm] = holder = self._new_feature_holder(copies.feature_holder, nm, monotone.get(nm))
+                replies.append(self._join(bank, holder, wire.send(bank_name, nm, plan), aligned[nm], wire))
+            self._joined(bank, replies)
+            setup_bytes = wire.total
+            self.setup_seconds_ = time.perf_counter() - started
+            result = self._run(bank, holders, wire)
+        finally:
+            for holder in holders.values():
+                holder.close()
+        self.label_holder_, self.feature_holders_ = bank, holders
+        self.bytes_sent_, self.bytes_received_ = dict(wire.sent), dict(wire.received)
+        self._set_fitted(InProcessRun(bank, holders, wire, copies, setup_bytes, started, result))
+        return self

@@ -96,7 +96,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tenseal as ts
-from sklearn.base import BaseEstimator
 
 from fedrisk.crypto.encrypted_histogram import (
     EncryptedHistogramKernel,
@@ -144,7 +143,7 @@ from fedrisk.models.secureboost_tree import (
     sample_rows,
     sigmoid,
 )
-from fedrisk.models.in_process import Wire, WireRecord, align_rows, public_copies, table_parts
+from fedrisk.models.in_process import InProcessEstimator, InProcessRun, Wire, WireRecord, align_rows, table_parts
 from fedrisk.models.vertical_lr import VerticalPayload
 
 __all__ = [
@@ -882,7 +881,7 @@ def load_feature_holder_bundle(arrays: Mapping[str, np.ndarray], meta: Mapping[s
 # =========================================================================== in-process driver
 
 
-class VerticalSecureBoost(BaseEstimator):
+class VerticalSecureBoost(InProcessEstimator):
     """Vertical SecureBoost run in-process with the full encrypted protocol.
 
     A scikit-learn–shaped facade over :class:`LabelHolderSB`, :class:`FeatureHolderSB`
@@ -919,7 +918,15 @@ class VerticalSecureBoost(BaseEstimator):
         Bank → feature holders rounds (Flower round trips a deployment would need).
     bytes_sent_, bytes_received_ : dict of str → int
     bytes_per_tree_ : float
+
+    Notes
+    -----
+    ``fit`` is :class:`~fedrisk.models.in_process.InProcessEstimator`'s skeleton
+    with this protocol's hooks.
     """
+
+    _monotone_noun = "constraints"
+    coordinator_: CoordinatorSB
 
     def __init__(
         self,
@@ -972,61 +979,51 @@ class VerticalSecureBoost(BaseEstimator):
         keep_bytes : bool
             Keep each payload's bytes in the transcript.
         """
-        t_start = time.perf_counter()
-        ids, Xb, names_b, y = table_parts(label_holder_table, self.label, "label holder")
-        if y is None:
-            raise DataValidationError(f"label holder table has no label column {self.label!r}")
-        if not feature_holder_tables:
-            raise ConfigError("vertical training needs at least one feature holder")
-        if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
-            raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
-        monotone = dict(self.monotone or {})
-        unknown = sorted(set(monotone) - set(feature_holder_tables) - {self.label_holder_name})
-        if unknown:
-            raise ConfigError(f"monotone constraints name an unknown party {unknown[0]!r}")
-        secret = context if context is not None else make_histogram_context()
-        copies = public_copies(secret)
-        names = list(feature_holder_tables)
-        self.coordinator_ = CoordinatorSB(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
-        wire = Wire(self.coordinator_, transcript, keep_bytes)
-        bank = LabelHolderSB(secret, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
+        return self._fit(label_holder_table, feature_holder_tables, context=context, transcript=transcript, keep_bytes=keep_bytes)
+
+    # ------------------------------------------------------------------ InProcessEstimator hooks
+    def _new_context(self) -> ts.Context:
+        return make_histogram_context()
+
+    def _new_coordinator(self, context: ts.Context, feature_holders: list[str]) -> CoordinatorSB:
+        return CoordinatorSB(context, label_holder=self.label_holder_name, feature_holders=feature_holders)
+
+    def _new_label_holder(self, context: ts.Context, monotone: Mapping[str, Any] | None) -> LabelHolderSB:
+        return LabelHolderSB(context, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
                              learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
                              min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,
-                             random_state=self.random_state, monotone=monotone.get(self.label_holder_name))
-        aligned = {nm: self._aligned(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
+                             random_state=self.random_state, monotone=monotone)
+
+    def _new_feature_holder(self, context: ts.Context, name: str, monotone: Mapping[str, Any] | None) -> FeatureHolderSB:
+        return FeatureHolderSB(context, name=name, n_jobs=self.n_jobs)
+
+    def _setup_label_holder(
+        self, bank: LabelHolderSB, X: np.ndarray, y: np.ndarray, feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+    ) -> BoostPlan:
         for nm, (_, _, fnames) in aligned.items():  # each owner checks its declaration against its own names
             directions = monotone_array(monotone.get(nm), fnames, nm)
             if directions is not None:
                 bank.declare_monotone(nm, directions)
-        plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b)
-        pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
-        wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
-        wire.received["coordinator"] = coord_len
-        holders: dict[str, FeatureHolderSB] = {}
-        try:
-            layouts = []
-            for nm in names:
-                wire.received[nm] = pub_len
-                fh = FeatureHolderSB(copies.feature_holder, name=nm, n_jobs=self.n_jobs)
-                holders[nm] = fh
-                got = BoostPlan.from_bytes(wire.send(self.label_holder_name, nm, plan), context=fh.context)
-                X_k, cov_k, fnames = aligned[nm]
-                layouts.append(wire.send(nm, self.label_holder_name, fh.setup(X_k, cov_k, got, feature_names=fnames)))
-            for data in layouts:
-                bank.register_layout(BinLayout.from_bytes(data, context=bank.context))
-            self.setup_seconds_ = time.perf_counter() - t_start
-            self.rounds_ = self._run(bank, holders, wire)
-        finally:
-            for fh in holders.values():
-                fh.close()
-        self.label_holder_, self.feature_holders_ = bank, holders
-        self.model_ = bank.model_
-        self.routing_tables_ = {nm: fh.routing_table_ for nm, fh in holders.items()}
-        self.tree_seconds_ = [float(h["seconds"]) for h in bank.history_]
-        self.fit_seconds_ = time.perf_counter() - t_start
-        self.bytes_sent_, self.bytes_received_ = dict(wire.sent), dict(wire.received)
-        self.bytes_per_tree_ = (wire.total - self._setup_bytes) / max(1, self.n_trees)
-        return self
+        return bank.setup(X, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=feature_names)
+
+    def _join(self, bank: LabelHolderSB, holder: FeatureHolderSB, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]],
+              wire: Wire) -> bytes:
+        X_k, cov_k, fnames = aligned
+        got = BoostPlan.from_bytes(plan, context=holder.context)
+        return wire.send(holder.name, self.label_holder_name, holder.setup(X_k, cov_k, got, feature_names=fnames))
+
+    def _joined(self, bank: LabelHolderSB, replies: list[Any]) -> None:
+        for data in replies:  # the bin layouts, once every feature holder has joined
+            bank.register_layout(BinLayout.from_bytes(data, context=bank.context))
+
+    def _set_fitted(self, run: InProcessRun) -> None:
+        self.rounds_ = run.result
+        self.model_ = run.label_holder.model_
+        self.routing_tables_ = {nm: fh.routing_table_ for nm, fh in run.feature_holders.items()}
+        self.tree_seconds_ = [float(h["seconds"]) for h in run.label_holder.history_]
+        self.fit_seconds_ = time.perf_counter() - run.started
+        self.bytes_per_tree_ = (run.wire.total - self._setup_bytes) / max(1, self.n_trees)
 
     @staticmethod
     def _aligned(ids: Any, table: Any, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

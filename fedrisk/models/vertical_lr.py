@@ -81,6 +81,7 @@ context fingerprint and are refused under another context.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -90,8 +91,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tenseal as ts
-from sklearn.base import BaseEstimator
 
+from fedrisk.crypto.ckks import VERTICAL_LR, CKKSContext, KeyHolderContext, PublicContext
 from fedrisk.crypto.encrypted_matvec import (
     CKKSRuntime,
     EncryptedMatVec,
@@ -112,7 +113,7 @@ from fedrisk.crypto.frames import pack_frame, peek_frame, unpack_frame
 from fedrisk.crypto.secure_random import secure_normal
 from fedrisk.errors import ConfigError, CryptoError, DataValidationError, ProtocolError
 from fedrisk.models.metrics import auc, ks
-from fedrisk.models.in_process import Wire, WireRecord, align_rows, public_copies, table_parts
+from fedrisk.models.in_process import InProcessEstimator, InProcessRun, Wire, WireRecord, align_rows, table_parts
 from fedrisk.models.payload_fields import bool_field, float_field, int_field, str_field
 
 __all__ = [
@@ -184,15 +185,15 @@ class VerticalPayload:
         return pack_frame(self.KIND, self.fingerprint, self._header(), self._blobs())
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, context: ts.Context | None = None) -> Any:
-        """Parse; with ``context``, refuse a payload made under another CKKS context."""
+    def from_bytes(cls, data: bytes, *, context: CKKSContext | ts.Context | None = None) -> Any:
+        """Parse; with ``context``, refuse a payload made under another context (CKKS here, BFV for SecureBoost and WOE)."""
         _, fp, header, blobs = unpack_frame(data, cls.KIND)
         obj = cls._build(fp, header, blobs)
         if context is not None:
             obj.check(context)
         return obj
 
-    def check(self, context: ts.Context) -> None:
+    def check(self, context: CKKSContext | ts.Context) -> None:
         """Raise :class:`~fedrisk.errors.ContextMismatchError` unless made under ``context``."""
         check_fingerprint(context_fingerprint(context), self.fingerprint, type(self).__name__)
 
@@ -497,8 +498,8 @@ class LabelHolderLR:
 
     Parameters
     ----------
-    context : tenseal.Context
-        The bank's CKKS context **with** its secret key.
+    context : KeyHolderContext
+        The bank's CKKS context **with** its secret key (:func:`make_context`).
     name : str
         Party name used in payloads and the model record.
     C : float
@@ -542,7 +543,7 @@ class LabelHolderLR:
 
     def __init__(
         self,
-        context: ts.Context,
+        context: KeyHolderContext,
         *,
         name: str = "bank",
         C: float = 1.0,
@@ -556,8 +557,8 @@ class LabelHolderLR:
         random_state: int | None = None,
         monotone: Mapping[str, int] | None = None,
     ) -> None:
-        if not context.is_private():
-            raise CryptoError("the label holder needs the CKKS context with its secret key")
+        if not isinstance(context, KeyHolderContext):
+            raise CryptoError("the label holder needs its CKKS KeyHolderContext (with the secret key), see make_context()")
         self.monotone = monotone
         if not 0.0 <= validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -574,7 +575,7 @@ class LabelHolderLR:
         self.momentum = momentum
         self.flood_std = float(flood_std)
         self.random_state = random_state
-        self.fingerprint = context_fingerprint(context)
+        self.fingerprint = context.fingerprint
         self.runtime = CKKSRuntime.for_context(context)
         self._holder_counts: dict[str, int] = {}
         self._holder_products: dict[str, int] = {}
@@ -895,7 +896,7 @@ class FeatureHolderLR:
 
     Parameters
     ----------
-    context : tenseal.Context
+    context : PublicContext
         The bank's public context (Galois keys for the packed product).
     name : str
     n_jobs : int
@@ -927,7 +928,7 @@ class FeatureHolderLR:
 
     def __init__(
         self,
-        context: ts.Context,
+        context: PublicContext,
         *,
         name: str,
         n_jobs: int = 1,
@@ -935,15 +936,15 @@ class FeatureHolderLR:
         cache_bytes: int = 2 << 30,
         monotone: Mapping[str, int] | None = None,
     ) -> None:
-        if context.is_private():
-            raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+        if not isinstance(context, PublicContext):
+            raise CryptoError(f"feature holder {name!r} must hold only the bank's public CKKS context (a PublicContext)")
         self.monotone = monotone
         self.context = context
         self.name = name
         self.n_jobs = n_jobs
         self.max_pack = max_pack
         self.cache_bytes = cache_bytes
-        self.fingerprint = context_fingerprint(context)
+        self.fingerprint = context.fingerprint
         self.runtime = CKKSRuntime.for_context(context)
         self._kernel: EncryptedMatVec | None = None
 
@@ -1086,7 +1087,7 @@ class CoordinatorLR:
 
     Parameters
     ----------
-    context : tenseal.Context
+    context : PublicContext
     label_holder : str
     feature_holders : sequence of str
     """
@@ -1099,11 +1100,11 @@ class CoordinatorLR:
         ("coordinator", "label_holder"): frozenset({b"VSUM"}),
     }
 
-    def __init__(self, context: ts.Context, *, label_holder: str, feature_holders: Sequence[str]) -> None:
-        if context.is_private():
-            raise CryptoError("the coordinator must not hold the CKKS secret key")
+    def __init__(self, context: PublicContext, *, label_holder: str, feature_holders: Sequence[str]) -> None:
+        if not isinstance(context, PublicContext):
+            raise CryptoError("the coordinator must hold only the bank's public CKKS context (a PublicContext), never the secret key")
         self.context = context
-        self.fingerprint = context_fingerprint(context)
+        self.fingerprint = context.fingerprint
         self.runtime = CKKSRuntime.for_context(context)
         self.label_holder = label_holder
         self.feature_holders = tuple(feature_holders)
@@ -1157,16 +1158,17 @@ class CoordinatorLR:
 # =========================================================================== driver
 
 
-def make_context(*, galois: bool = True) -> ts.Context:
-    """A key holder's CKKS context like ``CKKSParams.COMPUTE`` (N 8192, 60|40|40|60, Δ 2^40)."""
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
-    ctx.global_scale = 2.0**40
-    if galois:
-        ctx.generate_galois_keys()
-    return ctx
+def make_context(*, galois: bool = True) -> KeyHolderContext:
+    """The label holder's fresh CKKS key holder context: the :data:`~fedrisk.crypto.ckks.VERTICAL_LR` recipe.
+
+    N 8192, primes 60|40|40|60, Δ 2^40, Galois keys for the packed product
+    (``galois=False``: the no-rotation fallback). Public copies for the feature
+    holders and the coordinator come from ``public_bytes()``.
+    """
+    return KeyHolderContext.generate(VERTICAL_LR if galois else dataclasses.replace(VERTICAL_LR, galois_keys=False))
 
 
-class VerticalLogisticRegression(BaseEstimator):
+class VerticalLogisticRegression(InProcessEstimator):
     """Vertical logistic regression run in-process with the full encrypted protocol.
 
     A scikit-learn–shaped facade over :class:`LabelHolderLR`, :class:`FeatureHolderLR`
@@ -1174,7 +1176,9 @@ class VerticalLogisticRegression(BaseEstimator):
     parties (and counted). ``fit`` takes the bank's table and a mapping of feature
     holder name → table, joined on ID.
     ``monotone`` (party → feature → +1/−1) carries each owner's declared coefficient
-    signs to that owner only; each projects its own block's updates.
+    signs to that owner only; each projects its own block's updates. ``fit`` is
+    :class:`~fedrisk.models.in_process.InProcessEstimator`'s skeleton with this
+    protocol's hooks.
 
     Attributes
     ----------
@@ -1193,6 +1197,8 @@ class VerticalLogisticRegression(BaseEstimator):
         Mean wall time of a full round.
     setup_seconds_ : float
     """
+
+    coordinator_: CoordinatorLR
 
     def __init__(
         self,
@@ -1230,7 +1236,7 @@ class VerticalLogisticRegression(BaseEstimator):
         label_holder_table: Any,
         feature_holder_tables: Mapping[str, Any],
         *,
-        context: ts.Context | None = None,
+        context: KeyHolderContext | None = None,
         transcript: list[WireRecord] | None = None,
         keep_bytes: bool = False,
         train_mask: np.ndarray | None = None,
@@ -1241,32 +1247,28 @@ class VerticalLogisticRegression(BaseEstimator):
         ----------
         label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
         feature_holder_tables : mapping name → PartyTable, DataFrame (joined on ID) or ndarray (already aligned)
-        context : tenseal.Context, optional
+        context : KeyHolderContext, optional
             The bank's secret context (default: a fresh one, see :func:`make_context`).
         transcript : list, optional
             Receives a :class:`WireRecord` per payload.
         keep_bytes : bool
             Keep each payload's bytes in the transcript.
         """
-        t_setup = time.perf_counter()
-        ids, Xb, names_b, y = table_parts(label_holder_table, self.label, "label holder")
-        if y is None:
-            raise DataValidationError(f"label holder table has no label column {self.label!r}")
-        if not feature_holder_tables:
-            raise ConfigError("vertical training needs at least one feature holder")
-        if self.label_holder_name in feature_holder_tables or "coordinator" in feature_holder_tables:
-            raise ConfigError("feature holder names must differ from the bank's and 'coordinator'")
-        monotone = dict(self.monotone or {})
-        unknown = sorted(set(monotone) - set(feature_holder_tables) - {self.label_holder_name})
-        if unknown:
-            raise ConfigError(f"monotone signs name an unknown party {unknown[0]!r}")
-        secret = context if context is not None else make_context()
-        copies = public_copies(secret)
-        names = list(feature_holder_tables)
-        self.coordinator_ = CoordinatorLR(copies.coordinator, label_holder=self.label_holder_name, feature_holders=names)
-        wire = Wire(self.coordinator_, transcript, keep_bytes)
-        bank = LabelHolderLR(
-            secret,
+        return self._fit(
+            label_holder_table, feature_holder_tables, context=context, transcript=transcript, keep_bytes=keep_bytes,
+            train_mask=train_mask,
+        )
+
+    # ------------------------------------------------------------------ InProcessEstimator hooks
+    def _new_context(self) -> KeyHolderContext:
+        return make_context()
+
+    def _new_coordinator(self, context: PublicContext, feature_holders: list[str]) -> CoordinatorLR:
+        return CoordinatorLR(context, label_holder=self.label_holder_name, feature_holders=feature_holders)
+
+    def _new_label_holder(self, context: KeyHolderContext, monotone: Mapping[str, Any] | None) -> LabelHolderLR:
+        return LabelHolderLR(
+            context,
             name=self.label_holder_name,
             C=self.C,
             max_epochs=self.max_epochs,
@@ -1276,38 +1278,34 @@ class VerticalLogisticRegression(BaseEstimator):
             damping=self.damping,
             momentum=self.momentum,
             random_state=self.random_state,
-            monotone=monotone.get(self.label_holder_name),
+            monotone=monotone,
         )
-        aligned = {nm: align_rows(ids, tbl, nm) for nm, tbl in feature_holder_tables.items()}
-        plan = bank.setup(Xb, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=names_b, train_mask=train_mask)
-        pub_len, coord_len = copies.feature_holder_bytes, copies.coordinator_bytes
-        wire.sent[self.label_holder_name] = coord_len + pub_len * len(names)  # public contexts out
-        wire.received["coordinator"] = coord_len
-        holders: dict[str, FeatureHolderLR] = {}
-        try:
-            for nm in names:
-                wire.received[nm] = pub_len
-                data = wire.send(self.label_holder_name, nm, plan)
-                fh = FeatureHolderLR(copies.feature_holder, name=nm, n_jobs=self.n_jobs, max_pack=self.max_pack,
-                                     monotone=monotone.get(nm))
-                X_k, cov_k, fnames = aligned[nm]
-                fh.setup(X_k, cov_k, TrainingPlan.from_bytes(data, context=fh.context), feature_names=fnames, momentum=self.momentum)
-                bank.record_feature_count(nm, fh.n_features_in_, fh.layout_.n_ciphertexts)
-                holders[nm] = fh
-            self.setup_bytes_ = wire.total + coord_len + pub_len * len(names)
-            self.setup_seconds_ = time.perf_counter() - t_setup
-            history, round_bytes, round_secs = self._run(bank, holders, wire)
-        finally:
-            for fh in holders.values():
-                fh.close()
-        self.label_holder_, self.feature_holders_ = bank, holders
+
+    def _new_feature_holder(self, context: PublicContext, name: str, monotone: Mapping[str, Any] | None) -> FeatureHolderLR:
+        return FeatureHolderLR(context, name=name, n_jobs=self.n_jobs, max_pack=self.max_pack, monotone=monotone)
+
+    def _setup_label_holder(
+        self, bank: LabelHolderLR, X: np.ndarray, y: np.ndarray, feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+    ) -> TrainingPlan:
+        coverage = {nm: a[1] for nm, a in aligned.items()}
+        return bank.setup(X, y, coverage, feature_names=feature_names, train_mask=options.get("train_mask"))
+
+    def _join(self, bank: LabelHolderLR, holder: FeatureHolderLR, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]],
+              wire: Wire) -> None:
+        X_k, cov_k, fnames = aligned
+        holder.setup(X_k, cov_k, TrainingPlan.from_bytes(plan, context=holder.context), feature_names=fnames, momentum=self.momentum)
+        bank.record_feature_count(holder.name, holder.n_features_in_, holder.layout_.n_ciphertexts)
+
+    def _set_fitted(self, run: InProcessRun) -> None:
+        history, round_bytes, round_secs = run.result
+        n_holders = len(run.feature_holders)
+        self.setup_bytes_ = run.setup_bytes + run.copies.coordinator_bytes + run.copies.feature_holder_bytes * n_holders
         self.history_ = history
-        self.best_epoch_ = bank.best_epoch_
-        self.n_epochs_ = bank.n_epochs_
-        self.bytes_sent_, self.bytes_received_ = dict(wire.sent), dict(wire.received)
+        self.best_epoch_ = run.label_holder.best_epoch_
+        self.n_epochs_ = run.label_holder.n_epochs_
         self.bytes_per_epoch_ = float(np.mean(round_bytes)) if round_bytes else 0.0
         self.epoch_seconds_ = float(np.mean(round_secs)) if round_secs else 0.0
-        return self
 
     def _run(self, bank: LabelHolderLR, holders: dict[str, FeatureHolderLR], wire: Wire) -> tuple[list[dict[str, Any]], list[int], list[float]]:
         coord = self.coordinator_
@@ -1374,7 +1372,7 @@ def train_vertical_lr(
     label_holder_table: Any,
     feature_holder_tables: Mapping[str, Any],
     *,
-    context: ts.Context | None = None,
+    context: KeyHolderContext | None = None,
     transcript: list[WireRecord] | None = None,
     keep_bytes: bool = False,
     train_mask: np.ndarray | None = None,
