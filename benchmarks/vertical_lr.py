@@ -194,17 +194,17 @@ def op_costs() -> dict[str, Any]:
     n, m = 8192, 8
     rng = np.random.default_rng(1)
     X, d = rng.normal(size=(n, m)), rng.uniform(-1, 1, n)
-    chunks = [ts.ckks_vector(ctx, d[i : i + rt.slots].tolist()) for i in range(0, n, rt.slots)]
+    chunks = [ts.ckks_vector(ctx.tenseal_context, d[i : i + rt.slots].tolist()) for i in range(0, n, rt.slots)]
     t = time.perf_counter()
     for j in range(m):
         for c, v in enumerate(chunks):
             v.dot(X[c * rt.slots : (c + 1) * rt.slots, j].tolist())
     res["baseline_dot_per_feature_chunk_s"] = round((time.perf_counter() - t) / (m * len(chunks)), 5)
     t = time.perf_counter()
-    small = ts.ckks_vector(ctx, d[:256].tolist())
+    small = ts.ckks_vector(ctx.tenseal_context, d[:256].tolist())
     small.matmul(X[:256].tolist())
     res["baseline_tenseal_matmul_256rows_s"] = round(time.perf_counter() - t, 4)
-    pub = ts.context_from(ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False))
+    pub = ctx.public_context()
     with EncryptedMatVec(X, pub) as kernel:
         enc = EncryptedVector.encrypt(ctx, d, level=residual_level(rt), scale=residual_scale())
         t = time.perf_counter()

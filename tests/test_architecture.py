@@ -27,11 +27,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "checkpoint": {"crypto", "errors"},
     "audit": {"crypto", "errors", "wire"},
     "models": {"crypto", "errors"},
-    "parties": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "wire"},
+    "protocols": {"errors", "models", "wire"},
+    "parties": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "protocols", "wire"},
     "scoring": {"audit", "crypto", "data", "errors", "logs", "models", "v1"},
-    "federation": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "parties", "scoring", "v1", "wire"},
-    "simulation": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "wire"},
-    "cli": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "scoring", "simulation", "v1", "wire"},
+    "federation": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "parties", "protocols", "scoring", "v1", "wire"},
+    "simulation": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "protocols", "wire"},
+    "cli": {
+        "audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "protocols", "scoring", "simulation", "v1", "wire",
+    },
 }
 
 
@@ -120,7 +123,7 @@ def test_fedavg_defaults_live_in_one_place_and_flwr_run_uses_the_same():
     import tomllib
 
     from fedrisk.errors import ConfigError
-    from fedrisk.federation.horizontal import FedAvgConfig
+    from fedrisk.protocols.fedavg import FedAvgConfig
 
     app_config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert FedAvgConfig.from_run_config(app_config) == FedAvgConfig()  # `flwr run .` trains with the code's defaults
@@ -132,7 +135,7 @@ def test_fedavg_defaults_live_in_one_place_and_flwr_run_uses_the_same():
 
 def test_secureboost_defaults_are_the_models():
     from fedrisk.errors import ConfigError
-    from fedrisk.federation.secureboost import SecureBoostConfig
+    from fedrisk.protocols.secureboost import SecureBoostConfig
     from fedrisk.models.secureboost_tree import BoostParams
 
     assert SecureBoostConfig().params() == BoostParams()

@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from fedrisk.crypto.ckks import VERTICAL_LR, PublicContext
 from fedrisk.errors import PartyUnavailableError
 from fedrisk.wire.exchange import read_content
 from fedrisk.federation.inprocess import InProcessGrid
@@ -137,8 +138,9 @@ def test_the_feature_holder_receives_no_labels_and_the_coordinator_no_secret_key
             for blob in exchange.blobs.values():
                 assert not any(p in blob for p in label_patterns)
         if exchange.header.step == "vlr.plan":
-            coordinator = ts.context_from(exchange.blob("coordinator_context"))
-            feature_holder = ts.context_from(exchange.blob("feature_holder_context"))
+            coordinator = PublicContext.from_bytes(exchange.blob("coordinator_context"), expect=VERTICAL_LR).tenseal_context
+            feature_holder = PublicContext.from_bytes(exchange.blob("feature_holder_context"), expect=VERTICAL_LR).tenseal_context
+            assert feature_holder.has_galois_keys() and not coordinator.has_galois_keys()
             for context in (coordinator, feature_holder):
                 assert not context.is_private()
                 with pytest.raises(ValueError):

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from fedrisk.crypto.envelope import public_key_id
 from fedrisk.errors import ConfigError, ProtocolError
-from fedrisk.wire import message_types as mt
+from fedrisk.protocols import alignment as spec
+from fedrisk.protocols.step import Step
 from fedrisk.wire.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
 
@@ -67,35 +68,33 @@ def run_alignment(session: CoordinatorSession, roles: VerticalRoles) -> int:
 
     key = "-"
 
-    def request(party: str, message_type: str, step: str, content_class: str, blobs=None, config=None, fingerprint=None):
-        header = session.header(0, step, party, content_class, fingerprint or key)
-        return message_type, build_content(header, blobs, config)
+    def request(party: str, step: Step, content_class: str | None = None, blobs=None, config=None, fingerprint=None):
+        header = session.header(0, step.request, party, content_class or step.request_class, fingerprint or key)
+        return step.message_type, build_content(header, blobs, config)
 
-    blinded = session.exchange(
-        {p: request(p, mt.PSI_BLIND, "psi.blind", "public") for p in (lh, *fhs)}
-    )
+    blinded = session.exchange({p: request(p, spec.BLIND) for p in (lh, *fhs)})
     sets = {p: reply.blob("blinded") for p, reply in blinded.items()}
     # Later PSI payloads are made under every party's per-run key: name the session by all of them.
     key = psi_session_fingerprint(reply.header.key_fingerprint for reply in blinded.values())
 
     doubles = session.exchange(
         {
-            lh: request(lh, mt.PSI_DOUBLE_BLIND, "psi.double_blind", "masked", {f"blinded:{p}": sets[p] for p in fhs}),
-            **{p: request(p, mt.PSI_DOUBLE_BLIND, "psi.double_blind", "masked", {"blinded": sets[lh]}) for p in fhs},
+            lh: request(lh, spec.DOUBLE_BLIND, blobs={f"blinded:{p}": sets[p] for p in fhs}),
+            **{p: request(p, spec.DOUBLE_BLIND, blobs={"blinded": sets[lh]}) for p in fhs},
         }
     )
     answers = session.exchange(
-        {lh: request(lh, mt.PSI_INTERSECT, "psi.intersect", "masked", {f"double:{p}": doubles[p].blob("double") for p in fhs})}
+        {lh: request(lh, spec.INTERSECT, blobs={f"double:{p}": doubles[p].blob("double") for p in fhs})}
     )[lh]
     session.exchange(
-        {p: request(p, mt.PSI_FINISH, "psi.finish", "ciphertext", {"result": answers.blob(f"result:{p}")}) for p in fhs}
+        {p: request(p, spec.FINISH, blobs={"result": answers.blob(f"result:{p}")}) for p in fhs}
     )
 
     envelope_keys = {p: session.parties[p].envelope_public_key for p in fhs}
     positions = session.exchange(
         {
             lh: request(
-                lh, mt.VERTICAL_ALIGN, "vertical.align", "public", config={"peer_names": list(envelope_keys), "peer_keys": list(envelope_keys.values())}
+                lh, spec.ALIGN, "public", config={"peer_names": list(envelope_keys), "peer_keys": list(envelope_keys.values())}
             )
         }
     )[lh]
@@ -106,9 +105,9 @@ def run_alignment(session: CoordinatorSession, roles: VerticalRoles) -> int:
     session.exchange(
         {
             p: request(
-                p, mt.VERTICAL_ALIGN, "vertical.align", "ciphertext",
-                {"positions": positions.blob(f"positions:{p}")},
-                {"rows": rows, "label_holder_public_key": lh_key},
+                p, spec.ALIGN, "ciphertext",
+                blobs={"positions": positions.blob(f"positions:{p}")},
+                config={"rows": rows, "label_holder_public_key": lh_key},
                 fingerprint=public_key_id(bytes.fromhex(session.parties[p].envelope_public_key)),  # sealed to p
             )
             for p in fhs

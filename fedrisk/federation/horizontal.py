@@ -59,157 +59,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Mapping, TypedDict, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedrisk.errors import ConfigError, PartyUnavailableError, ProtocolError
-from fedrisk.wire import message_types as mt
-from fedrisk.wire.config_values import as_float, as_int, config_float, config_int, settings_from_run_config
+from fedrisk.protocols import fedavg as spec
+from fedrisk.protocols.fedavg import FedAvgConfig
+from fedrisk.wire.config_values import config_float, config_int
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
     from fedrisk.crypto.ckks import PublicContext
     from fedrisk.checkpoint import CheckpointStore
-
-AGGREGATIONS = ("ckks", "plain")
-#: Longest simulated straggler delay a bank accepts (seconds).
-MAX_SIM_DELAY = 300.0
-
-
-class RunConfigOptions(TypedDict, total=False):
-    """The :class:`FedAvgConfig` options a Flower run config may set (``FedAvgConfig.RUN_CONFIG_KEYS``)."""
-
-    min_parties: int
-    round_timeout: float
-    dp_epsilon: float
-    dp_delta: float
-    dp_clip: float
-    dp_noise_seed: int
-    sim_dropout: float
-    sim_stragglers: float
-    sim_straggler_delay: float
-
-
-@dataclass(frozen=True)
-class FedAvgConfig:
-    """FedAvg parameters, as read from the run config."""
-
-    rounds: int = 5
-    aggregation: str = "ckks"
-    local_epochs: int = 1
-    learning_rate: float = 0.01
-    batch_size: int = 256
-    model: str = "mlp"
-    hidden_units: int = 64
-    hidden_layers: int = 2
-    seed: int = 7
-    key_holder: str = ""
-    #: Fewest banks whose updates a round may aggregate (run config ``min-parties``).
-    min_parties: int = 2
-    #: Deadline of one training round in seconds; 0 = the session's party timeout.
-    round_timeout: float = 0.0
-    #: Local DP budget for the whole run; 0 or inf = no DP.
-    dp_epsilon: float = 0.0
-    dp_delta: float = 1e-5
-    dp_clip: float = 1.0
-    #: Seed of the DP noise (simulation only); -1 = fresh OS entropy.
-    dp_noise_seed: int = -1
-    sim_dropout: float = 0.0
-    sim_stragglers: float = 0.0
-    sim_straggler_delay: float = 0.0
-
-    #: Run config key of each option above that has one (the ServerApp reads them).
-    RUN_CONFIG_KEYS = {
-        "min-parties": "min_parties",
-        "round-timeout": "round_timeout",
-        "dp-epsilon": "dp_epsilon",
-        "dp-delta": "dp_delta",
-        "dp-clip": "dp_clip",
-        "dp-noise-seed": "dp_noise_seed",
-        "sim-dropout": "sim_dropout",
-        "sim-stragglers": "sim_stragglers",
-        "sim-straggler-delay": "sim_straggler_delay",
-    }
-
-    def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
-        if self.min_parties < 2:
-            raise ConfigError(f"min-parties must be >= 2 (one bank's aggregate is its own model), got {self.min_parties}")
-        if self.round_timeout < 0:
-            raise ConfigError(f"round-timeout must be >= 0, got {self.round_timeout}")
-        if not (self.dp_epsilon >= 0):  # also refuses NaN
-            raise ConfigError(f"dp-epsilon must be > 0 (or 0/inf for no DP), got {self.dp_epsilon}")
-        if self.dp_enabled:
-            if not 0.0 < self.dp_delta < 1.0:
-                raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta}")
-            if not (0.0 < self.dp_clip < math.inf):
-                raise ConfigError(f"dp-clip must be > 0, got {self.dp_clip}")
-        for key, share in (("sim-dropout", self.sim_dropout), ("sim-stragglers", self.sim_stragglers)):
-            if not 0.0 <= share < 1.0:
-                raise ConfigError(f"{key} must be in [0, 1), got {share}")
-        if not 0.0 <= self.sim_straggler_delay <= MAX_SIM_DELAY:
-            raise ConfigError(f"sim-straggler-delay must be in [0, {MAX_SIM_DELAY:.0f}] seconds, got {self.sim_straggler_delay}")
-
-    #: Run-config keys of the training settings (the other options: :attr:`RUN_CONFIG_KEYS`).
-    TRAINING_KEYS = {
-        "num-rounds": "rounds",
-        "aggregation": "aggregation",
-        "local-epochs": "local_epochs",
-        "learning-rate": "learning_rate",
-        "batch-size": "batch_size",
-        "model": "model",
-        "hidden-units": "hidden_units",
-        "hidden-layers": "hidden_layers",
-        "seed": "seed",
-        "key-holder": "key_holder",
-    }
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> FedAvgConfig:
-        """The FedAvg settings of a Flower run config; a key it does not set keeps this class's default.
-
-        The defaults live here only (``pyproject.toml``'s ``[tool.flwr.app.config]``
-        repeats them for ``flwr run .``; a test keeps the two equal).
-        """
-        values = settings_from_run_config(cls, cls.TRAINING_KEYS, run_config)
-        return cls(**values, **cls.options_from_run_config(run_config))
-
-    @classmethod
-    def options_from_run_config(cls, run_config: Mapping[str, object]) -> RunConfigOptions:
-        """The dropout, DP and simulation options present in a Flower run config, typed."""
-        defaults = {f.name: f.default for f in fields(cls)}
-        out: dict[str, int | float] = {}
-        for key, name in cls.RUN_CONFIG_KEYS.items():
-            if key in run_config:
-                value = run_config[key]
-                try:
-                    out[name] = as_int(value, key) if isinstance(defaults[name], int) else as_float(value, key)
-                except (ProtocolError, ValueError):
-                    raise ConfigError(f"run config {key}: expected a number, got {run_config[key]!r}") from None
-        # By construction: keys are RUN_CONFIG_KEYS' field names, each value typed as its field's default.
-        return cast(RunConfigOptions, out)
-
-    @property
-    def dp_enabled(self) -> bool:
-        return 0.0 < self.dp_epsilon < math.inf
-
-    def party_config(self) -> dict[str, object]:
-        return {
-            "aggregation": self.aggregation,
-            "local_epochs": self.local_epochs,
-            "learning_rate": self.learning_rate,
-            "batch_size": self.batch_size,
-            "model": self.model,
-            "hidden_units": self.hidden_units,
-            "hidden_layers": self.hidden_layers,
-            "seed": self.seed,
-        }
 
 
 @dataclass
@@ -419,8 +283,7 @@ def run_fedavg(
     result = FedAvgResult()
     aggregator = _Aggregator(config.aggregation)
     party_cfg = config.party_config()
-    # What the coordinator sends back: an encrypted sum, or (baseline) a plaintext mean.
-    content_class = "aggregate" if config.aggregation == "ckks" else "plaintext"
+    content_class = spec.aggregate_class(config.aggregation)
     digest = _checkpoint_state(config)
     resume = checkpoints.resumable("fedavg", digest) if checkpoints is not None else None
     status = session.status
@@ -463,16 +326,24 @@ def run_fedavg(
                 raise ConfigError(f"key_holder {key_holder!r} is not a bank of this federation")
             peers = {b: session.parties[b].envelope_public_key for b in banks if b != key_holder}
             reply = session.exchange(
-                {key_holder: (mt.KEYGEN, build_content(session.header(0, "keys.generate", key_holder, "public"), config={"peer_names": list(peers), "peer_keys": list(peers.values())}))}
+                {
+                    key_holder: (
+                        spec.KEYGEN.message_type,
+                        build_content(
+                            session.header(0, spec.KEYGEN.request, key_holder, spec.KEYGEN.request_class),
+                            config={"peer_names": list(peers), "peer_keys": list(peers.values())},
+                        ),
+                    )
+                }
             )[key_holder]
             aggregator.set_public_context(reply.blob("public_context"))
             if reply.header.key_fingerprint != aggregator.fingerprint:
                 raise ProtocolError("key holder's announced fingerprint differs from its public context")
             shares = {
                 b: (
-                    mt.KEYSHARE,
+                    spec.KEYSHARE.message_type,
                     build_content(
-                        session.header(0, "keys.share", b, "ciphertext", aggregator.fingerprint),
+                        session.header(0, spec.KEYSHARE.request, b, spec.KEYSHARE.request_class, aggregator.fingerprint),
                         {"sealed": reply.blob(f"sealed:{b}")},
                         {"key_holder_public_key": session.parties[key_holder].envelope_public_key},
                     ),
@@ -487,7 +358,7 @@ def run_fedavg(
 
         fp = aggregator.fingerprint
         bounds = session.exchange(
-            {b: (mt.FEDAVG_SCALE, build_content(session.header(0, "fedavg.scale", b, "public"), config=party_cfg)) for b in banks}
+            {b: (spec.SCALE.message_type, build_content(session.header(0, spec.SCALE.request, b, spec.SCALE.request_class), config=party_cfg)) for b in banks}
         )
         widths = {len(r.value("exponents")) for r in bounds.values()}  # type: ignore[arg-type]
         if len(widths) != 1:
@@ -496,7 +367,7 @@ def run_fedavg(
         row_exponent = max(config_int(r, "row_exponent") for r in bounds.values())
         party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
         stats_replies = session.exchange(
-            {b: (mt.FEDAVG_STATS, build_content(session.header(0, "fedavg.stats", b, "public", fp), config=party_cfg)) for b in banks}
+            {b: (spec.STATS.message_type, build_content(session.header(0, spec.STATS.request, b, spec.STATS.request_class, fp), config=party_cfg)) for b in banks}
         )
         stats_blob = aggregator.sum(stats_replies)
 
@@ -528,12 +399,12 @@ def run_fedavg(
             cfg["sim_drop"] = True
         if bank in stragglers and config.sim_straggler_delay > 0:
             cfg["sim_delay"] = config.sim_straggler_delay
-        return (mt.FEDAVG_TRAIN, build_content(session.header(round_, "fedavg.train", bank, content_class, fp), blobs, cfg))
+        return (spec.TRAIN.message_type, build_content(session.header(round_, spec.TRAIN.request, bank, content_class, fp), blobs, cfg))
 
     for round_ in range(first_round, config.rounds + 1):
         started = time.perf_counter()
         sent_before = session.traffic.total()
-        status.set(round=round_, step="fedavg.train")
+        status.set(round=round_, step=spec.TRAIN.request)
         told_to_drop = _sample(banks, config.sim_dropout, sim_rng) if config.sim_dropout else []
         stragglers = _sample(banks, config.sim_stragglers, sim_rng) if config.sim_stragglers else []
         requests = {b: request(b, round_, told_to_drop, stragglers) for b in banks}
@@ -597,10 +468,10 @@ def run_fedavg(
     if config.dp_enabled:
         result.dp = dp_report(config, noise_multiplier, max(releases.values()))
     assert aggregate is not None
-    status.set(step="fedavg.final")
+    status.set(step=spec.FINAL.request)
     finals = session.exchange(
         {
-            b: (mt.FEDAVG_FINAL, build_content(session.header(config.rounds, "fedavg.final", b, content_class, fp), {"aggregate": aggregate}, party_cfg))
+            b: (spec.FINAL.message_type, build_content(session.header(config.rounds, spec.FINAL.request, b, content_class, fp), {"aggregate": aggregate}, party_cfg))
             for b in banks
         }
     )

@@ -20,59 +20,20 @@ answer a repeated request from their reply cache, so no round is applied twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
-from fedrisk.models.secureboost_tree import BoostParams
-from fedrisk.wire import message_types as mt
+from fedrisk.protocols import secureboost as spec
+from fedrisk.protocols.secureboost import SecureBoostConfig
 from fedrisk.federation.alignment import VerticalRoles
-from fedrisk.wire.config_values import config_bytes, config_int, settings_from_run_config
+from fedrisk.wire.config_values import config_bytes, config_int
 from fedrisk.wire.exchange import build_content
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
     from fedrisk.checkpoint import Checkpoint, CheckpointStore
-
-
-@dataclass(frozen=True)
-class SecureBoostConfig:
-    """Parameters of SecureBoost (``[algorithm]`` of FEDERATION.toml, the run config's keys).
-
-    FATE's reference configuration is 30 trees, depth 3, 32 bins. The model's
-    defaults are :class:`fedrisk.models.secureboost_tree.BoostParams`'; these
-    take them from there (:attr:`RUN_CONFIG_KEYS` maps the run config's names
-    to the model's), plus the run's seed and worker count.
-    """
-
-    trees: int = BoostParams.n_trees
-    depth: int = BoostParams.max_depth
-    learning_rate: float = BoostParams.learning_rate
-    l2: float = BoostParams.reg_lambda
-    min_child_weight: float = BoostParams.min_child_weight
-    subsample: float = BoostParams.subsample
-    bins: int = BoostParams.n_bins
-    seed: int = 0
-    n_jobs: int = 1
-
-    #: Run-config key → field (the same key as the field, in Flower's kebab case).
-    RUN_CONFIG_KEYS: ClassVar[dict[str, str]] = {
-        "trees": "trees", "depth": "depth", "learning-rate": "learning_rate", "l2": "l2",
-        "min-child-weight": "min_child_weight", "subsample": "subsample", "bins": "bins", "seed": "seed", "n-jobs": "n_jobs",
-    }  # fmt: skip
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> SecureBoostConfig:
-        """The settings of a Flower run config; a key it does not set keeps the default."""
-        values = settings_from_run_config(cls, cls.RUN_CONFIG_KEYS, run_config)
-        return cls(**values)
-
-    def params(self) -> BoostParams:
-        """The model's hyper-parameters (validated there: one line per bad value)."""
-        return BoostParams(self.trees, self.depth, float(self.learning_rate), float(self.l2), float(self.min_child_weight),
-                           float(self.subsample), self.bins)
 
 
 @dataclass
@@ -144,23 +105,20 @@ def run_secureboost(
         status.set(resumed_from=result.rounds)
         status.event(f"resumed at round {result.rounds + 1} (tree {trees_done + 1}) from the checkpoint")
     else:
-        params = {
-            "trees": config.trees, "depth": config.depth, "learning_rate": config.learning_rate, "l2": config.l2,
-            "min_child_weight": config.min_child_weight, "subsample": config.subsample, "bins": config.bins, "seed": config.seed,
-        }
-        status.set(step="sb.setup")
-        setup = session.exchange({lh: (mt.SB_SETUP, build_content(session.header(0, "sb.setup", lh, "public"), config=params))})[lh]
+        status.set(step=spec.SETUP.request)
+        setup_request = build_content(session.header(0, spec.SETUP.request, lh, spec.SETUP.request_class), config=config.setup_config())
+        setup = session.exchange({lh: (spec.SETUP.message_type, setup_request)})[lh]
         fp = setup.header.key_fingerprint
         context_blob = setup.blob("coordinator_context")
         coordinator = _coordinator(context_blob, fp, lh, fhs)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
-        status.set(step="sb.join")
+        status.set(step=spec.JOIN.request)
         joined = session.exchange(
             {
                 p: (
-                    mt.SB_JOIN,
+                    spec.JOIN.message_type,
                     build_content(
-                        session.header(0, "sb.join", p, "public", fp),
+                        session.header(0, spec.JOIN.request, p, spec.JOIN.request_class, fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
                         {"rows": config_int(setup, "rows"), "train_mask": config_bytes(setup, "train_mask"), "n_jobs": config.n_jobs},
                     ),
@@ -189,9 +147,9 @@ def run_secureboost(
     while True:
         result.rounds += 1
         round_ = result.rounds
-        status.set(round=round_, step="sb.bank", tree=trees_done)
-        header = session.header(round_, "sb.bank", lh, batch_class(to_bank), fp)
-        bank = session.exchange({lh: (mt.SB_BANK_ROUND, batch_content(header, to_bank))})[lh]
+        status.set(round=round_, step=spec.BANK.request, tree=trees_done)
+        header = session.header(round_, spec.BANK.request, lh, batch_class(to_bank), fp)
+        bank = session.exchange({lh: (spec.BANK.message_type, batch_content(header, to_bank))})[lh]
         if int(bank.value("trees_done", trees_done)) > trees_done:  # type: ignore[call-overload]
             trees_done = int(bank.value("trees_done"))  # type: ignore[call-overload]
             row = {"tree": trees_done - 1, "seconds": time.perf_counter() - started, "bytes": session.traffic.total(),
@@ -211,10 +169,10 @@ def run_secureboost(
             outbox.setdefault(item.party, []).append(BatchItem(coordinator.relay(lh, item.party, item.data), item.content_class))
         if not outbox:
             raise ProtocolError("SecureBoost stalled: the label holder sent nothing and is not done")
-        status.set(step="sb.round")
+        status.set(step=spec.ROUND.request)
         replies = session.exchange(
             {
-                p: (mt.SB_ROUND, batch_content(session.header(round_, "sb.round", p, batch_class(items), fp), items))
+                p: (spec.ROUND.message_type, batch_content(session.header(round_, spec.ROUND.request, p, batch_class(items), fp), items))
                 for p, items in outbox.items()
             }
         )

@@ -32,7 +32,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.errors import ConfigError, FedriskError
 from fedrisk.wire.exchange import COORDINATOR
-from fedrisk.federation.horizontal import FedAvgConfig, run_fedavg
+from fedrisk.federation.horizontal import run_fedavg
+from fedrisk.protocols.fedavg import FedAvgConfig
 from fedrisk.wire.flower_tuning import shorten_object_pull_backoff, use_bundled_runtime_calls
 from fedrisk.federation.session import CoordinatorSession
 from fedrisk.federation.status import RunStatus, status_path
@@ -107,16 +108,10 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
     if algorithm not in ("vertical_lr", "secureboost"):
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
     from fedrisk.federation.secureboost import checkpoint_digest as secureboost_digest
-    from fedrisk.federation.vertical_lr import VerticalLRConfig, checkpoint_digest, run_vertical_lr
+    from fedrisk.federation.vertical_lr import checkpoint_digest, run_vertical_lr
+    from fedrisk.protocols.vertical_lr import VerticalLRConfig
 
-    config = VerticalLRConfig(
-        epochs=_cfg(context, "epochs", 30),
-        c=_cfg(context, "c", 1.0),
-        patience=_cfg(context, "patience", 5),
-        tol=_cfg(context, "tol", 1e-6),
-        momentum=str(context.run_config.get("momentum", True)).lower() not in ("false", "0"),
-        n_jobs=_cfg(context, "n-jobs", 1),
-    )
+    config = VerticalLRConfig.from_run_config(context.run_config)
     sb_config = _secureboost_config(context)
     resume = None
     if checkpoints is not None:
@@ -162,7 +157,7 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
 
 
 def _secureboost_config(context: Context):
-    from fedrisk.federation.secureboost import SecureBoostConfig
+    from fedrisk.protocols.secureboost import SecureBoostConfig
 
     config = SecureBoostConfig.from_run_config(context.run_config)
     config.params()  # refuse bad hyper-parameters before PSI, in one line

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from fedrisk.errors import ProtocolError
-from fedrisk.wire import message_types as mt
+from fedrisk.protocols import vertical_lr as spec
+from fedrisk.protocols.vertical_lr import VerticalLRConfig
 from fedrisk.federation.alignment import VerticalRoles
 from fedrisk.wire.config_values import config_bytes, config_float, config_int
 from fedrisk.wire.exchange import build_content
@@ -27,34 +28,6 @@ if TYPE_CHECKING:
     from fedrisk.checkpoint import Checkpoint, CheckpointStore
 
 COORDINATOR = "coordinator"
-
-
-@dataclass(frozen=True)
-class VerticalLRConfig:
-    """Parameters of vertical logistic regression (``[algorithm]`` of FEDERATION.toml).
-
-    Parameters
-    ----------
-    epochs : int
-        Most epochs (full-batch block updates).
-    c : float
-        Inverse L2 strength, as scikit-learn's ``C``.
-    patience : int
-        Stop after this many epochs without a better validation AUC.
-    tol : float
-        Stop when the training loss changes by less than this (relative) twice in a row.
-    momentum : bool
-        Nesterov acceleration with restarts.
-    n_jobs : int
-        Worker processes per feature holder for X_kᵀ[[d]].
-    """
-
-    epochs: int = 30
-    c: float = 1.0
-    patience: int = 5
-    tol: float = 1e-6
-    momentum: bool = True
-    n_jobs: int = 1
 
 
 @dataclass
@@ -115,7 +88,6 @@ def run_vertical_lr(
 
     lh, fhs = roles.label_holder, roles.feature_holders
     result = VerticalLRResult(label_holder=lh)
-    params = {"c": config.c, "epochs": config.epochs, "patience": config.patience, "tol": config.tol, "momentum": config.momentum}
     digest = checkpoint_digest(config, roles)
     status = session.status
     status.set(protocol="vertical_lr", unit="epoch", rounds=config.epochs, state="running")
@@ -133,8 +105,9 @@ def run_vertical_lr(
         status.event(f"resumed at epoch {epoch} from the checkpoint")
         coordinator = _coordinator(context_blob, fp, lh, fhs)
     else:
-        status.set(step="vlr.setup")
-        setup = session.exchange({lh: (mt.VLR_SETUP, build_content(session.header(0, "vlr.setup", lh, "public"), config=params))})[lh]
+        status.set(step=spec.SETUP.request)
+        setup_request = build_content(session.header(0, spec.SETUP.request, lh, spec.SETUP.request_class), config=config.setup_config())
+        setup = session.exchange({lh: (spec.SETUP.message_type, setup_request)})[lh]
         context_blob = setup.blob("coordinator_context")
         fp = setup.header.key_fingerprint
         result.rows = config_int(setup, "rows")
@@ -143,11 +116,11 @@ def run_vertical_lr(
         joined = session.exchange(
             {
                 p: (
-                    mt.VLR_JOIN,
+                    spec.JOIN.message_type,
                     build_content(
-                        session.header(0, "vlr.join", p, "public", fp),
+                        session.header(0, spec.JOIN.request, p, spec.JOIN.request_class, fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
-                        {"n_jobs": config.n_jobs, "momentum": config.momentum},
+                        config.join_config(),
                     ),
                 )
                 for p in fhs
@@ -171,13 +144,13 @@ def run_vertical_lr(
     if resume is None:
         save(0)
     while True:
-        status.set(round=epoch, step="vlr.scores")
+        status.set(round=epoch, step=spec.SCORES.request)
         started, bytes_before = time.perf_counter(), session.traffic.total()
         requests = {}
         for p in fhs:
             blobs = {"masked_gradient": coordinator.relay(lh, p, masked[p])} if masked else None
-            header = session.header(epoch, "vlr.scores", p, "masked" if masked else "public", fp)
-            requests[p] = (mt.VLR_SCORES, build_content(header, blobs, {"epoch": epoch}))
+            header = session.header(epoch, spec.SCORES.request, p, "masked" if masked else "public", fp)
+            requests[p] = (spec.SCORES.message_type, build_content(header, blobs, {"epoch": epoch}))
         scores = session.exchange(requests)
         partials = [
             EncryptedScores.from_bytes(coordinator.relay(p, COORDINATOR, r.blob("scores")), context=coordinator.context)
@@ -187,10 +160,10 @@ def run_vertical_lr(
         config_lh: dict[str, object] = {"epoch": epoch}
         if epoch == 0:
             config_lh["feature_counts"] = json.dumps(counts, sort_keys=True)
-        status.set(step="vlr.score_sum")
-        decision = session.exchange(
-            {lh: (mt.VLR_RESIDUAL, build_content(session.header(epoch, "vlr.score_sum", lh, "aggregate", fp), {"score_sum": coordinator.relay(COORDINATOR, lh, total.to_bytes())}, config_lh))}
-        )[lh]
+        status.set(step=spec.SCORE_SUM.request)
+        score_sum = {"score_sum": coordinator.relay(COORDINATOR, lh, total.to_bytes())}
+        header = session.header(epoch, spec.SCORE_SUM.request, lh, spec.SCORE_SUM.request_class, fp)
+        decision = session.exchange({lh: (spec.SCORE_SUM.message_type, build_content(header, score_sum, config_lh))})[lh]
         control = coordinator.relay(lh, fhs[0], config_bytes(decision, "control"))
         row = {"epoch": epoch, "train_loss": config_float(decision, "train_loss")}
         for key in ("val_auc", "val_ks"):
@@ -201,7 +174,10 @@ def run_vertical_lr(
             result.final.pop("control", None)
             result.bundles[lh] = str(decision.value("bundle"))
             finished = session.exchange(
-                {p: (mt.VLR_FINISH, build_content(session.header(epoch, "vlr.finish", p, "public", fp), config={"control": control})) for p in fhs}
+                {
+                    p: (spec.FINISH.message_type, build_content(session.header(epoch, spec.FINISH.request, p, spec.FINISH.request_class, fp), config={"control": control}))
+                    for p in fhs
+                }
             )
             result.bundles.update({p: str(r.value("bundle")) for p, r in finished.items()})
             row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
@@ -212,12 +188,16 @@ def run_vertical_lr(
                 progress(epoch, row)
             return result
         residual = decision.blob("residual")
-        status.set(step="vlr.residual")
+        status.set(step=spec.RESIDUAL.request)
         products = session.exchange(
             {
                 p: (
-                    mt.VLR_GRADIENT,
-                    build_content(session.header(epoch, "vlr.residual", p, "ciphertext", fp), {"residual": coordinator.relay(lh, p, residual)}, {"control": control}),
+                    spec.RESIDUAL.message_type,
+                    build_content(
+                        session.header(epoch, spec.RESIDUAL.request, p, spec.RESIDUAL.request_class, fp),
+                        {"residual": coordinator.relay(lh, p, residual)},
+                        {"control": control},
+                    ),
                 )
                 for p in fhs
             }
@@ -227,10 +207,9 @@ def run_vertical_lr(
             data = coordinator.relay(p, lh, reply.blob("product"))
             EncryptedMaskedGradient.from_bytes(data, context=coordinator.context)  # well-formed, right key
             blobs[f"product:{p}"] = data
-        status.set(step="vlr.products")
-        decrypted = session.exchange(
-            {lh: (mt.VLR_DECRYPT, build_content(session.header(epoch, "vlr.products", lh, "ciphertext", fp), blobs))}
-        )[lh]
+        status.set(step=spec.PRODUCTS.request)
+        header = session.header(epoch, spec.PRODUCTS.request, lh, spec.PRODUCTS.request_class, fp)
+        decrypted = session.exchange({lh: (spec.PRODUCTS.message_type, build_content(header, blobs))})[lh]
         masked = {p: decrypted.blob(f"masked:{p}") for p in fhs}
         row.update(seconds=time.perf_counter() - started, bytes=session.traffic.total() - bytes_before)
         result.epochs.append(row)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedrisk.errors import DataValidationError, ProtocolError
-from fedrisk.wire import message_types as mt
+from fedrisk.protocols import alignment as spec
 from fedrisk.wire.config_values import config_int, config_strings
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.data.datasplit import evaluation_mask, training_mask
@@ -185,7 +185,7 @@ class _AlignmentParty:
     def _blinded_reply(self, exchange: Exchange, psi) -> "RecordDict":
         self.psi = psi
         blinded = psi.blind()
-        header = exchange.header.reply("masked", psi_key_id(blinded.public_key), step="psi.blinded_set")
+        header = exchange.header.reply(spec.BLIND.reply_class, psi_key_id(blinded.public_key), step=spec.BLIND.reply)
         return build_content(header, {"blinded": blinded.to_bytes()})
 
     @property
@@ -208,10 +208,10 @@ class LabelHolderAlignment(_AlignmentParty):
 
     def handlers(self) -> dict:
         return {
-            mt.PSI_BLIND: self._on_blind,
-            mt.PSI_DOUBLE_BLIND: self._on_double_blind,
-            mt.PSI_INTERSECT: self._on_intersect,
-            mt.VERTICAL_ALIGN: self._on_align,
+            spec.BLIND.message_type: self._on_blind,
+            spec.DOUBLE_BLIND.message_type: self._on_double_blind,
+            spec.INTERSECT.message_type: self._on_intersect,
+            spec.ALIGN.message_type: self._on_align,
         }
 
     def _on_blind(self, exchange: Exchange) -> "RecordDict":
@@ -239,7 +239,7 @@ class LabelHolderAlignment(_AlignmentParty):
         psi = self._psi()
         for name in sorted(exchange.blobs):
             psi.double_blind(exchange.blobs[name])
-        return build_content(exchange.header.reply("public", step="psi.double_blinded"), config={"peers": len(exchange.blobs)})
+        return build_content(exchange.header.reply("public", step=spec.DOUBLE_BLIND.reply), config={"peers": len(exchange.blobs)})
 
     def _on_intersect(self, exchange: Exchange) -> "RecordDict":
         psi = self._psi()
@@ -250,7 +250,7 @@ class LabelHolderAlignment(_AlignmentParty):
         for result in psi.results.values():
             result.require_overlap()  # zero overlap: nothing to train on with that party
         # Each answer is sealed under a key both ends derive from the PSI session's keys.
-        return build_content(exchange.header.reply("ciphertext", exchange.header.key_fingerprint, step="psi.result"), answers)
+        return build_content(exchange.header.reply(spec.INTERSECT.reply_class, exchange.header.key_fingerprint, step=spec.INTERSECT.reply), answers)
 
     def _on_align(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.crypto.envelope import envelope_aad, seal
@@ -293,7 +293,7 @@ class LabelHolderAlignment(_AlignmentParty):
         from fedrisk.crypto.envelope import public_key_id
 
         # Sealed and authenticated under the label holder's identity key.
-        header = exchange.header.reply("ciphertext", public_key_id(self.runtime.identity.envelope_public_key), step="vertical.positions")
+        header = exchange.header.reply("ciphertext", public_key_id(self.runtime.identity.envelope_public_key), step=spec.ALIGN.reply)
         return build_content(header, blobs, {"rows": int(order.size)})
 
     def _write_report(self, run_id: str, results: dict, rows: int) -> None:
@@ -317,10 +317,10 @@ class FeatureHolderAlignment(_AlignmentParty):
 
     def handlers(self) -> dict:
         return {
-            mt.PSI_BLIND: self._on_blind,
-            mt.PSI_DOUBLE_BLIND: self._on_double_blind,
-            mt.PSI_FINISH: self._on_finish,
-            mt.VERTICAL_ALIGN: self._on_align,
+            spec.BLIND.message_type: self._on_blind,
+            spec.DOUBLE_BLIND.message_type: self._on_double_blind,
+            spec.FINISH.message_type: self._on_finish,
+            spec.ALIGN.message_type: self._on_align,
         }
 
     def _on_blind(self, exchange: Exchange) -> "RecordDict":
@@ -330,12 +330,12 @@ class FeatureHolderAlignment(_AlignmentParty):
 
     def _on_double_blind(self, exchange: Exchange) -> "RecordDict":
         double = self._psi().double_blind(exchange.blob("blinded"))
-        header = exchange.header.reply("masked", exchange.header.key_fingerprint, step="psi.double_blinded")
+        header = exchange.header.reply("masked", exchange.header.key_fingerprint, step=spec.DOUBLE_BLIND.reply)
         return build_content(header, {"double": double.to_bytes()})
 
     def _on_finish(self, exchange: Exchange) -> "RecordDict":
         self._psi().finish(exchange.blob("result")).require_overlap()
-        return build_content(exchange.header.reply("public", step="psi.finished"))
+        return build_content(exchange.header.reply(spec.FINISH.reply_class, step=spec.FINISH.reply))
 
     def _on_align(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.crypto.envelope import envelope_aad, open_sealed
@@ -361,7 +361,7 @@ class FeatureHolderAlignment(_AlignmentParty):
         coverage[positions] = True
         self.aligned = AlignedRows(X=X, feature_names=list(self.runtime.table.feature_names), coverage={self.name: coverage})
         self._write_allow_list(exchange.header.run_id, result.rows)
-        return build_content(exchange.header.reply("public", step="vertical.aligned"))
+        return build_content(exchange.header.reply("public", step=spec.ALIGN.other_reply))
 
     def _write_allow_list(self, run_id: str, rows: np.ndarray) -> None:
         """The own IDs in the intersection: the SMEs this party's scoring service may answer for."""
@@ -399,6 +399,8 @@ def bank_only_metrics(aligned: AlignedRows, model: str, params: dict) -> dict[st
 
     The baseline every vertical model must beat: same training rows, same
     reporting rows (the evaluation half of the held-out rows, or all of them).
+    ``params``: SecureBoost's model parameters (``BoostParams.to_dict()``), or
+    vertical LR's ``c``.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -413,8 +415,8 @@ def bank_only_metrics(aligned: AlignedRows, model: str, params: dict) -> dict[st
     X, y = aligned.X, aligned.y
     if model == "secureboost":
         fitted = HistGradientBoostingClassifier(
-            max_iter=params["trees"], max_depth=params["depth"], learning_rate=params["learning_rate"],
-            max_bins=min(255, params["bins"]), l2_regularization=params["l2"], early_stopping=False,
+            max_iter=params["n_trees"], max_depth=params["max_depth"], learning_rate=params["learning_rate"],
+            max_bins=min(255, params["n_bins"]), l2_regularization=params["reg_lambda"], early_stopping=False,
         ).fit(X[train], y[train])
         p = fitted.predict_proba(X[report])[:, 1]
     else:

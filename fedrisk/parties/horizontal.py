@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
-from fedrisk.wire import message_types as mt
+from fedrisk.protocols import fedavg as spec
+from fedrisk.protocols.fedavg import MAX_SIM_DELAY
 from fedrisk.wire.config_values import config_float, config_int, config_strings
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.models.metrics import auc, ks
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
     from fedrisk.parties.protocol import Party
 
 SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
-#: Longest simulated delay a bank accepts (seconds): a coordinator cannot stall a bank longer.
-MAX_SIM_DELAY = 300.0
 
 
 def privatise_update(
@@ -109,12 +108,12 @@ class HorizontalParty:
 
     def handlers(self) -> dict:
         return {
-            mt.KEYGEN: self._on_keygen,
-            mt.KEYSHARE: self._on_keyshare,
-            mt.FEDAVG_SCALE: self._on_scale,
-            mt.FEDAVG_STATS: self._on_stats,
-            mt.FEDAVG_TRAIN: self._on_train,
-            mt.FEDAVG_FINAL: self._on_final,
+            spec.KEYGEN.message_type: self._on_keygen,
+            spec.KEYSHARE.message_type: self._on_keyshare,
+            spec.SCALE.message_type: self._on_scale,
+            spec.STATS.message_type: self._on_stats,
+            spec.TRAIN.message_type: self._on_train,
+            spec.FINAL.message_type: self._on_final,
         }
 
     # -- data ----------------------------------------------------------------
@@ -159,7 +158,7 @@ class HorizontalParty:
                 aad=envelope_aad(exchange.header.run_id, peer_name),
                 sender=self.runtime.identity.envelope,
             )
-        header = exchange.header.reply("ciphertext", context.fingerprint)
+        header = exchange.header.reply(spec.KEYGEN.reply_class, context.fingerprint, step=spec.KEYGEN.reply)
         return build_content(header, blobs)
 
     def _on_keyshare(self, exchange: Exchange) -> "RecordDict":
@@ -179,7 +178,7 @@ class HorizontalParty:
             raise ProtocolError(f"party {name!r}: the shared key's fingerprint does not match the announced one")
         context.save(self.secret_path)
         self._context = context
-        return build_content(exchange.header.reply("public", context.fingerprint), config={"fingerprint": context.fingerprint})
+        return build_content(exchange.header.reply(spec.KEYSHARE.reply_class, context.fingerprint, step=spec.KEYSHARE.reply), config={"fingerprint": context.fingerprint})
 
     # -- encode / decode vectors --------------------------------------------
     def _encode(self, exchange: Exchange, vector: np.ndarray, step: str) -> "RecordDict":
@@ -210,7 +209,7 @@ class HorizontalParty:
         magnitude = np.nanmax(np.abs(self.split.x_train), axis=0, initial=1.0)
         exponents = np.ceil(np.log2(magnitude + 1.0)).astype(int)
         row_exponent = int(np.ceil(np.log2(max(len(self.split.x_train), 1))))
-        header = exchange.header.reply("public", step="fedavg.scale")
+        header = exchange.header.reply(spec.SCALE.reply_class, step=spec.SCALE.reply)
         return build_content(header, config={"exponents": [int(e) for e in exponents], "row_exponent": row_exponent})
 
     def _row_unit(self, exchange: Exchange) -> float:
@@ -225,7 +224,7 @@ class HorizontalParty:
     def _on_stats(self, exchange: Exchange) -> "RecordDict":
         x = np.nan_to_num(self.split.x_train) / self._scale(exchange)
         stats = np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]) / self._row_unit(exchange)
-        return self._encode(exchange, stats, "fedavg.stats")
+        return self._encode(exchange, stats, spec.STATS.reply)
 
     def _apply_stats(self, exchange: Exchange, pooled: np.ndarray) -> None:
         n_features = self.split.x_train.shape[1]
@@ -245,7 +244,7 @@ class HorizontalParty:
 
     def _model(self, exchange: Exchange) -> RiskNet:
         if self.model_ is None:
-            spec = ModelSpec.from_dict(
+            model_spec = ModelSpec.from_dict(
                 {
                     "kind": exchange.value("model"),
                     "n_features": self.split.x_train.shape[1],
@@ -253,7 +252,7 @@ class HorizontalParty:
                     "hidden_layers": exchange.value("hidden_layers", 2),
                 }
             )
-            self.model_ = spec.build(seed=config_int(exchange, "seed"))
+            self.model_ = model_spec.build(seed=config_int(exchange, "seed"))
         return self.model_
 
     def _apply_global(self, exchange: Exchange, model: RiskNet) -> None:
@@ -311,7 +310,7 @@ class HorizontalParty:
             weights = privatise_update(weights, reference, clip=clip, noise_multiplier=noise_multiplier, rng=self._noise_rng(exchange))
         weight = len(split.x_train) / self._row_unit(exchange)
         update = np.concatenate([weights * weight, [weight]])
-        content = self._encode(exchange, update, "fedavg.update")
+        content = self._encode(exchange, update, spec.TRAIN.reply)
         from flwr.app import ConfigRecord
 
         from fedrisk.wire.exchange import CONFIG_RECORD
@@ -324,7 +323,7 @@ class HorizontalParty:
         self._apply_global(exchange, model)
         metrics = self._validation_metrics(model)
         bundle = self._write_bundle(exchange, model)
-        header = exchange.header.reply("public", step="fedavg.final")
+        header = exchange.header.reply(spec.FINAL.reply_class, step=spec.FINAL.reply)
         return build_content(header, config={**metrics, "bundle": str(bundle)})
 
     def _write_bundle(self, exchange: Exchange, model: RiskNet) -> Path:

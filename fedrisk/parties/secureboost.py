@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrisk.errors import ProtocolError
-from fedrisk.wire import message_types as mt
-from fedrisk.wire.config_values import config_bytes, config_float, config_int
+from fedrisk.protocols import secureboost as spec
+from fedrisk.wire.config_values import config_bytes, config_int
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
@@ -53,20 +53,6 @@ def _item(payload, party: str = "") -> BatchItem:
     return BatchItem(payload.to_bytes(), payload.content_class, party)
 
 
-def _setup_params(exchange: Exchange) -> dict[str, Any]:
-    """The boosting parameters of an ``sb.setup`` request, typed, with their defaults."""
-    return {
-        "trees": config_int(exchange, "trees", 30),
-        "depth": config_int(exchange, "depth", 3),
-        "learning_rate": config_float(exchange, "learning_rate", 0.3),
-        "l2": config_float(exchange, "l2", 1.0),
-        "min_child_weight": config_float(exchange, "min_child_weight", 1.0),
-        "subsample": config_float(exchange, "subsample", 1.0),
-        "bins": config_int(exchange, "bins", 32),
-        "seed": config_int(exchange, "seed", 0),
-    }
-
-
 class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
     """The bank's handlers: the plan, every round's decisions, the final evaluation."""
 
@@ -80,23 +66,19 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         self.final: dict[str, Any] | None = None
 
     def handlers(self) -> dict:
-        return {mt.SB_SETUP: self._on_setup, mt.SB_BANK_ROUND: self._on_round}
+        return {spec.SETUP.message_type: self._on_setup, spec.BANK.message_type: self._on_round}
 
     def close(self) -> None:
         """A new run replaces this one: its recovery state (with the secret key) is no longer needed."""
         self.discard_durable()
 
     def _make_model(self, context, params: dict[str, Any], aligned):
-        """The label holder's model, set up on the training rows; returns ``(model, plan)``."""
+        """The label holder's model (``params``: its keywords, :func:`fedrisk.protocols.secureboost.setup_params`), set up on the training rows; returns ``(model, plan)``."""
         from fedrisk.models.secureboost import LabelHolderSB
 
         train = aligned.train_mask
         assert aligned.y is not None and train is not None
-        model = LabelHolderSB(
-            context, name=self.name, n_trees=params["trees"], max_depth=params["depth"], learning_rate=params["learning_rate"],
-            reg_lambda=params["l2"], min_child_weight=params["min_child_weight"], subsample=params["subsample"],
-            n_bins=params["bins"], random_state=params["seed"],
-        )
+        model = LabelHolderSB(context, name=self.name, **params)
         coverage = {p: c[train] for p, c in aligned.coverage.items()}
         plan = model.setup(aligned.X[train], aligned.y[train], coverage, feature_names=aligned.feature_names)
         return model, plan
@@ -142,13 +124,10 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         train = aligned.train_mask
         assert aligned.y is not None and train is not None
         context = make_histogram_context()  # generated here; the secret key never leaves this process
-        params = _setup_params(exchange)
+        params = spec.setup_params(exchange)
         model, plan = self._make_model(context, params, aligned)
         self.model, self.answers, self.final = model, {}, None
-        self.baseline = bank_only_metrics(aligned, "secureboost", {
-            "trees": model.params.n_trees, "depth": model.params.max_depth, "learning_rate": model.params.learning_rate,
-            "bins": model.params.n_bins, "l2": model.params.reg_lambda,
-        })
+        self.baseline = bank_only_metrics(aligned, "secureboost", model.params.to_dict())
         # What a restarted process needs to rebuild this run's model: the secret context (0600), the rows, the parameters.
         values, blobs = aligned_blobs(aligned)
         values.update(params=params, baseline=dict(self.baseline))
@@ -164,7 +143,7 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             "train_rows": int(train.sum()),
             "train_mask": np.packbits(train).tobytes(),  # public by protocol: the row split
         }
-        return build_content(exchange.header.reply("public", model.fingerprint, step="sb.plan"), blobs, config)
+        return build_content(exchange.header.reply(spec.SETUP.reply_class, model.fingerprint, step=spec.SETUP.reply), blobs, config)
 
     def _on_round(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.secureboost import BinLayout, SplitAnswers, parse_payload
@@ -193,7 +172,7 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             if self.final is None:
                 self.final = self._evaluate_and_save(exchange.header.run_id)
             config.update(self.final, done=True)
-        header = exchange.header.reply(batch_class(items), model.fingerprint, step="sb.outbox")
+        header = exchange.header.reply(batch_class(items), model.fingerprint, step=spec.BANK.reply)
         return batch_content(header, items, config)
 
     def _evaluate_and_save(self, run_id: str) -> dict[str, Any]:
@@ -240,7 +219,7 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         self.gradients: bytes | None = None  # the current tree's EncryptedGradients, as the bank sent them
 
     def handlers(self) -> dict:
-        return {mt.SB_JOIN: self._on_join, mt.SB_ROUND: self._on_round}
+        return {spec.JOIN.message_type: self._on_join, spec.ROUND.message_type: self._on_round}
 
     def close(self) -> None:
         """Stop the histogram kernel's worker processes (a new run replaces this one) and drop its recovery state."""
@@ -326,7 +305,7 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             **blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan"), "train_mask": packed, "layout": layout.to_bytes(),
         })
         items = [_item(layout)]
-        return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step="sb.layout"), items)
+        return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step=spec.JOIN.reply), items)
 
     def _on_round(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.secureboost import TrainingDone, answer_splits, feature_holder_bundle, parse_payload
@@ -352,4 +331,4 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             arrays, meta = feature_holder_bundle(model)
             meta.update(run_id=exchange.header.run_id, party=self.name, status="final", schema=self.runtime.settings.schema)
             config["bundle"] = str(self._write(exchange.header.run_id, arrays, meta))
-        return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step="sb.replies"), items, config)
+        return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step=spec.ROUND.reply), items, config)

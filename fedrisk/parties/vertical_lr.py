@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.wire import message_types as mt
+from fedrisk.protocols import vertical_lr as spec
 from fedrisk.wire.config_values import config_bytes, config_float, config_int
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
@@ -45,21 +46,30 @@ if TYPE_CHECKING:
     from fedrisk.parties.protocol import Party
 
 
-def _public_context_bytes(context, *, galois: bool) -> bytes:
-    return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=galois, save_relin_keys=False)
-
-
 def load_public_context(blob: bytes, who: str):
-    """A public CKKS context from bytes; refuses one that carries a secret key."""
-    import tenseal as ts
+    """A received public context; refuses one that carries a secret key.
 
+    Vertical LR's CKKS context arrives as the recipes layer's frame
+    (:meth:`fedrisk.crypto.ckks.KeyHolderContext.public_bytes`) and loads as a
+    :class:`~fedrisk.crypto.ckks.PublicContext`, its ``VERTICAL_LR`` parameters
+    and fingerprint checked. SecureBoost's BFV context is a raw TenSEAL context
+    (its hazmat kernel, :mod:`fedrisk.crypto.encrypted_histogram`).
+    """
+    from fedrisk.crypto.ckks import VERTICAL_LR, PublicContext
+    from fedrisk.crypto.frames import FRAME_MAGIC
+    from fedrisk.crypto.seal_runtime import load_public_tenseal
+
+    if bytes(blob[:4]) == FRAME_MAGIC:
+        try:
+            return PublicContext.from_bytes(blob, expect=VERTICAL_LR)
+        except CryptoError as exc:
+            raise CryptoError(f"{who}: {exc}") from None
     try:
-        context = ts.context_from(blob)
-    except Exception:  # TenSEAL raises bare ValueError/RuntimeError on garbage
-        raise ProtocolError(f"{who}: the CKKS context is not a valid TenSEAL context") from None
-    if context.is_private():
-        raise CryptoError(f"{who}: refusing a CKKS context that carries a secret key")
-    return context
+        return load_public_tenseal(blob)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{who}: {exc}") from None
+    except CryptoError as exc:
+        raise CryptoError(f"{who}: {exc}") from None
 
 
 class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
@@ -77,14 +87,13 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         self.discard_durable()
 
     def _rebuild(self, static, aligned) -> None:
-        import tenseal as ts
-
+        from fedrisk.crypto.ckks import KeyHolderContext
         from fedrisk.models.vertical_lr import LabelHolderLR
         from fedrisk.parties.vertical_lr_state import from_json
 
         params = {k: from_json(v) for k, v in static.state.items()}
         model = LabelHolderLR(
-            ts.context_from(static.blob("context")), name=self.name, C=float(params["c"]), max_epochs=int(params["epochs"]),
+            KeyHolderContext.from_bytes(static.blob("context")), name=self.name, C=float(params["c"]), max_epochs=int(params["epochs"]),
             patience=int(params["patience"]), tol=float(params["tol"]), momentum=bool(params["momentum"]),
         )
         model.setup(
@@ -125,10 +134,10 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         self._save_static(exchange, context, aligned)
         blobs = {
             "plan": plan.to_bytes(),
-            "feature_holder_context": _public_context_bytes(context, galois=True),
-            "coordinator_context": _public_context_bytes(context, galois=False),
+            "feature_holder_context": context.public_bytes(),  # public key + Galois keys, never the secret key
+            "coordinator_context": context.public_bytes(minimal=True),  # the public key alone
         }
-        header = exchange.header.reply("public", model.fingerprint, step="vlr.plan")
+        header = exchange.header.reply(spec.SETUP.reply_class, model.fingerprint, step=spec.SETUP.reply)
         return build_content(header, blobs, {"rows": int(plan.n_rows), "train_rows": int(plan.n_train)})
 
     def _save_static(self, exchange: Exchange, context, aligned) -> None:
@@ -141,7 +150,7 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
             patience=config_int(exchange, "patience", 5), tol=config_float(exchange, "tol", 1e-6),
             momentum=bool(exchange.value("momentum", True)), baseline=dict(self.baseline),
         )
-        secret = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=True, save_relin_keys=True)
+        secret = context.to_bytes()  # the KeyHolderContext recipe; Galois keys are regenerated on load
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
 
     def _on_score_sum(self, exchange: Exchange) -> "RecordDict":
@@ -163,10 +172,10 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         if residual is None:
             bundle = self._write_bundle(run_id, final=True)
             config.update(self._final_metrics(), bundle=str(bundle))
-            return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.stop"), config=config)
+            return build_content(exchange.header.reply("public", model.fingerprint, step=spec.SCORE_SUM.other_reply), config=config)
         if entry.get("improved"):
             self._write_bundle(run_id, final=False)
-        header = exchange.header.reply("ciphertext", model.fingerprint, step="vlr.residual")
+        header = exchange.header.reply("ciphertext", model.fingerprint, step=spec.SCORE_SUM.reply)
         return build_content(header, {"residual": residual.to_bytes()}, config)
 
     def _on_products(self, exchange: Exchange) -> "RecordDict":
@@ -180,7 +189,7 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
             if payload.party != party:
                 raise ProtocolError(f"product of {payload.party!r} relayed as {party!r}")
             out[f"masked:{party}"] = model.decrypt_gradient(payload).to_bytes()
-        return build_content(exchange.header.reply("masked", model.fingerprint, step="vlr.masked_products"), out)
+        return build_content(exchange.header.reply(spec.PRODUCTS.reply_class, model.fingerprint, step=spec.PRODUCTS.reply), out)
 
     def _write_bundle(self, run_id: str, *, final: bool) -> Path:
         from fedrisk.models.scorecard import label_holder_bundle
@@ -274,7 +283,7 @@ class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         values.update(n_jobs=config_int(exchange, "n_jobs", 1), momentum=bool(exchange.value("momentum", True)))
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan")})
         config = {"n_features": int(model.n_features_in_), "n_products": int(model.layout_.n_ciphertexts), "mask_bits": int(model.mask_bits_)}
-        return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.joined"), config=config)
+        return build_content(exchange.header.reply(spec.JOIN.reply_class, model.fingerprint, step=spec.JOIN.reply), config=config)
 
     def _on_scores(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.models.vertical_lr import MaskedGradient
@@ -285,7 +294,7 @@ class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         elif model.epoch_ > 0:
             raise ProtocolError(f"feature holder {self.name!r} at epoch {model.epoch_} got no masked gradient to apply")
         scores = model.scores()
-        return build_content(exchange.header.reply("ciphertext", model.fingerprint, step="vlr.scores"), {"scores": scores.to_bytes()})
+        return build_content(exchange.header.reply(spec.SCORES.reply_class, model.fingerprint, step=spec.SCORES.reply), {"scores": scores.to_bytes()})
 
     def _apply_control(self, exchange: Exchange) -> None:
         from fedrisk.models.vertical_lr import EpochControl
@@ -303,7 +312,7 @@ class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         self._apply_control(exchange)
         residual = EncryptedResidual.from_bytes(exchange.blob("residual"), context=model.context)
         product = model.gradient(residual)
-        return build_content(exchange.header.reply("ciphertext", model.fingerprint, step="vlr.product"), {"product": product.to_bytes()})
+        return build_content(exchange.header.reply(spec.RESIDUAL.reply_class, model.fingerprint, step=spec.RESIDUAL.reply), {"product": product.to_bytes()})
 
     def _on_finish(self, exchange: Exchange) -> "RecordDict":
         model = self._require_model()
@@ -311,7 +320,7 @@ class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         if not model.done_:
             raise ProtocolError(f"feature holder {self.name!r} was told to finish without a stop bit")
         bundle = self._write_bundle(exchange.header.run_id, final=True)
-        return build_content(exchange.header.reply("public", model.fingerprint, step="vlr.finished"), config={"bundle": str(bundle)})
+        return build_content(exchange.header.reply(spec.FINISH.reply_class, model.fingerprint, step=spec.FINISH.reply), config={"bundle": str(bundle)})
 
     def _write_bundle(self, run_id: str, *, final: bool) -> Path:
         from fedrisk.models.scorecard import feature_holder_bundle

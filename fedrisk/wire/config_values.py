@@ -66,20 +66,31 @@ def config_strings(exchange: Exchange, name: str) -> list[str]:
     raise ProtocolError(f"{_where(exchange, name)} is not a list of strings")
 
 
+def _as_bool(value: object) -> bool:
+    """A run-config switch: a bool, 0/1 or true/false (``bool("false")`` would be True)."""
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(value)
+
+
 def settings_from_run_config(settings: Any, keys: Mapping[str, str], run_config: Mapping[str, object]) -> dict[str, Any]:
     """Field values of the dataclass ``settings`` that a Flower run config sets, each cast to its default's type.
 
     ``keys`` maps run-config keys to field names; a key the run config does not set
-    is left out (the dataclass keeps its default). A value that does not cast is one
-    :class:`~fedrisk.errors.ConfigError` line naming the key.
+    is left out (the dataclass keeps its default). A boolean field takes a bool,
+    ``0``/``1`` or ``"true"``/``"false"`` (any case). A value that does not cast is
+    one :class:`~fedrisk.errors.ConfigError` line naming the key.
     """
-    kinds: dict[str, Callable[[Any], object]] = {f.name: type(f.default) for f in fields(settings)}
+    kinds: dict[str, type] = {f.name: type(f.default) for f in fields(settings)}
     values: dict[str, Any] = {}
     for key, name in keys.items():
         if key in run_config:
             raw, kind = run_config[key], kinds[name]
+            cast: Callable[[Any], object] = _as_bool if kind is bool else kind
             try:
-                values[name] = kind(raw)
+                values[name] = cast(raw)
             except (TypeError, ValueError):
-                raise ConfigError(f"run config {key}: expected a {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+                raise ConfigError(f"run config {key}: expected a {kind.__name__}, got {raw!r}") from None
     return values

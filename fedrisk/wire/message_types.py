@@ -2,7 +2,9 @@
 
 Flower's ClientApp dispatches on ``<category>.<action>`` with the category
 one of ``train``, ``evaluate`` or ``query``; the ClientApp registers one relay
-function per entry below, so a protocol adds its message types here.
+function per entry below, so a protocol adds its message types here, and each
+one as a step of its spec (:mod:`fedrisk.protocols`), which names what the
+request and the reply carry.
 """
 
 from __future__ import annotations
