@@ -75,6 +75,7 @@ from fedrisk.crypto.encrypted_histogram import FLOOD_BITS
 from fedrisk.models.metrics import auc
 from fedrisk.models.secureboost import VerticalSecureBoost, make_histogram_context
 from fedrisk.models.secureboost_tree import PlainSecureBoost
+from fedrisk.protocols import secureboost as sb_spec
 
 log = logging.getLogger("fedrisk.bench.secureboost")
 
@@ -187,7 +188,7 @@ def _deployment_helpers() -> None:
 #: Validation split of the deployed bank: the same stratified 80/20 split as the hold-out above.
 DEPLOYED_VALIDATION = {"fraction": 0.2, "seed": 42}
 #: Coordinator requests of the SecureBoost protocol (fedrisk.federation.secureboost).
-SB_REQUESTS = ("sb.setup", "sb.join", "sb.bank", "sb.round")
+SB_REQUESTS = tuple(step.request for step in sb_spec.STEPS)
 
 
 def run_deployment(args: argparse.Namespace, guest: pd.DataFrame, host: pd.DataFrame, test: np.ndarray) -> dict[str, Any]:

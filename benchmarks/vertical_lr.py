@@ -63,6 +63,7 @@ import pandas as pd
 
 from fedrisk.models.metrics import auc
 from fedrisk.data.datasplit import training_mask
+from fedrisk.protocols import vertical_lr as vlr_spec
 from fedrisk.models.vertical_lr import (
     _apply_standardise,
     _BlockNesterov,
@@ -320,7 +321,7 @@ def _deployment_helpers() -> None:
 
 
 #: Coordinator requests of vertical LR (fedrisk.federation.vertical_lr).
-VLR_REQUESTS = ("vlr.setup", "vlr.join", "vlr.scores", "vlr.score_sum", "vlr.residual", "vlr.products", "vlr.finish")
+VLR_REQUESTS = tuple(step.request for step in vlr_spec.STEPS)
 BANK = "bank"
 
 

@@ -95,8 +95,14 @@ the price of exactness is ``N = 16384`` with five primes (≈ 0.6–0.8 ms per p
 and ≈ 4.5–9.5 ms per key switch, against 0.09 and 1.2 ms) — about 2.3 core-seconds
 per tree, ≈ 0.53 s per node histogram (products 0.2 s, giant steps 0.14 s, node
 masks 0.05 s, baby steps 0.06 s, output 0.08 s by :class:`KernelCosts`). AUC equal
-to the plaintext reference, split for split. Per tree 5.8 MB (two 1.3 MB gradient
-ciphertexts, 0.79 MB per histogram).
+to the plaintext reference, split for split. Per tree 3.4 MB: the label holder
+sends its gradients as seeded ciphertexts (half the bytes; the ``a`` half is a
+seed) and the feature holder switches each flooded histogram down to the lowest
+level (:data:`WIRE_LEVEL`) before it leaves, where it was 5.8 MB (two 1.3 MB
+gradient ciphertexts, 0.79 MB per histogram). Same run, same quiet machine
+(2026-12-05): in process 49.7 s with key generation against 46.2–47.2 s before
+(CPU unchanged within noise), deployed 73.9 s (321 MB moved) against 78.2 s
+(463 MB), ``deployment_ratio`` 1.49 against 1.70.
 
 Alternatives measured and not taken
 -----------------------------------
@@ -120,7 +126,7 @@ Alternatives measured and not taken
   cannot be cached — for ≈ 3× the bytes (the gradients need ≈ 60 ciphertexts per
   tree). Caching them needs the label holder to send, per level, the asked nodes'
   gradients sorted by node (≈ 1.25 core-s per tree modelled, against ≈ 2.3) at
-  ≈ 35 MB per tree instead of 5.8 MB. Not built: the first gains ≈ 15 %, the
+  ≈ 35 MB per tree instead of 3.4 MB. Not built: the first gains ≈ 15 %, the
   second trades the deployed speed (bytes through the SuperLink) for the
   in-process one, and both are a new protocol.
 * **TenSEAL's default Galois keys**: 27 keys, 206 MB; the kernel needs 14 (55 MB

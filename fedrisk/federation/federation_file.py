@@ -35,11 +35,15 @@ from __future__ import annotations
 
 import csv
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fedrisk.errors import ConfigError
+from fedrisk.protocols.fedavg import FedAvgConfig
+from fedrisk.protocols.secureboost import SecureBoostConfig
+from fedrisk.protocols.vertical_lr import VerticalLRConfig
 
 _T = TypeVar("_T")
 
@@ -48,19 +52,24 @@ _FEDERATION_KEYS = {"name", "mode", "algorithm"}
 _VALIDATION_KEYS = {"fraction", "seed", "table"}
 _PARTY_KEYS = {"name", "role", "data", "id-column", "label-column", "id-format", "features", "categorical", "allow-missing"}
 _TOP_KEYS = {"federation", "algorithm", "validation", "parties"}
-ALGORITHM_KEYS = {
+
+
+def _run_config_types(config: Any, keys: Mapping[str, str]) -> dict[str, type]:
+    """Run-config key → the type of its field's default (FEDERATION.toml checks each ``[algorithm]`` value against it)."""
+    defaults = {f.name: f.default for f in fields(config)}
+    return {key: type(defaults[name]) for key, name in keys.items()}
+
+
+#: ``[algorithm]`` keys per algorithm, from the protocols' specs. FedAvg's ``rounds`` is
+#: the run config's ``num-rounds``; its simulation-only options are the simulator's.
+ALGORITHM_KEYS: dict[str, dict[str, type]] = {
     "fedavg": {
-        "rounds": int, "aggregation": str, "local-epochs": int, "learning-rate": float, "batch-size": int,
-        "model": str, "hidden-units": int, "hidden-layers": int, "seed": int, "key-holder": str,
-        "min-parties": int, "round-timeout": float, "dp-epsilon": float, "dp-delta": float, "dp-clip": float,
+        **{("rounds" if k == "num-rounds" else k): t for k, t in _run_config_types(FedAvgConfig, FedAvgConfig.TRAINING_KEYS).items()},
+        **{k: t for k, t in _run_config_types(FedAvgConfig, FedAvgConfig.RUN_CONFIG_KEYS).items()
+           if not k.startswith("sim-") and k != "dp-noise-seed"},
     },
-    "vertical_lr": {
-        "epochs": int, "c": float, "patience": int, "tol": float, "momentum": bool, "n-jobs": int,
-    },
-    "secureboost": {
-        "trees": int, "depth": int, "learning-rate": float, "bins": int, "l2": float, "min-child-weight": float,
-        "subsample": float, "seed": int, "n-jobs": int,
-    },
+    "vertical_lr": _run_config_types(VerticalLRConfig, VerticalLRConfig.RUN_CONFIG_KEYS),
+    "secureboost": _run_config_types(SecureBoostConfig, SecureBoostConfig.RUN_CONFIG_KEYS),
 }
 
 

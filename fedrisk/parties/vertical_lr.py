@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fedrisk.errors import CryptoError, ProtocolError
 from fedrisk.wire import message_types as mt
 from fedrisk.protocols import vertical_lr as spec
-from fedrisk.wire.config_values import config_bytes, config_float, config_int
+from fedrisk.wire.config_values import config_bytes
 from fedrisk.wire.exchange import Exchange, build_content
 from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.parties.durable_role import DurableRole
@@ -116,22 +116,18 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         aligned = self._aligned()
         assert aligned.y is not None and aligned.train_mask is not None
         context = make_context()  # generated here; the secret key never leaves this process
+        params = spec.setup_params(exchange)
         model = LabelHolderLR(
-            context,
-            name=self.name,
-            C=config_float(exchange, "c", 1.0),
-            max_epochs=config_int(exchange, "epochs", 30),
-            patience=config_int(exchange, "patience", 5),
-            tol=config_float(exchange, "tol", 1e-6),
-            momentum=bool(exchange.value("momentum", True)),
+            context, name=self.name, C=params.c, max_epochs=params.epochs, patience=params.patience, tol=params.tol,
+            momentum=params.momentum,
         )
         plan = model.setup(
             aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names,
             train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
         )
         self.model = model
-        self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": config_float(exchange, "c", 1.0)})
-        self._save_static(exchange, context, aligned)
+        self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": params.c})
+        self._save_static(exchange, context, aligned, params)
         blobs = {
             "plan": plan.to_bytes(),
             "feature_holder_context": context.public_bytes(),  # public key + Galois keys, never the secret key
@@ -140,15 +136,14 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         header = exchange.header.reply(spec.SETUP.reply_class, model.fingerprint, step=spec.SETUP.reply)
         return build_content(header, blobs, {"rows": int(plan.n_rows), "train_rows": int(plan.n_train)})
 
-    def _save_static(self, exchange: Exchange, context, aligned) -> None:
+    def _save_static(self, exchange: Exchange, context, aligned, params: spec.VerticalLRConfig) -> None:
         """What a restarted process needs to rebuild this run's model: the secret context (0600), the rows, the parameters."""
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         values, blobs = aligned_blobs(aligned)
         values.update(
-            c=config_float(exchange, "c", 1.0), epochs=config_int(exchange, "epochs", 30),
-            patience=config_int(exchange, "patience", 5), tol=config_float(exchange, "tol", 1e-6),
-            momentum=bool(exchange.value("momentum", True)), baseline=dict(self.baseline),
+            c=params.c, epochs=params.epochs, patience=params.patience, tol=params.tol, momentum=params.momentum,
+            baseline=dict(self.baseline),
         )
         secret = context.to_bytes()  # the KeyHolderContext recipe; Galois keys are regenerated on load
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
@@ -274,13 +269,14 @@ class FeatureHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         plan = TrainingPlan.from_bytes(exchange.blob("plan"), context=context)
         if self.model is not None:
             self.model.close()
-        model = FeatureHolderLR(context, name=self.name, n_jobs=config_int(exchange, "n_jobs", 1))
-        model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=bool(exchange.value("momentum", True)))
+        params = spec.join_params(exchange)
+        model = FeatureHolderLR(context, name=self.name, n_jobs=params.n_jobs)
+        model.setup(aligned.X, aligned.coverage[self.name], plan, feature_names=aligned.feature_names, momentum=params.momentum)
         self.model, self.label_holder = model, plan.label_holder
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         values, blobs = aligned_blobs(aligned)
-        values.update(n_jobs=config_int(exchange, "n_jobs", 1), momentum=bool(exchange.value("momentum", True)))
+        values.update(n_jobs=params.n_jobs, momentum=params.momentum)
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan")})
         config = {"n_features": int(model.n_features_in_), "n_products": int(model.layout_.n_ciphertexts), "mask_bits": int(model.mask_bits_)}
         return build_content(exchange.header.reply(spec.JOIN.reply_class, model.fingerprint, step=spec.JOIN.reply), config=config)

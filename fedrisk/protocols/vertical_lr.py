@@ -16,7 +16,8 @@ from typing import ClassVar
 
 from fedrisk.protocols.step import Step
 from fedrisk.wire import message_types as mt
-from fedrisk.wire.config_values import settings_from_run_config
+from fedrisk.wire.config_values import config_bool, config_float, config_int, settings_from_run_config
+from fedrisk.wire.exchange import Exchange
 
 #: The label holder makes the CKKS keys and the training plan: the plan and the public contexts back.
 SETUP = Step(mt.VLR_SETUP, "vlr.setup", "vlr.plan", ("public",), ("public",))
@@ -87,3 +88,19 @@ class VerticalLRConfig:
     def join_config(self) -> dict[str, object]:
         """A feature holder's parameters, as :data:`JOIN` carries them."""
         return {"n_jobs": self.n_jobs, "momentum": self.momentum}
+
+
+def setup_params(exchange: Exchange) -> VerticalLRConfig:
+    """The label holder's settings from a :data:`SETUP` request, typed; a key it lacks keeps the default."""
+    d = VerticalLRConfig()
+    return VerticalLRConfig(
+        epochs=config_int(exchange, "epochs", d.epochs), c=config_float(exchange, "c", d.c),
+        patience=config_int(exchange, "patience", d.patience), tol=config_float(exchange, "tol", d.tol),
+        momentum=config_bool(exchange, "momentum", d.momentum),
+    )
+
+
+def join_params(exchange: Exchange) -> VerticalLRConfig:
+    """A feature holder's settings from a :data:`JOIN` request (``n_jobs``, ``momentum``; the rest keep their defaults)."""
+    d = VerticalLRConfig()
+    return VerticalLRConfig(n_jobs=config_int(exchange, "n_jobs", d.n_jobs), momentum=config_bool(exchange, "momentum", d.momentum))

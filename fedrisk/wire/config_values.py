@@ -66,6 +66,15 @@ def config_strings(exchange: Exchange, name: str) -> list[str]:
     raise ProtocolError(f"{_where(exchange, name)} is not a list of strings")
 
 
+def config_bool(exchange: Exchange, name: str, default: object = ...) -> bool:
+    """The config value ``name`` as a switch: a bool, 0/1 or true/false (``default`` if absent and given)."""
+    value = exchange.value(name, default)
+    try:
+        return _as_bool(value)
+    except ValueError:
+        raise ProtocolError(f"{_where(exchange, name)} is not a switch (true/false): {value!r}") from None
+
+
 def _as_bool(value: object) -> bool:
     """A run-config switch: a bool, 0/1 or true/false (``bool("false")`` would be True)."""
     if isinstance(value, (bool, int)) and value in (0, 1):
