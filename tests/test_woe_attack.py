@@ -25,6 +25,7 @@ from fedrisk.crypto.bfv import BFVRuntime
 from fedrisk.crypto.encrypted_histogram import WIRE_LEVEL, decrypt_histogram, decrypt_slots, quantisation
 from fedrisk.crypto.frames import pack_frame, unpack_frame
 from fedrisk.errors import ProtocolError
+from fedrisk.crypto.bfv import public_bfv_context
 from fedrisk.models.woe import (
     SMOOTHING,
     FeatureHolderWOE,
@@ -33,7 +34,6 @@ from fedrisk.models.woe import (
     WOECounts,
     WOEPlan,
     WOEResult,
-    public_copy,
 )
 
 ROWS, MIN_BIN = 2400, 80
@@ -137,7 +137,7 @@ def test_randomised_response_bounds_what_the_bank_reads(run):
     model, Xh, covered, y = run["model"], run["Xh"], run["covered"], run["y"]
     bank = LabelHolderWOE(model.label_holder_.context, n_bins=10, min_bin_size=MIN_BIN)
     plan = bank.plan(y)
-    fh = FeatureHolderWOE(public_copy(bank.context), name="tax_bureau", dp_epsilon=40.0, random_state=0)
+    fh = FeatureHolderWOE(public_bfv_context(bank.context), name="tax_bureau", dp_epsilon=40.0, random_state=0)
     fh.setup(Xh, covered)
     counts = WOECounts.from_bytes(fh.respond(WOEPlan.from_bytes(plan.to_bytes())).to_bytes())
     assert all(0.0 < p < 1.0 for p in counts.rr_p) and all(p == fh.rr_p_[j] for j, p in enumerate(counts.rr_p))
@@ -213,7 +213,7 @@ def test_label_dp_at_the_bank_blurs_what_the_feature_holder_recovers(run):
     bank = LabelHolderWOE(model.label_holder_.context, n_bins=10, min_bin_size=MIN_BIN, label_dp_epsilon=1.0,
                           random_state=1)
     plan = bank.plan(y)
-    fh = FeatureHolderWOE(public_copy(bank.context), name="tax_bureau", min_bin_size=MIN_BIN)
+    fh = FeatureHolderWOE(public_bfv_context(bank.context), name="tax_bureau", min_bin_size=MIN_BIN)
     fh.setup(Xh, covered)
     counts = fh.respond(WOEPlan.from_bytes(plan.to_bytes()))
     result = bank.receive("tax_bureau", WOECounts.from_bytes(counts.to_bytes()))

@@ -39,8 +39,8 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from fedrisk.crypto.seal_runtime import ByteBridge, SealRuntime, seal_context
-from fedrisk.errors import CryptoError
+from fedrisk.crypto.seal_runtime import ByteBridge, SealRuntime, load_public_tenseal, seal_context
+from fedrisk.errors import CryptoError, ProtocolError
 
 __all__ = [
     "COEFF_MOD_BITS",
@@ -50,7 +50,10 @@ __all__ = [
     "BFVRuntime",
     "add_to_c0",
     "keep_seeded_galois",
+    "load_key_holder_bfv_context",
+    "load_public_bfv_context",
     "make_bfv_context",
+    "public_bfv_context",
     "public_bfv_context_bytes",
     "uniform_noise_rns",
 ]
@@ -183,6 +186,60 @@ def keep_seeded_galois(context: ts.Context, serialised: bytes) -> ts.Context:
                 if sub == 5 and sub_wire == 2 and sub_value:
                     context._fedrisk_seeded_galois = bytes(sub_value)
     return context
+
+
+def _check_recipe(context: ts.Context, who: str) -> None:
+    """Refuse a BFV context whose parameters are not the one recipe (module docstring)."""
+    try:
+        parms = seal_context(context, sa.SCHEME_TYPE.BFV, ByteBridge()).key_context_data().parms()
+    except CryptoError as exc:
+        raise CryptoError(f"{who}: {exc}") from None
+    bits = tuple(int(m.bit_count()) for m in parms.coeff_modulus())
+    plain = int(parms.plain_modulus().value())
+    expected_plain = sa.PlainModulus.Batching(POLY_DEGREE, PLAIN_MODULUS_BITS).value()
+    if int(parms.poly_modulus_degree()) != POLY_DEGREE or bits != COEFF_MOD_BITS or plain != expected_plain:
+        raise CryptoError(
+            f"{who}: BFV context parameters (N={parms.poly_modulus_degree()}, primes {bits} bits, t={plain}) "
+            f"are not fedrisk's histogram recipe (N={POLY_DEGREE}, primes {COEFF_MOD_BITS} bits, t={expected_plain})"
+        )
+
+
+def load_public_bfv_context(blob: bytes, who: str) -> ts.Context:
+    """A received public BFV context, checked: no secret key, the recipe's parameters.
+
+    Seeded Galois keys in ``blob`` are remembered (:func:`keep_seeded_galois`).
+    ``who`` names the receiver in the one-line error.
+
+    Raises
+    ------
+    ProtocolError
+        The bytes are not a TenSEAL context.
+    CryptoError
+        It carries a secret key, or its parameters are not the recipe's.
+    """
+    try:
+        context = load_public_tenseal(blob)
+    except (ProtocolError, CryptoError) as exc:
+        raise type(exc)(f"{who}: {exc}") from None
+    _check_recipe(context, who)
+    return keep_seeded_galois(context, bytes(blob))
+
+
+def load_key_holder_bfv_context(blob: bytes, who: str) -> ts.Context:
+    """The key holder's own BFV context back from its 0600 state file, checked to hold the secret key."""
+    try:
+        context = ts.context_from(bytes(blob))
+    except Exception:  # TenSEAL raises bare ValueError/RuntimeError on garbage
+        raise ProtocolError(f"{who}: the saved BFV context is not a valid TenSEAL context") from None
+    if not context.is_private():
+        raise CryptoError(f"{who}: the saved BFV context has no secret key")
+    _check_recipe(context, who)
+    return keep_seeded_galois(context, bytes(blob))
+
+
+def public_bfv_context(context: ts.Context) -> ts.Context:
+    """The public copy (with the kernel's Galois keys) a feature holder receives, as a loaded context."""
+    return load_public_bfv_context(public_bfv_context_bytes(context, galois=True), "public copy")
 
 
 class BFVRuntime(SealRuntime):

@@ -59,9 +59,9 @@ def checkpoint_digest(config: SecureBoostConfig, roles: VerticalRoles) -> str:
 def _coordinator(context_blob: bytes, fp: str, lh: str, fhs: tuple[str, ...]):
     """The coordinator's protocol object over the label holder's public context (no secret key)."""
     from fedrisk.models.secureboost import CoordinatorSB
-    from fedrisk.parties.vertical_lr import load_public_context
+    from fedrisk.crypto.bfv import load_public_bfv_context
 
-    coordinator = CoordinatorSB(load_public_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
+    coordinator = CoordinatorSB(load_public_bfv_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
     if coordinator.fingerprint != fp:
         raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
     return coordinator

@@ -22,7 +22,6 @@ import tenseal as ts
 from sklearn.base import BaseEstimator
 
 from fedrisk.crypto.ckks import KeyHolderContext, PublicContext
-from fedrisk.crypto.seal_runtime import load_public_tenseal
 from fedrisk.errors import ConfigError, DataValidationError
 
 __all__ = [
@@ -160,19 +159,11 @@ def public_copies(secret: KeyHolderContext | ts.Context) -> PublicCopies[Any]:
 
 
 def _bfv_public_copies(secret: ts.Context) -> PublicCopies[ts.Context]:
-    if hasattr(secret, "_fedrisk_seeded_galois"):  # a BFV histogram context: its chosen Galois keys, seeded
-        from fedrisk.crypto.bfv import public_bfv_context_bytes
+    from fedrisk.crypto.bfv import load_public_bfv_context, public_bfv_context_bytes
 
-        fh = public_bfv_context_bytes(secret, galois=True)
-    else:
-        fh = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
-    co = secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-    fh_context = load_public_tenseal(fh)
-    if hasattr(secret, "_fedrisk_seeded_galois"):
-        from fedrisk.crypto.bfv import keep_seeded_galois
-
-        keep_seeded_galois(fh_context, fh)
-    return PublicCopies(fh_context, len(fh), load_public_tenseal(co), len(co))
+    fh = public_bfv_context_bytes(secret, galois=True)
+    co = public_bfv_context_bytes(secret, galois=False)
+    return PublicCopies(load_public_bfv_context(fh, "feature holder"), len(fh), load_public_bfv_context(co, "coordinator"), len(co))
 
 
 class Relay(Protocol):

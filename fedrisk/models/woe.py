@@ -92,6 +92,7 @@ import numpy as np
 import tenseal as ts
 from sklearn.base import BaseEstimator
 
+from fedrisk.crypto.bfv import public_bfv_context
 from fedrisk.crypto.encrypted_histogram import (
     EncryptedHistogramKernel,
     HistogramLayout,
@@ -799,17 +800,6 @@ class FeatureHolderWOE:
 # =========================================================================== in-process runner
 
 
-def public_copy(secret: ts.Context) -> ts.Context:
-    """The public context (with the histogram kernel's Galois keys) a feature holder receives."""
-    try:
-        from fedrisk.crypto.bfv import public_bfv_context_bytes
-    except ImportError:  # pragma: no cover - the CKKS kernel
-        return ts.context_from(secret.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True,
-                                                save_relin_keys=True))
-    return ts.context_from(public_bfv_context_bytes(secret, galois=True))
-
-
-
 class VerticalWOE(BaseEstimator):
     """Federated WOE/IV run in-process over the real encrypted protocol (every payload serialised).
 
@@ -869,7 +859,7 @@ class VerticalWOE(BaseEstimator):
                                   f"{int(self.n_bins) * int(self.min_bin_size)} rows, {party} covers {n_cov}: "
                                   "lower n_bins or min_bin_size")
         secret = context if context is not None else make_histogram_context()
-        public = public_copy(secret)
+        public = public_bfv_context(secret)
         bank = LabelHolderWOE(secret, name=self.label_holder_name, n_bins=self.n_bins, min_bin_size=self.min_bin_size,
                               smoothing=self.smoothing)
         self.transcript_: list[tuple[str, str, str, bytes]] = []

@@ -41,7 +41,6 @@ from fedrisk.parties.alignment import AlignedRowsProtocol, bank_only_metrics
 from fedrisk.wire.payload_batch import BatchItem, batch_class, batch_content, batch_items
 from fedrisk.parties.secureboost_state import FEATURE_HOLDER_FIELDS, LABEL_HOLDER_FIELDS
 from fedrisk.parties.durable_role import DurableRole
-from fedrisk.parties.vertical_lr import load_public_context
 
 if TYPE_CHECKING:
     from flwr.app import RecordDict
@@ -84,12 +83,12 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         return model, plan
 
     def _rebuild(self, static, aligned) -> None:
-        import tenseal as ts
-
+        from fedrisk.crypto.bfv import load_key_holder_bfv_context
         from fedrisk.parties.vertical_lr_state import from_json
 
         values = {k: from_json(v) for k, v in static.state.items()}
-        self.model, _ = self._make_model(ts.context_from(static.blob("context")), dict(values["params"]), aligned)
+        context = load_key_holder_bfv_context(static.blob("context"), f"label holder {self.name!r}")
+        self.model, _ = self._make_model(context, dict(values["params"]), aligned)
         self.baseline = dict(values["baseline"])
 
     def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
@@ -241,9 +240,9 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         from fedrisk.parties.vertical_lr_state import from_json
 
         values = {k: from_json(v) for k, v in static.state.items()}
-        from fedrisk.crypto.bfv import keep_seeded_galois
+        from fedrisk.crypto.bfv import load_public_bfv_context
 
-        context = keep_seeded_galois(load_public_context(static.blob("context"), f"feature holder {self.name!r}"), static.blob("context"))
+        context = load_public_bfv_context(static.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
         train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
         model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
@@ -284,9 +283,9 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         from fedrisk.models.secureboost import BoostPlan
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
-        from fedrisk.crypto.bfv import keep_seeded_galois
+        from fedrisk.crypto.bfv import load_public_bfv_context
 
-        context = keep_seeded_galois(load_public_context(exchange.blob("context"), f"feature holder {self.name!r}"), exchange.blob("context"))
+        context = load_public_bfv_context(exchange.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(exchange.blob("plan"), context=context)
         aligned = self._aligned()
         rows = config_int(exchange, "rows")

@@ -47,27 +47,20 @@ if TYPE_CHECKING:
 
 
 def load_public_context(blob: bytes, who: str):
-    """A received public context; refuses one that carries a secret key.
+    """Vertical LR's received public CKKS context; refuses one that carries a secret key.
 
-    Vertical LR's CKKS context arrives as the recipes layer's frame
+    It arrives as the recipes layer's frame
     (:meth:`fedrisk.crypto.ckks.KeyHolderContext.public_bytes`) and loads as a
     :class:`~fedrisk.crypto.ckks.PublicContext`, its ``VERTICAL_LR`` parameters
-    and fingerprint checked. SecureBoost's BFV context is a raw TenSEAL context
-    (its hazmat kernel, :mod:`fedrisk.crypto.encrypted_histogram`).
+    and fingerprint checked (SecureBoost's BFV context:
+    :func:`fedrisk.crypto.bfv.load_public_bfv_context`).
     """
     from fedrisk.crypto.ckks import VERTICAL_LR, PublicContext
-    from fedrisk.crypto.frames import FRAME_MAGIC
-    from fedrisk.crypto.seal_runtime import load_public_tenseal
 
-    if bytes(blob[:4]) == FRAME_MAGIC:
-        try:
-            return PublicContext.from_bytes(blob, expect=VERTICAL_LR)
-        except CryptoError as exc:
-            raise CryptoError(f"{who}: {exc}") from None
     try:
-        return load_public_tenseal(blob)
-    except ProtocolError as exc:
-        raise ProtocolError(f"{who}: {exc}") from None
+        return PublicContext.from_bytes(blob, expect=VERTICAL_LR)
+    except (CryptoError, ProtocolError) as exc:
+        raise type(exc)(f"{who}: {exc}") from None
     except CryptoError as exc:
         raise CryptoError(f"{who}: {exc}") from None
 
