@@ -147,7 +147,9 @@ class Signer(Protocol):
     property or a zero-argument method returning the 32 raw key bytes.
     """
 
-    public_key_bytes: Any
+    @property
+    def public_key_bytes(self) -> Any:  # pragma: no cover - protocol; read-only, so a property fits
+        ...
 
     def sign(self, data: bytes) -> bytes:  # pragma: no cover - protocol
         ...

@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -76,11 +77,11 @@ def _names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     return cns, uris
 
 
-def _statement_bytes(statement: dict) -> bytes:
+def _statement_bytes(statement: dict[str, Any]) -> bytes:
     return BINDING_DOMAIN + canonical_json(statement).encode("ascii")
 
 
-def make_binding(node: str, ledger_public_key: bytes, cert_pem: bytes, cert_key_pem: bytes) -> dict:
+def make_binding(node: str, ledger_public_key: bytes, cert_pem: bytes, cert_key_pem: bytes) -> dict[str, Any]:
     """Sign ``node``'s ledger key with its certificate key; returns the binding document.
 
     Raises

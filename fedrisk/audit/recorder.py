@@ -42,7 +42,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrisk.audit.entry import CLOSE_HANDSHAKE_STEP, ExchangeRecord, signer_public_key
+from fedrisk.audit.entry import CLOSE_HANDSHAKE_STEP, ExchangeRecord, LedgerEntry, Signer, signer_public_key
 from fedrisk.audit.store import Ledger
 from fedrisk.errors import LedgerError
 from fedrisk.wire.exchange import content_digest, read_header
@@ -78,7 +78,7 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _acquire(path: Path, writer: str, signer) -> _OpenLedger:
+def _acquire(path: Path, writer: str, signer: Signer) -> _OpenLedger:
     """The process's open ledger for (file, writer, key), opened (and checked) if need be."""
     key = (os.path.realpath(path), writer, signer_public_key(signer))
     with _open_lock:
@@ -164,7 +164,7 @@ class PendingRecord:
 class ExchangeRecorder:
     """Appends what its writer sent and received to the writer's own ledger."""
 
-    def __init__(self, path: Path, writer: str, signer) -> None:
+    def __init__(self, path: Path, writer: str, signer: Signer) -> None:
         self.path = Path(path)
         self.writer = writer
         self.signer = signer
@@ -229,7 +229,7 @@ class ExchangeRecorder:
         with self.open() as opened:
             return len(opened.append_chain(items))
 
-    def close_run(self, run_id: str, *, ledger: Ledger | None = None):
+    def close_run(self, run_id: str, *, ledger: Ledger | None = None) -> LedgerEntry:
         """Write this writer's signed run-close record of ``run_id`` (see :meth:`Ledger.close_run`)."""
         if ledger is not None:
             return ledger.close_run(run_id)

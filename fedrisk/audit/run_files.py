@@ -13,7 +13,7 @@ KEY_REGISTRY = Path("coordinator") / "signing_keys.json"
 RUN_CA = Path("pki") / "ca.crt"
 
 
-class RunKeys(dict):
+class RunKeys(dict[str, str]):
     """Writer -> Ed25519 public key (hex) as the coordinator wrote them (unsigned), plus the CA.
 
     ``ca_cert`` is the federation CA certificate found in the run folder, or

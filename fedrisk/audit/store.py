@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -393,7 +393,7 @@ class Ledger:
         """
         items = list(items)
 
-        def build(seq: int, prev: str):
+        def build(seq: int, prev: str) -> Generator[ExchangeRecord, LedgerEntry, None]:
             for item in items:
                 record = item(seq, prev) if callable(item) else item
                 self._check_exchange(record)

@@ -161,14 +161,14 @@ def make_bfv_context() -> ts.Context:
 
 def public_bfv_context_bytes(context: ts.Context, *, galois: bool) -> bytes:
     """The public copy of a BFV context, with the kernel's Galois keys in seeded form if ``galois``."""
-    blob = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    blob = bytes(context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False))
     if not galois:
         return blob
     seeded = getattr(context, "_fedrisk_seeded_galois", None)
     if seeded is None:
         if not context.has_galois_keys():
             raise CryptoError("this BFV context has no Galois keys to share")
-        return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
+        return bytes(context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False))
     return _with_galois_keys(blob, seeded)
 
 

@@ -317,11 +317,13 @@ fallback.
 
 
 def _public_tenseal_bytes(ctx: ts.Context, params: CKKSParams, *, minimal: bool) -> bytes:
-    return ctx.serialize(
-        save_public_key=True,
-        save_secret_key=False,
-        save_galois_keys=params.galois_keys and not minimal,
-        save_relin_keys=params.relin_keys and not minimal,
+    return bytes(
+        ctx.serialize(
+            save_public_key=True,
+            save_secret_key=False,
+            save_galois_keys=params.galois_keys and not minimal,
+            save_relin_keys=params.relin_keys and not minimal,
+        )
     )
 
 

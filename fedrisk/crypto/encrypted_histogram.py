@@ -925,7 +925,7 @@ class EncryptedHistogramKernel:
         # A third fewer bytes on the wire; switching scales the flooded noise down with the modulus.
         if self.wire_level_ != OUTPUT_LEVEL:
             ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level_])
-        return rt.dump(ct)
+        return bytes(rt.dump(ct))
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""

@@ -1104,7 +1104,8 @@ class EncryptedMatVec:
             raise ProtocolError(f"masked product has {vals.size} values, expected one per feature ({self.n_features})")
         if state.offsets.shape != (self.layout_.n_ciphertexts * self.runtime.slots,):
             raise ProtocolError("mask record does not match this kernel's layout")
-        return vals - self.reduce(state.offsets)
+        unmasked: np.ndarray = vals - self.reduce(state.offsets)
+        return unmasked
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""

@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -128,7 +128,7 @@ class FederationKeys:
         if entry is None:
             known = ", ".join(sorted(self.registry["parties"])) or "none"
             raise CryptoError(f"party {name!r} is not in {self.folder / REGISTRY} (known: {known})")
-        return entry
+        return cast(dict[str, Any], entry)  # the registry's own entry: callers update it in place
 
     def status(self, name: str) -> str:
         return str(self.party(name)["status"])
@@ -136,11 +136,11 @@ class FederationKeys:
     def node_private_key(self, name: str) -> Path:
         """The party's node-authentication private key (0600), refusing a revoked party."""
         require_active(self, name)
-        return self.folder / self.party(name)["node_key"]
+        return self.folder / str(self.party(name)["node_key"])
 
     def node_public_key(self, name: str) -> Path:
         require_active(self, name)
-        return self.folder / self.party(name)["node_public_key"]
+        return self.folder / str(self.party(name)["node_public_key"])
 
     def client_cert(self, name: str) -> tuple[Path, Path]:
         require_active(self, name)

@@ -101,12 +101,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedrisk.crypto.psi_group import POINT_SIZE, blind_points, hash_ids_to_u
 from fedrisk.errors import ConfigError, CryptoError, ProtocolError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CACHE_FILE_NAME",
@@ -182,7 +185,7 @@ class KeyEpochPolicy:
             raise ConfigError("PSI key epoch policy: rotate_on_set_change must be true or false")
 
     @classmethod
-    def from_mapping(cls, values: Mapping | None) -> KeyEpochPolicy:
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> KeyEpochPolicy:
         """Build from a settings mapping (unknown keys are a :class:`ConfigError`)."""
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
@@ -355,7 +358,7 @@ class LabelHolderKeyCache:
             except OSError as err:
                 raise PSICacheError(f"PSI cache {self.path}{suffix} cannot be removed: {err.strerror}") from None
 
-    def _with_conn(self, work: Callable[[sqlite3.Connection], object]):
+    def _with_conn(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` in one immediate transaction; a refused file is reset and ``work`` retried once."""
         with self._lock:
             for attempt in (0, 1):
@@ -437,7 +440,7 @@ class LabelHolderKeyCache:
     def current_epoch(self) -> KeyEpoch:
         """The epoch in force now, rotated first if it is too old or spent."""
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> KeyEpoch:
             now = self._clock()
             epoch = self._load_epoch(conn)
             if epoch is None or self._due(epoch, now):
@@ -473,7 +476,7 @@ class LabelHolderKeyCache:
         digest = id_set_digest(domain, identifiers)
         n = len(identifiers)
 
-        def lookup(conn):
+        def lookup(conn: sqlite3.Connection) -> tuple[KeyEpoch, np.ndarray | None]:
             now = self._clock()
             epoch = self._load_epoch(conn)
             if epoch is None or self._due(epoch, now):
@@ -505,7 +508,7 @@ class LabelHolderKeyCache:
             raise CryptoError(f"blinding gave shape {points.shape}, expected ({n}, {POINT_SIZE})")
         raw = points.tobytes()
 
-        def store(conn):
+        def store(conn: sqlite3.Connection) -> None:
             now = self._clock()
             current = self._load_epoch(conn)
             if current is None or current.epoch_id != epoch.epoch_id:
@@ -547,7 +550,7 @@ class LabelHolderKeyCache:
         """
         count = int(count)
 
-        def work(conn):
+        def work(conn: sqlite3.Connection) -> KeyEpoch:
             now = self._clock()
             epoch = self._load_epoch(conn)
             if epoch is None or epoch.epoch_id != epoch_id:

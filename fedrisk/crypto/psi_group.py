@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -153,7 +154,7 @@ _SQRT_M1 = pow(2, (_p - 1) // 4, _p)  # 2 is a non-square mod p, so this squares
 _C2 = pow(2, _SQRT_EXP, _p)  # RFC 9380 G.2.1, c2 = 2^c1 with c1 = (p + 3) / 8
 
 
-def _num(value: int):
+def _num(value: int) -> Any:  # a gmpy2 mpz when gmpy2 is installed
     return _gmpy2.mpz(value) if _gmpy2 is not None else value
 
 
@@ -166,7 +167,7 @@ _C2N = _num(_C2)
 _ONE = _num(1)
 
 
-def _inverse(value):
+def _inverse(value: Any) -> Any:
     if _gmpy2 is not None:
         return _gmpy2.invert(value, _P)
     return pow(value, -1, _p)
@@ -342,7 +343,7 @@ class _Expander:
         self.tail1 = b"\x01" + dst_prime
         self.tail2 = b"\x02" + dst_prime
 
-    def fields(self, identifiers: Sequence[bytes]) -> tuple[list, list]:
+    def fields(self, identifiers: Sequence[bytes]) -> tuple[list[Any], list[Any]]:
         zpad, tail0, tail1, tail2 = self.zpad, self.tail0, self.tail1, self.tail2
         sha512, from_bytes, num, p = hashlib.sha512, int.from_bytes, _num, _p
         u0s, u1s = [], []
@@ -368,7 +369,7 @@ def _expander(dst: bytes) -> _Expander:
     return exp
 
 
-def _batch_invert(values: list) -> list:
+def _batch_invert(values: list[Any]) -> list[Any]:
     """Montgomery's trick: all inverses for one inversion and 3 multiplications each (no zeros)."""
     P = _P
     prefix = []
@@ -384,7 +385,7 @@ def _batch_invert(values: list) -> list:
     return out
 
 
-def _elligator2_batch(us: list) -> tuple[list, list]:
+def _elligator2_batch(us: list[Any]) -> tuple[list[Any], list[Any]]:
     """RFC 9380 Section 6.7.1 Elligator 2 (Z = 2) for many ``u``: affine ``(x, y)`` lists.
 
     Same output as :func:`map_to_curve_elligator2` (the straight-line version): ``x1 =

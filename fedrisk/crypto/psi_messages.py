@@ -120,7 +120,7 @@ class _Reader:
         return self.take(1, "header")[0]
 
     def u32(self, name: str) -> int:
-        return struct.unpack(">I", self.take(4, name))[0]
+        return int(struct.unpack(">I", self.take(4, name))[0])
 
     def string(self, name: str) -> str:
         (size,) = struct.unpack(">H", self.take(2, name))

@@ -123,7 +123,7 @@ class BlindingPool:
         self._min_parallel = max(1, int(min_parallel))
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., BlindingPool] | None = None
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_entries = max(0, int(cache_entries))
         self._cache_bytes = max(0, int(cache_bytes))

@@ -52,6 +52,8 @@ import sys
 import threading
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["admits", "available", "backend_name", "blind_blob_mb8", "mode"]
@@ -91,7 +93,7 @@ def admits(inputs: str) -> bool:
     return inputs in _KINDS[mode()] and available()
 
 
-def _load():
+def _load() -> Any:  # a ctypes function pointer, or None
     if mode() == "openssl":
         return None
     for folder in _candidate_dirs():
@@ -113,7 +115,7 @@ def _load():
     return None
 
 
-def _run(fn, scalar: bytes, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _run(fn: Any, scalar: bytes, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Raw multi-buffer call over ``points`` (a multiple of 8 rows): outputs and per-call status."""
     n = points.shape[0]
     out = np.empty_like(points)
@@ -130,7 +132,7 @@ def _run(fn, scalar: bytes, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return out, status
 
 
-def _self_test(fn) -> bool:
+def _self_test(fn: Any) -> bool:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
     try:
@@ -154,7 +156,7 @@ def _self_test(fn) -> bool:
         return False
 
 
-def _fn():
+def _fn() -> Any:
     with _lock:
         if "fn" not in _state:
             _state["fn"] = _load()
@@ -185,7 +187,8 @@ def _standard_rows(points: np.ndarray) -> np.ndarray:
     """
     top_clear = points[:, 31] < 0x80
     high = (points[:, 31] == 0x7F) & np.all(points[:, 2:31] == 0xFF, axis=1)
-    return top_clear & ~high
+    rows: np.ndarray = top_clear & ~high
+    return rows
 
 
 def blind_blob_mb8(scalar: bytes, points: bytes) -> tuple[bytes, int] | None:

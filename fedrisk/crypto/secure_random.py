@@ -20,4 +20,5 @@ def secure_normal(loc: float, scale: float, size: int) -> np.ndarray:
     """Gaussian doubles from ``os.urandom`` (Box–Muller)."""
     u1 = secure_uniform(0.0, 1.0, size)
     u2 = secure_uniform(0.0, 1.0, size)
-    return loc + scale * np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    normal: np.ndarray = loc + scale * np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    return normal
