@@ -36,7 +36,8 @@ demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on lo
 test: $(STAMP) system-deps  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests and mypy on fedrisk (settings in pyproject.toml)
+lint: $(STAMP)  ## ruff format check and ruff lint (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests, mypy on fedrisk, strict on crypto/ and audit/ (settings in pyproject.toml)
+	$(BIN)/ruff format --check fedrisk benchmarks tests
 	$(BIN)/ruff check fedrisk benchmarks tests
 	$(BIN)/mypy
 

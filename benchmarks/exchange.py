@@ -81,10 +81,15 @@ def parties(root: Path, n: int) -> list:
     for name in PARTY_NAMES[:n] if n <= len(PARTY_NAMES) else [f"party_{i}" for i in range(n)]:
         table = root / f"{name}.csv"
         table.write_text("id,x\na,1\nb,2\n")
-        out.append(PartySettings(
-            name=name, role="feature_holder", data=str(table),
-            schema={"id_column": "id"}, state_dir=str(root / "run" / "parties" / name),
-        ))
+        out.append(
+            PartySettings(
+                name=name,
+                role="feature_holder",
+                data=str(table),
+                schema={"id_column": "id"},
+                state_dir=str(root / "run" / "parties" / name),
+            )
+        )
     return out
 
 
@@ -206,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (logs, ledgers)")
     parser.add_argument(
-        "--flower-superlink", action="store_true",
+        "--flower-superlink",
+        action="store_true",
         help="for comparison: the SuperLink serves Flower's per-object calls only, on Flower's SQLite state",
     )
     args = parser.parse_args(argv)
@@ -220,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         echoes, deployed_s = deployed(root, args.parties, counts, args.warmup, flower_superlink=args.flower_superlink)
         reference = in_process(root, args.parties, counts, args.warmup)
 
-    sizes = {
-        str(e["bytes"]): {**summarise(e["bytes"], e["parties"], e["latencies_ms"]), "cpu_ms_per_exchange": e["cpu_ms_per_exchange"]}
-        for e in echoes
-    }
+    sizes = {str(e["bytes"]): {**summarise(e["bytes"], e["parties"], e["latencies_ms"]), "cpu_ms_per_exchange": e["cpu_ms_per_exchange"]} for e in echoes}
     ref = {str(e["bytes"]): summarise(e["bytes"], e["parties"], e["latencies_ms"]) for e in reference["echo"]}
     small = sizes[str(SIZES[0])]
     out = {
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "parties": args.parties,
         "transport": "Flower 1.39 Deployment Engine, gRPC+TLS on loopback, node auth, ledgers on",
         "superlink": (
-            "fedrisk entry point serving Flower's calls only, SQLite state (--flower-superlink)" if args.flower_superlink
+            "fedrisk entry point serving Flower's calls only, SQLite state (--flower-superlink)"
+            if args.flower_superlink
             else "fedrisk entry point: bundled long-poll calls, in-memory state, node registry"
         ),
         "deployed_seconds": round(deployed_s, 1),

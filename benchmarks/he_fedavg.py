@@ -82,8 +82,9 @@ def main() -> int:
         fed_file.write_text(FEDERATION.format(rounds=rounds, hidden=args.hidden, data=shared_data() / "default_credit"))
         fed = load_federation_file(fed_file)
         results = {}
-        with LocalFederation(root / "run", party_settings_for(fed, root / "run"), run_config_for(fed),
-                             log=lambda line: print(line, file=sys.stderr)) as federation:
+        with LocalFederation(
+            root / "run", party_settings_for(fed, root / "run"), run_config_for(fed), log=lambda line: print(line, file=sys.stderr)
+        ) as federation:
             for aggregation in ("plain", "ckks"):
                 config = {**run_config_for(fed, aggregation=aggregation), "fedrisk-run-id": f"bench-{aggregation}"}
                 results[aggregation] = federation.run(run_config=config, timeout=3600)

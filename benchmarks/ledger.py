@@ -139,8 +139,12 @@ def round_overhead(rows: int, epochs: int, pairs: int, seed: int = 3) -> dict[st
         paths = generate_sme_data(rows, seed=seed).write_csv(run_dir / "data")
         parties = [
             PartySettings(
-                name=name, role=role, data=str(paths[name]), schema=PARTY_SCHEMAS[name].to_dict(),
-                state_dir=str(run_dir / "parties" / name), validation=dict(VALIDATION),
+                name=name,
+                role=role,
+                data=str(paths[name]),
+                schema=PARTY_SCHEMAS[name].to_dict(),
+                state_dir=str(run_dir / "parties" / name),
+                validation=dict(VALIDATION),
             )
             for name, role in VERTICAL_PARTIES.items()
         ]

@@ -142,10 +142,19 @@ def _one_run(pool, label_ids: list[str], feature_ids: list[str], reference: set,
         + phases["label_intersect"]
         + phases["feature_finish"]
     )
-    return {"seconds": seconds, "phases": phases, "correct": bool(correct), "bytes": sent[0],
-            "intersection": len(label_side), "two_machines": two_machines,
-            "x25519": pool.operations["x25519"] - ops_before["x25519"], "hashed": pool.operations["hashed"] - ops_before["hashed"],
-            "reused": bool(lh.reused_blinded_set), "worker_cpu": pool.cpu_seconds - cpu_before, "main_cpu": main_cpu}
+    return {
+        "seconds": seconds,
+        "phases": phases,
+        "correct": bool(correct),
+        "bytes": sent[0],
+        "intersection": len(label_side),
+        "two_machines": two_machines,
+        "x25519": pool.operations["x25519"] - ops_before["x25519"],
+        "hashed": pool.operations["hashed"] - ops_before["hashed"],
+        "reused": bool(lh.reused_blinded_set),
+        "worker_cpu": pool.cpu_seconds - cpu_before,
+        "main_cpu": main_cpu,
+    }
 
 
 def run(n_label: int, n_feature: int, overlap: float, workers: int | None, seed: int, kind: str, classic: bool = False) -> dict:

@@ -306,9 +306,11 @@ def _vertical(tmp: Path, quick: bool) -> list[dict]:
     return _kill_series(tmp, toml, "v", "vertical_lr", "epoch", kills, delay=0.2)
 
 
-SECUREBOOST = VERTICAL.replace('name = "recovery-vertical"', 'name = "recovery-secureboost"').replace(
-    'algorithm = "vertical_lr"', 'algorithm = "secureboost"'
-).replace("epochs = {epochs}\npatience = 20", "trees = {trees}\ndepth = 2")
+SECUREBOOST = (
+    VERTICAL.replace('name = "recovery-vertical"', 'name = "recovery-secureboost"')
+    .replace('algorithm = "vertical_lr"', 'algorithm = "secureboost"')
+    .replace("epochs = {epochs}\npatience = 20", "trees = {trees}\ndepth = 2")
+)
 
 
 def _secureboost(tmp: Path, quick: bool) -> list[dict]:

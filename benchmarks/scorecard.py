@@ -107,13 +107,13 @@ def _stacking(guest: pd.DataFrame, host: pd.DataFrame, train: np.ndarray, test: 
     return out.get("auc_base"), out.get("auc_stacking")
 
 
-def _tree_violations(guest: pd.DataFrame, host: pd.DataFrame, train: np.ndarray, test: np.ndarray,
-                     monotone_bank: dict[str, int], monotone_host: dict[str, int], trees: int) -> tuple[int, float]:
+def _tree_violations(
+    guest: pd.DataFrame, host: pd.DataFrame, train: np.ndarray, test: np.ndarray, monotone_bank: dict[str, int], monotone_host: dict[str, int], trees: int
+) -> tuple[int, float]:
     """Monotone-constrained vertical SecureBoost: violations on a grid of each constrained feature, and its AUC."""
     from fedrisk.models.secureboost import VerticalSecureBoost
 
-    model = VerticalSecureBoost(n_trees=trees, max_depth=3, n_bins=32, learning_rate=0.3,
-                                monotone={BANK: monotone_bank, HOLDER: monotone_host})
+    model = VerticalSecureBoost(n_trees=trees, max_depth=3, n_bins=32, learning_rate=0.3, monotone={BANK: monotone_bank, HOLDER: monotone_host})
     model.fit(guest.loc[train], {HOLDER: host.loc[train]})
     y_test = guest.loc[test, "y"].to_numpy()
     auc_sb = auc(y_test, model.predict_proba(guest.loc[test], {HOLDER: host.loc[test]})[:, 1])
@@ -145,17 +145,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     fed = VerticalWOE(n_bins=args.bins, min_bin_size=args.min_bin_size, monotone=mono).fit(
-        guest.loc[train, bank_feats].to_numpy(), y_train,
+        guest.loc[train, bank_feats].to_numpy(),
+        y_train,
         {HOLDER: (host.loc[train, host_feats].to_numpy(), np.ones(len(train), dtype=bool))},
-        bank_feature_names=bank_feats, holder_feature_names={HOLDER: host_feats})
+        bank_feature_names=bank_feats,
+        holder_feature_names={HOLDER: host_feats},
+    )
     woe_seconds = time.perf_counter() - t0
     woe_bytes = sum(len(d) for *_, d in fed.transcript_)
 
     joined = guest.join(host.add_prefix("h_"))
-    ref = PlainWOE(n_bins=args.bins, min_bin_size=args.min_bin_size,
-                   monotone={**{f: "auto" for f in bank_feats}, **{"h_" + f: "auto" for f in host_feats}})
-    ref.fit(joined.loc[train, bank_feats + ["h_" + f for f in host_feats]].to_numpy(), y_train,
-            feature_names=bank_feats + ["h_" + f for f in host_feats])
+    ref = PlainWOE(n_bins=args.bins, min_bin_size=args.min_bin_size, monotone={**{f: "auto" for f in bank_feats}, **{"h_" + f: "auto" for f in host_feats}})
+    ref.fit(joined.loc[train, bank_feats + ["h_" + f for f in host_feats]].to_numpy(), y_train, feature_names=bank_feats + ["h_" + f for f in host_feats])
     fed_iv = {**fed.iv_[BANK], **{"h_" + k: v for k, v in fed.iv_[HOLDER].items()}}
     iv_diff = max(abs(fed_iv[k] - ref.iv_[k]) for k in ref.iv_)
 
@@ -172,8 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     signs = {BANK: {f: -1 for f in bank_feats}, HOLDER: {f: -1 for f in host_feats}}
     t1 = time.perf_counter()
-    lr = VerticalLogisticRegression(C=args.C, max_epochs=args.epochs, patience=args.epochs, validation_fraction=0.0,
-                                    monotone=signs)
+    lr = VerticalLogisticRegression(C=args.C, max_epochs=args.epochs, patience=args.epochs, validation_fraction=0.0, monotone=signs)
     bank_df = pd.DataFrame(Wb_train, columns=bank_feats, index=pd.Index(train, name="id"))
     bank_df["y"] = y_train
     host_df = pd.DataFrame(Wh_train, columns=host_feats, index=pd.Index(train, name="id"))
@@ -200,7 +200,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for party, tables in fed.label_holder_.tables_.items():
         for t in tables:
             violations += _rate_violations(t, mono[party].get(t.name, "none"))
-    coef = {BANK: dict(zip(lr.label_holder_.feature_names_, lr.label_holder_.coef_, strict=False)), HOLDER: dict(zip(host_feats, lr.feature_holders_[HOLDER].coef_, strict=True))}
+    coef = {
+        BANK: dict(zip(lr.label_holder_.feature_names_, lr.label_holder_.coef_, strict=False)),
+        HOLDER: dict(zip(host_feats, lr.feature_holders_[HOLDER].coef_, strict=True)),
+    }
     for party, cons in signs.items():
         violations += sum(1 for f, s in cons.items() if s * coef[party][f] < -1e-12)
 

@@ -87,7 +87,9 @@ async def _drive(address: str, ca: str, ids: list[str], concurrency: int, second
     from fedrisk.v1 import scoring_pb2 as pb
 
     channel = secure_channel(address, ca=ca, authority="localhost" if address.startswith("unix:") else None)
-    call = channel.unary_unary("/fedrisk.v1.ScoringService/Score", request_serializer=pb.Application.SerializeToString, response_deserializer=pb.Decision.FromString)  # type: ignore[union-attr]
+    call = channel.unary_unary(
+        "/fedrisk.v1.ScoringService/Score", request_serializer=pb.Application.SerializeToString, response_deserializer=pb.Decision.FromString
+    )  # type: ignore[union-attr]
     await asyncio.wait_for(channel.channel_ready(), 10)  # type: ignore[union-attr]
     rng = random.Random(7)
     requests = [pb.Application(sme_id=rng.choice(ids), declared_annual_revenue=rng.uniform(2e5, 5e6), estimate_only=estimate) for _ in range(4096)]
@@ -239,7 +241,6 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-
 # ------------------------------------------------------------------------ the floor
 
 
@@ -365,12 +366,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--sandbox", default="auto")
     parser.add_argument("--estimate", action="store_true", help="Estimates only: nothing recorded in the register.")
-    parser.add_argument("--via", choices=("tcp", "unix"), default="tcp",
-                        help="tcp: the node's public address (through the launcher's door when sandboxed); unix: its socket inside the sandbox, as a loan system on the same host could use")
-    parser.add_argument("--api", choices=("unary", "batch"), default="unary",
-                        help="unary: one Score call per application (a loan system's call, the default); batch: applications on one ScoreBatch stream, `concurrency` in flight")
-    parser.add_argument("--floor", action="store_true",
-                        help="Instead: measure the floor, the CPU of one bare Python gRPC round trip (TLS, uvloop) between two processes here, unary and on a stream")
+    parser.add_argument(
+        "--via",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="tcp: the node's public address (through the launcher's door when sandboxed); unix: its socket inside the sandbox, as a loan system on the same host could use",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("unary", "batch"),
+        default="unary",
+        help="unary: one Score call per application (a loan system's call, the default); batch: applications on one ScoreBatch stream, `concurrency` in flight",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="Instead: measure the floor, the CPU of one bare Python gRPC round trip (TLS, uvloop) between two processes here, unary and on a stream",
+    )
     parser.add_argument("--drive", nargs=2, metavar=("ADDRESS", "SPEC"), help=argparse.SUPPRESS)
     parser.add_argument("--floor-serve", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--floor-drive", nargs=5, metavar=("ADDRESS", "CA", "KIND", "CONCURRENCY", "SECONDS"), help=argparse.SUPPRESS)
@@ -385,13 +397,17 @@ def main() -> None:
             sys.stdout.write(json.dumps(run_loop(_floor_drive(a[0], a[1], a[2], int(a[3]), float(a[4])))) + "\n")
         return
     if args.floor:
-        sys.stdout.write(json.dumps(_floor(args.concurrency, args.seconds if args.seconds is not None else (5.0 if args.quick else 10.0)), sort_keys=True) + "\n")
+        sys.stdout.write(
+            json.dumps(_floor(args.concurrency, args.seconds if args.seconds is not None else (5.0 if args.quick else 10.0)), sort_keys=True) + "\n"
+        )
         return
     if args.drive:
         spec = json.loads(Path(args.drive[1]).read_text())
         from fedrisk.scoring.main import run_loop
 
-        result = run_loop(_drive(args.drive[0], spec["ca"], spec["ids"], spec["concurrency"], spec["seconds"], spec["warmup"], spec["estimate"], spec.get("api", "unary")))
+        result = run_loop(
+            _drive(args.drive[0], spec["ca"], spec["ids"], spec["concurrency"], spec["seconds"], spec["warmup"], spec["estimate"], spec.get("api", "unary"))
+        )
         sys.stdout.write(json.dumps(result) + "\n")
         return
     seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0)

@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    sk = HistGradientBoostingClassifier(max_iter=args.trees, max_depth=args.depth, max_bins=args.bins,
-                                        learning_rate=args.learning_rate, early_stopping=False)
+    sk = HistGradientBoostingClassifier(max_iter=args.trees, max_depth=args.depth, max_bins=args.bins, learning_rate=args.learning_rate, early_stopping=False)
     sk.fit(joined.loc[train, features], joined.loc[train, "y"])
     auc_sk = auc(y_test, sk.predict_proba(joined.loc[test, features])[:, 1])
 
@@ -211,13 +210,20 @@ def run_deployment(args: argparse.Namespace, guest: pd.DataFrame, host: pd.DataF
         bank_csv = write_table(guest.reset_index(), root / "data" / "bank.csv")
         host_csv = write_table(host.sample(frac=1.0, random_state=3).reset_index(), root / "data" / "tax_bureau.csv")
         parties = [
-            PartySettings(BANK, "label_holder", str(bank_csv), schema(bank_features, label="y"), str(root / "run" / "parties" / BANK),
-                          dict(DEPLOYED_VALIDATION)),
+            PartySettings(
+                BANK, "label_holder", str(bank_csv), schema(bank_features, label="y"), str(root / "run" / "parties" / BANK), dict(DEPLOYED_VALIDATION)
+            ),
             PartySettings(HOLDER, "feature_holder", str(host_csv), schema(list(host.columns)), str(root / "run" / "parties" / HOLDER)),
         ]
         config = {
-            "mode": "vertical", "algorithm": "secureboost", "trees": args.trees, "depth": args.depth, "bins": args.bins,
-            "learning-rate": args.learning_rate, "n-jobs": args.n_jobs, "seed": 0,
+            "mode": "vertical",
+            "algorithm": "secureboost",
+            "trees": args.trees,
+            "depth": args.depth,
+            "bins": args.bins,
+            "learning-rate": args.learning_rate,
+            "n-jobs": args.n_jobs,
+            "seed": 0,
         }
         log.info("deployment: %d trees over SuperLink/SuperNodes (TLS, node auth) on loopback", args.trees)
 
@@ -369,8 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, default=2, help="feature holder's worker processes")
     parser.add_argument("--data", default=None, help="folder with the default-credit split files")
     parser.add_argument("--ops", action="store_true", help="also measure per-operation costs")
-    parser.add_argument("--deployment", action="store_true",
-                        help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
+    parser.add_argument("--deployment", action="store_true", help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows = args.rows or 8000

@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--ops", action="store_true", help="also measure per-op costs and TenSEAL baselines")
-    ap.add_argument("--deployment", action="store_true",
-                    help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
+    ap.add_argument("--deployment", action="store_true", help="also run the same job over SuperLink/SuperNodes with TLS on loopback (minutes)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
@@ -269,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("federated: %.2f s per epoch, AUC %.4f", model.epoch_seconds_, auc_fed)
 
     log.info("centralised reference")
-    weights, _, stats, plain_epoch = centralised(
-        bank.loc[train_ids], {k: v.loc[train_ids] for k, v in others.items()}, train_mask, model.n_epochs_, 1.0
-    )
+    weights, _, stats, plain_epoch = centralised(bank.loc[train_ids], {k: v.loc[train_ids] for k, v in others.items()}, train_mask, model.n_epochs_, 1.0)
     test_blocks = [bank.loc[test_ids].drop(columns="y").to_numpy()] + [v.loc[test_ids].to_numpy() for v in others.values()]
     z = np.zeros(len(test_ids))
     for j, (X, (mean, scale), w) in enumerate(zip(test_blocks, stats, weights)):
@@ -326,8 +323,13 @@ BANK = "bank"
 
 
 def run_deployment(
-    args: argparse.Namespace, bank: pd.DataFrame, others: dict[str, pd.DataFrame], train_ids: np.ndarray, test_ids: np.ndarray,
-    epochs: int, validation: dict,
+    args: argparse.Namespace,
+    bank: pd.DataFrame,
+    others: dict[str, pd.DataFrame],
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    epochs: int,
+    validation: dict,
 ) -> dict[str, Any]:
     """The same job over SuperLink/SuperNodes with TLS; hold-out AUC from the run's signed scorecards."""
     from fedrisk.wire import message_types as mt
@@ -341,24 +343,40 @@ def run_deployment(
         data = root / "data"
         parties = [
             PartySettings(
-                BANK, "label_holder", str(write_table(bank.loc[train_ids].reset_index(), data / "bank.parquet")),
-                schema([c for c in bank.columns if c != "y"], label="y"), str(root / "run" / "parties" / BANK), dict(validation),
+                BANK,
+                "label_holder",
+                str(write_table(bank.loc[train_ids].reset_index(), data / "bank.parquet")),
+                schema([c for c in bank.columns if c != "y"], label="y"),
+                str(root / "run" / "parties" / BANK),
+                dict(validation),
             )
         ]
         for k, (name, table) in enumerate(others.items()):
             own_order = table.loc[train_ids].sample(frac=1.0, random_state=args.seed + 10 + k).reset_index()
-            parties.append(PartySettings(name, "feature_holder", str(write_table(own_order, data / f"{name}.parquet")),
-                                         schema(list(table.columns)), str(root / "run" / "parties" / name)))
+            parties.append(
+                PartySettings(
+                    name,
+                    "feature_holder",
+                    str(write_table(own_order, data / f"{name}.parquet")),
+                    schema(list(table.columns)),
+                    str(root / "run" / "parties" / name),
+                )
+            )
         config = {
-            "mode": "vertical", "algorithm": "vertical_lr", "epochs": epochs, "patience": epochs + 1, "tol": 0.0,
-            "c": 1.0, "momentum": True, "n-jobs": args.n_jobs,
+            "mode": "vertical",
+            "algorithm": "vertical_lr",
+            "epochs": epochs,
+            "patience": epochs + 1,
+            "tol": 0.0,
+            "c": 1.0,
+            "momentum": True,
+            "n-jobs": args.n_jobs,
         }
         log.info("deployment: %d epochs over SuperLink/SuperNodes (TLS, node auth) on loopback", epochs)
 
         def inspect(run: Any) -> dict[str, Any]:
             timing = exchange_timing(run, {p.name: Path(p.state_dir) for p in parties}, VLR_REQUESTS)
-            handlers = handler_seconds(run, (mt.VLR_SETUP, mt.VLR_JOIN, mt.VLR_SCORES, mt.VLR_RESIDUAL, mt.VLR_GRADIENT,
-                                             mt.VLR_DECRYPT, mt.VLR_FINISH))
+            handlers = handler_seconds(run, (mt.VLR_SETUP, mt.VLR_JOIN, mt.VLR_SCORES, mt.VLR_RESIDUAL, mt.VLR_GRADIENT, mt.VLR_DECRYPT, mt.VLR_FINISH))
             return {"timing": timing, "handlers": handlers, "auc": deployed_auc(run, bank.loc[test_ids], {n: t.loc[test_ids] for n, t in others.items()})}
 
         run, seen = run_deployed(root, parties, config, run_id="bench-vertical-lr", inspect=inspect)

@@ -197,8 +197,7 @@ class CheckpointStore:
             )
         if checkpoint.config_sha256 != config_sha256:
             raise ConfigError(
-                f"the checkpoint at {self.path} was made under a different {protocol} configuration: "
-                "resume with the same run config, or use a new run id"
+                f"the checkpoint at {self.path} was made under a different {protocol} configuration: resume with the same run config, or use a new run id"
             )
         return checkpoint
 

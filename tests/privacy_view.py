@@ -135,8 +135,12 @@ class Tap:
         for mutate in self.mutators:
             mutate(direction, node_id, msg)
         captured = Captured(
-            len(self.messages), direction, node_id, self.names.get(node_id, f"node:{node_id}"),
-            msg.metadata.message_type, msg.content,
+            len(self.messages),
+            direction,
+            node_id,
+            self.names.get(node_id, f"node:{node_id}"),
+            msg.metadata.message_type,
+            msg.content,
         )
         self.messages.append(captured)
         for hook in self.hooks:
@@ -152,7 +156,7 @@ class Tap:
         """Forget the captured messages and the parties' in-process runtimes (their keys and tables)."""
         from fedrisk.parties.registry import forget_runtime
 
-        for ctx in (self.grid.contexts.values() if self.grid is not None else ()):
+        for ctx in self.grid.contexts.values() if self.grid is not None else ():
             runtime = forget_runtime(str(ctx.node_config.get("party-settings")))
             for protocols in getattr(runtime, "_runs", {}).values():
                 for protocol in protocols.values():
@@ -352,7 +356,12 @@ class _Parser:
                 public = ckks.PublicContext.from_bytes(data)
             except Exception as err:
                 return UNPARSED, f"CKKS public context frame that fedrisk refuses: {err}", set(), None
-            return PUBLIC_CONTEXT, "fedrisk public CKKS context (decrypt refused)", {public.fingerprint, context_fingerprint(public.tenseal_context)}, public.tenseal_context
+            return (
+                PUBLIC_CONTEXT,
+                "fedrisk public CKKS context (decrypt refused)",
+                {public.fingerprint, context_fingerprint(public.tenseal_context)},
+                public.tenseal_context,
+            )
         if len(data) < 1024 or not _is_protobuf(data, {1, 2, 3, 4}):
             return None
         try:
@@ -425,25 +434,41 @@ class _Parser:
         scalars, vectors = _walk_json(header)
         payload = _parse_payload(kind, data)
         if isinstance(payload, Exception):
-            return Part(kind=UNPARSED, detail=f"{name} frame its own parser refuses: {payload}", vectors=_interpretations(data), readable=data, fingerprint=fp, **base)
+            return Part(
+                kind=UNPARSED, detail=f"{name} frame its own parser refuses: {payload}", vectors=_interpretations(data), readable=data, fingerprint=fp, **base
+            )
         head_bytes = json.dumps(header).encode()
         if payload is not None and hasattr(payload, "values") and kind == b"VMSK":
             values = np.asarray(payload.values, dtype=float)
-            return Part(kind=MASKED, detail=f"{name}: {values.size} masked values", vectors=[("masked", values), *vectors],
-                        readable=data, fingerprint=fp, value=scalars, **base)
+            return Part(
+                kind=MASKED,
+                detail=f"{name}: {values.size} masked values",
+                vectors=[("masked", values), *vectors],
+                readable=data,
+                fingerprint=fp,
+                value=scalars,
+                **base,
+            )
         rows = _row_sets(payload)
         if rows:
-            return Part(kind=ROWS, detail=f"{name}: {len(rows)} row set(s) and indices", vectors=[*rows, *vectors],
-                        readable=data, fingerprint=fp, value=scalars, **base)
+            return Part(
+                kind=ROWS, detail=f"{name}: {len(rows)} row set(s) and indices", vectors=[*rows, *vectors], readable=data, fingerprint=fp, value=scalars, **base
+            )
         if not blobs:
-            return Part(kind=STRUCTURE, detail=f"{name}: header only {sorted(header)}", vectors=vectors, readable=head_bytes,
-                        fingerprint=fp, value=scalars, **base)
+            return Part(
+                kind=STRUCTURE, detail=f"{name}: header only {sorted(header)}", vectors=vectors, readable=head_bytes, fingerprint=fp, value=scalars, **base
+            )
         kind_out, detail, levels = self._verify_ciphertexts(blobs, fp)
         if kind_out != CIPHERTEXT:
-            return Part(kind=kind_out, detail=f"{name}: {detail}", vectors=[*vectors, *_interpretations(b"".join(blobs))],
-                        readable=data if kind_out == UNPARSED else head_bytes, fingerprint=fp, **base)
-        return Part(kind=CIPHERTEXT, detail=f"{name}: {detail}", vectors=vectors, readable=head_bytes, fingerprint=fp,
-                    levels=levels, value=scalars, **base)
+            return Part(
+                kind=kind_out,
+                detail=f"{name}: {detail}",
+                vectors=[*vectors, *_interpretations(b"".join(blobs))],
+                readable=data if kind_out == UNPARSED else head_bytes,
+                fingerprint=fp,
+                **base,
+            )
+        return Part(kind=CIPHERTEXT, detail=f"{name}: {detail}", vectors=vectors, readable=head_bytes, fingerprint=fp, levels=levels, value=scalars, **base)
 
     def fedrisk_vector(self, data: bytes, base: dict) -> Part:
         from fedrisk.crypto.ckks import EncryptedVector
@@ -470,15 +495,22 @@ class _Parser:
             if not same:
                 return Part(kind=UNPARSED, detail=f"chunk {i} carries bytes beyond its ciphertexts", readable=data, **base)
             levels += lv
-        return Part(kind=CIPHERTEXT, detail=f"encrypted vector of {ev.length} values, {len(ev.chunks)} chunk(s) under {ev.fingerprint}",
-                    fingerprint=ev.fingerprint, levels=levels, **base)
+        return Part(
+            kind=CIPHERTEXT,
+            detail=f"encrypted vector of {ev.length} values, {len(ev.chunks)} chunk(s) under {ev.fingerprint}",
+            fingerprint=ev.fingerprint,
+            levels=levels,
+            **base,
+        )
 
     def envelope(self, data: bytes, base: dict) -> Part:
         header, body = data[:38], data[38:]
         if len(data) < 38 + 16 or header[4] != 1 or header[5] not in (0, 1):
             return Part(kind=UNPARSED, detail="FRSE bytes that are no sealed envelope", vectors=_interpretations(data), readable=data, **base)
         if not _looks_random(body):
-            return Part(kind=UNPARSED, detail="a 'sealed' envelope whose body compresses: not AEAD output", vectors=_interpretations(body), readable=data, **base)
+            return Part(
+                kind=UNPARSED, detail="a 'sealed' envelope whose body compresses: not AEAD output", vectors=_interpretations(body), readable=data, **base
+            )
         return Part(kind=SEALED, detail=f"AEAD envelope, {len(body) - 16} sealed bytes", readable=header, **base)
 
     def psi(self, data: bytes, base: dict) -> list[Part]:
@@ -491,14 +523,25 @@ class _Parser:
         if isinstance(message, PSIResult):
             if not _looks_random(message.ciphertext):
                 return [Part(kind=UNPARSED, detail="PSI result whose sealed bitmap compresses", readable=data, **base)]
-            return [Part(kind=SEALED, detail=f"PSI result: sealed bitmap of {message.n_bits} bits", value=message.n_bits,
-                         readable=message.associated_data(), **base)]
+            return [
+                Part(
+                    kind=SEALED, detail=f"PSI result: sealed bitmap of {message.n_bits} bits", value=message.n_bits, readable=message.associated_data(), **base
+                )
+            ]
         points = message.points_array()
         distinct = np.unique(points.view(f"V{points.shape[1]}").ravel()).size == points.shape[0] if points.size else True
         if not distinct or not _looks_random(message.points):
             return [Part(kind=UNPARSED, detail=f"{type(message).__name__} whose points repeat or compress", readable=data, **base)]
-        return [Part(kind=POINTS, detail=f"{type(message).__name__}: {points.shape[0]} points", points=points, value=points.shape[0],
-                     readable=data[: len(data) - len(message.points)], **base)]
+        return [
+            Part(
+                kind=POINTS,
+                detail=f"{type(message).__name__}: {points.shape[0]} points",
+                points=points,
+                value=points.shape[0],
+                readable=data[: len(data) - len(message.points)],
+                **base,
+            )
+        ]
 
     # -- values -----------------------------------------------------------------------
     def value(self, value: Any, where: str, key: str, msg: int, hints: dict) -> list[Part]:
@@ -520,8 +563,18 @@ class _Parser:
         if isinstance(value, list):
             if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and len(value) > MAX_PARAMETER_LIST:
                 vector = np.asarray(value, dtype=float)
-                return [Part(msg, where, NUMBERS, 8 * len(value), key=key, detail=f"{len(value)} plain numbers",
-                             vectors=[("list", vector)], readable=vector.astype("<f8").tobytes())]
+                return [
+                    Part(
+                        msg,
+                        where,
+                        NUMBERS,
+                        8 * len(value),
+                        key=key,
+                        detail=f"{len(value)} plain numbers",
+                        vectors=[("list", vector)],
+                        readable=vector.astype("<f8").tobytes(),
+                    )
+                ]
             out = []
             for i, item in enumerate(value):
                 out += self.value(item, f"{where}[{i}]", key, msg, hints)
@@ -538,8 +591,18 @@ class _Parser:
         if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             if len(value) > MAX_PARAMETER_LIST:
                 vector = np.asarray(value, dtype=float)
-                return [Part(msg, where, NUMBERS, 8 * len(value), key=key, detail=f"{len(value)} plain numbers (JSON)",
-                             vectors=[("json", vector)], readable=vector.astype("<f8").tobytes())]
+                return [
+                    Part(
+                        msg,
+                        where,
+                        NUMBERS,
+                        8 * len(value),
+                        key=key,
+                        detail=f"{len(value)} plain numbers (JSON)",
+                        vectors=[("json", vector)],
+                        readable=vector.astype("<f8").tobytes(),
+                    )
+                ]
         if isinstance(value, list):
             out = []
             for i, item in enumerate(value):
@@ -571,8 +634,19 @@ class _Parser:
                         parts += self.blob(array.data, where, name, i, hints)
                     else:
                         values = np.asarray(array.numpy(), dtype=float).ravel()
-                        parts.append(Part(i, where, NUMBERS, len(array.data), key=name, detail=f"numpy array {array.dtype}{array.shape}",
-                                          vectors=[("array", values)], readable=bytes(array.data), raw=bytes(array.data)))
+                        parts.append(
+                            Part(
+                                i,
+                                where,
+                                NUMBERS,
+                                len(array.data),
+                                key=name,
+                                detail=f"numpy array {array.dtype}{array.shape}",
+                                vectors=[("array", values)],
+                                readable=bytes(array.data),
+                                raw=bytes(array.data),
+                            )
+                        )
             elif isinstance(record, (ConfigRecord, MetricRecord)):
                 for name in record.keys():
                     where = f"msg {i} {captured.sender}->{captured.receiver} {header.step} {record_name}[{name!r}]"
@@ -745,7 +819,11 @@ def _probe_vectors(view: View, secrets_by_name: dict[str, np.ndarray], check: st
                 else:
                     limit = corr_threshold(min(vector.size, secret.size), offsets)
                 if r > limit:
-                    findings.append(Finding(check, part.where, f"{part.kind} vector {name!r} ({vector.size} values) correlates with {secret_name}: |r| = {r:.3f} > {limit:.3f}"))
+                    findings.append(
+                        Finding(
+                            check, part.where, f"{part.kind} vector {name!r} ({vector.size} values) correlates with {secret_name}: |r| = {r:.3f} > {limit:.3f}"
+                        )
+                    )
     return findings
 
 
@@ -911,15 +989,19 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
             runtime = key.runtime
             reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level, seeded)]
             if not reference:
-                findings += [Finding("sizes", part.where, f"seeded ciphertext at level {level}: only fresh BFV encryptions travel seeded")
-                             for part, _ in seen]
+                findings += [Finding("sizes", part.where, f"seeded ciphertext at level {level}: only fresh BFV encryptions travel seeded") for part, _ in seen]
                 continue
             slack = tolerance * float(np.mean(reference))
             low, high = min(reference) - slack, max(reference) + slack
             for part, size in seen:
                 if not low <= size <= high:
-                    findings.append(Finding("sizes", part.where, f"ciphertext of {size} bytes at level {level}; "
-                                                                 f"encryptions of zeros take {min(reference)}..{max(reference)} (± {tolerance:.0%})"))
+                    findings.append(
+                        Finding(
+                            "sizes",
+                            part.where,
+                            f"ciphertext of {size} bytes at level {level}; encryptions of zeros take {min(reference)}..{max(reference)} (± {tolerance:.0%})",
+                        )
+                    )
     return findings
 
 
@@ -985,8 +1067,10 @@ class Recovery:
         return self.accuracy > self.base_rate + self.margin
 
     def __str__(self) -> str:
-        return (f"label recovery {self.accuracy:.3f} (sign rule {self.accuracy_sign:.3f}, top-k {self.accuracy_topk:.3f}) "
-                f"vs base rate {self.base_rate:.3f} + margin {self.margin:.3f} on {self.n} rows")
+        return (
+            f"label recovery {self.accuracy:.3f} (sign rule {self.accuracy_sign:.3f}, top-k {self.accuracy_topk:.3f}) "
+            f"vs base rate {self.base_rate:.3f} + margin {self.margin:.3f} on {self.n} rows"
+        )
 
 
 def label_recovery(residual_estimate: np.ndarray, y: np.ndarray) -> Recovery:
@@ -1269,11 +1353,13 @@ def vertical_secrets(tap: Tap, data: VerticalData, *, role: str, residuals: list
     if role == "coordinator":
         tax_csv = data.tax[[f"x{i}" for i in range(HOST_FEATURES)]].to_numpy(dtype=float)
         covered = tax.coverage["tax_bureau"]
-        features.update({
-            "tax features (training order, covered rows)": np.asarray(tax.X, dtype=float)[covered],
-            "tax features (training rows)": np.asarray(tax.X, dtype=float)[train],
-            "tax features (CSV order)": tax_csv,
-        })
+        features.update(
+            {
+                "tax features (training order, covered rows)": np.asarray(tax.X, dtype=float)[covered],
+                "tax features (training rows)": np.asarray(tax.X, dtype=float)[train],
+                "tax features (CSV order)": tax_csv,
+            }
+        )
     secrets = Secrets(labels=labels, residuals=list(residuals or []), features=features, ids=data.ids)
     if role == "coordinator":  # the coordinator may learn set sizes, never the intersection
         secrets.counts = {"PSI intersection size": int(data.intersection)}
@@ -1308,8 +1394,12 @@ def capture_residuals(monkeypatch) -> list[np.ndarray]:
 
 def vertical_config(run_id: str, algorithm: str = "vertical_lr", **extra) -> dict:
     return {
-        "mode": "vertical", "algorithm": algorithm, "parties": "bank,tax_bureau", "fedrisk-run-id": run_id,
-        "party-timeout": 120.0, **extra,
+        "mode": "vertical",
+        "algorithm": algorithm,
+        "parties": "bank,tax_bureau",
+        "fedrisk-run-id": run_id,
+        "party-timeout": 120.0,
+        **extra,
     }
 
 
@@ -1361,8 +1451,14 @@ def horizontal_secrets(tap: Tap, data: HorizontalData) -> Secrets:
 
 def horizontal_config(run_id: str, **extra) -> dict:
     return {
-        "mode": "horizontal", "aggregation": "ckks", "num-rounds": 2, "model": "logistic", "parties": "bank_a,bank_b,bank_c",
-        "fedrisk-run-id": run_id, "party-timeout": 60.0, **extra,
+        "mode": "horizontal",
+        "aggregation": "ckks",
+        "num-rounds": 2,
+        "model": "logistic",
+        "parties": "bank_a,bank_b,bank_c",
+        "fedrisk-run-id": run_id,
+        "party-timeout": 60.0,
+        **extra,
     }
 
 

@@ -33,7 +33,20 @@ MAY_IMPORT: dict[str, set[str]] = {
     "federation": {"audit", "checkpoint", "crypto", "data", "errors", "logs", "models", "parties", "protocols", "scoring", "v1", "wire"},
     "simulation": {"audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "protocols", "wire"},
     "cli": {
-        "audit", "checkpoint", "crypto", "data", "errors", "federation", "logs", "models", "parties", "protocols", "scoring", "simulation", "v1", "wire",
+        "audit",
+        "checkpoint",
+        "crypto",
+        "data",
+        "errors",
+        "federation",
+        "logs",
+        "models",
+        "parties",
+        "protocols",
+        "scoring",
+        "simulation",
+        "v1",
+        "wire",
     },
 }
 
@@ -76,8 +89,11 @@ def test_no_module_imports_a_private_name_of_another():
     for _, path, tree in _modules():
         for node, module in _fedrisk_imports(tree):
             if isinstance(node, ast.ImportFrom):
-                private += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {module}.{a.name}" for a in node.names
-                            if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert private == []
 
 

@@ -161,7 +161,7 @@ def test_probe_thresholds_do_not_flag_unrelated_numbers(n):
     rng = np.random.default_rng(n)
     y = (rng.random(n) < 0.22).astype(float)
     for length in (n, 4 * n, n // 2):
-        r, offsets = max_abs_corr(rng.uniform(-2.0**36, 2.0**36, length), y)
+        r, offsets = max_abs_corr(rng.uniform(-(2.0**36), 2.0**36, length), y)
         assert r <= corr_threshold(min(length, n), offsets)
     r, _ = max_abs_corr(np.concatenate([rng.normal(size=n), 0.3 - y + rng.normal(0, 0.05, n)]), y)
     assert r > 0.9  # and a residual hidden after other numbers is found
@@ -192,7 +192,7 @@ def test_the_classifier_parses_payloads_instead_of_trusting_their_class():
         "foreign": EncryptedResidual(context_fingerprint(other), "bank", 0, y.size, tuple(foreign)).to_bytes(),
         "squared": EncryptedResidual(fp, "bank", 0, y.size, (runtime.dump(squared),)).to_bytes(),
         "unmasked": MaskedGradient(fp, "tax", 0, np.arange(64.0)).to_bytes(),
-        "masked": MaskedGradient(fp, "tax", 0, np.random.default_rng(1).uniform(-2.0**36, 2.0**36, 64)).to_bytes(),
+        "masked": MaskedGradient(fp, "tax", 0, np.random.default_rng(1).uniform(-(2.0**36), 2.0**36, 64)).to_bytes(),
         "fake_sealed": b"FRSE\x01\x01" + bytes(32) + (0.2 - y).astype("<f8").tobytes(),
     }
     header = ExchangeHeader("r", 0, "probe", "bank", "coordinator", "ciphertext", fp)
@@ -200,8 +200,14 @@ def test_the_classifier_parses_payloads_instead_of_trusting_their_class():
     view = view_of([Captured(0, "to_coordinator", 1000, "bank", "train.probe", content)], "coordinator")
     kinds = {p.key: p.kind for p in view.parts if p.key in payloads or p.key == "context"}
     assert kinds == {
-        "context": "public_context", "honest": CIPHERTEXT, "trailing": UNPARSED, "foreign": FOREIGN, "squared": CIPHERTEXT,
-        "unmasked": MASKED, "masked": MASKED, "fake_sealed": UNPARSED,
+        "context": "public_context",
+        "honest": CIPHERTEXT,
+        "trailing": UNPARSED,
+        "foreign": FOREIGN,
+        "squared": CIPHERTEXT,
+        "unmasked": MASKED,
+        "masked": MASKED,
+        "fake_sealed": UNPARSED,
     }, kinds
     findings = {f.where.split("[")[-1].strip("']"): f.check for f in check_classes(view, fingerprint=fp)}
     assert findings == {"trailing": "class", "foreign": "class", "unmasked": "mask", "fake_sealed": "class"}, findings

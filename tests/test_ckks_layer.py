@@ -160,8 +160,10 @@ def test_each_role_takes_only_its_context_type(secret):
 
 def test_public_copies_hold_no_secret_key(secret):
     copies = public_copies(secret)
-    for name, copy, size in (("feature holder", copies.feature_holder, copies.feature_holder_bytes),
-                             ("coordinator", copies.coordinator, copies.coordinator_bytes)):
+    for name, copy, size in (
+        ("feature holder", copies.feature_holder, copies.feature_holder_bytes),
+        ("coordinator", copies.coordinator, copies.coordinator_bytes),
+    ):
         assert isinstance(copy, PublicContext) and not copy.is_key_holder, name
         raw = copy.tenseal_context
         assert not raw.is_private() and not raw.has_secret_key(), name
@@ -192,8 +194,15 @@ def test_the_kernel_takes_the_recipe_context(secret):
 # --------------------------------------------------------------------------- nobody above crypto builds a CKKS context
 
 #: ``tenseal`` calls that build or load a context.
-BUILDERS = {("ts", "context"), ("ts", "context_from"), ("tenseal", "context"), ("tenseal", "context_from"),
-            ("Context", "load"), ("ts", "Context"), ("tenseal", "Context")}
+BUILDERS = {
+    ("ts", "context"),
+    ("ts", "context_from"),
+    ("tenseal", "context"),
+    ("tenseal", "context_from"),
+    ("Context", "load"),
+    ("ts", "Context"),
+    ("tenseal", "Context"),
+}
 #: Files that may still build TenSEAL contexts: both run on SecureBoost's exact BFV context (hazmat,
 #: fedrisk.crypto.encrypted_histogram), which has no recipes layer (CKKS only).
 BFV_PATHS = {
@@ -211,8 +220,10 @@ def _context_builders(path: Path) -> list[str]:
         name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else None
         if (name, node.func.attr) in BUILDERS:
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}.{node.func.attr}(")
-        if isinstance(node.func, ast.Attribute) and node.func.attr == "serialize" and any(
-            k.arg == "save_secret_key" and isinstance(k.value, ast.Constant) and k.value.value for k in node.keywords
+        if (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr == "serialize"
+            and any(k.arg == "save_secret_key" and isinstance(k.value, ast.Constant) and k.value.value for k in node.keywords)
         ):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} .serialize(save_secret_key=True)")
     return found

@@ -25,7 +25,10 @@ def demo(tmp_path_factory):
     env = {**os.environ, "COLUMNS": "120"}
     completed = subprocess.run(
         [sys.executable, "-m", "fedrisk.cli", "demo", "--json", "--rows", "12000", "--epochs", "8", "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = [line for line in completed.stdout.splitlines() if line.strip()]
@@ -35,8 +38,19 @@ def demo(tmp_path_factory):
 def test_summary_has_the_promised_fields(demo):
     summary, _ = demo
     for key in (
-        "mode", "parties", "rounds", "auc_federated", "auc_plain", "seconds", "intersection", "auc_bank_only",
-        "auc_centralized", "ks_federated", "bytes_exchanged", "ledger_verified", "ledger_entries",
+        "mode",
+        "parties",
+        "rounds",
+        "auc_federated",
+        "auc_plain",
+        "seconds",
+        "intersection",
+        "auc_bank_only",
+        "auc_centralized",
+        "ks_federated",
+        "bytes_exchanged",
+        "ledger_verified",
+        "ledger_entries",
     ):
         assert key in summary, key
     assert summary["mode"] == "vertical"
@@ -76,7 +90,9 @@ def test_every_ledger_of_the_run_verifies_with_zero_findings(demo):
     assert Path(summary["audit_report"]).exists()
     verify = subprocess.run(
         [sys.executable, "-m", "fedrisk.cli", "audit", "verify", str(run_dir), "--run-id", summary["run_id"]],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -160,8 +160,7 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_covers_it(keys):
     nodes = [np.ones(n, bool), rng.random(n) < 0.5]
     blobs = encrypt_gradients(secret, g, h)
     for flood in (0, FLOOD_BITS):
-        with EncryptedHistogramKernel(codes, n_bins, missing, covered, public, flood_bits=flood,
-                                      wire_level=OUTPUT_LEVEL) as k:
+        with EncryptedHistogramKernel(codes, n_bins, missing, covered, public, flood_bits=flood, wire_level=OUTPUT_LEVEL) as k:
             k.set_gradients(blobs, n)
             for rows, out in zip(nodes, k.node_histograms(nodes), strict=True):
                 bits = noise_bits(secret, out[0])
@@ -251,8 +250,7 @@ def attack_accuracy(keys, attack_data) -> tuple[float, float, np.ndarray, np.nda
     codes, n_bins, g, h = attack_data
     n = codes.shape[0]
     covered = np.ones(n, bool)
-    with EncryptedHistogramKernel(codes, n_bins, np.zeros(2, bool), covered, public,
-                                  columns_per_ciphertext=ATTACK_F, baby_steps=2) as k:
+    with EncryptedHistogramKernel(codes, n_bins, np.zeros(2, bool), covered, public, columns_per_ciphertext=ATTACK_F, baby_steps=2) as k:
         k.set_gradients(encrypt_gradients(secret, g, h), n)
         slots = raw_slots(secret, k.node_histogram(covered))
     d = quantisation(n).pack(g, h)
@@ -291,8 +289,7 @@ def test_two_worker_processes_and_batched_nodes_give_the_same_histograms(keys, d
     rows = np.random.default_rng(9).random(N_ROWS) < 0.6
     onehot = one_hot_bins(codes, n_bins, has_missing, covered)
     gq, hq = quantised(g, h, N_ROWS)
-    with EncryptedHistogramKernel(codes, n_bins, has_missing, covered, public, n_jobs=2, columns_per_ciphertext=16,
-                                  baby_steps=4) as k:
+    with EncryptedHistogramKernel(codes, n_bins, has_missing, covered, public, n_jobs=2, columns_per_ciphertext=16, baby_steps=4) as k:
         assert k.layout_.n_ciphertexts == 3  # 37 columns in blocks of 16 (padded to 48)
         k.set_gradients(gradients, N_ROWS)
         both = k.node_histograms([rows, ~rows])  # one pass over the cached plaintexts
@@ -346,8 +343,7 @@ def test_quantisation_unpacks_exactly_at_its_extremes():
 def test_layout_round_trips_and_malformed_layouts_are_refused(kernel):
     layout = kernel.layout_
     assert HistogramLayout.from_dict(layout.to_dict()) == layout
-    for bad in ({"columns_per_ciphertext": 3}, {"packing": "interleaved-reduced"}, {"rows": 0}, {"slots": "16384"},
-                {"has_missing": [0, 1, 0, 0]}):
+    for bad in ({"columns_per_ciphertext": 3}, {"packing": "interleaved-reduced"}, {"rows": 0}, {"slots": "16384"}, {"has_missing": [0, 1, 0, 0]}):
         with pytest.raises(ProtocolError):
             HistogramLayout.from_dict(layout.to_dict() | bad)
     with pytest.raises(ProtocolError):
@@ -375,8 +371,9 @@ def test_seeded_galois_keys_load_in_seal_and_bad_ones_are_refused(keys):
     blob = public_bfv_context_bytes(secret, galois=True)
     public = keep_seeded_galois(ts.context_from(blob), blob)
     seeded = public._fedrisk_seeded_galois
-    assert len(seeded) < len(public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=True,
-                                              save_relin_keys=False)) * 0.6  # seeded: about half the expanded keys
+    assert (
+        len(seeded) < len(public.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)) * 0.6
+    )  # seeded: about half the expanded keys
 
     bare = ts.context_from(public_bfv_context_bytes(secret, galois=False))
     bare._fedrisk_seeded_galois = seeded  # what a worker process builds

@@ -34,9 +34,7 @@ def _context(galois: bool = True) -> ts.Context:
 
 
 def _public(ctx: ts.Context, galois: bool = True) -> ts.Context:
-    return ts.context_from(
-        ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=galois, save_relin_keys=False)
-    )
+    return ts.context_from(ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=galois, save_relin_keys=False))
 
 
 @pytest.fixture(scope="module")

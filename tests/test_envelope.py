@@ -132,9 +132,7 @@ def test_load_raw_and_wrong_key_types(tmp_path) -> None:
     raw = os.urandom(32)
     write_secret_file(tmp_path / "raw.key", raw)
     assert len(PartyKeyPair.load(tmp_path / "raw.key").public_bytes()) == 32
-    ed = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    ed = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_secret_file(tmp_path / "ed.pem", ed)
     with pytest.raises(CryptoError, match="not an X25519"):
         PartyKeyPair.load(tmp_path / "ed.pem")

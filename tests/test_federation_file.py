@@ -20,7 +20,7 @@ BANK = "id,y,inflow,overdrafts\n1,0,3.5,0\n2,1,1.0,4\n3,0,2.2,1\n"
 TAX = "id,revenue,grade,filing_months\n1,10.0,A,24\n2,3.0,C,\n4,8.0,B,12\n"
 
 
-def _write(tmp_path: Path, parties: str, algorithm: str = '[algorithm]\nepochs = 5\n') -> Path:
+def _write(tmp_path: Path, parties: str, algorithm: str = "[algorithm]\nepochs = 5\n") -> Path:
     (tmp_path / "bank.csv").write_text(BANK)
     (tmp_path / "tax.csv").write_text(TAX)
     path = tmp_path / "federation.toml"
@@ -59,7 +59,7 @@ def test_a_valid_file_keeps_only_the_columns_a_party_agreed_to_join(tmp_path):
         (BANK_ENTRY.replace('"id"', '"sme"') + _tax(), None, r"^parties\[0\]\.id-column: column 'sme' is not in bank\.csv"),
         (BANK_ENTRY.replace("bank.csv", "nowhere.csv") + _tax(), None, r"^parties\[0\]\.data: file not found"),
         (BANK_ENTRY.replace("label_holder", "bank") + _tax(), None, r"^parties\[0\]\.role: 'bank' is not a vertical role"),
-        (BANK_ENTRY + _tax(), "[algorithm]\nepochs = \"five\"\n", r"^algorithm\.epochs: expected int"),
+        (BANK_ENTRY + _tax(), '[algorithm]\nepochs = "five"\n', r"^algorithm\.epochs: expected int"),
         (BANK_ENTRY + _tax(), "[algorithm]\ntrees = 5\n", r"^algorithm\.trees: unknown key"),
     ],
 )
@@ -74,10 +74,26 @@ def _node_start(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "tax.csv").write_text(TAX)
     return subprocess.run(
         [
-            sys.executable, "-m", "fedrisk.cli", "node", "start", "--name", "tax", "--role", "feature_holder",
-            "--data", str(tmp_path / "tax.csv"), "--superlink", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), *extra,
+            sys.executable,
+            "-m",
+            "fedrisk.cli",
+            "node",
+            "start",
+            "--name",
+            "tax",
+            "--role",
+            "feature_holder",
+            "--data",
+            str(tmp_path / "tax.csv"),
+            "--superlink",
+            "127.0.0.1:1",
+            "--state-dir",
+            str(tmp_path / "state"),
+            *extra,
         ],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -53,9 +53,15 @@ def _banks(tmp_path: Path, data_dir: Path, rows: int = 1500) -> list[PartySettin
 
 def _run(tmp_path: Path, parties: list[PartySettings], tap, **config) -> dict:
     run_config = {
-        "mode": "horizontal", "aggregation": "ckks", "num-rounds": 2, "model": "logistic",
-        "run-dir": str(tmp_path), "parties": ",".join(p.name for p in parties), "fedrisk-run-id": "privacy",
-        "party-timeout": 60.0, **config,
+        "mode": "horizontal",
+        "aggregation": "ckks",
+        "num-rounds": 2,
+        "model": "logistic",
+        "run-dir": str(tmp_path),
+        "parties": ",".join(p.name for p in parties),
+        "fedrisk-run-id": "privacy",
+        "party-timeout": 60.0,
+        **config,
     }
     grid = InProcessGrid(parties, tap=tap)
     server_app(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
@@ -150,8 +156,13 @@ def test_a_bank_that_leaves_mid_training_is_named(tmp_path, default_credit_dir):
             state["grid"].offline.add(1002)
 
     run_config = {
-        "mode": "horizontal", "aggregation": "ckks", "num-rounds": 3, "model": "logistic",
-        "run-dir": str(tmp_path), "parties": "bank_a,bank_b,bank_c", "fedrisk-run-id": "dropout",
+        "mode": "horizontal",
+        "aggregation": "ckks",
+        "num-rounds": 3,
+        "model": "logistic",
+        "run-dir": str(tmp_path),
+        "parties": "bank_a,bank_b,bank_c",
+        "fedrisk-run-id": "dropout",
     }
     grid = InProcessGrid(parties, tap=tap)
     state["grid"] = grid

@@ -155,9 +155,7 @@ def test_reopen_refuses_altered_file(tmp_path: Path, signer: Ed25519Signer) -> N
     with pytest.raises(LedgerError, match="triggers missing"):
         Ledger(path, "bank", signer)
     conn = sqlite3.connect(path)
-    conn.execute(
-        "CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN SELECT RAISE(ABORT, 'x'); END"
-    )
+    conn.execute("CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN SELECT RAISE(ABORT, 'x'); END")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerError, match="last entry 3 fails verification"):

@@ -92,8 +92,13 @@ def test_a_swapped_ledger_key_is_named_even_with_a_matching_registry(run_dir: Pa
     swapped = [line for line in lines if "the ledger key was swapped" in line]
     assert len(swapped) == 1 and swapped[0].startswith(f"{bank} field key_binding: ledger is signed by key {impostor.key_id}, ")
     assert "'bank''s certificate CN=bank" in swapped[0]
-    assert any(line.endswith(f"the key registry lists key {impostor.key_id} for 'bank', but its certificate binds key "
-                             f"{PartyIdentity.load_or_create(bank.parent, 'bank').signing_key_id}") for line in lines), lines
+    assert any(
+        line.endswith(
+            f"the key registry lists key {impostor.key_id} for 'bank', but its certificate binds key "
+            f"{PartyIdentity.load_or_create(bank.parent, 'bank').signing_key_id}"
+        )
+        for line in lines
+    ), lines
 
 
 def test_missing_foreign_and_tampered_bindings_are_named(run_dir: Path, tmp_path: Path) -> None:
@@ -115,8 +120,7 @@ def test_missing_foreign_and_tampered_bindings_are_named(run_dir: Path, tmp_path
 
     # A certificate from another federation's CA.
     other = init_federation_keys(tmp_path / "other", ["bank"])
-    outsider = make_binding("bank", bank_key, (other.folder / "parties" / "bank.crt").read_bytes(),
-                            read_secret_file(other.folder / "parties" / "bank.key"))
+    outsider = make_binding("bank", bank_key, (other.folder / "parties" / "bank.crt").read_bytes(), read_secret_file(other.folder / "parties" / "bank.key"))
     (bank_dir / BINDING_FILE).write_text(json.dumps(outsider))
     (line,) = _key_binding(verify_run(_ledgers(run_dir), ca=ca))
     assert "is not issued by the federation CA" in line
@@ -161,8 +165,20 @@ def test_keys_bind_ledger_command(run_dir: Path, tmp_path: Path) -> None:
     """A party binds its own key on its host, with its own certificate (no CA key needed)."""
     state = tmp_path / "bank-host"
     pki = run_dir / "pki"
-    result = CliRunner().invoke(app, ["keys", "bind-ledger", "bank", "--state-dir", str(state),
-                                      "--cert", str(pki / "parties" / "bank.crt"), "--cert-key", str(pki / "parties" / "bank.key")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "keys",
+            "bind-ledger",
+            "bank",
+            "--state-dir",
+            str(state),
+            "--cert",
+            str(pki / "parties" / "bank.crt"),
+            "--cert-key",
+            str(pki / "parties" / "bank.key"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     statement = json.loads((state / BINDING_FILE).read_text())["statement"]
     assert statement["ledger_public_key"] == PartyIdentity.load_or_create(state, "bank").signing_public_key.hex()

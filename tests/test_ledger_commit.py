@@ -41,8 +41,15 @@ from fedrisk.parties.ledger_mod import ledger_mod
 def _record(i: int, direction: str = "sent") -> ExchangeRecord:
     sender, receiver = ("bank", "coordinator") if direction == "sent" else ("coordinator", "bank")
     return ExchangeRecord.of_payload(
-        f"payload {i}".encode(), run_id="r", round=i, step="s", sender=sender, receiver=receiver,
-        message_type="query.echo", direction=direction, content_class="public",
+        f"payload {i}".encode(),
+        run_id="r",
+        round=i,
+        step="s",
+        sender=sender,
+        receiver=receiver,
+        message_type="query.echo",
+        direction=direction,
+        content_class="public",
     )
 
 
@@ -106,9 +113,22 @@ def test_append_chain_stores_all_or_nothing(tmp_path):
         with pytest.raises(ProtocolError):
             led.append_chain([_record(1, "received"), broken])
         with pytest.raises(LedgerError, match="writer is 'bank'"):  # a callable's record is checked like any other
-            led.append_chain([_record(1, "received"), lambda c, h: ExchangeRecord.of_payload(
-                b"x", run_id="r", round=2, step="s", sender="tax_bureau", receiver="coordinator",
-                message_type="query.echo", direction="sent", content_class="public")])
+            led.append_chain(
+                [
+                    _record(1, "received"),
+                    lambda c, h: ExchangeRecord.of_payload(
+                        b"x",
+                        run_id="r",
+                        round=2,
+                        step="s",
+                        sender="tax_bureau",
+                        receiver="coordinator",
+                        message_type="query.echo",
+                        direction="sent",
+                        content_class="public",
+                    ),
+                ]
+            )
         assert len(led) == 0
 
 
@@ -185,7 +205,10 @@ def test_a_party_killed_right_after_replying_has_the_reply_on_record(tmp_path):
     """The ledger stays open between messages: each reply's entry is committed, not waiting for a close."""
     done = subprocess.run(
         [sys.executable, "-c", _KILLED_AFTER_REPLY, str(tmp_path), str(Path(__file__).parent)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == -9, done.stderr
     entries = read_ledger(tmp_path / LEDGER_FILE).entries
@@ -249,9 +272,7 @@ def test_a_kept_open_ledger_notices_a_last_entry_altered_by_someone_else(tmp_pat
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER entries_no_update")
     conn.execute("UPDATE entries SET size_bytes = 999 WHERE seq = 2")
-    conn.execute(
-        "CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN SELECT RAISE(ABORT, 'x'); END"
-    )
+    conn.execute("CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN SELECT RAISE(ABORT, 'x'); END")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerError, match="last entry 2 fails verification"):

@@ -47,8 +47,18 @@ def send(run: Run, i: int, *, run_id: str = "run-7", payload: bytes | None = Non
     rnd, step, sender, receiver, cls = MESSAGES[i % len(MESSAGES)]
     with Ledger(run.paths[sender], sender, run.signers[sender]) as led:
         count, head = led.head()
-        fields = dict(run_id=run_id, round=rnd, step=step, sender=sender, receiver=receiver, message_type=step,
-                      content_class=cls, key_fingerprint="" if cls == "public" else "ctx-1", sender_count=count, sender_head=head)
+        fields = dict(
+            run_id=run_id,
+            round=rnd,
+            step=step,
+            sender=sender,
+            receiver=receiver,
+            message_type=step,
+            content_class=cls,
+            key_fingerprint="" if cls == "public" else "ctx-1",
+            sender_count=count,
+            sender_head=head,
+        )
         body = payload if payload is not None else f"{run_id}-{i}".encode()
         led.append(ExchangeRecord.of_payload(body, direction="sent", **fields))
     with Ledger(run.paths[receiver], receiver, run.signers[receiver]) as led:
@@ -128,8 +138,23 @@ def test_a_rewritten_ledger_no_longer_matches_the_heads_its_peers_recorded(run: 
             if e.kind == "run_close":
                 led.close_run(e.run_id)
                 continue
-            fields = {k: getattr(e, k) for k in ("run_id", "round", "step", "sender", "receiver", "message_type", "message_id",
-                                                 "direction", "payload_sha256", "size_bytes", "content_class", "key_fingerprint")}
+            fields = {
+                k: getattr(e, k)
+                for k in (
+                    "run_id",
+                    "round",
+                    "step",
+                    "sender",
+                    "receiver",
+                    "message_type",
+                    "message_id",
+                    "direction",
+                    "payload_sha256",
+                    "size_bytes",
+                    "content_class",
+                    "key_fingerprint",
+                )
+            }
             if e.step == "psi.blind" and e.direction == "received":
                 fields["payload_sha256"] = "0" * 64  # "we were never sent that"
             count, head = (e.sender_count, e.sender_head) if e.direction == "received" else led.head()
@@ -161,8 +186,11 @@ def test_a_ledger_without_heads_is_not_held_to_closing(tmp_path: Path) -> None:
     signer = Ed25519Signer.generate()
     path = tmp_path / "bank.sqlite"
     with Ledger(path, "bank", signer) as led:
-        led.append(ExchangeRecord.of_payload(b"x", run_id="r", round=1, step="s", sender="bank", receiver="coordinator",
-                                             message_type="t", direction="sent", content_class="public"))
+        led.append(
+            ExchangeRecord.of_payload(
+                b"x", run_id="r", round=1, step="s", sender="bank", receiver="coordinator", message_type="t", direction="sent", content_class="public"
+            )
+        )
     assert verify_ledger(path) == []
 
 
@@ -174,8 +202,9 @@ def test_run_close_records_are_written_only_by_close_run(tmp_path: Path) -> None
         entry = led.close_run("r")
     assert entry.seq == 1 and entry.sender_count == 0 and entry.sender_head == entry.prev_hash
     with pytest.raises(LedgerError, match="sender_count without a sender_head"):
-        ExchangeRecord.of_payload(b"x", run_id="r", round=1, step="s", sender="bank", receiver="c", message_type="t",
-                                  direction="sent", content_class="public", sender_count=3)
+        ExchangeRecord.of_payload(
+            b"x", run_id="r", round=1, step="s", sender="bank", receiver="c", message_type="t", direction="sent", content_class="public", sender_count=3
+        )
 
 
 def test_a_head_naming_another_entry_is_named(run: Run) -> None:
@@ -183,9 +212,21 @@ def test_a_head_naming_another_entry_is_named(run: Run) -> None:
     bank = run.paths["bank"]
     with Ledger(bank, "bank", run.signers["bank"]) as led:
         count, _ = led.head()
-        led.append(ExchangeRecord.of_payload(b"y", run_id="run-9", round=1, step="s", sender="bank", receiver="coordinator",
-                                             message_type="t", direction="sent", content_class="public",
-                                             sender_count=count, sender_head="ab" * 32))
+        led.append(
+            ExchangeRecord.of_payload(
+                b"y",
+                run_id="run-9",
+                round=1,
+                step="s",
+                sender="bank",
+                receiver="coordinator",
+                message_type="t",
+                direction="sent",
+                content_class="public",
+                sender_count=count,
+                sender_head="ab" * 32,
+            )
+        )
         led.close_run("run-9")
     findings = verify_ledger(bank, run.trusted)
     assert [(f.seq, f.field) for f in findings] == [(count + 1, "sender_head")], findings

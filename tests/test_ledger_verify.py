@@ -226,9 +226,7 @@ def test_reordered_entries_are_named(run: Run) -> None:
     with attacker(path) as conn:
         rows = {s: conn.execute(f"SELECT {', '.join(cols)} FROM entries WHERE seq = ?", (s,)).fetchone() for s in (4, 5)}
         for seq, other in ((4, 5), (5, 4)):
-            conn.execute(
-                f"UPDATE entries SET {', '.join(f'{c} = ?' for c in cols)} WHERE seq = ?", (*rows[other], seq)
-            )
+            conn.execute(f"UPDATE entries SET {', '.join(f'{c} = ?' for c in cols)} WHERE seq = ?", (*rows[other], seq))
     findings = without_schema(verify_ledger(path, run.trusted))
     named = fields_of(findings)
     assert named == {(4, "seq"), (5, "seq")}, findings

@@ -31,8 +31,15 @@ def _run(tmp_path: Path, data_dir: Path, *, tap=None, node_config: dict | None =
         path = tmp_path / f"{name}.csv"
         pd.read_csv(data_dir / f"default_credit_homo_{file}.csv").head(500).to_csv(path, index=False)
         parties.append(PartySettings(name, "bank", str(path), SCHEMA, str(tmp_path / "parties" / name)))
-    run_config = {"mode": "horizontal", "num-rounds": 2, "model": "logistic", "run-dir": str(tmp_path),
-                  "parties": "bank_a,bank_b", "fedrisk-run-id": "wiring", **config}
+    run_config = {
+        "mode": "horizontal",
+        "num-rounds": 2,
+        "model": "logistic",
+        "run-dir": str(tmp_path),
+        "parties": "bank_a,bank_b",
+        "fedrisk-run-id": "wiring",
+        **config,
+    }
     grid = InProcessGrid(parties, run_config=run_config, tap=tap)
     for context in grid.contexts.values():
         context.node_config.update((node_config or {}).get(str(context.node_config["party"]), {}))
@@ -94,8 +101,9 @@ def test_a_runs_last_exchange_cut_from_both_ends_is_named(tmp_path, default_cred
     # Each ledger alone: a valid chain, with its triggers back — but its run was never closed.
     for path, last in ((coord, c_first - 1), (bank_a, b_first - 1)):
         lines = [str(f) for f in verify_ledger(path, keys)]
-        assert lines == [f"{path} field run_close: run 'wiring' ends at entry {last} with no run-close record "
-                         "(its tail was cut, or the run did not end cleanly)"], lines
+        assert lines == [
+            f"{path} field run_close: run 'wiring' ends at entry {last} with no run-close record (its tail was cut, or the run did not end cleanly)"
+        ], lines
     # Only the two cut ledgers (the third party's ledger withheld): still named.
     both = verify_run([coord, bank_a], trusted_keys=keys, run_id="wiring")
     assert {(Path(f.file).parent.name, f.field) for f in both if f.field == "run_close"} == {("coordinator", "run_close"), ("bank_a", "run_close")}

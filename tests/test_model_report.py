@@ -23,8 +23,16 @@ from fedrisk.models.report import bank_iv, build_model_report, gain_table, leave
 from fedrisk.models.woe import PlainWOE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +47,14 @@ def fitted(default_credit_dir):
     full = LogisticRegression(max_iter=2000).fit(joint.loc[train], guest.loc[train, "y"])
     bank_only = LogisticRegression(max_iter=2000).fit(Xb.loc[train], guest.loc[train, "y"])
     return {
-        "guest": guest, "host": host, "train": train, "test": test, "y_test": guest.loc[test, "y"].to_numpy(),
-        "p_full": full.predict_proba(joint.loc[test])[:, 1], "p_bank": bank_only.predict_proba(Xb.loc[test])[:, 1], "y": y,
+        "guest": guest,
+        "host": host,
+        "train": train,
+        "test": test,
+        "y_test": guest.loc[test, "y"].to_numpy(),
+        "p_full": full.predict_proba(joint.loc[test])[:, 1],
+        "p_bank": bank_only.predict_proba(Xb.loc[test])[:, 1],
+        "y": y,
     }
 
 
@@ -50,13 +64,18 @@ def report(fitted, tmp_path_factory):
     g = fitted["guest"]
     bank_feats = [c for c in g.columns if c != "y"]
     iv = bank_iv(g.loc[fitted["train"], bank_feats].to_numpy(), g.loc[fitted["train"], "y"].to_numpy(), bank_feats)
-    contrib = leave_out_contributions(fitted["y_test"], fitted["p_full"], {"tax_bureau": fitted["p_bank"]},
-                                      method="retrained without the party")
+    contrib = leave_out_contributions(fitted["y_test"], fitted["p_full"], {"tax_bureau": fitted["p_bank"]}, method="retrained without the party")
     return build_model_report(
-        out, y=fitted["y_test"], pd_=fitted["p_full"], model="vertical_lr", run_id="report-test",
-        parties={"bank": {"role": "label_holder", "features": bank_feats},
-                 "tax_bureau": {"role": "feature_holder", "features": list(fitted["host"].columns)}},
-        bank="bank", iv=iv, contributions=contrib, base_learners={"bank_only": fitted["p_bank"]},
+        out,
+        y=fitted["y_test"],
+        pd_=fitted["p_full"],
+        model="vertical_lr",
+        run_id="report-test",
+        parties={"bank": {"role": "label_holder", "features": bank_feats}, "tax_bureau": {"role": "feature_holder", "features": list(fitted["host"].columns)}},
+        bank="bank",
+        iv=iv,
+        contributions=contrib,
+        base_learners={"bank_only": fitted["p_bank"]},
     )
 
 
@@ -125,10 +144,14 @@ def test_report_is_self_contained(report):
 
 def test_hostile_names_are_escaped(fitted, tmp_path):
     out = build_model_report(
-        tmp_path, y=fitted["y_test"], pd_=fitted["p_full"], model="<b>m</b>", run_id="x",
-        parties={"bank": {"role": "label_holder", "features": ["<script>alert(1)</script>"]},
-                 "$_evil": {"role": "feature_holder", "features": ["a&b"]}},
-        bank="bank", iv=None,
+        tmp_path,
+        y=fitted["y_test"],
+        pd_=fitted["p_full"],
+        model="<b>m</b>",
+        run_id="x",
+        parties={"bank": {"role": "label_holder", "features": ["<script>alert(1)</script>"]}, "$_evil": {"role": "feature_holder", "features": ["a&b"]}},
+        bank="bank",
+        iv=None,
     )
     text = Path(out.html_path).read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text and "a&amp;b" in text
@@ -139,13 +162,13 @@ def test_hostile_names_are_escaped(fitted, tmp_path):
 def test_model_report_renders_in_headless_chromium(report, tmp_path):
     url = Path(report.html_path).resolve().as_uri()
     profile = tmp_path / "profile"
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
     assert "Lift / gain table" in dom.stdout and "tax_bureau" in dom.stdout and dom.stdout.count("<img") == 4
     shot = tmp_path / "model_report.png"
-    run = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2400",
-                          f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2400", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-500:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -21,7 +21,10 @@ def _reference_psi(expected: np.ndarray, actual: np.ndarray, bins: int, floor: f
     """PSI with pandas' quantile cut: an independent implementation of the same definition."""
     _, edges = pd.qcut(expected, bins, retbins=True, duplicates="drop")
     edges[0], edges[-1] = -np.inf, np.inf
-    e = pd.Series(pd.cut(expected, edges, right=True)).value_counts(sort=False).reindex(pd.cut(expected, edges).categories, fill_value=0).to_numpy() / expected.size
+    e = (
+        pd.Series(pd.cut(expected, edges, right=True)).value_counts(sort=False).reindex(pd.cut(expected, edges).categories, fill_value=0).to_numpy()
+        / expected.size
+    )
     a = pd.Series(pd.cut(actual, edges, right=True)).value_counts(sort=False).reindex(pd.cut(expected, edges).categories, fill_value=0).to_numpy() / actual.size
     e, a = np.maximum(e, floor), np.maximum(a, floor)
     return float(np.sum((a - e) * np.log(a / e)))
@@ -45,8 +48,7 @@ def books(default_credit_dir):
     bank_part = guest.to_numpy() @ w[guest.columns].to_numpy()
     tax_part = host.to_numpy() @ w[[f"h_{c}" for c in host.columns]].to_numpy()
     z = lr.intercept_[0] + bank_part + tax_part
-    frame = pd.DataFrame({"sme_id": guest.index.astype(str), "previous_pd": 1 / (1 + np.exp(-z)),
-                          "partial_bank": bank_part, "partial_tax_bureau": tax_part})
+    frame = pd.DataFrame({"sme_id": guest.index.astype(str), "previous_pd": 1 / (1 + np.exp(-z)), "partial_bank": bank_part, "partial_tax_bureau": tax_part})
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(frame))
     base = frame.iloc[idx[:10000]].reset_index(drop=True)
@@ -98,8 +100,7 @@ def test_score_watch_compares_two_books(books, tmp_path):
     base, current, _ = books
     base.to_csv(tmp_path / "base.csv", index=False)
     current.to_csv(tmp_path / "current.csv", index=False)
-    done = _fedrisk(str(tmp_path / "current.csv"), "--baseline", str(tmp_path / "base.csv"), "--no-rescore",
-                    "--out-dir", str(tmp_path / "w"), "--json")
+    done = _fedrisk(str(tmp_path / "current.csv"), "--baseline", str(tmp_path / "base.csv"), "--no-rescore", "--out-dir", str(tmp_path / "w"), "--json")
     assert done.returncode == 0, done.stderr[-800:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     expected = book_stability(base, current)

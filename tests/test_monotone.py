@@ -45,8 +45,7 @@ def test_plain_secureboost_monotone_holds_and_fails_without_it():
     counts = {}
     for label, mono in (("free", None), ("constrained", {"x0": 1, "x2": -1})):
         m = PlainSecureBoost(n_trees=10, monotone=mono).fit(X, y)
-        counts[label] = sum(_violations(lambda f: m.decision_function(f.to_numpy()), frame, c, d, grid)
-                            for c, d in (("x0", 1), ("x2", -1)))
+        counts[label] = sum(_violations(lambda f: m.decision_function(f.to_numpy()), frame, c, d, grid) for c, d in (("x0", 1), ("x2", -1)))
     assert counts["constrained"] == 0
     assert counts["free"] > 100, counts  # the data is far from monotone: the check has teeth
 
@@ -93,30 +92,24 @@ def test_vertical_lr_signs_are_projected_at_each_owner(tables):
     fb = max(bank_free, key=lambda k: abs(bank_free[k]) if not k.startswith("covered:") else -1)
     fh = max(host_free, key=lambda k: abs(host_free[k]))
     other = next(k for k in host_free if k != fh and abs(host_free[k]) > 1e-3)
-    signs = {"bank": {fb: -int(np.sign(bank_free[fb]))},
-             "tax_bureau": {fh: -int(np.sign(host_free[fh])), other: int(np.sign(host_free[other]))}}
+    signs = {"bank": {fb: -int(np.sign(bank_free[fb]))}, "tax_bureau": {fh: -int(np.sign(host_free[fh])), other: int(np.sign(host_free[other]))}}
     model = VerticalLogisticRegression(max_epochs=8, validation_fraction=0.0, monotone=signs).fit(guest, {"tax_bureau": host})
     bank_c = dict(zip(model.label_holder_.feature_names_, model.label_holder_.coef_, strict=False))
     host_c = dict(zip(host.columns, model.feature_holders_["tax_bureau"].coef_, strict=True))
     assert signs["bank"][fb] * bank_c[fb] >= 0.0
     assert signs["tax_bureau"][fh] * host_c[fh] >= 0.0
-    assert signs["tax_bureau"][other] * host_c[other] > 0.0          # a natural sign stays free to move
+    assert signs["tax_bureau"][other] * host_c[other] > 0.0  # a natural sign stays free to move
     assert signs["bank"][fb] * bank_free[fb] < 0 and signs["tax_bureau"][fh] * host_free[fh] < 0  # they were violated
 
 
 def test_bad_constraints_give_one_line(tables):
     guest, host = tables
     cases = [
-        (lambda: VerticalLogisticRegression(max_epochs=1, monotone={"tax_bureau": {"nope": 1}}).fit(guest, {"tax_bureau": host}),
-         "unknown feature 'nope'"),
-        (lambda: VerticalLogisticRegression(max_epochs=1, monotone={"platform": {"x0": 1}}).fit(guest, {"tax_bureau": host}),
-         "unknown party 'platform'"),
-        (lambda: VerticalSecureBoost(n_trees=1, monotone={"tax_bureau": {"nope": 1}}).fit(guest, {"tax_bureau": host}),
-         "unknown feature 'nope'"),
-        (lambda: VerticalSecureBoost(n_trees=1, monotone={"bank": {"x0": 2}}).fit(guest, {"tax_bureau": host}),
-         "must be +1, -1 or 0"),
-        (lambda: PlainSecureBoost(n_trees=1, monotone={"zz": 1}).fit(guest.drop(columns="y").to_numpy(), guest["y"].to_numpy()),
-         "unknown feature 'zz'"),
+        (lambda: VerticalLogisticRegression(max_epochs=1, monotone={"tax_bureau": {"nope": 1}}).fit(guest, {"tax_bureau": host}), "unknown feature 'nope'"),
+        (lambda: VerticalLogisticRegression(max_epochs=1, monotone={"platform": {"x0": 1}}).fit(guest, {"tax_bureau": host}), "unknown party 'platform'"),
+        (lambda: VerticalSecureBoost(n_trees=1, monotone={"tax_bureau": {"nope": 1}}).fit(guest, {"tax_bureau": host}), "unknown feature 'nope'"),
+        (lambda: VerticalSecureBoost(n_trees=1, monotone={"bank": {"x0": 2}}).fit(guest, {"tax_bureau": host}), "must be +1, -1 or 0"),
+        (lambda: PlainSecureBoost(n_trees=1, monotone={"zz": 1}).fit(guest.drop(columns="y").to_numpy(), guest["y"].to_numpy()), "unknown feature 'zz'"),
     ]
     for run, words in cases:
         with pytest.raises(ConfigError) as err:

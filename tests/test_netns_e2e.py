@@ -92,9 +92,19 @@ class Namespaces:
     def bytes(self, host: str) -> int:
         """Bytes sent plus received on the host's veth (not its loopback)."""
         out = subprocess.run(
-            ["ip", "netns", "exec", self.names[host], "cat",
-             f"/sys/class/net/{self.links[host]}/statistics/rx_bytes", f"/sys/class/net/{self.links[host]}/statistics/tx_bytes"],
-            capture_output=True, text=True, check=True, timeout=30,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.names[host],
+                "cat",
+                f"/sys/class/net/{self.links[host]}/statistics/rx_bytes",
+                f"/sys/class/net/{self.links[host]}/statistics/tx_bytes",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout.split()
         return sum(int(v) for v in out)
 
@@ -102,7 +112,11 @@ class Namespaces:
         with open(log, "ab") as handle:
             return subprocess.Popen(
                 ["ip", "netns", "exec", self.names[host], *argv],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
             )
 
     def destroy(self) -> None:
@@ -153,23 +167,49 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
         keys.parent.mkdir()
         init = subprocess.run(
             [sys.executable, "-m", "fedrisk.cli", "keys", "init", str(keys), "--parties", "bank,tax_bureau", "--hosts", superlink_ip],
-            capture_output=True, text=True, check=False, timeout=120,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
         assert init.returncode == 0, init.stderr
         env = node_env(tmp_path / "operator" / "flwr")
         superlink_log = tmp_path / "superlink.log"
-        procs.append(namespaces.spawn("superlink", [
-            str(BIN / "flower-superlink"), "--fleet-api-address", f"{superlink_ip}:{fleet}",
-            "--host", superlink_ip, "--port", str(control), "--disable-runtime-dependency-installation",
-            "--database", str(tmp_path / "operator" / "superlink.db"),
-            "--ssl-ca-certfile", str(keys / "ca.crt"), "--ssl-certfile", str(keys / "superlink.crt"),
-            "--ssl-keyfile", str(keys / "superlink.key"), "--enable-supernode-auth",
-        ], superlink_log, tmp_path / "operator", env))
+        procs.append(
+            namespaces.spawn(
+                "superlink",
+                [
+                    str(BIN / "flower-superlink"),
+                    "--fleet-api-address",
+                    f"{superlink_ip}:{fleet}",
+                    "--host",
+                    superlink_ip,
+                    "--port",
+                    str(control),
+                    "--disable-runtime-dependency-installation",
+                    "--database",
+                    str(tmp_path / "operator" / "superlink.db"),
+                    "--ssl-ca-certfile",
+                    str(keys / "ca.crt"),
+                    "--ssl-certfile",
+                    str(keys / "superlink.crt"),
+                    "--ssl-keyfile",
+                    str(keys / "superlink.key"),
+                    "--enable-supernode-auth",
+                ],
+                superlink_log,
+                tmp_path / "operator",
+                env,
+            )
+        )
         _wait_port(namespaces, "superlink", control, procs[0], superlink_log)
         # The operator registers both node keys from the analyst's side of the bridge.
         registered = subprocess.run(
             [sys.executable, "-m", "fedrisk.cli", "keys", "register", "--keys", str(keys), "--superlink", f"{superlink_ip}:{control}"],
-            capture_output=True, text=True, check=False, timeout=120,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
         assert registered.returncode == 0, registered.stderr
 
@@ -182,10 +222,29 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
             shutil.copy2(keys / "ca.crt", home / "ca.crt")  # what the operator hands each party
             shutil.copy2(keys / "nodes" / name, home / "node.key")
             argv = [
-                sys.executable, "-m", "fedrisk.cli", "node", "start", "--name", name,
-                "--role", "label_holder" if label else "feature_holder", "--data", str(home / table), "--id-column", "id",
-                "--superlink", f"{superlink_ip}:{fleet}", "--root-certificates", str(home / "ca.crt"),
-                "--auth-key", str(home / "node.key"), "--state-dir", str(home / "state"), "--log-format", "json",
+                sys.executable,
+                "-m",
+                "fedrisk.cli",
+                "node",
+                "start",
+                "--name",
+                name,
+                "--role",
+                "label_holder" if label else "feature_holder",
+                "--data",
+                str(home / table),
+                "--id-column",
+                "id",
+                "--superlink",
+                f"{superlink_ip}:{fleet}",
+                "--root-certificates",
+                str(home / "ca.crt"),
+                "--auth-key",
+                str(home / "node.key"),
+                "--state-dir",
+                str(home / "state"),
+                "--log-format",
+                "json",
             ] + (["--label-column", label] if label else [])
             procs.append(namespaces.spawn(ns_host, argv, tmp_path / f"{ns_host}.log", home, node_env(home / "flwr")))
         before = {h: namespaces.bytes(h) for h in ("bank", "tax")}
@@ -193,10 +252,25 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
         (tmp_path / "analyst").mkdir()
         (tmp_path / "analyst" / "federation.toml").write_text(FEDERATION)
         train = subprocess.run(
-            [sys.executable, "-m", "fedrisk.cli", "train", str(tmp_path / "analyst" / "federation.toml"), "--json",
-             "--runs-dir", str(tmp_path / "analyst" / "runs"), "--superlink", f"{superlink_ip}:{control}",
-             "--root-certificates", str(keys / "ca.crt")],
-            capture_output=True, text=True, check=False, timeout=600, cwd=tmp_path / "analyst",
+            [
+                sys.executable,
+                "-m",
+                "fedrisk.cli",
+                "train",
+                str(tmp_path / "analyst" / "federation.toml"),
+                "--json",
+                "--runs-dir",
+                str(tmp_path / "analyst" / "runs"),
+                "--superlink",
+                f"{superlink_ip}:{control}",
+                "--root-certificates",
+                str(keys / "ca.crt"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            cwd=tmp_path / "analyst",
         )
         assert train.returncode == 0, train.stderr[-3000:] + (tmp_path / "bank.log").read_text()[-2000:]
         summary = json.loads(train.stdout.strip().splitlines()[-1])
@@ -215,7 +289,10 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
         # The coordinator's status file is on the SuperLink's host, in the run folder the analyst named.
         status = subprocess.run(
             [sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path / "operator" / "runs" / Path(summary["run_dir"]).name), "--json"],
-            capture_output=True, text=True, check=False, timeout=60,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
         assert json.loads(status.stdout.strip().splitlines()[-1])["state"] == "finished", status.stderr
     finally:

@@ -32,10 +32,29 @@ def _keys(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def _node(tmp: Path, name: str, fleet: int, ca: Path, key: Path) -> subprocess.Popen:
     argv = [
-        sys.executable, "-m", "fedrisk.cli", "node", "start", "--name", name, "--role", "bank",
-        "--data", str(tmp / "bank.csv"), "--id-column", "id", "--label-column", "y",
-        "--superlink", f"127.0.0.1:{fleet}", "--root-certificates", str(ca), "--auth-key", str(key),
-        "--state-dir", str(tmp / f"state-{name}-{key.parent.parent.name}"),
+        sys.executable,
+        "-m",
+        "fedrisk.cli",
+        "node",
+        "start",
+        "--name",
+        name,
+        "--role",
+        "bank",
+        "--data",
+        str(tmp / "bank.csv"),
+        "--id-column",
+        "id",
+        "--label-column",
+        "y",
+        "--superlink",
+        f"127.0.0.1:{fleet}",
+        "--root-certificates",
+        str(ca),
+        "--auth-key",
+        str(key),
+        "--state-dir",
+        str(tmp / f"state-{name}-{key.parent.parent.name}"),
     ]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 

@@ -163,9 +163,9 @@ def test_live_score_is_the_offline_points_scorecard_score(ex, live):
     for d in decisions:
         by_party = _reason_map(d)
         (total,) = [r for r in by_party["node"] if r.code == "SCORE_POINTS"]
-        score = d.points                                              # the exact score travels as a field
-        assert abs(_points_of(total) - score) <= 0.005                # and, rounded for people, as a reason
-        offline = ex.offline_score[d.sme_id]                          # PointsScorecard.score in the training process
+        score = d.points  # the exact score travels as a field
+        assert abs(_points_of(total) - score) <= 0.005  # and, rounded for people, as a reason
+        offline = ex.offline_score[d.sme_id]  # PointsScorecard.score in the training process
         assert abs(score - offline) <= 1e-9, (d.sme_id, score, offline)
         # each party's points: its own table on its own row; 0 where it does not cover the SME
         party_points = {s.party: s.points for s in d.parties}
@@ -187,7 +187,7 @@ def test_live_score_is_the_offline_points_scorecard_score(ex, live):
         assert d.score == min(max(round(offline), policy.min_points), policy.max_points)
         assert {s.party: s.state == pb.COVERED for s in d.parties} == covered and not d.degraded
     scores = [d.points for d in decisions]
-    assert len({round(s, 6) for s in scores}) > 20                     # real, different scores
+    assert len({round(s, 6) for s in scores}) > 20  # real, different scores
 
 
 def test_reasons_are_in_points_per_party_and_name_only_each_partys_own_features(live):
@@ -200,14 +200,19 @@ def test_reasons_are_in_points_per_party_and_name_only_each_partys_own_features(
         # the bank: its own features (and thin files) that cost it the most points, with bin and points
         part, table = parts["bank"]
         row = table.row(d.sme_id)
-        items = [(r.points_below_best, r.feature, (f"bank data: {r.feature} in {r.bin} scores {r.points:.1f} points, "
-                                                   f"{r.points_below_best:.1f} below its best bin"))
-                 for r in part.reasons(dict(zip(part.feature_names, row)), top=99)]
+        items = [
+            (r.points_below_best, r.feature, (f"bank data: {r.feature} in {r.bin} scores {r.points:.1f} points, {r.points_below_best:.1f} below its best bin"))
+            for r in part.reasons(dict(zip(part.feature_names, row)), top=99)
+        ]
         for ind in part.indicators:
             if not covered[ind.party] and ind.covered > ind.not_covered:
-                items.append((ind.covered - ind.not_covered, f"thin_file:{ind.party}",
-                              (f"{ind.party} holds no data on this SME (thin file): {ind.not_covered:.1f} points, "
-                               f"{ind.covered - ind.not_covered:.1f} below covered")))
+                items.append(
+                    (
+                        ind.covered - ind.not_covered,
+                        f"thin_file:{ind.party}",
+                        (f"{ind.party} holds no data on this SME (thin file): {ind.not_covered:.1f} points, {ind.covered - ind.not_covered:.1f} below covered"),
+                    )
+                )
         items.sort(key=lambda t: -t[0])
         got = [(r.code, r.text) for r in by_party["bank"] if r.code != "PARTY_POINTS"]
         assert got == [(code, text) for _, code, text in items[:k]], d.sme_id
@@ -219,8 +224,8 @@ def test_reasons_are_in_points_per_party_and_name_only_each_partys_own_features(
             part, table = parts[p]
             below = part.points_below_best(np.array([table.row(d.sme_id)]))[0]
             order = [part.feature_names[j] for j in np.argsort(-below, kind="stable") if below[j] > 1e-9][:k]
-            assert [r.code for r in mine] == order                            # ranked by points lost at the party
-            for r in mine:                                                    # names only: no value, bin or amount
+            assert [r.code for r in mine] == order  # ranked by points lost at the party
+            for r in mine:  # names only: no value, bin or amount
                 assert r.text == f"{p} data: {r.code} costs points against its best bin"
                 assert not re.search(r"\d", r.text.replace(r.code, ""))
         # no party's reasons name another party's feature
@@ -253,7 +258,7 @@ def _raw_bundle(folder: Path) -> tuple[str, dict, dict[str, np.ndarray]]:
     assert sorted(f.name for f in folder.iterdir()) == ["MANIFEST.json", "MANIFEST.sig", "model.json", "model.safetensors"]
     for f in sorted(folder.iterdir()):
         data = f.read_bytes()
-        if f.name == "MANIFEST.sig":        # 64 bytes of Ed25519 signature
+        if f.name == "MANIFEST.sig":  # 64 bytes of Ed25519 signature
             assert len(data) == 64
         elif f.name.endswith(".safetensors"):
             n = struct.unpack("<Q", data[:8])[0]
@@ -282,10 +287,10 @@ def test_each_partys_bundle_holds_its_own_points_table_only(ex):
         assert [f["name"] for f in meta["features"]] == NAMES[p]
         assert sorted(arrays) == sorted(f"{w}.{j}" for j in range(len(NAMES[p])) for w in ("edges", "woe", "points"))
         others = [n for q in PARTIES if q != p for n in NAMES[q]]
-        assert not [n for n in others if n in text], p                        # no name of another party's feature
+        assert not [n for n in others if n in text], p  # no name of another party's feature
         for q in PARTIES:
             if q != p:
-                assert not values[p] & values[q], (p, q)                       # no WOE or points value of another party's
+                assert not values[p] & values[q], (p, q)  # no WOE or points value of another party's
     bank_meta, tax_meta, platform_meta = (raw[p][1] for p in PARTIES)
     assert bank_meta["base_points"] is not None and bank_meta["feature_holders"] == list(FEATURE_HOLDERS)
     for meta in (tax_meta, platform_meta):
@@ -309,10 +314,10 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_a_points_bundle_for_a_feature_the_party_does_not_have_is_one_line(ex, tmp_path):
-    def foreign(arrays, meta):            # the tax bureau's first feature renamed to the platform's
+    def foreign(arrays, meta):  # the tax bureau's first feature renamed to the platform's
         meta["features"][0]["name"] = "gmv"
 
-    def declared(arrays, meta):           # ...and declared in its schema too: its table still has no such column
+    def declared(arrays, meta):  # ...and declared in its schema too: its table still has no such column
         foreign(arrays, meta)
         meta["schema"]["features"]["gmv"] = "float"
 
@@ -337,7 +342,7 @@ def test_bad_points_deployments_are_one_line(ex, tmp_path):
         load_bank_model(ex.bundles["tax_bureau"], keys)
     assert "feature holder's part" in _one_line(err)
     parties = {p: PartyEndpoint("127.0.0.1:9") for p in FEATURE_HOLDERS}
-    with pytest.raises(ConfigError) as err:            # the node's policy speaks other points than the scorecard
+    with pytest.raises(ConfigError) as err:  # the node's policy speaks other points than the scorecard
         ScoringNode(_node_config(ex, parties, tmp_path, policy=_patient_policy(tmp_path, base_points="650")))
     assert "is not the policy's" in _one_line(err)
     with pytest.raises(ConfigError) as err:
@@ -350,8 +355,9 @@ def test_demo_scorecard_prints_and_writes_the_banks_points_table_only(tmp_path):
     from fedrisk.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["demo", "--model", "scorecard", "--rows", "2000", "--epochs", "8", "--runs-dir", str(tmp_path), "--json"],
-                           env={"COLUMNS": "160"})
+    result = runner.invoke(
+        app, ["demo", "--model", "scorecard", "--rows", "2000", "--epochs", "8", "--runs-dir", str(tmp_path), "--json"], env={"COLUMNS": "160"}
+    )
     assert result.exit_code == 0, result.output[-3000:]
     summary = json.loads([ln for ln in result.output.splitlines() if ln.startswith("{")][-1])
     run_dir = Path(summary["run_dir"])
@@ -367,7 +373,7 @@ def test_demo_scorecard_prints_and_writes_the_banks_points_table_only(tmp_path):
     out = result.output
     assert "Points table — bank's own features" in out and all(n in out for n in NAMES["bank"]) and "(base points)" in out
     others = [n for p in FEATURE_HOLDERS for n in NAMES[p]]
-    assert not [n for n in others if n in out]                       # nothing of another party's table, nor its features
+    assert not [n for n in others if n in out]  # nothing of another party's table, nor its features
     assert not [n for n in others if n in (run_dir / "points_bank.csv").read_text()]
     # the bank's table is the one in the bank's own signed bundle
     bundle = run_dir / "federation" / "bundles" / "bank"

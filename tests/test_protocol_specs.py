@@ -72,8 +72,7 @@ def step_literals(source: str, known: set[str]) -> list[tuple[int, str]]:
     return [
         (node.lineno, node.value)
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
-        and (node.value in known or STEP_NAME.match(node.value))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip and (node.value in known or STEP_NAME.match(node.value))
     ]
 
 
@@ -158,7 +157,9 @@ def test_no_step_name_is_shared_by_two_protocols():
 
 def _configs() -> list[type]:
     return [
-        value for module in SPECS.values() for value in vars(module).values()
+        value
+        for module in SPECS.values()
+        for value in vars(module).values()
         if inspect.isclass(value) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__ and hasattr(value, "from_run_config")
     ]
 

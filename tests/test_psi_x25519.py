@@ -92,10 +92,7 @@ def test_results_returned_to_a_peer_never_use_the_raw_multibuffer_output():
 
 
 def test_backend_can_be_switched_off_and_falls_back():
-    code = (
-        "from fedrisk.crypto import psi_x25519 as m; "
-        "print(m.backend_name(), m.blind_blob_mb8(bytes(32), bytes(64)), m.admits('own'))"
-    )
+    code = "from fedrisk.crypto import psi_x25519 as m; print(m.backend_name(), m.blind_blob_mb8(bytes(32), bytes(64)), m.admits('own'))"
     env = {**os.environ, "FEDRISK_PSI_X25519": "openssl"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["openssl", "None", "False"]

@@ -100,9 +100,7 @@ def _logged(ledger: Path, run_id: str, round_: int, direction: str, step: str | 
         entries = read_ledger(ledger).entries
     except LedgerError:
         return False  # not written yet
-    return any(
-        e.run_id == run_id and e.round == round_ and e.direction == direction and step in (None, e.step) for e in entries
-    )
+    return any(e.run_id == run_id and e.round == round_ and e.direction == direction and step in (None, e.step) for e in entries)
 
 
 def _wait_for(what: str, reached, thread: threading.Thread, timeout: float = 300.0) -> None:

@@ -47,8 +47,14 @@ def _signing_key(state_dir: str) -> bytes:
 
 def _serve(run_dir: Path, parties: list[PartySettings], run_id: str, tap=None, **config) -> dict:
     run_config = {
-        "run-dir": str(run_dir), "parties": ",".join(p.name for p in parties), "fedrisk-run-id": run_id,
-        "party-timeout": 60.0, "recovery": True, "probe-interval": 0.0, "pause-timeout": 30.0, **config,
+        "run-dir": str(run_dir),
+        "parties": ",".join(p.name for p in parties),
+        "fedrisk-run-id": run_id,
+        "party-timeout": 60.0,
+        "recovery": True,
+        "probe-interval": 0.0,
+        "pause-timeout": 30.0,
+        **config,
     }
     grid = InProcessGrid(parties, tap=tap)
     server_app(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
@@ -201,7 +207,9 @@ def horizontal_base(tmp_path_factory, banks):
 
     def get(aggregation: str) -> dict:
         if aggregation not in cache:
-            cache[aggregation] = _serve(tmp_path_factory.mktemp(f"hbase-{aggregation}"), banks, f"base-{aggregation}", **{**HORIZONTAL, "aggregation": aggregation})
+            cache[aggregation] = _serve(
+                tmp_path_factory.mktemp(f"hbase-{aggregation}"), banks, f"base-{aggregation}", **{**HORIZONTAL, "aggregation": aggregation}
+            )
         return cache[aggregation]
 
     return get
@@ -395,7 +403,10 @@ def test_secureboost_party_processes_killed_resume_from_their_disk_state(tmp_pat
     assert all(any(m.startswith(f"paused: waiting for {name}") for m in events) for name in ("bank", "tax_bureau"))
     files = [p for party in boosting for p in (Path(party.state_dir) / "recovery" / run_id).rglob("*") if p.is_file()]
     assert {p.parent.parent.name for p in files if p.parent.name == "blobs"} >= {
-        "LabelHolderSecureBoost-static", "LabelHolderSecureBoost-state", "FeatureHolderSecureBoost-static", "FeatureHolderSecureBoost-state",
+        "LabelHolderSecureBoost-static",
+        "LabelHolderSecureBoost-state",
+        "FeatureHolderSecureBoost-static",
+        "FeatureHolderSecureBoost-state",
     }
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
     assert all(json.loads(p.read_text())["format"] == "fedrisk-checkpoint/1" for p in files if p.name == "checkpoint.json")
@@ -435,7 +446,9 @@ def test_status_command_reads_what_the_coordinator_wrote(tmp_path, banks):
     as_json = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60, check=False)
     data = json.loads(as_json.stdout.strip().splitlines()[-1])
     assert data["state"] == "finished" and set(data["parties"]) == {"bank_a", "bank_b"} and data["stale"] is False
-    missing = subprocess.run([sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, check=False)
+    missing = subprocess.run(
+        [sys.executable, "-m", "fedrisk.cli", "status", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, check=False
+    )
     assert missing.returncode == 2 and "error: no run status at" in missing.stderr
 
 

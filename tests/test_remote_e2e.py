@@ -63,19 +63,48 @@ def test_parties_on_their_own_nodes_train_through_a_remote_superlink(tmp_path, d
                 private, public = create_node_auth_keypair(tmp_path / folder / "nodekey", name)
                 operator.register_node_key(name, public)
                 argv = [
-                    sys.executable, "-m", "fedrisk.cli", "node", "start", "--name", name, "--role", role,
-                    "--data", str(tmp_path / folder / ("bank.csv" if label else "tax.csv")), "--id-column", "id",
-                    "--superlink", f"127.0.0.1:{operator.fleet_port}", "--root-certificates", str(operator.ca_cert),
-                    "--auth-key", str(private), "--state-dir", str(tmp_path / folder / "state"),
+                    sys.executable,
+                    "-m",
+                    "fedrisk.cli",
+                    "node",
+                    "start",
+                    "--name",
+                    name,
+                    "--role",
+                    role,
+                    "--data",
+                    str(tmp_path / folder / ("bank.csv" if label else "tax.csv")),
+                    "--id-column",
+                    "id",
+                    "--superlink",
+                    f"127.0.0.1:{operator.fleet_port}",
+                    "--root-certificates",
+                    str(operator.ca_cert),
+                    "--auth-key",
+                    str(private),
+                    "--state-dir",
+                    str(tmp_path / folder / "state"),
                 ] + (["--label-column", label] if label else [])
                 nodes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True))
             train = subprocess.run(
                 [
-                    sys.executable, "-m", "fedrisk.cli", "train", str(tmp_path / "federation.toml"), "--json",
-                    "--runs-dir", str(tmp_path / "coordinator_runs"),
-                    "--superlink", f"127.0.0.1:{operator.control_port}", "--root-certificates", str(operator.ca_cert),
+                    sys.executable,
+                    "-m",
+                    "fedrisk.cli",
+                    "train",
+                    str(tmp_path / "federation.toml"),
+                    "--json",
+                    "--runs-dir",
+                    str(tmp_path / "coordinator_runs"),
+                    "--superlink",
+                    f"127.0.0.1:{operator.control_port}",
+                    "--root-certificates",
+                    str(operator.ca_cert),
                 ],
-                capture_output=True, text=True, timeout=600, cwd=tmp_path / "operator",
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=tmp_path / "operator",
             )
         finally:
             for proc in nodes:
@@ -101,9 +130,28 @@ def test_parties_on_their_own_nodes_train_through_a_remote_superlink(tmp_path, d
 def test_node_start_names_a_bad_flag(tmp_path):
     (tmp_path / "t.csv").write_text("id,x0\na,1\n")
     completed = subprocess.run(
-        [sys.executable, "-m", "fedrisk.cli", "node", "start", "--name", "tax", "--role", "feature_holder",
-         "--data", str(tmp_path / "t.csv"), "--label-column", "x0", "--superlink", "127.0.0.1:1", "--root-certificates", str(tmp_path / "t.csv")],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "fedrisk.cli",
+            "node",
+            "start",
+            "--name",
+            "tax",
+            "--role",
+            "feature_holder",
+            "--data",
+            str(tmp_path / "t.csv"),
+            "--label-column",
+            "x0",
+            "--superlink",
+            "127.0.0.1:1",
+            "--root-certificates",
+            str(tmp_path / "t.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert completed.returncode == 2
     assert "label-column: a feature holder has no labels" in completed.stderr

@@ -18,8 +18,16 @@ from fedrisk.parties.settings import PartySettings
 
 SCHEMA = {"id_column": "id", "label_column": "y", "features": {f"x{i}": "float" for i in range(23)}, "id_format": "opaque"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +38,7 @@ def report(tmp_path_factory, default_credit_dir):
         path = tmp / f"{name}.csv"
         pd.read_csv(default_credit_dir / f"default_credit_homo_{file}.csv").head(400).to_csv(path, index=False)
         parties.append(PartySettings(name, "bank", str(path), SCHEMA, str(tmp / "parties" / name)))
-    config = {"mode": "horizontal", "num-rounds": 2, "model": "logistic", "run-dir": str(tmp),
-              "parties": "bank_a,bank_b", "fedrisk-run-id": "report"}
+    config = {"mode": "horizontal", "num-rounds": 2, "model": "logistic", "run-dir": str(tmp), "parties": "bank_a,bank_b", "fedrisk-run-id": "report"}
     server_app(InProcessGrid(parties, run_config=config), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=config))
     ledgers, keys = collect_ledgers([tmp])
     return build_report(ledgers, tmp / "audit", trusted_keys=keys, run_id="report")
@@ -49,13 +56,13 @@ def test_report_is_verified_and_self_contained(report):
 def test_report_renders_in_headless_chromium(report, tmp_path):
     url = Path(report.html_path).resolve().as_uri()
     profile = tmp_path / "profile"
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-500:]
     assert "Verified" in dom.stdout and "bank_a" in dom.stdout
     shot = tmp_path / "report.png"
-    run = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600",
-                          f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-500:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one

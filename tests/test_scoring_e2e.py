@@ -140,7 +140,9 @@ def test_batch_preapproval_and_watch_jobs(example, deployment, tmp_path):
         for k, row in enumerate(rows[:-1]):
             pd_now = float(row["probability_of_default"])
             writer.writerow([row["sme_id"], pd_now * (0.6 if k % 3 == 0 else 1.0), int(row["score"]) + (15 if k % 3 == 0 else 0)])
-    expected_flags = sum(1 for k, row in enumerate(rows[:-1]) if k % 3 == 0 and float(row["probability_of_default"]) * 0.6 < threshold <= float(row["probability_of_default"]))
+    expected_flags = sum(
+        1 for k, row in enumerate(rows[:-1]) if k % 3 == 0 and float(row["probability_of_default"]) * 0.6 < threshold <= float(row["probability_of_default"])
+    )
     watch_dir = tmp_path / "watch"
     done = _fedrisk("watch", str(book), *tls, "--out-dir", str(watch_dir), "--pd-threshold", str(threshold), "--json")
     assert done.returncode == 0, done.stderr

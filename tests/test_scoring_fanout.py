@@ -47,7 +47,9 @@ class FakeParty:
     async def start(self) -> str:
         handlers = {"PartialScores": grpc.unary_unary_rpc_method_handler(self.unary, pb.PartyScoreRequest.FromString, pb.PartyScoreResponse.SerializeToString)}
         if self.stream:
-            handlers["PartialScoresStream"] = grpc.stream_stream_rpc_method_handler(self.streamed, pb.PartyScoreRequest.FromString, pb.PartyScoreResponse.SerializeToString)
+            handlers["PartialScoresStream"] = grpc.stream_stream_rpc_method_handler(
+                self.streamed, pb.PartyScoreRequest.FromString, pb.PartyScoreResponse.SerializeToString
+            )
         self.server = grpc.aio.server()
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         port = self.server.add_insecure_port("127.0.0.1:0")
@@ -145,7 +147,11 @@ def test_protocol_violations_and_refusals_are_failures_with_a_reason(misbehaviou
 
     result = asyncio.run(scenario())
     assert result.state == pb.UNAVAILABLE
-    assert ("answered 0 IDs for 1 asked" in result.detail) if misbehaviour == "broken" else ("FAILED_PRECONDITION" in result.detail and "wrong model" in result.detail)
+    assert (
+        ("answered 0 IDs for 1 asked" in result.detail)
+        if misbehaviour == "broken"
+        else ("FAILED_PRECONDITION" in result.detail and "wrong model" in result.detail)
+    )
 
 
 class _StuckStream:

@@ -72,7 +72,9 @@ def patient_policy(folder: Path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running(ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (), node_kw: dict | None = None) -> AsyncIterator[tuple[ScoringNode, rpc.ScoringServiceStub, grpc.aio.Channel]]:
+async def running(
+    ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (), node_kw: dict | None = None
+) -> AsyncIterator[tuple[ScoringNode, rpc.ScoringServiceStub, grpc.aio.Channel]]:
     services = []
     parties: dict[str, PartyEndpoint] = {}
     for party in FEATURE_HOLDERS:
@@ -234,6 +236,7 @@ def test_score_batch_streams_decisions_in_order(example, tmp_path):
 
 # ------------------------------------------------------------------ bad inputs
 
+
 def _with(row: dict[str, float], **changes: float) -> dict[str, float]:
     return {**row, **changes}
 
@@ -376,7 +379,9 @@ def test_party_answers_only_its_caller_its_model_and_its_allow_list(example, tmp
             await channel.close()  # type: ignore[union-attr]
             await svc.stop(0)
 
-    req = pb.PartyScoreRequest(request_id="r1", model_version=example.run_id, kind=pb.SCORECARD, sme_ids=[allowed[0], outside, "91350100M000100Y43"], max_reasons=2)
+    req = pb.PartyScoreRequest(
+        request_id="r1", model_version=example.run_id, kind=pb.SCORECARD, sme_ids=[allowed[0], outside, "91350100M000100Y43"], max_reasons=2
+    )
     response = asyncio.run(ask("bank", req))
     assert isinstance(response, pb.PartyScoreResponse)
     states = [a.state for a in response.answers]
@@ -386,7 +391,10 @@ def test_party_answers_only_its_caller_its_model_and_its_allow_list(example, tmp
     assert asyncio.run(ask("tax_bureau", req)) == grpc.StatusCode.PERMISSION_DENIED
     assert asyncio.run(ask(LOAN_SYSTEM, req)) == grpc.StatusCode.PERMISSION_DENIED
     assert asyncio.run(ask("bank", pb.PartyScoreRequest(model_version="other-run", sme_ids=[allowed[0]]))) == grpc.StatusCode.FAILED_PRECONDITION
-    assert asyncio.run(ask("bank", pb.PartyScoreRequest(model_version=example.run_id, kind=pb.TREE_ROUTING, sme_ids=[allowed[0]]))) == grpc.StatusCode.UNIMPLEMENTED
+    assert (
+        asyncio.run(ask("bank", pb.PartyScoreRequest(model_version=example.run_id, kind=pb.TREE_ROUTING, sme_ids=[allowed[0]])))
+        == grpc.StatusCode.UNIMPLEMENTED
+    )
     assert asyncio.run(ask("bank", pb.PartyScoreRequest(model_version=example.run_id, sme_ids=["bad id"]))) == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -341,7 +341,9 @@ def test_a_party_scoring_service_serves_from_each_mechanism(mechanism, example):
         try:
             bcert, bkey = example.client_cert("bank")
             channel = secure_channel(ready["address"], ca=example.pki.ca_cert, cert=bcert, key=bkey)
-            response = await rpc.PartyScoringServiceStub(channel).PartialScores(pb.PartyScoreRequest(model_version=example.run_id, sme_ids=[some_id]), timeout=10)
+            response = await rpc.PartyScoringServiceStub(channel).PartialScores(
+                pb.PartyScoreRequest(model_version=example.run_id, sme_ids=[some_id]), timeout=10
+            )
             await channel.close()  # type: ignore[union-attr]
         finally:
             await launcher.stop()

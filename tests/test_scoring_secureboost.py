@@ -173,7 +173,9 @@ def test_a_party_answers_only_directions_at_its_own_splits(example):
         address = await svc.start()
         cert, key = example.client_cert("bank")
         channel = secure_channel(address, ca=example.pki.ca_cert, cert=cert, key=key)
-        call = channel.unary_unary("/fedrisk.v1.PartyScoringService/PartialScores", request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=None)
+        call = channel.unary_unary(
+            "/fedrisk.v1.PartyScoringService/PartialScores", request_serializer=pb.PartyScoreRequest.SerializeToString, response_deserializer=None
+        )
         out: list[bytes | grpc.StatusCode] = []
         try:
             for request in requests:

@@ -176,8 +176,7 @@ def test_federated_model_equals_the_plaintext_reference_with_the_same_bins(small
     ref = PlainSecureBoost(**SMALL).fit(joined.to_numpy(), bank["y"].to_numpy())
     widths = {p: t.shape[1] for p, t in others.items()}
     R = ref.model_.arrays
-    expected = [("leaf",) if R["left"][i] < 0 else (int(R["feature"][i]), int(R["bin"][i]), int(R["default_left"][i]))
-                for i in range(R["left"].size)]
+    expected = [("leaf",) if R["left"][i] < 0 else (int(R["feature"][i]), int(R["bin"][i]), int(R["default_left"][i])) for i in range(R["left"].size)]
     assert _federated_splits(model, 3, widths) == expected
     np.testing.assert_allclose(model.model_.arrays["value"], R["value"], rtol=1e-12, atol=1e-15)
     assert model.model_.base_score == ref.model_.base_score
@@ -282,8 +281,9 @@ def test_label_holder_receives_only_aggregated_histograms(small, context):
     assert {r.kind for r in to_bank} == {"BinLayout", "EncryptedHistograms", "SplitPartitions"}
     assert {r.content_class for r in _records(transcript, receiver=BANK, kind="EncryptedHistograms")} == {"ciphertext"}
     # no feature value of another party appears in anything the bank receives
-    values = {np.float64(v).tobytes() for t in (others[TAX], others[PLATFORM]) for v in t.to_numpy().ravel()[:300]
-              if np.isfinite(v) and v != round(v)}  # 0.0 or 1.0 would match any run of zero bytes
+    values = {
+        np.float64(v).tobytes() for t in (others[TAX], others[PLATFORM]) for v in t.to_numpy().ravel()[:300] if np.isfinite(v) and v != round(v)
+    }  # 0.0 or 1.0 would match any run of zero bytes
     for rec in to_bank:
         assert not any(v in rec.data for v in values)
     # every decrypted slot is a whole bin total: the L slots of a column (t ≡ f mod F) are

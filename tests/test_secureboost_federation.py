@@ -54,10 +54,18 @@ def boosted(tmp_path_factory, default_credit_dir):
     ]
     seen = []
     run_config = {
-        "mode": "vertical", "algorithm": "secureboost", "trees": TREES, "depth": DEPTH, "run-dir": str(root),
-        "parties": "bank,tax_bureau", "fedrisk-run-id": "sb", "party-timeout": 300.0,
+        "mode": "vertical",
+        "algorithm": "secureboost",
+        "trees": TREES,
+        "depth": DEPTH,
+        "run-dir": str(root),
+        "parties": "bank,tax_bureau",
+        "fedrisk-run-id": "sb",
+        "party-timeout": 300.0,
     }
-    server_app(InProcessGrid(parties, tap=lambda d, n, m: seen.append((d, m))), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    server_app(
+        InProcessGrid(parties, tap=lambda d, n, m: seen.append((d, m))), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config)
+    )
     result = json.loads((root / "coordinator" / "result.json").read_text())
     return root, result, seen, guest, host, covered, train_ids, test_ids, known
 

@@ -55,8 +55,15 @@ def _run(tmp_path: Path, bank_tables, *, count: int = 10, tap=None, grid_hook=No
     _, paths, holdout = bank_tables
     parties = _parties(tmp_path, paths, holdout, count)
     run_config = {
-        "mode": "horizontal", "aggregation": "plain", "num-rounds": 3, "model": "logistic", "ledger": False,
-        "run-dir": str(tmp_path), "parties": ",".join(p.name for p in parties), "fedrisk-run-id": "sim", "party-timeout": 60.0,
+        "mode": "horizontal",
+        "aggregation": "plain",
+        "num-rounds": 3,
+        "model": "logistic",
+        "ledger": False,
+        "run-dir": str(tmp_path),
+        "parties": ",".join(p.name for p in parties),
+        "fedrisk-run-id": "sim",
+        "party-timeout": 60.0,
         **config,
     }
     grid = InProcessGrid(parties, tap=tap, run_config=run_config)
@@ -121,7 +128,10 @@ def test_a_bank_offline_for_one_round_is_dropped_then_rejoins(tmp_path, bank_tab
 
     seen = []
     result = _run(
-        tmp_path, bank_tables, count=4, tap=lambda d, n, m: (tap(d, n, m), seen.append((d, n, m))),
+        tmp_path,
+        bank_tables,
+        count=4,
+        tap=lambda d, n, m: (tap(d, n, m), seen.append((d, n, m))),
         grid_hook=lambda g: state.update(grid=g),
     )
     assert result["rounds"][0]["dropped"] == ["bank_3"] and "offline" in result["rounds"][0]["drop_reasons"]["bank_3"]
@@ -208,7 +218,10 @@ def test_dp_epsilon_reported_matches_the_accountant_and_noise_is_added(tmp_path,
         seen = []
         folder = tmp_path / label
         result = _run(folder, bank_tables, count=4, tap=lambda d, n, m, seen=seen: seen.append((d, n, m)), **common, **extra)
-        runs[label] = (result, {e.header.sender: np.frombuffer(e.blob("vector"), "<f8") for _, e in _messages(seen, "to_coordinator", "fedavg.update") if e.header.round == 1})
+        runs[label] = (
+            result,
+            {e.header.sender: np.frombuffer(e.blob("vector"), "<f8") for _, e in _messages(seen, "to_coordinator", "fedavg.update") if e.header.round == 1},
+        )
 
     result = runs["dp"][0]
     report = result["dp"]

@@ -73,7 +73,7 @@ mode = "horizontal"
         ("[partitioning]\nalfa = 0.3", "partitioning.alfa: unknown key (expected one of scheme, alpha, min-rows, coverage)"),
         ("[partitions]\nalpha = 0.3", "partitions: unknown section"),
         ("[data]\nsource = 'csv'\npath = 'no/such/table.csv'", "data.path: file not found: "),
-        ("[data]\nsource = 'csv'", "data.path: required when data.source = \"csv\""),
+        ("[data]\nsource = 'csv'", 'data.path: required when data.source = "csv"'),
         ("[algorithm]\nrounds = 'ten'", "algorithm.rounds: expected an integer, got 'ten'"),
         ("[algorithm]\nrounds = 0", "algorithm.rounds: must be in [1, 1000], got 0"),
         ("[algorithm]\nepochs = 5", "algorithm.epochs: applies to vertical scenarios only (scenario.mode is horizontal)"),
@@ -150,11 +150,7 @@ def test_file_level_problems_are_one_line(tmp_path):
 
 def test_csv_sources_resolve_relative_to_the_scenario(tmp_path, default_credit_dir):
     path = tmp_path / "real.toml"
-    path.write_text(
-        BASE
-        + f'[data]\nsource = "csv"\npath = "{default_credit_dir / "default_credit_homo_guest.csv"}"\n'
-        + 'test-path = "holdout.csv"\n'
-    )
+    path.write_text(BASE + f'[data]\nsource = "csv"\npath = "{default_credit_dir / "default_credit_homo_guest.csv"}"\n' + 'test-path = "holdout.csv"\n')
     (tmp_path / "holdout.csv").write_text("id,y\n")
     scenario = load_scenario(path)
     assert scenario.get("data.test-path") == str((tmp_path / "holdout.csv").resolve())

@@ -29,8 +29,7 @@ def split(default_credit_dir):
 @pytest.fixture(scope="module")
 def stack(split):
     guest, host, train, _ = split
-    return VerticalStacking(n_folds=3, lr_params=LR, sb_params=SB, progress=False).fit(
-        guest.loc[train], {"tax_bureau": host.loc[train]})
+    return VerticalStacking(n_folds=3, lr_params=LR, sb_params=SB, progress=False).fit(guest.loc[train], {"tax_bureau": host.loc[train]})
 
 
 def test_meta_learner_is_logistic_regression_on_the_out_of_fold_scores(stack, split):
@@ -82,8 +81,7 @@ def test_stack_is_at_least_as_good_as_its_base_learners(stack, split):
 
 def test_bad_input_is_one_line(split):
     guest, host, train, _ = split
-    for kwargs, words in (({"n_folds": 1}, "n_folds"), ({"base_learners": ("mlp",)}, "unknown base learner 'mlp'"),
-                          ({"meta_C": 0}, "meta_C")):
+    for kwargs, words in (({"n_folds": 1}, "n_folds"), ({"base_learners": ("mlp",)}, "unknown base learner 'mlp'"), ({"meta_C": 0}, "meta_C")):
         with pytest.raises(ConfigError, match=words) as err:
             VerticalStacking(progress=False, **kwargs).fit(guest.loc[train], {"tax_bureau": host.loc[train]})
         assert "\n" not in str(err.value)

@@ -28,8 +28,17 @@ def run(tmp_path_factory, default_credit_dir):
         PartySettings("bank", "label_holder", str(root / "guest.csv"), GUEST_SCHEMA, str(root / "parties" / "bank")),
         PartySettings("tax_bureau", "feature_holder", str(root / "host.csv"), HOST_SCHEMA, str(root / "parties" / "tax_bureau")),
     ]
-    config = {"mode": "vertical", "algorithm": "stacking", "epochs": 3, "trees": 2, "depth": 2, "run-dir": str(root),
-              "parties": "bank,tax_bureau", "fedrisk-run-id": "stk", "party-timeout": 300.0}
+    config = {
+        "mode": "vertical",
+        "algorithm": "stacking",
+        "epochs": 3,
+        "trees": 2,
+        "depth": 2,
+        "run-dir": str(root),
+        "parties": "bank,tax_bureau",
+        "fedrisk-run-id": "stk",
+        "party-timeout": 300.0,
+    }
     server_app(InProcessGrid(parties), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=config))
     return root, json.loads((root / "coordinator" / "result.json").read_text())
 

@@ -76,8 +76,9 @@ def _offline(ex: ExampleFederation, ids: list[str], *, down: tuple[str, ...] = (
 
 
 @contextlib.asynccontextmanager
-async def serving(ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (), node_kw: dict | None = None,
-                  party_kw: dict | None = None) -> AsyncIterator[tuple[ScoringNode, dict[str, PartyScoringService], rpc.ScoringServiceStub]]:
+async def serving(
+    ex: ExampleFederation, tmp: Path, *, down: tuple[str, ...] = (), node_kw: dict | None = None, party_kw: dict | None = None
+) -> AsyncIterator[tuple[ScoringNode, dict[str, PartyScoringService], rpc.ScoringServiceStub]]:
     services: dict[str, PartyScoringService] = {}
     endpoints: dict[str, PartyEndpoint] = {}
     for party in FEATURE_HOLDERS:
@@ -129,8 +130,10 @@ def test_live_stack_equals_the_offline_stack_across_coverage_patterns(example, t
         assert not d.degraded and d.recorded
         assert abs(d.probability_of_default - offline[k]) <= 1e-9, (d.sme_id, pattern[d.sme_id])
         states = {p.party: p.state for p in d.parties}
-        assert states == {"tax_bureau": pb.COVERED if pattern[d.sme_id][0] else pb.NOT_COVERED,
-                          "platform": pb.COVERED if pattern[d.sme_id][1] else pb.NOT_COVERED}
+        assert states == {
+            "tax_bureau": pb.COVERED if pattern[d.sme_id][0] else pb.NOT_COVERED,
+            "platform": pb.COVERED if pattern[d.sme_id][1] else pb.NOT_COVERED,
+        }
         seen.add(pattern[d.sme_id])
         # the node's reasons state each base learner's log-odds (the bank's own data), then the stack's
         numbers = _node_numbers(d)
@@ -282,8 +285,7 @@ def test_bad_stacks_are_refused_in_one_line(example, tmp_path):
     assert "expects 2 base learners" in _one_line(err)
     # a meta-learner with three inputs over the same two base learners
     folder = stack_folder("three-inputs", "vertical_lr", "secureboost")
-    _resign(bank / "meta", folder / "meta", signer,
-            lambda a, m: ({"coef": np.array([0.5, 0.5, 0.5])}, {**m, "base_learners": [*BASES, "neural"]}))
+    _resign(bank / "meta", folder / "meta", signer, lambda a, m: ({"coef": np.array([0.5, 0.5, 0.5])}, {**m, "base_learners": [*BASES, "neural"]}))
     with pytest.raises(ConfigError) as err:
         load_bank_model(folder, keys)
     assert "expects 3 base learners" in _one_line(err)
@@ -331,15 +333,18 @@ def test_a_party_refuses_stack_requests_it_cannot_answer(example, tmp_path):
 
     stack = pb.PartyScoreRequest(request_id="r", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme])
     assert refused(stack).startswith("INVALID_ARGUMENT") and "bases is empty" in refused(stack)
-    other = pb.PartyScoreRequest(request_id="r", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme],
-                                 bases=[pb.BaseModelRequest(model_version="another-run", kind=pb.SCORECARD)])
+    other = pb.PartyScoreRequest(
+        request_id="r", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme], bases=[pb.BaseModelRequest(model_version="another-run", kind=pb.SCORECARD)]
+    )
     assert refused(other).startswith("FAILED_PRECONDITION") and "another-run" in refused(other)
-    wrong_kind = pb.PartyScoreRequest(request_id="r", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme],
-                                      bases=[pb.BaseModelRequest(model_version=sb, kind=pb.SCORECARD)])
+    wrong_kind = pb.PartyScoreRequest(
+        request_id="r", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme], bases=[pb.BaseModelRequest(model_version=sb, kind=pb.SCORECARD)]
+    )
     assert refused(wrong_kind).startswith("UNIMPLEMENTED")
     # a base learner alone is still answered, exactly as a single bundle would be
-    alone = pb.PartyScoreResponse.FromString(svc.answer(pb.PartyScoreRequest(request_id="a", model_version=lr, kind=pb.SCORECARD,
-                                                                              sme_ids=[sme], max_reasons=2).SerializeToString(), "bank"))
+    alone = pb.PartyScoreResponse.FromString(
+        svc.answer(pb.PartyScoreRequest(request_id="a", model_version=lr, kind=pb.SCORECARD, sme_ids=[sme], max_reasons=2).SerializeToString(), "bank")
+    )
     both = pb.PartyScoreResponse.FromString(svc.answer(pb.PartyScoreRequest(
         request_id="b", model_version=example.run_id, kind=pb.STACK, sme_ids=[sme],
         bases=[pb.BaseModelRequest(model_version=lr, kind=pb.SCORECARD, max_reasons=2), pb.BaseModelRequest(model_version=sb, kind=pb.TREE_ROUTING)],

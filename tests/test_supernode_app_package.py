@@ -123,8 +123,12 @@ def test_fedrisks_component_names_with_other_code_are_refused(tmp_path):
         "beside": ({}, "it carries code that is not part of the installed fedrisk: evil_client.py"),
     }
     for label, (extra, problem) in cases.items():
-        folder = foreign_app(tmp_path / f"app-{label}", marker, clientapp="fedrisk.parties.client_app:app", publisher="fedrisk", extra=extra, own_modules=not extra)
-        (folder / "pyproject.toml").write_text((folder / "pyproject.toml").read_text().replace("[tool.flwr.app]", '[tool.flwr.app]\nfab-include = ["**/*.py", "pyproject.toml"]'))
+        folder = foreign_app(
+            tmp_path / f"app-{label}", marker, clientapp="fedrisk.parties.client_app:app", publisher="fedrisk", extra=extra, own_modules=not extra
+        )
+        (folder / "pyproject.toml").write_text(
+            (folder / "pyproject.toml").read_text().replace("[tool.flwr.app]", '[tool.flwr.app]\nfab-include = ["**/*.py", "pyproject.toml"]')
+        )
         fab = build_fab_from_disk(folder)
         with pytest.raises(ForeignAppError) as refused:
             _loaded(fab, fab_id=f"fedrisk/app-{label}")
@@ -149,7 +153,9 @@ def test_a_broken_or_mismatched_package_is_refused_in_one_line(tmp_path):
 
 
 def test_the_supernode_refuses_subprocess_isolation():
-    done = subprocess.run([sys.executable, "-m", "fedrisk.parties.supernode", "--insecure", "--isolation", "subprocess"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedrisk.parties.supernode", "--insecure", "--isolation", "subprocess"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: --isolation subprocess: a fedrisk party runs only the installed fedrisk ClientApp, in process isolation; "

@@ -149,12 +149,8 @@ def test_joint_model_beats_bank_only_model(data: SyntheticSMEData) -> None:
     y = joined.pop(BANK_SCHEMA.label_column).to_numpy()
     train, test = train_test_split(np.arange(y.size), test_size=0.3, stratify=y, random_state=0)
     bank = _standardised_block(_design(joined[BANK_SCHEMA.feature_names]), train, None)
-    tax = _standardised_block(
-        _design(joined[TAX_BUREAU_SCHEMA.feature_names]), train, joined["in_tax_bureau"].to_numpy()
-    )
-    platform = _standardised_block(
-        _design(joined[PLATFORM_SCHEMA.feature_names]), train, joined["in_platform"].to_numpy()
-    )
+    tax = _standardised_block(_design(joined[TAX_BUREAU_SCHEMA.feature_names]), train, joined["in_tax_bureau"].to_numpy())
+    platform = _standardised_block(_design(joined[PLATFORM_SCHEMA.feature_names]), train, joined["in_platform"].to_numpy())
     aucs = {}
     for name, x in (("bank", bank), ("joint", np.column_stack([bank, tax, platform]))):
         model = LogisticRegression(max_iter=1000).fit(x[train], y[train])

@@ -135,9 +135,7 @@ def test_extra_columns_are_dropped_when_not_strict(tmp_path: Path) -> None:
 
 
 def test_real_default_credit_host_file(default_credit_dir: Path) -> None:
-    schema = TableSchema(
-        id_column="id", features={f"x{i}": ColumnType.FLOAT for i in range(10)}, id_format="opaque"
-    )
+    schema = TableSchema(id_column="id", features={f"x{i}": ColumnType.FLOAT for i in range(10)}, id_format="opaque")
     table = load_party_table(default_credit_dir / "default_credit_hetero_host.csv", schema)
     assert len(table) == 30_000 and table.labels is None
     assert table.ids[:2].tolist() == ["25115", "2346"]

@@ -138,8 +138,9 @@ def test_portfolio_applications_still_take_numpy_amounts():
     from fedrisk.scoring.portfolio import _applications
     from fedrisk.v1 import scoring_pb2 as pb
 
-    df = pd.DataFrame({"sme_id": ["s1", "s2", "s3"], "requested_amount": np.array([5, 0, -1], dtype=np.int64),
-                       "declared_annual_revenue": [1.5, float("nan"), 2.0]})
+    df = pd.DataFrame(
+        {"sme_id": ["s1", "s2", "s3"], "requested_amount": np.array([5, 0, -1], dtype=np.int64), "declared_annual_revenue": [1.5, float("nan"), 2.0]}
+    )
     invalid: dict[int, str] = {}
     apps = dict(_applications(df, "opaque", pb.PREAPPROVAL, True, invalid))
     assert not invalid

@@ -42,8 +42,13 @@ def _signing_key(state_dir: Path) -> bytes:
 
 def _run(tmp_path: Path, parties: list[PartySettings], *, tap=None, grid_hook=None, **config) -> dict:
     run_config = {
-        "mode": "vertical", "algorithm": "vertical_lr", "run-dir": str(tmp_path),
-        "parties": ",".join(p.name for p in parties), "fedrisk-run-id": "vertical", "party-timeout": 120.0, **config,
+        "mode": "vertical",
+        "algorithm": "vertical_lr",
+        "run-dir": str(tmp_path),
+        "parties": ",".join(p.name for p in parties),
+        "fedrisk-run-id": "vertical",
+        "party-timeout": 120.0,
+        **config,
     }
     grid = InProcessGrid(parties, tap=tap)
     if grid_hook is not None:

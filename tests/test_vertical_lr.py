@@ -53,9 +53,7 @@ def credit(default_credit_dir):
 def trained(credit, context):
     guest, host, train_ids, _ = credit
     transcript: list[WireRecord] = []
-    model = train_vertical_lr(
-        guest.loc[train_ids], {TAX: host.loc[train_ids]}, context=context, transcript=transcript, keep_bytes=True, max_epochs=30
-    )
+    model = train_vertical_lr(guest.loc[train_ids], {TAX: host.loc[train_ids]}, context=context, transcript=transcript, keep_bytes=True, max_epochs=30)
     return model, transcript
 
 
@@ -205,9 +203,7 @@ def test_partial_coverage_trains_and_uses_the_indicator(credit, context):
     covered = host.loc[keep]
     train_share = keep[guest.index.get_indexer(train_ids)].mean()
     assert 0.55 < train_share < 0.65
-    model = train_vertical_lr(
-        guest.loc[train_ids], {TAX: covered.loc[covered.index.intersection(train_ids)]}, context=context, max_epochs=25
-    )
+    model = train_vertical_lr(guest.loc[train_ids], {TAX: covered.loc[covered.index.intersection(train_ids)]}, context=context, max_epochs=25)
     bank = model.label_holder_
     assert bank.feature_names_[-1] == f"covered:{TAX}"
     indicator = bank.coef_[-1]

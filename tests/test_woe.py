@@ -29,9 +29,9 @@ def split(default_credit_dir):
     host = pd.read_csv(default_credit_dir / "default_credit_hetero_host.csv").set_index("id").loc[guest.index]
     rng = np.random.default_rng(7)
     Xh = host.to_numpy(dtype=np.float64).copy()
-    Xh[rng.random(ROWS) < 0.04, 0] = np.nan    # a NaN bucket big enough to stand alone
-    Xh[rng.random(ROWS) < 0.005, 4] = np.nan   # one too small: joins the largest bin
-    covered = rng.random(ROWS) < 0.85           # the feature holder knows 85 % of the bank's rows
+    Xh[rng.random(ROWS) < 0.04, 0] = np.nan  # a NaN bucket big enough to stand alone
+    Xh[rng.random(ROWS) < 0.005, 4] = np.nan  # one too small: joins the largest bin
+    covered = rng.random(ROWS) < 0.85  # the feature holder knows 85 % of the bank's rows
     y = guest["y"].to_numpy(dtype=np.float64)
     Xb = guest.drop(columns="y").to_numpy(dtype=np.float64)
     return Xb, y, Xh, covered, list(host.columns)
@@ -41,20 +41,19 @@ def split(default_credit_dir):
 def fed(split):
     Xb, y, Xh, covered, names = split
     mono = {"tax_bureau": {names[0]: "decreasing", names[5]: "auto"}, "bank": {"x0": "auto"}}
-    return VerticalWOE(n_bins=12, min_bin_size=60, monotone=mono).fit(
-        Xb, y, {"tax_bureau": (Xh, covered)}, holder_feature_names={"tax_bureau": names})
+    return VerticalWOE(n_bins=12, min_bin_size=60, monotone=mono).fit(Xb, y, {"tax_bureau": (Xh, covered)}, holder_feature_names={"tax_bureau": names})
 
 
 def test_federated_iv_and_woe_equal_plaintext_on_the_joined_table(split, fed):
     Xb, y, Xh, covered, names = split
     ref = PlainWOE(n_bins=12, min_bin_size=60, monotone={names[0]: "decreasing", names[5]: "auto"})
-    ref.fit(Xh[covered], y[covered], feature_names=names)          # the joined table: rows both parties hold
+    ref.fit(Xh[covered], y[covered], feature_names=names)  # the joined table: rows both parties hold
     for nm in names:
         assert abs(fed.iv_["tax_bureau"][nm] - ref.iv_[nm]) <= 1e-6, nm
     fh = fed.feature_holders_["tax_bureau"]
     W = fh.transform()
     assert np.max(np.abs(W[covered] - ref.transform(Xh[covered]))) <= 1e-6
-    assert not W[~covered].any()                                      # uncovered rows: neutral WOE
+    assert not W[~covered].any()  # uncovered rows: neutral WOE
     # the bank's own block is plain WOE on its own rows
     own = PlainWOE(n_bins=12, min_bin_size=60, monotone={"x0": "auto"}).fit(Xb, y)
     assert max(abs(fed.iv_["bank"][k] - v) for k, v in own.iv_.items()) <= 1e-6
@@ -68,7 +67,7 @@ def test_the_bank_holds_exact_counts_and_every_bin_meets_the_minimum_size(split,
     tables = fed.label_holder_.tables_["tax_bureau"]
     for j, t in enumerate(tables):
         assert np.all(t.sizes >= 60), t.name
-        assert t.sizes.sum() == covered.sum()                   # NaN rows and every covered row counted once
+        assert t.sizes.sum() == covered.sum()  # NaN rows and every covered row counted once
         assert t.events.sum() == y[covered].sum()
 
 
@@ -97,15 +96,14 @@ def test_plain_helpers():
 def test_bad_input_gives_one_line(split):
     Xb, y, Xh, covered, names = split
     cases = [
-        (dict(n_bins=10, min_bin_size=400), "min_bin_size=400"),           # bins too small for the minimum size
+        (dict(n_bins=10, min_bin_size=400), "min_bin_size=400"),  # bins too small for the minimum size
         (dict(monotone={"tax_bureau": {"no_such": "increasing"}}), "unknown feature 'no_such'"),
         (dict(monotone={"nobody": {"x0": "increasing"}}), "unknown party 'nobody'"),
         (dict(monotone={"tax_bureau": {"x0": "up"}}), "monotone direction"),
     ]
     for params, words in cases:
         with pytest.raises(ConfigError) as err:
-            VerticalWOE(**params).fit(Xb[:2000], y[:2000], {"tax_bureau": (Xh[:2000], covered[:2000])},
-                                      holder_feature_names={"tax_bureau": names})
+            VerticalWOE(**params).fit(Xb[:2000], y[:2000], {"tax_bureau": (Xh[:2000], covered[:2000])}, holder_feature_names={"tax_bureau": names})
         msg = str(err.value)
         assert words in msg and "\n" not in msg, msg
 
@@ -119,7 +117,8 @@ def test_counts_under_another_key_or_out_of_range_are_refused(split, fed):
     with pytest.raises(ContextMismatchError):
         WOECounts.from_bytes(data, context=other.context)
     counts = WOECounts.from_bytes(data)
-    lying = WOECounts(counts.fingerprint, counts.layout, tuple(0.0 for _ in counts.sizes), counts.names,
-                      counts.monotone, counts.rr_p, counts.histogram)   # sizes below the event counts
+    lying = WOECounts(
+        counts.fingerprint, counts.layout, tuple(0.0 for _ in counts.sizes), counts.names, counts.monotone, counts.rr_p, counts.histogram
+    )  # sizes below the event counts
     with pytest.raises(ProtocolError, match="outside"):
         fed.label_holder_.receive("tax_bureau", lying)

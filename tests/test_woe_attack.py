@@ -48,8 +48,8 @@ def run(default_credit_dir):
     Xh = host.to_numpy(dtype=np.float64)
     y = guest["y"].to_numpy(dtype=np.float64)
     model = VerticalWOE(n_bins=10, min_bin_size=MIN_BIN).fit(
-        guest.drop(columns="y").to_numpy(), y, {"tax_bureau": (Xh, covered)},
-        holder_feature_names={"tax_bureau": list(host.columns)})
+        guest.drop(columns="y").to_numpy(), y, {"tax_bureau": (Xh, covered)}, holder_feature_names={"tax_bureau": list(host.columns)}
+    )
     return {"model": model, "Xh": Xh, "y": y, "covered": covered}
 
 
@@ -87,7 +87,7 @@ def test_curious_bank_decrypts_nothing_but_whole_bin_totals(run):
     assert [type(p) for p in got] == [WOECounts]
     counts = got[0]
     counts.check(bank.context)
-    for blob in counts.histogram:                      # real ciphertexts under the federation key, wire level only
+    for blob in counts.histogram:  # real ciphertexts under the federation key, wire level only
         assert runtime.level_of(runtime.load(blob)) == WIRE_LEVEL
     slots = np.asarray(decrypt_slots(bank.context, list(counts.histogram), counts.layout), dtype=np.float64)
     truth = np.concatenate(_true_column_events(model, run))
@@ -97,7 +97,7 @@ def test_curious_bank_decrypts_nothing_but_whole_bin_totals(run):
     seen = set(np.unique(slots / 2.0**a).tolist())
     assert seen <= set(truth.tolist()) | {0.0}, sorted(seen - set(truth.tolist()))[:5]
     G, _ = decrypt_histogram(bank.context, list(counts.histogram), counts.layout)
-    assert np.array_equal(G, truth)                          # and the totals are exact
+    assert np.array_equal(G, truth)  # and the totals are exact
 
 
 def _true_column_events(model: VerticalWOE, run) -> list[np.ndarray]:
@@ -123,10 +123,10 @@ def test_planted_leaks_in_the_counts_are_refused(run):
     model, Xh = run["model"], run["Xh"]
     data = next(d for _, r, _, d in model.transcript_ if r == "bank")
     kind, fp, header, blobs = unpack_frame(data)
-    smuggled = dict(header, debug=[float(v) for v in Xh[:, 0]])               # raw feature values riding along
+    smuggled = dict(header, debug=[float(v) for v in Xh[:, 0]])  # raw feature values riding along
     with pytest.raises(ProtocolError, match="unknown field"):
         WOECounts.from_bytes(pack_frame(kind, fp, smuggled, blobs))
-    per_row = dict(header, sizes=[float(v) for v in Xh[:, 0]])                  # "sizes" that are the column itself
+    per_row = dict(header, sizes=[float(v) for v in Xh[:, 0]])  # "sizes" that are the column itself
     with pytest.raises(ProtocolError, match="sizes"):
         WOECounts.from_bytes(pack_frame(kind, fp, per_row, blobs))
 
@@ -144,8 +144,12 @@ def test_randomised_response_bounds_what_the_bank_reads(run):
     eps_f = 40.0 / Xh.shape[1]
     k0 = counts.layout.n_bins[0] + int(counts.layout.has_missing[0])
     assert math.isclose(counts.rr_p[0], k0 / (math.expm1(eps_f) + k0))
-    truth = np.concatenate([np.bincount(np.where(c == 255, k, c)[covered].astype(int), minlength=k + int(m))
-                            for c, k, m in zip(fh.binned_.codes.T, fh.binned_.n_bins, fh.binned_.has_missing, strict=True)])
+    truth = np.concatenate(
+        [
+            np.bincount(np.where(c == 255, k, c)[covered].astype(int), minlength=k + int(m))
+            for c, k, m in zip(fh.binned_.codes.T, fh.binned_.n_bins, fh.binned_.has_missing, strict=True)
+        ]
+    )
     assert np.any(np.asarray(counts.sizes) != truth)
     bank.receive("tax_bureau", counts)
     exact = model.iv_["tax_bureau"]
@@ -168,7 +172,7 @@ def test_curious_feature_holder_cannot_decrypt_the_labels(run):
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do: there is no secret key here
         runtime.decrypt(runtime.load(plan.labels[0]))
     for vec in sum((_numbers(p) for p in got), []):
-        assert vec.size < len(run["y"]) // 4                 # nothing of a label vector's length is readable
+        assert vec.size < len(run["y"]) // 4  # nothing of a label vector's length is readable
 
 
 def _solve_events(woe: np.ndarray, sizes: np.ndarray, s: float = SMOOTHING) -> np.ndarray:
@@ -177,7 +181,7 @@ def _solve_events(woe: np.ndarray, sizes: np.ndarray, s: float = SMOOTHING) -> n
     r = np.exp(woe)
 
     def events(E: float) -> np.ndarray:
-        ratio = r * (N - E + s * K) / (E + s * K)             # (n_b − e_b + s)/(e_b + s)
+        ratio = r * (N - E + s * K) / (E + s * K)  # (n_b − e_b + s)/(e_b + s)
         return (sizes + s - s * ratio) / (1.0 + ratio)
 
     E = brentq(lambda E: events(E).sum() - E, 1e-9, N - 1e-9)
@@ -201,7 +205,7 @@ def test_curious_feature_holder_learns_its_own_bins_event_counts_and_no_more(run
         sizes = np.bincount(merged[covered], minlength=groups.max() + 1 + int(m)).astype(float)
         woe = np.asarray(entry["woe"] + ([entry["woe_missing"]] if m else []), dtype=float)
         recovered = _solve_events(woe, sizes)
-        assert np.allclose(recovered, truth[j].events, atol=1e-6), entry["name"]   # stated leakage, recovered
+        assert np.allclose(recovered, truth[j].events, atol=1e-6), entry["name"]  # stated leakage, recovered
         guess = (recovered / np.maximum(sizes, 1))[merged[covered]]
         rates_auc.append(_auc(y[covered], guess))
     # a label guess from the recovered bin rates ranks like one feature's bins: well below a label leak
@@ -210,8 +214,7 @@ def test_curious_feature_holder_learns_its_own_bins_event_counts_and_no_more(run
 
 def test_label_dp_at_the_bank_blurs_what_the_feature_holder_recovers(run):
     model, Xh, covered, y = run["model"], run["Xh"], run["covered"], run["y"]
-    bank = LabelHolderWOE(model.label_holder_.context, n_bins=10, min_bin_size=MIN_BIN, label_dp_epsilon=1.0,
-                          random_state=1)
+    bank = LabelHolderWOE(model.label_holder_.context, n_bins=10, min_bin_size=MIN_BIN, label_dp_epsilon=1.0, random_state=1)
     plan = bank.plan(y)
     fh = FeatureHolderWOE(public_bfv_context(bank.context), name="tax_bureau", min_bin_size=MIN_BIN)
     fh.setup(Xh, covered)

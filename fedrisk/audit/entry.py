@@ -243,11 +243,7 @@ def genesis_hash(writer: str, public_key: bytes) -> str:
 def verify_signature(public_key: bytes | Ed25519PublicKey, data: bytes, signature: bytes) -> bool:
     """Return whether ``signature`` is a valid Ed25519 signature of ``data``."""
     try:
-        key = (
-            public_key
-            if isinstance(public_key, Ed25519PublicKey)
-            else Ed25519PublicKey.from_public_bytes(public_key)
-        )
+        key = public_key if isinstance(public_key, Ed25519PublicKey) else Ed25519PublicKey.from_public_bytes(public_key)
         key.verify(signature, data)
     except (InvalidSignature, ValueError, TypeError):
         return False
@@ -378,9 +374,7 @@ class ExchangeRecord:
             raise LedgerError(f"sender_head must be empty or 64 lower-case hex characters, got {self.sender_head!r}")
         if not self.sender_head and self.sender_count:
             raise LedgerError("sender_count without a sender_head")
-        if self.kind is EntryKind.RUN_CLOSE and (
-            self.receiver != RUN_CLOSE_RECEIVER or self.direction is not Direction.SENT or not self.sender_head
-        ):
+        if self.kind is EntryKind.RUN_CLOSE and (self.receiver != RUN_CLOSE_RECEIVER or self.direction is not Direction.SENT or not self.sender_head):
             raise LedgerError("a run-close record is sent by its writer to '*' and names the head it closes")
 
     def with_kind(self, kind: EntryKind | str) -> ExchangeRecord:
@@ -535,9 +529,7 @@ def seal(exchange: ExchangeRecord, seq: int, prev_hash: str, signer: Signer, now
 
 def run_close_statement(run_id: str, writer: str, count: int, head: str) -> bytes:
     """The canonical statement a run-close record's ``payload_sha256`` and ``size_bytes`` cover."""
-    return canonical_json(
-        {"count": count, "format": RUN_CLOSE_FORMAT, "head": head, "run_id": run_id, "writer": writer}
-    ).encode("ascii")
+    return canonical_json({"count": count, "format": RUN_CLOSE_FORMAT, "head": head, "run_id": run_id, "writer": writer}).encode("ascii")
 
 
 def run_close_record(run_id: str, writer: str, count: int, head: str) -> ExchangeRecord:

@@ -69,9 +69,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 def _names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     try:
-        uris = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.UniformResourceIdentifier
-        ))
+        uris = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier))
     except x509.ExtensionNotFound:
         uris = []
     return cns, uris

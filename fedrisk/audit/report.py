@@ -304,17 +304,24 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
     closes = _table(
         ("node", "run", "run-close entry", "closes the ledger at entry", "head (SHA-256)", "time (UTC)"),
         (
-            ((_e(c["node"]), _e(c["run_id"]), _e(c["entry"]), _e(c["closes_count"]), f"<code>{_e(str(c['closes_head'])[:16])}\u2026</code>", _e(c["time_utc"])), "")
+            (
+                (
+                    _e(c["node"]),
+                    _e(c["run_id"]),
+                    _e(c["entry"]),
+                    _e(c["closes_count"]),
+                    f"<code>{_e(str(c['closes_head'])[:16])}\u2026</code>",
+                    _e(c["time_utc"]),
+                ),
+                "",
+            )
             for c in doc["run_closes"][:MAX_HTML_ROWS]
         ),
         numeric=frozenset({3}),
     )
     finding_rows = _table(
         ("file", "entry", "field", "problem"),
-        (
-            ((_e(f["file"]), _e("" if f["seq"] is None else f["seq"]), _e(f["field"]), _e(f["message"])), "violation")
-            for f in findings[:MAX_HTML_ROWS]
-        ),
+        (((_e(f["file"]), _e("" if f["seq"] is None else f["seq"]), _e(f["field"]), _e(f["message"])), "violation") for f in findings[:MAX_HTML_ROWS]),
     )
     classes = _table(
         ("content class", "messages", "bytes"),
@@ -333,9 +340,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
             v = traffic[party].get(r, {"sent": 0, "received": 0})
             cells.append(_e(f"{v['sent']:,} / {v['received']:,}"))
         traffic_rows.append((cells, ""))
-    traffic_table = _table(
-        ("node", *(f"round {r}" for r in rounds)), traffic_rows, numeric=frozenset(range(1, len(rounds) + 1))
-    )
+    traffic_table = _table(("node", *(f"round {r}" for r in rounds)), traffic_rows, numeric=frozenset(range(1, len(rounds) + 1)))
     exchanges = doc["exchanges"]
     timeline = _table(
         ("time (UTC)", "round", "step", "sender", "receiver", "message type", "class", "bytes", "payload SHA-256", "key", "entries", "status"),
@@ -391,9 +396,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
 
 def _only_run(snap: LedgerSnapshot, run_id: str) -> LedgerSnapshot:
     keep = [i for i, e in enumerate(snap.entries) if e.run_id == run_id]
-    return dataclasses.replace(
-        snap, entries=tuple(snap.entries[i] for i in keep), bodies=tuple(snap.bodies[i] for i in keep)
-    )
+    return dataclasses.replace(snap, entries=tuple(snap.entries[i] for i in keep), bodies=tuple(snap.bodies[i] for i in keep))
 
 
 def build_report(

@@ -86,9 +86,7 @@ _INT_COLUMNS = frozenset({"round", "size_bytes", "sender_count", "timestamp_us"}
 # Columns in body order (then entry_hash, signature, body), so a row reads back as a LedgerEntry.
 _TABLES = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
-    "CREATE TABLE entries (seq INTEGER PRIMARY KEY, "
-    + ", ".join(f"{c} {'INTEGER' if c in _INT_COLUMNS else 'TEXT'} NOT NULL" for c in _COLUMNS[1:])
-    + ")",
+    "CREATE TABLE entries (seq INTEGER PRIMARY KEY, " + ", ".join(f"{c} {'INTEGER' if c in _INT_COLUMNS else 'TEXT'} NOT NULL" for c in _COLUMNS[1:]) + ")",
 )
 
 _INSERT = f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -196,9 +194,7 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerSnapshot:
         if meta.get("format") in _OLD_FORMATS:
             raise LedgerError(f"{name}: {_old_format(meta['format'])}")
         rows = conn.execute(f"{_SELECT} ORDER BY seq").fetchall()
-        triggers = frozenset(
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        )
+        triggers = frozenset(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
     except sqlite3.Error as exc:
         raise LedgerError(f"{name}: cannot read ledger ({exc})") from None
     finally:
@@ -251,9 +247,7 @@ class Ledger:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-            )
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: cannot open ledger ({exc})") from None
         try:
@@ -319,14 +313,9 @@ class Ledger:
             detail = _old_format(self.meta.format) if self.meta.format in _OLD_FORMATS else f"unknown ledger format {self.meta.format!r}"
             raise LedgerError(f"{self.path}: {detail}; refusing to append (start a new ledger file)")
         if self.meta.writer != self.writer:
-            raise LedgerError(
-                f"{self.path}: ledger belongs to writer {self.meta.writer!r}, refusing to write as {self.writer!r}"
-            )
+            raise LedgerError(f"{self.path}: ledger belongs to writer {self.meta.writer!r}, refusing to write as {self.writer!r}")
         if self.meta.public_key != self.public_key:
-            raise LedgerError(
-                f"{self.path}: ledger was created under key {key_id_of(self.meta.public_key)}, "
-                f"refusing to sign with key {self.key_id}"
-            )
+            raise LedgerError(f"{self.path}: ledger was created under key {key_id_of(self.meta.public_key)}, refusing to sign with key {self.key_id}")
         if self.meta.genesis_hash != genesis_hash(self.writer, self.public_key):
             raise LedgerError(f"{self.path}: meta genesis_hash does not match writer and key")
 
@@ -354,9 +343,7 @@ class Ledger:
         except (TypeError, ValueError, UnicodeError):
             ok = False
         if not ok:
-            raise LedgerError(
-                f"{self.path}: last entry {entry.seq} fails verification; run `fedrisk audit verify` on it"
-            )
+            raise LedgerError(f"{self.path}: last entry {entry.seq} fails verification; run `fedrisk audit verify` on it")
 
     # -- writing -----------------------------------------------------------
 
@@ -411,9 +398,7 @@ class Ledger:
             raise LedgerError(f"{self.path}: a {ex.kind.value} record is written by close_run, not append")
         if ex.writer != self.writer:
             side = "sender" if ex.direction.value == "sent" else "receiver"
-            raise LedgerError(
-                f"{self.path}: {ex.direction.value} message has {side} {ex.writer!r}, but this ledger's writer is {self.writer!r}"
-            )
+            raise LedgerError(f"{self.path}: {ex.direction.value} message has {side} {ex.writer!r}, but this ledger's writer is {self.writer!r}")
 
     def close_run(self, run_id: str) -> LedgerEntry:
         """Append the signed run-close record of ``run_id``: it names the head it closes.

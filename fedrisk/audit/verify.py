@@ -74,8 +74,15 @@ TrustedKeys = Mapping[str, bytes | str]
 _META_KEYS = frozenset({"format", "writer", "public_key", "key_id", "created_us", "genesis_hash", "sealed"})
 # Fields both ends of a message must agree on (run_id is checked run-wide).
 _PAIRED_FIELDS = (
-    "round", "step", "message_type", "payload_sha256", "size_bytes", "content_class", "key_fingerprint",
-    "sender_count", "sender_head",
+    "round",
+    "step",
+    "message_type",
+    "payload_sha256",
+    "size_bytes",
+    "content_class",
+    "key_fingerprint",
+    "sender_count",
+    "sender_head",
 )
 _MISMATCH_WORD = {"payload_sha256": "hash", "size_bytes": "size"}
 _DIRECTIONS = frozenset(d.value for d in Direction)
@@ -324,8 +331,13 @@ def _check_semantics(f: str, entry: LedgerEntry, writer: str | None) -> list[Fin
     if not isinstance(head, str) or (head and not _is_hex64(head)) or (not head and count):
         out.append(Finding(f, seq, "sender_head", f"not a ledger head: {_short(head)} at count {_short(count)}"))
     if entry.kind == _CLOSE:
-        expected = {"receiver": RUN_CLOSE_RECEIVER, "step": RUN_CLOSE_STEP, "message_type": RUN_CLOSE_TYPE,
-                    "direction": Direction.SENT.value, "content_class": ContentClass.PUBLIC.value}
+        expected = {
+            "receiver": RUN_CLOSE_RECEIVER,
+            "step": RUN_CLOSE_STEP,
+            "message_type": RUN_CLOSE_TYPE,
+            "direction": Direction.SENT.value,
+            "content_class": ContentClass.PUBLIC.value,
+        }
         for name, value in expected.items():
             if getattr(entry, name) != value:
                 out.append(Finding(f, seq, name, f"run-close record has {name} {_short(getattr(entry, name))}, not {value!r}"))
@@ -343,21 +355,15 @@ def _check_semantics(f: str, entry: LedgerEntry, writer: str | None) -> list[Fin
         if entry.direction == Direction.SENT.value and entry.sender != writer:
             out.append(Finding(f, seq, "sender", f"sent entry in {writer!r}'s ledger names sender {_short(entry.sender)}"))
         if entry.direction == Direction.RECEIVED.value and entry.receiver != writer:
-            out.append(
-                Finding(f, seq, "receiver", f"received entry in {writer!r}'s ledger names receiver {_short(entry.receiver)}")
-            )
+            out.append(Finding(f, seq, "receiver", f"received entry in {writer!r}'s ledger names receiver {_short(entry.receiver)}"))
     return out
 
 
-def verify_snapshot(
-    snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = None, run_id: str | None = None
-) -> list[Finding]:
+def verify_snapshot(snap: LedgerSnapshot, trusted_keys: TrustedKeys | None = None, run_id: str | None = None) -> list[Finding]:
     """Verify an already-read ledger (see :func:`verify_ledger`)."""
     f = snap.path
     findings, view = _check_meta(snap, trusted_keys)
-    checks = [
-        (entry, _check_entry(f, entry, body, view)) for entry, body in zip(snap.entries, snap.bodies, strict=True)
-    ]
+    checks = [(entry, _check_entry(f, entry, body, view)) for entry, body in zip(snap.entries, snap.bodies, strict=True)]
     # Walk the chain in signed order, so a renumbered or reordered entry is
     # named once (its seq field) instead of opening spurious gaps.
     checks.sort(key=lambda ec: ec[1].position)
@@ -436,11 +442,24 @@ class _RunSpan:
         if not self.attested or self.last_close > self.last_exchange:
             return []
         if not self.last_close:
-            return [Finding(f, None, "run_close", f"run {_short(run, 40)} ends at entry {self.last_exchange} with no run-close record "
-                                                  "(its tail was cut, or the run did not end cleanly)")]
-        return [Finding(f, None, "run_close", f"run {_short(run, 40)} goes on after its run-close record (entry {self.last_close}) "
-                                              f"up to entry {self.last_exchange} with no later run-close record "
-                                              "(its tail was cut, or the run was reopened and did not end cleanly)")]
+            return [
+                Finding(
+                    f,
+                    None,
+                    "run_close",
+                    f"run {_short(run, 40)} ends at entry {self.last_exchange} with no run-close record (its tail was cut, or the run did not end cleanly)",
+                )
+            ]
+        return [
+            Finding(
+                f,
+                None,
+                "run_close",
+                f"run {_short(run, 40)} goes on after its run-close record (entry {self.last_close}) "
+                f"up to entry {self.last_exchange} with no later run-close record "
+                "(its tail was cut, or the run was reopened and did not end cleanly)",
+            )
+        ]
 
 
 def verify_ledger(path: PathLike, trusted_keys: TrustedKeys | None = None, run_id: str | None = None) -> list[Finding]:
@@ -514,9 +533,7 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
             if e.kind == _CLOSE:
                 continue  # a run-close record is no message: verify_ledger judges it
             if e.content_class == ContentClass.PLAINTEXT.value:
-                out.append(
-                    Finding(f, seq, "content_class", f"plaintext crossed the party line {e.sender} -> {e.receiver} (violation)")
-                )
+                out.append(Finding(f, seq, "content_class", f"plaintext crossed the party line {e.sender} -> {e.receiver} (violation)"))
             if e.content_class in (ContentClass.CIPHERTEXT.value, ContentClass.MASKED.value) and not e.key_fingerprint:
                 out.append(Finding(f, seq, "key_fingerprint", f"{e.content_class} payload without a key fingerprint"))
             msg_key: Key = (e.message_id, e.sender, e.receiver)
@@ -577,7 +594,12 @@ def cross_check_snapshots(snaps: Sequence[LedgerSnapshot], run_id: str | None = 
                 )
     for (path, absent_peer), (first, count) in sorted(absent.items()):
         out.append(
-            Finding(path, first, "peer", f"no ledger of {absent_peer!r} among the checked files; {count} {'entry' if count == 1 else 'entries'} cannot be cross-checked")
+            Finding(
+                path,
+                first,
+                "peer",
+                f"no ledger of {absent_peer!r} among the checked files; {count} {'entry' if count == 1 else 'entries'} cannot be cross-checked",
+            )
         )
     out += _check_peer_heads(by_writer, received)
     return sorted(out, key=lambda x: (x.file, x.seq if x.seq is not None else -1, x.field))
@@ -633,19 +655,31 @@ def _check_peer_heads(
         snap = by_writer[sender]
         length = known[sender][0]
         recorder = _writer_of(r_snap)
-        out.append(Finding(snap.path, length + 1, "tail",
-                           f"{recorder!r} recorded {sender!r}'s ledger head {r.sender_head[:16]}\u2026 at count {count} "
-                           f"({Path(r_snap.path).name} entry {r.seq}); {sender!r}'s ledger has {length} entries: its tail was cut"))
+        out.append(
+            Finding(
+                snap.path,
+                length + 1,
+                "tail",
+                f"{recorder!r} recorded {sender!r}'s ledger head {r.sender_head[:16]}\u2026 at count {count} "
+                f"({Path(r_snap.path).name} entry {r.seq}); {sender!r}'s ledger has {length} entries: its tail was cut",
+            )
+        )
     for (sender, _), items in sorted(rewritten.items(), key=lambda kv: kv[0]):
         snap = by_writer[sender]
         items.sort(key=lambda item: item[1].sender_count)
         r_snap, r = items[0]
         actual = sorted(known[sender][1][r.sender_count])
         more = f" (and {len(items) - 1} later heads)" if len(items) > 1 else ""
-        out.append(Finding(snap.path, r.sender_count, "entry_hash",
-                           f"{_writer_of(r_snap)!r} recorded {sender!r}'s ledger head at count {r.sender_count} as "
-                           f"{r.sender_head[:16]}\u2026 ({Path(r_snap.path).name} entry {r.seq}), but entry {r.sender_count} "
-                           f"here is {actual[0][:16] if actual else '?'}\u2026: this ledger was rewritten{more}"))
+        out.append(
+            Finding(
+                snap.path,
+                r.sender_count,
+                "entry_hash",
+                f"{_writer_of(r_snap)!r} recorded {sender!r}'s ledger head at count {r.sender_count} as "
+                f"{r.sender_head[:16]}\u2026 ({Path(r_snap.path).name} entry {r.seq}), but entry {r.sender_count} "
+                f"here is {actual[0][:16] if actual else '?'}\u2026: this ledger was rewritten{more}",
+            )
+        )
     return out
 
 
@@ -733,8 +767,14 @@ def check_key_bindings(
                     keys[writer] = listed if listed is not None else meta_key
                     continue
         if doc is None:
-            out.append(Finding(f, None, "key_binding", f"no certificate binding for {writer!r}'s ledger key {key_id_of(meta_key)} "
-                                                       f"({BINDING_FILE} beside the ledger): nobody vouches for this key"))
+            out.append(
+                Finding(
+                    f,
+                    None,
+                    "key_binding",
+                    f"no certificate binding for {writer!r}'s ledger key {key_id_of(meta_key)} ({BINDING_FILE} beside the ledger): nobody vouches for this key",
+                )
+            )
             keys[writer] = listed if listed is not None else meta_key
             continue
         result = check_binding(doc, writer=writer, ca=cert)
@@ -746,14 +786,19 @@ def check_key_bindings(
         bound = result.bound_key
         keys[writer] = bound
         if bound != meta_key:
-            out.append(Finding(f, None, "key_binding",
-                               f"ledger is signed by key {key_id_of(meta_key)}, but {writer!r}'s certificate {result.subject} "
-                               f"(sha256 {str(result.cert_sha256)[:16]}\u2026) binds key {key_id_of(bound)}: the ledger key was swapped"))
+            out.append(
+                Finding(
+                    f,
+                    None,
+                    "key_binding",
+                    f"ledger is signed by key {key_id_of(meta_key)}, but {writer!r}'s certificate {result.subject} "
+                    f"(sha256 {str(result.cert_sha256)[:16]}\u2026) binds key {key_id_of(bound)}: the ledger key was swapped",
+                )
+            )
         listed_raw = _as_key_bytes(listed) if listed is not None else None
         if listed is not None and listed_raw != bound:
             shown = key_id_of(listed_raw) if listed_raw is not None else "(malformed)"
-            out.append(Finding(f, None, "key_binding",
-                               f"the key registry lists key {shown} for {writer!r}, but its certificate binds key {key_id_of(bound)}"))
+            out.append(Finding(f, None, "key_binding", f"the key registry lists key {shown} for {writer!r}, but its certificate binds key {key_id_of(bound)}"))
     return out, keys
 
 

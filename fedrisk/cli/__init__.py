@@ -67,7 +67,10 @@ def _emit(summary: dict, as_json: bool) -> None:
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary JSON as the last stdout line."),
     mode: str = typer.Option("vertical", help="vertical (bank + tax bureau + platform) or horizontal (three banks)."),
-    model: str = typer.Option("vertical_lr", help="Vertical model: vertical_lr (scorecard), secureboost (trees), stacking (both, meta-learner at the bank) or scorecard (WOE points scorecard, trained in-process: live points decisions and the bank's own points table)."),
+    model: str = typer.Option(
+        "vertical_lr",
+        help="Vertical model: vertical_lr (scorecard), secureboost (trees), stacking (both, meta-learner at the bank) or scorecard (WOE points scorecard, trained in-process: live points decisions and the bank's own points table).",
+    ),
     trees: int = typer.Option(10, help="SecureBoost trees (depth 3, 32 bins)."),
     rows: int = typer.Option(10_000, help="Synthetic SMEs known to the bank."),
     rounds: int = typer.Option(15, "--rounds", "--epochs", help="Most epochs (vertical) or rounds (horizontal)."),
@@ -96,9 +99,7 @@ def train(
     from fedrisk.federation.train import run_training
 
     try:
-        summary = run_training(
-            federation_file, runs_dir=runs_dir, superlink=superlink, root_certificates=root_certificates, console=console
-        )
+        summary = run_training(federation_file, runs_dir=runs_dir, superlink=superlink, root_certificates=root_certificates, console=console)
     except FedriskError as err:
         _fail(err)
     _emit(summary, as_json)
@@ -163,4 +164,3 @@ def data_synth(
 
 def main() -> None:
     app()
-

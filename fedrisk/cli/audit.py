@@ -39,8 +39,12 @@ def _ca(ca: Optional[Path], ca_sha256: Optional[str], found: dict | None) -> Pat
 @audit_app.command("verify")
 def verify(
     paths: list[Path] = typer.Argument(..., help="Ledger files, or run folders (every ledger.sqlite below them)."),
-    keys: Optional[Path] = typer.Option(None, help="JSON of writer -> Ed25519 public key (hex); default: the run's coordinator/signing_keys.json (unsigned: with a CA it is only compared)."),
-    ca: Optional[Path] = typer.Option(None, "--ca", help="The federation CA certificate: each ledger's key must be bound to its writer's certificate (default: the run folder's pki/ca.crt)."),
+    keys: Optional[Path] = typer.Option(
+        None, help="JSON of writer -> Ed25519 public key (hex); default: the run's coordinator/signing_keys.json (unsigned: with a CA it is only compared)."
+    ),
+    ca: Optional[Path] = typer.Option(
+        None, "--ca", help="The federation CA certificate: each ledger's key must be bound to its writer's certificate (default: the run folder's pki/ca.crt)."
+    ),
     ca_sha256: Optional[str] = typer.Option(None, "--ca-sha256", help="Refuse a CA certificate whose SHA-256 is not this (from `fedrisk keys list`)."),
     run_id: Optional[str] = typer.Option(None, help="Check only this run's entries (a node's ledger spans its runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print findings as one JSON object."),
@@ -64,11 +68,13 @@ def verify(
         raise typer.Exit(2) from err
     binding = (
         f"ledger keys checked against the certificates of CA {ca_fp} ({ca_path})"
-        if ca_fp else "ledger keys NOT checked against certificates (no federation CA: pass --ca); trusted as the key registry lists them"
+        if ca_fp
+        else "ledger keys NOT checked against certificates (no federation CA: pass --ca); trusted as the key registry lists them"
     )
     if as_json:
-        sys.stdout.write(json.dumps({"ledgers": [str(p) for p in ledgers], "ok": not findings, "ca_sha256": ca_fp,
-                                     "findings": [str(f) for f in findings]}) + "\n")
+        sys.stdout.write(
+            json.dumps({"ledgers": [str(p) for p in ledgers], "ok": not findings, "ca_sha256": ca_fp, "findings": [str(f) for f in findings]}) + "\n"
+        )
     else:
         for finding in findings:
             sys.stdout.write(f"{finding}\n")

@@ -24,7 +24,8 @@ def node_start(
     label_column: Optional[str] = typer.Option(None, help="0/1 label column (bank or label holder only)."),
     id_format: str = typer.Option("opaque", help="opaque, or credit_code to validate GB 32100-2015 check digits."),
     features: Optional[str] = typer.Option(
-        None, help="Comma-separated columns this party agrees to join (default: every column but the ID and label). Others are never read.",
+        None,
+        help="Comma-separated columns this party agrees to join (default: every column but the ID and label). Others are never read.",
     ),
     categorical: Optional[str] = typer.Option(None, help="Comma-separated features that are categories (e.g. tax_credit_grade)."),
     allow_missing: Optional[str] = typer.Option(None, help="Comma-separated features that may be empty (NaN allowed)."),
@@ -70,8 +71,12 @@ def node_start(
                 raw[key] = [c.strip() for c in listed.split(",") if c.strip()]
         entry = party_entry(raw, 0, Path.cwd(), mode, where="node")
         settings = PartySettings(
-            name=entry.name, role=entry.role, data=str(entry.data), schema=entry.schema,
-            state_dir=str(state_dir.resolve()), validation={"fraction": validation_fraction, "seed": validation_seed},
+            name=entry.name,
+            role=entry.role,
+            data=str(entry.data),
+            schema=entry.schema,
+            state_dir=str(state_dir.resolve()),
+            validation={"fraction": validation_fraction, "seed": validation_seed},
         )
         env = node_env(state_dir.resolve() / "flwr")
         env["FEDRISK_LOG_FORMAT"] = fmt

@@ -67,7 +67,9 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
         crashed = child.done()
         waiter.cancel()
         code = await launcher.stop()
-        sys.stdout.write(json.dumps({"stopped": True, "exit_code": code, "fanout": launcher.ready.get("fanout"), "register": launcher.ready.get("register")}) + "\n")
+        sys.stdout.write(
+            json.dumps({"stopped": True, "exit_code": code, "fanout": launcher.ready.get("fanout"), "register": launcher.ready.get("register")}) + "\n"
+        )
         sys.stdout.flush()
         if crashed:
             console.print(f"[red]error:[/red] the sandboxed {what} exited with code {code}", highlight=False)
@@ -86,7 +88,9 @@ def _run_launcher(config: object, sandbox: str, what: str) -> None:
 @score_app.command("serve")
 def serve(
     bundle: Path = typer.Option(..., help="The bank's (label holder's) signed model bundle."),
-    trusted_keys: str = typer.Option(..., help="Trusted signers: a JSON file (name -> hex key, e.g. coordinator/signing_keys.json), or hex keys separated by commas."),
+    trusted_keys: str = typer.Option(
+        ..., help="Trusted signers: a JSON file (name -> hex key, e.g. coordinator/signing_keys.json), or hex keys separated by commas."
+    ),
     tls_cert: Path = typer.Option(..., help="The node's TLS server certificate."),
     tls_key: Path = typer.Option(..., help="Its private key (mode 0600)."),
     ca: Path = typer.Option(..., help="Federation CA: trusted for the parties' certificates."),
@@ -235,7 +239,9 @@ def batch(
 
 @score_app.command("watch")
 def watch(
-    book: Path = typer.Argument(..., help="CSV of the loan book: ID column and previous PD (previous_pd / probability_of_default), optionally score and partial_<party> columns."),
+    book: Path = typer.Argument(
+        ..., help="CSV of the loan book: ID column and previous PD (previous_pd / probability_of_default), optionally score and partial_<party> columns."
+    ),
     node: Optional[str] = typer.Option(None, help="The scoring node, HOST:PORT (not needed with --no-rescore)."),
     ca: Optional[Path] = typer.Option(None, help="CA that signed the node's certificate."),
     out_dir: Path = typer.Option(Path("watch"), help="Folder for watch.csv, score_shift.png and psi.json."),
@@ -263,13 +269,26 @@ def watch(
             if node is None or ca is None:
                 raise FedriskError("rescoring needs --node and --ca (or --no-rescore with --baseline)")
             with _client(node, ca, cert, key) as client:
-                summary = run_watch(client, book, out_dir, pd_threshold=pd_threshold, min_rise=min_rise, id_column=id_column,
-                                    baseline=baseline, psi_bins=psi_bins, progress=progress, console=console)
+                summary = run_watch(
+                    client,
+                    book,
+                    out_dir,
+                    pd_threshold=pd_threshold,
+                    min_rise=min_rise,
+                    id_column=id_column,
+                    baseline=baseline,
+                    psi_bins=psi_bins,
+                    progress=progress,
+                    console=console,
+                )
     except FedriskError as err:
         _fail(err)
     psi = ", ".join(f"{k} {v:.3f} ({summary['psi_verdict'][k]})" for k, v in summary.get("psi", {}).items())
     if rescore:
-        console.print(f"{summary['rescored']} borrowers rescored, {summary['flagged']} flagged (PD >= {pd_threshold:g}) -> {summary['csv']}, {summary['png']}", highlight=False)
+        console.print(
+            f"{summary['rescored']} borrowers rescored, {summary['flagged']} flagged (PD >= {pd_threshold:g}) -> {summary['csv']}, {summary['png']}",
+            highlight=False,
+        )
     console.print(f"population stability (PSI): {psi or 'nothing to compare'} -> {summary.get('psi_json')}", highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")

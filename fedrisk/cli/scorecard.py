@@ -64,8 +64,12 @@ def _read(path: Path, id_column: str, who: str) -> Any:
 @scorecard_app.command("points")
 def points(
     bank: Optional[Path] = typer.Option(None, "--bank", help="The bank's CSV: ID, label and its features (default: the default-credit split's guest file)."),
-    holder: list[str] = typer.Option([], "--holder", help="A feature holder as NAME=CSV (ID and its features); repeatable (default: tax_bureau = the split's host file)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder of the default-credit split (default: $FEDRISK_SHARED_DATA/default_credit or ../shared/data/default_credit)."),
+    holder: list[str] = typer.Option(
+        [], "--holder", help="A feature holder as NAME=CSV (ID and its features); repeatable (default: tax_bureau = the split's host file)."
+    ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Folder of the default-credit split (default: $FEDRISK_SHARED_DATA/default_credit or ../shared/data/default_credit)."
+    ),
     label: str = typer.Option("y", help="The bank's label column (1 = default)."),
     id_column: str = typer.Option("id", "--id-column", help="The ID column of every CSV."),
     rows: int = typer.Option(0, help="Use only the bank's first N rows (0: all of them)."),
@@ -101,10 +105,8 @@ def points(
             raise DataValidationError("a points scorecard needs at least one feature holder (--holder NAME=CSV)")
         if rows:
             bank_df = bank_df.iloc[: int(rows)]
-        console.print(f"training the federated WOE scorecard on {len(bank_df):,} rows (encrypted protocols, in-process)…",
-                      highlight=False)
-        card, woe, lr = train_points_scorecard(bank_df, holders, label=label, scale=scale, n_bins=bins,
-                                              min_bin_size=min_bin_size, max_epochs=epochs)
+        console.print(f"training the federated WOE scorecard on {len(bank_df):,} rows (encrypted protocols, in-process)…", highlight=False)
+        card, woe, lr = train_points_scorecard(bank_df, holders, label=label, scale=scale, n_bins=bins, min_bin_size=min_bin_size, max_epochs=epochs)
     except FedriskError as err:
         _fail(err)
     party = card.label_holder
@@ -118,8 +120,7 @@ def points(
             "rows": int(len(bank_df)),
             "feature_holders": {p: len(card.parts[p].features) for p in card.parts if p != party},
             "epochs": int(lr.n_epochs_),
-            "points_table": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                             for r in table.to_dict(orient="records")],
+            "points_table": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in table.to_dict(orient="records")],
             "seconds": round(time.perf_counter() - started, 3),
         }
         sys.stdout.write(json.dumps(summary) + "\n")

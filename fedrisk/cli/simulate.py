@@ -62,7 +62,10 @@ def simulate(
         def on_event(kind: str, payload: dict) -> None:
             nonlocal overall
             if kind == "start":
-                console.print(f"[bold]fedrisk simulate[/bold] {loaded.name}{' (quick)' if quick else ''}: {payload['engine']} engine, run folder {payload['run_dir']}", highlight=False)
+                console.print(
+                    f"[bold]fedrisk simulate[/bold] {loaded.name}{' (quick)' if quick else ''}: {payload['engine']} engine, run folder {payload['run_dir']}",
+                    highlight=False,
+                )
                 if len(payload["points"]) > 1:
                     overall = progress.add_task("sweep", total=len(payload["points"]))
             elif kind == "point":

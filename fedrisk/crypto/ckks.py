@@ -171,9 +171,7 @@ class CKKSParams:
         object.__setattr__(self, "coeff_mod_bit_sizes", tuple(int(b) for b in self.coeff_mod_bit_sizes))
         n = self.poly_modulus_degree
         if n not in HE_STANDARD_MAX_LOGQ:
-            raise CryptoError(
-                f"poly_modulus_degree {n} is not one of {sorted(HE_STANDARD_MAX_LOGQ)}"
-            )
+            raise CryptoError(f"poly_modulus_degree {n} is not one of {sorted(HE_STANDARD_MAX_LOGQ)}")
         bits = self.coeff_mod_bit_sizes
         if len(bits) < 2:
             raise CryptoError("coeff_mod_bit_sizes needs a data prime and a special prime")
@@ -181,19 +179,11 @@ class CKKSParams:
             raise CryptoError(f"coeff_mod_bit_sizes {list(bits)}: each prime must be 20..60 bits")
         logq = sum(bits)
         if logq > HE_STANDARD_MAX_LOGQ[n]:
-            raise CryptoError(
-                f"insecure CKKS parameters: N={n} with log q={logq} bits exceeds the"
-                f" 128-bit security bound of {HE_STANDARD_MAX_LOGQ[n]} bits"
-            )
+            raise CryptoError(f"insecure CKKS parameters: N={n} with log q={logq} bits exceeds the 128-bit security bound of {HE_STANDARD_MAX_LOGQ[n]} bits")
         if not 20 <= self.global_scale_bits <= bits[0] - 4:
-            raise CryptoError(
-                f"global_scale_bits {self.global_scale_bits} must be 20..{bits[0] - 4}"
-                f" for a {bits[0]}-bit first prime"
-            )
+            raise CryptoError(f"global_scale_bits {self.global_scale_bits} must be 20..{bits[0] - 4} for a {bits[0]}-bit first prime")
         if not (math.isfinite(self.max_abs_value) and 0 < self.max_abs_value <= self.value_limit):
-            raise CryptoError(
-                f"max_abs_value {self.max_abs_value} must be in (0, {self.value_limit}]"
-            )
+            raise CryptoError(f"max_abs_value {self.max_abs_value} must be in (0, {self.value_limit}]")
 
     # -- derived quantities -------------------------------------------------
     @property
@@ -359,9 +349,7 @@ def _unpack_context(data: bytes) -> tuple[bytes, CKKSParams, bytes]:
     params = CKKSParams.from_dict(pdict)
     actual = fingerprint_of_anatomy(context_anatomy(blobs[0]))
     if actual != declared:
-        raise CryptoError(
-            f"CKKS context bytes declare fingerprint {_short(declared)} but hold key {_short(actual)}: tampered or mixed up"
-        )
+        raise CryptoError(f"CKKS context bytes declare fingerprint {_short(declared)} but hold key {_short(actual)}: tampered or mixed up")
     return kind, params, blobs[0]
 
 
@@ -379,10 +367,7 @@ def _check_matches_params(ctx: ts.Context, params: CKKSParams) -> None:
     logq = key_data.total_coeff_modulus_bit_count()
     want = sum(params.coeff_mod_bit_sizes)
     if degree != params.poly_modulus_degree or not want - len(params.coeff_mod_bit_sizes) < logq <= want:
-        raise CryptoError(
-            f"TenSEAL context (N={degree}, log q={logq}) does not match its declared"
-            f" parameters (N={params.poly_modulus_degree}, log q={want})"
-        )
+        raise CryptoError(f"TenSEAL context (N={degree}, log q={logq}) does not match its declared parameters (N={params.poly_modulus_degree}, log q={want})")
     if ctx.global_scale != params.scale:
         raise CryptoError("TenSEAL context scale does not match its declared parameters")
 
@@ -662,9 +647,7 @@ class EncryptedVector:
             raise CryptoError(f"encrypted vector terms {self.terms} is out of range")
         expected = -(-self.length // self.chunk_size)
         if len(self.chunks) != expected:
-            raise CryptoError(
-                f"encrypted vector of length {self.length} needs {expected} chunks, has {len(self.chunks)}"
-            )
+            raise CryptoError(f"encrypted vector of length {self.length} needs {expected} chunks, has {len(self.chunks)}")
         if any(not c for c in self.chunks):
             raise CryptoError("encrypted vector has an empty chunk")
 
@@ -733,7 +716,11 @@ class EncryptedVector:
             chunks.append(bytes(mv[pos : pos + s]))
             pos += s
         return cls(
-            fingerprint=fp.hex(), length=length, chunk_size=chunk_size, chunks=tuple(chunks), terms=terms,
+            fingerprint=fp.hex(),
+            length=length,
+            chunk_size=chunk_size,
+            chunks=tuple(chunks),
+            terms=terms,
             complex_packed=bool(flags & _FLAG_COMPLEX),
         )
 
@@ -742,14 +729,10 @@ def _check_fingerprint(ctx: CKKSContext, ev: EncryptedVector) -> None:
     if not isinstance(ev, EncryptedVector):
         raise CryptoError(f"expected an EncryptedVector, got {type(ev).__name__}")
     if ev.fingerprint != ctx.fingerprint:
-        raise ContextMismatchError(
-            f"ciphertext made under context {_short(ev.fingerprint)} but this context is {_short(ctx.fingerprint)}"
-        )
+        raise ContextMismatchError(f"ciphertext made under context {_short(ev.fingerprint)} but this context is {_short(ctx.fingerprint)}")
     expected = ctx.params.slots * (2 if ev.complex_packed else 1)
     if ev.chunk_size != expected:
-        raise CryptoError(
-            f"encrypted vector chunk size {ev.chunk_size} differs from the {expected} values per chunk of this context"
-        )
+        raise CryptoError(f"encrypted vector chunk size {ev.chunk_size} differs from the {expected} values per chunk of this context")
 
 
 def _load_chunk(ctx: CKKSContext, ev: EncryptedVector, i: int) -> ts.CKKSVector:
@@ -797,9 +780,7 @@ def to_tenseal_vectors(ctx: CKKSContext, ev: EncryptedVector) -> list[ts.CKKSVec
     return [_load_chunk(ctx, ev, i) for i in range(len(ev.chunks))]
 
 
-def from_tenseal_vectors(
-    ctx: CKKSContext, vectors: Sequence[ts.CKKSVector], *, terms: int = 1
-) -> EncryptedVector:
+def from_tenseal_vectors(ctx: CKKSContext, vectors: Sequence[ts.CKKSVector], *, terms: int = 1) -> EncryptedVector:
     """Hazmat: pack TenSEAL vectors made under ``ctx`` into an :class:`EncryptedVector`.
 
     Every vector but the last must hold exactly ``ctx.params.slots`` values.
@@ -821,9 +802,7 @@ def from_tenseal_vectors(
     )
 
 
-def encrypt_vector(
-    ctx: CKKSContext, values: np.ndarray | Sequence[float], *, packing: str = "complex"
-) -> EncryptedVector:
+def encrypt_vector(ctx: CKKSContext, values: np.ndarray | Sequence[float], *, packing: str = "complex") -> EncryptedVector:
     """Encrypt a 1-D float vector under ``ctx`` (public-key encryption).
 
     Works with a :class:`KeyHolderContext` or a :class:`PublicContext`.
@@ -862,16 +841,11 @@ def encrypt_vector(
     limit = ctx.params.max_abs_value
     peak = int(np.argmax(np.abs(arr)))
     if abs(arr[peak]) > limit:
-        raise CryptoError(
-            f"value {arr[peak]:.6g} at index {peak} exceeds the CKKS safe bound |v| <= {limit:g}"
-            " for these parameters; rescale before encrypting"
-        )
+        raise CryptoError(f"value {arr[peak]:.6g} at index {peak} exceeds the CKKS safe bound |v| <= {limit:g} for these parameters; rescale before encrypting")
     slots = ctx.params.slots
     if packing == "real":
         chunks = [ts.ckks_vector(ctx._ts, arr[start : start + slots].tolist()).serialize() for start in range(0, arr.size, slots)]
-        return EncryptedVector(
-            fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=slots, chunks=tuple(chunks), terms=1
-        )
+        return EncryptedVector(fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=slots, chunks=tuple(chunks), terms=1)
     if packing != "complex":
         raise CryptoError(f"packing must be 'complex' or 'real', got {packing!r}")
     from fedrisk.crypto.encrypted_matvec import CKKSRuntime, tenseal_vector_bytes
@@ -886,7 +860,11 @@ def encrypt_vector(
         blob = runtime.encrypt_complex(packed)
         chunks.append(tenseal_vector_bytes([blob], slots, float(ctx._ts.global_scale)))
     return EncryptedVector(
-        fingerprint=ctx.fingerprint, length=int(arr.size), chunk_size=2 * slots, chunks=tuple(chunks), terms=1,
+        fingerprint=ctx.fingerprint,
+        length=int(arr.size),
+        chunk_size=2 * slots,
+        chunks=tuple(chunks),
+        terms=1,
         complex_packed=True,
     )
 
@@ -922,10 +900,7 @@ def decrypt_vector(ctx: KeyHolderContext, ev: EncryptedVector) -> np.ndarray:
             raise CryptoError(f"cannot decrypt encrypted vector chunk {i}: {exc}") from None
         values = values[: min(ev.chunk_size, ev.length - i * ev.chunk_size)]
         if values.size and not np.abs(values).max() <= limit:
-            raise CryptoError(
-                f"decrypted chunk {i} exceeds the safe range |v| < {limit:.3g}:"
-                " the computation overflowed or the ciphertext is foreign"
-            )
+            raise CryptoError(f"decrypted chunk {i} exceeds the safe range |v| < {limit:.3g}: the computation overflowed or the ciphertext is foreign")
         start = i * ev.chunk_size
         out[start : start + values.size] = values
     return out
@@ -978,10 +953,7 @@ def add_encrypted(ctx: CKKSContext, vectors: Sequence[EncryptedVector]) -> Encry
             )
     terms = sum(ev.terms for ev in vectors)
     if terms > ctx.params.max_terms:
-        raise CryptoError(
-            f"summing {terms} contributions exceeds the {ctx.params.max_terms} these CKKS parameters"
-            " allow without overflow"
-        )
+        raise CryptoError(f"summing {terms} contributions exceeds the {ctx.params.max_terms} these CKKS parameters allow without overflow")
     first = vectors[0]
     out_chunks = []
     for i in range(len(first.chunks)):

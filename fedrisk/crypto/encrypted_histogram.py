@@ -190,8 +190,7 @@ def make_histogram_context() -> ts.Context:
     return make_bfv_context()
 
 
-def flooding_bound(n_ciphertexts: int, *, flood_bits: int = FLOOD_BITS, eval_noise_bits: int = EVAL_NOISE_BITS,
-                   coefficients: int = 16384) -> float:
+def flooding_bound(n_ciphertexts: int, *, flood_bits: int = FLOOD_BITS, eval_noise_bits: int = EVAL_NOISE_BITS, coefficients: int = 16384) -> float:
     """Statistical distance between the key holder's view of ``n_ciphertexts`` histograms
     and a simulation from the bin totals alone: ``n · N · 2^V / 2^{F+1}``."""
     return n_ciphertexts * coefficients * 2.0**eval_noise_bits / 2.0 ** (flood_bits + 1)
@@ -270,8 +269,7 @@ def encrypt_gradients(context: ts.Context, grad: np.ndarray, hess: np.ndarray) -
     if g.size and (np.max(np.abs(g)) > 1.0 or h.min() < 0.0 or h.max() > 0.25):
         raise CryptoError("gradients must satisfy |g| ≤ 1 and 0 ≤ h ≤ 1/4 (logistic loss)")
     packed = quantisation(max(1, g.size)).pack(g, h)
-    return [runtime.encrypt_seeded(packed[start : start + runtime.slots])
-            for start in range(0, max(packed.size, 1), runtime.slots)]
+    return [runtime.encrypt_seeded(packed[start : start + runtime.slots]) for start in range(0, max(packed.size, 1), runtime.slots)]
 
 
 # --------------------------------------------------------------------------- layout
@@ -299,7 +297,6 @@ def one_hot_bins(codes: np.ndarray, n_bins: Sequence[int], has_missing: Sequence
         out[np.flatnonzero(keep), start + idx[keep]] = 1.0
         start += widths[f]
     return out
-
 
 
 @dataclass(frozen=True)
@@ -426,7 +423,6 @@ def _int(value: Any) -> int:
     return value
 
 
-
 # --------------------------------------------------------------------------- packing plan
 
 
@@ -449,8 +445,7 @@ class KernelCosts:
     """Per output ciphertext: re-randomise, flood, serialise; decrypt at the key holder."""
 
 
-def packing_cost(n_columns: int, n_chunks: int, slots: int, F: int, B: int, n_jobs: int = 1,
-                 costs: KernelCosts = KernelCosts()) -> tuple[float, float]:
+def packing_cost(n_columns: int, n_chunks: int, slots: int, F: int, B: int, n_jobs: int = 1, costs: KernelCosts = KernelCosts()) -> tuple[float, float]:
     """Modelled ``(wall, total CPU)`` ms per node histogram for ``F`` columns per output and ``B`` baby steps.
 
     ``slots`` is one row of the slot matrix. Per node: ``C·m'`` products and
@@ -467,8 +462,7 @@ def packing_cost(n_columns: int, n_chunks: int, slots: int, F: int, B: int, n_jo
     return shared / workers + each + main, shared + workers * each + main
 
 
-def plan_packing(n_columns: int, n_chunks: int, slots: int, n_jobs: int = 1,
-                 costs: KernelCosts = KernelCosts()) -> tuple[int, int]:
+def plan_packing(n_columns: int, n_chunks: int, slots: int, n_jobs: int = 1, costs: KernelCosts = KernelCosts()) -> tuple[int, int]:
     """Columns per output ciphertext ``F`` (≤ ``slots``, one row of the slot matrix) and baby
     steps ``B`` minimising :func:`packing_cost` (wall time plus a tenth of the CPU time)."""
     best: tuple[float, int, int] | None = None
@@ -520,8 +514,7 @@ class _BSGSKernel:
     returns anything that is decrypted as it is.
     """
 
-    def __init__(self, runtime: BFVRuntime, onehot: np.ndarray, *, F: int, B: int,
-                 units: Sequence[tuple[int, int, int]], cache_plaintexts: bool) -> None:
+    def __init__(self, runtime: BFVRuntime, onehot: np.ndarray, *, F: int, B: int, units: Sequence[tuple[int, int, int]], cache_plaintexts: bool) -> None:
         self.rt = runtime
         self.N = runtime.slots
         self.S = runtime.row_slots
@@ -530,7 +523,7 @@ class _BSGSKernel:
         self.n_rows = onehot.shape[0]
         self.n_chunks = max(1, -(-self.n_rows // self.N))
         groups = sorted({u[0] for u in self.units})
-        self._col0 = {q: i * F for i, q in enumerate(groups)}   # where block q starts in `onehot`
+        self._col0 = {q: i * F for i, q in enumerate(groups)}  # where block q starts in `onehot`
         padded = np.zeros((self.n_chunks * self.N, len(groups) * F), dtype=np.uint8)
         padded[: self.n_rows, : onehot.shape[1]] = onehot
         self.X = padded
@@ -689,8 +682,9 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
                     context._fedrisk_seeded_galois = blobs[2]
                 runtime = BFVRuntime(context)
                 onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
-                kernel = _BSGSKernel(runtime, onehot, F=int(header["F"]), B=int(header["B"]),
-                                     units=[tuple(u) for u in header["units"]], cache_plaintexts=bool(header["cache"]))
+                kernel = _BSGSKernel(
+                    runtime, onehot, F=int(header["F"]), B=int(header["B"]), units=[tuple(u) for u in header["units"]], cache_plaintexts=bool(header["cache"])
+                )
                 send_frame(out, pack_frame(b"OKAY", fp, {}))
             elif kind == b"HGRD":
                 if kernel is None or runtime is None:
@@ -709,10 +703,7 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
             send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
-_BOOT = (
-    "import os, sys; from fedrisk.crypto.encrypted_histogram import _serve; "
-    "_serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"
-)
+_BOOT = "import os, sys; from fedrisk.crypto.encrypted_histogram import _serve; _serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"
 
 
 class _Workers(WorkerPool):
@@ -808,11 +799,9 @@ class EncryptedHistogramKernel:
         F = int(columns_per_ciphertext or F)
         B = int(baby_steps or min(B, F))
         if F & (F - 1) or B & (B - 1) or not 1 <= B <= F <= self.runtime.row_slots:
-            raise CryptoError(f"columns per ciphertext ({F}) and baby steps ({B}) must be powers of two, "
-                              f"B ≤ F ≤ {self.runtime.row_slots}")
+            raise CryptoError(f"columns per ciphertext ({F}) and baby steps ({B}) must be powers of two, B ≤ F ≤ {self.runtime.row_slots}")
         self.F_, self.B_ = F, B
-        self.layout_ = HistogramLayout(tuple(int(b) for b in n_bins), tuple(bool(x) for x in has_missing), slots, F,
-                                       max(1, self.n_rows))
+        self.layout_ = HistogramLayout(tuple(int(b) for b in n_bins), tuple(bool(x) for x in has_missing), slots, F, max(1, self.n_rows))
         n_groups = self.layout_.n_ciphertexts
         units = _units(n_groups, F // B, max(1, int(n_jobs)))
         n_workers = min(max(1, int(n_jobs)), len(units))
@@ -831,14 +820,16 @@ class EncryptedHistogramKernel:
             self._pool = _Workers(n_workers)
             weakref.finalize(self, WorkerPool.close, self._pool)
             seeded = getattr(context, "_fedrisk_seeded_galois", None)
-            shared = ([public_bfv_context_bytes(context, galois=False), seeded] if seeded is not None else
-                      [context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)])
+            shared = (
+                [public_bfv_context_bytes(context, galois=False), seeded]
+                if seeded is not None
+                else [context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)]
+            )
             frames = []
             for mine in self._assign:
                 qs = sorted({u[0] for u in mine})
                 block = np.ascontiguousarray(np.concatenate([padded[:, q * F : (q + 1) * F] for q in qs], axis=1))
-                header = {"rows": self.n_rows, "cols": block.shape[1], "F": F, "B": B,
-                          "units": [list(u) for u in mine], "cache": cache}
+                header = {"rows": self.n_rows, "cols": block.shape[1], "F": F, "B": B, "units": [list(u) for u in mine], "cache": cache}
                 frames.append(pack_frame(b"HINI", self.fingerprint, header, [shared[0], block.tobytes(), *shared[1:]]))
             try:
                 self._pool.scatter(frames)
@@ -892,8 +883,12 @@ class EncryptedHistogramKernel:
             for mine, blobs in zip(self._assign, replies, strict=True):
                 if len(blobs) != len(mine) * len(nodes):
                     raise CryptoError("histogram worker returned the wrong number of ciphertexts")
-                results.append([[(u, self.runtime.load(b) if b else None) for u, b in zip(mine, blobs[k * len(mine):(k + 1) * len(mine)], strict=True)]
-                                for k in range(len(nodes))])
+                results.append(
+                    [
+                        [(u, self.runtime.load(b) if b else None) for u, b in zip(mine, blobs[k * len(mine) : (k + 1) * len(mine)], strict=True)]
+                        for k in range(len(nodes))
+                    ]
+                )
         out = []
         for k in range(len(nodes)):
             sums: list[Any] = [None] * self.layout_.n_ciphertexts

@@ -389,9 +389,7 @@ def residual_level(runtime: CKKSRuntime, x_scale_bits: int = X_SCALE_BITS) -> in
     need = RESIDUAL_SCALE_BITS + x_scale_bits + VALUE_BITS + 1
     fits = [i for i, bits in enumerate(runtime.level_bits) if bits >= need]
     if not fits:
-        raise CryptoError(
-            f"CKKS modulus too small for packed X^T[[d]]: needs {need:.0f} bits, has {runtime.level_bits[0]:.0f}"
-        )
+        raise CryptoError(f"CKKS modulus too small for packed X^T[[d]]: needs {need:.0f} bits, has {runtime.level_bits[0]:.0f}")
     return max(fits)
 
 
@@ -502,9 +500,7 @@ class EncryptedVector:
     ciphertexts: tuple[bytes, ...] = field(repr=False)
 
     @classmethod
-    def encrypt(
-        cls, context: HEContext, values: np.ndarray, *, level: int | None = None, scale: float | None = None
-    ) -> EncryptedVector:
+    def encrypt(cls, context: HEContext, values: np.ndarray, *, level: int | None = None, scale: float | None = None) -> EncryptedVector:
         """Encrypt ``values`` with the context's public key (at ``level``, default the top; ``scale``, default Δ)."""
         runtime = CKKSRuntime.for_context(context)
         vals = np.asarray(values, dtype=np.float64).ravel()
@@ -617,9 +613,7 @@ def check_group_sizes(sizes: Sequence[Any], slots: int, who: str = "product") ->
     out = []
     for f in sizes:
         if not isinstance(f, int) or isinstance(f, bool) or f < 1 or f & (f - 1) or f > slots or slots % f:
-            raise ProtocolError(
-                f"{who} declares a group of {f!r} features: groups must be powers of two with F·L = {slots} slots"
-            )
+            raise ProtocolError(f"{who} declares a group of {f!r} features: groups must be powers of two with F·L = {slots} slots")
         out.append(int(f))
     if not out:
         raise ProtocolError(f"{who} declares no feature groups")
@@ -723,9 +717,7 @@ class _PackedKernel:
         pid = self.rt.parms_ids[self.level]
         for ct in d:
             if not math.isclose(ct.scale, self.d_scale, rel_tol=1e-9):
-                raise ProtocolError(
-                    f"encrypted residual must be at scale 2^{math.log2(self.d_scale):.0f} (the masks are sized for it)"
-                )
+                raise ProtocolError(f"encrypted residual must be at scale 2^{math.log2(self.d_scale):.0f} (the masks are sized for it)")
             if ct.parms_id() != pid:
                 lvl = self.rt.level_of(ct)
                 if lvl > self.level:
@@ -964,9 +956,7 @@ class EncryptedMatVec:
         else:
             self._pool = _MatVecWorkers(n_workers)
             weakref.finalize(self, WorkerPool.close, self._pool)
-            ctx_bytes = tenseal_of(context).serialize(
-                save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False
-            )
+            ctx_bytes = tenseal_of(context).serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=False)
             frames = []
             for b in range(n_workers):
                 cols, groups = self._block(b)
@@ -994,10 +984,7 @@ class EncryptedMatVec:
         self.epoch_mask_bits_ = 52 if total == 0 else int(math.floor(math.log2(self.mask_bound_ / total)))
         if self.mask_bits_ < min_mask_bits:
             self.close()
-            raise CryptoError(
-                f"masks would hide X^T d by only {self.mask_bits_} bits (< {min_mask_bits}); "
-                "standardise features or use fewer rows per product"
-            )
+            raise CryptoError(f"masks would hide X^T d by only {self.mask_bits_} bits (< {min_mask_bits}); standardise features or use fewer rows per product")
 
     # -- helpers
     def _primes_at(self, level: int) -> list[Any]:
@@ -1059,9 +1046,7 @@ class EncryptedMatVec:
         parts = self._pool.scatter([frame] * len(self.layout_.blocks))
         return [self.runtime.load(b) for part in parts for b in part]
 
-    def mask(
-        self, products: Sequence[Any], rng: np.random.Generator | None = None, epoch: int = 0
-    ) -> tuple[list[bytes], MaskState]:
+    def mask(self, products: Sequence[Any], rng: np.random.Generator | None = None, epoch: int = 0) -> tuple[list[bytes], MaskState]:
         """Add ``r + η`` to each product; return serialised ciphertexts and the private mask record.
 
         ``r`` is complex, real and imaginary parts uniform in ``[-M, M]``: in a

@@ -136,9 +136,7 @@ class PartyKeyPair:
 
     def private_pem(self) -> bytes:
         """PKCS#8 PEM of the private key (unencrypted: store it with mode 0600)."""
-        return self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the private key (PKCS#8 PEM) atomically with mode 0600."""
@@ -287,9 +285,7 @@ def open_sealed(
             dh += recipient.exchange(sender_public)
     except CryptoError:
         raise CryptoError(_OPEN_FAILED) from None
-    key, nonce = _derive(
-        dh, _info(mode, eph_pub, recipient.public_bytes(), bytes(sender_public) if sender_public else None)
-    )
+    key, nonce = _derive(dh, _info(mode, eph_pub, recipient.public_bytes(), bytes(sender_public) if sender_public else None))
     try:
         return AESGCM(key).decrypt(nonce, body, header + bytes(aad))
     except InvalidTag:

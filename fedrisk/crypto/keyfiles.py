@@ -144,10 +144,7 @@ def check_secret_file_mode(path: str | os.PathLike[str]) -> None:
         raise CryptoError(f"secret file {target} is not a regular file")
     perms = stat.S_IMODE(st.st_mode)
     if perms & 0o077:
-        raise CryptoError(
-            f"secret file {target} has mode {perms:04o}, which lets group/others access it;"
-            f" run: chmod 600 {target}"
-        )
+        raise CryptoError(f"secret file {target} has mode {perms:04o}, which lets group/others access it; run: chmod 600 {target}")
 
 
 def read_secret_file(path: str | os.PathLike[str]) -> bytes:
@@ -185,10 +182,7 @@ def read_secret_file(path: str | os.PathLike[str]) -> bytes:
             raise CryptoError(f"secret file {target} is not a regular file")
         perms = stat.S_IMODE(st.st_mode)
         if perms & 0o077:
-            raise CryptoError(
-                f"secret file {target} has mode {perms:04o}, which lets group/others"
-                f" access it; run: chmod 600 {target}"
-            )
+            raise CryptoError(f"secret file {target} has mode {perms:04o}, which lets group/others access it; run: chmod 600 {target}")
     except BaseException:
         os.close(fd)
         raise

@@ -150,9 +150,7 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _validity(days: int) -> tuple[_dt.datetime, _dt.datetime]:
@@ -208,9 +206,7 @@ def _issue(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            ),
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value),
             critical=False,
         )
     )
@@ -399,9 +395,7 @@ def create_server_cert(pki: FederationPKI, name: str, hosts: Sequence[str], *, d
     ca_key = serialization.load_pem_private_key(read_secret_file(pki.ca_key), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise CryptoError(f"{pki.ca_key} is not an ECDSA key")
-    crt, key = _issue(
-        ca_cert=ca_cert, ca_key=ca_key, common_name=name, sans=sans, eku=ExtendedKeyUsageOID.SERVER_AUTH, days=days
-    )
+    crt, key = _issue(ca_cert=ca_cert, ca_key=ca_key, common_name=name, sans=sans, eku=ExtendedKeyUsageOID.SERVER_AUTH, days=days)
     paths = (pki.folder / "servers" / f"{name}.crt", pki.folder / "servers" / f"{name}.key")
     write_secret_file(paths[1], key)
     write_public_file(paths[0], crt)
@@ -440,9 +434,7 @@ def create_node_auth_keypair(folder: str | os.PathLike[str], name: str) -> tuple
     """
     _check_name(name, "node")
     key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     root = Path(folder)
     priv_path = write_secret_file(root / name, private)
@@ -616,17 +608,10 @@ def _load_ca_pair(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePriva
 def _crl_bytes(folder: Path, revoked: Iterable[dict[str, Any]]) -> bytes:
     ca_cert, ca_key = _load_ca_pair(folder)
     now = _dt.datetime.now(_dt.UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now)
-        .next_update(now + _dt.timedelta(days=CRL_DAYS))
-    )
+    builder = x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now).next_update(now + _dt.timedelta(days=CRL_DAYS))
     for item in revoked:
         when = _dt.datetime.fromisoformat(item["revoked_at"])
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(int(item["cert_serial"], 16)).revocation_date(when).build()
-        )
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(int(item["cert_serial"], 16)).revocation_date(when).build())
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 

@@ -242,11 +242,7 @@ def _entry(folder: Path, name: str, generation: int = 1) -> dict[str, Any]:
 def _sync_manifest(keys: FederationKeys) -> None:
     """Rewrite the PKI manifest so that it lists exactly the active parties' certificates."""
     pki = _pki.load_federation_pki(keys.folder)
-    pki.party_certs = {
-        name: (keys.folder / e["cert"], keys.folder / e["cert_key"])
-        for name, e in keys.registry["parties"].items()
-        if e["status"] == "active"
-    }
+    pki.party_certs = {name: (keys.folder / e["cert"], keys.folder / e["cert_key"]) for name, e in keys.registry["parties"].items() if e["status"] == "active"}
     _pki._write_manifest(pki)
 
 
@@ -396,8 +392,7 @@ def require_active(keys: FederationKeys, name: str) -> None:
     entry = keys.party(name)
     if entry["status"] != "active":
         raise CryptoError(
-            f"party {name!r} was revoked on {entry.get('revoked_at')} ({entry.get('reason')}); "
-            f"issue new keys with `fedrisk keys add-party {name}`"
+            f"party {name!r} was revoked on {entry.get('revoked_at')} ({entry.get('reason')}); issue new keys with `fedrisk keys add-party {name}`"
         )
 
 
@@ -405,18 +400,9 @@ def _write_crl(keys: FederationKeys, revoked: list[dict[str, Any]]) -> None:
     """An X.509 CRL of the revoked client certificates, signed by the federation CA."""
     ca_cert, ca_key = _load_ca(keys.folder)
     now = _dt.datetime.now(_dt.UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now)
-        .next_update(now + _dt.timedelta(days=30))
-    )
+    builder = x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now).next_update(now + _dt.timedelta(days=30))
     for item in revoked:
         when = _dt.datetime.fromisoformat(item["revoked_at"])
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(int(item["cert_serial"], 16)).revocation_date(when).build()
-        )
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(int(item["cert_serial"], 16)).revocation_date(when).build())
     crl = builder.sign(ca_key, hashes.SHA256())
     write_public_file(keys.folder / CRL, crl.public_bytes(serialization.Encoding.PEM))
-
-

@@ -184,10 +184,7 @@ class LabelHolderResult:
     def require_overlap(self) -> None:
         """Raise :class:`ProtocolError` when the intersection is empty."""
         if self.empty:
-            raise ProtocolError(
-                f"feature holder {self.party!r} has zero overlap with the label holder "
-                f"({self.n_feature_holder} vs {self.n_label_holder} IDs)"
-            )
+            raise ProtocolError(f"feature holder {self.party!r} has zero overlap with the label holder ({self.n_feature_holder} vs {self.n_label_holder} IDs)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -515,9 +512,7 @@ class LabelHolderPSI(_Party):
             return super().blind()
         if self._perm is not None:
             raise ProtocolError(f"{self._owner} already sent its blinded set in run {self.run_id!r}")
-        epoch, blinded, reused = self._cache.blinded_set(
-            self._ids, self._domain, lambda scalar: self._pool.hash_and_blind(scalar, self._domain, self._ids)
-        )
+        epoch, blinded, reused = self._cache.blinded_set(self._ids, self._domain, lambda scalar: self._pool.hash_and_blind(scalar, self._domain, self._ids))
         self._epoch = epoch
         self._key = epoch.private_key()
         self.reused_blinded_set = reused
@@ -579,9 +574,7 @@ class LabelHolderPSI(_Party):
         rows = _sort_by_id(self._perm[own_pos], self._ids)
         mask = np.zeros(self.n, dtype=bool)
         mask[rows] = True
-        self._results[msg.sender] = LabelHolderResult(
-            party=msg.sender, rows=rows, mask=mask, n_label_holder=self.n, n_feature_holder=theirs.shape[0]
-        )
+        self._results[msg.sender] = LabelHolderResult(party=msg.sender, rows=rows, mask=mask, n_label_holder=self.n, n_feature_holder=theirs.shape[0])
         bitmap = np.zeros(theirs.shape[0], dtype=bool)
         bitmap[their_pos] = True
         # The AAD covers every field but the ciphertext, so build the header first.
@@ -695,9 +688,7 @@ class FeatureHolderPSI(_Party):
             raise ProtocolError(f"{self._owner} got a PSI result before blind and double_blind")
         label, n_label, key = self._label
         if msg.recipient != self.party or msg.sender != label:
-            raise ProtocolError(
-                f"PSI result from {msg.sender!r} to {msg.recipient!r} reached {self._owner} (expected from {label!r})"
-            )
+            raise ProtocolError(f"PSI result from {msg.sender!r} to {msg.recipient!r} reached {self._owner} (expected from {label!r})")
         if msg.n_bits != self.n:
             raise ProtocolError(f"PSI result covers {msg.n_bits} rows, {self._owner} sent {self.n}")
         try:
@@ -708,9 +699,7 @@ class FeatureHolderPSI(_Party):
         rows = _sort_by_id(self._perm[np.flatnonzero(bits)], self._ids)
         mask = np.zeros(self.n, dtype=bool)
         mask[rows] = True
-        self._result = FeatureHolderResult(
-            party=self.party, label_holder=label, rows=rows, mask=mask, n_label_holder=n_label, n_feature_holder=self.n
-        )
+        self._result = FeatureHolderResult(party=self.party, label_holder=label, rows=rows, mask=mask, n_label_holder=n_label, n_feature_holder=self.n)
         return self._result
 
     @property

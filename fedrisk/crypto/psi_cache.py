@@ -212,10 +212,7 @@ class KeyEpoch:
         return X25519PrivateKey.from_private_bytes(self._scalar)
 
     def __repr__(self) -> str:
-        return (
-            f"KeyEpoch(epoch_id={self.epoch_id!r}, created={self.created:.0f}, "
-            f"evaluations={self.evaluations}, window_evaluations={self.window_evaluations})"
-        )
+        return f"KeyEpoch(epoch_id={self.epoch_id!r}, created={self.created:.0f}, evaluations={self.evaluations}, window_evaluations={self.window_evaluations})"
 
 
 def id_set_digest(domain: bytes, identifiers: Sequence[bytes]) -> bytes:
@@ -228,8 +225,7 @@ def id_set_digest(domain: bytes, identifiers: Sequence[bytes]) -> bytes:
     return h.digest()
 
 
-def _epoch_checksum(epoch_id: str, scalar: bytes, public_key: bytes, created: float, evaluations: int,
-                    window_start: float, window_evaluations: int) -> bytes:
+def _epoch_checksum(epoch_id: str, scalar: bytes, public_key: bytes, created: float, evaluations: int, window_start: float, window_evaluations: int) -> bytes:
     h = hashlib.sha256(_EPOCH_TAG)
     h.update(epoch_id.encode("ascii") + b"\x00" + scalar + public_key)
     h.update(repr((float(created), int(evaluations), float(window_start), int(window_evaluations))).encode("ascii"))
@@ -322,9 +318,7 @@ class LabelHolderKeyCache:
         if not stat.S_ISREG(st.st_mode):
             raise PSICacheError(f"PSI cache {self.path} is not a regular file")
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise PSICacheError(
-                f"PSI cache {self.path} has mode {stat.S_IMODE(st.st_mode):04o} (group/others could read its key)"
-            )
+            raise PSICacheError(f"PSI cache {self.path} has mode {stat.S_IMODE(st.st_mode):04o} (group/others could read its key)")
         conn = None
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
@@ -389,19 +383,23 @@ class LabelHolderKeyCache:
     # ------------------------------------------------------------------ epochs
 
     def _load_epoch(self, conn: sqlite3.Connection) -> KeyEpoch | None:
-        row = conn.execute(
-            "SELECT epoch_id, scalar, public_key, created, evaluations, window_start, window_evaluations, checksum FROM epoch"
-        ).fetchone()
+        row = conn.execute("SELECT epoch_id, scalar, public_key, created, evaluations, window_start, window_evaluations, checksum FROM epoch").fetchone()
         if row is None:
             return None
         epoch_id, scalar, public_key, created, evaluations, window_start, window_evaluations, checksum = row
         try:
             ok = (
-                isinstance(epoch_id, str) and epoch_id.isascii() and len(epoch_id) == 32
-                and isinstance(scalar, bytes) and len(scalar) == 32
-                and isinstance(public_key, bytes) and len(public_key) == 32
-                and isinstance(evaluations, int) and isinstance(window_evaluations, int)
-                and evaluations >= 0 and window_evaluations >= 0
+                isinstance(epoch_id, str)
+                and epoch_id.isascii()
+                and len(epoch_id) == 32
+                and isinstance(scalar, bytes)
+                and len(scalar) == 32
+                and isinstance(public_key, bytes)
+                and len(public_key) == 32
+                and isinstance(evaluations, int)
+                and isinstance(window_evaluations, int)
+                and evaluations >= 0
+                and window_evaluations >= 0
                 and checksum == _epoch_checksum(epoch_id, scalar, public_key, created, evaluations, window_start, window_evaluations)
                 and X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw() == public_key
             )
@@ -412,13 +410,13 @@ class LabelHolderKeyCache:
         return KeyEpoch(epoch_id, public_key, float(created), evaluations, float(window_start), window_evaluations, scalar)
 
     def _store_epoch(self, conn: sqlite3.Connection, epoch: KeyEpoch) -> None:
-        checksum = _epoch_checksum(epoch.epoch_id, epoch._scalar, epoch.public_key, epoch.created, epoch.evaluations,
-                                   epoch.window_start, epoch.window_evaluations)
+        checksum = _epoch_checksum(
+            epoch.epoch_id, epoch._scalar, epoch.public_key, epoch.created, epoch.evaluations, epoch.window_start, epoch.window_evaluations
+        )
         conn.execute(
             "INSERT OR REPLACE INTO epoch (slot, epoch_id, scalar, public_key, created, evaluations, window_start,"
             " window_evaluations, checksum) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (epoch.epoch_id, epoch._scalar, epoch.public_key, epoch.created, epoch.evaluations, epoch.window_start,
-             epoch.window_evaluations, checksum),
+            (epoch.epoch_id, epoch._scalar, epoch.public_key, epoch.created, epoch.evaluations, epoch.window_start, epoch.window_evaluations, checksum),
         )
 
     def _new_epoch(self, conn: sqlite3.Connection, now: float) -> KeyEpoch:
@@ -481,16 +479,16 @@ class LabelHolderKeyCache:
             epoch = self._load_epoch(conn)
             if epoch is None or self._due(epoch, now):
                 epoch = self._new_epoch(conn, now)
-            row = conn.execute(
-                "SELECT n, created, points, checksum FROM blinded WHERE digest = ? AND epoch_id = ?", (digest, epoch.epoch_id)
-            ).fetchone()
+            row = conn.execute("SELECT n, created, points, checksum FROM blinded WHERE digest = ? AND epoch_id = ?", (digest, epoch.epoch_id)).fetchone()
             if row is None:
                 if self.policy.rotate_on_set_change and conn.execute("SELECT COUNT(*) FROM blinded").fetchone()[0]:
                     epoch = self._new_epoch(conn, now)
                 return epoch, None
             count, created, points, checksum = row
             if (
-                count != n or not isinstance(points, bytes) or len(points) != POINT_SIZE * n
+                count != n
+                or not isinstance(points, bytes)
+                or len(points) != POINT_SIZE * n
                 or checksum != _set_checksum(digest, epoch.epoch_id, count, created, points)
             ):
                 raise PSICacheError(f"PSI cache {self.path}: a cached blinded set fails its integrity check (tampered or garbled)")
@@ -528,8 +526,7 @@ class LabelHolderKeyCache:
 
     def _spot_check(self, epoch: KeyEpoch, identifiers: Sequence[bytes], domain: bytes, points: np.ndarray, digest: bytes) -> None:
         n = len(identifiers)
-        rows = sorted({int.from_bytes(hashlib.sha256(digest + os.urandom(16) + bytes([i])).digest()[:8], "little") % n
-                       for i in range(min(SPOT_CHECKS, n))})
+        rows = sorted({int.from_bytes(hashlib.sha256(digest + os.urandom(16) + bytes([i])).digest()[:8], "little") % n for i in range(min(SPOT_CHECKS, n))})
         expected = blind_points(epoch._scalar, hash_ids_to_u(domain, [identifiers[r] for r in rows]))
         if not np.array_equal(expected, points[rows]):
             raise PSICacheError(f"PSI cache {self.path}: cached blinded values do not match the key and IDs (tampered)")
@@ -554,9 +551,7 @@ class LabelHolderKeyCache:
             now = self._clock()
             epoch = self._load_epoch(conn)
             if epoch is None or epoch.epoch_id != epoch_id:
-                raise PSIRateLimitError(
-                    f"PSI key epoch {epoch_id[:8]} was rotated during the run; refusing to evaluate {peer}'s set under it"
-                )
+                raise PSIRateLimitError(f"PSI key epoch {epoch_id[:8]} was rotated during the run; refusing to evaluate {peer}'s set under it")
             start, used = epoch.window_start, epoch.window_evaluations
             if now - start >= self.policy.window_seconds or now < start:
                 start, used = now, 0
@@ -573,8 +568,7 @@ class LabelHolderKeyCache:
                     f"{self.policy.max_evaluations_per_window} per {self.policy.window_seconds:g} s are left "
                     f"(window resets in {wait:.0f} s)"
                 )
-            charged = KeyEpoch(epoch.epoch_id, epoch.public_key, epoch.created, epoch.evaluations + count, start,
-                               used + count, epoch._scalar)
+            charged = KeyEpoch(epoch.epoch_id, epoch.public_key, epoch.created, epoch.evaluations + count, start, used + count, epoch._scalar)
             self._store_epoch(conn, charged)
             return charged
 
@@ -594,12 +588,8 @@ class LabelHolderKeyCache:
             conn = self._connect()
             try:
                 epoch = self._load_epoch(conn)
-                for digest, epoch_id, n, created, points, checksum in conn.execute(
-                    "SELECT digest, epoch_id, n, created, points, checksum FROM blinded"
-                ):
-                    if not isinstance(points, bytes) or len(points) != POINT_SIZE * n or checksum != _set_checksum(
-                        digest, epoch_id, n, created, points
-                    ):
+                for digest, epoch_id, n, created, points, checksum in conn.execute("SELECT digest, epoch_id, n, created, points, checksum FROM blinded"):
+                    if not isinstance(points, bytes) or len(points) != POINT_SIZE * n or checksum != _set_checksum(digest, epoch_id, n, created, points):
                         raise PSICacheError(f"PSI cache {self.path}: a cached blinded set fails its integrity check (tampered or garbled)")
                 return epoch
             except sqlite3.Error as exc:

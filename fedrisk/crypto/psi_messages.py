@@ -309,9 +309,7 @@ class PSIResult:
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_SIZE:
             raise ProtocolError("PSI PSIResult: nonce must be 12 bytes")
         if not isinstance(self.ciphertext, bytes) or len(self.ciphertext) != self.ciphertext_size(self.n_bits):
-            raise ProtocolError(
-                f"PSI PSIResult: ciphertext must be {self.ciphertext_size(self.n_bits)} bytes for {self.n_bits} bits"
-            )
+            raise ProtocolError(f"PSI PSIResult: ciphertext must be {self.ciphertext_size(self.n_bits)} bytes for {self.n_bits} bits")
 
     @staticmethod
     def ciphertext_size(n_bits: int) -> int:
@@ -376,9 +374,7 @@ def _parse_result(r: _Reader) -> PSIResult:
     n_bits = r.u32("n_bits")
     nonce = r.take(NONCE_SIZE, "nonce")
     ciphertext = r.take(PSIResult.ciphertext_size(n_bits), "ciphertext")
-    return _build(
-        r, PSIResult, run_id=run_id, sender=sender, recipient=recipient, n_bits=n_bits, nonce=nonce, ciphertext=ciphertext
-    )
+    return _build(r, PSIResult, run_id=run_id, sender=sender, recipient=recipient, n_bits=n_bits, nonce=nonce, ciphertext=ciphertext)
 
 
 def decode_psi_message(data: bytes) -> PSIMessage:

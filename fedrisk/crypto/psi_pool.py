@@ -250,10 +250,7 @@ class BlindingPool:
         executor = self._ensure_executor()
         parts = self._chunks(n)
         offsets = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype="<u4"), dtype=np.int64)]).tolist()
-        futures = [
-            executor.submit(_hash_and_blind_chunk, scalar, domain, blob[offsets[a] : offsets[b]], lengths[4 * a : 4 * b])
-            for a, b in parts
-        ]
+        futures = [executor.submit(_hash_and_blind_chunk, scalar, domain, blob[offsets[a] : offsets[b]], lengths[4 * a : 4 * b]) for a, b in parts]
         results = [f.result() for f in futures]
         self.cpu_seconds += sum(r[3] for r in results)
         out = np.concatenate([_check(blinded, bad, a) for (_, blinded, bad, _), (a, _) in zip(results, parts)])

@@ -149,9 +149,7 @@ def _self_test(fn: Any) -> bool:
         if np.any(status != 0) or out[0].tobytes() != want:
             return False
         key = X25519PrivateKey.from_private_bytes(k)
-        return all(
-            key.exchange(X25519PublicKey.from_public_bytes(row.tobytes())) == got.tobytes() for row, got in zip(points, out)
-        )
+        return all(key.exchange(X25519PublicKey.from_public_bytes(row.tobytes())) == got.tobytes() for row, got in zip(points, out))
     except Exception:  # any surprise: not this backend
         return False
 

@@ -149,7 +149,6 @@ def _pb_bytes(fields: dict[int, list[Any]], number: int) -> memoryview:
 class ContextAnatomy:
     """The parts of TenSEAL context bytes fedrisk checks (and the fingerprint hashes)."""
 
-
     encryption_parameters: bytes
     public_key: bytes
     has_secret_key: bool

@@ -140,9 +140,7 @@ class SigningIdentity:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the private key (PKCS#8 PEM, unencrypted) atomically with mode 0600."""
-        pem = self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         return write_secret_file(path, pem)
 
     @classmethod
@@ -164,18 +162,14 @@ class SigningIdentity:
 def canonical_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, compact separators, ASCII, no NaN."""
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
-            "ascii"
-        )
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
     except (TypeError, ValueError) as exc:
         raise CryptoError(f"value is not canonical-JSON serialisable: {exc}") from None
 
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
-        raise CryptoError(
-            f"bundle file name {name!r} is not allowed (flat names of letters, digits, '._-'; not {sorted(_RESERVED)})"
-        )
+        raise CryptoError(f"bundle file name {name!r} is not allowed (flat names of letters, digits, '._-'; not {sorted(_RESERVED)})")
 
 
 def _fsync_path(path: Path) -> None:
@@ -294,9 +288,7 @@ def _read_regular(path: Path, label: str) -> bytes:
         return handle.read()
 
 
-def verify_bundle_with_manifest(
-    folder: str | os.PathLike[str], trusted_public_keys: Iterable[bytes] | None
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+def verify_bundle_with_manifest(folder: str | os.PathLike[str], trusted_public_keys: Iterable[bytes] | None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Verify a bundle and return ``(manifest, files)``.
 
     See :func:`verify_bundle`; this variant also returns the parsed manifest

@@ -73,9 +73,7 @@ _DIVISION_CODES = (
     "460100", "500000", "500112", "510100", "520100", "530100", "540100", "610100",
     "620100", "630100", "640100", "650100",
 )  # fmt: skip
-_DIVISION_BYTES = np.frombuffer("".join(_DIVISION_CODES).encode("ascii"), dtype=np.uint8).reshape(
-    -1, 6
-)
+_DIVISION_BYTES = np.frombuffer("".join(_DIVISION_CODES).encode("ascii"), dtype=np.uint8).reshape(-1, 6)
 # Registration authority 9 (market regulation): 1 enterprise, 2 individual business, 3 farmers' cooperative.
 _CATEGORY_BYTES = np.frombuffer(b"123", dtype=np.uint8)
 _CATEGORY_PROBABILITIES = np.array([0.75, 0.20, 0.05])
@@ -197,9 +195,7 @@ def _draw_code_bytes(n: int, rng: np.random.Generator) -> np.ndarray:
     body[new_style, 2:] = _ALPHABET_BYTES[rng.integers(0, _MODULUS, size=(n_new, 6))]
     out[:, 8:16] = body
     org_check = 11 - (_ORG_VALUE_OF_BYTE[body].astype(np.int32) @ _ORG_WEIGHTS) % 11
-    out[:, 16] = np.select(
-        [org_check == 10, org_check == 11], [ord("X"), ord("0")], default=org_check + ord("0")
-    )
+    out[:, 16] = np.select([org_check == 10, org_check == 11], [ord("X"), ord("0")], default=org_check + ord("0"))
     values = _VALUE_OF_BYTE[out[:, :17]].astype(np.int32)
     out[:, 17] = _ALPHABET_BYTES[(_MODULUS - (values @ _WEIGHTS) % _MODULUS) % _MODULUS]
     return out

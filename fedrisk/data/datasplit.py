@@ -56,10 +56,7 @@ def training_mask(labels: np.ndarray, validation: dict) -> np.ndarray:
     from sklearn.model_selection import train_test_split
 
     if "table" in validation:
-        raise ConfigError(
-            "validation.table: vertical federations validate on a fraction of the label holder's rows; "
-            "use validation.fraction"
-        )
+        raise ConfigError("validation.table: vertical federations validate on a fraction of the label holder's rows; use validation.fraction")
     fraction = float(validation.get("fraction", 0.2))
     seed = int(validation.get("seed", 42))
     if not 0.0 < fraction < 1.0:

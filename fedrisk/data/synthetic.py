@@ -225,18 +225,14 @@ def generate_sme_data(
 
     # Independent streams per concern: changing one part of the model leaves the others' draws alone.
     streams = np.random.SeedSequence(seed).spawn(7)
-    rng_ids, rng_latent, rng_bank, rng_tax, rng_platform, rng_cover, rng_order = (
-        np.random.default_rng(s) for s in streams
-    )
+    rng_ids, rng_latent, rng_bank, rng_tax, rng_platform, rng_cover, rng_order = (np.random.default_rng(s) for s in streams)
 
     n_tax_insiders = round(tax_coverage * n_smes)
     n_platform_insiders = round(platform_coverage * n_smes)
     n_tax_outsiders = _outsider_count(n_tax_insiders, outsider_fraction)
     n_platform_outsiders = _outsider_count(n_platform_insiders, outsider_fraction)
     # Outsiders of the two providers overlap partly, as they would in one region.
-    n_pool = max(n_tax_outsiders, n_platform_outsiders) + min(
-        n_tax_outsiders, n_platform_outsiders
-    ) // 2
+    n_pool = max(n_tax_outsiders, n_platform_outsiders) + min(n_tax_outsiders, n_platform_outsiders) // 2
     n_total = n_smes + n_pool
 
     ids = make_credit_codes(n_total, rng_ids)
@@ -266,12 +262,8 @@ def generate_sme_data(
         order = rng_order.permutation(rows.size)
         frame.insert(0, "credit_code", ids[rows])
         frame = frame.iloc[order].reset_index(drop=True)
-        tables[party] = PartyTable.from_dataframe(
-            frame, PARTY_SCHEMAS[party], source=f"<synthetic {party}>", name=party
-        )
-    return SyntheticSMEData(
-        bank=tables["bank"], tax_bureau=tables["tax_bureau"], platform=tables["platform"], seed=seed
-    )
+        tables[party] = PartyTable.from_dataframe(frame, PARTY_SCHEMAS[party], source=f"<synthetic {party}>", name=party)
+    return SyntheticSMEData(bank=tables["bank"], tax_bureau=tables["tax_bureau"], platform=tables["platform"], seed=seed)
 
 
 def _outsider_count(n_insiders: int, outsider_fraction: float) -> int:
@@ -314,9 +306,7 @@ def _uniform_share_of(months: np.ndarray, rng: np.random.Generator, low: float) 
     return np.maximum(1, np.floor(months * rng.uniform(low, 1.0, months.size))).astype(np.int64)
 
 
-def _bank_frame(
-    latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator
-) -> pd.DataFrame:
+def _bank_frame(latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     n = rows.size
     size, cash, age_months = latent["size"][rows], latent["cash"][rows], latent["age_months"][rows]
     eps = rng.standard_normal((5, n))
@@ -339,9 +329,7 @@ def _bank_frame(
     )
 
 
-def _tax_frame(
-    latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator
-) -> pd.DataFrame:
+def _tax_frame(latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     n = rows.size
     size, compliance = latent["size"][rows], latent["compliance"][rows]
     age_months = latent["age_months"][rows]
@@ -370,9 +358,7 @@ def _tax_frame(
     )
 
 
-def _platform_frame(
-    latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator
-) -> pd.DataFrame:
+def _platform_frame(latent: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     n = rows.size
     size, demand, age_months = latent["size"][rows], latent["demand"][rows], latent["age_months"][rows]
     eps = rng.standard_normal((2, n))

@@ -114,14 +114,10 @@ class TableSchema:
     def __post_init__(self) -> None:
         if not isinstance(self.id_column, str) or not self.id_column:
             raise DataValidationError("schema: 'id_column' must be a non-empty string")
-        if self.label_column is not None and (
-            not isinstance(self.label_column, str) or not self.label_column
-        ):
+        if self.label_column is not None and (not isinstance(self.label_column, str) or not self.label_column):
             raise DataValidationError("schema: 'label_column' must be a non-empty string or absent")
         if self.id_format not in _ID_FORMATS:
-            raise DataValidationError(
-                f"schema: 'id_format' must be one of {', '.join(_ID_FORMATS)}, got {self.id_format!r}"
-            )
+            raise DataValidationError(f"schema: 'id_format' must be one of {', '.join(_ID_FORMATS)}, got {self.id_format!r}")
         if not isinstance(self.features, Mapping):
             raise DataValidationError("schema: 'features' must map column names to types")
         features: dict[str, ColumnType] = {}
@@ -132,8 +128,7 @@ class TableSchema:
                 features[name] = ColumnType(kind)
             except ValueError:
                 raise DataValidationError(
-                    f"schema: features.{name}: unknown column type {kind!r} "
-                    f"(expected one of {', '.join(t.value for t in ColumnType)})"
+                    f"schema: features.{name}: unknown column type {kind!r} (expected one of {', '.join(t.value for t in ColumnType)})"
                 ) from None
         for role, column in (("id_column", self.id_column), ("label_column", self.label_column)):
             if column is not None and column in features:
@@ -145,26 +140,18 @@ class TableSchema:
         allow_missing = frozenset(self.allow_missing)
         unknown = sorted(allow_missing - features.keys())
         if unknown:
-            raise DataValidationError(
-                f"schema: allow_missing names column(s) that are not features: {_quoted(unknown)}"
-            )
+            raise DataValidationError(f"schema: allow_missing names column(s) that are not features: {_quoted(unknown)}")
         if not isinstance(self.categories, Mapping):
             raise DataValidationError("schema: 'categories' must map category columns to level lists")
         categories: dict[str, tuple[str, ...]] = {}
         for name, levels in self.categories.items():
             if features.get(name) is not ColumnType.CATEGORY:
-                raise DataValidationError(
-                    f"schema: categories.{name}: {name!r} is not a feature of type 'category'"
-                )
+                raise DataValidationError(f"schema: categories.{name}: {name!r} is not a feature of type 'category'")
             if isinstance(levels, str) or not all(isinstance(v, str) and v for v in levels):
-                raise DataValidationError(
-                    f"schema: categories.{name}: levels must be a list of non-empty strings"
-                )
+                raise DataValidationError(f"schema: categories.{name}: levels must be a list of non-empty strings")
             levels = tuple(levels)
             if not levels or len(set(levels)) != len(levels):
-                raise DataValidationError(
-                    f"schema: categories.{name}: levels must be non-empty and distinct"
-                )
+                raise DataValidationError(f"schema: categories.{name}: levels must be non-empty and distinct")
             categories[name] = levels
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "allow_missing", allow_missing)
@@ -196,9 +183,7 @@ class TableSchema:
             raise DataValidationError(f"schema: expected a mapping, got {type(d).__name__}")
         for key in d:
             if key not in cls._KEYS:
-                raise DataValidationError(
-                    f"schema: unknown key {key!r} (expected one of {', '.join(cls._KEYS)})"
-                )
+                raise DataValidationError(f"schema: unknown key {key!r} (expected one of {', '.join(cls._KEYS)})")
         for key in ("id_column", "features"):
             if key not in d:
                 raise DataValidationError(f"schema: missing required key {key!r}")
@@ -351,10 +336,7 @@ def load_party_table(
     if name is None:
         name = path.name[: -len(suffix)] if suffix else path.name
     if suffix not in (".csv", ".csv.gz", ".parquet"):
-        raise DataValidationError(
-            f"{source}: unsupported file type {suffix or '(none)'!r} "
-            "(expected .csv, .csv.gz or .parquet)"
-        )
+        raise DataValidationError(f"{source}: unsupported file type {suffix or '(none)'!r} (expected .csv, .csv.gz or .parquet)")
     if not path.is_file():
         raise DataValidationError(f"{source}: file not found")
     if suffix == ".parquet":
@@ -400,9 +382,7 @@ def _read_csv(path: Path, schema: TableSchema, locator: _Locator, strict: bool) 
         raise _unreadable(locator, exc) from None
     columns = [str(c) for c in header.iloc[0].tolist()] if len(header) else []
     used = _check_columns(columns, schema, locator, strict)
-    text_columns = [schema.id_column] + [
-        c for c, k in schema.features.items() if k is ColumnType.CATEGORY
-    ]
+    text_columns = [schema.id_column] + [c for c, k in schema.features.items() if k is ColumnType.CATEGORY]
     try:
         # No usecols: with it pandas silently ignores rows that have too many fields.
         df = pd.read_csv(
@@ -429,10 +409,7 @@ def _raise_if_short_row(path: Path, n_fields: int, locator: _Locator) -> None:
         reader = csv.reader(handle)
         for row in reader:
             if 0 < len(row) < n_fields and row != [""]:
-                raise DataValidationError(
-                    f"{locator.source} line {reader.line_num}: malformed CSV: "
-                    f"expected {n_fields} fields, saw {len(row)}"
-                )
+                raise DataValidationError(f"{locator.source} line {reader.line_num}: malformed CSV: expected {n_fields} fields, saw {len(row)}")
 
 
 def _read_parquet(path: Path, schema: TableSchema, locator: _Locator, strict: bool) -> pd.DataFrame:
@@ -456,9 +433,7 @@ def _unreadable(locator: _Locator, exc: Exception) -> DataValidationError:
     ragged = _RAGGED.search(message)
     if ragged:
         expected, line, saw = ragged.groups()
-        return DataValidationError(
-            f"{locator.source} line {line}: malformed CSV: expected {expected} fields, saw {saw}"
-        )
+        return DataValidationError(f"{locator.source} line {line}: malformed CSV: expected {expected} fields, saw {saw}")
     if isinstance(exc, UnicodeDecodeError):
         return DataValidationError(f"{locator.source}: cannot decode file as UTF-8 ({exc.reason})")
     if isinstance(exc, pd.errors.ParserError):
@@ -477,16 +452,12 @@ def _drop_trailing_blank_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[:n] if n < len(df) else df
 
 
-def _check_columns(
-    columns: list[str], schema: TableSchema, locator: _Locator, strict: bool
-) -> list[str]:
+def _check_columns(columns: list[str], schema: TableSchema, locator: _Locator, strict: bool) -> list[str]:
     """Check a header against the schema; return the columns to read, in file order."""
     seen: set[str] = set()
     for column in columns:
         if column in seen:
-            raise DataValidationError(
-                f"{locator.header()}, column {column!r}: column appears more than once"
-            )
+            raise DataValidationError(f"{locator.header()}, column {column!r}: column appears more than once")
         seen.add(column)
     declared = schema.columns
     missing = [c for c in declared if c not in seen]
@@ -552,22 +523,16 @@ def _build(df: pd.DataFrame, schema: TableSchema, locator: _Locator, *, name: st
     for column, kind in schema.features.items():
         allow_missing = column in schema.allow_missing
         if kind is ColumnType.CATEGORY:
-            columns[column] = _validate_category(
-                df[column], column, schema.categories.get(column), allow_missing, problems
-            )
+            columns[column] = _validate_category(df[column], column, schema.categories.get(column), allow_missing, problems)
         else:
             columns[column] = _validate_number(df[column], column, kind, allow_missing, problems)
     problems.raise_first()
     index = pd.Index(ids, name=schema.id_column)
     features = pd.DataFrame(columns, index=index) if columns else pd.DataFrame(index=index)
-    return PartyTable(
-        name=name, schema=schema, ids=ids, features=features, labels=labels, source=locator.source
-    )
+    return PartyTable(name=name, schema=schema, ids=ids, features=features, labels=labels, source=locator.source)
 
 
-def _validate_ids(
-    raw: pd.Series, schema: TableSchema, locator: _Locator, problems: _Problems
-) -> np.ndarray:
+def _validate_ids(raw: pd.Series, schema: TableSchema, locator: _Locator, problems: _Problems) -> np.ndarray:
     column = schema.id_column
     if pd.api.types.is_float_dtype(raw.dtype) and (raw.dropna() % 1 == 0).all():
         # Integer IDs that went through a float column (NaN among them): 25115, not 25115.0.
@@ -630,9 +595,7 @@ def _as_numbers(raw: pd.Series, bool_texts: bool) -> tuple[np.ndarray, np.ndarra
     return values, raw.notna().to_numpy() & np.isnan(values)
 
 
-def _validate_number(
-    raw: pd.Series, column: str, kind: ColumnType, allow_missing: bool, problems: _Problems
-) -> np.ndarray:
+def _validate_number(raw: pd.Series, column: str, kind: ColumnType, allow_missing: bool, problems: _Problems) -> np.ndarray:
     values, unparsable = _as_numbers(raw, bool_texts=kind is ColumnType.BOOL)
     problems.add(column, unparsable, lambda i: f"cannot parse {_show(raw.iloc[i])} as a number")
     missing = np.isnan(values) & ~unparsable
@@ -643,9 +606,7 @@ def _validate_number(
         problems.add(column, infinite, lambda i: f"non-finite value {_show(raw.iloc[i])}")
         if kind is ColumnType.INT:
             fractional = np.isfinite(values) & (values != np.round(values))
-            problems.add(
-                column, fractional, lambda i: f"expected a whole number, got {_show(raw.iloc[i])}"
-            )
+            problems.add(column, fractional, lambda i: f"expected a whole number, got {_show(raw.iloc[i])}")
         elif kind is ColumnType.BOOL:
             not_binary = np.isfinite(values) & (values != 0) & (values != 1)
             problems.add(column, not_binary, lambda i: f"expected 0 or 1, got {_show(raw.iloc[i])}")

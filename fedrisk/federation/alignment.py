@@ -83,20 +83,12 @@ def run_alignment(session: CoordinatorSession, roles: VerticalRoles) -> int:
             **{p: request(p, spec.DOUBLE_BLIND, blobs={"blinded": sets[lh]}) for p in fhs},
         }
     )
-    answers = session.exchange(
-        {lh: request(lh, spec.INTERSECT, blobs={f"double:{p}": doubles[p].blob("double") for p in fhs})}
-    )[lh]
-    session.exchange(
-        {p: request(p, spec.FINISH, blobs={"result": answers.blob(f"result:{p}")}) for p in fhs}
-    )
+    answers = session.exchange({lh: request(lh, spec.INTERSECT, blobs={f"double:{p}": doubles[p].blob("double") for p in fhs})})[lh]
+    session.exchange({p: request(p, spec.FINISH, blobs={"result": answers.blob(f"result:{p}")}) for p in fhs})
 
     envelope_keys = {p: session.parties[p].envelope_public_key for p in fhs}
     positions = session.exchange(
-        {
-            lh: request(
-                lh, spec.ALIGN, "public", config={"peer_names": list(envelope_keys), "peer_keys": list(envelope_keys.values())}
-            )
-        }
+        {lh: request(lh, spec.ALIGN, "public", config={"peer_names": list(envelope_keys), "peer_keys": list(envelope_keys.values())})}
     )[lh]
     rows = int(positions.value("rows"))  # type: ignore[call-overload]
     if rows <= 0:
@@ -105,7 +97,9 @@ def run_alignment(session: CoordinatorSession, roles: VerticalRoles) -> int:
     session.exchange(
         {
             p: request(
-                p, spec.ALIGN, "ciphertext",
+                p,
+                spec.ALIGN,
+                "ciphertext",
                 blobs={"positions": positions.blob(f"positions:{p}")},
                 config={"rows": rows, "label_holder_public_key": lh_key},
                 fingerprint=public_key_id(bytes.fromhex(session.parties[p].envelope_public_key)),  # sealed to p

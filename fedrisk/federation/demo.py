@@ -51,8 +51,15 @@ VALIDATION = {"fraction": 0.2, "seed": 42}
 
 
 def run_demo(
-    *, mode: str = "vertical", model: str = "vertical_lr", runs_dir: Path, rows: int, rounds: int, trees: int = 10,
-    seed: int, console: Console | None = None,
+    *,
+    mode: str = "vertical",
+    model: str = "vertical_lr",
+    runs_dir: Path,
+    rows: int,
+    rounds: int,
+    trees: int = 10,
+    seed: int,
+    console: Console | None = None,
 ) -> dict:
     """Run the demo federation (``vertical`` or ``horizontal``) and write ``runs/<run-id>/summary.json``."""
     from fedrisk.errors import ConfigError
@@ -105,7 +112,14 @@ def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertica
 
 
 def run_vertical_demo(
-    *, runs_dir: Path, rows: int, epochs: int, seed: int, model: str = "vertical_lr", trees: int = 10, console: Console | None = None,
+    *,
+    runs_dir: Path,
+    rows: int,
+    epochs: int,
+    seed: int,
+    model: str = "vertical_lr",
+    trees: int = 10,
+    console: Console | None = None,
 ) -> dict:
     """Bank + tax bureau + platform: PSI and an encrypted model over gRPC+TLS; writes ``summary.json``."""
     from fedrisk.data.datasplit import training_mask
@@ -119,8 +133,12 @@ def run_vertical_demo(
     paths = data.write_csv(run_dir / "data")
     parties = [
         PartySettings(
-            name=name, role=role, data=str(paths[name]), schema=PARTY_SCHEMAS[name].to_dict(),
-            state_dir=str(run_dir / "parties" / name), validation=dict(VALIDATION),
+            name=name,
+            role=role,
+            data=str(paths[name]),
+            schema=PARTY_SCHEMAS[name].to_dict(),
+            state_dir=str(run_dir / "parties" / name),
+            validation=dict(VALIDATION),
         )
         for name, role in VERTICAL_PARTIES.items()
     ]
@@ -168,8 +186,18 @@ def run_vertical_demo(
     return summary
 
 
-def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train_by_row: np.ndarray, *, model: str = "vertical_lr",
-               scoring_dir: str = "scoring", arrays: dict | None = None, rows: np.ndarray | None = None) -> dict:
+def score_live(
+    run_dir: Path,
+    result: dict,
+    data,
+    tables: dict[str, Path],
+    train_by_row: np.ndarray,
+    *,
+    model: str = "vertical_lr",
+    scoring_dir: str = "scoring",
+    arrays: dict | None = None,
+    rows: np.ndarray | None = None,
+) -> dict:
     """Deploy the trained model to the scoring node and decide live on the bank's evaluation rows.
 
     Starts each feature holder's party scoring service (its own table, the IDs it
@@ -198,10 +226,15 @@ def score_live(run_dir: Path, result: dict, data, tables: dict[str, Path], train
     ids = data.bank.ids[rows]
     revenue = 12.0 * data.bank.features["monthly_inflow"].to_numpy()[rows]  # what the applicant declares
     deployment = start_scoring_deployment(
-        pki=pki, trusted_keys=trusted, bank_bundle=bundles["bank"],
-        party_bundles={p: bundles[p] for p in holders}, party_tables={p: tables[p] for p in holders},
+        pki=pki,
+        trusted_keys=trusted,
+        bank_bundle=bundles["bank"],
+        party_bundles={p: bundles[p] for p in holders},
+        party_tables={p: tables[p] for p in holders},
         allow_lists={p: allow_list_path(run_dir / "parties" / p, run_id) for p in holders},
-        state_dir=run_dir / scoring_dir, bank_table=tables["bank"], policy=_portfolio_policy(run_dir),
+        state_dir=run_dir / scoring_dir,
+        bank_table=tables["bank"],
+        policy=_portfolio_policy(run_dir),
     )
     try:
         with ScoringClient(deployment.node.address, ca=pki.ca_cert) as client:
@@ -250,8 +283,20 @@ def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_
     holders = [p for p in VERTICAL_PARTIES if VERTICAL_PARTIES[p] == "feature_holder"]
     ids, X_bank = data.bank.ids[rows], data.bank.feature_matrix()[rows]
     without = {p: leave_out_pd(model, bundles, keys, data, holders, p, ids, X_bank) for p in holders}
-    return write_model_report(run_dir, result.get("run_id", run_dir.name), data, parties, y, train_by_row, y[rows], live["pd_live"], None,
-                         without, auc_bank_only=auc_bank_only, model=model)
+    return write_model_report(
+        run_dir,
+        result.get("run_id", run_dir.name),
+        data,
+        parties,
+        y,
+        train_by_row,
+        y[rows],
+        live["pd_live"],
+        None,
+        without,
+        auc_bank_only=auc_bank_only,
+        model=model,
+    )
 
 
 def _portfolio_policy(run_dir: Path) -> Path:
@@ -385,7 +430,7 @@ def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, con
     csv_path = run_dir / f"points_{bank.party}.csv"
     table.to_csv(csv_path, index=False, lineterminator="\n")
     assert ex.data is not None
-    ids = [str(i) for i in ex.data.bank.ids[len(ex.data.bank.ids) - round(holdout * len(ex.data.bank.ids)):]][:SCORECARD_LIVE_APPLICATIONS]
+    ids = [str(i) for i in ex.data.bank.ids[len(ex.data.bank.ids) - round(holdout * len(ex.data.bank.ids)) :]][:SCORECARD_LIVE_APPLICATIONS]
     y = dict(zip(ex.data.bank.ids.tolist(), np.asarray(ex.data.bank.labels).tolist()))
     with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
         deployment = start_example_deployment(ex, run_dir / "scoring", policy=_portfolio_policy(run_dir))
@@ -474,8 +519,12 @@ def run_horizontal_demo(*, runs_dir: Path, rows: int, rounds: int, seed: int, co
     paths, holdout, schema = _write_bank_shares(run_dir, rows, seed)
     parties = [
         PartySettings(
-            name=bank, role="bank", data=str(path), schema=schema,
-            state_dir=str(run_dir / "parties" / bank), validation={"table": str(holdout)},
+            name=bank,
+            role="bank",
+            data=str(path),
+            schema=schema,
+            state_dir=str(run_dir / "parties" / bank),
+            validation={"table": str(holdout)},
         )
         for bank, path in paths.items()
     ]

@@ -65,8 +65,7 @@ def _run_config_types(config: Any, keys: Mapping[str, str]) -> dict[str, type]:
 ALGORITHM_KEYS: dict[str, dict[str, type]] = {
     "fedavg": {
         **{("rounds" if k == "num-rounds" else k): t for k, t in _run_config_types(FedAvgConfig, FedAvgConfig.TRAINING_KEYS).items()},
-        **{k: t for k, t in _run_config_types(FedAvgConfig, FedAvgConfig.RUN_CONFIG_KEYS).items()
-           if not k.startswith("sim-") and k != "dp-noise-seed"},
+        **{k: t for k, t in _run_config_types(FedAvgConfig, FedAvgConfig.RUN_CONFIG_KEYS).items() if not k.startswith("sim-") and k != "dp-noise-seed"},
     },
     "vertical_lr": _run_config_types(VerticalLRConfig, VerticalLRConfig.RUN_CONFIG_KEYS),
     "secureboost": _run_config_types(SecureBoostConfig, SecureBoostConfig.RUN_CONFIG_KEYS),
@@ -243,8 +242,7 @@ def load_federation_file(path: Path, *, local_data: bool = True) -> FederationFi
     _unknown(set(validation), _VALIDATION_KEYS, "validation")
     if "table" in validation and mode == "vertical":
         raise ConfigError(
-            "validation.table: vertical federations validate on a fraction of the label holder's rows "
-            "(every party must hold them); use validation.fraction"
+            "validation.table: vertical federations validate on a fraction of the label holder's rows (every party must hold them); use validation.fraction"
         )
     if "table" in validation and local_data:
         table = Path(str(validation["table"]))

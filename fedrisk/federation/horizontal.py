@@ -298,10 +298,7 @@ def run_fedavg(
     if resume is not None:
         state = resume.state
         if sorted(state["banks"]) != banks:
-            raise ConfigError(
-                f"the checkpoint was made with banks {', '.join(sorted(state['banks']))}, "
-                f"the federation now has {', '.join(banks)}"
-            )
+            raise ConfigError(f"the checkpoint was made with banks {', '.join(sorted(state['banks']))}, the federation now has {', '.join(banks)}")
         if config.aggregation == "ckks":
             public_context = resume.blob("public_context")
             aggregator.set_public_context(public_context)
@@ -367,7 +364,10 @@ def run_fedavg(
         row_exponent = max(config_int(r, "row_exponent") for r in bounds.values())
         party_cfg = {**party_cfg, "exponents": [int(e) for e in exponents], "row_exponent": row_exponent}
         stats_replies = session.exchange(
-            {b: (spec.STATS.message_type, build_content(session.header(0, spec.STATS.request, b, spec.STATS.request_class, fp), config=party_cfg)) for b in banks}
+            {
+                b: (spec.STATS.message_type, build_content(session.header(0, spec.STATS.request, b, spec.STATS.request_class, fp), config=party_cfg))
+                for b in banks
+            }
         )
         stats_blob = aggregator.sum(stats_replies)
 
@@ -431,8 +431,7 @@ def run_fedavg(
         if len(replies) < config.min_parties:
             why = "; ".join(f"{name}: {reason}" for name, reason in sorted(failures.items()))
             raise PartyUnavailableError(
-                f"round {round_}: only {len(replies)} of {len(banks)} banks answered, fewer than min-parties "
-                f"{config.min_parties} (dropped {why})"
+                f"round {round_}: only {len(replies)} of {len(banks)} banks answered, fewer than min-parties {config.min_parties} (dropped {why})"
             )
         replies = dict(sorted(replies.items()))
         aggregate = aggregator.sum(replies)
@@ -471,7 +470,10 @@ def run_fedavg(
     status.set(step=spec.FINAL.request)
     finals = session.exchange(
         {
-            b: (spec.FINAL.message_type, build_content(session.header(config.rounds, spec.FINAL.request, b, content_class, fp), {"aggregate": aggregate}, party_cfg))
+            b: (
+                spec.FINAL.message_type,
+                build_content(session.header(config.rounds, spec.FINAL.request, b, content_class, fp), {"aggregate": aggregate}, party_cfg),
+            )
             for b in banks
         }
     )

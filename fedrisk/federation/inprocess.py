@@ -62,7 +62,9 @@ class InProcessGrid(Grid):
                 node_id=node_id,
                 node_config={
                     **(node_config or {}),
-                    "party": party.name, "party-settings": str(settings_path), "party-state-dir": party.state_dir,
+                    "party": party.name,
+                    "party-settings": str(settings_path),
+                    "party-state-dir": party.state_dir,
                 },
                 state=RecordDict(),
                 run_config=dict(run_config or {}),

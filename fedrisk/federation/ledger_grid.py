@@ -100,10 +100,7 @@ def close_run(session, *, timeout: float = 60.0) -> dict[str, str]:
     from fedrisk.wire import message_types as mt
     from fedrisk.wire.exchange import build_content
 
-    requests = {
-        name: (mt.IDENTITY, build_content(session.header(0, CLOSE_STEP, name, "public")))
-        for name in sorted(session.parties)
-    }
+    requests = {name: (mt.IDENTITY, build_content(session.header(0, CLOSE_STEP, name, "public"))) for name in sorted(session.parties)}
     failures: dict[str, str] = {}
     if requests:
         replies, failures = session.exchange_tolerant(requests, timeout=timeout)

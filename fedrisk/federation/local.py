@@ -148,6 +148,7 @@ class LocalFederation:
         self.coordinator_restarts = 0
         self.restarted: list[str] = []
         self._stream: ManagedProcess | None = None  # the current `flwr run --stream`: watched by _attempt
+
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
         try:
@@ -209,8 +210,13 @@ class LocalFederation:
 
         for party in self.parties:
             node = PartyNode(
-                party, f"127.0.0.1:{self.fleet_port}", None if not self.tls else self.ca_cert,
-                insecure=not self.tls, logs_dir=self.logs_dir, env=self._env(), log=self.log,
+                party,
+                f"127.0.0.1:{self.fleet_port}",
+                None if not self.tls else self.ca_cert,
+                insecure=not self.tls,
+                logs_dir=self.logs_dir,
+                env=self._env(),
+                log=self.log,
             )
             node.start_party_process()  # loads its table while the SuperLink starts
             self.nodes.append(node)
@@ -239,13 +245,20 @@ class LocalFederation:
         # fedrisk's SuperLink entry point: Flower's SuperLink with bundled long-poll transfers, on Flower's
         # in-memory state, its node registrations kept across restarts (fedrisk.federation.superlink).
         argv = [
-            sys.executable, "-m", "fedrisk.federation.superlink",
-            "--node-registry", str(self.run_dir / "flwr" / "superlink-nodes.bin"),
-            "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
-            "--host", "127.0.0.1",
-            "--port", str(self.control_port),
+            sys.executable,
+            "-m",
+            "fedrisk.federation.superlink",
+            "--node-registry",
+            str(self.run_dir / "flwr" / "superlink-nodes.bin"),
+            "--fleet-api-address",
+            f"127.0.0.1:{self.fleet_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.control_port),
             "--disable-runtime-dependency-installation",
-            "--database", ":flwr-in-memory:",
+            "--database",
+            ":flwr-in-memory:",
         ]
         if self.tls:
             keys = self._federation_keys()
@@ -268,9 +281,7 @@ class LocalFederation:
                     if code is not None
                     else f"did not open its ports within {timeout:.0f} s (see {proc.log_path})"
                 )
-                raise SuperLinkStartError(
-                    f"the SuperLink (Fleet 127.0.0.1:{self.fleet_port}, Control 127.0.0.1:{self.control_port}) {why}"
-                )
+                raise SuperLinkStartError(f"the SuperLink (Fleet 127.0.0.1:{self.fleet_port}, Control 127.0.0.1:{self.control_port}) {why}")
             self._check_alive(skip=proc)  # the parties that are up must still be; this SuperLink is judged above
             time.sleep(0.1)
 
@@ -314,9 +325,7 @@ class LocalFederation:
         """Node registration on this federation's SuperLink (Control API)."""
         from fedrisk.federation.superlink_admin import SuperLinkAdmin
 
-        return SuperLinkAdmin(
-            f"127.0.0.1:{self.control_port}", self.ca_cert if self.tls else None, self.run_dir / "flwr-admin", insecure=not self.tls
-        )
+        return SuperLinkAdmin(f"127.0.0.1:{self.control_port}", self.ca_cert if self.tls else None, self.run_dir / "flwr-admin", insecure=not self.tls)
 
     def register_node_key(self, name: str, public_key: Path) -> int:
         """Allow a SuperNode holding the private half of ``public_key`` to join (Flower node auth); returns its node id."""

@@ -87,7 +87,9 @@ class RemoteFederation:
         proc = spawn(
             "flwr-run",
             [str(Path(sys.executable).parent / "flwr"), "run", str(app), "local", "--stream"],
-            logs_dir=self.run_dir / "logs", env=node_env(home), cwd=self.run_dir,
+            logs_dir=self.run_dir / "logs",
+            env=node_env(home),
+            cwd=self.run_dir,
         )
         self.log(f"run submitted to {self.control_address}; stream in {proc.log_path}")
         try:
@@ -132,7 +134,7 @@ def _result_in(text: str) -> dict | None:
         at = line.find(RESULT_PREFIX)
         if at >= 0:
             try:
-                return json.loads(line[at + len(RESULT_PREFIX):])
+                return json.loads(line[at + len(RESULT_PREFIX) :])
             except ValueError:
                 return None
     return None

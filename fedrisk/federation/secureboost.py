@@ -134,8 +134,12 @@ def run_secureboost(
         if checkpoints is None:
             return
         state = {
-            "key_fingerprint": fp, "rounds": result.rounds, "trees_done": trees_done, "trees": result.trees,
-            "bundles": result.bundles, "alignment": alignment or {},
+            "key_fingerprint": fp,
+            "rounds": result.rounds,
+            "trees_done": trees_done,
+            "trees": result.trees,
+            "bundles": result.bundles,
+            "alignment": alignment or {},
             "to_bank": [{"class": item.content_class, "party": item.party} for item in to_bank],
         }
         blobs = {"coordinator_context": context_blob, **{f"to_bank:{i}": item.data for i, item in enumerate(to_bank)}}
@@ -152,8 +156,12 @@ def run_secureboost(
         bank = session.exchange({lh: (spec.BANK.message_type, batch_content(header, to_bank))})[lh]
         if int(bank.value("trees_done", trees_done)) > trees_done:  # type: ignore[call-overload]
             trees_done = int(bank.value("trees_done"))  # type: ignore[call-overload]
-            row = {"tree": trees_done - 1, "seconds": time.perf_counter() - started, "bytes": session.traffic.total(),
-                   "train_loss": float(bank.value("train_loss", float("nan")))}  # type: ignore[arg-type]
+            row = {
+                "tree": trees_done - 1,
+                "seconds": time.perf_counter() - started,
+                "bytes": session.traffic.total(),
+                "train_loss": float(bank.value("train_loss", float("nan"))),  # type: ignore[arg-type]
+            }
             result.trees.append(row)
             started = time.perf_counter()
             if progress is not None:
@@ -192,4 +200,3 @@ def secureboost_summary(result: SecureBoostResult) -> dict:
         "bundles": result.bundles,
         "key_fingerprint": result.key_fingerprint,
     }
-

@@ -127,8 +127,13 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         print(f"[fedrisk] aligned {len(roles.feature_holders)} feature holder(s) on {rows} rows in {psi_seconds:.1f} s", flush=True)
     if algorithm == "secureboost":
         return {
-            "status": "ok", "mode": "vertical", "algorithm": algorithm, "label_holder": roles.label_holder,
-            "feature_holders": list(roles.feature_holders), "rows": rows, "psi_seconds": psi_seconds,
+            "status": "ok",
+            "mode": "vertical",
+            "algorithm": algorithm,
+            "label_holder": roles.label_holder,
+            "feature_holders": list(roles.feature_holders),
+            "rows": rows,
+            "psi_seconds": psi_seconds,
             **_run_secureboost(session, sb_config, roles, checkpoints, resume, {"rows": rows, "psi_seconds": psi_seconds}),
         }
 
@@ -136,7 +141,12 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         print(f"[fedrisk] epoch {epoch}: {json.dumps(row, sort_keys=True)}", flush=True)
 
     trained = run_vertical_lr(
-        session, roles, config, progress=progress, checkpoints=checkpoints, resume=resume,
+        session,
+        roles,
+        config,
+        progress=progress,
+        checkpoints=checkpoints,
+        resume=resume,
         alignment={"rows": rows, "psi_seconds": psi_seconds},
     )
     final = dict(trained.final)
@@ -204,10 +214,7 @@ def run_echo(session: CoordinatorSession, run_config) -> dict:
         digest = hashlib.sha256(payload).digest()
         latencies = []
         for i in range(warmup + count):
-            requests = {
-                name: (ECHO, build_content(session.header(i, "echo", name, ECHO_CONTENT_CLASS), blobs={"payload": payload}))
-                for name in names
-            }
+            requests = {name: (ECHO, build_content(session.header(i, "echo", name, ECHO_CONTENT_CLASS), blobs={"payload": payload})) for name in names}
             started = time.perf_counter()
             replies = session.exchange(requests)
             elapsed = time.perf_counter() - started
@@ -218,7 +225,9 @@ def run_echo(session: CoordinatorSession, run_config) -> dict:
                 latencies.append(elapsed * 1000.0)
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         cpu_s = (cpu.ru_utime - cpu_started.ru_utime) + (cpu.ru_stime - cpu_started.ru_stime)
-        out.append({"bytes": size, "parties": len(names), "latencies_ms": [round(v, 3) for v in latencies], "warmup": warmup, "coordinator_cpu_s": round(cpu_s, 4)})
+        out.append(
+            {"bytes": size, "parties": len(names), "latencies_ms": [round(v, 3) for v in latencies], "warmup": warmup, "coordinator_cpu_s": round(cpu_s, 4)}
+        )
         if latencies:
             print(f"[fedrisk] echo {size} B x {len(names)} parties: median {sorted(latencies)[len(latencies) // 2]:.1f} ms over {count}", flush=True)
     return {"status": "ok", "mode": "echo", "echo": out}
@@ -271,8 +280,12 @@ def main(grid: Grid, context: Context) -> None:
         if str(context.run_config.get("ledger", True)).lower() not in ("false", "0"):
             grid = _ledgered(grid, run_dir / "coordinator")
         session = CoordinatorSession(
-            grid, run_id, timeout=float(_cfg(context, "party-timeout", 900.0)),
-            pause_timeout=recovery["pause_timeout"], probe_after=recovery["probe_after"], status=status,
+            grid,
+            run_id,
+            timeout=float(_cfg(context, "party-timeout", 900.0)),
+            pause_timeout=recovery["pause_timeout"],
+            probe_after=recovery["probe_after"],
+            status=status,
         )
         if not parties:
             raise ConfigError("run config key 'parties' is empty: name the federation's parties")

@@ -168,9 +168,7 @@ class CoordinatorSession:
                 return self.parties
             if time.monotonic() > deadline:
                 if len(node_ids) < len(expected):
-                    raise PartyUnavailableError(
-                        f"only {len(node_ids)} of {len(expected)} parties connected within {timeout:.0f} s"
-                    )
+                    raise PartyUnavailableError(f"only {len(node_ids)} of {len(expected)} parties connected within {timeout:.0f} s")
                 raise PartyUnavailableError(f"expected parties not connected: {', '.join(missing)}")
             self.status.heartbeat()
             time.sleep(self.poll_interval)
@@ -205,9 +203,7 @@ class CoordinatorSession:
         replies, _ = self._round_trip(requests, timeout or self.timeout, tolerant=False)
         return replies
 
-    def exchange_tolerant(
-        self, requests: dict[str, tuple[str, RecordDict]], *, timeout: float | None = None
-    ) -> tuple[dict[str, Exchange], dict[str, str]]:
+    def exchange_tolerant(self, requests: dict[str, tuple[str, RecordDict]], *, timeout: float | None = None) -> tuple[dict[str, Exchange], dict[str, str]]:
         """Like :meth:`exchange`, but a party that fails or is late is reported, not raised.
 
         Returns the replies of the parties that answered and, for the others, a
@@ -215,9 +211,7 @@ class CoordinatorSession:
         """
         return self._round_trip(requests, timeout or self.timeout, tolerant=True)
 
-    def _round_trip(
-        self, requests: dict[str, tuple[str, RecordDict]], timeout: float, *, tolerant: bool
-    ) -> tuple[dict[str, Exchange], dict[str, str]]:
+    def _round_trip(self, requests: dict[str, tuple[str, RecordDict]], timeout: float, *, tolerant: bool) -> tuple[dict[str, Exchange], dict[str, str]]:
         messages: dict[int, Message] = {}
         names: dict[int, str] = {}
         step = "?"
@@ -229,9 +223,7 @@ class CoordinatorSession:
             step = header.step
             _, size = content_digest(content)
             self.traffic.add(name, header.round, sent=size)
-            messages[info.node_id] = Message(
-                content, dst_node_id=info.node_id, message_type=message_type, group_id=str(header.round)
-            )
+            messages[info.node_id] = Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(header.round))
             names[info.node_id] = name
         replies, failures = self._push_and_wait(messages, step=step, timeout=timeout, names=names, tolerant=tolerant)
         out: dict[str, Exchange] = {}
@@ -239,9 +231,7 @@ class CoordinatorSession:
             name = names[node_id]
             exchange = read_content(reply.content)
             if exchange.header.sender != name or exchange.header.receiver != COORDINATOR:
-                raise ProtocolError(
-                    f"step {step!r}: reply from node of {name!r} claims sender {exchange.header.sender!r}"
-                )
+                raise ProtocolError(f"step {step!r}: reply from node of {name!r} claims sender {exchange.header.sender!r}")
             _, size = content_digest(reply.content)
             self.traffic.add(name, exchange.header.round, received=size)
             out[name] = exchange
@@ -365,7 +355,9 @@ class CoordinatorSession:
                     continue
                 original = messages[node_id]
                 copy = Message(
-                    original.content, dst_node_id=node_id, message_type=original.metadata.message_type,
+                    original.content,
+                    dst_node_id=node_id,
+                    message_type=original.metadata.message_type,
                     group_id=original.metadata.group_id,
                 )
                 for mid in self.grid.push_messages([copy]):
@@ -386,9 +378,7 @@ class CoordinatorSession:
                         for node_id in late:
                             give_up(node_id, f"no answer within {timeout:.0f} s")
                         break
-                    raise PartyUnavailableError(
-                        f"no answer from {', '.join(who(n) for n in late)} at step {step!r} within {timeout:.0f} s"
-                    )
+                    raise PartyUnavailableError(f"no answer from {', '.join(who(n) for n in late)} at step {step!r} within {timeout:.0f} s")
             self.status.heartbeat()
             time.sleep(self.pull_delay(time.monotonic() - started))
         self._stray.update(probes)

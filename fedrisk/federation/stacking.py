@@ -89,8 +89,14 @@ def _write_meta_bundle(run_dir: Path, meta_learner, run_id: str, bases: dict | N
     bank_dir = run_dir / "parties" / "bank"
     identity = PartyIdentity.load_or_create(bank_dir, "bank")
     record = meta_learner.to_record()
-    meta = {"kind": "stacking_meta", "run_id": run_id, "party": "bank", "base_learners": record["names"], "intercept": record["intercept"],
-            "meta_fit": "held-out selection rows (blending)"}
+    meta = {
+        "kind": "stacking_meta",
+        "run_id": run_id,
+        "party": "bank",
+        "base_learners": record["names"],
+        "intercept": record["intercept"],
+        "meta_fit": "held-out selection rows (blending)",
+    }
     if bases:
         meta["base_run_ids"] = {n: bases[n].run_id for n in record["names"] if n in bases}
         meta["base_digests"] = {n: bases[n].digest for n in record["names"] if n in bases}
@@ -134,9 +140,15 @@ def run_stacking_bases(session, context, run_vertical, close_ledgers) -> dict:
         session.run_id = parent
     first = out[bases[0]]
     return {
-        "status": "ok", "mode": "vertical", "algorithm": "stacking", "label_holder": first.get("label_holder"),
-        "feature_holders": first.get("feature_holders"), "rows": first.get("rows"), "base_learners": bases,
-        "base": out, "bundles": {b: out[b].get("bundles", {}) for b in bases},
+        "status": "ok",
+        "mode": "vertical",
+        "algorithm": "stacking",
+        "label_holder": first.get("label_holder"),
+        "feature_holders": first.get("feature_holders"),
+        "rows": first.get("rows"),
+        "base_learners": bases,
+        "base": out,
+        "bundles": {b: out[b].get("bundles", {}) for b in bases},
         "meta_learner": "fitted by the bank on its held-out rows from live scoring (fedrisk demo --model stacking)",
     }
 
@@ -157,8 +169,14 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     data = generate_sme_data(rows, seed=seed)
     paths = data.write_csv(run_dir / "data")
     parties = [
-        PartySettings(name=name, role=role, data=str(paths[name]), schema=PARTY_SCHEMAS[name].to_dict(),
-                      state_dir=str(run_dir / "parties" / name), validation=dict(demo.VALIDATION))
+        PartySettings(
+            name=name,
+            role=role,
+            data=str(paths[name]),
+            schema=PARTY_SCHEMAS[name].to_dict(),
+            state_dir=str(run_dir / "parties" / name),
+            validation=dict(demo.VALIDATION),
+        )
         for name, role in demo.VERTICAL_PARTIES.items()
     ]
     holders = [p for p, r in demo.VERTICAL_PARTIES.items() if r == "feature_holder"]
@@ -181,8 +199,9 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     for name in BASES:
         live[name] = {}
         with console.status(f"live decisions from {name}: the sandboxed scoring node and each party's scoring service"):
-            scoring[name] = demo.score_live(run_dir, results[name], data, paths, train_by_row, model=name,
-                                            scoring_dir=f"scoring-{name}", arrays=live[name], rows=held)
+            scoring[name] = demo.score_live(
+                run_dir, results[name], data, paths, train_by_row, model=name, scoring_dir=f"scoring-{name}", arrays=live[name], rows=held
+            )
     rows_scored = live[BASES[0]]["rows"]
     select = ~eval_by_row[rows_scored]  # held-out rows early stopping may use, never the evaluation half
     evaluate = eval_by_row[rows_scored]
@@ -213,8 +232,9 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     for party in holders:
         zs = {n: _logit(leave_out_pd(n, bundles[n], keys, data, holders, party, ids, X_bank)) for n in BASES}
         without[party] = meta.predict_proba(zs)[:, 1]
-    report = write_model_report(run_dir, run_id, data, parties, y, train_by_row, y_eval, p_stack, p_base, without,
-                           auc_bank_only=metrics["vertical_lr"].get("auc_bank_only"))
+    report = write_model_report(
+        run_dir, run_id, data, parties, y, train_by_row, y_eval, p_stack, p_base, without, auc_bank_only=metrics["vertical_lr"].get("auc_bank_only")
+    )
     audits = {n: audit_run(run_dir, results[n].get("run_id", f"{run_id}-{n}")) for n in BASES}
     auc_stack, ks_stack = float(auc(y_eval, p_stack)), float(ks(y_eval, p_stack))
     summary = {
@@ -238,11 +258,17 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
         "ks_centralized": max(c["ks"] for c in central.values()),
         "auc_centralized_base": {n: c["auc"] for n, c in central.items()},
         "intersection": metrics["vertical_lr"].get("intersection"),
-        "meta_learner": {**meta.to_record(), "fit_on": "held-out selection rows (blending)", "fit_rows": int(select.sum()),
-                         "bundle": str(meta_bundle)},
+        "meta_learner": {**meta.to_record(), "fit_on": "held-out selection rows (blending)", "fit_rows": int(select.sum()), "bundle": str(meta_bundle)},
         "evaluation_rows": int(evaluate.sum()),
-        "base_runs": {n: {"run_id": results[n].get("run_id"), "bundles": results[n].get("bundles"), "seconds": results[n].get("seconds"),
-                          "auc_validation": metrics[n].get("auc_federated")} for n in BASES},
+        "base_runs": {
+            n: {
+                "run_id": results[n].get("run_id"),
+                "bundles": results[n].get("bundles"),
+                "seconds": results[n].get("seconds"),
+                "auc_validation": metrics[n].get("auc_federated"),
+            }
+            for n in BASES
+        },
         "bytes_exchanged": {n: results[n].get("bytes_exchanged") for n in BASES},
         "bytes_total": sum(int(results[n].get("bytes_total") or 0) for n in BASES),
         "seconds_training": sum(float(results[n].get("seconds") or 0) for n in BASES),
@@ -271,8 +297,21 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     return summary
 
 
-def write_model_report(run_dir: Path, run_id: str, data, parties, y: np.ndarray, train_by_row: np.ndarray, y_eval: np.ndarray,
-                  p_model: np.ndarray, p_base: dict | None, without: dict, *, auc_bank_only: float | None, model: str = "stacking"):
+def write_model_report(
+    run_dir: Path,
+    run_id: str,
+    data,
+    parties,
+    y: np.ndarray,
+    train_by_row: np.ndarray,
+    y_eval: np.ndarray,
+    p_model: np.ndarray,
+    p_base: dict | None,
+    without: dict,
+    *,
+    auc_bank_only: float | None,
+    model: str = "stacking",
+):
     """``runs/<id>/model_report.html`` + ``.json`` from the bank's side."""
     from fedrisk.models.report import bank_iv, build_model_report, leave_out_contributions
 
@@ -280,10 +319,22 @@ def write_model_report(run_dir: Path, run_id: str, data, parties, y: np.ndarray,
     X_train = data.bank.feature_matrix()[train_by_row]
     iv = bank_iv(X_train, y[train_by_row], bank_names, min_bin_size=max(20, int(train_by_row.sum()) // 100))
     party_info = {p.name: {"role": p.role, "features": list(getattr(data, p.name).feature_names)} for p in parties}
-    contributions = leave_out_contributions(y_eval, p_model, without,
-                                            method="party's block removed from the trained model (scored as not covering the SME), no retraining")
+    contributions = leave_out_contributions(
+        y_eval, p_model, without, method="party's block removed from the trained model (scored as not covering the SME), no retraining"
+    )
     note = "Evaluated on the evaluation half of the bank's held-out rows (never used for training, early stopping or the meta-learner)."
     if auc_bank_only is not None:
         note += f" Bank-only model (retrained without every feature holder): validation AUC {auc_bank_only:.4f}."
-    return build_model_report(run_dir, y=y_eval, pd_=p_model, model=model, run_id=run_id, parties=party_info, bank="bank",
-                              iv=iv, contributions=contributions, base_learners=p_base, note=note)
+    return build_model_report(
+        run_dir,
+        y=y_eval,
+        pd_=p_model,
+        model=model,
+        run_id=run_id,
+        parties=party_info,
+        bank="bank",
+        iv=iv,
+        contributions=contributions,
+        base_learners=p_base,
+        note=note,
+    )

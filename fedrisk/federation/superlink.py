@@ -221,10 +221,14 @@ class FleetBundleHandler:
             return deserialize
 
         self.methods = {
-            FLEET_PULL: ("PullMessages", grpc.unary_unary_rpc_method_handler(
-                self.pull, request_deserializer=parse(PullMessagesRequest), response_serializer=Bundle.SerializeToString)),
-            FLEET_PUSH: ("PushMessages", grpc.unary_unary_rpc_method_handler(
-                self.push, request_deserializer=parse(PushMessagesRequest), response_serializer=Bundle.SerializeToString)),
+            FLEET_PULL: (
+                "PullMessages",
+                grpc.unary_unary_rpc_method_handler(self.pull, request_deserializer=parse(PullMessagesRequest), response_serializer=Bundle.SerializeToString),
+            ),
+            FLEET_PUSH: (
+                "PushMessages",
+                grpc.unary_unary_rpc_method_handler(self.push, request_deserializer=parse(PushMessagesRequest), response_serializer=Bundle.SerializeToString),
+            ),
         }
 
     # grpc.GenericRpcHandler
@@ -260,16 +264,12 @@ class FleetBundleHandler:
             self.changes.wait(generation, deadline - time.monotonic())
 
         def content_of(message, object_id: str) -> bytes | None:
-            found = self.servicer.PullObject(
-                PullObjectRequest(node=request.node, run_id=message.metadata.run_id, object_id=object_id), context
-            )
+            found = self.servicer.PullObject(PullObjectRequest(node=request.node, run_id=message.metadata.run_id, object_id=object_id), context)
             return found.object_content if found.object_found and found.object_available else None
 
         def confirm(message) -> None:
             self.servicer.ConfirmMessageReceived(
-                ConfirmMessageReceivedRequest(
-                    node=request.node, run_id=message.metadata.run_id, message_object_id=message.metadata.message_id
-                ),
+                ConfirmMessageReceivedRequest(node=request.node, run_id=message.metadata.run_id, message_object_id=message.metadata.message_id),
                 context,
             )
 
@@ -287,10 +287,13 @@ class FleetBundleHandler:
             response = self.servicer.PushMessages(request, context)
             for object_id in response.objects_to_push:
                 content = provided.get(object_id)
-                stored = content is not None and self.servicer.PushObject(
-                    PushObjectRequest(node=request.node, run_id=run_id, object_id=object_id, object_content=content, session_id=response.session_id),
-                    context,
-                ).stored
+                stored = (
+                    content is not None
+                    and self.servicer.PushObject(
+                        PushObjectRequest(node=request.node, run_id=run_id, object_id=object_id, object_content=content, session_id=response.session_id),
+                        context,
+                    ).stored
+                )
                 if not stored:
                     remaining.append(object_id)
         del response.objects_to_push[:]
@@ -364,10 +367,14 @@ def runtime_push(body: bytes, state, task, changes: StateChanges) -> bytes:
         response = handlers.push_messages(PushAppMessagesRequest.FromString(bundle.head), state, task)
         for object_id in response.objects_to_push:
             content = provided.get(object_id)
-            stored = content is not None and handlers.push_object(
-                PushObjectRequest(node=node, run_id=task.run_id, object_id=object_id, object_content=content, session_id=response.session_id),
-                state, task,
-            ).stored
+            stored = (
+                content is not None
+                and handlers.push_object(
+                    PushObjectRequest(node=node, run_id=task.run_id, object_id=object_id, object_content=content, session_id=response.session_id),
+                    state,
+                    task,
+                ).stored
+            )
             if not stored:
                 remaining.append(object_id)
     del response.objects_to_push[:]
@@ -486,9 +493,7 @@ class NodeRegistry:
     def _corrupt(self, why: str) -> Exception:
         from fedrisk.errors import FedriskError
 
-        return FedriskError(
-            f"node registry {self.path} is damaged ({why}); restore it from a backup, or remove it and register the nodes again"
-        )
+        return FedriskError(f"node registry {self.path} is damaged ({why}); restore it from a backup, or remove it and register the nodes again")
 
     def save(self, state) -> None:
         """Write every node of ``state`` to the file: a private temporary file, then an atomic rename over the old one."""

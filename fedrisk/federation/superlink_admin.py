@@ -80,7 +80,12 @@ class SuperLinkAdmin:
         try:
             completed = subprocess.run(
                 [flwr, *command, *args, CONNECTION, "--format", "json"],
-                env=self._env(), cwd=self.home, capture_output=True, text=True, timeout=self.timeout, check=False,
+                env=self._env(),
+                cwd=self.home,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise FedriskError(f"the SuperLink Control API at {self.control_address} did not answer within {self.timeout:.0f} s") from None
@@ -124,7 +129,12 @@ class SuperLinkAdmin:
         """The id of the (not unregistered) node holding ``public_key``, looked up on the Control API."""
         completed = subprocess.run(
             [sys.executable, "-m", "fedrisk.federation.superlink_admin", "node-id", str(Path(public_key).resolve())],
-            env=self._env(), cwd=self.home, capture_output=True, text=True, timeout=self.timeout, check=False,
+            env=self._env(),
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
         )
         if completed.returncode != 0:
             tail = (completed.stdout + completed.stderr).strip().splitlines()[-1:]

@@ -135,8 +135,12 @@ def run_vertical_lr(
         if checkpoints is None:
             return
         state = {
-            "key_fingerprint": fp, "counts": counts, "train_rows": result.rows, "rows": result.epochs,
-            "next_epoch": next_epoch, "alignment": alignment or {},
+            "key_fingerprint": fp,
+            "counts": counts,
+            "train_rows": result.rows,
+            "rows": result.epochs,
+            "next_epoch": next_epoch,
+            "alignment": alignment or {},
         }
         blobs = {"coordinator_context": context_blob, **{f"masked:{p}": data for p, data in masked.items()}}
         checkpoints.save("vertical_lr", next_epoch, state, blobs, config_sha256=digest)
@@ -152,10 +156,7 @@ def run_vertical_lr(
             header = session.header(epoch, spec.SCORES.request, p, "masked" if masked else "public", fp)
             requests[p] = (spec.SCORES.message_type, build_content(header, blobs, {"epoch": epoch}))
         scores = session.exchange(requests)
-        partials = [
-            EncryptedScores.from_bytes(coordinator.relay(p, COORDINATOR, r.blob("scores")), context=coordinator.context)
-            for p, r in scores.items()
-        ]
+        partials = [EncryptedScores.from_bytes(coordinator.relay(p, COORDINATOR, r.blob("scores")), context=coordinator.context) for p, r in scores.items()]
         total = coordinator.sum_scores(partials)
         config_lh: dict[str, object] = {"epoch": epoch}
         if epoch == 0:
@@ -175,7 +176,10 @@ def run_vertical_lr(
             result.bundles[lh] = str(decision.value("bundle"))
             finished = session.exchange(
                 {
-                    p: (spec.FINISH.message_type, build_content(session.header(epoch, spec.FINISH.request, p, spec.FINISH.request_class, fp), config={"control": control}))
+                    p: (
+                        spec.FINISH.message_type,
+                        build_content(session.header(epoch, spec.FINISH.request, p, spec.FINISH.request_class, fp), config={"control": control}),
+                    )
                     for p in fhs
                 }
             )

@@ -29,9 +29,7 @@ def write_model_bundle(folder: Path, arrays: dict[str, np.ndarray], meta: dict, 
     return write_signed_bundle(Path(folder), files, identity, meta={"kind": meta.get("kind", "model")})
 
 
-def load_model_bundle(
-    folder: Path, trusted_public_keys: Iterable[bytes] | None = None
-) -> tuple[dict[str, np.ndarray], dict]:
+def load_model_bundle(folder: Path, trusted_public_keys: Iterable[bytes] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Verify a bundle's signature and hashes, then return its arrays and metadata."""
     files = verify_bundle(Path(folder), trusted_public_keys)
     return load_safetensors(files[WEIGHTS_FILE]), json.loads(files[META_FILE])

@@ -253,8 +253,14 @@ class InProcessEstimator(BaseEstimator):
         return align_rows(ids, table, name)
 
     def _setup_label_holder(
-        self, bank: Any, X: np.ndarray, y: np.ndarray, feature_names: list[str],
-        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+        self,
+        bank: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+        monotone: dict[str, Any],
+        **options: Any,
     ) -> WirePayload:
         """Set the bank up; return the plan it sends to every feature holder."""
         raise NotImplementedError

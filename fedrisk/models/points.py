@@ -320,12 +320,17 @@ class PartyPoints:
             pts = -f * beta[j] * (np.asarray(t.woe, dtype=np.float64) - mean[j]) + 0.0  # + 0.0: no "-0" points
             has_missing = t.woe_missing is not None
             nan_bin = int(groups[b.nan_bin[j]]) if b.nan_bin[j] >= 0 else -1
-            feats.append(FeaturePoints(
-                t.name, edges, np.asarray(t.woe, dtype=np.float64), pts,
-                missing_woe=float(t.woe_missing) if has_missing else None,
-                missing_points=float(-f * beta[j] * (t.woe_missing - mean[j]) + 0.0) if has_missing else None,
-                nan_bin=nan_bin,
-            ))
+            feats.append(
+                FeaturePoints(
+                    t.name,
+                    edges,
+                    np.asarray(t.woe, dtype=np.float64),
+                    pts,
+                    missing_woe=float(t.woe_missing) if has_missing else None,
+                    missing_points=float(-f * beta[j] * (t.woe_missing - mean[j]) + 0.0) if has_missing else None,
+                    nan_bin=nan_bin,
+                )
+            )
         base, indicators = None, []
         if hasattr(lr, "intercept_"):  # the label holder: base points and coverage indicators
             base = scale.offset - f * float(lr.intercept_)
@@ -457,9 +462,15 @@ class PartyPoints:
             raise ProtocolError(f"not a points-scorecard bundle (kind {meta.get('kind')!r})")
         try:
             feats = tuple(
-                FeaturePoints(str(f["name"]), np.asarray(arrays[f"edges.{j}"], dtype=np.float64),
-                              np.asarray(arrays[f"woe.{j}"], dtype=np.float64), np.asarray(arrays[f"points.{j}"], dtype=np.float64),
-                              f["missing_woe"], f["missing_points"], int(f["nan_bin"]))
+                FeaturePoints(
+                    str(f["name"]),
+                    np.asarray(arrays[f"edges.{j}"], dtype=np.float64),
+                    np.asarray(arrays[f"woe.{j}"], dtype=np.float64),
+                    np.asarray(arrays[f"points.{j}"], dtype=np.float64),
+                    f["missing_woe"],
+                    f["missing_points"],
+                    int(f["nan_bin"]),
+                )
                 for j, f in enumerate(meta["features"])
             )
             inds = tuple(IndicatorPoints(str(i["party"]), float(i["covered"]), float(i["not_covered"])) for i in meta["indicators"])
@@ -582,8 +593,9 @@ class PointsScorecard:
 # =========================================================================== training
 
 
-def check_constraints(tables: Mapping[str, Sequence[str]], monotone: Mapping[str, Mapping[str, Any]] | None,
-                      signs: Mapping[str, Mapping[str, int]] | None) -> None:
+def check_constraints(
+    tables: Mapping[str, Sequence[str]], monotone: Mapping[str, Mapping[str, Any]] | None, signs: Mapping[str, Mapping[str, int]] | None
+) -> None:
     """Check every declared constraint against its owner's own columns, before any key is made.
 
     Raises
@@ -664,18 +676,18 @@ def train_points_scorecard(
         X = np.zeros((len(bank), df.shape[1]))
         X[cov] = df.loc[bank.index[cov]].to_numpy(dtype=np.float64)
         aligned[p] = (X, cov)
-    woe = VerticalWOE(n_bins=n_bins, min_bin_size=min_bin_size, monotone=monotone, label_holder_name=label_holder,
-                      n_jobs=n_jobs).fit(bank[bank_feats].to_numpy(dtype=np.float64), y, aligned,
-                                         bank_feature_names=bank_feats, holder_feature_names={p: cols[p] for p in holders})
-    bank_woe = pd.DataFrame(woe.label_holder_.own_model_.transform(bank[bank_feats].to_numpy(dtype=np.float64)),
-                            columns=bank_feats, index=bank.index)
+    woe = VerticalWOE(n_bins=n_bins, min_bin_size=min_bin_size, monotone=monotone, label_holder_name=label_holder, n_jobs=n_jobs).fit(
+        bank[bank_feats].to_numpy(dtype=np.float64), y, aligned, bank_feature_names=bank_feats, holder_feature_names={p: cols[p] for p in holders}
+    )
+    bank_woe = pd.DataFrame(woe.label_holder_.own_model_.transform(bank[bank_feats].to_numpy(dtype=np.float64)), columns=bank_feats, index=bank.index)
     bank_woe[label] = y
     holder_woe = {}
     for p, (_, cov) in aligned.items():
         W = woe.feature_holders_[p].transform()
         holder_woe[p] = pd.DataFrame(W[cov], columns=cols[p], index=bank.index[cov])
-    lr = VerticalLogisticRegression(C=C, max_epochs=max_epochs, patience=max_epochs, validation_fraction=0.0,
-                                    label=label, label_holder_name=label_holder, monotone=signs, n_jobs=n_jobs)
+    lr = VerticalLogisticRegression(
+        C=C, max_epochs=max_epochs, patience=max_epochs, validation_fraction=0.0, label=label, label_holder_name=label_holder, monotone=signs, n_jobs=n_jobs
+    )
     lr.fit(bank_woe, holder_woe)
     return PointsScorecard.from_woe_model(woe, lr, scale), woe, lr
 
@@ -684,9 +696,13 @@ def render_points_table(table: Any, party: str, scale: Any) -> Any:
     """A rich table of one party's points (``feature``, ``bin``, ``woe``, ``points``), for people."""
     from rich.table import Table
 
-    out = Table(title=f"Points table — {party}'s own features", caption=(
-        f"{scale.base_score:g} points at odds {scale.base_odds:g}:1, {scale.pdo:g} points to double the odds; "
-        "score = the sum of every party's points, higher is safer"))
+    out = Table(
+        title=f"Points table — {party}'s own features",
+        caption=(
+            f"{scale.base_score:g} points at odds {scale.base_odds:g}:1, {scale.pdo:g} points to double the odds; "
+            "score = the sum of every party's points, higher is safer"
+        ),
+    )
     out.add_column("feature")
     out.add_column("bin")
     out.add_column("WOE", justify="right")

@@ -121,12 +121,21 @@ def gain_table(y: Any, p: Any, *, groups: int = 10) -> list[dict[str, float]]:
         cum_rows += idx.size
         cum_def += d
         rate = d / idx.size
-        out.append({
-            "group": g, "rows": int(idx.size), "defaults": d, "default_rate": rate,
-            "pd_min": float(p[idx].min()), "pd_max": float(p[idx].max()), "pd_mean": float(p[idx].mean()),
-            "cum_rows_pct": 100.0 * cum_rows / y.size, "cum_defaults_pct": 100.0 * cum_def / total_def,
-            "lift": rate / base, "cum_lift": (cum_def / cum_rows) / base,
-        })
+        out.append(
+            {
+                "group": g,
+                "rows": int(idx.size),
+                "defaults": d,
+                "default_rate": rate,
+                "pd_min": float(p[idx].min()),
+                "pd_max": float(p[idx].max()),
+                "pd_mean": float(p[idx].mean()),
+                "cum_rows_pct": 100.0 * cum_rows / y.size,
+                "cum_defaults_pct": 100.0 * cum_def / total_def,
+                "lift": rate / base,
+                "cum_lift": (cum_def / cum_rows) / base,
+            }
+        )
     return out
 
 
@@ -141,8 +150,14 @@ def calibration_table(y: Any, p: Any, *, bins: int = 10) -> dict[str, Any]:
         pbar = exp / n
         if 0.0 < pbar < 1.0:
             hl += (obs - exp) ** 2 / (n * pbar * (1.0 - pbar))
-    return {"bins": rows, "brier": float(np.mean((p - y) ** 2)), "hosmer_lemeshow": float(hl),
-            "hosmer_lemeshow_df": max(1, len(rows) - 2), "mean_pd": float(p.mean()), "default_rate": float(y.mean())}
+    return {
+        "bins": rows,
+        "brier": float(np.mean((p - y) ** 2)),
+        "hosmer_lemeshow": float(hl),
+        "hosmer_lemeshow_df": max(1, len(rows) - 2),
+        "mean_pd": float(p.mean()),
+        "default_rate": float(y.mean()),
+    }
 
 
 def score_distribution(y: Any, p: Any, *, bins: int = 20) -> dict[str, Any]:
@@ -150,8 +165,7 @@ def score_distribution(y: Any, p: Any, *, bins: int = 20) -> dict[str, Any]:
     y, p = _check(y, p)
     lo, hi = float(p.min()), float(p.max())
     edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, bins + 1)
-    return {"edges": edges.tolist(), "defaults": np.histogram(p[y == 1], edges)[0].tolist(),
-            "non_defaults": np.histogram(p[y == 0], edges)[0].tolist()}
+    return {"edges": edges.tolist(), "defaults": np.histogram(p[y == 1], edges)[0].tolist(), "non_defaults": np.histogram(p[y == 0], edges)[0].tolist()}
 
 
 def model_metrics(y: Any, p: Any) -> dict[str, Any]:
@@ -162,9 +176,14 @@ def model_metrics(y: Any, p: Any) -> dict[str, Any]:
     ends = np.r_[sp[1:] != sp[:-1], True]
     gap = (np.cumsum(hits) / hits.sum() - np.cumsum(~hits) / (~hits).sum())[ends]
     return {
-        "rows": int(y.size), "defaults": int(y.sum()), "auc": auc(y, p), "ks": ks(y, p),
+        "rows": int(y.size),
+        "defaults": int(y.sum()),
+        "auc": auc(y, p),
+        "ks": ks(y, p),
         "ks_pd": float(sp[ends][int(np.argmax(np.abs(gap)))]),
-        "roc": roc_curve(y, p), "gain": gain_table(y, p), "calibration": calibration_table(y, p),
+        "roc": roc_curve(y, p),
+        "gain": gain_table(y, p),
+        "calibration": calibration_table(y, p),
         "distribution": score_distribution(y, p),
     }
 
@@ -236,9 +255,20 @@ def population_stability(expected: Any, actual: Any, *, bins: int = 10, floor: f
     terms = (a_pct - e_pct) * np.log(a_pct / e_pct)
     psi = float(terms.sum())
     return {
-        "psi": psi, "verdict": psi_verdict(psi), "expected_rows": int(e.size), "actual_rows": int(a.size),
-        "bins": [{"lo": float(lo) if np.isfinite(lo) else None, "hi": float(hi) if np.isfinite(hi) else None, "expected_pct": 100.0 * float(ec) / e.size, "actual_pct": 100.0 * float(ac) / a.size,
-                  "psi": float(t)} for lo, hi, ec, ac, t in zip(edges[:-1], edges[1:], e_counts, a_counts, terms)],
+        "psi": psi,
+        "verdict": psi_verdict(psi),
+        "expected_rows": int(e.size),
+        "actual_rows": int(a.size),
+        "bins": [
+            {
+                "lo": float(lo) if np.isfinite(lo) else None,
+                "hi": float(hi) if np.isfinite(hi) else None,
+                "expected_pct": 100.0 * float(ec) / e.size,
+                "actual_pct": 100.0 * float(ac) / a.size,
+                "psi": float(t),
+            }
+            for lo, hi, ec, ac, t in zip(edges[:-1], edges[1:], e_counts, a_counts, terms)
+        ],
     }
 
 
@@ -337,10 +367,7 @@ def _f(value: Any, digits: int = 4) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: frozenset[int] = frozenset()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -348,24 +375,43 @@ def _html(doc: Mapping[str, Any], charts: Mapping[str, str]) -> str:
     m = doc["metrics"]
     kpis = "".join(
         f'<span class="kpi">{_e(k)} <b>{v}</b></span>'
-        for k, v in (("AUC", _f(m["auc"])), ("KS", _f(m["ks"])), ("rows", f"{m['rows']:,}"),
-                     ("defaults", f"{m['defaults']:,}"), ("Brier", _f(m["calibration"]["brier"])))
+        for k, v in (
+            ("AUC", _f(m["auc"])),
+            ("KS", _f(m["ks"])),
+            ("rows", f"{m['rows']:,}"),
+            ("defaults", f"{m['defaults']:,}"),
+            ("Brier", _f(m["calibration"]["brier"])),
+        )
     )
-    img = "".join(f'<img alt="{_e(alt)}" src="data:image/png;base64,{charts[key]}">'
-                  for key, alt in (("roc", "ROC curve"), ("gain", "Cumulative gain"),
-                                   ("calibration", "Calibration"), ("distribution", "Score distribution")))
+    img = "".join(
+        f'<img alt="{_e(alt)}" src="data:image/png;base64,{charts[key]}">'
+        for key, alt in (("roc", "ROC curve"), ("gain", "Cumulative gain"), ("calibration", "Calibration"), ("distribution", "Score distribution"))
+    )
     gain = _table(
         ("group (riskiest first)", "SMEs", "defaults", "default rate", "PD range", "cum. % SMEs", "cum. % defaults (gain)", "lift", "cum. lift"),
-        [(_e(g["group"]), f"{g['rows']:,}", f"{g['defaults']:,}", _f(g["default_rate"]),
-          f"{g['pd_min']:.4f}–{g['pd_max']:.4f}", _f(g["cum_rows_pct"], 1), _f(g["cum_defaults_pct"], 1),
-          _f(g["lift"], 2), _f(g["cum_lift"], 2)) for g in m["gain"]],
+        [
+            (
+                _e(g["group"]),
+                f"{g['rows']:,}",
+                f"{g['defaults']:,}",
+                _f(g["default_rate"]),
+                f"{g['pd_min']:.4f}–{g['pd_max']:.4f}",
+                _f(g["cum_rows_pct"], 1),
+                _f(g["cum_defaults_pct"], 1),
+                _f(g["lift"], 2),
+                _f(g["cum_lift"], 2),
+            )
+            for g in m["gain"]
+        ],
         frozenset({1, 2, 3, 5, 6, 7, 8}),
     )
     cal = m["calibration"]
     calibration = _table(
         ("PD decile", "SMEs", "mean predicted PD", "observed rate", "expected defaults", "defaults"),
-        [(str(i + 1), f"{b['rows']:,}", _f(b["pd_mean"]), _f(b["observed_rate"]), _f(b["expected_defaults"], 1), f"{b['defaults']:,}")
-         for i, b in enumerate(cal["bins"])],
+        [
+            (str(i + 1), f"{b['rows']:,}", _f(b["pd_mean"]), _f(b["observed_rate"]), _f(b["expected_defaults"], 1), f"{b['defaults']:,}")
+            for i, b in enumerate(cal["bins"])
+        ],
         frozenset({1, 2, 3, 4, 5}),
     )
     iv_rows = []
@@ -377,10 +423,13 @@ def _html(doc: Mapping[str, Any], charts: Mapping[str, str]) -> str:
     iv = (_table(("party", "feature", "IV"), iv_rows, frozenset({2})) if iv_rows else "<p>No features listed.</p>") + f'<p class="muted">{iv_note}</p>'
     contrib = doc.get("contributions") or {}
     contributions = (
-        _table(("party left out", "AUC with", "AUC without", "AUC drop", "method"),
-               [(_e(p), _f(c["auc_with"]), _f(c["auc_without"]), _f(c["auc_drop"]), _e(c["method"])) for p, c in contrib.items()],
-               frozenset({1, 2, 3}))
-        if contrib else "<p>Not computed for this run.</p>"
+        _table(
+            ("party left out", "AUC with", "AUC without", "AUC drop", "method"),
+            [(_e(p), _f(c["auc_with"]), _f(c["auc_without"]), _f(c["auc_drop"]), _e(c["method"])) for p, c in contrib.items()],
+            frozenset({1, 2, 3}),
+        )
+        if contrib
+        else "<p>Not computed for this run.</p>"
     )
     bases = doc.get("base_learners") or {}
     stack = ""
@@ -390,25 +439,26 @@ def _html(doc: Mapping[str, Any], charts: Mapping[str, str]) -> str:
             [*((_e(n), _f(b["auc"]), _f(b["ks"])) for n, b in bases.items()), (_e(doc["model"]), _f(m["auc"]), _f(m["ks"]))],
             frozenset({1, 2}),
         )
-    parties = _table(("party", "role", "features (by name)"),
-                     [(_e(p), _e(i.get("role")), _e(", ".join(i.get("features", [])))) for p, i in doc["parties"].items()])
+    parties = _table(
+        ("party", "role", "features (by name)"), [(_e(p), _e(i.get("role")), _e(", ".join(i.get("features", [])))) for p, i in doc["parties"].items()]
+    )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>{_e(doc['title'])}</title><style>{_CSS}</style></head><body>
-<h1>{_e(doc['title'])}</h1>
-<p class="muted">run {_e(doc['run_id'])} · model {_e(doc['model'])} · evaluated on {_e(doc['evaluated_on'])} · generated {_e(doc['generated_utc'])} · {_e(doc['format'])}</p>
+<title>{_e(doc["title"])}</title><style>{_CSS}</style></head><body>
+<h1>{_e(doc["title"])}</h1>
+<p class="muted">run {_e(doc["run_id"])} · model {_e(doc["model"])} · evaluated on {_e(doc["evaluated_on"])} · generated {_e(doc["generated_utc"])} · {_e(doc["format"])}</p>
 <div>{kpis}</div>
 <h2>Parties</h2>{parties}
 <h2>Discrimination, gain, calibration, score distribution</h2>
 <div class="charts">{img}</div>
-<p>KS {_f(m['ks'])} reached at PD {_f(m['ks_pd'])}.</p>
+<p>KS {_f(m["ks"])} reached at PD {_f(m["ks_pd"])}.</p>
 <h2>Lift / gain table</h2>{gain}
 <h2>Calibration</h2>{calibration}
-<p>Brier score {_f(cal['brier'])}; Hosmer–Lemeshow statistic {_f(cal['hosmer_lemeshow'], 2)} on {cal['hosmer_lemeshow_df']} degrees of freedom; mean PD {_f(cal['mean_pd'])} against a default rate of {_f(cal['default_rate'])}.</p>
+<p>Brier score {_f(cal["brier"])}; Hosmer–Lemeshow statistic {_f(cal["hosmer_lemeshow"], 2)} on {cal["hosmer_lemeshow_df"]} degrees of freedom; mean PD {_f(cal["mean_pd"])} against a default rate of {_f(cal["default_rate"])}.</p>
 {stack}
 <h2>Information value per feature per party</h2>{iv}
 <h2>Each party's contribution (AUC drop when left out)</h2>{contributions}
-<p class="muted">{_e(doc.get('note', ''))}</p>
+<p class="muted">{_e(doc.get("note", ""))}</p>
 </body></html>
 """
 
@@ -460,10 +510,14 @@ def build_model_report(
     if bank not in parties:
         raise DataValidationError(f"model report: the bank {bank!r} is not among the parties")
     metrics = model_metrics(y, p)
-    iv_doc: dict[str, Any] = {"parties": {}, "note": iv_note or (
-        "IV of the bank's own features, computed by the bank on its own rows and labels (quantile bins, fedrisk.models.woe.PlainWOE); "
-        "other parties' features are listed by name, their IV withheld."
-    )}
+    iv_doc: dict[str, Any] = {
+        "parties": {},
+        "note": iv_note
+        or (
+            "IV of the bank's own features, computed by the bank on its own rows and labels (quantile bins, fedrisk.models.woe.PlainWOE); "
+            "other parties' features are listed by name, their IV withheld."
+        ),
+    }
     for party, info in parties.items():
         feats = []
         for name in info.get("features", []):

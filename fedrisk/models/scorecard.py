@@ -76,9 +76,7 @@ class ScorecardPart:
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != len(self.features):
-            raise DataValidationError(
-                f"scorecard of {self.party!r} reads {len(self.features)} features, got shape {X.shape}"
-            )
+            raise DataValidationError(f"scorecard of {self.party!r} reads {len(self.features)} features, got shape {X.shape}")
         return X
 
     def contributions(self, X: np.ndarray) -> np.ndarray:

@@ -188,17 +188,17 @@ class _Node:
     index: int
     depth: int
     parent: int = -1
-    side: str = ""                      # "left"/"right" of parent
-    rows: np.ndarray | None = None      # training rows reaching the node
+    side: str = ""  # "left"/"right" of parent
+    rows: np.ndarray | None = None  # training rows reaching the node
     grad: float = 0.0
     hess: float = 0.0
     own: Histogram | None = None
-    raw: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)   # party -> (G, H, G_nan, H_nan)
-    derive_from: int = -1               # sibling whose histograms minus the parent's give ours
+    raw: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)  # party -> (G, H, G_nan, H_nan)
+    derive_from: int = -1  # sibling whose histograms minus the parent's give ours
     decided: bool = False
-    waiting_partition: str = ""         # owner whose partition is outstanding
+    waiting_partition: str = ""  # owner whose partition is outstanding
     children: tuple[int, int] | None = None
-    bounds: tuple[float, float] = (-math.inf, math.inf)   # leaf-value bounds from monotone splits above
+    bounds: tuple[float, float] = (-math.inf, math.inf)  # leaf-value bounds from monotone splits above
 
 
 class LabelHolderSB:
@@ -245,15 +245,13 @@ class LabelHolderSB:
         self.name = name
         self.monotone = monotone
         self._monotone: dict[str, np.ndarray | None] = {}
-        self.params = BoostParams(n_trees, max_depth, float(learning_rate), float(reg_lambda), float(min_child_weight),
-                                  float(subsample), n_bins)
+        self.params = BoostParams(n_trees, max_depth, float(learning_rate), float(reg_lambda), float(min_child_weight), float(subsample), n_bins)
         self.random_state = random_state
         self.fingerprint = context_fingerprint(context)
         self.done_ = False
 
     # ------------------------------------------------------------------ setup
-    def setup(self, X: np.ndarray, y: np.ndarray, coverage: Mapping[str, np.ndarray], *,
-              feature_names: Sequence[str] | None = None) -> BoostPlan:
+    def setup(self, X: np.ndarray, y: np.ndarray, coverage: Mapping[str, np.ndarray], *, feature_names: Sequence[str] | None = None) -> BoostPlan:
         """Bin own features, fix the base score; return the plan for the feature holders.
 
         Parameters
@@ -298,8 +296,7 @@ class LabelHolderSB:
         self.tree_ = -1
         self.done_ = False
         self._outbox: dict[str, list[VerticalPayload]] = {}
-        self.plan_ = BoostPlan(self.fingerprint, self.name, self.feature_holders_, n, self.params.n_bins,
-                               self.params.n_trees, self.params.max_depth)
+        self.plan_ = BoostPlan(self.fingerprint, self.name, self.feature_holders_, n, self.params.n_bins, self.params.n_trees, self.params.max_depth)
         return self.plan_
 
     def declare_monotone(self, party: str, directions: Sequence[int] | np.ndarray) -> None:
@@ -346,11 +343,9 @@ class LabelHolderSB:
             rest = [p for p in items if not isinstance(p, EncryptedGradients | SplitDecisions | HistogramRequest)]
             batch: list[VerticalPayload] = list(grads)
             if decs:
-                batch.append(SplitDecisions(self.fingerprint, party, decs[0].tree, decs[0].n_rows,
-                                            tuple(s for d in decs for s in d.splits)))
+                batch.append(SplitDecisions(self.fingerprint, party, decs[0].tree, decs[0].n_rows, tuple(s for d in decs for s in d.splits)))
             if reqs:
-                batch.append(HistogramRequest(self.fingerprint, party, reqs[0].tree, reqs[0].n_rows,
-                                              tuple(r for q in reqs for r in q.nodes)))
+                batch.append(HistogramRequest(self.fingerprint, party, reqs[0].tree, reqs[0].n_rows, tuple(r for q in reqs for r in q.nodes)))
             merged[party] = batch + rest
         return merged
 
@@ -387,7 +382,7 @@ class LabelHolderSB:
         self.history_.append({"tree": self.tree_, "train_loss": loss})
         self._nodes = [_Node(0, 0)]
         self._records = [new_node(0)]
-        self._requested: dict[tuple[str, int], str] = {}   # (party, node) -> "pending"/"received"
+        self._requested: dict[tuple[str, int], str] = {}  # (party, node) -> "pending"/"received"
         if self.active_:
             blobs = encrypt_gradients(self.context, self._g, self._h)
             for party in self.active_:
@@ -492,8 +487,7 @@ class LabelHolderSB:
         unc = node.rows & ~self.coverage_[party]
         layout = self._layouts[party]
         assert layout is not None
-        return Histogram(g_bins, h_bins, g_nan + float(self._g[unc].sum()), h_nan + float(self._h[unc].sum()),
-                         np.array(layout.n_bins))
+        return Histogram(g_bins, h_bins, g_nan + float(self._g[unc].sum()), h_nan + float(self._h[unc].sum()), np.array(layout.n_bins))
 
     def _decide(self, node: _Node) -> None:
         node.decided = True
@@ -501,10 +495,11 @@ class LabelHolderSB:
         choice: tuple[str, SplitCandidate] | None = None
         if node.depth < self.params.max_depth:
             assert node.own is not None
-            options = [(self.name, best_split(node.own, node.grad, node.hess, self.params,
-                                              monotone=self._monotone.get(self.name), bounds=node.bounds))]
-            options += [(p, best_split(self._party_histogram(node, p), node.grad, node.hess, self.params,
-                                       monotone=self._monotone.get(p), bounds=node.bounds)) for p in self.active_]
+            options = [(self.name, best_split(node.own, node.grad, node.hess, self.params, monotone=self._monotone.get(self.name), bounds=node.bounds))]
+            options += [
+                (p, best_split(self._party_histogram(node, p), node.grad, node.hess, self.params, monotone=self._monotone.get(p), bounds=node.bounds))
+                for p in self.active_
+            ]
             for party, cand in options:  # first strictly better wins: ties go to the earlier party
                 if cand is not None and (choice is None or cand.gain > choice[1].gain):
                     choice = (party, cand)
@@ -515,10 +510,8 @@ class LabelHolderSB:
         left, right = len(self._nodes), len(self._nodes) + 1
         node.children = (left, right)
         mono = self._monotone.get(party)
-        b_left, b_right = child_bounds(cand, node.grad, node.hess, self.params,
-                                       0 if mono is None else int(mono[cand.feature]), node.bounds)
-        self._nodes += [_Node(left, node.depth + 1, node.index, "left", bounds=b_left),
-                        _Node(right, node.depth + 1, node.index, "right", bounds=b_right)]
+        b_left, b_right = child_bounds(cand, node.grad, node.hess, self.params, 0 if mono is None else int(mono[cand.feature]), node.bounds)
+        self._nodes += [_Node(left, node.depth + 1, node.index, "left", bounds=b_left), _Node(right, node.depth + 1, node.index, "right", bounds=b_right)]
         self._records += [new_node(node.depth + 1), new_node(node.depth + 1)]
         record.update(left=left, right=right, default_left=int(cand.default_left), gain=cand.gain)
         if party == self.name:
@@ -546,15 +539,12 @@ class LabelHolderSB:
         self._builder.add_tree(self._breadth_first(self._records))
         owners = [r["owner"] for r in self._records if r["left"] >= 0]
         names = (self.name, *self.feature_holders_)
-        self.history_[-1].update(seconds=time.perf_counter() - self._t0,
-                                 splits={names[k]: owners.count(k) for k in range(len(names))})
-        log.info("tree %d done in %.2f s (loss before %.5f)", self.tree_, self.history_[-1]["seconds"],
-                 self.history_[-1]["train_loss"])
+        self.history_[-1].update(seconds=time.perf_counter() - self._t0, splits={names[k]: owners.count(k) for k in range(len(names))})
+        log.info("tree %d done in %.2f s (loss before %.5f)", self.tree_, self.history_[-1]["seconds"], self.history_[-1]["train_loss"])
         self._nodes, self._records = [], []
         if self.tree_ + 1 >= self.params.n_trees:
             self.done_ = True
-            self.model_ = SecureBoostModel((self.name, *self.feature_holders_), self.feature_names_, self.base_score_,
-                                           self._builder.arrays(), self.params)
+            self.model_ = SecureBoostModel((self.name, *self.feature_holders_), self.feature_names_, self.base_score_, self._builder.arrays(), self.params)
             for party in self.feature_holders_:
                 self._send(party, TrainingDone(self.fingerprint, self.params.n_trees))
 
@@ -631,8 +621,7 @@ class FeatureHolderSB:
         self._kernel: EncryptedHistogramKernel | None = None
         self.done_ = False
 
-    def setup(self, X: np.ndarray, coverage: np.ndarray, plan: BoostPlan, *,
-              feature_names: Sequence[str] | None = None) -> BinLayout:
+    def setup(self, X: np.ndarray, coverage: np.ndarray, plan: BoostPlan, *, feature_names: Sequence[str] | None = None) -> BinLayout:
         """Bin own features on own covered rows, pre-encode the bins; announce the layout.
 
         Parameters
@@ -660,8 +649,9 @@ class FeatureHolderSB:
         self.close()
         self.layout_: HistogramLayout | None = None
         if cov.any() and X.shape[1] > 0:
-            self._kernel = EncryptedHistogramKernel(codes, self.binner_.n_bins_.tolist(), self.binner_.has_missing_.tolist(),
-                                                    cov, self.context, n_jobs=self.n_jobs, cache_bytes=self.cache_bytes)
+            self._kernel = EncryptedHistogramKernel(
+                codes, self.binner_.n_bins_.tolist(), self.binner_.has_missing_.tolist(), cov, self.context, n_jobs=self.n_jobs, cache_bytes=self.cache_bytes
+            )
             self.layout_ = self._kernel.layout_
         self._tree = -1
         self._node_rows: dict[int, np.ndarray] = {}
@@ -848,8 +838,9 @@ def label_holder_bundle(model: SecureBoostModel | LabelHolderSB, *, context_fing
     return arrays, meta
 
 
-def feature_holder_bundle(table: RoutingTable | FeatureHolderSB, *, context_fingerprint: str | None = None,
-                          label_holder: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def feature_holder_bundle(
+    table: RoutingTable | FeatureHolderSB, *, context_fingerprint: str | None = None, label_holder: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A feature holder's bundle content: only its own split thresholds (its routing table).
 
     ``label_holder`` (default: the one named in the boost plan) is recorded so that the
@@ -989,17 +980,32 @@ class VerticalSecureBoost(InProcessEstimator):
         return CoordinatorSB(context, label_holder=self.label_holder_name, feature_holders=feature_holders)
 
     def _new_label_holder(self, context: ts.Context, monotone: Mapping[str, Any] | None) -> LabelHolderSB:
-        return LabelHolderSB(context, name=self.label_holder_name, n_trees=self.n_trees, max_depth=self.max_depth,
-                             learning_rate=self.learning_rate, reg_lambda=self.reg_lambda,
-                             min_child_weight=self.min_child_weight, subsample=self.subsample, n_bins=self.n_bins,
-                             random_state=self.random_state, monotone=monotone)
+        return LabelHolderSB(
+            context,
+            name=self.label_holder_name,
+            n_trees=self.n_trees,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            reg_lambda=self.reg_lambda,
+            min_child_weight=self.min_child_weight,
+            subsample=self.subsample,
+            n_bins=self.n_bins,
+            random_state=self.random_state,
+            monotone=monotone,
+        )
 
     def _new_feature_holder(self, context: ts.Context, name: str, monotone: Mapping[str, Any] | None) -> FeatureHolderSB:
         return FeatureHolderSB(context, name=name, n_jobs=self.n_jobs)
 
     def _setup_label_holder(
-        self, bank: LabelHolderSB, X: np.ndarray, y: np.ndarray, feature_names: list[str],
-        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+        self,
+        bank: LabelHolderSB,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+        monotone: dict[str, Any],
+        **options: Any,
     ) -> BoostPlan:
         for nm, (_, _, fnames) in aligned.items():  # each owner checks its declaration against its own names
             directions = monotone_array(monotone.get(nm), fnames, nm)
@@ -1007,8 +1013,7 @@ class VerticalSecureBoost(InProcessEstimator):
                 bank.declare_monotone(nm, directions)
         return bank.setup(X, y, {nm: a[1] for nm, a in aligned.items()}, feature_names=feature_names)
 
-    def _join(self, bank: LabelHolderSB, holder: FeatureHolderSB, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]],
-              wire: Wire) -> bytes:
+    def _join(self, bank: LabelHolderSB, holder: FeatureHolderSB, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]], wire: Wire) -> bytes:
         X_k, cov_k, fnames = aligned
         got = BoostPlan.from_bytes(plan, context=holder.context)
         return wire.send(holder.name, self.label_holder_name, holder.setup(X_k, cov_k, got, feature_names=fnames))
@@ -1081,5 +1086,4 @@ def train_secureboost(
     **params: Any,
 ) -> VerticalSecureBoost:
     """Train vertical SecureBoost in-process; ``params`` are :class:`VerticalSecureBoost` parameters."""
-    return VerticalSecureBoost(**params).fit(label_holder_table, feature_holder_tables, context=context,
-                                             transcript=transcript, keep_bytes=keep_bytes)
+    return VerticalSecureBoost(**params).fit(label_holder_table, feature_holder_tables, context=context, transcript=transcript, keep_bytes=keep_bytes)

@@ -100,16 +100,23 @@ class BoostPlan(VerticalPayload):
     max_depth: int
 
     def _header(self) -> dict[str, Any]:
-        return {"label_holder": self.label_holder, "feature_holders": list(self.feature_holders), "n_rows": self.n_rows,
-                "n_bins": self.n_bins, "n_trees": self.n_trees, "max_depth": self.max_depth}
+        return {
+            "label_holder": self.label_holder,
+            "feature_holders": list(self.feature_holders),
+            "n_rows": self.n_rows,
+            "n_bins": self.n_bins,
+            "n_trees": self.n_trees,
+            "max_depth": self.max_depth,
+        }
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> BoostPlan:
         holders = _h_list(h, "feature_holders")
         if not all(isinstance(x, str) and x for x in holders) or blobs:
             raise ProtocolError("boost plan is malformed")
-        return cls(fp, str_field(h, "label_holder"), tuple(holders), int_field(h, "n_rows"), int_field(h, "n_bins"),
-                   int_field(h, "n_trees"), int_field(h, "max_depth"))
+        return cls(
+            fp, str_field(h, "label_holder"), tuple(holders), int_field(h, "n_rows"), int_field(h, "n_bins"), int_field(h, "n_trees"), int_field(h, "max_depth")
+        )
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,7 @@ class BinLayout(VerticalPayload):
     layout: HistogramLayout | None
 
     def _header(self) -> dict[str, Any]:
-        return {"party": self.party, "n_features": self.n_features,
-                "layout": None if self.layout is None else self.layout.to_dict()}
+        return {"party": self.party, "n_features": self.n_features, "layout": None if self.layout is None else self.layout.to_dict()}
 
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> BinLayout:
@@ -199,8 +205,12 @@ class HistogramRequest(VerticalPayload):
     nodes: tuple[NodeRequest, ...]
 
     def _header(self) -> dict[str, Any]:
-        return {"party": self.party, "tree": self.tree, "n_rows": self.n_rows,
-                "nodes": [{"node": r.node, "source": r.source, "parent": r.parent} for r in self.nodes]}
+        return {
+            "party": self.party,
+            "tree": self.tree,
+            "n_rows": self.n_rows,
+            "nodes": [{"node": r.node, "source": r.source, "parent": r.parent} for r in self.nodes],
+        }
 
     def _blobs(self) -> list[bytes]:
         blobs = []
@@ -271,7 +281,7 @@ class EncryptedHistograms(VerticalPayload):
 
 @dataclass(frozen=True)
 class SplitOrder:
-    """"Your feature, your bin": the bank's choice at ``node``, with the id to file it under."""
+    """ "Your feature, your bin": the bank's choice at ``node``, with the id to file it under."""
 
     node: int
     feature: int
@@ -295,9 +305,12 @@ class SplitDecisions(VerticalPayload):
     splits: tuple[SplitOrder, ...]
 
     def _header(self) -> dict[str, Any]:
-        return {"party": self.party, "tree": self.tree, "n_rows": self.n_rows,
-                "splits": [{"node": s.node, "feature": s.feature, "bin": s.bin, "split_id": s.split_id,
-                            "default_left": s.default_left} for s in self.splits]}
+        return {
+            "party": self.party,
+            "tree": self.tree,
+            "n_rows": self.n_rows,
+            "splits": [{"node": s.node, "feature": s.feature, "bin": s.bin, "split_id": s.split_id, "default_left": s.default_left} for s in self.splits],
+        }
 
     def _blobs(self) -> list[bytes]:
         return [_pack_rows(s.rows) for s in self.splits]
@@ -312,8 +325,16 @@ class SplitDecisions(VerticalPayload):
         for e, blob in zip(entries, blobs, strict=True):
             if not isinstance(e, dict):
                 raise ProtocolError("split decision entry is not an object")
-            splits.append(SplitOrder(int_field(e, "node"), int_field(e, "feature"), int_field(e, "bin"), int_field(e, "split_id"),
-                                     bool_field(e, "default_left"), _unpack_rows(blob, n, "split node row set")))
+            splits.append(
+                SplitOrder(
+                    int_field(e, "node"),
+                    int_field(e, "feature"),
+                    int_field(e, "bin"),
+                    int_field(e, "split_id"),
+                    bool_field(e, "default_left"),
+                    _unpack_rows(blob, n, "split node row set"),
+                )
+            )
         return cls(fp, str_field(h, "party"), int_field(h, "tree"), n, tuple(splits))
 
 
@@ -396,8 +417,7 @@ class SplitAnswers(VerticalPayload):
 
 PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
     cls.KIND: cls
-    for cls in (BoostPlan, BinLayout, EncryptedGradients, HistogramRequest, EncryptedHistograms,
-                SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
+    for cls in (BoostPlan, BinLayout, EncryptedGradients, HistogramRequest, EncryptedHistograms, SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
 }
 
 

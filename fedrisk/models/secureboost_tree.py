@@ -345,8 +345,9 @@ def monotone_array(monotone: Mapping[str, int] | None, names: Sequence[str], who
     return out if out.any() else None
 
 
-def _clipped_weights(lefts: np.ndarray, grad_total: float, hess_total: float, params: BoostParams,
-                     bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _clipped_weights(
+    lefts: np.ndarray, grad_total: float, hess_total: float, params: BoostParams, bounds: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Leaf weights of every candidate's left and right child, clipped to the node's bounds."""
     gl, hl = lefts[..., 0], lefts[..., 1]
     lam, lr = params.reg_lambda, params.learning_rate
@@ -356,8 +357,9 @@ def _clipped_weights(lefts: np.ndarray, grad_total: float, hess_total: float, pa
     return np.clip(wl, *bounds), np.clip(wr, *bounds)
 
 
-def child_bounds(cand: SplitCandidate, grad_total: float, hess_total: float, params: BoostParams,
-                 direction: int, bounds: tuple[float, float]) -> tuple[tuple[float, float], tuple[float, float]]:
+def child_bounds(
+    cand: SplitCandidate, grad_total: float, hess_total: float, params: BoostParams, direction: int, bounds: tuple[float, float]
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Leaf-value bounds of the two children (XGBoost's rule): a split on a constrained feature
     puts the midpoint of the clipped child weights between them; otherwise both inherit."""
     lo, hi = bounds
@@ -370,8 +372,15 @@ def child_bounds(cand: SplitCandidate, grad_total: float, hess_total: float, par
     return (mid, hi), (lo, mid)
 
 
-def best_split(hist: Histogram, grad_total: float, hess_total: float, params: BoostParams, *,
-               monotone: np.ndarray | None = None, bounds: tuple[float, float] = (-math.inf, math.inf)) -> SplitCandidate | None:
+def best_split(
+    hist: Histogram,
+    grad_total: float,
+    hess_total: float,
+    params: BoostParams,
+    *,
+    monotone: np.ndarray | None = None,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> SplitCandidate | None:
     """Best split by XGBoost gain, or None if no candidate has a positive gain.
 
     Ties go to the first candidate in (feature, bin, missing-right-first) order.
@@ -405,8 +414,7 @@ def best_split(hist: Histogram, grad_total: float, hess_total: float, params: Bo
     return SplitCandidate(best, int(f), int(b), bool(default_left), gl, hl)
 
 
-def leaf_weight(grad: float, hess: float, params: BoostParams,
-                bounds: tuple[float, float] = (-math.inf, math.inf)) -> float:
+def leaf_weight(grad: float, hess: float, params: BoostParams, bounds: tuple[float, float] = (-math.inf, math.inf)) -> float:
     """Shrunk Newton step ``−lr · G/(H + λ)`` (0 for an empty leaf), clipped to monotone ``bounds``."""
     denom = hess + params.reg_lambda
     if denom <= 0.0:
@@ -490,8 +498,19 @@ class TreeBuilder:
 
 
 def new_node(depth: int) -> dict[str, Any]:
-    return {"depth": depth, "left": -1, "right": -1, "owner": -1, "split_id": -1, "feature": -1, "bin": -1,
-            "threshold": np.nan, "default_left": 0, "value": 0.0, "gain": 0.0}
+    return {
+        "depth": depth,
+        "left": -1,
+        "right": -1,
+        "owner": -1,
+        "split_id": -1,
+        "feature": -1,
+        "bin": -1,
+        "threshold": np.nan,
+        "default_left": 0,
+        "value": 0.0,
+        "gain": 0.0,
+    }
 
 
 _ARRAY_DTYPES: dict[str, Any] = {
@@ -609,8 +628,9 @@ class SecureBoostModel:
                 pos[rows] = np.where(go, nodes["left"][node], nodes["right"][node])
         return nodes["value"][pos]
 
-    def _go_left(self, nodes: Mapping[str, np.ndarray], node: int, X: np.ndarray, rows: np.ndarray,
-                 columns: Mapping[str, Any], cover: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _go_left(
+        self, nodes: Mapping[str, np.ndarray], node: int, X: np.ndarray, rows: np.ndarray, columns: Mapping[str, Any], cover: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
         default = bool(nodes["default_left"][node])
         owner = int(nodes["owner"][node])
         if owner == 0:
@@ -628,8 +648,9 @@ class SecureBoostModel:
             go = np.where(cover[party][rows], go, default)
         return go
 
-    def predict_proba(self, X_own: np.ndarray, answers: Mapping[str, PartyAnswers | None] | None = None,
-                      coverage: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    def predict_proba(
+        self, X_own: np.ndarray, answers: Mapping[str, PartyAnswers | None] | None = None, coverage: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """``(n, 2)`` probabilities [no default, default]."""
         p = sigmoid(self.decision_function(X_own, answers, coverage))
         return np.column_stack([1.0 - p, p])
@@ -715,8 +736,7 @@ class RoutingTable:
 
     @classmethod
     def empty(cls, party: str, feature_names: Sequence[str]) -> RoutingTable:
-        return cls(party, tuple(feature_names), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
-                   np.zeros(0), np.zeros(0, np.uint8))
+        return cls(party, tuple(feature_names), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.uint8))
 
     def add(self, split_id: int, feature: int, bin_index: int, threshold: float, default_left: bool) -> None:
         if split_id in set(self.split_id.tolist()):
@@ -831,8 +851,9 @@ class PlainSecureBoost(BaseEstimator):
         self.monotone = monotone
 
     def _params(self) -> BoostParams:
-        return BoostParams(self.n_trees, self.max_depth, float(self.learning_rate), float(self.reg_lambda),
-                           float(self.min_child_weight), float(self.subsample), self.n_bins)
+        return BoostParams(
+            self.n_trees, self.max_depth, float(self.learning_rate), float(self.reg_lambda), float(self.min_child_weight), float(self.subsample), self.n_bins
+        )
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str] | None = None) -> PlainSecureBoost:
         params = self._params()
@@ -863,8 +884,7 @@ class PlainSecureBoost(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def _grow(self, codes: np.ndarray, n_bins: np.ndarray, g: np.ndarray, h: np.ndarray,
-              params: BoostParams) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def _grow(self, codes: np.ndarray, n_bins: np.ndarray, g: np.ndarray, h: np.ndarray, params: BoostParams) -> tuple[list[dict[str, Any]], np.ndarray]:
         """One tree, level-wise; returns its nodes and each row's leaf (tree-local index)."""
         n = codes.shape[0]
         nodes = [new_node(0)]
@@ -890,9 +910,16 @@ class PlainSecureBoost(BaseEstimator):
                 code = codes[:, cand.feature]
                 go_left = np.where(code == MISSING, cand.default_left, code <= cand.bin)
                 left, right = len(nodes), len(nodes) + 1
-                nodes[i].update(left=left, right=right, owner=0, feature=cand.feature, bin=cand.bin,
-                                threshold=self.binner_.threshold(cand.feature, cand.bin),
-                                default_left=int(cand.default_left), gain=cand.gain)
+                nodes[i].update(
+                    left=left,
+                    right=right,
+                    owner=0,
+                    feature=cand.feature,
+                    bin=cand.bin,
+                    threshold=self.binner_.threshold(cand.feature, cand.bin),
+                    default_left=int(cand.default_left),
+                    gain=cand.gain,
+                )
                 nodes.extend([new_node(nodes[i]["depth"] + 1), new_node(nodes[i]["depth"] + 1)])
                 rows_of[left], rows_of[right] = rows & go_left, rows & ~go_left
                 bounds_of[left], bounds_of[right] = child_bounds(cand, G, H, params, direction, bounds)

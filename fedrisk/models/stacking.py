@@ -178,8 +178,13 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -335,8 +340,7 @@ class VerticalStacking(BaseEstimator):
                 t0 = time.perf_counter()
                 for f in range(k):
                     train, held = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-                    model = self._new(name).fit(bank.iloc[train], {p: _subset(t, train, ids) for p, t in feature_holder_tables.items()},
-                                                context=context)
+                    model = self._new(name).fit(bank.iloc[train], {p: _subset(t, train, ids) for p, t in feature_holder_tables.items()}, context=context)
                     oof[name][held] = self._decision(model, bank.iloc[held], {p: _subset(t, held, ids) for p, t in feature_holder_tables.items()})
                     bar.advance(task)
                     if on_progress:

@@ -244,9 +244,7 @@ class TrainingPlan(VerticalPayload):
         if len(blobs) != 1 or len(blobs[0]) != (n + 7) // 8:
             raise ProtocolError("training plan row mask has the wrong size")
         mask = np.unpackbits(np.frombuffer(blobs[0], dtype=np.uint8), count=n).astype(bool)
-        return cls(
-            fp, str_field(h, "label_holder"), tuple(holders), mask, float_field(h, "l2"), float_field(h, "damping"), int_field(h, "max_epochs")
-        )
+        return cls(fp, str_field(h, "label_holder"), tuple(holders), mask, float_field(h, "l2"), float_field(h, "damping"), int_field(h, "max_epochs"))
 
 
 @dataclass(frozen=True)
@@ -330,9 +328,7 @@ class EncryptedMaskedGradient(_CiphertextList):
         groups = h.get("groups")
         if not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
             raise ProtocolError("payload field 'groups' must be a list of integers")
-        return cls(
-            fp, str_field(h, "party"), int_field(h, "epoch"), int_field(h, "n"), tuple(blobs), tuple(groups), bool_field(h, "reduced")
-        )
+        return cls(fp, str_field(h, "party"), int_field(h, "epoch"), int_field(h, "n"), tuple(blobs), tuple(groups), bool_field(h, "reduced"))
 
 
 @dataclass(frozen=True)
@@ -464,8 +460,7 @@ def _preconditioner(Z: np.ndarray, n_train: int, damping: float, l2: float, free
 class _BlockNesterov:
     """One party's block of the accelerated MM optimiser (identical at every party)."""
 
-    def __init__(self, n_params: int, precond: np.ndarray, l2: float, free: int | None, momentum: bool,
-                 signs: np.ndarray | None = None) -> None:
+    def __init__(self, n_params: int, precond: np.ndarray, l2: float, free: int | None, momentum: bool, signs: np.ndarray | None = None) -> None:
         self.signs = None if signs is None or not np.any(signs) else np.asarray(signs, dtype=np.float64)
         self.w = np.zeros(n_params)
         self.w_prev = np.zeros(n_params)
@@ -660,8 +655,7 @@ class LabelHolderLR:
         free = Z.shape[1] - 1
         signs = monotone_signs(self.monotone, names, self.name)
         signs = np.concatenate([signs, np.zeros(Z.shape[1] - signs.size)])  # indicators, intercept: free
-        self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum,
-                                   signs)
+        self._opt = _BlockNesterov(Z.shape[1], _preconditioner(Z[train_mask], self.n_train_, K, l2, free), l2, free, self.momentum, signs)
         # Start at the prior log-odds, not 0 (PD 0.5): every epoch's model is then
         # calibrated on average, whichever epoch early stopping keeps.
         rate = float(np.clip(self._y[train_mask].mean(), 1e-6, 1 - 1e-6))
@@ -727,11 +721,7 @@ class LabelHolderLR:
         change = abs(self._prev_loss - loss) / max(1.0, abs(loss)) if np.isfinite(self._prev_loss) else np.inf
         self._small_changes = self._small_changes + 1 if change < self.tol else 0
         self._prev_loss = loss
-        stop = (
-            self.epoch_ >= self.max_epochs
-            or (self.has_validation_ and self.epoch_ - self.best_epoch_ >= self.patience)
-            or self._small_changes >= 2
-        )
+        stop = self.epoch_ >= self.max_epochs or (self.has_validation_ and self.epoch_ - self.best_epoch_ >= self.patience) or self._small_changes >= 2
         entry.update(improved=improved, restart=restart, stop=stop)
         self.history_.append(entry)
         log.info(
@@ -793,8 +783,7 @@ class LabelHolderLR:
         declared = sum(sizes)
         if declared > m or payload.n_values > m:
             raise ProtocolError(
-                f"product of {party!r} declares a layout returning {max(declared, payload.n_values)} values, "
-                f"more than its {m} features fixed at setup"
+                f"product of {party!r} declares a layout returning {max(declared, payload.n_values)} values, more than its {m} features fixed at setup"
             )
         if declared != m or payload.n_values != m:
             raise ProtocolError(f"product of {party!r} declares {declared} values, its feature count fixed at setup is {m}")
@@ -981,8 +970,7 @@ class FeatureHolderLR:
         Z[~cov] = 0.0  # uncovered rows contribute nothing; the bank's indicator takes over
         self._Z, self._train, self._plan = Z, train, plan
         signs = monotone_signs(self.monotone, self.feature_names_, self.name)
-        self._opt = _BlockNesterov(X.shape[1], _preconditioner(Z[train], plan.n_train, plan.damping, plan.l2), plan.l2, None, momentum,
-                                   signs)
+        self._opt = _BlockNesterov(X.shape[1], _preconditioner(Z[train], plan.n_train, plan.damping, plan.l2), plan.l2, None, momentum, signs)
         self._best_w = self._opt.w.copy()
         self.coef_ = self._best_w.copy()
         self.close()
@@ -1032,8 +1020,13 @@ class FeatureHolderLR:
         products = self._kernel.compute(EncryptedVector(residual.fingerprint, residual.n_values, residual.ciphertexts))
         blobs, self._mask = self._kernel.mask(products, epoch=self.epoch_)
         return EncryptedMaskedGradient(
-            self.fingerprint, self.name, self.epoch_, self.n_features_in_, tuple(blobs),
-            self.layout_.group_sizes, self._kernel.reduced_,
+            self.fingerprint,
+            self.name,
+            self.epoch_,
+            self.n_features_in_,
+            tuple(blobs),
+            self.layout_.group_sizes,
+            self._kernel.reduced_,
         )
 
     def update(self, masked: MaskedGradient) -> None:
@@ -1255,7 +1248,11 @@ class VerticalLogisticRegression(InProcessEstimator):
             Keep each payload's bytes in the transcript.
         """
         return self._fit(
-            label_holder_table, feature_holder_tables, context=context, transcript=transcript, keep_bytes=keep_bytes,
+            label_holder_table,
+            feature_holder_tables,
+            context=context,
+            transcript=transcript,
+            keep_bytes=keep_bytes,
             train_mask=train_mask,
         )
 
@@ -1285,14 +1282,19 @@ class VerticalLogisticRegression(InProcessEstimator):
         return FeatureHolderLR(context, name=name, n_jobs=self.n_jobs, max_pack=self.max_pack, monotone=monotone)
 
     def _setup_label_holder(
-        self, bank: LabelHolderLR, X: np.ndarray, y: np.ndarray, feature_names: list[str],
-        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], monotone: dict[str, Any], **options: Any,
+        self,
+        bank: LabelHolderLR,
+        X: np.ndarray,
+        y: np.ndarray,
+        feature_names: list[str],
+        aligned: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+        monotone: dict[str, Any],
+        **options: Any,
     ) -> TrainingPlan:
         coverage = {nm: a[1] for nm, a in aligned.items()}
         return bank.setup(X, y, coverage, feature_names=feature_names, train_mask=options.get("train_mask"))
 
-    def _join(self, bank: LabelHolderLR, holder: FeatureHolderLR, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]],
-              wire: Wire) -> None:
+    def _join(self, bank: LabelHolderLR, holder: FeatureHolderLR, plan: bytes, aligned: tuple[np.ndarray, np.ndarray, list[str]], wire: Wire) -> None:
         X_k, cov_k, fnames = aligned
         holder.setup(X_k, cov_k, TrainingPlan.from_bytes(plan, context=holder.context), feature_names=fnames, momentum=self.momentum)
         bank.record_feature_count(holder.name, holder.n_features_in_, holder.layout_.n_ciphertexts)

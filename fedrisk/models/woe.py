@@ -241,11 +241,11 @@ def randomised_response(codes: np.ndarray, k: int, p: float, rng: np.random.Gene
 
 @dataclass
 class _Binned:
-    codes: np.ndarray            # (n, F) uint8, MISSING for a NaN with its own column
+    codes: np.ndarray  # (n, F) uint8, MISSING for a NaN with its own column
     n_bins: list[int]
     has_missing: list[bool]
     thresholds: list[np.ndarray]
-    nan_bin: list[int]           # -1: NaN has its own column; else the bin NaN rows join
+    nan_bin: list[int]  # -1: NaN has its own column; else the bin NaN rows join
 
 
 def bin_features(X: np.ndarray, covered: np.ndarray, n_bins: int, min_bin_size: int) -> _Binned:
@@ -265,8 +265,10 @@ def bin_features(X: np.ndarray, covered: np.ndarray, n_bins: int, min_bin_size: 
     if min_bin_size < 1:
         raise ConfigError(f"min_bin_size must be ≥ 1, got {min_bin_size}")
     if n_cov < int(n_bins) * int(min_bin_size):
-        raise ConfigError(f"n_bins={n_bins} × min_bin_size={min_bin_size} needs {int(n_bins) * int(min_bin_size)} rows, "
-                          f"the party covers {n_cov}: lower n_bins or min_bin_size")
+        raise ConfigError(
+            f"n_bins={n_bins} × min_bin_size={min_bin_size} needs {int(n_bins) * int(min_bin_size)} rows, "
+            f"the party covers {n_cov}: lower n_bins or min_bin_size"
+        )
     binner = QuantileBinner(int(n_bins)).fit(X, cov)
     raw = binner.transform(X)
     codes = np.zeros_like(raw)
@@ -300,8 +302,9 @@ def bin_features(X: np.ndarray, covered: np.ndarray, n_bins: int, min_bin_size: 
     return out
 
 
-def _column_counts(codes: np.ndarray, n_bins: Sequence[int], has_missing: Sequence[bool], covered: np.ndarray,
-                   weights: np.ndarray | None = None) -> list[np.ndarray]:
+def _column_counts(
+    codes: np.ndarray, n_bins: Sequence[int], has_missing: Sequence[bool], covered: np.ndarray, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Per feature, the per-column totals of ``weights`` (1 = sizes) over covered rows: bins, then NaN."""
     cov = np.asarray(covered, dtype=bool)
     w = np.ones(codes.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -343,12 +346,16 @@ class FeatureWOE:
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "groups": [int(g) for g in self.groups], "woe": [float(v) for v in self.woe],
-                "woe_missing": None if self.woe_missing is None else float(self.woe_missing), "iv": float(self.iv)}
+        return {
+            "name": self.name,
+            "groups": [int(g) for g in self.groups],
+            "woe": [float(v) for v in self.woe],
+            "woe_missing": None if self.woe_missing is None else float(self.woe_missing),
+            "iv": float(self.iv),
+        }
 
 
-def _feature_woe(name: str, events: np.ndarray, sizes: np.ndarray, n_bins: int, has_missing: bool,
-                 direction: str, smoothing: float) -> FeatureWOE:
+def _feature_woe(name: str, events: np.ndarray, sizes: np.ndarray, n_bins: int, has_missing: bool, direction: str, smoothing: float) -> FeatureWOE:
     e_b, n_b = events[:n_bins], sizes[:n_bins]
     groups = monotone_groups(e_b, n_b, direction)
     g = int(groups.max()) + 1
@@ -360,8 +367,7 @@ def _feature_woe(name: str, events: np.ndarray, sizes: np.ndarray, n_bins: int, 
     return FeatureWOE(name, groups, w[:g], float(w[g]) if has_missing else None, iv, e_m, n_m)
 
 
-def _transform(codes: np.ndarray, covered: np.ndarray, tables: Sequence[FeatureWOE], n_bins: Sequence[int],
-               has_missing: Sequence[bool]) -> np.ndarray:
+def _transform(codes: np.ndarray, covered: np.ndarray, tables: Sequence[FeatureWOE], n_bins: Sequence[int], has_missing: Sequence[bool]) -> np.ndarray:
     out = np.zeros(codes.shape, dtype=np.float64)
     cov = np.asarray(covered, dtype=bool)
     for j, t in enumerate(tables):
@@ -415,15 +421,13 @@ class PlainWOE(BaseEstimator):
     feature_names_in_ : list of str
     """
 
-    def __init__(self, *, n_bins: int = 10, min_bin_size: int = 1, monotone: Mapping[str, str] | None = None,
-                 smoothing: float = SMOOTHING) -> None:
+    def __init__(self, *, n_bins: int = 10, min_bin_size: int = 1, monotone: Mapping[str, str] | None = None, smoothing: float = SMOOTHING) -> None:
         self.n_bins = n_bins
         self.min_bin_size = min_bin_size
         self.monotone = monotone
         self.smoothing = smoothing
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str] | None = None,
-            covered: np.ndarray | None = None) -> PlainWOE:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str] | None = None, covered: np.ndarray | None = None) -> PlainWOE:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         cov = np.ones(X.shape[0], dtype=bool) if covered is None else np.asarray(covered, dtype=bool)
@@ -433,8 +437,10 @@ class PlainWOE(BaseEstimator):
         b = self.binned_
         sizes = _column_counts(b.codes, b.n_bins, b.has_missing, cov)
         events = _column_counts(b.codes, b.n_bins, b.has_missing, cov, y)
-        self.tables_ = [_feature_woe(nm, np.rint(e), s, k, m, d, self.smoothing)
-                        for nm, e, s, k, m, d in zip(self.feature_names_in_, events, sizes, b.n_bins, b.has_missing, directions, strict=True)]
+        self.tables_ = [
+            _feature_woe(nm, np.rint(e), s, k, m, d, self.smoothing)
+            for nm, e, s, k, m, d in zip(self.feature_names_in_, events, sizes, b.n_bins, b.has_missing, directions, strict=True)
+        ]
         self.iv_ = {t.name: t.iv for t in self.tables_}
         return self
 
@@ -526,8 +532,7 @@ class WOECounts(VerticalPayload):
     histogram: tuple[bytes, ...] = field(repr=False)
 
     def _header(self) -> dict[str, Any]:
-        return {"layout": self.layout.to_dict(), "sizes": list(self.sizes), "names": list(self.names),
-                "monotone": list(self.monotone), "rr_p": list(self.rr_p)}
+        return {"layout": self.layout.to_dict(), "sizes": list(self.sizes), "names": list(self.names), "monotone": list(self.monotone), "rr_p": list(self.rr_p)}
 
     def _blobs(self) -> list[bytes]:
         return list(self.histogram)
@@ -539,19 +544,24 @@ class WOECounts(VerticalPayload):
         sizes = _json_header(h, "sizes")
         names = _json_header(h, "names")
         mono = _json_header(h, "monotone")
-        if (not isinstance(sizes, list) or len(sizes) != layout.n_columns
-                or any(not isinstance(s, int | float) or isinstance(s, bool) or not math.isfinite(s) for s in sizes)):
+        if (
+            not isinstance(sizes, list)
+            or len(sizes) != layout.n_columns
+            or any(not isinstance(s, int | float) or isinstance(s, bool) or not math.isfinite(s) for s in sizes)
+        ):
             raise ProtocolError("WOE counts: bin sizes do not match the layout")
-        if (not isinstance(names, list) or len(names) != layout.n_features or any(not isinstance(n, str) for n in names)
-                or len(set(names)) != len(names)):
+        if not isinstance(names, list) or len(names) != layout.n_features or any(not isinstance(n, str) for n in names) or len(set(names)) != len(names):
             raise ProtocolError("WOE counts: feature names do not match the layout")
         if not isinstance(mono, list) or len(mono) != layout.n_features or any(m not in MONOTONE for m in mono):
             raise ProtocolError("WOE counts: monotone directions are malformed")
         if len(blobs) != layout.n_ciphertexts:
             raise ProtocolError(f"WOE counts carry {len(blobs)} ciphertexts, the layout {layout.n_ciphertexts}")
         rr = _json_header(h, "rr_p")
-        if (not isinstance(rr, list) or len(rr) != layout.n_features
-                or any(not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v < 1.0 for v in rr)):
+        if (
+            not isinstance(rr, list)
+            or len(rr) != layout.n_features
+            or any(not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v < 1.0 for v in rr)
+        ):
             raise ProtocolError("WOE counts: randomised-response probabilities are malformed")
         return cls(fp, layout, tuple(float(s) for s in sizes), tuple(names), tuple(mono), tuple(float(v) for v in rr), tuple(blobs))
 
@@ -617,9 +627,18 @@ class LabelHolderWOE:
     iv_ : dict of party → dict of feature → IV
     """
 
-    def __init__(self, context: ts.Context, *, name: str = "bank", n_bins: int = 10, min_bin_size: int = 1,
-                 smoothing: float = SMOOTHING, label_dp_epsilon: float | None = None, label_dp_delta: float = 1e-6,
-                 random_state: int | None = None) -> None:
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        name: str = "bank",
+        n_bins: int = 10,
+        min_bin_size: int = 1,
+        smoothing: float = SMOOTHING,
+        label_dp_epsilon: float | None = None,
+        label_dp_delta: float = 1e-6,
+        random_state: int | None = None,
+    ) -> None:
         if not context.is_private():
             raise ConfigError("the label holder needs its secret context")
         if min_bin_size < 1:
@@ -645,8 +664,7 @@ class LabelHolderWOE:
         blobs = encrypt_gradients(self.context, y, np.zeros_like(y))
         return WOEPlan(self.fingerprint, int(y.size), self.n_bins, self.min_bin_size, tuple(blobs))
 
-    def own(self, X: np.ndarray, *, feature_names: Sequence[str] | None = None,
-            monotone: Mapping[str, str] | None = None) -> PlainWOE:
+    def own(self, X: np.ndarray, *, feature_names: Sequence[str] | None = None, monotone: Mapping[str, str] | None = None) -> PlainWOE:
         """The bank's own features: plain WOE on its rows (nothing leaves)."""
         ref = PlainWOE(n_bins=self.n_bins, min_bin_size=self.min_bin_size, monotone=monotone, smoothing=self.smoothing)
         ref.fit(X, self.y_, feature_names=feature_names)
@@ -722,8 +740,17 @@ class FeatureHolderWOE:
         Per feature, the randomised-response replacement probability (0 without DP).
     """
 
-    def __init__(self, context: ts.Context, *, name: str, min_bin_size: int = 1, monotone: Mapping[str, str] | None = None,
-                 dp_epsilon: float | None = None, random_state: int | None = None, n_jobs: int = 1) -> None:
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        name: str,
+        min_bin_size: int = 1,
+        monotone: Mapping[str, str] | None = None,
+        dp_epsilon: float | None = None,
+        random_state: int | None = None,
+        n_jobs: int = 1,
+    ) -> None:
         if context.is_private():
             raise ConfigError("a feature holder must hold the public context only")
         self.context = context
@@ -775,8 +802,9 @@ class FeatureHolderWOE:
             layout = kernel.layout_
         finally:
             kernel.close()
-        return WOECounts(self.fingerprint, layout, tuple(float(s) for s in sizes), tuple(self.feature_names_in_),
-                         tuple(self.directions_), tuple(self.rr_p_), tuple(hist))
+        return WOECounts(
+            self.fingerprint, layout, tuple(float(s) for s in sizes), tuple(self.feature_names_in_), tuple(self.directions_), tuple(self.rr_p_), tuple(hist)
+        )
 
     def apply(self, result: WOEResult) -> None:
         """Keep the WOE tables of the own features (checked against the own bins)."""
@@ -822,10 +850,17 @@ class VerticalWOE(BaseEstimator):
         Every message as it crossed the wire.
     """
 
-    def __init__(self, *, n_bins: int = 10, min_bin_size: int = 1, smoothing: float = SMOOTHING,
-                 monotone: Mapping[str, Mapping[str, str]] | None = None,
-                 dp_epsilon: float | None = None, label_holder_name: str = "bank",
-                 n_jobs: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        n_bins: int = 10,
+        min_bin_size: int = 1,
+        smoothing: float = SMOOTHING,
+        monotone: Mapping[str, Mapping[str, str]] | None = None,
+        dp_epsilon: float | None = None,
+        label_holder_name: str = "bank",
+        n_jobs: int = 1,
+    ) -> None:
         self.n_bins = n_bins
         self.min_bin_size = min_bin_size
         self.smoothing = smoothing
@@ -834,9 +869,16 @@ class VerticalWOE(BaseEstimator):
         self.label_holder_name = label_holder_name
         self.n_jobs = n_jobs
 
-    def fit(self, X_bank: np.ndarray, y: np.ndarray, holders: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-            bank_feature_names: Sequence[str] | None = None, holder_feature_names: Mapping[str, Sequence[str]] | None = None,
-            context: ts.Context | None = None) -> VerticalWOE:
+    def fit(
+        self,
+        X_bank: np.ndarray,
+        y: np.ndarray,
+        holders: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        *,
+        bank_feature_names: Sequence[str] | None = None,
+        holder_feature_names: Mapping[str, Sequence[str]] | None = None,
+        context: ts.Context | None = None,
+    ) -> VerticalWOE:
         """``holders``: name → (features in the bank's row order, coverage mask)."""
         from fedrisk.crypto.encrypted_histogram import make_histogram_context
 
@@ -855,20 +897,22 @@ class VerticalWOE(BaseEstimator):
             check_monotone(monotone.get(party), _names(feats, np.shape(X_k)[1]), party)
             n_cov = int(np.sum(np.asarray(cov_k, dtype=bool)))
             if n_cov < int(self.n_bins) * int(self.min_bin_size):
-                raise ConfigError(f"n_bins={self.n_bins} × min_bin_size={self.min_bin_size} needs "
-                                  f"{int(self.n_bins) * int(self.min_bin_size)} rows, {party} covers {n_cov}: "
-                                  "lower n_bins or min_bin_size")
+                raise ConfigError(
+                    f"n_bins={self.n_bins} × min_bin_size={self.min_bin_size} needs "
+                    f"{int(self.n_bins) * int(self.min_bin_size)} rows, {party} covers {n_cov}: "
+                    "lower n_bins or min_bin_size"
+                )
         secret = context if context is not None else make_histogram_context()
         public = public_bfv_context(secret)
-        bank = LabelHolderWOE(secret, name=self.label_holder_name, n_bins=self.n_bins, min_bin_size=self.min_bin_size,
-                              smoothing=self.smoothing)
+        bank = LabelHolderWOE(secret, name=self.label_holder_name, n_bins=self.n_bins, min_bin_size=self.min_bin_size, smoothing=self.smoothing)
         self.transcript_: list[tuple[str, str, str, bytes]] = []
         plan = bank.plan(y)
         bank.own(X_bank, feature_names=bank_feature_names, monotone=monotone.get(self.label_holder_name))
         fhs = {}
         for party, (X_k, cov_k) in holders.items():
-            fh = FeatureHolderWOE(public, name=party, min_bin_size=self.min_bin_size, monotone=monotone.get(party),
-                                  dp_epsilon=self.dp_epsilon, n_jobs=self.n_jobs)
+            fh = FeatureHolderWOE(
+                public, name=party, min_bin_size=self.min_bin_size, monotone=monotone.get(party), dp_epsilon=self.dp_epsilon, n_jobs=self.n_jobs
+            )
             fh.setup(X_k, cov_k, feature_names=names.get(party))
             data = self._send(self.label_holder_name, party, plan)
             counts = fh.respond(WOEPlan.from_bytes(data, context=public))

@@ -351,8 +351,11 @@ class FeatureHolderAlignment(_AlignmentParty):
         if n_rows != result.n_label_holder:
             raise ProtocolError(f"{self.name}: the plan has {n_rows} rows, the label holder's PSI set {result.n_label_holder}")
         positions = unpack_positions(
-            raw, n_rows=n_rows, capacity=positions_capacity(n_rows, result.n_feature_holder, result.size),
-            count=result.size, party=self.name,
+            raw,
+            n_rows=n_rows,
+            capacity=positions_capacity(n_rows, result.n_feature_holder, result.size),
+            count=result.size,
+            party=self.name,
         )
         own = self.runtime.table.feature_matrix()
         X = np.zeros((n_rows, own.shape[1]))
@@ -415,8 +418,12 @@ def bank_only_metrics(aligned: AlignedRows, model: str, params: dict) -> dict[st
     X, y = aligned.X, aligned.y
     if model == "secureboost":
         fitted = HistGradientBoostingClassifier(
-            max_iter=params["n_trees"], max_depth=params["max_depth"], learning_rate=params["learning_rate"],
-            max_bins=min(255, params["n_bins"]), l2_regularization=params["reg_lambda"], early_stopping=False,
+            max_iter=params["n_trees"],
+            max_depth=params["max_depth"],
+            learning_rate=params["learning_rate"],
+            max_bins=min(255, params["n_bins"]),
+            l2_regularization=params["reg_lambda"],
+            early_stopping=False,
         ).fit(X[train], y[train])
         p = fitted.predict_proba(X[report])[:, 1]
     else:

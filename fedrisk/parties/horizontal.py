@@ -68,9 +68,7 @@ if TYPE_CHECKING:
 SECRET_CONTEXT_FILE = "ckks_aggregation.secret"
 
 
-def privatise_update(
-    local: np.ndarray, reference: np.ndarray, *, clip: float, noise_multiplier: float, rng: np.random.Generator
-) -> np.ndarray:
+def privatise_update(local: np.ndarray, reference: np.ndarray, *, clip: float, noise_multiplier: float, rng: np.random.Generator) -> np.ndarray:
     """Clip ``local - reference`` to L2 norm ``clip`` and add Gaussian noise of std ``noise_multiplier * clip``.
 
     Parameters
@@ -135,10 +133,7 @@ class HorizontalParty:
                 raise ProtocolError(f"party {self.runtime.settings.name!r} holds no aggregation key yet")
             self._context = KeyHolderContext.load(self.secret_path)
         if self._context.fingerprint != expected_fingerprint:
-            raise ProtocolError(
-                f"party {self.runtime.settings.name!r} holds key {self._context.fingerprint}, "
-                f"the federation uses {expected_fingerprint}"
-            )
+            raise ProtocolError(f"party {self.runtime.settings.name!r} holds key {self._context.fingerprint}, the federation uses {expected_fingerprint}")
         return self._context
 
     def _on_keygen(self, exchange: Exchange) -> "RecordDict":
@@ -178,7 +173,9 @@ class HorizontalParty:
             raise ProtocolError(f"party {name!r}: the shared key's fingerprint does not match the announced one")
         context.save(self.secret_path)
         self._context = context
-        return build_content(exchange.header.reply(spec.KEYSHARE.reply_class, context.fingerprint, step=spec.KEYSHARE.reply), config={"fingerprint": context.fingerprint})
+        return build_content(
+            exchange.header.reply(spec.KEYSHARE.reply_class, context.fingerprint, step=spec.KEYSHARE.reply), config={"fingerprint": context.fingerprint}
+        )
 
     # -- encode / decode vectors --------------------------------------------
     def _encode(self, exchange: Exchange, vector: np.ndarray, step: str) -> "RecordDict":
@@ -285,9 +282,7 @@ class HorizontalParty:
         if "stats" in exchange.blobs:
             self._apply_stats(exchange, self._decode(exchange, "stats"))
         elif self.mean_ is None:
-            raise ProtocolError(
-                f"party {self.runtime.settings.name!r} has no pooled feature statistics: it missed round 1 (restarted?)"
-            )
+            raise ProtocolError(f"party {self.runtime.settings.name!r} has no pooled feature statistics: it missed round 1 (restarted?)")
         model = self._model(exchange)
         metrics: dict[str, float] = {}
         if "aggregate" in exchange.blobs:

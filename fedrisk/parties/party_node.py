@@ -214,8 +214,15 @@ class PartyNode:
         ready.unlink(missing_ok=True)
         self.settings.write(self.settings_path)
         argv = [
-            sys.executable, "-m", "fedrisk.parties.service",
-            "--settings", str(self.settings_path), "--socket", str(self.socket_path), "--ready-file", str(ready),
+            sys.executable,
+            "-m",
+            "fedrisk.parties.service",
+            "--settings",
+            str(self.settings_path),
+            "--socket",
+            str(self.socket_path),
+            "--ready-file",
+            str(ready),
         ]
         proc = spawn(f"party-{self.settings.name}", argv, logs_dir=self.logs_dir, env=self.env, cwd=self.state_dir)  # type: ignore[arg-type]
         self.processes.append(proc)
@@ -232,14 +239,17 @@ class PartyNode:
             time.sleep(0.1)
 
     def start_supernode(self) -> ManagedProcess:
-        node_config = (
-            f"party='{self.settings.name}' party-socket='{self.socket_path}' party-state-dir='{self.state_dir}'"
-        )
+        node_config = f"party='{self.settings.name}' party-socket='{self.socket_path}' party-state-dir='{self.state_dir}'"
         argv = [
-            sys.executable, "-m", "fedrisk.parties.supernode",
-            "--superlink", self.superlink,
-            "--node-config", node_config,
-            "--port", str(free_port()),
+            sys.executable,
+            "-m",
+            "fedrisk.parties.supernode",
+            "--superlink",
+            self.superlink,
+            "--node-config",
+            node_config,
+            "--port",
+            str(free_port()),
         ]
         argv += ["--insecure"] if self.insecure else ["--root-certificates", str(self.root_certificates)]
         if self.auth_key is not None:
@@ -289,9 +299,7 @@ class PartyNode:
         now = time.monotonic()
         recent = [t for t in self.restarts[which] if now - t < RESTART_WINDOW]
         if len(recent) >= MAX_RESTARTS:
-            raise PartyUnavailableError(
-                f"{which} of party {self.settings.name} died {len(recent) + 1} times within {RESTART_WINDOW:.0f} s ({why}); giving up"
-            )
+            raise PartyUnavailableError(f"{which} of party {self.settings.name} died {len(recent) + 1} times within {RESTART_WINDOW:.0f} s ({why}); giving up")
         self.restarts[which] = [*recent, now]
 
     def supervise(self) -> list[str]:

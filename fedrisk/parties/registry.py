@@ -64,10 +64,7 @@ def runtime_for_context(context: Context) -> PartyRuntime:
     """The in-process runtime of a simulated node (Flower Simulation Engine), kept warm per settings file."""
     settings_path = context.node_config.get("party-settings")
     if not settings_path:
-        raise ProtocolError(
-            "node config has neither 'party-socket' nor 'party-settings': "
-            "start nodes with `fedrisk node start` or `fedrisk simulate`"
-        )
+        raise ProtocolError("node config has neither 'party-socket' nor 'party-settings': start nodes with `fedrisk node start` or `fedrisk simulate`")
     runtime = _RUNTIMES.get(str(settings_path))
     if runtime is None:
         runtime = party_runtime(PartySettings.read(Path(str(settings_path))))

@@ -103,9 +103,7 @@ def relay_call(
         try:
             sock.connect(os.fspath(socket_path))
         except OSError as err:
-            raise PartyUnavailableError(
-                f"party process is not listening on {socket_path}: {err.strerror or err}"
-            ) from None
+            raise PartyUnavailableError(f"party process is not listening on {socket_path}: {err.strerror or err}") from None
         send_frame(sock, {"message_type": message_type, **meta}, encode_content(content))
         header, body = recv_frame(sock)
     finally:

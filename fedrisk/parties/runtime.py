@@ -117,9 +117,7 @@ class PartyRuntime:
         exchange = read_content(content)
         addressed_to_node = message_type == mt.IDENTITY and exchange.header.receiver.startswith("node:")
         if exchange.header.receiver != self.settings.name and not addressed_to_node:
-            raise ProtocolError(
-                f"party {self.settings.name!r} got a message addressed to {exchange.header.receiver!r}"
-            )
+            raise ProtocolError(f"party {self.settings.name!r} got a message addressed to {exchange.header.receiver!r}")
         handler = self._handler(exchange.header.run_id, message_type)  # a restarted process restores here
         if handler is None:
             raise ProtocolError(f"party {self.settings.name!r} ({self.settings.role}) does not serve {message_type!r}")

@@ -200,8 +200,9 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             out.update(auc_federated=float(auc(y[keep], z[keep])), ks_federated=float(ks(y[keep], z[keep])))
         out.update({f"{k}_bank_only": v for k, v in self.baseline.items()})
         arrays, meta = label_holder_bundle(model)
-        meta.update(run_id=run_id, party=self.name, status="final", intersection=aligned.intersection,
-                    bank_only=self.baseline, schema=self.runtime.settings.schema)
+        meta.update(
+            run_id=run_id, party=self.name, status="final", intersection=aligned.intersection, bank_only=self.baseline, schema=self.runtime.settings.schema
+        )
         out["bundle"] = str(self._write(run_id, arrays, meta))
         return out
 
@@ -300,9 +301,16 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         self.model, self.train_mask, self.gradients = model, train, None
         values, blobs = aligned_blobs(aligned)
         values.update(rows=rows, n_jobs=n_jobs)
-        self._durable(exchange.header.run_id).save_static(values, {
-            **blobs, "context": exchange.blob("context"), "plan": exchange.blob("plan"), "train_mask": packed, "layout": layout.to_bytes(),
-        })
+        self._durable(exchange.header.run_id).save_static(
+            values,
+            {
+                **blobs,
+                "context": exchange.blob("context"),
+                "plan": exchange.blob("plan"),
+                "train_mask": packed,
+                "layout": layout.to_bytes(),
+            },
+        )
         items = [_item(layout)]
         return batch_content(exchange.header.reply(batch_class(items), model.fingerprint, step=spec.JOIN.reply), items)
 

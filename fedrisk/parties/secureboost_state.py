@@ -53,8 +53,21 @@ from fedrisk.parties.vertical_lr_state import array_bytes, array_from, to_json
 
 #: Mutable fields of the label holder after setup (``model_`` exists once training is done).
 LABEL_HOLDER_FIELDS = (
-    "tree_", "done_", "history_", "active_", "_raw", "_rng", "_layouts", "_split_ids", "_builder",
-    "_g", "_h", "_nodes", "_records", "_requested", "model_",
+    "tree_",
+    "done_",
+    "history_",
+    "active_",
+    "_raw",
+    "_rng",
+    "_layouts",
+    "_split_ids",
+    "_builder",
+    "_g",
+    "_h",
+    "_nodes",
+    "_records",
+    "_requested",
+    "model_",
 )
 #: Mutable fields of a feature holder after setup (its kernel's gradients are restored from the payload).
 FEATURE_HOLDER_FIELDS = ("_tree", "done_", "routing_table_", "_node_rows", "_partitions")

@@ -86,12 +86,21 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
 
         params = {k: from_json(v) for k, v in static.state.items()}
         model = LabelHolderLR(
-            KeyHolderContext.from_bytes(static.blob("context")), name=self.name, C=float(params["c"]), max_epochs=int(params["epochs"]),
-            patience=int(params["patience"]), tol=float(params["tol"]), momentum=bool(params["momentum"]),
+            KeyHolderContext.from_bytes(static.blob("context")),
+            name=self.name,
+            C=float(params["c"]),
+            max_epochs=int(params["epochs"]),
+            patience=int(params["patience"]),
+            tol=float(params["tol"]),
+            momentum=bool(params["momentum"]),
         )
         model.setup(
-            aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names,
-            train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
+            aligned.X,
+            aligned.y,
+            aligned.coverage,
+            feature_names=aligned.feature_names,
+            train_mask=aligned.train_mask,
+            eval_mask=aligned.eval_mask,
         )
         self.model, self.baseline = model, dict(params["baseline"])
 
@@ -111,12 +120,21 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
         context = make_context()  # generated here; the secret key never leaves this process
         params = spec.setup_params(exchange)
         model = LabelHolderLR(
-            context, name=self.name, C=params.c, max_epochs=params.epochs, patience=params.patience, tol=params.tol,
+            context,
+            name=self.name,
+            C=params.c,
+            max_epochs=params.epochs,
+            patience=params.patience,
+            tol=params.tol,
             momentum=params.momentum,
         )
         plan = model.setup(
-            aligned.X, aligned.y, aligned.coverage, feature_names=aligned.feature_names,
-            train_mask=aligned.train_mask, eval_mask=aligned.eval_mask,
+            aligned.X,
+            aligned.y,
+            aligned.coverage,
+            feature_names=aligned.feature_names,
+            train_mask=aligned.train_mask,
+            eval_mask=aligned.eval_mask,
         )
         self.model = model
         self.baseline = bank_only_metrics(aligned, "vertical_lr", {"c": params.c})
@@ -135,7 +153,11 @@ class LabelHolderVerticalLR(DurableRole, AlignedRowsProtocol):
 
         values, blobs = aligned_blobs(aligned)
         values.update(
-            c=params.c, epochs=params.epochs, patience=params.patience, tol=params.tol, momentum=params.momentum,
+            c=params.c,
+            epochs=params.epochs,
+            patience=params.patience,
+            tol=params.tol,
+            momentum=params.momentum,
             baseline=dict(self.baseline),
         )
         secret = context.to_bytes()  # the KeyHolderContext recipe; Galois keys are regenerated on load

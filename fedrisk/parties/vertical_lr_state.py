@@ -42,12 +42,38 @@ from fedrisk.checkpoint import Checkpoint, CheckpointStore
 
 #: Mutable fields of each model after setup: dotted paths ("_opt.w" is the optimiser's weights).
 LABEL_HOLDER_FIELDS = (
-    "_opt.w", "_opt.w_prev", "_opt.t", "_best_w", "best_epoch_", "_best_auc", "_best_val_loss", "_prev_loss",
-    "_small_changes", "epoch_", "converged_", "_open_epoch", "n_epochs_", "eval_auc_", "eval_ks_", "_decrypted",
-    "history_", "_holder_counts", "_holder_products", "coef_", "intercept_",
+    "_opt.w",
+    "_opt.w_prev",
+    "_opt.t",
+    "_best_w",
+    "best_epoch_",
+    "_best_auc",
+    "_best_val_loss",
+    "_prev_loss",
+    "_small_changes",
+    "epoch_",
+    "converged_",
+    "_open_epoch",
+    "n_epochs_",
+    "eval_auc_",
+    "eval_ks_",
+    "_decrypted",
+    "history_",
+    "_holder_counts",
+    "_holder_products",
+    "coef_",
+    "intercept_",
 )
 FEATURE_HOLDER_FIELDS = (
-    "_opt.w", "_opt.w_prev", "_opt.t", "_best_w", "coef_", "epoch_", "_restart", "done_", "last_gradient_",
+    "_opt.w",
+    "_opt.w_prev",
+    "_opt.t",
+    "_best_w",
+    "coef_",
+    "epoch_",
+    "_restart",
+    "done_",
+    "last_gradient_",
     "_mask",
 )
 ALIGNED_ARRAYS = ("X", "y", "train_mask", "eval_mask", "order")

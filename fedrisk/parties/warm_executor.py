@@ -133,9 +133,7 @@ def check_app_package(content: bytes, *, fab_hash: str | None = None, fab_id: st
     if problem is not None:
         name = f"{fab_id} {fab_version}".strip() or "(unnamed)"
         digest = (fab_hash or hashlib.sha256(content).hexdigest())[:16]
-        raise ForeignAppError(
-            f"refused the run's app package {name} (sha256 {digest}): {problem}; a fedrisk party runs only the installed fedrisk ClientApp"
-        )
+        raise ForeignAppError(f"refused the run's app package {name} (sha256 {digest}): {problem}; a fedrisk party runs only the installed fedrisk ClientApp")
 
 
 class InProcessRuntimeClient:

@@ -16,7 +16,11 @@ from fedrisk.wire import message_types as mt
 BLIND = Step(mt.PSI_BLIND, "psi.blind", "psi.blinded_set", ("public",), ("masked",))
 #: Each feature holder blinds the label holder's set again; the label holder every feature holder's.
 DOUBLE_BLIND = Step(
-    mt.PSI_DOUBLE_BLIND, "psi.double_blind", "psi.double_blinded", ("masked",), ("masked", "public"),
+    mt.PSI_DOUBLE_BLIND,
+    "psi.double_blind",
+    "psi.double_blinded",
+    ("masked",),
+    ("masked", "public"),
     varies="reply by role: a feature holder returns the double-blinded set (masked); the label holder keeps its results and acknowledges (public)",
 )
 #: The label holder intersects and answers each feature holder, sealed under a key both ends derive from the PSI session.
@@ -25,7 +29,11 @@ INTERSECT = Step(mt.PSI_INTERSECT, "psi.intersect", "psi.result", ("masked",), (
 FINISH = Step(mt.PSI_FINISH, "psi.finish", "psi.finished", ("ciphertext",), ("public",))
 #: The label holder seals each feature holder's row positions in its private training order; each feature holder opens its own.
 ALIGN = Step(
-    mt.VERTICAL_ALIGN, "vertical.align", "vertical.positions", ("public", "ciphertext"), ("ciphertext", "public"),
+    mt.VERTICAL_ALIGN,
+    "vertical.align",
+    "vertical.positions",
+    ("public", "ciphertext"),
+    ("ciphertext", "public"),
     varies=(
         "by role: to the label holder the peers' public keys (public), which replies with the sealed positions "
         "(ciphertext, vertical.positions); to a feature holder its sealed positions (ciphertext), which acknowledges "

@@ -30,17 +30,29 @@ KEYSHARE = Step(mt.KEYSHARE, "keys.share", "keys.share", ("ciphertext",), ("publ
 SCALE = Step(mt.FEDAVG_SCALE, "fedavg.scale", "fedavg.scale", ("public",), ("public",))
 #: Each bank's scaled feature sums; the coordinator adds them into the pooled statistics.
 STATS = Step(
-    mt.FEDAVG_STATS, "fedavg.stats", "fedavg.stats", ("public",), ("ciphertext", "plaintext"),
+    mt.FEDAVG_STATS,
+    "fedavg.stats",
+    "fedavg.stats",
+    ("public",),
+    ("ciphertext", "plaintext"),
     varies="reply " + _BY_AGGREGATION.format("ciphertext", "plaintext"),
 )
 #: One round: the last aggregate (in a bank's first round also the pooled statistics) out, the bank's weighted update back.
 TRAIN = Step(
-    mt.FEDAVG_TRAIN, "fedavg.train", "fedavg.update", ("aggregate", "plaintext"), ("ciphertext", "plaintext"),
+    mt.FEDAVG_TRAIN,
+    "fedavg.train",
+    "fedavg.update",
+    ("aggregate", "plaintext"),
+    ("ciphertext", "plaintext"),
     varies="request " + _BY_AGGREGATION.format("aggregate", "plaintext") + "; reply " + _BY_AGGREGATION.format("ciphertext", "plaintext"),
 )
 #: The final aggregate: each bank decrypts it, writes its signed bundle and replies with its validation metrics.
 FINAL = Step(
-    mt.FEDAVG_FINAL, "fedavg.final", "fedavg.final", ("aggregate", "plaintext"), ("public",),
+    mt.FEDAVG_FINAL,
+    "fedavg.final",
+    "fedavg.final",
+    ("aggregate", "plaintext"),
+    ("public",),
     varies="request " + _BY_AGGREGATION.format("aggregate", "plaintext"),
 )
 

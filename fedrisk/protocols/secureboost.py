@@ -76,8 +76,7 @@ class SecureBoostConfig:
 
     def params(self) -> BoostParams:
         """The model's hyper-parameters (validated there: one line per bad value)."""
-        return BoostParams(self.trees, self.depth, float(self.learning_rate), float(self.l2), float(self.min_child_weight),
-                           float(self.subsample), self.bins)
+        return BoostParams(self.trees, self.depth, float(self.learning_rate), float(self.l2), float(self.min_child_weight), float(self.subsample), self.bins)
 
     def setup_config(self) -> dict[str, object]:
         """The label holder's parameters as :data:`SETUP` carries them: the model's names (:class:`BoostParams`) and ``random_state``."""

@@ -25,12 +25,20 @@ SETUP = Step(mt.VLR_SETUP, "vlr.setup", "vlr.plan", ("public",), ("public",))
 JOIN = Step(mt.VLR_JOIN, "vlr.join", "vlr.joined", ("public",), ("public",))
 #: Each feature holder applies last epoch's masked gradient and sends its encrypted partial scores [[u_k]].
 SCORES = Step(
-    mt.VLR_SCORES, "vlr.scores", "vlr.scores", ("public", "masked"), ("ciphertext",),
+    mt.VLR_SCORES,
+    "vlr.scores",
+    "vlr.scores",
+    ("public", "masked"),
+    ("ciphertext",),
     varies="request: public at the first epoch of a run, masked (it carries last epoch's X_kᵀd + r_k) after",
 )
 #: The label holder gets Σ_k [[u_k]] and answers the encrypted residual [[d]], or stops.
 SCORE_SUM = Step(
-    mt.VLR_RESIDUAL, "vlr.score_sum", "vlr.residual", ("aggregate",), ("ciphertext", "public"),
+    mt.VLR_RESIDUAL,
+    "vlr.score_sum",
+    "vlr.residual",
+    ("aggregate",),
+    ("ciphertext", "public"),
     varies="reply: the encrypted residual (ciphertext, vlr.residual), or, when the label holder stops, its final metrics (public, vlr.stop)",
     other_reply="vlr.stop",
 )
@@ -94,8 +102,10 @@ def setup_params(exchange: Exchange) -> VerticalLRConfig:
     """The label holder's settings from a :data:`SETUP` request, typed; a key it lacks keeps the default."""
     d = VerticalLRConfig()
     return VerticalLRConfig(
-        epochs=config_int(exchange, "epochs", d.epochs), c=config_float(exchange, "c", d.c),
-        patience=config_int(exchange, "patience", d.patience), tol=config_float(exchange, "tol", d.tol),
+        epochs=config_int(exchange, "epochs", d.epochs),
+        c=config_float(exchange, "c", d.c),
+        patience=config_int(exchange, "patience", d.patience),
+        tol=config_float(exchange, "tol", d.tol),
         momentum=config_bool(exchange, "momentum", d.momentum),
     )
 

@@ -297,7 +297,9 @@ def start_scoring_deployment(
     return Deployment(node=node, parties=started)
 
 
-def start_example_deployment(example: Any, state_dir: str | Path | None, *, sandbox: str = "auto", policy: str | Path | None = None, require_client_cert: bool = False) -> Deployment:
+def start_example_deployment(
+    example: Any, state_dir: str | Path | None, *, sandbox: str = "auto", policy: str | Path | None = None, require_client_cert: bool = False
+) -> Deployment:
     """Start both party services and the bank's node of an :class:`~fedrisk.scoring.example.ExampleFederation`."""
     from fedrisk.scoring.example import FEATURE_HOLDERS
 

@@ -133,9 +133,7 @@ def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_e
     root = Path(folder)
     data, ex = _prepare(root, rows, seed, run_id)
     tables = {name: table for name, table in data.parties.items()}
-    model = train_vertical_lr(
-        tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, context=make_context(), max_epochs=max_epochs, random_state=seed
-    )
+    model = train_vertical_lr(tables["bank"], {p: tables[p] for p in FEATURE_HOLDERS}, context=make_context(), max_epochs=max_epochs, random_state=seed)
     arrays, meta = label_holder_bundle(model.label_holder_, run_id=run_id, schema=tables["bank"].schema.to_dict())
     ex.bundles["bank"] = write_model_bundle(root / "bundles" / "bank", arrays, meta, ex.signers["bank"])
     for party in FEATURE_HOLDERS:
@@ -146,7 +144,13 @@ def build_example(folder: str | Path, *, rows: int = 3000, seed: int = 11, max_e
 
 
 def build_secureboost_example(
-    folder: str | Path, *, rows: int = 1500, seed: int = 11, trees: int = 4, depth: int = 3, run_id: str = "example-secureboost",
+    folder: str | Path,
+    *,
+    rows: int = 1500,
+    seed: int = 11,
+    trees: int = 4,
+    depth: int = 3,
+    run_id: str = "example-secureboost",
 ) -> ExampleFederation:
     """Train vertical SecureBoost (CKKS, in-process) and write its signed bundles like :func:`build_example`.
 
@@ -177,8 +181,15 @@ def build_secureboost_example(
 
 
 def build_points_example(
-    folder: str | Path, *, rows: int = 3000, seed: int = 11, max_epochs: int = 10, n_bins: int = 8, min_bin_size: int = 50,
-    holdout: float = 0.0, run_id: str = "example-points",
+    folder: str | Path,
+    *,
+    rows: int = 3000,
+    seed: int = 11,
+    max_epochs: int = 10,
+    n_bins: int = 8,
+    min_bin_size: int = 50,
+    holdout: float = 0.0,
+    run_id: str = "example-points",
 ) -> ExampleFederation:
     """Train the federated WOE scorecard (in-process, encrypted protocols), convert it to points and write its bundles.
 
@@ -200,8 +211,12 @@ def build_points_example(
     frames["bank"][label] = data.bank.labels
     n_train = len(data.bank.ids) - round(holdout * len(data.bank.ids))
     card, _woe, _lr = train_points_scorecard(
-        frames["bank"].iloc[:n_train], {p: frames[p] for p in FEATURE_HOLDERS}, label=label, n_bins=n_bins,
-        min_bin_size=min_bin_size, max_epochs=max_epochs,
+        frames["bank"].iloc[:n_train],
+        {p: frames[p] for p in FEATURE_HOLDERS},
+        label=label,
+        n_bins=n_bins,
+        min_bin_size=min_bin_size,
+        max_epochs=max_epochs,
     )
     for party, table in data.parties.items():
         arrays, meta = card.bundle(party, run_id=run_id, schema=table.schema.to_dict())
@@ -214,8 +229,16 @@ def build_points_example(
 
 
 def build_stacking_example(
-    folder: str | Path, *, rows: int = 600, seed: int = 11, n_folds: int = 2, max_epochs: int = 6, trees: int = 3, depth: int = 3,
-    n_bins: int = 16, run_id: str = "example-stacking",
+    folder: str | Path,
+    *,
+    rows: int = 600,
+    seed: int = 11,
+    n_folds: int = 2,
+    max_epochs: int = 6,
+    trees: int = 3,
+    depth: int = 3,
+    n_bins: int = 16,
+    run_id: str = "example-stacking",
 ) -> ExampleFederation:
     """Train a stack (:class:`~fedrisk.models.stacking.VerticalStacking`: vertical LR and SecureBoost, each over its
     encrypted protocol on K folds and refitted, the bank's meta-learner on the out-of-fold log-odds) and write it
@@ -241,9 +264,12 @@ def build_stacking_example(
     tables = dict(data.parties)
     others = {p: tables[p] for p in FEATURE_HOLDERS}
     stack = VerticalStacking(
-        n_folds=n_folds, lr_params={"max_epochs": max_epochs, "random_state": seed},
+        n_folds=n_folds,
+        lr_params={"max_epochs": max_epochs, "random_state": seed},
         sb_params={"n_trees": trees, "max_depth": depth, "n_bins": n_bins, "random_state": seed},
-        label=str(data.bank.schema.label_column), random_state=seed, progress=False,
+        label=str(data.bank.schema.label_column),
+        random_state=seed,
+        progress=False,
     ).fit(tables["bank"], others)
     run_ids = {name: f"{run_id}.{name}" for name in stack.meta_.names}
     folders = {party: root / "bundles" / party for party in ("bank", *FEATURE_HOLDERS)}
@@ -262,16 +288,22 @@ def build_stacking_example(
             ex.bundles[f"{party}.{name}"] = write(folders[party] / name, arrays, meta, ex.signers[party])
     bank_key = [ex.signers["bank"].public_key_bytes]
     record = stack.meta_.to_record()
-    meta = {"kind": "stacking_meta", "run_id": run_id, "party": "bank", "base_learners": record["names"], "intercept": record["intercept"],
-            "base_run_ids": run_ids, "base_digests": {n: load_bank_model(ex.bundles[f"bank.{n}"], bank_key).digest for n in record["names"]},
-            "meta_fit": f"{n_folds}-fold out-of-fold log-odds"}
+    meta = {
+        "kind": "stacking_meta",
+        "run_id": run_id,
+        "party": "bank",
+        "base_learners": record["names"],
+        "intercept": record["intercept"],
+        "base_run_ids": run_ids,
+        "base_digests": {n: load_bank_model(ex.bundles[f"bank.{n}"], bank_key).digest for n in record["names"]},
+        "meta_fit": f"{n_folds}-fold out-of-fold log-odds",
+    }
     ex.bundles["bank.meta"] = write(folders["bank"] / "meta", {"coef": np.asarray(record["coef"], dtype=np.float64)}, meta, ex.signers["bank"])
     for party, path in folders.items():
         ex.bundles[party] = path
     ex.model = stack
     pd_ = stack.predict_proba(tables["bank"], others, secure=False)[:, 1]
-    return _finish(ex, data, pd_, model="stacking", n_folds=n_folds, trees=trees, depth=depth, max_epochs=max_epochs,
-                   base_run_ids=run_ids)
+    return _finish(ex, data, pd_, model="stacking", n_folds=n_folds, trees=trees, depth=depth, max_epochs=max_epochs, base_run_ids=run_ids)
 
 
 def load_or_build_example(folder: str | Path, **kwargs: object) -> ExampleFederation:

@@ -301,8 +301,12 @@ class PartyFanout:
             deadline_ms=max(1, int(deadline * 1000)),
             split_ids=self.split_ids,
             bases=[
-                pb.BaseModelRequest(model_version=b.model_version, kind=b.kind,  # type: ignore[arg-type]
-                                    max_reasons=self.max_reasons if b.kind == pb.SCORECARD else 0, split_ids=b.split_ids)
+                pb.BaseModelRequest(
+                    model_version=b.model_version,
+                    kind=b.kind,  # type: ignore[arg-type]
+                    max_reasons=self.max_reasons if b.kind == pb.SCORECARD else 0,
+                    split_ids=b.split_ids,
+                )
                 for b in self.bases
             ],
         )

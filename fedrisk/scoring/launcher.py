@@ -63,7 +63,17 @@ _ISOLATED = ("bwrap", "namespaces")
 def read_only_paths(config: NodeConfig | PartyServiceConfig) -> list[str]:
     """Every file or folder the process must read (bound read-only into the sandbox)."""
     if isinstance(config, NodeConfig):
-        paths = [config.bundle, config.tls_cert, config.tls_key, config.ca, config.client_cert, config.client_key, config.client_ca, config.policy, config.bank_table]
+        paths = [
+            config.bundle,
+            config.tls_cert,
+            config.tls_key,
+            config.ca,
+            config.client_cert,
+            config.client_key,
+            config.client_ca,
+            config.policy,
+            config.bank_table,
+        ]
     else:
         paths = [config.bundle, config.table, config.allow_list, config.tls_cert, config.tls_key, config.client_ca]
     return [p for p in paths if p]
@@ -227,7 +237,7 @@ class Launcher:
                     await asyncio.wait_for(self._stderr_task, 1.0)
             errors = [line for line in self.stderr_tail if line.startswith("error:")]
             if errors:
-                raise FedriskError(errors[-1][len("error: "):]) from None
+                raise FedriskError(errors[-1][len("error: ") :]) from None
             tail = " | ".join(self.stderr_tail[-3:])
             raise FedriskError(f"the {self.mechanism} sandboxed process did not become ready: {tail or 'no output'}") from None
         if self.mechanism in _ISOLATED:
@@ -244,7 +254,11 @@ class Launcher:
     def _inside_config(self, priv: Path) -> NodeConfig | PartyServiceConfig:
         cfg = self.config
         if self.mechanism not in _ISOLATED:
-            return replace(cfg, sandbox=self.mechanism) if self.mechanism != "none" else replace(cfg, sandbox="none", limits=replace(cfg.limits, memory_mb=0, max_open_files=0, file_size_mb=0, cpu_seconds=0))
+            return (
+                replace(cfg, sandbox=self.mechanism)
+                if self.mechanism != "none"
+                else replace(cfg, sandbox="none", limits=replace(cfg.limits, memory_mb=0, max_open_files=0, file_size_mb=0, cpu_seconds=0))
+            )
         listen = f"unix:{priv / 'serve.sock'}"
         if cfg.crl:
             cfg = replace(cfg, crl=str(priv / "crl.pem"))
@@ -288,7 +302,7 @@ class Launcher:
                 raise FedriskError(f"exited with code {proc.returncode}")
             text = line.decode("utf-8", "replace").strip()
             if text.startswith("READY "):
-                return json.loads(text[len("READY "):])
+                return json.loads(text[len("READY ") :])
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -336,4 +350,4 @@ class Launcher:
                 return
             text = line.decode("utf-8", "replace").strip()
             if text.startswith("FANOUT "):
-                self.ready["fanout"] = json.loads(text[len("FANOUT "):])
+                self.ready["fanout"] = json.loads(text[len("FANOUT ") :])

@@ -343,12 +343,17 @@ class PartyScoringService:
         cfg = self.config
         interceptors = [self.revocations.interceptor()] if self.revocations is not None else []
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-        server.add_generic_rpc_handlers((
-            grpc.method_handlers_generic_handler(SERVICE_NAME, {
-                "PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores),
-                "PartialScoresStream": grpc.stream_stream_rpc_method_handler(self._partial_scores_stream),
-            }),
-        ))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {
+                        "PartialScores": grpc.unary_unary_rpc_method_handler(self._partial_scores),
+                        "PartialScoresStream": grpc.stream_stream_rpc_method_handler(self._partial_scores_stream),
+                    },
+                ),
+            )
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
         if not cfg.client_ca:
@@ -381,7 +386,14 @@ class PartyScoringService:
         if self.server is not None:
             await self.server.stop(grace)
         for caller in sorted(self.requests):
-            log.info("%s answered %s: %d requests, %d IDs asked, %d covered", self.party, caller, self.requests[caller], self.ids_asked[caller], self.ids_answered[caller])
+            log.info(
+                "%s answered %s: %d requests, %d IDs asked, %d covered",
+                self.party,
+                caller,
+                self.requests[caller],
+                self.ids_asked[caller],
+                self.ids_answered[caller],
+            )
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -560,4 +572,3 @@ def _varint(n: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-

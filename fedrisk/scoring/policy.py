@@ -197,17 +197,21 @@ class CreditPolicy:
             names = ", ".join(missing)
             refer_parties = [p for p in missing if self.action_for(p) == REFER]
             if len(missing) > self.max_unavailable:
-                reasons.append(PolicyReason("PARTY_UNAVAILABLE_REFER", f"{len(missing)} parties did not answer ({names}); policy allows {self.max_unavailable}: referred"))
+                reasons.append(
+                    PolicyReason("PARTY_UNAVAILABLE_REFER", f"{len(missing)} parties did not answer ({names}); policy allows {self.max_unavailable}: referred")
+                )
                 decision = REFER
             elif refer_parties:
                 reasons.append(PolicyReason("PARTY_UNAVAILABLE_REFER", f"{', '.join(refer_parties)} did not answer; policy: refer"))
                 decision = REFER
             else:
                 factor = self.fallback_limit_factor
-                reasons.append(PolicyReason(
-                    "PARTY_UNAVAILABLE_FALLBACK",
-                    f"{names} did not answer; policy fallback: scored as not covering the SME, limit x{factor:g}",
-                ))
+                reasons.append(
+                    PolicyReason(
+                        "PARTY_UNAVAILABLE_FALLBACK",
+                        f"{names} did not answer; policy fallback: scored as not covering the SME, limit x{factor:g}",
+                    )
+                )
         limit = 0
         if decision == APPROVE:
             if declared_revenue is None:
@@ -218,10 +222,12 @@ class CreditPolicy:
             elif declared_revenue < self.min_declared_revenue:
                 decision = self.below_minimum
                 raw = 0.0
-                reasons.append(PolicyReason(
-                    "REVENUE_BELOW_MINIMUM",
-                    f"declared revenue {declared_revenue:,.0f} is below the minimum {self.min_declared_revenue:,.0f}: {self.below_minimum}",
-                ))
+                reasons.append(
+                    PolicyReason(
+                        "REVENUE_BELOW_MINIMUM",
+                        f"declared revenue {declared_revenue:,.0f} is below the minimum {self.min_declared_revenue:,.0f}: {self.below_minimum}",
+                    )
+                )
             else:
                 raw = band.revenue_multiple * declared_revenue
             if decision == APPROVE:

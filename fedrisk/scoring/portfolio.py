@@ -115,7 +115,9 @@ def _applications(df: pd.DataFrame, id_format: str, purpose: pb.Purpose, estimat
         yield i, app
 
 
-def _score_all(client: ScoringClient, df: pd.DataFrame, *, purpose: pb.Purpose, estimate: bool, label: str, progress: bool, console: Console | None) -> tuple[dict[int, pb.Decision], dict[int, str]]:
+def _score_all(
+    client: ScoringClient, df: pd.DataFrame, *, purpose: pb.Purpose, estimate: bool, label: str, progress: bool, console: Console | None
+) -> tuple[dict[int, pb.Decision], dict[int, str]]:
     id_format = client.describe().id_format or "opaque"
     invalid: dict[int, str] = {}
     positions: list[int] = []
@@ -161,18 +163,31 @@ def run_batch(
     for i, sme_id in enumerate(df["sme_id"]):
         d = decisions.get(i)
         if d is None:
-            rows.append({"sme_id": sme_id, "outcome": "invalid", "pre_approved_limit": 0, "probability_of_default": np.nan, "score": np.nan, "risk_band": "", "degraded": False, "reasons": invalid.get(i, "")})
+            rows.append(
+                {
+                    "sme_id": sme_id,
+                    "outcome": "invalid",
+                    "pre_approved_limit": 0,
+                    "probability_of_default": np.nan,
+                    "score": np.nan,
+                    "risk_band": "",
+                    "degraded": False,
+                    "reasons": invalid.get(i, ""),
+                }
+            )
             continue
-        rows.append({
-            "sme_id": d.sme_id,
-            "outcome": _OUTCOME[d.outcome],
-            "pre_approved_limit": int(d.credit_limit),
-            "probability_of_default": round(d.probability_of_default, 8),
-            "score": d.score if d.outcome != pb.OUTCOME_UNSPECIFIED else np.nan,
-            "risk_band": d.risk_band,
-            "degraded": d.degraded,
-            "reasons": _reasons(d),
-        })
+        rows.append(
+            {
+                "sme_id": d.sme_id,
+                "outcome": _OUTCOME[d.outcome],
+                "pre_approved_limit": int(d.credit_limit),
+                "probability_of_default": round(d.probability_of_default, 8),
+                "score": d.score if d.outcome != pb.OUTCOME_UNSPECIFIED else np.nan,
+                "risk_band": d.risk_band,
+                "degraded": d.degraded,
+                "reasons": _reasons(d),
+            }
+        )
     out = pd.DataFrame(rows)
     out["score"] = out["score"].astype("Int64")
     target = Path(out_csv)
@@ -244,8 +259,7 @@ def book_stability(baseline: pd.DataFrame, current: pd.DataFrame, *, bins: int =
     return out
 
 
-def compare_books(baseline_csv: str | Path, current_csv: str | Path, out_dir: str | Path, *, id_column: str | None = None,
-                  bins: int = 10) -> dict[str, Any]:
+def compare_books(baseline_csv: str | Path, current_csv: str | Path, out_dir: str | Path, *, id_column: str | None = None, bins: int = 10) -> dict[str, Any]:
     """PSI between two stored books (no rescoring): ``psi.json`` in ``out_dir``; returns the summary."""
     started = time.perf_counter()
     base = read_id_table(baseline_csv, id_column)
@@ -257,8 +271,14 @@ def compare_books(baseline_csv: str | Path, current_csv: str | Path, out_dir: st
     folder.mkdir(parents=True, exist_ok=True)
     psi_path = folder / "psi.json"
     psi_path.write_text(json.dumps(psi, indent=1, sort_keys=True))
-    return {"psi": {k: round(v["psi"], 6) for k, v in psi.items()}, "psi_verdict": {k: v["verdict"] for k, v in psi.items()},
-            "psi_json": str(psi_path), "baseline_rows": len(base), "rows": len(cur), "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "psi": {k: round(v["psi"], 6) for k, v in psi.items()},
+        "psi_verdict": {k: v["verdict"] for k, v in psi.items()},
+        "psi_json": str(psi_path),
+        "baseline_rows": len(base),
+        "rows": len(cur),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def run_watch(
@@ -305,7 +325,22 @@ def run_watch(
         d = decisions.get(i)
         before = previous_pd[i]
         if d is None or d.outcome == pb.OUTCOME_UNSPECIFIED:
-            rows.append({"sme_id": sme_id, "previous_pd": before, "current_pd": np.nan, "pd_change": np.nan, "previous_score": np.nan if previous_score is None else previous_score[i], "current_score": np.nan, "score_shift": np.nan, "flagged": False, "status": "invalid" if d is None else "not_found", "risk_band": "", "degraded": False, "reasons": invalid.get(i, _reasons(d) if d else "")})
+            rows.append(
+                {
+                    "sme_id": sme_id,
+                    "previous_pd": before,
+                    "current_pd": np.nan,
+                    "pd_change": np.nan,
+                    "previous_score": np.nan if previous_score is None else previous_score[i],
+                    "current_score": np.nan,
+                    "score_shift": np.nan,
+                    "flagged": False,
+                    "status": "invalid" if d is None else "not_found",
+                    "risk_band": "",
+                    "degraded": False,
+                    "reasons": invalid.get(i, _reasons(d) if d else ""),
+                }
+            )
             continue
         now = d.probability_of_default
         rise = now - before if math.isfinite(before) else np.nan

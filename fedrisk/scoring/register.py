@@ -174,7 +174,11 @@ class SqliteRegister:
         last = self._last
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            seen = {r[0] for r in self._db.execute(f"SELECT application_id FROM applications WHERE application_id IN ({', '.join('?' * len(ids))})", ids)} if ids and lookup else set()
+            seen = (
+                {r[0] for r in self._db.execute(f"SELECT application_id FROM applications WHERE application_id IN ({', '.join('?' * len(ids))})", ids)}
+                if ids and lookup
+                else set()
+            )
             results: list[bool] = []
             values = []
             for row, app_id in zip(rows, ids):

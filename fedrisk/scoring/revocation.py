@@ -322,7 +322,7 @@ class PartyLink:
         where = self.target
         try:
             if self.target.startswith("unix:"):
-                opening = asyncio.open_unix_connection(self.target[len("unix:"):], ssl=self._context, server_hostname=self.authority)
+                opening = asyncio.open_unix_connection(self.target[len("unix:") :], ssl=self._context, server_hostname=self.authority)
             else:
                 host, _, port = self.target.rpartition(":")
                 opening = asyncio.open_connection(host.strip("[]"), int(port), ssl=self._context, server_hostname=self.authority)

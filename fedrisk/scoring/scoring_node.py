@@ -262,9 +262,7 @@ class ScoringNode:
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         creds = server_credentials(cfg.tls_cert, cfg.tls_key, client_ca=cfg.client_ca or None)
         self.address = bind(server, cfg.listen, creds)
         await server.start()
@@ -471,8 +469,10 @@ class ScoringNode:
             currency=self.policy.currency,
             risk_band=outcome.band,
             reasons=reasons,
-            parties=[pb.PartyStatus(party=r.party, state=r.state, latency_ms=round(r.latency_ms, 3), detail=r.detail,
-                                    points=party_points.get(r.party, 0.0)) for r in results],
+            parties=[
+                pb.PartyStatus(party=r.party, state=r.state, latency_ms=round(r.latency_ms, 3), detail=r.detail, points=party_points.get(r.party, 0.0))
+                for r in results
+            ],
             model_version=self.model.model_version,
             policy_version=self.policy.label,
             degraded=bool(missing),
@@ -590,15 +590,24 @@ class ScoringNode:
         pd = StackScorer.probability(z_stack)
         reasons = []
         for member, a, z in zip(stack.members, stack.coef, zs):
-            reasons.append(pb.Reason(party="node", code=f"BASE_LEARNER:{member.name}", text=(
-                f"{member.name}: log-odds {z:+.4f} (PD {StackScorer.probability(z):.4f}) x meta weight {a:+.4f} = {a * z:+.4f}")))
+            reasons.append(
+                pb.Reason(
+                    party="node",
+                    code=f"BASE_LEARNER:{member.name}",
+                    text=(f"{member.name}: log-odds {z:+.4f} (PD {StackScorer.probability(z):.4f}) x meta weight {a:+.4f} = {a * z:+.4f}"),
+                )
+            )
         terms = " ".join(f"{a * z:+.4f}" for a, z in zip(stack.coef, zs))
-        reasons.append(pb.Reason(party="node", code="STACK_LOG_ODDS", text=(
-            f"stack log-odds {z_stack:+.4f} = meta intercept {stack.intercept:+.4f} {terms} (PD {pd:.4f})")))
+        reasons.append(
+            pb.Reason(
+                party="node", code="STACK_LOG_ODDS", text=(f"stack log-odds {z_stack:+.4f} = meta intercept {stack.intercept:+.4f} {terms} (PD {pd:.4f})")
+            )
+        )
         return pd, reasons + base_reasons
 
-    def _bank_reasons(self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool],
-                      features: Sequence[str], tag: str = "") -> list[pb.Reason]:
+    def _bank_reasons(
+        self, own: list[float], indicators: Mapping[str, float], covered: Mapping[str, bool], features: Sequence[str], tag: str = ""
+    ) -> list[pb.Reason]:
         k = self.policy.max_reasons_per_party
         if k <= 0:
             return []

@@ -121,9 +121,7 @@ class StackScorer:
         self.members: tuple[StackMember, ...] = tuple(members)
         self.features: tuple[str, ...] = tuple(features)
         self.parties: tuple[str, ...] = tuple(dict.fromkeys(p for m in self.members for p in m.parties))
-        self.party_bases: dict[str, tuple[int, ...]] = {
-            p: tuple(k for k, m in enumerate(self.members) if p in m.parties) for p in self.parties
-        }
+        self.party_bases: dict[str, tuple[int, ...]] = {p: tuple(k for k, m in enumerate(self.members) if p in m.parties) for p in self.parties}
         meta = stack.part
         self.names: tuple[str, ...] = tuple(meta.names)
         if len(self.names) != len(self.members):

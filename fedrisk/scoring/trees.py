@@ -214,9 +214,7 @@ class TreeScorer:
             coverage[party] = rng.random(n) < 0.7
         want = model.decision_function(X, answers, coverage)
         for i in range(n):
-            routes: dict[str, Routing] = {
-                p: (dict(zip(a.split_ids.tolist(), a.go_left[i].tolist())) if coverage[p][i] else None) for p, a in answers.items()
-            }
+            routes: dict[str, Routing] = {p: (dict(zip(a.split_ids.tolist(), a.go_left[i].tolist())) if coverage[p][i] else None) for p, a in answers.items()}
             got = self.log_odds(X[i].tolist(), routes)
             if not math.isclose(got, float(want[i]), rel_tol=1e-12, abs_tol=1e-12):
                 raise ProtocolError("the tree walk disagrees with the SecureBoost model; refusing to serve")

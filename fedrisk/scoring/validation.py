@@ -67,9 +67,7 @@ def check_known_fields(message: Any, what: str) -> None:
     unknown = UnknownFieldSet(message)
     if len(unknown):
         numbers = sorted({f.field_number for f in unknown})
-        raise DataValidationError(
-            f"{what} has unknown field number(s) {', '.join(map(str, numbers))}: not part of fedrisk.v1.{type(message).__name__}"
-        )
+        raise DataValidationError(f"{what} has unknown field number(s) {', '.join(map(str, numbers))}: not part of fedrisk.v1.{type(message).__name__}")
 
 
 def normalise_id(raw: str, id_format: str, what: str = "sme_id") -> str:
@@ -142,7 +140,9 @@ class ApplicationValidator:
         self._known_ids: dict[str, str] = {}
 
     @classmethod
-    def for_model(cls, features: Sequence[str], mean: Iterable[float], scale: Iterable[float], schema: Mapping[str, Any], **kwargs: Any) -> ApplicationValidator:
+    def for_model(
+        cls, features: Sequence[str], mean: Iterable[float], scale: Iterable[float], schema: Mapping[str, Any], **kwargs: Any
+    ) -> ApplicationValidator:
         """Build from the bank's scorecard and the schema recorded in its bundle."""
         kinds = dict((schema or {}).get("features") or {})
         allow = set((schema or {}).get("allow_missing") or ())

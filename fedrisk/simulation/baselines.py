@@ -55,9 +55,7 @@ def _scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(auc(y, p)), float(ks(y, p))
 
 
-def train_like_fedavg(
-    x: np.ndarray, y: np.ndarray, *, spec: dict, rounds: int, local_epochs: int, learning_rate: float, batch_size: int, seed: int
-):
+def train_like_fedavg(x: np.ndarray, y: np.ndarray, *, spec: dict, rounds: int, local_epochs: int, learning_rate: float, batch_size: int, seed: int):
     """The federation's network trained on one set of rows with FedAvg's exact local loop.
 
     Returns

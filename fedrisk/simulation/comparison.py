@@ -90,7 +90,11 @@ def render_comparison(console: Console, rows: Sequence[dict], title: str) -> Non
             n = len(scored)
             mean = {k: sum(r[k] for r in scored) / n for k in ("auc", "ks", "train_rows")}
             fed = row["auc"] if row["auc"] is not None else float("nan")
-            add({**scored[0], "auc": mean["auc"], "ks": mean["ks"], "auc_minus_federated": mean["auc"] - fed}, f"{n} banks alone, mean", f"{mean['train_rows']:,.0f}")
+            add(
+                {**scored[0], "auc": mean["auc"], "ks": mean["ks"], "auc_minus_federated": mean["auc"] - fed},
+                f"{n} banks alone, mean",
+                f"{mean['train_rows']:,.0f}",
+            )
             best, worst = max(scored, key=lambda r: r["auc"]), min(scored, key=lambda r: r["auc"])
             add(best, f"best: {best['party']}")
             add(worst, f"worst: {worst['party']}")

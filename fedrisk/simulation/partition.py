@@ -61,9 +61,7 @@ def iid_partition(n_rows: int, n_banks: int, rng: np.random.Generator, *, min_ro
     return [np.sort(part) for part in np.array_split(order, n_banks)]
 
 
-def dirichlet_label_partition(
-    labels: np.ndarray, n_banks: int, alpha: float, rng: np.random.Generator, *, min_rows: int = 1
-) -> list[np.ndarray]:
+def dirichlet_label_partition(labels: np.ndarray, n_banks: int, alpha: float, rng: np.random.Generator, *, min_rows: int = 1) -> list[np.ndarray]:
     """Label skew: each class's rows are split among banks in ``Dir(alpha)`` proportions.
 
     Parameters
@@ -107,9 +105,7 @@ def dirichlet_label_partition(
     )
 
 
-def quantity_skew_partition(
-    n_rows: int, n_banks: int, alpha: float, rng: np.random.Generator, *, min_rows: int = 1
-) -> list[np.ndarray]:
+def quantity_skew_partition(n_rows: int, n_banks: int, alpha: float, rng: np.random.Generator, *, min_rows: int = 1) -> list[np.ndarray]:
     """Size skew: bank sizes are ``Dir(alpha)`` shares of the pool, rows assigned at random.
 
     Parameters are those of :func:`dirichlet_label_partition`, with the pool's size instead of labels.

@@ -31,7 +31,13 @@ client_app = ClientApp()
 def _server_main(grid: Grid, context: Context) -> None:
     from fedrisk.federation.server_app import app as fedrisk_server_app
 
-    inner = Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config, state=context.state, run_config=dict(RUN_CONFIG or _simulated_run()["run_config"]))
+    inner = Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=context.node_config,
+        state=context.state,
+        run_config=dict(RUN_CONFIG or _simulated_run()["run_config"]),
+    )
     fedrisk_server_app(grid, inner)
 
 

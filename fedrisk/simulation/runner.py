@@ -131,7 +131,14 @@ def _parties(scenario: Scenario, folder: Path):
     if scenario.horizontal:
         data = prepare_horizontal(scenario, folder / "data")
         parties = [
-            PartySettings(name=b, role="bank", data=str(path), schema=data.schema.to_dict(), state_dir=str(folder / "parties" / b), validation={"table": str(data.holdout_path)})
+            PartySettings(
+                name=b,
+                role="bank",
+                data=str(path),
+                schema=data.schema.to_dict(),
+                state_dir=str(folder / "parties" / b),
+                validation={"table": str(data.holdout_path)},
+            )
             for b, path in data.paths.items()
         ]
         return data, parties
@@ -192,9 +199,7 @@ def _summary(point: SweepPoint, result: dict, federated: dict, baselines, folder
     return summary
 
 
-def run_point(
-    point: SweepPoint, *, run_dir: Path, engine: str, baselines: bool = True, on_event: EventCallback | None = None
-) -> PointOutcome:
+def run_point(point: SweepPoint, *, run_dir: Path, engine: str, baselines: bool = True, on_event: EventCallback | None = None) -> PointOutcome:
     """Run one sweep point end to end (see the module docstring)."""
     from fedrisk.simulation.baselines import horizontal_baselines, vertical_baselines
 
@@ -276,7 +281,25 @@ def run_scenario(
     reference = next((o.point.label for o in outcomes if o.point.is_reference), None)
     sweep = cmp.sweep_rows([o.summary for o in outcomes], reference)
     if scenario.sweep is not None:
-        columns = ["label", "parameter", "value_label", "status", "auc_federated", "auc_cost", "ks_federated", "auc_centralised", "auc_party_mean", "auc_party_best", "epsilon", "noise_multiplier", "rounds", "dropped_total", "seconds", "bytes_total", "error"]
+        columns = [
+            "label",
+            "parameter",
+            "value_label",
+            "status",
+            "auc_federated",
+            "auc_cost",
+            "ks_federated",
+            "auc_centralised",
+            "auc_party_mean",
+            "auc_party_best",
+            "epsilon",
+            "noise_multiplier",
+            "rounds",
+            "dropped_total",
+            "seconds",
+            "bytes_total",
+            "error",
+        ]
         files["sweep"] = write_csv(sweep, run_dir / "sweep.csv", columns)
     if plots:
         files.update(_plots(scenario, outcomes, sweep, run_dir))

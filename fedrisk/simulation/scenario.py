@@ -161,9 +161,7 @@ def load_scenario(path: str | Path, *, quick: bool = False) -> Scenario:
     return validate_scenario(raw, base_dir=path.resolve().parent, source=path.resolve(), quick=quick)
 
 
-def validate_scenario(
-    raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None, quick: bool = False
-) -> Scenario:
+def validate_scenario(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None, quick: bool = False) -> Scenario:
     """Validate scenario data (as parsed from TOML) and fill in defaults; see :func:`load_scenario`."""
     data: dict[str, Any] = copy.deepcopy(dict(raw))
     _check_structure(data, allow=tuple(SECTIONS) + ("quick",), where="")

@@ -120,12 +120,19 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "data": {
         "source": Key("str", "synthetic", "synthetic (fedrisk's SME generator) or csv (your tables).", one_of("synthetic", "csv")),
         "rows": Key("int", 20_000, "Synthetic: SMEs in the bank's book (horizontal: the pool split among banks).", at_least(100)),
-        "outsider-fraction": Key("float", 0.1, "Synthetic vertical: share of a provider's table the bank does not know.", between(0, 1, high_open=True), VERTICAL),
+        "outsider-fraction": Key(
+            "float", 0.1, "Synthetic vertical: share of a provider's table the bank does not know.", between(0, 1, high_open=True), VERTICAL
+        ),
         "path": Key("path", None, "csv, horizontal: the pooled table the banks' shares are cut from.", modes=HORIZONTAL),
         "tables": Key("path_map", None, "csv, vertical: party name -> its table.", modes=VERTICAL),
         "id-column": Key("str", "id", "csv: the ID column."),
         "label-column": Key("str", "y", "csv: the 0/1 label column (the label holder's)."),
-        "test-fraction": Key("float", 0.2, "Rows held out for evaluation (horizontal: a common hold-out; vertical: of the bank's rows).", between(0, 1, low_open=True, high_open=True)),
+        "test-fraction": Key(
+            "float",
+            0.2,
+            "Rows held out for evaluation (horizontal: a common hold-out; vertical: of the bank's rows).",
+            between(0, 1, low_open=True, high_open=True),
+        ),
         "test-path": Key("path", None, "csv, horizontal: a separate hold-out table instead of test-fraction.", modes=HORIZONTAL),
     },
     "parties": {

@@ -84,10 +84,7 @@ class ExchangeHeader:
 
     def __post_init__(self) -> None:
         if self.content_class not in CONTENT_CLASSES:
-            raise ProtocolError(
-                f"step {self.step!r}: undeclared content class {self.content_class!r} "
-                f"(expected one of {', '.join(CONTENT_CLASSES)})"
-            )
+            raise ProtocolError(f"step {self.step!r}: undeclared content class {self.content_class!r} (expected one of {', '.join(CONTENT_CLASSES)})")
         if not self.step or not self.sender or not self.receiver:
             raise ProtocolError("exchange header needs a step, a sender and a receiver")
 
@@ -142,10 +139,7 @@ def build_content(
             if not isinstance(blob, (bytes, bytearray, memoryview)):
                 raise ProtocolError(f"step {header.step!r}: blob {name!r} is not bytes")
             if len(blob) > MAX_BLOB_BYTES:
-                raise ProtocolError(
-                    f"step {header.step!r}: blob {name!r} is {len(blob):,} bytes, "
-                    f"over the {MAX_BLOB_BYTES:,}-byte limit; split it"
-                )
+                raise ProtocolError(f"step {header.step!r}: blob {name!r} is {len(blob):,} bytes, over the {MAX_BLOB_BYTES:,}-byte limit; split it")
             arrays[name] = _raw_array(bytes(blob))
         content[PAYLOAD_RECORD] = arrays
     if config:

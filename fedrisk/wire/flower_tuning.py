@@ -122,7 +122,10 @@ def use_bundled_runtime_calls() -> bool:
             http_grid.push_objects(
                 objects,
                 push_object_fn=http_grid.make_push_object_fn_protobuf(
-                    push_object_protobuf=self._runtime_client.PushObject, node=self.node, run_id=run_id, session_id=response.session_id,
+                    push_object_protobuf=self._runtime_client.PushObject,
+                    node=self.node,
+                    run_id=run_id,
+                    session_id=response.session_id,
                 ),
                 object_ids_to_push=set(response.objects_to_push),
             )
@@ -154,19 +157,21 @@ def use_bundled_runtime_calls() -> bool:
             missing = [i for i in dict.fromkeys(ids) if i not in contents]
             try:
                 if missing:  # not in the bundle: one by one, as Flower does
-                    contents.update(http_grid.pull_objects(
-                        missing,
-                        pull_object_fn=http_grid.make_pull_object_fn_protobuf(
-                            pull_object_protobuf=self._runtime_client.PullObject, node=self.node, run_id=run_id,
-                        ),
-                    ))
+                    contents.update(
+                        http_grid.pull_objects(
+                            missing,
+                            pull_object_fn=http_grid.make_pull_object_fn_protobuf(
+                                pull_object_protobuf=self._runtime_client.PullObject,
+                                node=self.node,
+                                run_id=run_id,
+                            ),
+                        )
+                    )
             except http_grid.ObjectPullError as err:
                 out.append(_unavailable_reply(http_grid, self.node.node_id, run_id, msg_proto.metadata.reply_to_message_id, err))
                 continue
             if msg_id not in confirmed:
-                self._runtime_client.ConfirmMessageReceived(
-                    http_grid.ConfirmMessageReceivedRequest(node=self.node, run_id=run_id, message_object_id=msg_id)
-                )
+                self._runtime_client.ConfirmMessageReceived(http_grid.ConfirmMessageReceivedRequest(node=self.node, run_id=run_id, message_object_id=msg_id))
             message = http_grid.inflate_object_from_contents(msg_id, contents)
             message.metadata.__dict__["_message_id"] = msg_id
             out.append(message)
@@ -183,15 +188,18 @@ def _unavailable_reply(http_grid, node_id: int, run_id: int, reply_to: str, err:
     """The error reply Flower's ``HttpGrid.pull_messages`` returns when a reply's objects cannot be pulled."""
     return http_grid.make_message(
         metadata=http_grid.Metadata(
-            run_id=run_id, message_id="", src_node_id=node_id, dst_node_id=node_id,
-            message_type=http_grid.SYSTEM_MESSAGE_TYPE, group_id="", ttl=0,
-            reply_to_message_id=reply_to, created_at=http_grid.now().timestamp(),
+            run_id=run_id,
+            message_id="",
+            src_node_id=node_id,
+            dst_node_id=node_id,
+            message_type=http_grid.SYSTEM_MESSAGE_TYPE,
+            group_id="",
+            ttl=0,
+            reply_to_message_id=reply_to,
+            created_at=http_grid.now().timestamp(),
         ),
         error=http_grid.Error(
             code=http_grid.ErrorCode.MESSAGE_UNAVAILABLE,
-            reason=(
-                "Reply message objects are unavailable. The sender may not have completed the upload "
-                f"before the object-push session expired. {err}"
-            ),
+            reason=(f"Reply message objects are unavailable. The sender may not have completed the upload before the object-push session expired. {err}"),
         ),
     )
