@@ -39,7 +39,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from fedrisk.crypto.seal_runtime import ByteBridge, SealRuntime, load_public_tenseal, seal_context
+from fedrisk.crypto.seal_runtime import ByteBridge, SealRuntime, load_public_tenseal, read_varint, seal_context
 from fedrisk.errors import CryptoError, ProtocolError
 
 __all__ = [
@@ -81,34 +81,21 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise CryptoError("BFV context serialisation is malformed")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, i
-
-
 def _fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
     """Top-level protobuf fields (varint, 64-bit and length-delimited only)."""
     out: list[tuple[int, int, bytes | int]] = []
     i = 0
     while i < len(buf):
-        key, i = _read_varint(buf, i)
+        key, i = read_varint(buf, i)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, i = _read_varint(buf, i)
+            value, i = read_varint(buf, i)
             out.append((field, wire, value))
         elif wire == 1:
             out.append((field, wire, buf[i : i + 8]))
             i += 8
         elif wire == 2:
-            size, i = _read_varint(buf, i)
+            size, i = read_varint(buf, i)
             out.append((field, wire, buf[i : i + size]))
             i += size
         else:

@@ -60,6 +60,7 @@ __all__ = [
     "HEContext",
     "SealRuntime",
     "context_anatomy",
+    "read_varint",
     "context_fingerprint",
     "fingerprint_of_anatomy",
     "load_public_tenseal",
@@ -89,7 +90,8 @@ def tenseal_of(context: HEContext) -> ts.Context:
 # handing them to TenSEAL (and to take the parts the fingerprint hashes).
 
 
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """One protobuf varint at ``pos``: ``(value, next position)``; a one-line :class:`CryptoError` if malformed."""
     result = 0
     shift = 0
     while True:
@@ -110,18 +112,18 @@ def _pb_fields(buf: memoryview) -> dict[int, list[Any]]:
     n = len(buf)
     value: int | memoryview
     while pos < n:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise CryptoError("malformed TenSEAL context bytes (field 0)")
         if wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
         elif wire == 1:
             if pos + 8 > n:
                 raise CryptoError("malformed TenSEAL context bytes (truncated)")
             value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
-            length, pos = _read_varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             if pos + length > n:
                 raise CryptoError("malformed TenSEAL context bytes (truncated)")
             value, pos = buf[pos : pos + length], pos + length
