@@ -250,6 +250,8 @@ class LocalFederation:
             "fedrisk.federation.superlink",
             "--node-registry",
             str(self.run_dir / "flwr" / "superlink-nodes.bin"),
+            "--results-dir",
+            str(self.run_dir / "flwr" / "results"),
             "--fleet-api-address",
             f"127.0.0.1:{self.fleet_port}",
             "--host",

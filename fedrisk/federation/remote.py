@@ -3,12 +3,14 @@
 Each party joined beforehand with ``fedrisk node start`` on its own host (its
 table never leaves it). This side only needs the SuperLink's Control API
 address and the CA certificate that signed its TLS certificate: it writes the
-Flower App for the run, submits it with ``flwr run --stream``, and reads the
-coordinator's result from the stream (the ServerApp runs next to the
-SuperLink, so its files are not here).
+Flower App for the run, submits it with ``flwr run --stream`` (the
+coordinator's log goes to ``logs/``) and, once Flower marks the run finished,
+pulls the coordinator's result as data through the Control API's
+``PullArtifacts`` (:mod:`fedrisk.federation.run_results`): the ServerApp runs
+next to the SuperLink, so its files are not here.
 
 Runs are submitted with ``recovery = true``: the coordinator checkpoints in
-its run folder on the SuperLink's host. When the stream ends without a result
+its run folder on the SuperLink's host. When the run ends without a result
 (the coordinator process died), the Flower run is stopped (``flwr stop``) and
 the same run id is submitted again, up to ``max_restarts`` times; the new
 coordinator resumes from the checkpoint.
@@ -16,7 +18,7 @@ coordinator resumes from the checkpoint.
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from fedrisk.errors import ConfigError, FedriskError, PartyUnavailableError
 from fedrisk.federation.local import write_app, write_flwr_config
-from fedrisk.federation.server_app import RESULT_PREFIX
+from fedrisk.federation.run_results import RunNotFinished, pull_result
 from fedrisk.parties.party_node import node_env, spawn
 
 
@@ -83,7 +85,7 @@ class RemoteFederation:
         return result
 
     def _attempt(self, app: Path, home: Path, deadline: float) -> dict | None:
-        """One ``flwr run --stream``: the result, or ``None`` when the stream ended without one."""
+        """One ``flwr run --stream``: the result, or ``None`` when the run ended without one."""
         proc = spawn(
             "flwr-run",
             [str(Path(sys.executable).parent / "flwr"), "run", str(app), "local", "--stream"],
@@ -93,48 +95,34 @@ class RemoteFederation:
         )
         self.log(f"run submitted to {self.control_address}; stream in {proc.log_path}")
         try:
-            while True:
-                result = _result_in(proc.own_log())
-                if result is not None:
-                    return result
-                if proc.exited() is not None:
-                    time.sleep(0.5)
-                    result = _result_in(proc.own_log())
-                    if result is not None:
-                        return result
-                    text = proc.own_log()
-                    if "Successfully started run" not in text:  # never got a run: nothing to resume
-                        raise FedriskError(f"the run could not be submitted: {proc.tail()}")
-                    self._stop(text)
-                    return None
+            while proc.exited() is None:  # the stream ends when Flower marks the run finished
                 if time.monotonic() > deadline:
                     raise PartyUnavailableError(f"the run did not finish within the deadline (see {proc.log_path})")
                 time.sleep(0.3)
         finally:
             proc.terminate()
+        found = re.findall(r"Successfully started run (\d+)", proc.own_log())  # Flower's own status line: the run id
+        if not found:  # never got a run: nothing to resume
+            raise FedriskError(f"the run could not be submitted: {proc.tail()}")
+        flower_run = int(found[-1])
+        while True:
+            try:
+                result = pull_result(self.control_address, self.root_certificates, flower_run, insecure=self.insecure)
+                break
+            except RunNotFinished:  # the stream broke off early: wait for Flower's verdict
+                if time.monotonic() > deadline:
+                    raise PartyUnavailableError(f"the run did not finish within the deadline (see {proc.log_path})") from None
+                time.sleep(1.0)
+        if result is None:  # the coordinator died without publishing one
+            self._stop(flower_run)
+        return result
 
-    def _stop(self, stream: str) -> None:
-        import re
-
+    def _stop(self, flower_run: int) -> None:
         from fedrisk.federation.superlink_admin import SuperLinkAdmin
 
-        found = re.findall(r"Successfully started run (\d+)", stream)
-        if not found:
-            return
         try:
             SuperLinkAdmin(
                 self.control_address, None if self.insecure else self.root_certificates, self.run_dir / "flwr-admin", insecure=self.insecure
-            ).stop_run(int(found[-1]))
+            ).stop_run(flower_run)
         except FedriskError as err:
-            self.log(f"could not stop Flower run {found[-1]}: {err}")
-
-
-def _result_in(text: str) -> dict | None:
-    for line in reversed(text.splitlines()):
-        at = line.find(RESULT_PREFIX)
-        if at >= 0:
-            try:
-                return json.loads(line[at + len(RESULT_PREFIX) :])
-            except ValueError:
-                return None
-    return None
+            self.log(f"could not stop Flower run {flower_run}: {err}")

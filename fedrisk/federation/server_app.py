@@ -3,7 +3,9 @@
 It reads the run config (``[tool.flwr.app.config]`` or what ``fedrisk train``
 passes), finds the parties, runs the configured protocol and writes the
 coordinator's result (metrics and sizes only, never data) to
-``<run-dir>/coordinator/result.json``.
+``<run-dir>/coordinator/result.json`` and publishes it to fedrisk's SuperLink,
+which hands it to the submitter through Flower's ``PullArtifacts``
+(:mod:`fedrisk.federation.run_results`).
 
 Recovery (run config ``recovery = true``, which the local and remote
 federation runners set): the coordinator keeps its status in
@@ -33,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrisk.errors import ConfigError, FedriskError
 from fedrisk.wire.exchange import COORDINATOR
 from fedrisk.federation.horizontal import run_fedavg
+from fedrisk.federation.run_results import publish_result
 from fedrisk.protocols.fedavg import FedAvgConfig
 from fedrisk.wire.flower_tuning import shorten_object_pull_backoff, use_bundled_runtime_calls
 from fedrisk.federation.session import CoordinatorSession
@@ -41,9 +44,6 @@ from fedrisk.federation.status import RunStatus, status_path
 shorten_object_pull_backoff()  # flwr-serverapp imports this module before it pulls any reply
 use_bundled_runtime_calls()  # one request per push and per pull against fedrisk's SuperLink (fedrisk.federation.superlink)
 app = ServerApp()
-
-#: Prefix of the log line that carries the coordinator's result (sizes and metrics only).
-RESULT_PREFIX = "[fedrisk] result "
 
 
 def _cfg(context: Context, key: str, default):
@@ -316,14 +316,13 @@ def main(grid: Grid, context: Context) -> None:
         if unclosed:
             result["ledger_unclosed"] = unclosed
         _write_json(out, result)
+        publish_result(context.run_id, result)  # `flwr pull` / `fedrisk train --superlink` fetch it from the SuperLink
         status.set(state="finished")
-        # The result travels back in the log stream too: `fedrisk train --superlink` reads it there.
-        print(RESULT_PREFIX + json.dumps(result, sort_keys=True, default=str), flush=True)
     except FedriskError as err:
         status.failed(str(err).splitlines()[0])
         _write_json(out, {"status": "error", "error": str(err).splitlines()[0]})
+        publish_result(context.run_id, {"status": "error", "error": str(err).splitlines()[0]})
         print(f"[fedrisk] error: {str(err).splitlines()[0]}", flush=True)
-        print(RESULT_PREFIX + json.dumps({"status": "error", "error": str(err).splitlines()[0]}), flush=True)
         raise
     except Exception as err:  # unexpected: keep the traceback in the run folder
         status.failed(f"{type(err).__name__}: {err}".splitlines()[0])

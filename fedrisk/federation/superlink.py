@@ -65,6 +65,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedrisk.federation.run_results import RESULTS_DIR_ENV, ResultArtifacts, ResultRoutes
 from fedrisk.wire.bundles import (
     FLEET_PULL,
     FLEET_PUSH,
@@ -561,7 +562,7 @@ class NodeRegistry:
 
 
 # -- installation --------------------------------------------------------------------------------
-def install(*, bundles: bool = True, registry: NodeRegistry | None = None) -> None:
+def install(*, bundles: bool = True, registry: NodeRegistry | None = None, results: ResultArtifacts | None = None) -> None:
     """Extend the ``flower-superlink`` about to run in this process (see the module doc)."""
     import importlib
     from logging import INFO
@@ -577,6 +578,10 @@ def install(*, bundles: bool = True, registry: NodeRegistry | None = None) -> No
     def create_app(*args, **kwargs):
         app = flower_create_app(*args, **kwargs)
         state = app.state.linkstate_factory.state()
+        if results is not None:
+            app.state.artifact_provider = results.as_flower_provider()  # what PullArtifacts asks
+            log(INFO, "[fedrisk] run results served from %s", results.folder)
+            app = ResultRoutes(app, results)
         if registry is not None:
             restored = registry.restore(state)
             registry.watch(state)
@@ -615,9 +620,39 @@ fedrisk options (before or among Flower's):
   --node-registry FILE  keep registered node ids and public keys in FILE (0600), so a
                         restarted in-memory SuperLink keeps its nodes
   --no-bundles          serve Flower's per-object calls only (as a stock flower-superlink)
+  --results-dir DIR     where coordinators publish run results for `flwr pull` / `fedrisk train
+                        --superlink` (0700; default: a new private temporary folder)
 
 Flower's options follow.
 """
+
+
+def _results(folder: str | None, flower_args: list[str]) -> ResultArtifacts:
+    """The result provider, at the address Flower's HTTP API will listen on."""
+    import tempfile
+
+    from flwr.supercore.constant import SUPERLINK_UVICORN_DEFAULT_PORT, UVICORN_DEFAULT_HOST
+
+    from fedrisk.federation.run_results import base_url
+
+    if folder is None:
+        path = Path(tempfile.mkdtemp(prefix="fedrisk-superlink-results-"))
+    else:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    host = _option_value(flower_args, "--host") or UVICORN_DEFAULT_HOST
+    port = _option_value(flower_args, "--port") or SUPERLINK_UVICORN_DEFAULT_PORT
+    return ResultArtifacts(path, base_url(host, port, insecure="--insecure" in flower_args))
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         flower_superlink()  # prints Flower's help and exits, before anything is patched
     registry_path = _pop_option(args, "--node-registry")
     no_bundles = bool(_pop_option(args, "--no-bundles", flag=True))
+    results_dir = _pop_option(args, "--results-dir")
     registry = NodeRegistry(Path(str(registry_path))) if registry_path else None
     if registry is not None:
         from fedrisk.errors import FedriskError
@@ -646,7 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         except FedriskError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    install(bundles=not no_bundles, registry=registry)
+    results = _results(str(results_dir) if results_dir else None, args)
+    os.environ[RESULTS_DIR_ENV] = str(results.folder)  # the SuperExec and its ServerApps inherit it
+    install(bundles=not no_bundles, registry=registry, results=results)
     sys.argv = ["flower-superlink", *args]
     flower_superlink()
     return 0
