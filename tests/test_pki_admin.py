@@ -97,6 +97,21 @@ def test_unknown_party_and_missing_registry_are_one_line_errors(tmp_path):
         load_federation_keys(tmp_path / "empty")
 
 
+def test_a_registry_entry_without_a_key_file_is_named_not_turned_into_a_path(tmp_path):
+    init_federation_keys(tmp_path / "k", ["bank"])
+    registry_path = tmp_path / "k" / "federation.json"
+    registry = json.loads(registry_path.read_text())
+    registry["parties"]["bank"]["node_key"] = None
+    del registry["parties"]["bank"]["cert_key"]
+    registry_path.write_text(json.dumps(registry))
+    keys = load_federation_keys(tmp_path / "k")
+    with pytest.raises(CryptoError, match=r"party 'bank' has no 'node_key' file in .*federation.json \(got None\)$"):
+        keys.node_private_key("bank")
+    with pytest.raises(CryptoError, match=r"party 'bank' has no 'cert_key' file"):
+        keys.client_cert("bank")
+    assert keys.node_public_key("bank") == tmp_path / "k" / "nodes" / "bank.pub"  # the intact entries still resolve
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedrisk.cli", "keys", *args], check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 

@@ -127,7 +127,7 @@ def keys_revoke(
             admin = _admin(keys, superlink, root_certificates, insecure)
             node_id = entry.get("registrations", {}).get(superlink)
             if node_id is None:
-                node_id = admin.node_id_of(keys.folder / entry["node_public_key"])
+                node_id = admin.node_id_of(keys.file_of(name, "node_public_key"))
             if node_id is None:
                 console.print(f"{superlink} has no registered node with {name}'s key (nothing to unregister)")
             else:

@@ -133,19 +133,25 @@ class FederationKeys:
     def status(self, name: str) -> str:
         return str(self.party(name)["status"])
 
+    def file_of(self, name: str, field: str) -> Path:
+        """The file the registry names under ``field`` for ``name``; a one-line error if the entry has none."""
+        value = self.party(name).get(field)
+        if not isinstance(value, str) or not value:
+            raise CryptoError(f"party {name!r} has no {field!r} file in {self.folder / REGISTRY} (got {value!r})")
+        return self.folder / value
+
     def node_private_key(self, name: str) -> Path:
         """The party's node-authentication private key (0600), refusing a revoked party."""
         require_active(self, name)
-        return self.folder / str(self.party(name)["node_key"])
+        return self.file_of(name, "node_key")
 
     def node_public_key(self, name: str) -> Path:
         require_active(self, name)
-        return self.folder / str(self.party(name)["node_public_key"])
+        return self.file_of(name, "node_public_key")
 
     def client_cert(self, name: str) -> tuple[Path, Path]:
         require_active(self, name)
-        entry = self.party(name)
-        return self.folder / entry["cert"], self.folder / entry["cert_key"]
+        return self.file_of(name, "cert"), self.file_of(name, "cert_key")
 
     def ledger_certificate(self, name: str) -> tuple[Path, Path]:
         """The certificate and key (0600) that bind ``name``'s ledger key: a party's client
