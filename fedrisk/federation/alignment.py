@@ -27,6 +27,7 @@ were added or removed between them; nothing across epochs. The wire is unchanged
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedrisk.crypto.envelope import public_key_id
 from fedrisk.errors import ConfigError, ProtocolError
@@ -34,6 +35,9 @@ from fedrisk.protocols import alignment as spec
 from fedrisk.protocols.step import Step
 from fedrisk.wire.exchange import build_content
 from fedrisk.federation.session import CoordinatorSession
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,19 @@ class VerticalRoles:
         if not features:
             raise ConfigError("a vertical federation needs at least one feature_holder")
         return cls(holders[0], features)
+
+    def checkpoint_digest(self, protocol: str, config: DataclassInstance) -> str:
+        """What a resumed run of ``protocol`` must share with the run it resumes: its config and these roles."""
+        from dataclasses import asdict
+
+        from fedrisk.checkpoint import config_digest
+
+        return config_digest({"protocol": protocol, **asdict(config), "label_holder": self.label_holder, "feature_holders": list(self.feature_holders)})
+
+    def check_key(self, announced: str, public_context_fingerprint: str) -> None:
+        """The label holder's public context must be the key it announced (one line naming both otherwise)."""
+        if public_context_fingerprint != announced:
+            raise ProtocolError(f"label holder {self.label_holder!r} announced key {announced}, its public context is {public_context_fingerprint}")
 
 
 def psi_session_fingerprint(key_ids) -> str:

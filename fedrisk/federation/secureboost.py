@@ -47,23 +47,13 @@ class SecureBoostResult:
     rounds: int = 0
 
 
-def checkpoint_digest(config: SecureBoostConfig, roles: VerticalRoles) -> str:
-    """What a resumed SecureBoost run must share with the run it resumes."""
-    from dataclasses import asdict
-
-    from fedrisk.checkpoint import config_digest
-
-    return config_digest({"protocol": "secureboost", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
-
-
-def _coordinator(context_blob: bytes, fp: str, lh: str, fhs: tuple[str, ...]):
+def _coordinator(context_blob: bytes, fp: str, roles: VerticalRoles):
     """The coordinator's protocol object over the label holder's public context (no secret key)."""
     from fedrisk.models.secureboost import CoordinatorSB
     from fedrisk.crypto.bfv import load_public_bfv_context
 
-    coordinator = CoordinatorSB(load_public_bfv_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
-    if coordinator.fingerprint != fp:
-        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    coordinator = CoordinatorSB(load_public_bfv_context(context_blob, "coordinator"), label_holder=roles.label_holder, feature_holders=roles.feature_holders)
+    roles.check_key(fp, coordinator.fingerprint)
     return coordinator
 
 
@@ -91,14 +81,14 @@ def run_secureboost(
     """
     lh, fhs = roles.label_holder, roles.feature_holders
     result = SecureBoostResult()
-    digest = checkpoint_digest(config, roles)
+    digest = roles.checkpoint_digest("secureboost", config)
     status = session.status
     status.set(protocol="secureboost", unit="round", state="running")
     if resume is not None:
         state = resume.state
         context_blob = resume.blob("coordinator_context")
         fp = str(state["key_fingerprint"])
-        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        coordinator = _coordinator(context_blob, fp, roles)
         result.rounds, trees_done = int(state["rounds"]), int(state["trees_done"])
         result.trees, result.bundles = list(state["trees"]), dict(state["bundles"])
         to_bank = [BatchItem(resume.blob(f"to_bank:{i}"), str(item["class"]), str(item["party"])) for i, item in enumerate(state["to_bank"])]
@@ -110,7 +100,7 @@ def run_secureboost(
         setup = session.exchange({lh: (spec.SETUP.message_type, setup_request)})[lh]
         fp = setup.header.key_fingerprint
         context_blob = setup.blob("coordinator_context")
-        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        coordinator = _coordinator(context_blob, fp, roles)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
         status.set(step=spec.JOIN.request)
         joined = session.exchange(

@@ -107,15 +107,14 @@ def _run_vertical(session: CoordinatorSession, context: Context, checkpoints=Non
         return run_stacking_bases(session, context, _run_vertical, _close_ledgers)
     if algorithm not in ("vertical_lr", "secureboost"):
         raise ConfigError(f"unknown vertical algorithm {algorithm!r}")
-    from fedrisk.federation.secureboost import checkpoint_digest as secureboost_digest
-    from fedrisk.federation.vertical_lr import checkpoint_digest, run_vertical_lr
+    from fedrisk.federation.vertical_lr import run_vertical_lr
     from fedrisk.protocols.vertical_lr import VerticalLRConfig
 
     config = VerticalLRConfig.from_run_config(context.run_config)
     sb_config = _secureboost_config(context)
     resume = None
     if checkpoints is not None:
-        digest = secureboost_digest(sb_config, roles) if algorithm == "secureboost" else checkpoint_digest(config, roles)
+        digest = roles.checkpoint_digest("secureboost", sb_config) if algorithm == "secureboost" else roles.checkpoint_digest("vertical_lr", config)
         resume = checkpoints.resumable(algorithm, digest)
     if resume is not None:
         rows, psi_seconds = int(resume.state["alignment"]["rows"]), float(resume.state["alignment"]["psi_seconds"])

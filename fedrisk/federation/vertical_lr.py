@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from fedrisk.errors import ProtocolError
 from fedrisk.protocols import vertical_lr as spec
 from fedrisk.protocols.vertical_lr import VerticalLRConfig
 from fedrisk.federation.alignment import VerticalRoles
@@ -42,24 +41,14 @@ class VerticalLRResult:
     rows: int = 0
 
 
-def _coordinator(context_blob: bytes, fp: str, lh: str, fhs: tuple[str, ...]):
+def _coordinator(context_blob: bytes, fp: str, roles: VerticalRoles):
     """The coordinator's protocol object over the label holder's public context (no secret key)."""
     from fedrisk.models.vertical_lr import CoordinatorLR
     from fedrisk.parties.vertical_lr import load_public_context
 
-    coordinator = CoordinatorLR(load_public_context(context_blob, "coordinator"), label_holder=lh, feature_holders=fhs)
-    if coordinator.fingerprint != fp:
-        raise ProtocolError(f"label holder {lh!r} announced key {fp}, its public context is {coordinator.fingerprint}")
+    coordinator = CoordinatorLR(load_public_context(context_blob, "coordinator"), label_holder=roles.label_holder, feature_holders=roles.feature_holders)
+    roles.check_key(fp, coordinator.fingerprint)
     return coordinator
-
-
-def checkpoint_digest(config: VerticalLRConfig, roles: VerticalRoles) -> str:
-    """What a resumed vertical-LR run must share with the run it resumes."""
-    from dataclasses import asdict
-
-    from fedrisk.checkpoint import config_digest
-
-    return config_digest({"protocol": "vertical_lr", **asdict(config), "label_holder": roles.label_holder, "feature_holders": list(roles.feature_holders)})
 
 
 def run_vertical_lr(
@@ -88,7 +77,7 @@ def run_vertical_lr(
 
     lh, fhs = roles.label_holder, roles.feature_holders
     result = VerticalLRResult(label_holder=lh)
-    digest = checkpoint_digest(config, roles)
+    digest = roles.checkpoint_digest("vertical_lr", config)
     status = session.status
     status.set(protocol="vertical_lr", unit="epoch", rounds=config.epochs, state="running")
 
@@ -103,7 +92,7 @@ def run_vertical_lr(
         epoch = int(state["next_epoch"])
         status.set(resumed_from=epoch - 1 if epoch > 0 else None)
         status.event(f"resumed at epoch {epoch} from the checkpoint")
-        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        coordinator = _coordinator(context_blob, fp, roles)
     else:
         status.set(step=spec.SETUP.request)
         setup_request = build_content(session.header(0, spec.SETUP.request, lh, spec.SETUP.request_class), config=config.setup_config())
@@ -111,7 +100,7 @@ def run_vertical_lr(
         context_blob = setup.blob("coordinator_context")
         fp = setup.header.key_fingerprint
         result.rows = config_int(setup, "rows")
-        coordinator = _coordinator(context_blob, fp, lh, fhs)
+        coordinator = _coordinator(context_blob, fp, roles)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
         joined = session.exchange(
             {
