@@ -8,10 +8,10 @@ part of its schema.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from node_cli import node_start_argv
 
 from fedrisk.errors import ConfigError
 from fedrisk.federation.federation_file import load_federation_file
@@ -73,24 +73,9 @@ def test_each_mistake_is_one_line_naming_the_key(tmp_path, parties, algorithm, m
 def _node_start(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "tax.csv").write_text(TAX)
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedrisk.cli",
-            "node",
-            "start",
-            "--name",
-            "tax",
-            "--role",
-            "feature_holder",
-            "--data",
-            str(tmp_path / "tax.csv"),
-            "--superlink",
-            "127.0.0.1:1",
-            "--state-dir",
-            str(tmp_path / "state"),
-            *extra,
-        ],
+        node_start_argv(
+            name="tax", role="feature_holder", data=tmp_path / "tax.csv", id_column=None, superlink="127.0.0.1:1", state_dir=tmp_path / "state", extra=extra
+        ),
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,8 +6,10 @@ namespace (where this test, as the analyst, submits the run). Nothing is
 shared over loopback: the SuperLink listens on its namespace's address only,
 each party reaches it across its veth, and the test checks the interfaces'
 byte counters. The commands are the documented multi-host ones
-(docs/DEPLOYMENT.md): ``fedrisk keys init --hosts``, ``flower-superlink`` with
-TLS and node authentication, ``fedrisk keys register``, ``fedrisk node start``
+(docs/DEPLOYMENT.md): ``fedrisk keys init --hosts``, fedrisk's SuperLink entry
+point with ``--no-bundles`` (Flower's own per-object calls and SQLite state, as a
+stock ``flower-superlink``; the run's result comes back through ``PullArtifacts``)
+with TLS and node authentication, ``fedrisk keys register``, ``fedrisk node start``
 per party, ``fedrisk train --superlink``.
 
 Skipped, with the reason, where namespaces cannot be made (not root, no
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from node_cli import node_start_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -179,7 +182,12 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
             namespaces.spawn(
                 "superlink",
                 [
-                    str(BIN / "flower-superlink"),
+                    sys.executable,
+                    "-m",
+                    "fedrisk.federation.superlink",
+                    "--no-bundles",  # Flower's own per-object calls, as with a stock flower-superlink
+                    "--results-dir",
+                    str(tmp_path / "operator" / "results"),
                     "--fleet-api-address",
                     f"{superlink_ip}:{fleet}",
                     "--host",
@@ -221,31 +229,17 @@ def test_parties_in_separate_network_namespaces_train_through_the_superlink(tmp_
             frame.to_csv(home / table, index=False)
             shutil.copy2(keys / "ca.crt", home / "ca.crt")  # what the operator hands each party
             shutil.copy2(keys / "nodes" / name, home / "node.key")
-            argv = [
-                sys.executable,
-                "-m",
-                "fedrisk.cli",
-                "node",
-                "start",
-                "--name",
-                name,
-                "--role",
-                "label_holder" if label else "feature_holder",
-                "--data",
-                str(home / table),
-                "--id-column",
-                "id",
-                "--superlink",
-                f"{superlink_ip}:{fleet}",
-                "--root-certificates",
-                str(home / "ca.crt"),
-                "--auth-key",
-                str(home / "node.key"),
-                "--state-dir",
-                str(home / "state"),
-                "--log-format",
-                "json",
-            ] + (["--label-column", label] if label else [])
+            argv = node_start_argv(
+                name=name,
+                role="label_holder" if label else "feature_holder",
+                data=home / table,
+                label_column=label,
+                superlink=f"{superlink_ip}:{fleet}",
+                root_certificates=home / "ca.crt",
+                auth_key=home / "node.key",
+                state_dir=home / "state",
+                extra=("--log-format", "json"),
+            )
             procs.append(namespaces.spawn(ns_host, argv, tmp_path / f"{ns_host}.log", home, node_env(home / "flwr")))
         before = {h: namespaces.bytes(h) for h in ("bank", "tax")}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from node_cli import node_start_argv
 
 from fedrisk.crypto.pki_admin import init_federation_keys
 from fedrisk.federation.local import LocalFederation
@@ -31,31 +32,16 @@ def _keys(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _node(tmp: Path, name: str, fleet: int, ca: Path, key: Path) -> subprocess.Popen:
-    argv = [
-        sys.executable,
-        "-m",
-        "fedrisk.cli",
-        "node",
-        "start",
-        "--name",
-        name,
-        "--role",
-        "bank",
-        "--data",
-        str(tmp / "bank.csv"),
-        "--id-column",
-        "id",
-        "--label-column",
-        "y",
-        "--superlink",
-        f"127.0.0.1:{fleet}",
-        "--root-certificates",
-        str(ca),
-        "--auth-key",
-        str(key),
-        "--state-dir",
-        str(tmp / f"state-{name}-{key.parent.parent.name}"),
-    ]
+    argv = node_start_argv(
+        name=name,
+        role="bank",
+        data=tmp / "bank.csv",
+        label_column="y",
+        superlink=f"127.0.0.1:{fleet}",
+        root_certificates=ca,
+        auth_key=key,
+        state_dir=tmp / f"state-{name}-{key.parent.parent.name}",
+    )
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

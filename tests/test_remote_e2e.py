@@ -17,6 +17,7 @@ import sys
 
 import pandas as pd
 import pytest
+from node_cli import node_start_argv
 
 from fedrisk.crypto.pki import create_node_auth_keypair
 from fedrisk.federation.local import LocalFederation
@@ -62,29 +63,16 @@ def test_parties_on_their_own_nodes_train_through_a_remote_superlink(tmp_path, d
             for name, role, folder, label in (("bank", "label_holder", "bank_host", "y"), ("tax_bureau", "feature_holder", "tax_host", None)):
                 private, public = create_node_auth_keypair(tmp_path / folder / "nodekey", name)
                 operator.register_node_key(name, public)
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "fedrisk.cli",
-                    "node",
-                    "start",
-                    "--name",
-                    name,
-                    "--role",
-                    role,
-                    "--data",
-                    str(tmp_path / folder / ("bank.csv" if label else "tax.csv")),
-                    "--id-column",
-                    "id",
-                    "--superlink",
-                    f"127.0.0.1:{operator.fleet_port}",
-                    "--root-certificates",
-                    str(operator.ca_cert),
-                    "--auth-key",
-                    str(private),
-                    "--state-dir",
-                    str(tmp_path / folder / "state"),
-                ] + (["--label-column", label] if label else [])
+                argv = node_start_argv(
+                    name=name,
+                    role=role,
+                    data=tmp_path / folder / ("bank.csv" if label else "tax.csv"),
+                    label_column=label,
+                    superlink=f"127.0.0.1:{operator.fleet_port}",
+                    root_certificates=operator.ca_cert,
+                    auth_key=private,
+                    state_dir=tmp_path / folder / "state",
+                )
                 nodes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True))
             train = subprocess.run(
                 [
@@ -130,25 +118,15 @@ def test_parties_on_their_own_nodes_train_through_a_remote_superlink(tmp_path, d
 def test_node_start_names_a_bad_flag(tmp_path):
     (tmp_path / "t.csv").write_text("id,x0\na,1\n")
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedrisk.cli",
-            "node",
-            "start",
-            "--name",
-            "tax",
-            "--role",
-            "feature_holder",
-            "--data",
-            str(tmp_path / "t.csv"),
-            "--label-column",
-            "x0",
-            "--superlink",
-            "127.0.0.1:1",
-            "--root-certificates",
-            str(tmp_path / "t.csv"),
-        ],
+        node_start_argv(
+            name="tax",
+            role="feature_holder",
+            data=tmp_path / "t.csv",
+            id_column=None,
+            label_column="x0",
+            superlink="127.0.0.1:1",
+            root_certificates=tmp_path / "t.csv",
+        ),
         capture_output=True,
         text=True,
         timeout=60,

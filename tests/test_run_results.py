@@ -19,7 +19,7 @@ import pytest
 
 from fedrisk.errors import FedriskError
 from fedrisk.federation.local import LocalFederation
-from fedrisk.federation.run_results import RESULTS_DIR_ENV, ResultArtifacts, publish_result, pull_result
+from fedrisk.federation.run_results import RESULTS_DIR_ENV, ResultArtifacts, publish_result, pull_result, require_result_provider
 
 
 def test_published_results_are_private_files_and_only_the_right_token_reads_them(tmp_path, monkeypatch):
@@ -53,6 +53,7 @@ def test_a_fedrisk_superlink_refuses_guessed_result_urls_and_unknown_runs(tmp_pa
         with pytest.raises(FedriskError, match=r"could not pull the result of Flower run 424242 from .*: no such run") as err:
             pull_result(f"127.0.0.1:{operator.control_port}", operator.ca_cert, 424242)
         assert "\n" not in str(err.value)
+        require_result_provider(f"127.0.0.1:{operator.control_port}", operator.ca_cert)  # fedrisk's SuperLink: accepted
 
 
 def _free_port() -> int:
@@ -92,7 +93,9 @@ def test_a_stock_flower_superlink_is_named_as_serving_no_results(tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "flower-superlink did not start"
                 time.sleep(0.2)
-        with pytest.raises(FedriskError, match=r"serves no run results: start it with `python -m fedrisk.federation.superlink`"):
+        with pytest.raises(FedriskError, match=r"serves no run results \(a stock flower-superlink\?\): start it with `python -m fedrisk.federation.superlink`$"):
+            require_result_provider(f"127.0.0.1:{port}", None, insecure=True)  # what `fedrisk train --superlink` asks first
+        with pytest.raises(FedriskError, match=r"serves no run results"):
             pull_result(f"127.0.0.1:{port}", None, 1, insecure=True)
     finally:
         proc.terminate()

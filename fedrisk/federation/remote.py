@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedrisk.errors import ConfigError, FedriskError, PartyUnavailableError
 from fedrisk.federation.local import write_app, write_flwr_config
-from fedrisk.federation.run_results import RunNotFinished, pull_result
+from fedrisk.federation.run_results import RunNotFinished, pull_result, require_result_provider
 from fedrisk.parties.party_node import node_env, spawn
 
 
@@ -67,6 +67,8 @@ class RemoteFederation:
 
     def run(self, run_config: dict, *, timeout: float = 3600.0) -> dict:
         """Submit one run and return the coordinator's result (resubmitting it after a coordinator crash)."""
+        # Before anything runs: a SuperLink that cannot hand the result back is refused in one line.
+        require_result_provider(self.control_address, self.root_certificates, insecure=self.insecure)
         home = self.run_dir / "flwr"
         write_flwr_config(home, self.control_address, None if self.insecure else self.root_certificates)
         config = {**run_config}

@@ -184,6 +184,57 @@ def base_url(host: str, port: int | str, *, insecure: bool) -> str:
     return f"{'http' if insecure else 'https'}://{host}:{port}"
 
 
+class NoSuchRun(FedriskError):
+    """``PullArtifacts`` was asked about a run the SuperLink does not know."""
+
+
+def _artifact_url(control_address: str, cafile: str | None, run_id: int, *, insecure: bool) -> str:
+    """Flower's ``PullArtifacts`` for ``run_id``: the URL, or ``""`` when the provider has none."""
+    import httpx
+    from flwr.proto.control_pb2 import PullArtifactsRequest
+    from flwr.supercore.control.control_http_client import ControlHttpClient
+
+    client = ControlHttpClient.from_server_address(control_address, insecure, cafile, interceptors=[])
+    try:
+        return str(client.PullArtifacts(PullArtifactsRequest(run_id=int(run_id))).url)
+    except httpx.HTTPStatusError as err:  # Flower maps its error codes to HTTP statuses (flwr.supercore.error.catalog)
+        code = err.response.status_code
+        if code == 501:  # NO_ARTIFACT_PROVIDER
+            raise FedriskError(
+                f"the SuperLink at {control_address} serves no run results (a stock flower-superlink?): start it with `python -m fedrisk.federation.superlink`"
+            ) from None
+        if code == 412:  # PULL_UNFINISHED_RUN
+            raise RunNotFinished(f"Flower run {run_id} is not finished") from None
+        if code == 404:  # RUN_ID_NOT_FOUND
+            raise NoSuchRun(f"could not pull the result of Flower run {run_id} from {control_address}: no such run") from None
+        raise FedriskError(f"could not pull the result of Flower run {run_id} from {control_address}: HTTP {code}") from None
+    except Exception as err:  # noqa: BLE001 - transport errors of Flower's client, one line each
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FedriskError(f"could not pull the result of Flower run {run_id} from {control_address}: {text}") from None
+    finally:
+        client.close()
+
+
+def _cafile(root_certificates: Path | None, insecure: bool) -> str | None:
+    if insecure:
+        return None
+    if root_certificates is None:
+        raise ConfigError("the SuperLink's CA certificate is needed (TLS is on by default)")
+    return str(root_certificates)
+
+
+def require_result_provider(control_address: str, root_certificates: Path | None, *, insecure: bool = False) -> None:
+    """Refuse, before a run is submitted, a SuperLink that could not hand its result back.
+
+    Flower checks for an artifact provider before it looks the run up, so asking
+    about run 0 (never a Flower run id) answers "no provider" or "no such run".
+    """
+    try:
+        _artifact_url(control_address, _cafile(root_certificates, insecure), 0, insecure=insecure)
+    except NoSuchRun:
+        return
+
+
 def pull_result(control_address: str, root_certificates: Path | None, run_id: int, *, insecure: bool = False) -> dict | None:
     """A finished run's result from a fedrisk SuperLink; ``None`` when the coordinator published none.
 
@@ -191,36 +242,18 @@ def pull_result(control_address: str, root_certificates: Path | None, run_id: in
     ------
     FedriskError
         The SuperLink serves no results (a stock ``flower-superlink``), the run is not
-        finished, or the answer is not a result (one line each).
+        finished (:class:`RunNotFinished`) or unknown (:class:`NoSuchRun`), or the answer
+        is not a result (one line each).
     """
     import httpx
-    from flwr.proto.control_pb2 import PullArtifactsRequest
-    from flwr.supercore.control.control_http_client import ControlHttpClient
 
-    if root_certificates is None and not insecure:
-        raise ConfigError("pull_result: the SuperLink's CA certificate is needed (TLS is on by default)")
-    cafile = None if insecure else str(root_certificates)
-    client = ControlHttpClient.from_server_address(control_address, insecure, cafile, interceptors=[])
-    try:
-        response = client.PullArtifacts(PullArtifactsRequest(run_id=int(run_id)))
-    except httpx.HTTPStatusError as err:  # Flower maps its error codes to HTTP statuses (flwr.supercore.error.catalog)
-        code = err.response.status_code
-        if code == 501:  # NO_ARTIFACT_PROVIDER
-            raise FedriskError(f"the SuperLink at {control_address} serves no run results: start it with `python -m fedrisk.federation.superlink`") from None
-        if code == 412:  # PULL_UNFINISHED_RUN
-            raise RunNotFinished(f"Flower run {run_id} is not finished") from None
-        what = "no such run" if code == 404 else f"HTTP {code}"
-        raise FedriskError(f"could not pull the result of Flower run {run_id} from {control_address}: {what}") from None
-    except Exception as err:  # noqa: BLE001 - transport errors of Flower's client, one line each
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FedriskError(f"could not pull the result of Flower run {run_id} from {control_address}: {text}") from None
-    finally:
-        client.close()
-    if not response.url:
+    cafile = _cafile(root_certificates, insecure)
+    url = _artifact_url(control_address, cafile, run_id, insecure=insecure)
+    if not url:
         return None
-    path = urlsplit(response.url).path
+    path = urlsplit(url).path
     if _ROUTE.match(path) is None:
-        raise FedriskError(f"the SuperLink at {control_address} answered with a URL that is not a fedrisk result: {response.url[:80]!r}")
+        raise FedriskError(f"the SuperLink at {control_address} answered with a URL that is not a fedrisk result: {url[:80]!r}")
     url = f"{'http' if insecure else 'https'}://{control_address}{path}"  # only the path: never another host
     try:
         with httpx.stream("GET", url, verify=False if insecure else (cafile or True), timeout=60.0) as got:
