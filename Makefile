@@ -33,7 +33,7 @@ sandbox-deps:  ## bubblewrap for the scoring sandbox (needs root; the scorer ref
 demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on loopback
 	$(BIN)/fedrisk demo
 
-test: $(STAMP) system-deps  ## run the test suite
+test: $(STAMP) system-deps lint  ## check style and types (make lint), then run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff format check and ruff lint (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests, mypy on fedrisk, strict on crypto/ and audit/ (settings in pyproject.toml)
