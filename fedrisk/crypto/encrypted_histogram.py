@@ -857,10 +857,6 @@ class EncryptedHistogramKernel:
             self._pool.scatter([frame] * len(self._assign))
         self._grad_tag = tag
 
-    @property
-    def gradients_tag(self) -> Any:
-        return self._grad_tag
-
     def node_histogram(self, rows: np.ndarray) -> list[bytes]:
         """The histogram of the node whose rows are ``rows`` (serialised, ready to send)."""
         return self.node_histograms([rows])[0]

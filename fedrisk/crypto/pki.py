@@ -106,10 +106,6 @@ class FederationPKI:
     server_certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     hosts: tuple[str, ...] = ()
 
-    def root_certificate_bytes(self) -> bytes:
-        """PEM of the root CA (what clients pass as root certificates)."""
-        return self.ca_cert.read_bytes()
-
     @property
     def crl(self) -> Path:
         """The CA's certificate revocation list (``crl.pem``, :func:`write_crl`)."""

@@ -88,15 +88,6 @@ class ScorecardPart:
         """This block's share of the log-odds for each row."""
         return self.contributions(X).sum(axis=1)
 
-    def adverse_factors(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
-        """Per row, the names of up to ``top`` features that raise the risk most (no values)."""
-        contrib = self.contributions(X)
-        out = []
-        for row in contrib:
-            order = np.argsort(-row, kind="stable")
-            out.append([self.features[j] for j in order[:top] if row[j] > 0])
-        return out
-
 
 @dataclass(frozen=True)
 class FeatureHolderScorecard(ScorecardPart):

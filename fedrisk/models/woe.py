@@ -82,7 +82,6 @@ Both attack directions are tested on the real messages
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -706,11 +705,6 @@ class LabelHolderWOE:
         self.iv_[party] = {t.name: t.iv for t in tables}
         return WOEResult(self.fingerprint, tuple(t.public() for t in tables))
 
-    def selection(self, min_iv: float = 0.02) -> dict[str, list[str]]:
-        """Per party, the features whose IV reaches ``min_iv`` — a proposal each owner approves
-        (``fedrisk node start --features`` stays the approval)."""
-        return {p: [n for n, v in ivs.items() if v >= min_iv] for p, ivs in self.iv_.items()}
-
 
 class FeatureHolderWOE:
     """A feature holder's side: bins its own features, returns encrypted event counts, applies its WOE.
@@ -934,8 +928,3 @@ class VerticalWOE(BaseEstimator):
         """Rows ``{party, feature, iv}`` sorted by IV, as the bank sees them."""
         rows = [{"party": p, "feature": f, "iv": v} for p, ivs in self.iv_.items() for f, v in ivs.items()]
         return sorted(rows, key=lambda r: -r["iv"])
-
-
-def iv_json(model: VerticalWOE) -> str:
-    """The bank's IV table as JSON (for reports)."""
-    return json.dumps(model.iv_table())

@@ -45,10 +45,6 @@ class PartySettings:
         if self.role not in ROLES:
             raise ConfigError(f"party {self.name!r}: role {self.role!r} is not one of {', '.join(ROLES)}")
 
-    @property
-    def state_path(self) -> Path:
-        return Path(self.state_dir)
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)  # key order is meaningful: features are in model order
 

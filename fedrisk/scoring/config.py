@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fedrisk.errors import ConfigError
 
@@ -176,9 +176,6 @@ class PartyServiceConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-C = TypeVar("C", NodeConfig, PartyServiceConfig)
-
-
 def dump_config(config: NodeConfig | PartyServiceConfig) -> str:
     """JSON of a configuration (``kind`` says which)."""
     kind = "node" if isinstance(config, NodeConfig) else "party"
@@ -203,13 +200,6 @@ def load_config(text: str) -> NodeConfig | PartyServiceConfig:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"scoring config is malformed: {exc}") from None
-
-
-def with_paths(config: C, mapping: dict[str, str]) -> C:
-    """A copy with the given fields replaced (the launcher's path rewrite)."""
-    # The fields rewritten are all ``str`` paths; ``replace`` checks the names.
-    changes: dict[str, Any] = dict(mapping)
-    return replace(config, **changes)
 
 
 def existing_file(path: str, what: str) -> Path:

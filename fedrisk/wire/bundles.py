@@ -138,9 +138,6 @@ class Bundle:
         bundle.ParseFromString(data)
         return bundle
 
-    def object_bytes(self) -> int:
-        return sum(len(content) for _, content in self.objects)
-
 
 def _unpack(fmt: str, view: memoryview, at: int) -> tuple:
     size = struct.calcsize(fmt)
