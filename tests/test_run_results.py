@@ -93,7 +93,9 @@ def test_a_stock_flower_superlink_is_named_as_serving_no_results(tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "flower-superlink did not start"
                 time.sleep(0.2)
-        with pytest.raises(FedriskError, match=r"serves no run results \(a stock flower-superlink\?\): start it with `python -m fedrisk.federation.superlink`$"):
+        with pytest.raises(
+            FedriskError, match=r"serves no run results \(a stock flower-superlink\?\): start it with `python -m fedrisk.federation.superlink`$"
+        ):
             require_result_provider(f"127.0.0.1:{port}", None, insecure=True)  # what `fedrisk train --superlink` asks first
         with pytest.raises(FedriskError, match=r"serves no run results"):
             pull_result(f"127.0.0.1:{port}", None, 1, insecure=True)
