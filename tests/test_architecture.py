@@ -97,6 +97,93 @@ def test_no_module_imports_a_private_name_of_another():
     assert private == []
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the fedrisk modules it imports, lazy imports inside functions included."""
+    modules = {_module_name(path): tree for _, path, tree in _modules()}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node, module in _fedrisk_imports(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            submodules = {f"{module}.{n}" for n in names} & modules.keys()
+            # ``from fedrisk.pkg import mod`` depends on ``mod``; ``from fedrisk.mod import x`` on ``mod``.
+            targets = submodules if submodules else ({module} & modules.keys())
+            graph[name] |= targets - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_among_fedrisk_modules_lazy_imports_included():
+    assert _cycles(_import_graph()) == []
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """``from fedrisk.federation import demo`` then ``demo._helper(...)`` is a private import too."""
+    reaches = []
+    for _, path, tree in _modules():
+        aliases = set()
+        for node, module in _fedrisk_imports(tree):
+            if isinstance(node, ast.ImportFrom):
+                aliases |= {a.asname or a.name for a in node.names if (PACKAGE.parent / (module + "." + a.name).replace(".", "/")).with_suffix(".py").exists()}
+            else:
+                aliases |= {a.asname for a in node.names if a.asname}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                if node.attr.startswith("_") and not node.attr.startswith("__"):
+                    reaches.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert reaches == []
+
+
 def test_the_party_runtime_imports_no_protocol_role():
     tree = ast.parse((PACKAGE / "parties" / "runtime.py").read_text(encoding="utf-8"))
     imported = {module for _, module in _fedrisk_imports(tree)}

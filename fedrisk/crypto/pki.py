@@ -122,7 +122,7 @@ def cert_fingerprint(cert_pem_or_path: bytes | str | os.PathLike[str]) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CryptoError(f"{what} name {name!r} must be 1-63 letters, digits, '_' or '-'")
 
@@ -248,7 +248,7 @@ def _create_ca(days: int, label: str) -> tuple[x509.Certificate, ec.EllipticCurv
     return cert, key
 
 
-def _write_manifest(pki: FederationPKI) -> None:
+def write_manifest(pki: FederationPKI) -> None:
     def entry(path: Path) -> dict[str, str]:
         return {"file": path.relative_to(pki.folder).as_posix(), "sha256": cert_fingerprint(path)}
 
@@ -303,7 +303,7 @@ def create_federation_pki(
     root = Path(folder)
     names = list(parties)
     for name in names:
-        _check_name(name, "party")
+        check_name(name, "party")
     if len(set(names)) != len(names):
         raise CryptoError("party names must be unique")
     sans = _san_entries(hosts)
@@ -334,7 +334,7 @@ def create_federation_pki(
         write_secret_file(paths[1], key)
         write_public_file(paths[0], crt)
         pki.party_certs[name] = paths
-    _write_manifest(pki)
+    write_manifest(pki)
     write_crl(root, [])
     return pki
 
@@ -385,7 +385,7 @@ def create_server_cert(pki: FederationPKI, name: str, hosts: Sequence[str], *, d
     (Path, Path)
         Certificate and key paths.
     """
-    _check_name(name, "server")
+    check_name(name, "server")
     sans = _san_entries(hosts)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     ca_key = serialization.load_pem_private_key(read_secret_file(pki.ca_key), password=None)
@@ -396,7 +396,7 @@ def create_server_cert(pki: FederationPKI, name: str, hosts: Sequence[str], *, d
     write_secret_file(paths[1], key)
     write_public_file(paths[0], crt)
     pki.server_certs[name] = paths
-    _write_manifest(pki)
+    write_manifest(pki)
     return paths
 
 
@@ -428,7 +428,7 @@ def create_node_auth_keypair(folder: str | os.PathLike[str], name: str) -> tuple
     (Path, Path)
         Private and public key paths.
     """
-    _check_name(name, "node")
+    check_name(name, "node")
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

@@ -249,7 +249,7 @@ def _sync_manifest(keys: FederationKeys) -> None:
     """Rewrite the PKI manifest so that it lists exactly the active parties' certificates."""
     pki = _pki.load_federation_pki(keys.folder)
     pki.party_certs = {name: (keys.folder / e["cert"], keys.folder / e["cert_key"]) for name, e in keys.registry["parties"].items() if e["status"] == "active"}
-    _pki._write_manifest(pki)
+    _pki.write_manifest(pki)
 
 
 def init_federation_keys(
@@ -330,7 +330,7 @@ def add_party(folder: str | os.PathLike[str], name: str, *, days: int | None = N
         Certificate validity (default: the federation's).
     """
     keys = load_federation_keys(folder)
-    _pki._check_name(name, "party")
+    _pki.check_name(name, "party")
     old = keys.registry["parties"].get(name)
     if old is not None and old["status"] == "active":
         raise CryptoError(f"party {name!r} already has active keys; revoke them first to issue new ones")

@@ -529,7 +529,7 @@ def blind_points_blob(scalar: bytes, points: bytes, inputs: str = "returned") ->
         from fedrisk.crypto.psi_x25519 import admits, blind_blob_mb8
 
         if admits(inputs):
-            fast = blind_blob_mb8(scalar, points)
+            fast = blind_blob_mb8(scalar, points, blind_points_blob_openssl)
             if fast is not None:
                 return fast
     return blind_points_blob_openssl(scalar, points)

@@ -52,6 +52,7 @@ import sys
 import threading
 from pathlib import Path
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -140,11 +141,9 @@ def _self_test(fn: Any) -> bool:
         k = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
         u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
         want = bytes.fromhex("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
-        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-        from fedrisk.crypto.psi_group import hash_ids_to_u
-
-        hashed = hash_ids_to_u(b"fedrisk/psi/x25519-self-test", [rng.bytes(12) for _ in range(15)])
-        points = np.vstack([np.frombuffer(u, dtype=np.uint8)[None, :], hashed])
+        # Fifteen random points of large order (fresh public keys), beside the RFC vector.
+        fresh = [X25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(15)]
+        points = np.vstack([np.frombuffer(p, dtype=np.uint8)[None, :] for p in (u, *fresh)])
         out, status = _run(fn, k, np.ascontiguousarray(points))
         if np.any(status != 0) or out[0].tobytes() != want:
             return False
@@ -189,12 +188,14 @@ def _standard_rows(points: np.ndarray) -> np.ndarray:
     return rows
 
 
-def blind_blob_mb8(scalar: bytes, points: bytes) -> tuple[bytes, int] | None:
+def blind_blob_mb8(scalar: bytes, points: bytes, one_by_one: Callable[[bytes, bytes], tuple[bytes, int]]) -> tuple[bytes, int] | None:
     """``X25519(scalar, u)`` for every 32-byte point of ``points`` on the multi-buffer backend.
 
     Returns ``(blob, -1)`` or ``(b"", i)`` for the first low-order point, like
     :func:`fedrisk.crypto.psi_group.blind_points_blob`; ``None`` when the backend is
-    unavailable (the caller then uses ``cryptography``).
+    unavailable (the caller then uses ``cryptography``). ``one_by_one`` computes the
+    points this backend must not (:func:`fedrisk.crypto.psi_group.blind_points_blob_openssl`:
+    the caller's reference implementation, so this module imports nothing above it).
     """
     fn = _fn()
     if fn is None:
@@ -215,10 +216,8 @@ def blind_blob_mb8(scalar: bytes, points: bytes) -> tuple[bytes, int] | None:
     if np.any(status != 0):
         redo |= np.repeat(status != 0, _LANES)[:n]
     if np.any(redo):
-        from fedrisk.crypto.psi_group import blind_points_blob_openssl
-
         for i in np.flatnonzero(redo).tolist():
-            blob, bad = blind_points_blob_openssl(scalar, arr[i].tobytes())
+            blob, bad = one_by_one(scalar, arr[i].tobytes())
             if bad >= 0:
                 out[i] = 0
             else:

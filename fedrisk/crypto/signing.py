@@ -167,7 +167,7 @@ def canonical_json(obj: Any) -> bytes:
         raise CryptoError(f"value is not canonical-JSON serialisable: {exc}") from None
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
         raise CryptoError(f"bundle file name {name!r} is not allowed (flat names of letters, digits, '._-'; not {sorted(_RESERVED)})")
 
@@ -226,7 +226,7 @@ def write_signed_bundle(
         raise CryptoError(f"bundle folder {target} exists, is not empty and is not a bundle; refusing to replace it")
     entries = {}
     for name, content in files.items():
-        _check_name(name)
+        check_name(name)
         if not isinstance(content, (bytes, bytearray, memoryview)):
             raise CryptoError(f"bundle file {name} must be bytes")
         content = bytes(content)
@@ -342,7 +342,7 @@ def verify_bundle_with_manifest(folder: str | os.PathLike[str], trusted_public_k
     if not isinstance(entries, dict) or not entries:
         raise CryptoError(f"bundle {MANIFEST_NAME} field 'files' is missing or empty")
     for name in entries:
-        _check_name(name)
+        check_name(name)
     present = {p.name for p in root.iterdir()} - _RESERVED
     extra = sorted(present - set(entries))
     if extra:

@@ -43,11 +43,18 @@ from fedrisk.federation.train import (
     weighted_final_metrics,
     write_summary,
 )
+from fedrisk.federation.demo_support import (
+    VALIDATION,
+    VERTICAL_PARTIES,
+    centralised_reference,
+    leave_out_pd,
+    portfolio_policy,
+    score_live,
+    write_model_report,
+)
 from fedrisk.parties.settings import PartySettings
 
 BANKS = ("bank_a", "bank_b", "bank_c")
-VERTICAL_PARTIES = {"bank": "label_holder", "tax_bureau": "feature_holder", "platform": "feature_holder"}
-VALIDATION = {"fraction": 0.2, "seed": 42}
 
 
 def run_demo(
@@ -77,38 +84,6 @@ def run_demo(
     if mode == "horizontal":
         return run_horizontal_demo(runs_dir=runs_dir, rows=rows, rounds=rounds, seed=seed, console=console)
     raise ConfigError(f"--mode: expected 'vertical' or 'horizontal', got {mode!r}")
-
-
-def _centralised_reference(data, train_by_row: np.ndarray, model: str = "vertical_lr", trees: int = 10) -> dict[str, float]:
-    """The same kind of model on the joined table, same rows, same split: what no party may build."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
-    from fedrisk.models.metrics import auc, ks
-    from fedrisk.data.datasplit import evaluation_mask
-
-    blocks = [data.bank.feature_matrix()]
-    for table in (data.tax_bureau, data.platform):
-        position = {sme: i for i, sme in enumerate(table.ids)}
-        rows = np.array([position.get(sme, -1) for sme in data.bank.ids])
-        X = np.full((rows.size, len(table.feature_names)), np.nan)
-        X[rows >= 0] = table.feature_matrix()[rows[rows >= 0]]
-        blocks += [X, (rows >= 0).astype(float)[:, None]]
-    X = np.column_stack(blocks)
-    y = np.asarray(data.bank.labels)
-    train = train_by_row
-    # Reported on the same rows as the federation's metrics: the evaluation half of the hold-out.
-    report = evaluation_mask(y, train, int(VALIDATION["seed"]))
-    if model == "secureboost":
-        boosted = HistGradientBoostingClassifier(max_iter=trees, max_depth=3, learning_rate=0.3, max_bins=32, early_stopping=False)
-        p = boosted.fit(X[train], y[train]).predict_proba(X[report])[:, 1]
-        return {"auc": float(auc(y[report], p)), "ks": float(ks(y[report], p))}
-    mean = np.nanmean(X[train], axis=0)
-    std = np.nanstd(X[train], axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    Z = np.nan_to_num((X - mean) / std)
-    p = LogisticRegression(max_iter=5000).fit(Z[train], y[train]).predict_proba(Z[report])[:, 1]
-    return {"auc": float(auc(y[report], p)), "ks": float(ks(y[report], p))}
 
 
 def run_vertical_demo(
@@ -154,7 +129,7 @@ def run_vertical_demo(
     # The bank (label holder) learned the overlap; the coordinator did not: read it from the bank's side.
     metrics = vertical_metrics(result, label_holder_intersection(parties, result))
     train_by_row = training_mask(np.asarray(data.bank.labels), VALIDATION)
-    central = _centralised_reference(data, train_by_row, model, trees)
+    central = centralised_reference(data, train_by_row, model, trees)
     live: dict = {}
     with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
         scoring = score_live(run_dir, result, data, paths, train_by_row, model=model, arrays=live)
@@ -186,95 +161,8 @@ def run_vertical_demo(
     return summary
 
 
-def score_live(
-    run_dir: Path,
-    result: dict,
-    data,
-    tables: dict[str, Path],
-    train_by_row: np.ndarray,
-    *,
-    model: str = "vertical_lr",
-    scoring_dir: str = "scoring",
-    arrays: dict | None = None,
-    rows: np.ndarray | None = None,
-) -> dict:
-    """Deploy the trained model to the scoring node and decide live on the bank's evaluation rows.
-
-    Starts each feature holder's party scoring service (its own table, the IDs it
-    aligned, mTLS) and the bank's sandboxed scoring node on loopback, sends one
-    application per SME of the evaluation rows, and compares every decision's PD
-    with the same model scored offline from the signed bundles. For SecureBoost
-    the parties answer the direction at each of their splits (``TREE_ROUTING``)
-    and the node routes the bank's trees with them.
-    """
-    from fedrisk.crypto.pki import load_federation_pki
-    from fedrisk.models.metrics import auc
-    from fedrisk.parties.alignment import allow_list_path
-    from fedrisk.data.datasplit import evaluation_mask
-    from fedrisk.scoring.client import ScoringClient
-    from fedrisk.scoring.deploy import start_scoring_deployment
-    from fedrisk.v1 import scoring_pb2 as pb
-
-    run_id = result.get("run_id", run_dir.name)
-    bundles = {party: Path(path) for party, path in result["bundles"].items()}
-    holders = [p for p in VERTICAL_PARTIES if VERTICAL_PARTIES[p] == "feature_holder"]
-    pki = load_federation_pki(run_dir / "pki")
-    trusted = run_dir / "coordinator" / "signing_keys.json"
-    y = np.asarray(data.bank.labels)
-    if rows is None:  # default: the evaluation half of the held-out rows
-        rows = np.flatnonzero(evaluation_mask(y, train_by_row, int(VALIDATION["seed"])))
-    ids = data.bank.ids[rows]
-    revenue = 12.0 * data.bank.features["monthly_inflow"].to_numpy()[rows]  # what the applicant declares
-    deployment = start_scoring_deployment(
-        pki=pki,
-        trusted_keys=trusted,
-        bank_bundle=bundles["bank"],
-        party_bundles={p: bundles[p] for p in holders},
-        party_tables={p: tables[p] for p in holders},
-        allow_lists={p: allow_list_path(run_dir / "parties" / p, run_id) for p in holders},
-        state_dir=run_dir / scoring_dir,
-        bank_table=tables["bank"],
-        policy=_portfolio_policy(run_dir),
-    )
-    try:
-        with ScoringClient(deployment.node.address, ca=pki.ca_cert) as client:
-            client.wait_ready(timeout=30)
-            sandbox = client.describe().sandbox
-            applications = (
-                pb.Application(application_id=f"demo-{i}", sme_id=str(sme), declared_annual_revenue=float(rev))
-                for i, (sme, rev) in enumerate(zip(ids, revenue))
-            )
-            decisions = list(client.score_stream(applications, timeout=300))
-    finally:
-        deployment.stop()
-    pd_live = np.array([d.probability_of_default for d in decisions])
-    # The same model offline: each party's signed bundle scored in this process.
-    keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
-    offline = _offline_secureboost_pd if model == "secureboost" else _offline_scorecard_pd
-    pd_offline = offline(bundles, keys, data, holders, ids, data.bank.feature_matrix()[rows])
-    outcomes = [pb.Outcome.Name(d.outcome) for d in decisions]
-    latency = np.array([d.latency_ms for d in decisions])
-    if arrays is not None:  # the bank's own view of the live decisions, for the model report and the stack
-        arrays.update(rows=rows, pd_live=pd_live, pd_offline=pd_offline, outcomes=outcomes, latency=latency)
-    return {
-        "applications": len(decisions),
-        "approve": outcomes.count("APPROVE"),
-        "decline": outcomes.count("DECLINE"),
-        "refer": outcomes.count("REFER"),
-        "degraded": int(sum(d.degraded for d in decisions)),
-        "auc_live": float(auc(y[rows], pd_live)),
-        "max_abs_pd_diff_vs_offline": float(np.max(np.abs(pd_live - pd_offline))),
-        "mean_pd": float(pd_live.mean()),
-        "node_latency_p50_ms": float(np.percentile(latency, 50)),
-        "node_latency_p99_ms": float(np.percentile(latency, 99)),
-        "sandbox": sandbox,
-    }
-
-
 def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_row: np.ndarray, live: dict, model: str, auc_bank_only):
     """``runs/<id>/model_report.html`` + ``.json``: the live PDs on the evaluation rows, the bank's IV, each party left out."""
-    from fedrisk.federation.stacking import leave_out_pd, write_model_report
-
     trusted = run_dir / "coordinator" / "signing_keys.json"
     keys = [bytes.fromhex(k) for k in json.loads(trusted.read_text()).values()]
     y = np.asarray(data.bank.labels).astype(int)
@@ -297,70 +185,6 @@ def _vertical_model_report(run_dir: Path, result: dict, data, parties, train_by_
         auc_bank_only=auc_bank_only,
         model=model,
     )
-
-
-def _portfolio_policy(run_dir: Path) -> Path:
-    """The default credit policy with a portfolio job's fan-out deadline.
-
-    The demo streams its whole evaluation book at once, as ``fedrisk score
-    batch`` does; the default 40 ms per call is a live loan system's budget,
-    and on a loaded 2-core machine a burst would fall back for a few SMEs.
-    """
-    import re
-
-    from fedrisk.scoring.policy import default_policy_path
-
-    text, found = re.subn(r"(?m)^deadline_ms = \d+(\.\d+)?", "deadline_ms = 2000", default_policy_path().read_text())
-    if found != 1:
-        raise FedriskError("the default policy has no single [unavailable] deadline_ms to raise for the demo")
-    path = run_dir / "scoring-policy.toml"
-    path.write_text(text)
-    return path
-
-
-def _party_rows(table, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``ids`` in a party's table (-1 where it does not hold the SME) and its feature matrix."""
-    position = {sme: i for i, sme in enumerate(table.ids)}
-    return np.array([position.get(sme, -1) for sme in ids]), table.feature_matrix()
-
-
-def _offline_scorecard_pd(bundles: dict[str, Path], keys: list[bytes], data, holders: list[str], ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
-    """The scorecard's PD from the signed bundles: each party's partial score on its own rows."""
-    from fedrisk.models.scorecard import LabelHolderScorecard, load_scorecard
-
-    bank = load_scorecard(bundles["bank"], keys)
-    if not isinstance(bank, LabelHolderScorecard):
-        raise FedriskError("the bank's scorecard bundle is a feature holder's part")
-    parts = {}
-    for party in holders:
-        scorecard = load_scorecard(bundles[party], keys)
-        where, X = _party_rows(getattr(data, party), ids)
-        u = np.full(ids.size, np.nan)
-        u[where >= 0] = scorecard.partial_score(X[where[where >= 0]])
-        parts[party] = u
-    return bank.predict_proba(X_bank, parts)
-
-
-def _offline_secureboost_pd(bundles: dict[str, Path], keys: list[bytes], data, holders: list[str], ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
-    """SecureBoost's PD from the signed bundles: each party routes its own splits on its own rows (defaults where it has none)."""
-    from fedrisk.models.bundle import load_model_bundle
-    from fedrisk.models.secureboost import (
-        answer_splits,
-        load_feature_holder_bundle,
-        load_label_holder_bundle,
-    )
-
-    trees = load_label_holder_bundle(*load_model_bundle(bundles["bank"], keys))
-    answers = {}
-    for party in holders:
-        arrays, meta = load_model_bundle(bundles[party], keys)
-        table = load_feature_holder_bundle(arrays, meta)
-        where, X = _party_rows(getattr(data, party), ids)
-        X_party = np.full((ids.size, len(table.feature_names)), np.nan)  # an SME it does not hold: every split on its default
-        columns = [list(getattr(data, party).feature_names).index(f) for f in table.feature_names]
-        X_party[where >= 0] = X[where[where >= 0]][:, columns]
-        answers[party] = answer_splits(table, X_party, fingerprint=str(meta.get("context_fingerprint", "")))
-    return trees.predict_proba(X_bank, answers)[:, 1]
 
 
 def _print_vertical(console: Console, summary: dict, run_dir: Path) -> None:
@@ -433,7 +257,7 @@ def run_scorecard_demo(*, runs_dir: Path, rows: int, epochs: int, seed: int, con
     ids = [str(i) for i in ex.data.bank.ids[len(ex.data.bank.ids) - round(holdout * len(ex.data.bank.ids)) :]][:SCORECARD_LIVE_APPLICATIONS]
     y = dict(zip(ex.data.bank.ids.tolist(), np.asarray(ex.data.bank.labels).tolist()))
     with console.status("live decisions: the sandboxed scoring node and each party's scoring service"):
-        deployment = start_example_deployment(ex, run_dir / "scoring", policy=_portfolio_policy(run_dir))
+        deployment = start_example_deployment(ex, run_dir / "scoring", policy=portfolio_policy(run_dir))
         try:
             with ScoringClient(deployment.node.address, ca=ex.pki.ca_cert) as client:
                 client.wait_ready(timeout=30)

@@ -42,6 +42,7 @@ from rich.table import Table
 
 from fedrisk.federation.local import LocalFederation
 from fedrisk.federation.train import audit_run, label_holder_intersection, new_run_dir, vertical_metrics, write_summary
+from fedrisk.federation.demo_support import VALIDATION, VERTICAL_PARTIES, centralised_reference, leave_out_pd, score_live, write_model_report
 from fedrisk.parties.settings import PartySettings
 
 BASES = ("vertical_lr", "secureboost")
@@ -50,29 +51,6 @@ BASES = ("vertical_lr", "secureboost")
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
     return np.log(p) - np.log1p(-p)
-
-
-def leave_out_pd(model: str, bundles: dict, keys: list[bytes], data, holders: list[str], drop: str, ids: np.ndarray, X_bank: np.ndarray) -> np.ndarray:
-    """The trained model's PD with party ``drop`` left out: scored as if it covered no SME (no retraining)."""
-    from fedrisk.federation import demo
-
-    if model == "vertical_lr":
-        return demo._offline_scorecard_pd(bundles, keys, data, [p for p in holders if p != drop], ids, X_bank)
-    from fedrisk.models.bundle import load_model_bundle
-    from fedrisk.models.secureboost import answer_splits, load_feature_holder_bundle, load_label_holder_bundle
-
-    trees = load_label_holder_bundle(*load_model_bundle(bundles["bank"], keys))
-    answers = {}
-    for party in holders:
-        arrays, meta = load_model_bundle(bundles[party], keys)
-        table = load_feature_holder_bundle(arrays, meta)
-        X_party = np.full((ids.size, len(table.feature_names)), np.nan)
-        if party != drop:
-            where, X = demo._party_rows(getattr(data, party), ids)
-            columns = [list(getattr(data, party).feature_names).index(f) for f in table.feature_names]
-            X_party[where >= 0] = X[where[where >= 0]][:, columns]
-        answers[party] = answer_splits(table, X_party, fingerprint=str(meta.get("context_fingerprint", "")))
-    return trees.predict_proba(X_bank, answers)[:, 1]
 
 
 def _write_meta_bundle(run_dir: Path, meta_learner, run_id: str, bases: dict | None = None) -> Path:
@@ -155,7 +133,6 @@ def run_stacking_bases(session, context, run_vertical, close_ledgers) -> dict:
 
 def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, seed: int, console: Console | None = None) -> dict:
     """Bank + tax bureau + platform: both base learners over gRPC+TLS, live scoring, the bank's meta-learner."""
-    from fedrisk.federation import demo
     from fedrisk.models.bundle import load_model_bundle
     from fedrisk.models.metrics import auc, ks
     from fedrisk.models.stacking import MetaLearner, fit_meta_learner
@@ -175,11 +152,11 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
             data=str(paths[name]),
             schema=PARTY_SCHEMAS[name].to_dict(),
             state_dir=str(run_dir / "parties" / name),
-            validation=dict(demo.VALIDATION),
+            validation=dict(VALIDATION),
         )
-        for name, role in demo.VERTICAL_PARTIES.items()
+        for name, role in VERTICAL_PARTIES.items()
     ]
-    holders = [p for p, r in demo.VERTICAL_PARTIES.items() if r == "feature_holder"]
+    holders = [p for p, r in VERTICAL_PARTIES.items() if r == "feature_holder"]
     configs = {
         "vertical_lr": {"mode": "vertical", "algorithm": "vertical_lr", "epochs": epochs, "seed": seed},
         "secureboost": {"mode": "vertical", "algorithm": "secureboost", "trees": trees, "depth": 3, "bins": 32, "seed": seed},
@@ -191,15 +168,15 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
                 results[name] = federation.run(run_config={**configs[name], "fedrisk-run-id": f"{run_dir.name}-{name}"})
             console.print(f"  {name}: trained in {results[name].get('seconds', 0):.1f} s")
     y = np.asarray(data.bank.labels).astype(int)
-    train_by_row = training_mask(y, demo.VALIDATION)
-    eval_by_row = evaluation_mask(y, train_by_row, int(demo.VALIDATION["seed"]))
+    train_by_row = training_mask(y, VALIDATION)
+    eval_by_row = evaluation_mask(y, train_by_row, int(VALIDATION["seed"]))
     held = np.flatnonzero(~train_by_row)
     live: dict[str, dict] = {}
     scoring: dict[str, dict] = {}
     for name in BASES:
         live[name] = {}
         with console.status(f"live decisions from {name}: the sandboxed scoring node and each party's scoring service"):
-            scoring[name] = demo.score_live(
+            scoring[name] = score_live(
                 run_dir, results[name], data, paths, train_by_row, model=name, scoring_dir=f"scoring-{name}", arrays=live[name], rows=held
             )
     rows_scored = live[BASES[0]]["rows"]
@@ -223,7 +200,7 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     p_base = {n: live[n]["pd_live"][evaluate] for n in BASES}
     metrics = {n: vertical_metrics(results[n], label_holder_intersection(parties, results[n])) for n in BASES}
     auc_base = {n: float(auc(y_eval, p_base[n])) for n in BASES}
-    central = {n: demo._centralised_reference(data, train_by_row, n, trees) for n in BASES}
+    central = {n: centralised_reference(data, train_by_row, n, trees) for n in BASES}
     # contributions: each feature holder left out of every base learner (scored as not covering), then the meta-learner
     eval_rows = rows_scored[evaluate]
     bundles = {n: {p: Path(b) for p, b in results[n]["bundles"].items()} for n in BASES}
@@ -243,7 +220,7 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
         "mode": "vertical",
         "algorithm": "stacking",
         "model": "stacking",
-        "parties": list(demo.VERTICAL_PARTIES),
+        "parties": list(VERTICAL_PARTIES),
         "rows": rows,
         "rounds": {n: metrics[n]["epochs"] for n in BASES},
         "auc_base": auc_base,
@@ -295,46 +272,3 @@ def run_stacking_demo(*, runs_dir: Path, rows: int, epochs: int, trees: int, see
     console.print(f"audit ledgers: {summary['ledger_entries']} entries, {verdict}; model report: {summary['model_report']}")
     console.print(f"summary: {run_dir / 'summary.json'}")
     return summary
-
-
-def write_model_report(
-    run_dir: Path,
-    run_id: str,
-    data,
-    parties,
-    y: np.ndarray,
-    train_by_row: np.ndarray,
-    y_eval: np.ndarray,
-    p_model: np.ndarray,
-    p_base: dict | None,
-    without: dict,
-    *,
-    auc_bank_only: float | None,
-    model: str = "stacking",
-):
-    """``runs/<id>/model_report.html`` + ``.json`` from the bank's side."""
-    from fedrisk.models.report import bank_iv, build_model_report, leave_out_contributions
-
-    bank_names = list(data.bank.feature_names)
-    X_train = data.bank.feature_matrix()[train_by_row]
-    iv = bank_iv(X_train, y[train_by_row], bank_names, min_bin_size=max(20, int(train_by_row.sum()) // 100))
-    party_info = {p.name: {"role": p.role, "features": list(getattr(data, p.name).feature_names)} for p in parties}
-    contributions = leave_out_contributions(
-        y_eval, p_model, without, method="party's block removed from the trained model (scored as not covering the SME), no retraining"
-    )
-    note = "Evaluated on the evaluation half of the bank's held-out rows (never used for training, early stopping or the meta-learner)."
-    if auc_bank_only is not None:
-        note += f" Bank-only model (retrained without every feature holder): validation AUC {auc_bank_only:.4f}."
-    return build_model_report(
-        run_dir,
-        y=y_eval,
-        pd_=p_model,
-        model=model,
-        run_id=run_id,
-        parties=party_info,
-        bank="bank",
-        iv=iv,
-        contributions=contributions,
-        base_learners=p_base,
-        note=note,
-    )

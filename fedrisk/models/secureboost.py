@@ -182,7 +182,7 @@ log = logging.getLogger("fedrisk.secureboost")
 
 
 @dataclass
-class _Node:
+class Node:
     """The bank's view of a node of the tree being grown."""
 
     index: int
@@ -380,7 +380,7 @@ class LabelHolderSB:
         self._g, self._h = np.where(sampled, g, 0.0), np.where(sampled, h, 0.0)
         loss = float(np.mean(np.logaddexp(0.0, self._raw) - self._y * self._raw))
         self.history_.append({"tree": self.tree_, "train_loss": loss})
-        self._nodes = [_Node(0, 0)]
+        self._nodes = [Node(0, 0)]
         self._records = [new_node(0)]
         self._requested: dict[tuple[str, int], str] = {}  # (party, node) -> "pending"/"received"
         if self.active_:
@@ -390,13 +390,13 @@ class LabelHolderSB:
         self._set_rows(self._nodes[0], np.ones(n, dtype=bool))
         self._request(self._nodes[0], {p: NodeRequest(0, "rows", -1, self._nodes[0].rows) for p in self.active_})
 
-    def _set_rows(self, node: _Node, rows: np.ndarray) -> None:
+    def _set_rows(self, node: Node, rows: np.ndarray) -> None:
         node.rows = rows
         node.grad, node.hess = float(self._g[rows].sum()), float(self._h[rows].sum())
         if node.depth < self.params.max_depth:
             node.own = plain_histogram(self._codes, self.binner_.n_bins_, self._g, self._h, rows)
 
-    def _request(self, node: _Node, requests: Mapping[str, NodeRequest]) -> None:
+    def _request(self, node: Node, requests: Mapping[str, NodeRequest]) -> None:
         if node.depth >= self.params.max_depth:
             return
         for party, req in requests.items():
@@ -439,7 +439,7 @@ class LabelHolderSB:
             left_rows[np.flatnonzero(node.rows)] = go_left
             self._make_children(node, left_rows, owner=payload.party)
 
-    def _make_children(self, node: _Node, left_rows: np.ndarray, owner: str | None) -> None:
+    def _make_children(self, node: Node, left_rows: np.ndarray, owner: str | None) -> None:
         """Rows of both children are known: compute own histograms, ask the others for the left one."""
         assert node.rows is not None and node.children is not None
         left, right = (self._nodes[i] for i in node.children)
@@ -465,7 +465,7 @@ class LabelHolderSB:
             if not self.done_:
                 self._begin_tree()
 
-    def _ready(self, node: _Node) -> bool:
+    def _ready(self, node: Node) -> bool:
         if node.rows is None:
             return False
         if node.depth >= self.params.max_depth:
@@ -480,7 +480,7 @@ class LabelHolderSB:
             node.raw[party] = tuple(a - b for a, b in zip(parent.raw[party], sib.raw[party], strict=True))
         return True
 
-    def _party_histogram(self, node: _Node, party: str) -> Histogram:
+    def _party_histogram(self, node: Node, party: str) -> Histogram:
         """A feature holder's histogram at a node; its missing bucket adds the rows it does not cover."""
         assert node.rows is not None
         g_bins, h_bins, g_nan, h_nan = node.raw[party]
@@ -489,7 +489,7 @@ class LabelHolderSB:
         assert layout is not None
         return Histogram(g_bins, h_bins, g_nan + float(self._g[unc].sum()), h_nan + float(self._h[unc].sum()), np.array(layout.n_bins))
 
-    def _decide(self, node: _Node) -> None:
+    def _decide(self, node: Node) -> None:
         node.decided = True
         record = self._records[node.index]
         choice: tuple[str, SplitCandidate] | None = None
@@ -511,7 +511,10 @@ class LabelHolderSB:
         node.children = (left, right)
         mono = self._monotone.get(party)
         b_left, b_right = child_bounds(cand, node.grad, node.hess, self.params, 0 if mono is None else int(mono[cand.feature]), node.bounds)
-        self._nodes += [_Node(left, node.depth + 1, node.index, "left", bounds=b_left), _Node(right, node.depth + 1, node.index, "right", bounds=b_right)]
+        self._nodes += [
+            Node(left, node.depth + 1, node.index, "left", bounds=b_left),
+            Node(right, node.depth + 1, node.index, "right", bounds=b_right),
+        ]
         self._records += [new_node(node.depth + 1), new_node(node.depth + 1)]
         record.update(left=left, right=right, default_left=int(cand.default_left), gain=cand.gain)
         if party == self.name:

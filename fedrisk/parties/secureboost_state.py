@@ -84,7 +84,7 @@ def _dataclasses() -> dict[str, type]:
     )
 
     return {
-        "Node": sb._Node,  # the label holder's view of a node being grown
+        "Node": sb.Node,  # the label holder's view of a node being grown
         "Histogram": Histogram,
         "TreeBuilder": TreeBuilder,
         "RoutingTable": RoutingTable,

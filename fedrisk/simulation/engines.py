@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 
 from fedrisk.errors import ConfigError
 from fedrisk.parties.settings import PartySettings
+from fedrisk.simulation.sim_run import PARTIES_ENV, simulated_node_config
 
 #: Environment variable carrying ``{"parties": [settings paths], "run_config": {...}}`` to Ray workers.
-PARTIES_ENV = "FEDRISK_SIM_RUN"
 ENGINES = ("auto", "inprocess", "ray")
 
 
@@ -100,12 +100,6 @@ def _server_context(run_config: dict, run_id: int = 1):
     from flwr.app import Context, RecordDict
 
     return Context(run_id=run_id, node_id=1, node_config={}, state=RecordDict(), run_config=dict(run_config))
-
-
-def simulated_node_config(run_config: dict) -> dict:
-    """Node config of every simulated party: the researcher runs every node, so the scenario's
-    ``ledger`` switch is applied where a real party's own switch lives (its node config)."""
-    return {} if run_config.get("ledger", True) else {"ledger": "off"}
 
 
 def _run_inprocess(parties: list[PartySettings], run_config: dict) -> None:

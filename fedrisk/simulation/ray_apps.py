@@ -4,7 +4,7 @@ They wrap fedrisk's own apps and add only what the Simulation Engine does
 not carry: the run config (``run_simulation`` starts every app with an empty
 one) and, per virtual SuperNode, which party it is — the node's
 ``partition-id`` indexes the list of party settings paths in the JSON of
-:data:`~fedrisk.simulation.engines.PARTIES_ENV`, which also carries the run
+:data:`~fedrisk.simulation.sim_run.PARTIES_ENV`, which also carries the run
 config to the workers.  Importing this module
 needs no Ray; running it does.
 """
@@ -42,7 +42,7 @@ def _server_main(grid: Grid, context: Context) -> None:
 
 
 def _simulated_run() -> dict:
-    from fedrisk.simulation.engines import PARTIES_ENV
+    from fedrisk.simulation.sim_run import PARTIES_ENV
 
     return json.loads(os.environ[PARTIES_ENV])
 
@@ -54,7 +54,7 @@ def _party_node_config(context: Context) -> dict:
 
     path = _simulated_run()["parties"][int(context.node_config["partition-id"])]
     settings = PartySettings.read(Path(path))
-    from fedrisk.simulation.engines import simulated_node_config
+    from fedrisk.simulation.sim_run import simulated_node_config
 
     simulated = simulated_node_config(_simulated_run()["run_config"])
     return {**dict(context.node_config), **simulated, "party": settings.name, "party-settings": path, "party-state-dir": settings.state_dir}
