@@ -27,7 +27,8 @@ were added or removed between them; nothing across epochs. The wire is unchanged
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from fedrisk.crypto.envelope import public_key_id
 from fedrisk.errors import ConfigError, ProtocolError
@@ -38,6 +39,13 @@ from fedrisk.federation.session import CoordinatorSession
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+
+class _KeyedCoordinator(Protocol):
+    fingerprint: str
+
+
+_C = TypeVar("_C", bound=_KeyedCoordinator)
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,13 @@ class VerticalRoles:
 
         return config_digest({"protocol": protocol, **asdict(config), "label_holder": self.label_holder, "feature_holders": list(self.feature_holders)})
 
-    def check_key(self, announced: str, public_context_fingerprint: str) -> None:
-        """The label holder's public context must be the key it announced (one line naming both otherwise)."""
-        if public_context_fingerprint != announced:
-            raise ProtocolError(f"label holder {self.label_holder!r} announced key {announced}, its public context is {public_context_fingerprint}")
+    def coordinator(self, protocol: Callable[..., _C], public_context: object, announced: str) -> _C:
+        """The coordinator's protocol object over the label holder's public context (no secret key),
+        which must be the key the label holder announced (one line naming both otherwise)."""
+        coordinator = protocol(public_context, label_holder=self.label_holder, feature_holders=self.feature_holders)
+        if coordinator.fingerprint != announced:
+            raise ProtocolError(f"label holder {self.label_holder!r} announced key {announced}, its public context is {coordinator.fingerprint}")
+        return coordinator
 
 
 def psi_session_fingerprint(key_ids) -> str:

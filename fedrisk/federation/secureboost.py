@@ -47,16 +47,6 @@ class SecureBoostResult:
     rounds: int = 0
 
 
-def _coordinator(context_blob: bytes, fp: str, roles: VerticalRoles):
-    """The coordinator's protocol object over the label holder's public context (no secret key)."""
-    from fedrisk.models.secureboost import CoordinatorSB
-    from fedrisk.crypto.bfv import load_public_bfv_context
-
-    coordinator = CoordinatorSB(load_public_bfv_context(context_blob, "coordinator"), label_holder=roles.label_holder, feature_holders=roles.feature_holders)
-    roles.check_key(fp, coordinator.fingerprint)
-    return coordinator
-
-
 def run_secureboost(
     session: CoordinatorSession,
     roles: VerticalRoles,
@@ -79,6 +69,9 @@ def run_secureboost(
     parties keep their state, and answer a request they already served from
     their reply cache, so no round is applied twice.
     """
+    from fedrisk.crypto.bfv import load_public_bfv_context
+    from fedrisk.models.secureboost import CoordinatorSB
+
     lh, fhs = roles.label_holder, roles.feature_holders
     result = SecureBoostResult()
     digest = roles.checkpoint_digest("secureboost", config)
@@ -88,7 +81,7 @@ def run_secureboost(
         state = resume.state
         context_blob = resume.blob("coordinator_context")
         fp = str(state["key_fingerprint"])
-        coordinator = _coordinator(context_blob, fp, roles)
+        coordinator = roles.coordinator(CoordinatorSB, load_public_bfv_context(context_blob, "coordinator"), fp)
         result.rounds, trees_done = int(state["rounds"]), int(state["trees_done"])
         result.trees, result.bundles = list(state["trees"]), dict(state["bundles"])
         to_bank = [BatchItem(resume.blob(f"to_bank:{i}"), str(item["class"]), str(item["party"])) for i, item in enumerate(state["to_bank"])]
@@ -100,7 +93,7 @@ def run_secureboost(
         setup = session.exchange({lh: (spec.SETUP.message_type, setup_request)})[lh]
         fp = setup.header.key_fingerprint
         context_blob = setup.blob("coordinator_context")
-        coordinator = _coordinator(context_blob, fp, roles)
+        coordinator = roles.coordinator(CoordinatorSB, load_public_bfv_context(context_blob, "coordinator"), fp)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
         status.set(step=spec.JOIN.request)
         joined = session.exchange(

@@ -41,16 +41,6 @@ class VerticalLRResult:
     rows: int = 0
 
 
-def _coordinator(context_blob: bytes, fp: str, roles: VerticalRoles):
-    """The coordinator's protocol object over the label holder's public context (no secret key)."""
-    from fedrisk.models.vertical_lr import CoordinatorLR
-    from fedrisk.parties.vertical_lr import load_public_context
-
-    coordinator = CoordinatorLR(load_public_context(context_blob, "coordinator"), label_holder=roles.label_holder, feature_holders=roles.feature_holders)
-    roles.check_key(fp, coordinator.fingerprint)
-    return coordinator
-
-
 def run_vertical_lr(
     session: CoordinatorSession,
     roles: VerticalRoles,
@@ -73,7 +63,8 @@ def run_vertical_lr(
     epoch they already served from their reply cache, so no party applies an
     update twice.
     """
-    from fedrisk.models.vertical_lr import EncryptedMaskedGradient, EncryptedScores
+    from fedrisk.models.vertical_lr import CoordinatorLR, EncryptedMaskedGradient, EncryptedScores
+    from fedrisk.parties.vertical_lr import load_public_context
 
     lh, fhs = roles.label_holder, roles.feature_holders
     result = VerticalLRResult(label_holder=lh)
@@ -92,7 +83,7 @@ def run_vertical_lr(
         epoch = int(state["next_epoch"])
         status.set(resumed_from=epoch - 1 if epoch > 0 else None)
         status.event(f"resumed at epoch {epoch} from the checkpoint")
-        coordinator = _coordinator(context_blob, fp, roles)
+        coordinator = roles.coordinator(CoordinatorLR, load_public_context(context_blob, "coordinator"), fp)
     else:
         status.set(step=spec.SETUP.request)
         setup_request = build_content(session.header(0, spec.SETUP.request, lh, spec.SETUP.request_class), config=config.setup_config())
@@ -100,7 +91,7 @@ def run_vertical_lr(
         context_blob = setup.blob("coordinator_context")
         fp = setup.header.key_fingerprint
         result.rows = config_int(setup, "rows")
-        coordinator = _coordinator(context_blob, fp, roles)
+        coordinator = roles.coordinator(CoordinatorLR, load_public_context(context_blob, "coordinator"), fp)
         plan = coordinator.relay(lh, fhs[0], setup.blob("plan"))
         joined = session.exchange(
             {
