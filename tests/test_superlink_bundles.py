@@ -14,10 +14,10 @@ from fedrisk.wire.bundles import (
     gather_messages,
     gather_objects,
 )
+from fedrisk.wire.flower_args import option_value, pop_option
 from fedrisk.federation.superlink import (
     NodeRegistry,
     StateChanges,
-    _pop_option,
     main,
     watch_state,
 )
@@ -78,10 +78,12 @@ def test_a_pull_bundle_carries_each_object_once_and_confirms_only_whole_messages
 
 def test_the_superlink_entry_point_takes_its_own_options_and_leaves_flowers():
     args = ["--fleet-api-address", "127.0.0.1:1", "--node-registry=/r.bin", "--no-bundles", "--database", ":flwr-in-memory:"]
-    assert _pop_option(args, "--node-registry") == "/r.bin"
-    assert _pop_option(args, "--no-bundles", flag=True) is True
-    assert _pop_option(args, "--no-bundles", flag=True) is False
+    assert pop_option(args, "--node-registry") == "/r.bin"
+    assert pop_option(args, "--no-bundles", flag=True) is True
+    assert pop_option(args, "--no-bundles", flag=True) is False
     assert args == ["--fleet-api-address", "127.0.0.1:1", "--database", ":flwr-in-memory:"]
+    assert option_value(args, "--database") == ":flwr-in-memory:" and option_value(args, "--port") is None
+    assert option_value(["--port=9093"], "--port") == "9093" and option_value(["--port"], "--port") is None  # no value: not given
 
 
 def test_a_stored_object_wakes_the_waiting_pulls_and_a_bundle_wakes_them_once():

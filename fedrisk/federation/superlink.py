@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fedrisk.federation.run_results import RESULTS_DIR_ENV, ResultArtifacts, ResultRoutes
+from fedrisk.wire.flower_args import option_value, pop_option
 from fedrisk.wire.bundles import (
     FLEET_PULL,
     FLEET_PUSH,
@@ -603,17 +604,6 @@ def install(*, bundles: bool = True, registry: NodeRegistry | None = None, resul
         cli.add_FleetServicer_to_server = add_fleet_servicer
 
 
-def _pop_option(args: list[str], name: str, *, flag: bool = False) -> str | bool | None:
-    for i, arg in enumerate(args):
-        if arg == name:
-            del args[i]
-            return True if flag else args.pop(i)
-        if not flag and arg.startswith(name + "="):
-            del args[i]
-            return arg.split("=", 1)[1]
-    return False if flag else None
-
-
 _FEDRISK_OPTIONS = """fedrisk SuperLink: Flower's flower-superlink with bundled long-poll pulls and pushes.
 
 fedrisk options (before or among Flower's):
@@ -641,18 +631,9 @@ def _results(folder: str | None, flower_args: list[str]) -> ResultArtifacts:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
-    host = _option_value(flower_args, "--host") or UVICORN_DEFAULT_HOST
-    port = _option_value(flower_args, "--port") or SUPERLINK_UVICORN_DEFAULT_PORT
+    host = option_value(flower_args, "--host") or UVICORN_DEFAULT_HOST
+    port = option_value(flower_args, "--port") or SUPERLINK_UVICORN_DEFAULT_PORT
     return ResultArtifacts(path, base_url(host, port, insecure="--insecure" in flower_args))
-
-
-def _option_value(args: list[str], name: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -670,9 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_FEDRISK_OPTIONS)
         sys.argv = ["flower-superlink", "--help"]
         flower_superlink()  # prints Flower's help and exits, before anything is patched
-    registry_path = _pop_option(args, "--node-registry")
-    no_bundles = bool(_pop_option(args, "--no-bundles", flag=True))
-    results_dir = _pop_option(args, "--results-dir")
+    registry_path = pop_option(args, "--node-registry")
+    no_bundles = bool(pop_option(args, "--no-bundles", flag=True))
+    results_dir = pop_option(args, "--results-dir")
     registry = NodeRegistry(Path(str(registry_path))) if registry_path else None
     if registry is not None:
         from fedrisk.errors import FedriskError

@@ -61,6 +61,8 @@ import threading
 import time as _time
 from typing import Any
 
+from fedrisk.wire.flower_args import option_value
+
 #: Longest idle sleep between two pulls from the SuperLink (Flower: 3 s).
 IDLE_POLL_SECONDS = 0.1
 #: Shortest idle sleep, right after the node received or answered a message.
@@ -538,22 +540,13 @@ def capture_node_state(holder: dict) -> bool:
     return True
 
 
-def _option(args: list[str], name: str, default: str) -> str:
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return default
-
-
 def main(argv: list[str] | None = None) -> int:
     from flwr.supernode.cli import flower_supernode
 
     from fedrisk.wire.flower_tuning import shorten_object_pull_backoff
 
     args = list(sys.argv[1:] if argv is None else argv)
-    isolation = _option(args, "--isolation", "")
+    isolation = option_value(args, "--isolation") or ""
     if isolation not in ("", "process"):
         sys.stderr.write(
             f"error: --isolation {isolation}: a fedrisk party runs only the installed fedrisk ClientApp, in process isolation; "
@@ -576,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("json", process_name="supernode")
     if "--isolation" not in args:
         args += ["--isolation", "process"]
-    runtime = f"{_option(args, '--host', '127.0.0.1')}:{_option(args, '--port', '9094')}"
+    runtime = f"{option_value(args, '--host') or '127.0.0.1'}:{option_value(args, '--port') or '9094'}"
     keep_supernode_alive_on_stale_tasks()
     holder: dict = {}
 
