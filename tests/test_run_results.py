@@ -30,6 +30,10 @@ def test_published_results_are_private_files_and_only_the_right_token_reads_them
     assert path == tmp_path / "7.json" and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["7.json"]  # no temporary file left behind
 
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path / "gone"))  # a SuperLink folder removed under a running coordinator
+    assert publish_result(9, {"status": "ok"}) is None  # one warning line; the run's own result.json is unaffected
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
+
     artifacts = ResultArtifacts(tmp_path, "https://superlink.example:9093")
     url = artifacts.get_url(7)
     assert url is not None and url.startswith("https://superlink.example:9093/v1/fedrisk/results/7/")

@@ -47,7 +47,8 @@ _ROUTE = re.compile(r"^/v1/fedrisk/results/(\d{1,20})/([0-9a-f]{64})$")
 
 
 def publish_result(run_id: int, result: dict) -> Path | None:
-    """Write the coordinator's result where the SuperLink serves it; ``None`` when no SuperLink asked for it.
+    """Write the coordinator's result where the SuperLink serves it; ``None`` when no SuperLink asked for it
+    (or its folder is gone: one warning line, and the submitter then sees "no result").
 
     Parameters
     ----------
@@ -61,7 +62,11 @@ def publish_result(run_id: int, result: dict) -> Path | None:
         return None
     path = Path(folder) / f"{int(run_id)}.json"
     data = json.dumps(result, sort_keys=True, default=str).encode()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".result-")  # created 0600
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".result-")  # created 0600
+    except OSError as err:  # the SuperLink's folder is gone: the run's own result.json still holds it
+        print(f"[fedrisk] warning: could not publish the result to {folder}: {err.strerror}", flush=True)
+        return None
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
