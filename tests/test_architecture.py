@@ -167,6 +167,16 @@ def test_no_import_cycles_among_fedrisk_modules_lazy_imports_included():
     assert _cycles(_import_graph()) == []
 
 
+def test_the_tests_import_no_private_fedrisk_name():
+    """A test that needs a helper tests a public name: renaming a private one must not break the suite."""
+    private = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node, module in _fedrisk_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                private += [f"{path.name}:{node.lineno} {module}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
+
+
 def test_no_module_reaches_into_another_modules_private_names():
     """``from fedrisk.federation import demo`` then ``demo._helper(...)`` is a private import too."""
     reaches = []

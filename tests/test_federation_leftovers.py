@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fedrisk.cli import app, benchmark_names
 from fedrisk.errors import PartyUnavailableError
-from fedrisk.federation.local import LocalFederation, _failure_line
+from fedrisk.federation.local import LocalFederation, failure_line
 from fedrisk.parties.party_node import free_port
 
 
@@ -37,9 +37,9 @@ def test_a_superlink_that_cannot_start_is_given_up_after_its_attempts_with_one_l
 
 def test_the_failure_line_is_the_error_not_the_last_words():
     log = "INFO: Starting\nTraceback (most recent call last):\nSystemExit: Port 1 is already in use.\n\nERROR [uvicorn.error] Application startup failed. Exiting.\n"
-    assert _failure_line(log) == "Port 1 is already in use."
-    assert _failure_line("only this\n") == "only this"
-    assert _failure_line("") == "no output"
+    assert failure_line(log) == "Port 1 is already in use."
+    assert failure_line("only this\n") == "only this"
+    assert failure_line("") == "no output"
 
 
 def test_bench_lists_benchmarks_not_their_private_helper_modules(tmp_path):

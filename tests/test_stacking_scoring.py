@@ -325,9 +325,9 @@ def test_a_party_refuses_stack_requests_it_cannot_answer(example, tmp_path):
     lr, sb = (f"{example.run_id}.{n}" for n in BASES)
 
     def refused(request: pb.PartyScoreRequest) -> str:
-        from fedrisk.scoring.party_service import _Refused
+        from fedrisk.scoring.party_service import Refused
 
-        with pytest.raises(_Refused) as err:
+        with pytest.raises(Refused) as err:
             svc.answer(request.SerializeToString(), "bank")
         return f"{err.value.code.name}: {_one_line(err)}"
 

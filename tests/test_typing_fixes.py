@@ -38,18 +38,18 @@ def test_histogram_request_with_rows_still_round_trips():
 
 def test_ckks_aggregation_before_the_public_context_is_a_protocol_error():
     """``add_encrypted(None, ...)`` used to fail with an unrelated error deep in the CKKS code."""
-    from fedrisk.federation.horizontal import _Aggregator
+    from fedrisk.federation.horizontal import Aggregator
 
     reply = _exchange(blobs={"vector": b"\x00" * 8}, content_class="ciphertext")
     with pytest.raises(ProtocolError, match="public context"):
-        _Aggregator("ckks").sum({"bank_a": reply})
+        Aggregator("ckks").sum({"bank_a": reply})
 
 
 def test_plain_aggregation_is_unchanged():
-    from fedrisk.federation.horizontal import _Aggregator
+    from fedrisk.federation.horizontal import Aggregator
 
     replies = {n: _exchange(blobs={"vector": np.array([1.0, 2.0], dtype="<f8").tobytes()}, content_class="plaintext") for n in ("a", "b")}
-    assert np.frombuffer(_Aggregator("plain").sum(replies), dtype="<f8").tolist() == [2.0, 4.0]
+    assert np.frombuffer(Aggregator("plain").sum(replies), dtype="<f8").tolist() == [2.0, 4.0]
 
 
 def test_run_config_options_typed_dict_matches_the_run_config_keys():
@@ -99,11 +99,11 @@ def test_encode_ids_from_an_object_array_takes_the_slow_path_on_its_items():
 
 
 def test_ckks_context_field_parser_handles_every_wire_type():
-    from fedrisk.crypto.seal_runtime import _pb_fields
+    from fedrisk.crypto.seal_runtime import pb_fields
 
     # field 1 varint 150, field 2 fixed64, field 3 bytes "hi", field 4 fixed32
     data = bytes([0x08, 0x96, 0x01, 0x11]) + bytes(8) + bytes([0x1A, 0x02]) + b"hi" + bytes([0x25]) + bytes(4)
-    fields = _pb_fields(memoryview(data))
+    fields = pb_fields(memoryview(data))
     assert fields[1] == [150] and bytes(fields[3][0]) == b"hi" and len(fields[2][0]) == 8 and len(fields[4][0]) == 4
 
 
@@ -118,15 +118,15 @@ def test_exchange_header_with_a_list_as_round_is_a_protocol_error():
 
 
 def test_audit_report_run_filter_keeps_the_snapshot_fields_tuples():
-    """``_only_run`` used to put lists where :class:`LedgerSnapshot` declares tuples."""
+    """``only_run`` used to put lists where :class:`LedgerSnapshot` declares tuples."""
     from types import SimpleNamespace
 
-    from fedrisk.audit.report import _only_run
+    from fedrisk.audit.report import only_run
     from fedrisk.audit.store import LedgerSnapshot
 
     entries = tuple(SimpleNamespace(run_id=r) for r in ("a", "b", "a"))
     snap = LedgerSnapshot(path="x.db", meta={}, entries=entries, bodies=("1", "2", "3"), triggers=frozenset())
-    only = _only_run(snap, "a")
+    only = only_run(snap, "a")
     assert isinstance(only.entries, tuple) and isinstance(only.bodies, tuple)
     assert [e.run_id for e in only.entries] == ["a", "a"] and only.bodies == ("1", "3")
 
@@ -135,14 +135,14 @@ def test_portfolio_applications_still_take_numpy_amounts():
     """The amount check now converts to float first; numpy integers still count as amounts."""
     import pandas as pd
 
-    from fedrisk.scoring.portfolio import _applications
+    from fedrisk.scoring.portfolio import applications
     from fedrisk.v1 import scoring_pb2 as pb
 
     df = pd.DataFrame(
         {"sme_id": ["s1", "s2", "s3"], "requested_amount": np.array([5, 0, -1], dtype=np.int64), "declared_annual_revenue": [1.5, float("nan"), 2.0]}
     )
     invalid: dict[int, str] = {}
-    apps = dict(_applications(df, "opaque", pb.PREAPPROVAL, True, invalid))
+    apps = dict(applications(df, "opaque", pb.PREAPPROVAL, True, invalid))
     assert not invalid
     assert apps[0].requested_amount == 5.0 and apps[0].declared_annual_revenue == 1.5
     assert not apps[1].HasField("requested_amount") and not apps[1].HasField("declared_annual_revenue")

@@ -101,11 +101,11 @@ def test_curious_bank_decrypts_nothing_but_whole_bin_totals(run):
 
 
 def _true_column_events(model: VerticalWOE, run) -> list[np.ndarray]:
-    from fedrisk.models.woe import _column_counts
+    from fedrisk.models.woe import column_counts
 
     fh = model.feature_holders_["tax_bureau"]
     b = fh.binned_
-    return _column_counts(b.codes, b.n_bins, b.has_missing, run["covered"], run["y"])
+    return column_counts(b.codes, b.n_bins, b.has_missing, run["covered"], run["y"])
 
 
 def test_curious_bank_reads_no_row_level_value_and_no_small_bin(run):

@@ -394,7 +394,7 @@ def _html(doc: Mapping[str, Any], png: bytes, title: str) -> str:
 # -- entry point -------------------------------------------------------------------
 
 
-def _only_run(snap: LedgerSnapshot, run_id: str) -> LedgerSnapshot:
+def only_run(snap: LedgerSnapshot, run_id: str) -> LedgerSnapshot:
     keep = [i for i, e in enumerate(snap.entries) if e.run_id == run_id]
     return dataclasses.replace(snap, entries=tuple(snap.entries[i] for i in keep), bodies=tuple(snap.bodies[i] for i in keep))
 
@@ -440,7 +440,7 @@ def build_report(
     findings += verify_snapshots(snaps, trusted_keys, run_id, ca=ca)
     unbound = {f.file for f in findings if f.field == "key_binding"}
     if run_id is not None:  # a node's ledger spans its runs: show only the named one
-        snaps = [_only_run(s, run_id) for s in snaps]
+        snaps = [only_run(s, run_id) for s in snaps]
 
     exchanges = _exchanges(snaps)
     traffic = _traffic(snaps)

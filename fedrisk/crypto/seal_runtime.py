@@ -105,7 +105,7 @@ def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _pb_fields(buf: memoryview) -> dict[int, list[Any]]:
+def pb_fields(buf: memoryview) -> dict[int, list[Any]]:
     """Parse one protobuf message into ``{field_number: [values]}`` (zero-copy)."""
     fields: dict[int, list[Any]] = {}
     pos = 0
@@ -158,9 +158,9 @@ class ContextAnatomy:
 
 def context_anatomy(tenseal_bytes: bytes) -> ContextAnatomy:
     """Split TenSEALContextProto bytes into the parts fedrisk checks."""
-    top = _pb_fields(memoryview(tenseal_bytes))
-    public = _pb_fields(_pb_bytes(top, 2))
-    private = _pb_fields(_pb_bytes(top, 3))
+    top = pb_fields(memoryview(tenseal_bytes))
+    public = pb_fields(_pb_bytes(top, 2))
+    private = pb_fields(_pb_bytes(top, 3))
     return ContextAnatomy(
         encryption_parameters=bytes(_pb_bytes(top, 1)),
         public_key=bytes(_pb_bytes(public, 1)),

@@ -218,7 +218,7 @@ def _sample(banks: list[str], share: float, rng: np.random.Generator) -> list[st
     return sorted(rng.choice(banks, size=count, replace=False).tolist()) if count else []
 
 
-class _Aggregator:
+class Aggregator:
     """Adds the banks' vectors: ciphertexts under a public context, or plaintext."""
 
     def __init__(self, aggregation: str) -> None:
@@ -281,7 +281,7 @@ def run_fedavg(
     if config.min_parties > len(banks):
         raise ConfigError(f"min-parties is {config.min_parties} but the federation has {len(banks)} banks")
     result = FedAvgResult()
-    aggregator = _Aggregator(config.aggregation)
+    aggregator = Aggregator(config.aggregation)
     party_cfg = config.party_config()
     content_class = spec.aggregate_class(config.aggregation)
     digest = _checkpoint_state(config)

@@ -279,7 +279,7 @@ class LocalFederation:
                 self.processes.remove(proc)
                 self.superlink = None
                 why = (
-                    f"exited with code {code}: {_failure_line(proc.own_log())}"
+                    f"exited with code {code}: {failure_line(proc.own_log())}"
                     if code is not None
                     else f"did not open its ports within {timeout:.0f} s (see {proc.log_path})"
                 )
@@ -488,7 +488,7 @@ class SuperLinkStartError(PartyUnavailableError):
     """The SuperLink exited, or did not open its ports, while being started."""
 
 
-def _failure_line(log_text: str) -> str:
+def failure_line(log_text: str) -> str:
     """The line of a process's output that says why it failed: its last exception or error message, else its last line.
 
     Flower's SuperLink ends with a generic ``Application startup failed`` after the line that matters

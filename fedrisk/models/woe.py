@@ -301,7 +301,7 @@ def bin_features(X: np.ndarray, covered: np.ndarray, n_bins: int, min_bin_size: 
     return out
 
 
-def _column_counts(
+def column_counts(
     codes: np.ndarray, n_bins: Sequence[int], has_missing: Sequence[bool], covered: np.ndarray, weights: np.ndarray | None = None
 ) -> list[np.ndarray]:
     """Per feature, the per-column totals of ``weights`` (1 = sizes) over covered rows: bins, then NaN."""
@@ -434,8 +434,8 @@ class PlainWOE(BaseEstimator):
         directions = check_monotone(self.monotone, self.feature_names_in_, "PlainWOE")
         self.binned_ = bin_features(X, cov, self.n_bins, self.min_bin_size)
         b = self.binned_
-        sizes = _column_counts(b.codes, b.n_bins, b.has_missing, cov)
-        events = _column_counts(b.codes, b.n_bins, b.has_missing, cov, y)
+        sizes = column_counts(b.codes, b.n_bins, b.has_missing, cov)
+        events = column_counts(b.codes, b.n_bins, b.has_missing, cov, y)
         self.tables_ = [
             _feature_woe(nm, np.rint(e), s, k, m, d, self.smoothing)
             for nm, e, s, k, m, d in zip(self.feature_names_in_, events, sizes, b.n_bins, b.has_missing, directions, strict=True)
@@ -788,7 +788,7 @@ class FeatureHolderWOE:
                 col = np.where(col == MISSING, k, col)
                 col = randomised_response(col, c, p, rng)
                 codes[cov, f] = np.where(col == k, MISSING, col).astype(np.uint8)
-        sizes = np.concatenate(_column_counts(codes, b.n_bins, b.has_missing, self.covered_))
+        sizes = np.concatenate(column_counts(codes, b.n_bins, b.has_missing, self.covered_))
         kernel = EncryptedHistogramKernel(codes, b.n_bins, b.has_missing, self.covered_, self.context, n_jobs=self.n_jobs)
         try:
             kernel.set_gradients(list(plan.labels), plan.n_values)

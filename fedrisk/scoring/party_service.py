@@ -208,7 +208,7 @@ class _Served:
         """Number of the list of split ids a request asks for (empty: all of this party's).
 
         Registered on first use; at most ``_MAX_SPLIT_VIEWS`` lists are kept (then
-        the lists and the cached encodings start afresh). Raises :class:`_Refused`
+        the lists and the cached encodings start afresh). Raises :class:`Refused`
         for a split id this party does not own.
         """
         wanted = tuple(split_ids) or self.split_ids
@@ -219,7 +219,7 @@ class _Served:
         for sid in dict.fromkeys(wanted):
             j = self._split_column.get(sid)
             if j is None:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.split_ids: {party} has no split {sid}")
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.split_ids: {party} has no split {sid}")
             columns.append((sid, j))
         if len(self._views) >= _MAX_SPLIT_VIEWS:
             self._views, self.view_columns, self.encoded = {}, {}, {}
@@ -408,7 +408,7 @@ class PartyScoringService:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was read")
         try:
             return self.answer(request, caller or "")
-        except _Refused as refusal:
+        except Refused as refusal:
             await context.abort(refusal.code, refusal.message)
             raise  # unreachable
 
@@ -424,7 +424,7 @@ class PartyScoringService:
                 await guard.enforce(context)
             try:
                 yield self.answer(request, caller or "")
-            except _Refused as refusal:
+            except Refused as refusal:
                 request_id = _request_id_of(request)
                 yield pb.PartyScoreResponse(request_id=request_id, party=self.party, model_version=self.model.run_id,
                                             error_code=refusal.code.value[0], error=refusal.message).SerializeToString()  # fmt: skip
@@ -433,18 +433,18 @@ class PartyScoringService:
         return f"{caller or 'an unauthenticated caller'} may not ask {self.party} for scores"
 
     def answer(self, request: bytes, caller: str) -> bytes:
-        """Encoded ``PartyScoreResponse`` for an encoded request (raises :class:`_Refused`)."""
+        """Encoded ``PartyScoreResponse`` for an encoded request (raises :class:`Refused`)."""
         try:
             check_size(request, "PartyScoreRequest", self.config.max_message_bytes)
             req = pb.PartyScoreRequest.FromString(request)
             check_known_fields(req, "PartyScoreRequest")
         except DataValidationError as exc:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except Exception:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest is not a valid fedrisk.v1.PartyScoreRequest message") from None
         n = len(req.sme_ids)
         if n > self.config.max_ids:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest asks for {n} IDs; at most {self.config.max_ids} per request")
         if req.kind == pb.STACK:
             parts, covered = self._answer_stack(req)
         else:
@@ -459,16 +459,16 @@ class PartyScoringService:
         served = self.served.get(model_version)
         if served is None:
             serving = ", ".join(repr(r) for r in self.served)
-            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{where}{self.party} serves model {serving}, not {model_version!r}")
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{where}{self.party} serves model {serving}, not {model_version!r}")
         if kind not in (served.kind, pb.MODEL_KIND_UNSPECIFIED):
             name = pb.ModelKind.Name(kind) if kind in pb.ModelKind.values() else str(kind)
-            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"{where}{self.party} serves {served.kind_name()}; model kind {name} is not available")
+            raise Refused(grpc.StatusCode.UNIMPLEMENTED, f"{where}{self.party} serves {served.kind_name()}; model kind {name} is not available")
         return served
 
     def _answer_one(self, req: pb.PartyScoreRequest) -> tuple[list[bytes], int]:
         """One model's parts (a base learner served alone, or a single bundle)."""
         if req.bases:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is only for kind STACK")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is only for kind STACK")
         served = self._served_for(req.model_version, req.kind, "")
         k = served.view(req.max_reasons, req.split_ids, self.party)
         parts = [pb.PartyScoreResponse(request_id=req.request_id, party=self.party, model_version=served.run_id).SerializeToString()]
@@ -487,14 +487,14 @@ class PartyScoringService:
     def _answer_stack(self, req: pb.PartyScoreRequest) -> tuple[list[bytes], int]:
         """Every base learner's part in one answer per SME: exactly what each base learner alone would get, nothing more."""
         if not req.bases:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is empty: a STACK request names its base learners")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "PartyScoreRequest.bases is empty: a STACK request names its base learners")
         models: list[tuple[_Served, int]] = []
         for i, base in enumerate(req.bases):
             if base.kind == pb.STACK:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: a base learner cannot be a stack")
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: a base learner cannot be a stack")
             served = self._served_for(base.model_version, base.kind, f"PartyScoreRequest.bases[{i}]: ")
             if any(s is served for s, _ in models):
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: model {base.model_version!r} is asked twice")
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest.bases[{i}]: model {base.model_version!r} is asked twice")
             models.append((served, served.view(base.max_reasons, base.split_ids, self.party)))
         # cache key: the bases asked, by what they ask (view numbers can be renumbered; the request itself cannot)
         key = tuple((s.run_id, min(int(b.max_reasons), 20) if s.kind == pb.SCORECARD else tuple(b.split_ids)) for (s, _), b in zip(models, req.bases))
@@ -530,7 +530,7 @@ class PartyScoringService:
         try:
             return normalise_id(raw_id, self.id_format, "sme_id")
         except DataValidationError as exc:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"PartyScoreRequest: {exc}") from None
 
     def _answer_as(self, raw_id: str, sme_id: str, k: int, served: _Served) -> bytes:
         """Encoded answer for ``sme_id``, reported under the ID as the caller wrote it.
@@ -547,7 +547,7 @@ class PartyScoringService:
         return b"\x22" + _varint(len(body)) + body
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A request the party will not answer: a gRPC status and one line."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:

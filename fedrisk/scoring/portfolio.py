@@ -95,7 +95,7 @@ def _progress(enabled: bool, console: Console | None) -> Progress:
     )
 
 
-def _applications(df: pd.DataFrame, id_format: str, purpose: pb.Purpose, estimate: bool, invalid: dict[int, str]) -> Iterator[tuple[int, pb.Application]]:
+def applications(df: pd.DataFrame, id_format: str, purpose: pb.Purpose, estimate: bool, invalid: dict[int, str]) -> Iterator[tuple[int, pb.Application]]:
     for i, row in enumerate(df.itertuples(index=False)):
         try:
             sme_id = normalise_id(str(row.sme_id), id_format)
@@ -123,7 +123,7 @@ def _score_all(
     positions: list[int] = []
 
     def requests() -> Iterator[pb.Application]:
-        for i, app in _applications(df, id_format, purpose, estimate, invalid):
+        for i, app in applications(df, id_format, purpose, estimate, invalid):
             positions.append(i)
             yield app
 
