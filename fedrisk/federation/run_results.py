@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from flwr.superlink.artifact_provider import ArtifactProvider
+
 from fedrisk.errors import ConfigError, FedriskError
 
 #: Environment variable naming the folder the coordinator publishes results into (set by the SuperLink entry point).
@@ -83,14 +85,8 @@ class RunNotFinished(FedriskError):
     """``PullArtifacts`` was asked about a run Flower has not marked finished."""
 
 
-def _import_artifact_provider() -> type:
-    from flwr.superlink.artifact_provider import ArtifactProvider
-
-    return ArtifactProvider
-
-
 @dataclass
-class ResultArtifacts:
+class ResultArtifacts(ArtifactProvider):
     """Flower ``ArtifactProvider`` handing out capability URLs for published results.
 
     Parameters
@@ -133,25 +129,6 @@ class ResultArtifacts:
             return (self.folder / f"{run_id}.json").read_bytes()
         except OSError:
             return None
-
-    def as_flower_provider(self) -> Any:
-        """This provider as an instance of Flower's ``ArtifactProvider`` (what the Control API expects)."""
-        base = _import_artifact_provider()
-        outer = self
-
-        class _Provider(base):  # type: ignore[misc, valid-type]
-            def get_url(self, run_id: int) -> str | None:
-                return outer.get_url(run_id)
-
-            @property
-            def output_dir(self) -> str:
-                return outer.output_dir
-
-            @property
-            def tmp_dir(self) -> str:
-                return outer.tmp_dir
-
-        return _Provider()
 
 
 class ResultRoutes:

@@ -580,7 +580,7 @@ def install(*, bundles: bool = True, registry: NodeRegistry | None = None, resul
         app = flower_create_app(*args, **kwargs)
         state = app.state.linkstate_factory.state()
         if results is not None:
-            app.state.artifact_provider = results.as_flower_provider()  # what PullArtifacts asks
+            app.state.artifact_provider = results  # what PullArtifacts asks
             log(INFO, "[fedrisk] run results served from %s", results.folder)
             app = ResultRoutes(app, results)
         if registry is not None:
