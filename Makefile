@@ -34,7 +34,7 @@ demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on lo
 	$(BIN)/fedrisk demo
 
 test: $(STAMP) system-deps lint  ## check style and types (make lint), then run the test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff format check and ruff lint (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests, mypy on fedrisk, strict on crypto/ and audit/ (settings in pyproject.toml)
 	$(BIN)/ruff format --check fedrisk benchmarks tests

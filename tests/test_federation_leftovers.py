@@ -68,3 +68,67 @@ def test_superlink_help_names_fedrisks_own_options_before_flowers(capsys, monkey
     out = capsys.readouterr().out
     assert out.index("--node-registry") < out.index("usage: flower-superlink")
     assert "--no-bundles" in out
+
+
+def test_a_party_in_a_deep_state_folder_listens_on_a_short_private_socket(tmp_path):
+    """Linux refuses Unix socket paths over 107 bytes; a deep state folder gets a private socket elsewhere, the same one each time."""
+    import os
+    import stat
+    import threading
+
+    from flwr.common import ConfigRecord, RecordDict
+
+    from fedrisk.parties.party_node import UNIX_SOCKET_PATH_MAX, party_socket_path
+    from fedrisk.parties.relay import PartyRelayServer, relay_call
+
+    assert party_socket_path(tmp_path) == tmp_path / "party.sock"
+    deep = tmp_path.joinpath(*["state-folder-of-a-party"] * 6)
+    path = party_socket_path(deep)
+    assert len(os.fsencode(path)) <= UNIX_SOCKET_PATH_MAX < len(os.fsencode(deep / "party.sock"))
+    assert path == party_socket_path(deep) != party_socket_path(deep / "other")
+    folder = os.lstat(path.parent)
+    assert stat.S_ISDIR(folder.st_mode) and folder.st_uid == os.getuid() and stat.S_IMODE(folder.st_mode) == 0o700
+
+    server = PartyRelayServer(path, lambda kind, meta, content: RecordDict({"echo": ConfigRecord({"kind": kind})}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        reply = relay_call(path, "query.kind", {}, RecordDict({}))
+        assert reply.config_records["echo"]["kind"] == "query.kind"
+    finally:
+        server.shutdown()
+        server.server_close()
+        path.unlink(missing_ok=True)
+
+
+def test_a_socket_folder_that_is_not_this_users_own_is_refused(tmp_path, monkeypatch):
+    import tempfile
+
+    from fedrisk.errors import ConfigError
+    from fedrisk.parties.party_node import party_socket_path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"fedrisk-{__import__('os').getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="is not a folder of this user's own"):
+        party_socket_path(tmp_path.joinpath(*["state-folder-of-a-party"] * 6))
+
+
+@pytest.mark.e2e  # starts two SuperLink processes; about 5 s
+def test_a_fleet_port_taken_before_the_superlink_binds_it_is_replaced_at_first_start(tmp_path, monkeypatch):
+    """Another program takes the port found free (a parallel test run, a busy host): the first start moves to other ports."""
+    import fedrisk.federation.local as local
+
+    federation = LocalFederation(tmp_path / "run", [], {}, tls=False, node_auth=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(local, "free_port", lambda: next(ports, None) or free_port())
+        try:
+            federation.start()
+            assert federation.fleet_port != taken and federation.superlink is not None and federation.superlink.exited() is None
+        finally:
+            federation.stop()
+    log = (federation.logs_dir / "superlink.log").read_text()
+    assert log.count("Starting Flower SuperLink") == 2 and f"{taken} is already in use" in log

@@ -57,6 +57,7 @@ def tables(default_credit_dir):
     return guest, host
 
 
+@pytest.mark.slow  # about 20-30 s: encrypted trees under constraints
 def test_vertical_secureboost_enforces_each_owners_directions(tables):
     guest, host = tables
     # bank: BILL_AMT1 (x1) declared decreasing; tax bureau: LIMIT_BAL (x0) decreasing, AGE (x4) increasing

@@ -77,6 +77,7 @@ def credit(default_credit_dir):
     return guest, host, train_ids, test_ids
 
 
+@pytest.mark.slow  # about 60 s: 30 trees on the whole default-credit table
 def test_federated_auc_matches_scikit_learn_on_the_joined_table(credit, context):
     """Exact encrypted histograms of quantised gradients: AUC within 0.005 of scikit-learn."""
     guest, host, train_ids, test_ids = credit

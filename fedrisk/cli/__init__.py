@@ -48,7 +48,7 @@ from fedrisk.cli.scorecard import scorecard_app  # noqa: E402
 
 app.add_typer(scorecard_app, name="scorecard")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 
 def _fail(err: Exception) -> None:

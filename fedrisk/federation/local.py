@@ -220,7 +220,7 @@ class LocalFederation:
             )
             node.start_party_process()  # loads its table while the SuperLink starts
             self.nodes.append(node)
-        self._start_superlink()
+        self._start_superlink_on_free_ports()
         if self.node_auth:
             keys = self._federation_keys()
             for party in self.parties:
@@ -233,6 +233,21 @@ class LocalFederation:
             f"federation up: SuperLink 127.0.0.1:{self.fleet_port}, {len(self.parties)} parties, "
             f"TLS {'on' if self.tls else 'off'}, node authentication {'on' if self.node_auth else 'off'}"
         )
+
+    def _start_superlink_on_free_ports(self, attempts: int = 3) -> None:
+        """First start: ports found free can be taken by another program before the SuperLink binds them; take two others."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_superlink()
+                return
+            except SuperLinkStartError as err:
+                if "already in use" not in str(err) or attempt == attempts:
+                    raise
+                self.log(f"SuperLink port taken meanwhile ({err}); starting it on two other ports")
+            self.fleet_port, self.control_port = free_port(), free_port()
+            self._write_flwr_config()
+            for node in self.nodes:
+                node.superlink = f"127.0.0.1:{self.fleet_port}"
 
     def _start_superlink(self, timeout: float = 60.0) -> None:
         """Start the SuperLink on :attr:`fleet_port` and :attr:`control_port` and wait until both are open.

@@ -40,6 +40,38 @@ ACTIVATION_GRACE = 60.0
 ACTIVATION_RETRY = 4.0
 
 
+#: Longest Unix socket path Linux accepts (``sun_path`` is 108 bytes with its terminating NUL).
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def party_socket_path(state_dir: Path) -> Path:
+    """Where a party process listens: ``party.sock`` in its private state folder.
+
+    A state folder too deep for a Unix socket path (deployment folders, test runners) gets a
+    socket in ``$TMPDIR/fedrisk-<uid>`` instead, named by the folder's digest so a restarted
+    party listens where its SuperNode already points. That folder must be this user's own,
+    not a symbolic link, and is kept 0700.
+    """
+    own = state_dir / "party.sock"
+    if len(os.fsencode(os.path.abspath(own))) <= UNIX_SOCKET_PATH_MAX:
+        return own
+    import hashlib
+    import stat
+    import tempfile
+
+    short = Path(tempfile.gettempdir()) / f"fedrisk-{os.getuid()}"
+    try:
+        short.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(short)
+    except OSError as err:
+        raise ConfigError(f"party socket folder {short}: {err.strerror or err}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(f"party socket folder {short} is not a folder of this user's own: refusing to listen there")
+    os.chmod(short, 0o700)
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(state_dir))).hexdigest()[:24]
+    return short / f"{digest}.sock"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     import socket
@@ -204,7 +236,7 @@ class PartyNode:
             raise ConfigError("--root-certificates: the SuperLink's CA certificate is needed (TLS is on by default)")
         self.state_dir = ensure_private_dir(Path(self.settings.state_dir))
         self.logs_dir = Path(self.logs_dir or self.state_dir / "logs")
-        self.socket_path = self.state_dir / "party.sock"
+        self.socket_path = party_socket_path(self.state_dir)
         self.settings_path = self.state_dir / "settings.json"
         if self.env is None:
             self.env = node_env(self.state_dir / "flwr")
