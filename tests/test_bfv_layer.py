@@ -95,3 +95,35 @@ def test_no_bfv_context_is_loaded_outside_the_crypto_layer():
             if isinstance(node, ast.Attribute) and node.attr in {"context_from", "load_public_tenseal"}:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("bits", [0, 5, 62, 63, 64, 100, 110, 126])
+def test_flooding_noise_residues_are_exactly_the_python_integers_residues(bits, monkeypatch):
+    """The uint64 reduction (Shoup's quotient over 32-bit partial products) against Python integers on the same bytes, edges included."""
+    import os
+
+    import numpy as np
+
+    from fedrisk.crypto.bfv import uniform_noise_rns
+
+    n = 2000
+    raw = bytearray(os.urandom(16 * n))
+    raw[:32], raw[32:64] = b"\xff" * 32, b"\x00" * 32  # the largest and the smallest draw
+    monkeypatch.setattr(os, "urandom", lambda k: bytes(raw[:k]))
+    moduli = [(1 << 60) - (1 << 14) + 1, 3, 65537, (1 << 62) + 135, (1 << 63) - 25]
+    got = uniform_noise_rns(moduli, n, bits)
+
+    width, expected = bits + 1, []
+    for i in range(n):
+        low, high = int.from_bytes(raw[16 * i : 16 * i + 8], "little"), int.from_bytes(raw[16 * i + 8 : 16 * i + 16], "little")
+        draw = low & ((1 << width) - 1) if width <= 64 else ((high & ((1 << (width - 64)) - 1)) << 64) | low
+        expected.append(draw - (1 << bits))
+    assert got.dtype == np.uint64 and got.shape == (len(moduli), n)
+    assert np.array_equal(got, np.array([[v % q for v in expected] for q in moduli], dtype=np.uint64))
+
+
+def test_flooding_noise_refuses_moduli_it_cannot_reduce_exactly():
+    from fedrisk.crypto.bfv import uniform_noise_rns
+
+    with pytest.raises(CryptoError, match="between 2 and 2\\^63"):
+        uniform_noise_rns([1 << 63], 8, 10)

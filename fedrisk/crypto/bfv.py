@@ -336,19 +336,50 @@ class BFVRuntime(SealRuntime):
 def uniform_noise_rns(moduli: Sequence[int], n: int, bits: int) -> np.ndarray:
     """``n`` independent uniform integers in ``[−2^bits, 2^bits)`` (``os.urandom``), reduced mod each prime.
 
-    Returns an array ``(len(moduli), n)`` of uint64, the noise's RNS form.
+    Returns an array ``(len(moduli), n)`` of uint64, the noise's RNS form. Every
+    reduction is exact uint64 arithmetic (:func:`_mod_two_limbs`), checked against
+    Python integers in the tests.
     """
     if not 0 <= bits < 127:
         raise CryptoError(f"flooding width must be 0..126 bits, got {bits}")
+    if any(not 1 < int(q) < 1 << 63 for q in moduli):
+        raise CryptoError("noise moduli must lie between 2 and 2^63")
     width = bits + 1
     raw = np.frombuffer(os.urandom(16 * n), dtype="<u8").reshape(n, 2)
     if width <= 64:
-        uniform = (raw[:, 0] & np.uint64((1 << width) - 1)).astype(object)
+        low, high = raw[:, 0] & np.uint64((1 << width) - 1), np.zeros(n, dtype=np.uint64)
     else:
-        high = raw[:, 1] & np.uint64((1 << (width - 64)) - 1)
-        uniform = (high.astype(object) << 64) | raw[:, 0].astype(object)
-    centred = uniform - (1 << bits)
-    return np.array([(centred % q).astype(np.uint64) for q in moduli], dtype=np.uint64)
+        low, high = raw[:, 0].copy(), raw[:, 1] & np.uint64((1 << (width - 64)) - 1)
+    return np.array([_mod_two_limbs(high, low, int(q), 1 << bits) for q in moduli], dtype=np.uint64)
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _mulhi64(a: np.ndarray, b: int) -> np.ndarray:
+    """``⌊a·b / 2^64⌋`` for uint64 ``a`` and ``b < 2^64``, from four 32-bit partial products."""
+    a0, a1 = a & _LOW32, a >> np.uint64(32)
+    b0, b1 = np.uint64(b & 0xFFFFFFFF), np.uint64(b >> 32)
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    carry = (p00 >> np.uint64(32)) + (p01 & _LOW32) + (p10 & _LOW32)
+    return p11 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (carry >> np.uint64(32))
+
+
+def _mulmod_const(x: np.ndarray, k: int, q: int) -> np.ndarray:
+    """``x·k mod q`` for uint64 ``x``, ``0 ≤ k < q < 2^63`` (Shoup's precomputed quotient: exact, no 128-bit type)."""
+    quotient = _mulhi64(x, (k << 64) // q)
+    with np.errstate(over="ignore"):
+        r = x * np.uint64(k) - quotient * np.uint64(q)  # exact mod 2^64, and the true value lies in [0, 2q)
+    return np.where(r >= np.uint64(q), r - np.uint64(q), r)
+
+
+def _mod_two_limbs(high: np.ndarray, low: np.ndarray, q: int, offset: int) -> np.ndarray:
+    """``(high·2^64 + low − offset) mod q`` for uint64 limbs (``q < 2^63``)."""
+    qq = np.uint64(q)
+    total = _mulmod_const(high, (1 << 64) % q, q) + low % qq  # each < q < 2^63: no wrap
+    total = np.where(total >= qq, total - qq, total)
+    shift = np.uint64(offset % q)
+    return np.where(total >= shift, total - shift, total + (qq - shift))
 
 
 def add_to_c0(runtime: BFVRuntime, ct: Any, noise_rns: np.ndarray) -> None:
