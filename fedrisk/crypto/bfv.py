@@ -362,7 +362,8 @@ def _mulhi64(a: np.ndarray, b: int) -> np.ndarray:
     b0, b1 = np.uint64(b & 0xFFFFFFFF), np.uint64(b >> 32)
     p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
     carry = (p00 >> np.uint64(32)) + (p01 & _LOW32) + (p10 & _LOW32)
-    return p11 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (carry >> np.uint64(32))
+    high: np.ndarray = p11 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (carry >> np.uint64(32))
+    return high
 
 
 def _mulmod_const(x: np.ndarray, k: int, q: int) -> np.ndarray:
