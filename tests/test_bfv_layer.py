@@ -97,7 +97,7 @@ def test_no_bfv_context_is_loaded_outside_the_crypto_layer():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("bits", [0, 5, 62, 63, 64, 100, 110, 126])
+@pytest.mark.parametrize("bits", [0, 5, 62, 63, 64, 100, 110, 126, 127, 128, 162, 190])
 def test_flooding_noise_residues_are_exactly_the_python_integers_residues(bits, monkeypatch):
     """The uint64 reduction (Shoup's quotient over 32-bit partial products) against Python integers on the same bytes, edges included."""
     import os
@@ -106,20 +106,31 @@ def test_flooding_noise_residues_are_exactly_the_python_integers_residues(bits, 
 
     from fedrisk.crypto.bfv import uniform_noise_rns
 
-    n = 2000
-    raw = bytearray(os.urandom(16 * n))
-    raw[:32], raw[32:64] = b"\xff" * 32, b"\x00" * 32  # the largest and the smallest draw
+    n, width = 2000, bits + 1
+    size = 8 * max(2, -(-width // 64))  # bytes drawn per value
+    raw = bytearray(os.urandom(size * n))
+    raw[: 2 * size], raw[2 * size : 4 * size] = b"\xff" * 2 * size, b"\x00" * 2 * size  # the largest and the smallest draw
     monkeypatch.setattr(os, "urandom", lambda k: bytes(raw[:k]))
     moduli = [(1 << 60) - (1 << 14) + 1, 3, 65537, (1 << 62) + 135, (1 << 63) - 25]
     got = uniform_noise_rns(moduli, n, bits)
 
-    width, expected = bits + 1, []
-    for i in range(n):
-        low, high = int.from_bytes(raw[16 * i : 16 * i + 8], "little"), int.from_bytes(raw[16 * i + 8 : 16 * i + 16], "little")
-        draw = low & ((1 << width) - 1) if width <= 64 else ((high & ((1 << (width - 64)) - 1)) << 64) | low
-        expected.append(draw - (1 << bits))
+    expected = [(int.from_bytes(raw[size * i : size * (i + 1)], "little") & ((1 << width) - 1)) - (1 << bits) for i in range(n)]
     assert got.dtype == np.uint64 and got.shape == (len(moduli), n)
     assert np.array_equal(got, np.array([[v % q for v in expected] for q in moduli], dtype=np.uint64))
+
+
+def test_uniform_residues_are_the_128_bit_draws_reduced(monkeypatch):
+    import os
+
+    import numpy as np
+
+    from fedrisk.crypto.bfv import uniform_residues
+
+    raw = os.urandom(16 * 500)
+    monkeypatch.setattr(os, "urandom", lambda k: raw[:k])
+    q = (1 << 59) - 55
+    expected = [int.from_bytes(raw[16 * i : 16 * (i + 1)], "little") % q for i in range(500)]
+    assert np.array_equal(uniform_residues(q, 500), np.array(expected, dtype=np.uint64))
 
 
 def test_flooding_noise_refuses_moduli_it_cannot_reduce_exactly():

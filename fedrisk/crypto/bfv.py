@@ -49,6 +49,7 @@ __all__ = [
     "ROW_STEPS",
     "BFVRuntime",
     "add_to_c0",
+    "coefficient_plaintext",
     "keep_seeded_galois",
     "load_key_holder_bfv_context",
     "load_public_bfv_context",
@@ -56,6 +57,7 @@ __all__ = [
     "public_bfv_context",
     "public_bfv_context_bytes",
     "uniform_noise_rns",
+    "uniform_residues",
 ]
 
 POLY_DEGREE = 16384
@@ -127,14 +129,17 @@ def _with_galois_keys(serialised: bytes, galois: bytes) -> bytes:
     return _encode_fields(fields)
 
 
-def make_bfv_context() -> ts.Context:
-    """A key holder's fresh secret BFV context with the kernel's Galois keys (see the module docstring).
+def make_bfv_context(*, galois: bool = True) -> ts.Context:
+    """A key holder's fresh secret BFV context, with the kernel's Galois keys if ``galois`` (see the module docstring).
 
     The Galois keys are also kept in SEAL's seeded form (half the size), which
-    :func:`public_bfv_context_bytes` sends.
+    :func:`public_bfv_context_bytes` sends. A context without them serves
+    evaluations that never rotate (:mod:`fedrisk.crypto.encrypted_bins`).
     """
     plain = sa.PlainModulus.Batching(POLY_DEGREE, PLAIN_MODULUS_BITS).value()
     context = ts.context(ts.SCHEME_TYPE.BFV, POLY_DEGREE, plain, coeff_mod_bit_sizes=list(COEFF_MOD_BITS))
+    if not galois:
+        return context
     io = ByteBridge()
     seal = seal_context(context, sa.SCHEME_TYPE.BFV, io)
     secret = sa.SecretKey()
@@ -314,9 +319,13 @@ class BFVRuntime(SealRuntime):
         receiver's SEAL expands it on load: half the bytes of a public-key encryption,
         the same RLWE hardness, fresh randomness per call.
         """
+        return self.encrypt_seeded_plaintext(self.encode(values))
+
+    def encrypt_seeded_plaintext(self, pt: Any) -> bytes:
+        """:meth:`encrypt_seeded` of an encoded plaintext (batched or coefficient-packed)."""
         if self._symmetric is None:
             self._symmetric = sa.Encryptor(self.seal, self._secret_key("encrypt symmetrically"))
-        seeded = self._symmetric.encrypt_symmetric(self.encode(values))
+        seeded = self._symmetric.encrypt_symmetric(pt)
         return self._io.save(seeded.save)
 
     def decrypt(self, ct: Any) -> np.ndarray:
@@ -326,6 +335,15 @@ class BFVRuntime(SealRuntime):
         pt = sa.Plaintext()
         self._decryptor.decrypt(ct, pt)
         return np.asarray(self.encoder.decode_int64(pt), dtype=np.int64)
+
+    def decrypt_coefficients(self, ct: Any, positions: np.ndarray) -> np.ndarray:
+        """Decrypt and return the plaintext polynomial's coefficients at ``positions`` (uint64 mod ``t``; key holder only)."""
+        if self._decryptor is None:
+            self._decryptor = sa.Decryptor(self.seal, self._secret_key("decrypt"))
+        pt = sa.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        count = int(pt.coeff_count())  # SEAL may drop high zero coefficients
+        return np.array([int(pt.data(int(i))) if i < count else 0 for i in positions], dtype=np.uint64)
 
     def noise_budget(self, ct: Any) -> int:
         """SEAL's invariant noise budget in bits (key holder only; for tests and measurements)."""
@@ -337,20 +355,30 @@ def uniform_noise_rns(moduli: Sequence[int], n: int, bits: int) -> np.ndarray:
     """``n`` independent uniform integers in ``[−2^bits, 2^bits)`` (``os.urandom``), reduced mod each prime.
 
     Returns an array ``(len(moduli), n)`` of uint64, the noise's RNS form. Every
-    reduction is exact uint64 arithmetic (:func:`_mod_two_limbs`), checked against
+    reduction is exact uint64 arithmetic (:func:`_mod_limbs`), checked against
     Python integers in the tests.
     """
-    if not 0 <= bits < 127:
-        raise CryptoError(f"flooding width must be 0..126 bits, got {bits}")
+    if not 0 <= bits < 191:
+        raise CryptoError(f"flooding width must be 0..190 bits, got {bits}")
     if any(not 1 < int(q) < 1 << 63 for q in moduli):
         raise CryptoError("noise moduli must lie between 2 and 2^63")
     width = bits + 1
+    limbs = max(2, -(-width // 64))
+    raw = np.frombuffer(os.urandom(8 * limbs * n), dtype="<u8").reshape(n, limbs)
+    columns = [raw[:, i].copy() for i in range(limbs)]
+    top = width - 64 * (limbs - 1)  # bits kept of the highest limb (≤ 0: none)
+    columns[-1] &= np.uint64((1 << max(0, top)) - 1)
+    if top <= 0:
+        columns[-2] &= np.uint64((1 << (width - 64 * (limbs - 2))) - 1)
+    return np.array([_mod_limbs(columns, int(q), 1 << bits) for q in moduli], dtype=np.uint64)
+
+
+def uniform_residues(modulus: int, n: int) -> np.ndarray:
+    """``n`` residues uniform mod ``modulus`` (< 2^63) as uint64: 128-bit draws reduced, so the bias is below ``modulus / 2^128``."""
+    if not 1 < int(modulus) < 1 << 63:
+        raise CryptoError("a uniform residue needs a modulus between 2 and 2^63")
     raw = np.frombuffer(os.urandom(16 * n), dtype="<u8").reshape(n, 2)
-    if width <= 64:
-        low, high = raw[:, 0] & np.uint64((1 << width) - 1), np.zeros(n, dtype=np.uint64)
-    else:
-        low, high = raw[:, 0].copy(), raw[:, 1] & np.uint64((1 << (width - 64)) - 1)
-    return np.array([_mod_two_limbs(high, low, int(q), 1 << bits) for q in moduli], dtype=np.uint64)
+    return _mod_limbs([raw[:, 0].copy(), raw[:, 1].copy()], int(modulus), 0)
 
 
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -374,11 +402,13 @@ def _mulmod_const(x: np.ndarray, k: int, q: int) -> np.ndarray:
     return np.where(r >= np.uint64(q), r - np.uint64(q), r)
 
 
-def _mod_two_limbs(high: np.ndarray, low: np.ndarray, q: int, offset: int) -> np.ndarray:
-    """``(high·2^64 + low − offset) mod q`` for uint64 limbs (``q < 2^63``)."""
+def _mod_limbs(limbs: Sequence[np.ndarray], q: int, offset: int) -> np.ndarray:
+    """``(Σ_i limbs[i]·2^(64 i) − offset) mod q`` for uint64 limbs, least significant first (``q < 2^63``)."""
     qq = np.uint64(q)
-    total = _mulmod_const(high, (1 << 64) % q, q) + low % qq  # each < q < 2^63: no wrap
-    total = np.where(total >= qq, total - qq, total)
+    total = limbs[0] % qq
+    for i, limb in enumerate(limbs[1:], start=1):
+        total = total + _mulmod_const(limb, (1 << (64 * i)) % q, q)  # each < q < 2^63: no wrap
+        total = np.where(total >= qq, total - qq, total)
     shift = np.uint64(offset % q)
     return np.where(total >= shift, total - shift, total + (qq - shift))
 
@@ -405,6 +435,25 @@ def add_to_c0(runtime: BFVRuntime, ct: Any, noise_rns: np.ndarray) -> None:
     header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body))
     runtime._io.load(header + body, flood.dyn_array().load)
     runtime.evaluator.add_inplace(ct, flood)
+
+
+def coefficient_plaintext(runtime: BFVRuntime, coeffs: np.ndarray) -> Any:
+    """A plaintext whose polynomial has exactly ``coeffs`` (uint64, each below ``t``) as coefficients.
+
+    Coefficient packing, not batching: products of such plaintexts with ciphertexts
+    are polynomial products. Loaded as SEAL's own array format, as :func:`add_to_c0` does.
+    """
+    data = np.asarray(coeffs)
+    n = int(runtime.seal.first_context_data().parms().poly_modulus_degree())
+    if data.dtype != np.uint64 or data.shape != (n,):
+        raise CryptoError(f"a coefficient plaintext needs {n} uint64 coefficients")
+    if np.any(data >= np.uint64(runtime.plain_modulus)):
+        raise CryptoError("plaintext coefficients are not reduced mod t")
+    pt = sa.Plaintext(n)
+    body = struct.pack("<Q", n) + data.astype("<u8").tobytes()
+    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body))
+    runtime._io.load(header + body, pt.dyn_array().load)
+    return pt
 
 
 def _seal_version() -> tuple[int, int]:

@@ -1,0 +1,312 @@
+"""Histograms with the roles reversed: the feature holder's bins under its own key (hazmat).
+
+The kernel :mod:`fedrisk.crypto.encrypted_histogram` has the label holder encrypt
+its gradients and the feature holder multiply them by its one-hot bins, with
+rotations to line the bins up and a rotate-and-sum to total them: 2.2 core-s per
+default-credit tree, most of it key switching. Here the feature holder encrypts
+its one-hot bin matrix **once per run** under its own BFV key, and per node the
+label holder multiplies it by its *plaintext* masked gradients. Coefficient
+packing makes each column's total one coefficient of a polynomial product, so
+there is no rotation and no key switch at all (``benchmarks/histogram_kernels.py``
+measures both kernels side by side).
+
+Layout (coefficient packing, ``N = 16384``): the training rows are cut into
+blocks of :data:`ROWS_PER_BLOCK` ``n`` rows and the bin columns into groups of
+``b = N / n`` columns. Block ``k``, group ``j`` is one ciphertext of
+
+    ``B_kj(X) = Σ_c Σ_i onehot[k·n + i, j·b + c] · X^(c·n + i)``
+
+and the label holder's values for block ``k`` are ``P_k(X) = Σ_i v[k·n + i] · X^(n − 1 − i)``.
+In ``Σ_k B_kj · P_k`` the coefficient of ``X^(c·n + n − 1)`` is exactly column
+``c``'s total ``Σ_rows onehot · v``; every other product term lands elsewhere
+(``|i − i'| < n``; the negacyclic wrap only reaches coefficients below ``n − 1``).
+
+What each side sees, per node:
+
+* The label holder holds ciphertexts under the feature holder's key, and no key
+  to open them. It returns ``Σ_k B_kj · P_k + Enc_pk(0) + r + e_flood``,
+  switched down to :data:`WIRE_LEVEL`: re-randomised with the feature holder's
+  public key (``c1`` independent of the products), every one of the ``N``
+  coefficients masked by ``r`` uniform mod ``t`` (128-bit draws, bias below
+  ``2^-68`` per coefficient), and the noise flooded (below).
+* The feature holder decrypts ``H + r``: uniform in every coefficient, whatever
+  the gradients. It returns the ``b`` total coefficients of each ciphertext and
+  nothing else (:func:`decrypt_masked_totals`).
+* The label holder subtracts its mask at those positions and has the column
+  totals — the same totals the other kernel decrypts, and nothing per row.
+
+Flooding: the evaluation noise depends on the label holder's values, so before
+the feature holder decrypts it is drowned in a uniform term of
+:data:`FLOOD_BITS` bits. The statistical distance this leaves is at most
+``2^EVAL_NOISE_BITS / 2^FLOOD_BITS`` per coefficient; a kernel refuses more than
+:data:`RUN_CIPHERTEXTS` outputs, so over a run it is at most
+``RUN_CIPHERTEXTS · N · 2^(EVAL_NOISE_BITS − FLOOD_BITS) = 2^-40``
+(:func:`run_statistical_distance`). :data:`EVAL_NOISE_BITS` is a stated bound,
+measured by ``tests/test_encrypted_bins.py`` with values spread over all of
+``Z_t`` (worse than any gradients). The products run on :data:`PRODUCT_LEVEL`
+(four of the five primes: ``Δ ≈ 2^181``, room for the flooding with about 30 bits
+to spare) and leave on two.
+
+Threat model: semi-honest parties, as for the other kernel. A feature holder
+that encrypted something other than 0/1 bins would learn nothing more (it never
+sees an unmasked total); the label holder would decrypt totals of whatever the
+feature holder encrypted, as it decrypts them from the other kernel today.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as sa
+
+from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, coefficient_plaintext, uniform_noise_rns, uniform_residues
+from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
+
+__all__ = [
+    "EVAL_NOISE_BITS",
+    "FLOOD_BITS",
+    "PRODUCT_LEVEL",
+    "ROWS_PER_BLOCK",
+    "RUN_CIPHERTEXTS",
+    "STAT_BITS",
+    "WIRE_LEVEL",
+    "BinLayout",
+    "MaskedHistograms",
+    "MaskedHistogramEvaluator",
+    "decrypt_masked_totals",
+    "encrypt_bin_matrix",
+    "run_statistical_distance",
+]
+
+ROWS_PER_BLOCK = 512
+"""Rows per bin ciphertext (``n``); a ciphertext then holds ``N / n = 32`` columns."""
+PRODUCT_LEVEL = 1
+"""Products, re-randomisation, mask and flooding on four primes (levels count down from five)."""
+WIRE_LEVEL = 3
+"""Masked histograms leave the label holder on two primes (``Δ ≈ 2^61``; the flooded noise, switched down, ≈ 2^33)."""
+EVAL_NOISE_BITS = 80
+"""Stated bound ``log2 ‖v‖∞`` of a histogram's noise before flooding at :data:`PRODUCT_LEVEL`,
+for up to 2^17 rows (measured by the tests)."""
+STAT_BITS = 40
+"""Statistical security over a whole run."""
+RUN_CIPHERTEXTS = 1 << 12
+"""Masked histograms one evaluator may produce: the flooding is sized for this many."""
+FLOOD_BITS = EVAL_NOISE_BITS + STAT_BITS + int(math.log2(RUN_CIPHERTEXTS)) + 14  # 14 = log2 N
+"""Flooding coefficients are uniform in ``[−2^FLOOD_BITS, 2^FLOOD_BITS)``."""
+_MAX_ROWS = 1 << 17
+
+
+def run_statistical_distance(n_ciphertexts: int, *, flood_bits: int = FLOOD_BITS, eval_noise_bits: int = EVAL_NOISE_BITS, coefficients: int = 16384) -> float:
+    """Bound on the statistical distance between what the feature holder decrypts and ``H + r + uniform`` over ``n_ciphertexts`` outputs."""
+    return float(n_ciphertexts * coefficients * 2.0 ** (eval_noise_bits - flood_bits))
+
+
+@dataclass(frozen=True)
+class BinLayout:
+    """Where each bin column sits: row blocks × column groups of ciphertexts, and each total's coefficient."""
+
+    n_rows: int
+    n_columns: int
+    poly_degree: int = 16384
+    rows_per_block: int = ROWS_PER_BLOCK
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_rows <= _MAX_ROWS:
+            raise DataValidationError(f"encrypted bins cover 1..{_MAX_ROWS} rows, got {self.n_rows}")
+        if self.n_columns < 1:
+            raise DataValidationError("encrypted bins need at least one bin column")
+        if self.poly_degree % self.rows_per_block:
+            raise CryptoError(f"rows per block ({self.rows_per_block}) must divide the polynomial degree ({self.poly_degree})")
+
+    @property
+    def columns_per_ciphertext(self) -> int:
+        return self.poly_degree // self.rows_per_block
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.n_rows // self.rows_per_block)
+
+    @property
+    def groups(self) -> int:
+        return -(-self.n_columns // self.columns_per_ciphertext)
+
+    @property
+    def total_positions(self) -> np.ndarray:
+        """Coefficient of each column total within a group's polynomial (``c·n + n − 1``)."""
+        n = self.rows_per_block
+        return np.arange(self.columns_per_ciphertext) * n + (n - 1)
+
+
+def _runtime(context: ts.Context, *, private: bool) -> BFVRuntime:
+    runtime: BFVRuntime = BFVRuntime.for_context(context)
+    if private != bool(context.is_private()):
+        raise CryptoError(
+            "the feature holder's own (secret) BFV context is needed here" if private else "the label holder must hold the public BFV context only"
+        )
+    if len(runtime.parms_ids) <= WIRE_LEVEL:
+        raise CryptoError("the BFV context has too few primes for encrypted bins")
+    return runtime
+
+
+def encrypt_bin_matrix(context: ts.Context, onehot: np.ndarray, *, rows_per_block: int = ROWS_PER_BLOCK) -> tuple[BinLayout, list[bytes]]:
+    """The feature holder's one-off: its 0/1 bin matrix (rows in the label holder's order), encrypted under its secret key.
+
+    Returns the layout and ``blocks × groups`` seeded ciphertexts (block-major).
+    """
+    runtime = _runtime(context, private=True)
+    bins = np.asarray(onehot)
+    if bins.ndim != 2 or not np.isin(bins, (0, 1)).all():
+        raise DataValidationError("the bin matrix must be a 2-d array of 0s and 1s")
+    layout = BinLayout(bins.shape[0], bins.shape[1], poly_degree=runtime.slots, rows_per_block=rows_per_block)
+    n, b = layout.rows_per_block, layout.columns_per_ciphertext
+    padded = np.zeros((layout.blocks * n, layout.groups * b), dtype=np.uint64)
+    padded[: bins.shape[0], : bins.shape[1]] = bins
+    blobs = []
+    for k in range(layout.blocks):
+        for j in range(layout.groups):
+            # coefficient c·n + i holds row k·n + i of column j·b + c
+            coeffs = np.ascontiguousarray(padded[k * n : (k + 1) * n, j * b : (j + 1) * b].T).ravel()
+            blobs.append(runtime.encrypt_seeded_plaintext(coefficient_plaintext(runtime, coeffs)))
+    return layout, blobs
+
+
+def decrypt_masked_totals(context: ts.Context, blobs: Sequence[bytes], layout: BinLayout) -> np.ndarray:
+    """The feature holder's answer: each masked histogram's ``b`` total coefficients (uint64 mod ``t``), nothing else.
+
+    Raises
+    ------
+    ProtocolError
+        Not one ciphertext per column group, or not at :data:`WIRE_LEVEL`.
+    """
+    runtime = _runtime(context, private=True)
+    if len(blobs) != layout.groups:
+        raise ProtocolError(f"masked histogram has {len(blobs)} ciphertexts, the layout {layout.groups}")
+    out = []
+    for blob in blobs:
+        ct = runtime.load(blob)
+        if runtime.level_of(ct) != WIRE_LEVEL:
+            raise ProtocolError(f"masked histogram is not at level {WIRE_LEVEL}")
+        out.append(runtime.decrypt_coefficients(ct, layout.total_positions))
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class MaskedHistograms:
+    """One node's masked histogram: the ciphertexts for the feature holder, and the mask the label holder keeps."""
+
+    ciphertexts: list[bytes]
+    mask: np.ndarray
+    """``r`` at the total positions (uint64 mod ``t``, groups × b): never sent."""
+
+
+class MaskedHistogramEvaluator:
+    """Label-holder side: node histograms of the feature holder's encrypted bins against plaintext values.
+
+    Parameters
+    ----------
+    context : tenseal.Context
+        The feature holder's public BFV context (no secret key, no Galois keys needed).
+    blobs : sequence of bytes
+        :func:`encrypt_bin_matrix`'s ciphertexts.
+    layout : BinLayout
+    flood_bits : int
+        Width of the flooding (default :data:`FLOOD_BITS`). Tests set 0 to measure the
+        noise it has to hide; nothing else should change it.
+    wire_level : int
+        Level the histograms leave at (default :data:`WIRE_LEVEL`). Tests set
+        :data:`PRODUCT_LEVEL` to measure the noise before the switch.
+
+    Attributes
+    ----------
+    outputs_ : int
+        Masked histogram ciphertexts produced so far (at most :data:`RUN_CIPHERTEXTS`).
+    """
+
+    def __init__(self, context: ts.Context, blobs: Sequence[bytes], layout: BinLayout, *, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL) -> None:
+        if not isinstance(flood_bits, int) or not 0 <= flood_bits <= FLOOD_BITS:
+            raise CryptoError(f"flooding width must be 0..{FLOOD_BITS} bits, got {flood_bits!r}")
+        if wire_level not in (PRODUCT_LEVEL, WIRE_LEVEL):
+            raise CryptoError(f"masked histograms leave at level {PRODUCT_LEVEL} or {WIRE_LEVEL}, got {wire_level!r}")
+        self.runtime = _runtime(context, private=False)
+        if layout.poly_degree != self.runtime.slots:
+            raise ProtocolError(f"bin layout is for N = {layout.poly_degree}, the context has N = {self.runtime.slots}")
+        if len(blobs) != layout.blocks * layout.groups:
+            raise ProtocolError(f"encrypted bins have {len(blobs)} ciphertexts, the layout {layout.blocks * layout.groups}")
+        self.layout = layout
+        self.flood_bits_ = flood_bits
+        self.wire_level_ = wire_level
+        self.outputs_ = 0
+        rt, ev = self.runtime, self.runtime.evaluator
+        self._bins: list[Any] = []
+        for blob in blobs:
+            ct = rt.load(blob)
+            if rt.level_of(ct) != 0 or ct.is_transparent():
+                raise ProtocolError("encrypted bins are not fresh top-level ciphertexts")
+            ev.mod_switch_to_inplace(ct, rt.parms_ids[PRODUCT_LEVEL])  # fewer primes: cheaper products, room still for the flooding
+            ev.transform_to_ntt_inplace(ct)
+            self._bins.append(ct)
+
+    def node_histograms(self, values: Sequence[np.ndarray]) -> list[MaskedHistograms]:
+        """Masked histograms of ``values`` per node (int64 per row, zero outside the node; taken mod ``t``)."""
+        layout, rt, ev = self.layout, self.runtime, self.runtime.evaluator
+        t, n = rt.plain_modulus, layout.rows_per_block
+        arrays = [np.asarray(v, dtype=np.int64) for v in values]
+        for v in arrays:
+            if v.shape != (layout.n_rows,):
+                raise ProtocolError(f"node values have {v.size} entries, the bins {layout.n_rows} rows")
+        if self.outputs_ + len(arrays) * layout.groups > RUN_CIPHERTEXTS:
+            raise CryptoError(f"the flooding covers {RUN_CIPHERTEXTS} masked histograms per run; this one is past it")
+        out = []
+        for v in arrays:
+            padded = np.zeros(layout.blocks * n, dtype=np.int64)
+            padded[: v.size] = v
+            reduced = np.mod(padded, t).astype(np.uint64).reshape(layout.blocks, n)
+            plains: dict[int, Any] = {}
+            for block in np.flatnonzero(reduced.any(axis=1)).tolist():  # a block with no row of the node adds nothing (and SEAL refuses a zero product)
+                coeffs = np.zeros(layout.poly_degree, dtype=np.uint64)
+                coeffs[:n] = reduced[block, ::-1]  # P_k(X) = Σ_i v_i X^(n−1−i)
+                pt = coefficient_plaintext(rt, coeffs)
+                ev.transform_to_ntt_inplace(pt, rt.parms_ids[PRODUCT_LEVEL])
+                plains[block] = pt
+            blobs, masks = [], []
+            for j in range(layout.groups):
+                acc = rt.encrypt_zero(PRODUCT_LEVEL)  # the re-randomisation: c1 independent of the products
+                if plains:
+                    total, prod = sa.Ciphertext(), sa.Ciphertext()
+                    for i, (k, pt) in enumerate(plains.items()):
+                        ev.multiply_plain(self._bins[k * layout.groups + j], pt, total if i == 0 else prod)
+                        if i:
+                            ev.add_inplace(total, prod)
+                    ev.transform_from_ntt_inplace(total)
+                    ev.add_inplace(acc, total)
+                blob, mask = self._finish(acc)
+                blobs.append(blob)
+                masks.append(mask[layout.total_positions])
+            self.outputs_ += layout.groups
+            out.append(MaskedHistograms(blobs, np.concatenate(masks)))
+        return out
+
+    def _finish(self, ct: Any) -> tuple[bytes, np.ndarray]:
+        """Mask every coefficient, flood, switch down, serialise (``ct`` is already re-randomised)."""
+        rt, ev = self.runtime, self.runtime.evaluator
+        mask = uniform_residues(rt.plain_modulus, rt.slots)
+        ev.add_plain_inplace(ct, coefficient_plaintext(rt, mask))
+        if self.flood_bits_ > 0:
+            add_to_c0(rt, ct, uniform_noise_rns(rt.moduli[PRODUCT_LEVEL], rt.slots, self.flood_bits_))
+        if self.wire_level_ != PRODUCT_LEVEL:
+            ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level_])
+        return bytes(rt.dump(ct)), mask
+
+    def unmask(self, totals: np.ndarray, histogram: MaskedHistograms) -> np.ndarray:
+        """Column totals (centred int64, ``n_columns``) from the feature holder's masked totals of ``histogram``."""
+        t = self.runtime.plain_modulus
+        masked = np.asarray(totals)
+        if masked.dtype != np.uint64 or masked.shape != histogram.mask.shape or np.any(masked >= np.uint64(t)):
+            raise ProtocolError(f"masked totals must be {histogram.mask.size} residues mod t")
+        diff = np.where(masked >= histogram.mask, masked - histogram.mask, masked + (np.uint64(t) - histogram.mask)).astype(np.int64)
+        return np.where(diff > t // 2, diff - t, diff)[: self.layout.n_columns]
