@@ -42,20 +42,24 @@ def _view_of_feature_holder(key, blobs: list[bytes]) -> np.ndarray:
     return np.concatenate([runtime.decrypt_coefficients(runtime.load(b), np.arange(runtime.slots)) for b in blobs])
 
 
-def test_totals_equal_the_plaintext_histograms(feature_holder_key, label_holder_copy, bins):
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_totals_equal_the_plaintext_histograms(feature_holder_key, label_holder_copy, bins, n_jobs):
+    """In process, and split over worker processes by row blocks (each group finished once, by its owner)."""
     onehot, layout, blobs = bins
     assert (layout.blocks, layout.groups, len(blobs)) == (6, 3, 18)
     rng = np.random.default_rng(2)
     values = rng.integers(-(1 << 45), 1 << 45, onehot.shape[0])  # signed, as packed gradients are
     nodes = [np.ones(onehot.shape[0], dtype=bool), rng.random(onehot.shape[0]) < 0.4, np.zeros(onehot.shape[0], dtype=bool)]
-    evaluator = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout)
-    histograms = evaluator.node_histograms([np.where(node, values, 0) for node in nodes])
-    for node, histogram in zip(nodes, histograms, strict=True):
+    with eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout, n_jobs=n_jobs) as evaluator:
+        histograms = evaluator.node_histograms([np.where(node, values, 0) for node in nodes])
+        histograms += evaluator.node_histograms([np.where(nodes[1], values, 0)])  # a second round reuses the workers
+    for node, histogram in zip([*nodes, nodes[1]], histograms, strict=True):
         masked = eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout)
         assert masked.shape == (layout.groups * layout.columns_per_ciphertext,)
         totals = evaluator.unmask(masked, histogram)
         np.testing.assert_array_equal(totals, onehot[node].T.astype(np.int64) @ values[node])
-    assert evaluator.outputs_ == 3 * layout.groups
+    assert evaluator.outputs_ == 4 * layout.groups
+    assert not np.array_equal(histograms[1].mask, histograms[3].mask)  # a fresh mask every time
 
 
 def test_noise_stays_below_the_stated_bound_and_the_flooding_leaves_room(feature_holder_key, label_holder_copy):
@@ -126,8 +130,10 @@ def test_bad_inputs_are_one_line_refusals(feature_holder_key, label_holder_copy,
         eb.encrypt_bin_matrix(feature_holder_key, onehot * 2)
     with pytest.raises(ProtocolError, match="17 ciphertexts, the layout 18"):
         eb.MaskedHistogramEvaluator(label_holder_copy, blobs[:-1], layout)
-    with pytest.raises(CryptoError, match="does not load"):
-        eb.MaskedHistogramEvaluator(label_holder_copy, [b"garbage"] + blobs[1:], layout)
+    for n_jobs in (1, 2):  # in process, or reported by the worker that got it, in one line
+        with pytest.raises(CryptoError, match="does not load") as err:
+            eb.MaskedHistogramEvaluator(label_holder_copy, [b"garbage"] + blobs[1:], layout, n_jobs=n_jobs)
+        assert "\n" not in str(err.value)
     evaluator = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout)
     with pytest.raises(ProtocolError, match="node values have 5 entries"):
         evaluator.node_histograms([np.zeros(5, dtype=np.int64)])

@@ -56,6 +56,7 @@ feature holder encrypted, as it decrypts them from the other kernel today.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,17 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
 
-from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, coefficient_plaintext, uniform_noise_rns, uniform_residues
+from fedrisk.crypto.bfv import (
+    BFVRuntime,
+    add_to_c0,
+    coefficient_plaintext,
+    load_public_bfv_context,
+    public_bfv_context_bytes,
+    uniform_noise_rns,
+    uniform_residues,
+)
+from fedrisk.crypto.frames import pack_frame, unpack_frame
+from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
 __all__ = [
@@ -204,6 +215,81 @@ class MaskedHistograms:
     """``r`` at the total positions (uint64 mod ``t``, groups × b): never sent."""
 
 
+class _BlockProducts:
+    """Products over a range of row blocks, every column group (one per process), and the finishing of outputs."""
+
+    def __init__(self, runtime: BFVRuntime, layout: BinLayout, blocks: range, blobs: Sequence[bytes], flood_bits: int, wire_level: int) -> None:
+        if len(blobs) != len(blocks) * layout.groups:
+            raise ProtocolError(f"encrypted bins have {len(blobs)} ciphertexts, the layout {len(blocks) * layout.groups}")
+        self.runtime, self.layout, self.blocks = runtime, layout, blocks
+        self.flood_bits, self.wire_level = flood_bits, wire_level
+        rt, ev = runtime, runtime.evaluator
+        self.bins: list[Any] = []
+        for blob in blobs:
+            ct = rt.load(blob)
+            if rt.level_of(ct) != 0 or ct.is_transparent():
+                raise ProtocolError("encrypted bins are not fresh top-level ciphertexts")
+            ev.mod_switch_to_inplace(ct, rt.parms_ids[PRODUCT_LEVEL])  # fewer primes: cheaper products, room still for the flooding
+            ev.transform_to_ntt_inplace(ct)
+            self.bins.append(ct)
+
+    def partials(self, values: Sequence[np.ndarray]) -> list[list[Any]]:
+        """Per node, per column group: ``Σ_k B_kj · P_k`` over this range's blocks (coefficient form), or None where no row counts."""
+        layout, rt, ev = self.layout, self.runtime, self.runtime.evaluator
+        n = layout.rows_per_block
+        out = []
+        for v in values:
+            rows = np.zeros(len(self.blocks) * n, dtype=np.int64)
+            mine = v[self.blocks.start * n : self.blocks.stop * n]
+            rows[: mine.size] = mine
+            reduced = np.mod(rows, rt.plain_modulus).astype(np.uint64).reshape(len(self.blocks), n)
+            plains: dict[int, Any] = {}
+            for block in np.flatnonzero(reduced.any(axis=1)).tolist():  # a block with no row of the node adds nothing (and SEAL refuses a zero product)
+                coeffs = np.zeros(layout.poly_degree, dtype=np.uint64)
+                coeffs[:n] = reduced[block, ::-1]  # P_k(X) = Σ_i v_i X^(n−1−i)
+                pt = coefficient_plaintext(rt, coeffs)
+                ev.transform_to_ntt_inplace(pt, rt.parms_ids[PRODUCT_LEVEL])
+                plains[block] = pt
+            per_group: list[Any] = []
+            for j in range(layout.groups):
+                if not plains:
+                    per_group.append(None)
+                    continue
+                total, prod = sa.Ciphertext(), sa.Ciphertext()
+                for i, (block, pt) in enumerate(plains.items()):
+                    ev.multiply_plain(self.bins[block * layout.groups + j], pt, total if i == 0 else prod)
+                    if i:
+                        ev.add_inplace(total, prod)
+                ev.transform_from_ntt_inplace(total)
+                per_group.append(total)
+            out.append(per_group)
+        return out
+
+    def finish(self, parts: Sequence[Any]) -> tuple[bytes, np.ndarray]:
+        """One output from a group's partial sums: re-randomise, mask every coefficient, flood, switch down, serialise.
+
+        Returns the ciphertext and the mask at the total positions.
+        """
+        rt, ev = self.runtime, self.runtime.evaluator
+        ct = rt.encrypt_zero(PRODUCT_LEVEL)  # c1 independent of the products
+        for part in parts:
+            if rt.level_of(part) != PRODUCT_LEVEL:
+                raise CryptoError("a partial histogram is not at the product level")
+            ev.add_inplace(ct, part)
+        mask = uniform_residues(rt.plain_modulus, rt.slots)
+        ev.add_plain_inplace(ct, coefficient_plaintext(rt, mask))
+        if self.flood_bits > 0:
+            add_to_c0(rt, ct, uniform_noise_rns(rt.moduli[PRODUCT_LEVEL], rt.slots, self.flood_bits))
+        if self.wire_level != PRODUCT_LEVEL:
+            ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level])
+        return bytes(rt.dump(ct)), mask[self.layout.total_positions]
+
+
+def _block_ranges(blocks: int, workers: int) -> list[range]:
+    edges = [round(w * blocks / workers) for w in range(workers + 1)]
+    return [range(edges[w], edges[w + 1]) for w in range(workers)]
+
+
 class MaskedHistogramEvaluator:
     """Label-holder side: node histograms of the feature holder's encrypted bins against plaintext values.
 
@@ -214,6 +300,9 @@ class MaskedHistogramEvaluator:
     blobs : sequence of bytes
         :func:`encrypt_bin_matrix`'s ciphertexts.
     layout : BinLayout
+    n_jobs : int
+        Worker processes (1: in process). Each takes a range of row blocks for the
+        products and finishes the column groups ``j ≡ w (mod n_jobs)``.
     flood_bits : int
         Width of the flooding (default :data:`FLOOD_BITS`). Tests set 0 to measure the
         noise it has to hide; nothing else should change it.
@@ -227,7 +316,9 @@ class MaskedHistogramEvaluator:
         Masked histogram ciphertexts produced so far (at most :data:`RUN_CIPHERTEXTS`).
     """
 
-    def __init__(self, context: ts.Context, blobs: Sequence[bytes], layout: BinLayout, *, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL) -> None:
+    def __init__(
+        self, context: ts.Context, blobs: Sequence[bytes], layout: BinLayout, *, n_jobs: int = 1, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL
+    ) -> None:
         if not isinstance(flood_bits, int) or not 0 <= flood_bits <= FLOOD_BITS:
             raise CryptoError(f"flooding width must be 0..{FLOOD_BITS} bits, got {flood_bits!r}")
         if wire_level not in (PRODUCT_LEVEL, WIRE_LEVEL):
@@ -241,66 +332,71 @@ class MaskedHistogramEvaluator:
         self.flood_bits_ = flood_bits
         self.wire_level_ = wire_level
         self.outputs_ = 0
-        rt, ev = self.runtime, self.runtime.evaluator
-        self._bins: list[Any] = []
-        for blob in blobs:
-            ct = rt.load(blob)
-            if rt.level_of(ct) != 0 or ct.is_transparent():
-                raise ProtocolError("encrypted bins are not fresh top-level ciphertexts")
-            ev.mod_switch_to_inplace(ct, rt.parms_ids[PRODUCT_LEVEL])  # fewer primes: cheaper products, room still for the flooding
-            ev.transform_to_ntt_inplace(ct)
-            self._bins.append(ct)
+        workers = max(1, min(int(n_jobs), layout.blocks))
+        self._ranges = _block_ranges(layout.blocks, workers)
+        self._local: _BlockProducts | None = None
+        self._pool: _Workers | None = None
+        if workers == 1:
+            self._local = _BlockProducts(self.runtime, layout, range(layout.blocks), blobs, flood_bits, wire_level)
+            return
+        self._pool = _Workers(workers)
+        weakref.finalize(self, WorkerPool.close, self._pool)
+        shared = public_bfv_context_bytes(context, galois=False)
+        frames = []
+        for w, blocks in enumerate(self._ranges):
+            header = {**_layout_header(layout), "worker": w, "workers": workers, "flood_bits": flood_bits, "wire_level": wire_level}
+            frames.append(pack_frame(b"EINI", self.runtime.fingerprint, header, [shared, *blobs[blocks.start * layout.groups : blocks.stop * layout.groups]]))
+        try:
+            self._pool.scatter(frames)
+        except BaseException:
+            self.close()
+            raise
 
     def node_histograms(self, values: Sequence[np.ndarray]) -> list[MaskedHistograms]:
         """Masked histograms of ``values`` per node (int64 per row, zero outside the node; taken mod ``t``)."""
-        layout, rt, ev = self.layout, self.runtime, self.runtime.evaluator
-        t, n = rt.plain_modulus, layout.rows_per_block
-        arrays = [np.asarray(v, dtype=np.int64) for v in values]
+        layout = self.layout
+        arrays = [np.ascontiguousarray(v, dtype=np.int64) for v in values]
         for v in arrays:
             if v.shape != (layout.n_rows,):
                 raise ProtocolError(f"node values have {v.size} entries, the bins {layout.n_rows} rows")
         if self.outputs_ + len(arrays) * layout.groups > RUN_CIPHERTEXTS:
             raise CryptoError(f"the flooding covers {RUN_CIPHERTEXTS} masked histograms per run; this one is past it")
-        out = []
-        for v in arrays:
-            padded = np.zeros(layout.blocks * n, dtype=np.int64)
-            padded[: v.size] = v
-            reduced = np.mod(padded, t).astype(np.uint64).reshape(layout.blocks, n)
-            plains: dict[int, Any] = {}
-            for block in np.flatnonzero(reduced.any(axis=1)).tolist():  # a block with no row of the node adds nothing (and SEAL refuses a zero product)
-                coeffs = np.zeros(layout.poly_degree, dtype=np.uint64)
-                coeffs[:n] = reduced[block, ::-1]  # P_k(X) = Σ_i v_i X^(n−1−i)
-                pt = coefficient_plaintext(rt, coeffs)
-                ev.transform_to_ntt_inplace(pt, rt.parms_ids[PRODUCT_LEVEL])
-                plains[block] = pt
-            blobs, masks = [], []
-            for j in range(layout.groups):
-                acc = rt.encrypt_zero(PRODUCT_LEVEL)  # the re-randomisation: c1 independent of the products
-                if plains:
-                    total, prod = sa.Ciphertext(), sa.Ciphertext()
-                    for i, (k, pt) in enumerate(plains.items()):
-                        ev.multiply_plain(self._bins[k * layout.groups + j], pt, total if i == 0 else prod)
-                        if i:
-                            ev.add_inplace(total, prod)
-                    ev.transform_from_ntt_inplace(total)
-                    ev.add_inplace(acc, total)
-                blob, mask = self._finish(acc)
-                blobs.append(blob)
-                masks.append(mask[layout.total_positions])
-            self.outputs_ += layout.groups
-            out.append(MaskedHistograms(blobs, np.concatenate(masks)))
-        return out
+        if self._local is not None:
+            local = self._local
+            finished = [[local.finish([] if part is None else [part]) for part in per_group] for per_group in local.partials(arrays)]
+        else:
+            finished = self._pooled(arrays)
+        self.outputs_ += len(arrays) * layout.groups
+        return [MaskedHistograms([blob for blob, _ in node], np.concatenate([mask for _, mask in node])) for node in finished]
 
-    def _finish(self, ct: Any) -> tuple[bytes, np.ndarray]:
-        """Mask every coefficient, flood, switch down, serialise (``ct`` is already re-randomised)."""
-        rt, ev = self.runtime, self.runtime.evaluator
-        mask = uniform_residues(rt.plain_modulus, rt.slots)
-        ev.add_plain_inplace(ct, coefficient_plaintext(rt, mask))
-        if self.flood_bits_ > 0:
-            add_to_c0(rt, ct, uniform_noise_rns(rt.moduli[PRODUCT_LEVEL], rt.slots, self.flood_bits_))
-        if self.wire_level_ != PRODUCT_LEVEL:
-            ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level_])
-        return bytes(rt.dump(ct)), mask
+    def _pooled(self, arrays: list[np.ndarray]) -> list[list[tuple[bytes, np.ndarray]]]:
+        """Products by block range in every worker, then each group finished by its owner from the others' partials."""
+        assert self._pool is not None
+        layout, workers = self.layout, len(self._ranges)
+        fp = self.runtime.fingerprint
+        replies = self._pool.scatter([pack_frame(b"ENOD", fp, {"nodes": len(arrays)}, [v.tobytes() for v in arrays])] * workers)
+        # replies[w]: for each node, each group not owned by w (j % workers != w), its partial or b""
+        foreign: dict[tuple[int, int], list[bytes]] = {}
+        for w, blobs in enumerate(replies):
+            keys = [(v, j) for v in range(len(arrays)) for j in range(layout.groups) if j % workers != w]
+            if len(blobs) != len(keys):
+                raise CryptoError("histogram worker returned the wrong number of partial sums")
+            for key, blob in zip(keys, blobs, strict=True):
+                if blob:
+                    foreign.setdefault(key, []).append(blob)
+        frames = []
+        for w in range(workers):
+            owned = [(v, j) for v in range(len(arrays)) for j in range(layout.groups) if j % workers == w]
+            counts = [len(foreign.get(key, [])) for key in owned]
+            frames.append(pack_frame(b"EFIN", fp, {"counts": counts}, [b for key in owned for b in foreign.get(key, [])]))
+        finished: list[list[tuple[bytes, np.ndarray]]] = [[(b"", np.empty(0, dtype=np.uint64))] * layout.groups for _ in arrays]
+        for w, blobs in enumerate(self._pool.scatter(frames)):
+            owned = [(v, j) for v in range(len(arrays)) for j in range(layout.groups) if j % workers == w]
+            if len(blobs) != 2 * len(owned):
+                raise CryptoError("histogram worker returned the wrong number of outputs")
+            for i, (v, j) in enumerate(owned):
+                finished[v][j] = (blobs[2 * i], np.frombuffer(blobs[2 * i + 1], dtype="<u8").astype(np.uint64))
+        return finished
 
     def unmask(self, totals: np.ndarray, histogram: MaskedHistograms) -> np.ndarray:
         """Column totals (centred int64, ``n_columns``) from the feature holder's masked totals of ``histogram``."""
@@ -310,3 +406,86 @@ class MaskedHistogramEvaluator:
             raise ProtocolError(f"masked totals must be {histogram.mask.size} residues mod t")
         diff = np.where(masked >= histogram.mask, masked - histogram.mask, masked + (np.uint64(t) - histogram.mask)).astype(np.int64)
         return np.where(diff > t // 2, diff - t, diff)[: self.layout.n_columns]
+
+    def close(self) -> None:
+        """Stop the worker processes (idempotent)."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+            self._pool = None
+
+    def __enter__(self) -> MaskedHistogramEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _layout_header(layout: BinLayout) -> dict[str, int]:
+    return {"n_rows": layout.n_rows, "n_columns": layout.n_columns, "poly_degree": layout.poly_degree, "rows_per_block": layout.rows_per_block}
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
+    """Serve EINI/ENOD/EFIN/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
+    core: _BlockProducts | None = None
+    kept: dict[tuple[int, int], Any] = {}
+    workers = 1
+    me = 0
+    while True:
+        try:
+            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
+        except EOFError:
+            return
+        try:
+            if kind == b"STOP":
+                return
+            if kind == b"EINI":
+                context = load_public_bfv_context(blobs[0], "histogram worker")
+                layout = BinLayout(int(header["n_rows"]), int(header["n_columns"]), int(header["poly_degree"]), int(header["rows_per_block"]))
+                workers, me = int(header["workers"]), int(header["worker"])
+                if not 0 <= me < workers <= layout.blocks:
+                    raise ProtocolError(f"worker {me} of {workers} does not fit {layout.blocks} blocks")
+                blocks = _block_ranges(layout.blocks, workers)[me]
+                core = _BlockProducts(BFVRuntime.for_context(context), layout, blocks, blobs[1:], int(header["flood_bits"]), int(header["wire_level"]))
+                send_frame(out, pack_frame(b"OKAY", fp, {}))
+            elif kind == b"ENOD":
+                if core is None:
+                    raise ProtocolError("worker got node values before EINI")
+                arrays = [np.frombuffer(b, dtype="<i8").astype(np.int64) for b in blobs]
+                kept.clear()
+                sent = []
+                for v, per_group in enumerate(core.partials(arrays)):
+                    for j, part in enumerate(per_group):
+                        if j % workers == me:
+                            kept[(v, j)] = part
+                        else:
+                            sent.append(b"" if part is None else core.runtime.dump(part))
+                send_frame(out, pack_frame(b"RSLT", fp, {}, sent))
+            elif kind == b"EFIN":
+                if core is None:
+                    raise ProtocolError("worker got partial sums before EINI")
+                counts, pos, replies = [int(c) for c in header["counts"]], 0, []
+                for (v, j), count in zip(sorted(kept), counts, strict=True):
+                    parts = [core.runtime.load(b) for b in blobs[pos : pos + count]]
+                    pos += count
+                    own = kept[(v, j)]
+                    blob, mask = core.finish(parts + ([] if own is None else [own]))
+                    replies += [blob, mask.astype("<u8").tobytes()]
+                send_frame(out, pack_frame(b"RSLT", fp, {}, replies))
+            else:
+                raise ProtocolError(f"unknown worker command {kind!r}")
+        except Exception as exc:  # report, keep serving
+            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+_BOOT = "import os, sys; from fedrisk.crypto.encrypted_bins import _serve; _serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"
+
+
+class _Workers(WorkerPool):
+    """The reversed kernel's worker pool (frames over pipes, no pickle), booting this module's loop."""
+
+    boot = _BOOT
+    what = "encrypted-bins worker"
