@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrisk-installed
 PYTEST_ARGS ?=
+# one test worker per usable core (nproc follows CPU affinity), at most 4: beyond that the longest files set the time
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: demo test lint install system-deps sandbox-deps bench clean help
 
@@ -34,7 +36,7 @@ demo: $(STAMP) sandbox-deps  ## run a whole local federation over gRPC+TLS on lo
 	$(BIN)/fedrisk demo
 
 test: $(STAMP) system-deps lint  ## check style and types (make lint), then run the test suite
-	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff format check and ruff lint (syntax, pyflakes, raise-from) on fedrisk/benchmarks/tests, mypy on fedrisk, strict on crypto/ and audit/ (settings in pyproject.toml)
 	$(BIN)/ruff format --check fedrisk benchmarks tests

@@ -25,7 +25,7 @@ def shared_data_dir() -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with an ``e2e`` or ``slow`` test run first (the order inside each file is kept).
 
-    ``make test`` spreads whole files over one worker per core (``-n auto --dist loadfile``):
+    ``make test`` spreads whole files over one worker per core (``-n PYTEST_WORKERS --dist loadfile``):
     starting with the long files keeps one long file from running alone at the end.
     """
     heavy = {item.path for item in items if item.get_closest_marker("e2e") or item.get_closest_marker("slow")}
