@@ -101,12 +101,15 @@ def test_a_party_in_a_deep_state_folder_listens_on_a_short_private_socket(tmp_pa
         path.unlink(missing_ok=True)
 
 
-def test_a_socket_folder_that_is_not_this_users_own_is_refused(tmp_path, monkeypatch):
+def test_a_socket_folder_that_is_not_this_users_own_or_too_deep_is_refused(tmp_path, monkeypatch):
     import tempfile
 
     from fedrisk.errors import ConfigError
     from fedrisk.parties.party_node import party_socket_path
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path.joinpath(*["a-long-temporary-folder"] * 4)))
+    with pytest.raises(ConfigError, match="set TMPDIR to a shorter folder"):
+        party_socket_path(tmp_path.joinpath(*["state-folder-of-a-party"] * 6))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / f"fedrisk-{__import__('os').getuid()}").symlink_to(tmp_path / "elsewhere")

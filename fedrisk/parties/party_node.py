@@ -60,6 +60,9 @@ def party_socket_path(state_dir: Path) -> Path:
     import tempfile
 
     short = Path(tempfile.gettempdir()) / f"fedrisk-{os.getuid()}"
+    path = short / f"{hashlib.sha256(os.fsencode(os.path.abspath(state_dir))).hexdigest()[:24]}.sock"
+    if len(os.fsencode(os.path.abspath(path))) > UNIX_SOCKET_PATH_MAX:
+        raise ConfigError(f"party socket: both {own} and {path} are longer than a Unix socket path may be; set TMPDIR to a shorter folder")
     try:
         short.mkdir(mode=0o700, exist_ok=True)
         info = os.lstat(short)
@@ -68,8 +71,7 @@ def party_socket_path(state_dir: Path) -> Path:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise ConfigError(f"party socket folder {short} is not a folder of this user's own: refusing to listen there")
     os.chmod(short, 0o700)
-    digest = hashlib.sha256(os.fsencode(os.path.abspath(state_dir))).hexdigest()[:24]
-    return short / f"{digest}.sock"
+    return path
 
 
 def free_port() -> int:
