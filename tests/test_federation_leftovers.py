@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -102,19 +103,26 @@ def test_a_party_in_a_deep_state_folder_listens_on_a_short_private_socket(tmp_pa
 
 
 def test_a_socket_folder_that_is_not_this_users_own_or_too_deep_is_refused(tmp_path, monkeypatch):
+    import os
+    import shutil
     import tempfile
 
     from fedrisk.errors import ConfigError
     from fedrisk.parties.party_node import party_socket_path
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path.joinpath(*["a-long-temporary-folder"] * 4)))
-    with pytest.raises(ConfigError, match="set TMPDIR to a shorter folder"):
-        party_socket_path(tmp_path.joinpath(*["state-folder-of-a-party"] * 6))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / f"fedrisk-{__import__('os').getuid()}").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(ConfigError, match="is not a folder of this user's own"):
-        party_socket_path(tmp_path.joinpath(*["state-folder-of-a-party"] * 6))
+    deep_state = tmp_path.joinpath(*["state-folder-of-a-party"] * 6)
+    short = Path(tempfile.mkdtemp(prefix="fr-"))  # short enough for a socket path (a parallel runner's tmp_path may not be)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path.joinpath(*["a-long-temporary-folder"] * 4)))
+        with pytest.raises(ConfigError, match="set TMPDIR to a shorter folder"):
+            party_socket_path(deep_state)
+        monkeypatch.setattr(tempfile, "tempdir", str(short))
+        (short / "elsewhere").mkdir()
+        (short / f"fedrisk-{os.getuid()}").symlink_to(short / "elsewhere")
+        with pytest.raises(ConfigError, match="is not a folder of this user's own"):
+            party_socket_path(deep_state)
+    finally:
+        shutil.rmtree(short)
 
 
 @pytest.mark.e2e  # starts two SuperLink processes; about 5 s
