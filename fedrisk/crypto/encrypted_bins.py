@@ -86,7 +86,7 @@ __all__ = [
     "RUN_CIPHERTEXTS",
     "STAT_BITS",
     "WIRE_LEVEL",
-    "BinLayout",
+    "BinMatrixLayout",
     "MaskedHistograms",
     "MaskedHistogramEvaluator",
     "decrypt_masked_totals",
@@ -118,7 +118,7 @@ def run_statistical_distance(n_ciphertexts: int, *, flood_bits: int = FLOOD_BITS
 
 
 @dataclass(frozen=True)
-class BinLayout:
+class BinMatrixLayout:
     """Where each bin column sits: row blocks × column groups of ciphertexts, and each total's coefficient."""
 
     n_rows: int
@@ -164,7 +164,7 @@ def _runtime(context: ts.Context, *, private: bool) -> BFVRuntime:
     return runtime
 
 
-def encrypt_bin_matrix(context: ts.Context, onehot: np.ndarray, *, rows_per_block: int = ROWS_PER_BLOCK) -> tuple[BinLayout, list[bytes]]:
+def encrypt_bin_matrix(context: ts.Context, onehot: np.ndarray, *, rows_per_block: int = ROWS_PER_BLOCK) -> tuple[BinMatrixLayout, list[bytes]]:
     """The feature holder's one-off: its 0/1 bin matrix (rows in the label holder's order), encrypted under its secret key.
 
     Returns the layout and ``blocks × groups`` seeded ciphertexts (block-major).
@@ -173,7 +173,7 @@ def encrypt_bin_matrix(context: ts.Context, onehot: np.ndarray, *, rows_per_bloc
     bins = np.asarray(onehot)
     if bins.ndim != 2 or not np.isin(bins, (0, 1)).all():
         raise DataValidationError("the bin matrix must be a 2-d array of 0s and 1s")
-    layout = BinLayout(bins.shape[0], bins.shape[1], poly_degree=runtime.slots, rows_per_block=rows_per_block)
+    layout = BinMatrixLayout(bins.shape[0], bins.shape[1], poly_degree=runtime.slots, rows_per_block=rows_per_block)
     n, b = layout.rows_per_block, layout.columns_per_ciphertext
     padded = np.zeros((layout.blocks * n, layout.groups * b), dtype=np.uint64)
     padded[: bins.shape[0], : bins.shape[1]] = bins
@@ -186,7 +186,7 @@ def encrypt_bin_matrix(context: ts.Context, onehot: np.ndarray, *, rows_per_bloc
     return layout, blobs
 
 
-def decrypt_masked_totals(context: ts.Context, blobs: Sequence[bytes], layout: BinLayout) -> np.ndarray:
+def decrypt_masked_totals(context: ts.Context, blobs: Sequence[bytes], layout: BinMatrixLayout) -> np.ndarray:
     """The feature holder's answer: each masked histogram's ``b`` total coefficients (uint64 mod ``t``), nothing else.
 
     Raises
@@ -218,7 +218,7 @@ class MaskedHistograms:
 class _BlockProducts:
     """Products over a range of row blocks, every column group (one per process), and the finishing of outputs."""
 
-    def __init__(self, runtime: BFVRuntime, layout: BinLayout, blocks: range, blobs: Sequence[bytes], flood_bits: int, wire_level: int) -> None:
+    def __init__(self, runtime: BFVRuntime, layout: BinMatrixLayout, blocks: range, blobs: Sequence[bytes], flood_bits: int, wire_level: int) -> None:
         if len(blobs) != len(blocks) * layout.groups:
             raise ProtocolError(f"encrypted bins have {len(blobs)} ciphertexts, the layout {len(blocks) * layout.groups}")
         self.runtime, self.layout, self.blocks = runtime, layout, blocks
@@ -299,7 +299,7 @@ class MaskedHistogramEvaluator:
         The feature holder's public BFV context (no secret key, no Galois keys needed).
     blobs : sequence of bytes
         :func:`encrypt_bin_matrix`'s ciphertexts.
-    layout : BinLayout
+    layout : BinMatrixLayout
     n_jobs : int
         Worker processes (1: in process). Each takes a range of row blocks for the
         products and finishes the column groups ``j ≡ w (mod n_jobs)``.
@@ -317,7 +317,7 @@ class MaskedHistogramEvaluator:
     """
 
     def __init__(
-        self, context: ts.Context, blobs: Sequence[bytes], layout: BinLayout, *, n_jobs: int = 1, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL
+        self, context: ts.Context, blobs: Sequence[bytes], layout: BinMatrixLayout, *, n_jobs: int = 1, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL
     ) -> None:
         if not isinstance(flood_bits, int) or not 0 <= flood_bits <= FLOOD_BITS:
             raise CryptoError(f"flooding width must be 0..{FLOOD_BITS} bits, got {flood_bits!r}")
@@ -421,7 +421,7 @@ class MaskedHistogramEvaluator:
         self.close()
 
 
-def _layout_header(layout: BinLayout) -> dict[str, int]:
+def _layout_header(layout: BinMatrixLayout) -> dict[str, int]:
     return {"n_rows": layout.n_rows, "n_columns": layout.n_columns, "poly_degree": layout.poly_degree, "rows_per_block": layout.rows_per_block}
 
 
@@ -444,7 +444,7 @@ def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child pr
                 return
             if kind == b"EINI":
                 context = load_public_bfv_context(blobs[0], "histogram worker")
-                layout = BinLayout(int(header["n_rows"]), int(header["n_columns"]), int(header["poly_degree"]), int(header["rows_per_block"]))
+                layout = BinMatrixLayout(int(header["n_rows"]), int(header["n_columns"]), int(header["poly_degree"]), int(header["rows_per_block"]))
                 workers, me = int(header["workers"]), int(header["worker"])
                 if not 0 <= me < workers <= layout.blocks:
                     raise ProtocolError(f"worker {me} of {workers} does not fit {layout.blocks} blocks")

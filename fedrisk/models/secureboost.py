@@ -97,12 +97,13 @@ from typing import Any, ClassVar
 import numpy as np
 import tenseal as ts
 
+from fedrisk.crypto.bfv import load_public_bfv_context, make_bfv_context, public_bfv_context_bytes
+from fedrisk.crypto.encrypted_bins import BinMatrixLayout, MaskedHistogramEvaluator, MaskedHistograms, decrypt_masked_totals, encrypt_bin_matrix
 from fedrisk.crypto.encrypted_histogram import (
-    EncryptedHistogramKernel,
     HistogramLayout,
-    decrypt_histogram,
-    encrypt_gradients,
     make_histogram_context,
+    one_hot_bins,
+    quantisation,
 )
 from fedrisk.crypto.encrypted_matvec import check_fingerprint, context_fingerprint
 from fedrisk.crypto.frames import peek_frame
@@ -111,10 +112,8 @@ from fedrisk.models.secureboost_payloads import (
     PAYLOAD_TYPES,
     BinLayout,
     BoostPlan,
-    EncryptedGradients,
-    EncryptedHistograms,
-    HistogramRequest,
-    NodeRequest,
+    MaskedHistogramBatch,
+    MaskedTotals,
     SplitAnswers,
     SplitDecisions,
     SplitOrder,
@@ -151,12 +150,10 @@ __all__ = [
     "BinLayout",
     "BoostPlan",
     "CoordinatorSB",
-    "EncryptedGradients",
-    "EncryptedHistograms",
     "FeatureHolderSB",
-    "HistogramRequest",
     "LabelHolderSB",
-    "NodeRequest",
+    "MaskedHistogramBatch",
+    "MaskedTotals",
     "SplitAnswers",
     "SplitDecisions",
     "SplitOrder",
@@ -238,6 +235,7 @@ class LabelHolderSB:
         n_bins: int = 32,
         random_state: int | None = 0,
         monotone: Mapping[str, int] | None = None,
+        n_jobs: int = 1,
     ) -> None:
         if not context.is_private():
             raise CryptoError("the label holder needs the CKKS context with its secret key")
@@ -247,7 +245,9 @@ class LabelHolderSB:
         self._monotone: dict[str, np.ndarray | None] = {}
         self.params = BoostParams(n_trees, max_depth, float(learning_rate), float(reg_lambda), float(min_child_weight), float(subsample), n_bins)
         self.random_state = random_state
+        self.n_jobs = n_jobs
         self.fingerprint = context_fingerprint(context)
+        self._evaluators: dict[str, MaskedHistogramEvaluator] = {}
         self.done_ = False
 
     # ------------------------------------------------------------------ setup
@@ -322,6 +322,12 @@ class LabelHolderSB:
             raise ProtocolError(f"{payload.party!r} announces bins but covers no row")
         if layout is not None and max(layout.n_bins) > self.params.n_bins:
             raise ProtocolError(f"{payload.party!r} announces more than {self.params.n_bins} bins")
+        if layout is not None:
+            if layout.rows != self._y.size:
+                raise ProtocolError(f"{payload.party!r} bins cover {layout.rows} rows, the training {self._y.size}")
+            key = load_public_bfv_context(payload.bins_context, f"{payload.party}'s bin key")
+            bins = BinMatrixLayout(self._y.size, layout.n_columns)
+            self._evaluators[payload.party] = MaskedHistogramEvaluator(key, payload.encrypted_bins, bins, n_jobs=self.n_jobs)
         self._layouts[payload.party] = layout
         if set(self._layouts) == set(self.feature_holders_):
             self.active_ = tuple(p for p in self.feature_holders_ if self._layouts[p] is not None)
@@ -335,17 +341,23 @@ class LabelHolderSB:
     def outbox(self) -> dict[str, list[VerticalPayload]]:
         """Payloads to deliver now, per feature holder (decisions before requests)."""
         out, self._outbox = self._outbox, {}
+        queued, self._queued = getattr(self, "_queued", {}), {}
         merged: dict[str, list[VerticalPayload]] = {}
-        for party, items in out.items():
-            grads = [p for p in items if isinstance(p, EncryptedGradients)]
+        for party in dict.fromkeys([*out, *queued]):
+            items = out.get(party, [])
             decs = [p for p in items if isinstance(p, SplitDecisions)]
-            reqs = [p for p in items if isinstance(p, HistogramRequest)]
-            rest = [p for p in items if not isinstance(p, EncryptedGradients | SplitDecisions | HistogramRequest)]
-            batch: list[VerticalPayload] = list(grads)
+            rest = [p for p in items if not isinstance(p, SplitDecisions)]
+            batch: list[VerticalPayload] = []
             if decs:
                 batch.append(SplitDecisions(self.fingerprint, party, decs[0].tree, decs[0].n_rows, tuple(s for d in decs for s in d.splits)))
-            if reqs:
-                batch.append(HistogramRequest(self.fingerprint, party, reqs[0].tree, reqs[0].n_rows, tuple(r for q in reqs for r in q.nodes)))
+            nodes = queued.get(party, [])
+            if nodes:
+                values = [np.where(self._nodes[i].rows, self._packed, 0) for i in nodes]
+                histograms = self._evaluators[party].node_histograms(values)
+                for i, h in zip(nodes, histograms, strict=True):
+                    self._masks[(party, i)] = h
+                per = len(histograms[0].ciphertexts)
+                batch.append(MaskedHistogramBatch(self.fingerprint, party, self.tree_, tuple(nodes), per, tuple(b for h in histograms for b in h.ciphertexts)))
             merged[party] = batch + rest
         return merged
 
@@ -357,8 +369,8 @@ class LabelHolderSB:
         payload.check(self.context)
         if self.done_ or self.tree_ < 0:
             raise ProtocolError(f"{type(payload).__name__} arrived while no tree is being grown")
-        if isinstance(payload, EncryptedHistograms):
-            self._receive_histograms(payload)
+        if isinstance(payload, MaskedTotals):
+            self._receive_totals(payload)
         elif isinstance(payload, SplitPartitions):
             self._receive_partitions(payload)
         else:
@@ -383,12 +395,10 @@ class LabelHolderSB:
         self._nodes = [Node(0, 0)]
         self._records = [new_node(0)]
         self._requested: dict[tuple[str, int], str] = {}  # (party, node) -> "pending"/"received"
-        if self.active_:
-            blobs = encrypt_gradients(self.context, self._g, self._h)
-            for party in self.active_:
-                self._send(party, EncryptedGradients(self.fingerprint, self.tree_, n, tuple(blobs)))
+        self._masks: dict[tuple[str, int], MaskedHistograms] = {}
+        self._packed = quantisation(n).pack(self._g, self._h)
         self._set_rows(self._nodes[0], np.ones(n, dtype=bool))
-        self._request(self._nodes[0], {p: NodeRequest(0, "rows", -1, self._nodes[0].rows) for p in self.active_})
+        self._request(self._nodes[0], self.active_)
 
     def _set_rows(self, node: Node, rows: np.ndarray) -> None:
         node.rows = rows
@@ -396,30 +406,33 @@ class LabelHolderSB:
         if node.depth < self.params.max_depth:
             node.own = plain_histogram(self._codes, self.binner_.n_bins_, self._g, self._h, rows)
 
-    def _request(self, node: Node, requests: Mapping[str, NodeRequest]) -> None:
+    def _request(self, node: Node, parties: Sequence[str]) -> None:
+        """Queue ``node``'s masked histogram for each party (computed when the round's outbox is taken)."""
         if node.depth >= self.params.max_depth:
             return
-        for party, req in requests.items():
+        if not hasattr(self, "_queued"):
+            self._queued: dict[str, list[int]] = {}
+        for party in parties:
             self._requested[(party, node.index)] = "pending"
-            self._send(party, HistogramRequest(self.fingerprint, party, self.tree_, self._y.size, (req,)))
+            self._queued.setdefault(party, []).append(node.index)
 
-    def _receive_histograms(self, payload: EncryptedHistograms) -> None:
+    def _receive_totals(self, payload: MaskedTotals) -> None:
         party = payload.party
         layout = self._layouts.get(party)
         if layout is None:
-            raise ProtocolError(f"{party!r} sent histograms but takes no part in histogram building")
+            raise ProtocolError(f"{party!r} sent totals but takes no part in histogram building")
         if payload.tree != self.tree_:
-            raise ProtocolError(f"histograms for tree {payload.tree}, the bank is at tree {self.tree_}")
-        if payload.per_node != layout.n_ciphertexts:
-            raise ProtocolError(f"{party!r} sent {payload.per_node} ciphertexts per node, announced {layout.n_ciphertexts}")
+            raise ProtocolError(f"totals for tree {payload.tree}, the bank is at tree {self.tree_}")
         if len(set(payload.nodes)) != len(payload.nodes):
-            raise ProtocolError(f"{party!r} sent two histograms for one node")
+            raise ProtocolError(f"{party!r} sent two totals for one node")
         for node_id in payload.nodes:
             if self._requested.get((party, node_id)) != "pending":
-                raise ProtocolError(f"{party!r} sent a histogram for node {node_id} that was not requested (or twice)")
-        for i, node_id in enumerate(payload.nodes):
-            self._requested[(party, node_id)] = "received"  # decrypted at most once, even if refused below
-            G, H = decrypt_histogram(self.context, payload.node_ciphertexts(i), layout)
+                raise ProtocolError(f"{party!r} sent totals for node {node_id} that were not asked for (or twice)")
+        q = quantisation(self._y.size)
+        for node_id, masked in zip(payload.nodes, payload.totals, strict=True):
+            self._requested[(party, node_id)] = "received"
+            totals = self._evaluators[party].unmask(masked, self._masks.pop((party, node_id)))
+            G, H = q.unpack(totals)
             g_bins, g_nan = layout.split_columns(G)
             h_bins, h_nan = layout.split_columns(H)
             self._nodes[node_id].raw[party] = (g_bins, h_bins, g_nan, h_nan)
@@ -446,8 +459,7 @@ class LabelHolderSB:
         self._set_rows(left, left_rows)
         self._set_rows(right, node.rows & ~left_rows)
         right.derive_from = left.index
-        others = {p: NodeRequest(left.index, "rows", -1, left.rows) for p in self.active_ if p != owner}
-        self._request(left, others)
+        self._request(left, self.active_)  # the split's owner too: the bank evaluates every histogram
 
     def _advance(self) -> None:
         """Decide every node whose histograms are complete; finish trees while nothing is open."""
@@ -530,8 +542,6 @@ class LabelHolderSB:
         assert node.rows is not None
         order = SplitOrder(node.index, cand.feature, cand.bin, split_id, cand.default_left, node.rows)
         self._send(party, SplitDecisions(self.fingerprint, party, self.tree_, self._y.size, (order,)))
-        # the owner knows the partition at once: it computes the left child's histogram in the same round
-        self._request(self._nodes[left], {party: NodeRequest(left, "left_of", node.index)})
 
     def _finish_tree(self) -> None:
         leaf_value = np.array([r["value"] for r in self._records])
@@ -548,6 +558,7 @@ class LabelHolderSB:
         if self.tree_ + 1 >= self.params.n_trees:
             self.done_ = True
             self.model_ = SecureBoostModel((self.name, *self.feature_holders_), self.feature_names_, self.base_score_, self._builder.arrays(), self.params)
+            self.close()
             for party in self.feature_holders_:
                 self._send(party, TrainingDone(self.fingerprint, self.params.n_trees))
 
@@ -570,6 +581,11 @@ class LabelHolderSB:
                 rec["left"], rec["right"] = new[rec["left"]], new[rec["right"]]
             out.append(rec)
         return out
+
+    def close(self) -> None:
+        """Stop the histogram evaluators' worker processes (idempotent)."""
+        for evaluator in self._evaluators.values():
+            evaluator.close()
 
     # ------------------------------------------------------------------ scoring
     def decision_function(self, X: np.ndarray, answers: Mapping[str, SplitAnswers | None]) -> np.ndarray:
@@ -613,15 +629,16 @@ class FeatureHolderSB:
     layout_ : HistogramLayout or None
     """
 
-    def __init__(self, context: ts.Context, *, name: str, n_jobs: int = 1, cache_bytes: int = 2 << 30) -> None:
+    def __init__(self, context: ts.Context, *, name: str, bins_key: ts.Context | None = None) -> None:
         if context.is_private():
             raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+        if bins_key is not None and not bins_key.is_private():
+            raise CryptoError(f"feature holder {name!r}: its bin key must hold its secret key")
         self.context = context
         self.name = name
-        self.n_jobs = n_jobs
-        self.cache_bytes = cache_bytes
         self.fingerprint = context_fingerprint(context)
-        self._kernel: EncryptedHistogramKernel | None = None
+        self.bins_key_: ts.Context | None = bins_key
+        self._bins: BinMatrixLayout | None = None
         self.done_ = False
 
     def setup(self, X: np.ndarray, coverage: np.ndarray, plan: BoostPlan, *, feature_names: Sequence[str] | None = None) -> BinLayout:
@@ -649,29 +666,34 @@ class FeatureHolderSB:
         codes[~cov] = MISSING  # a row it does not know is missing everywhere
         self._codes = codes
         self.routing_table_ = RoutingTable.empty(self.name, self.feature_names_)
-        self.close()
         self.layout_: HistogramLayout | None = None
-        if cov.any() and X.shape[1] > 0:
-            self._kernel = EncryptedHistogramKernel(
-                codes, self.binner_.n_bins_.tolist(), self.binner_.has_missing_.tolist(), cov, self.context, n_jobs=self.n_jobs, cache_bytes=self.cache_bytes
-            )
-            self.layout_ = self._kernel.layout_
+        self._bins = None
         self._tree = -1
         self._node_rows: dict[int, np.ndarray] = {}
         self._partitions: dict[int, np.ndarray] = {}
         self.done_ = False
-        return BinLayout(self.fingerprint, self.name, self.n_features_in_, self.layout_)
+        if not (cov.any() and X.shape[1] > 0):
+            return BinLayout(self.fingerprint, self.name, self.n_features_in_, None)
+        n_bins, has_missing = self.binner_.n_bins_.tolist(), self.binner_.has_missing_.tolist()
+        onehot = one_hot_bins(codes, n_bins, has_missing, cov)
+        if self.bins_key_ is None:
+            self.bins_key_ = make_bfv_context(galois=False)  # this party's own: the bank never holds it
+        self._bins, encrypted = encrypt_bin_matrix(self.bins_key_, onehot)
+        self.layout_ = HistogramLayout(
+            tuple(int(b) for b in n_bins), tuple(bool(m) for m in has_missing), self._bins.poly_degree, self._bins.columns_per_ciphertext, plan.n_rows
+        )
+        return BinLayout(
+            self.fingerprint, self.name, self.n_features_in_, self.layout_, public_bfv_context_bytes(self.bins_key_, galois=False), tuple(encrypted)
+        )
 
     def handle(self, payloads: Sequence[VerticalPayload]) -> list[VerticalPayload]:
-        """Process one round's payloads in order; return the replies (partitions before histograms)."""
+        """Process one round's payloads in order; return the replies (partitions before totals)."""
         replies: list[VerticalPayload] = []
         for payload in payloads:
-            if isinstance(payload, EncryptedGradients):
-                self.receive_gradients(payload)
-            elif isinstance(payload, SplitDecisions):
+            if isinstance(payload, SplitDecisions):
                 replies.append(self.apply_splits(payload))
-            elif isinstance(payload, HistogramRequest):
-                replies.append(self.histograms(payload))
+            elif isinstance(payload, MaskedHistogramBatch):
+                replies.append(self.masked_totals(payload))
             elif isinstance(payload, TrainingDone):
                 self.finish(payload)
             else:
@@ -682,24 +704,21 @@ class FeatureHolderSB:
         if getattr(self, "plan_", None) is None or self.done_:
             raise ProtocolError(f"{self.name}: not set up for training (or already finished)")
 
-    def receive_gradients(self, payload: EncryptedGradients) -> None:
-        """Load the tree's encrypted gradients; forget the previous tree's row sets."""
-        payload.check(self.context)
-        self._require_active()
-        if self._kernel is None:
-            raise ProtocolError(f"{self.name} covers no row and takes no gradients")
-        if payload.tree != self._tree + 1:
-            raise ProtocolError(f"{self.name}: gradients for tree {payload.tree}, expected tree {self._tree + 1}")
-        self._kernel.set_gradients(payload.ciphertexts, payload.n_values, payload.tree)
-        self._tree = payload.tree
-        self._node_rows, self._partitions = {}, {}
+    def _enter_tree(self, tree: int) -> None:
+        """Messages of a later tree start it: the previous tree's row sets are forgotten."""
+        if tree < self._tree:
+            raise ProtocolError(f"{self.name}: a message for tree {tree}, already at tree {self._tree}")
+        if tree > self._tree:
+            self._tree = tree
+            self._node_rows, self._partitions = {}, {}
 
     def apply_splits(self, payload: SplitDecisions) -> SplitPartitions:
         """File each "your feature, your bin" under its split id; say which node rows go left."""
         payload.check(self.context)
         self._require_active()
-        if payload.party != self.name or payload.tree != self._tree:
+        if payload.party != self.name:
             raise ProtocolError(f"{self.name}: split decisions for {payload.party!r}, tree {payload.tree}")
+        self._enter_tree(payload.tree)
         nodes, parts = [], []
         for s in payload.splits:
             if s.feature >= self.n_features_in_ or s.bin >= int(self.binner_.n_bins_[s.feature]):
@@ -715,27 +734,17 @@ class FeatureHolderSB:
             parts.append(go_left[s.rows])
         return SplitPartitions(self.fingerprint, self.name, self._tree, tuple(nodes), tuple(parts))
 
-    def histograms(self, payload: HistogramRequest) -> EncryptedHistograms:
-        """Masked encrypted histograms of the requested nodes."""
+    def masked_totals(self, payload: MaskedHistogramBatch) -> MaskedTotals:
+        """Decrypt the bank's masked histograms; return each one's total coefficients, still masked."""
         payload.check(self.context)
         self._require_active()
-        if payload.party != self.name or payload.tree != self._tree or self._kernel is None:
-            raise ProtocolError(f"{self.name}: histogram request for {payload.party!r}, tree {payload.tree}")
-        node_rows = []
-        for req in payload.nodes:
-            if req.source == "rows":
-                assert req.rows is not None
-                rows = req.rows
-            elif req.parent in self._partitions:
-                left = self._partitions[req.parent]
-                rows = left if req.source == "left_of" else self._node_rows[req.parent] & ~left
-            else:
-                raise ProtocolError(f"{self.name}: node {req.parent} is not a split of mine in this tree")
-            self._node_rows[req.node] = rows
-            node_rows.append(rows)
-        blobs = [b for per_node in self._kernel.node_histograms(node_rows) for b in per_node]
-        per = self._kernel.layout_.n_ciphertexts
-        return EncryptedHistograms(self.fingerprint, self.name, self._tree, tuple(r.node for r in payload.nodes), per, tuple(blobs))
+        if payload.party != self.name or self._bins is None or self.bins_key_ is None:
+            raise ProtocolError(f"{self.name}: masked histograms for {payload.party!r}")
+        if payload.per_node != self._bins.groups:
+            raise ProtocolError(f"{self.name}: {payload.per_node} ciphertexts per node, the bins have {self._bins.groups} groups")
+        self._enter_tree(payload.tree)
+        totals = tuple(decrypt_masked_totals(self.bins_key_, payload.node_ciphertexts(i), self._bins) for i in range(len(payload.nodes)))
+        return MaskedTotals(self.fingerprint, self.name, self._tree, payload.nodes, totals)
 
     def finish(self, payload: TrainingDone) -> None:
         """Training is over: keep the routing table, stop the workers."""
@@ -749,10 +758,7 @@ class FeatureHolderSB:
         return answer_splits(self.routing_table_, X, fingerprint=self.fingerprint)
 
     def close(self) -> None:
-        """Stop the histogram kernel's worker processes."""
-        if self._kernel is not None:
-            self._kernel.close()
-            self._kernel = None
+        """Nothing runs in the background on this side any more (kept for the parties' shutdown path)."""
 
 
 # =========================================================================== coordinator
@@ -765,11 +771,11 @@ class CoordinatorSB:
     """
 
     ROUTES: ClassVar[dict[tuple[str, str], frozenset[bytes]]] = {
-        ("label_holder", "feature_holder"): frozenset({b"SPLN", b"SGRD", b"SHRQ", b"SDEC", b"SDON"}),
-        ("feature_holder", "label_holder"): frozenset({b"SLAY", b"SHST", b"SPRT", b"SANS"}),
+        ("label_holder", "feature_holder"): frozenset({b"SPLN", b"SMHB", b"SDEC", b"SDON"}),
+        ("feature_holder", "label_holder"): frozenset({b"SLAY", b"SMTT", b"SPRT", b"SANS"}),
     }
-    SENDER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SLAY", b"SHST", b"SPRT", b"SANS"})
-    RECEIVER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SHRQ", b"SDEC"})
+    SENDER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SLAY", b"SMTT", b"SPRT", b"SANS"})
+    RECEIVER_NAMED: ClassVar[frozenset[bytes]] = frozenset({b"SMHB", b"SDEC"})
 
     def __init__(self, context: ts.Context, *, label_holder: str, feature_holders: Sequence[str]) -> None:
         if context.is_private():
@@ -995,10 +1001,11 @@ class VerticalSecureBoost(InProcessEstimator):
             n_bins=self.n_bins,
             random_state=self.random_state,
             monotone=monotone,
+            n_jobs=self.n_jobs,
         )
 
     def _new_feature_holder(self, context: ts.Context, name: str, monotone: Mapping[str, Any] | None) -> FeatureHolderSB:
-        return FeatureHolderSB(context, name=name, n_jobs=self.n_jobs)
+        return FeatureHolderSB(context, name=name)
 
     def _setup_label_holder(
         self,

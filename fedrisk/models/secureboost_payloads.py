@@ -11,10 +11,9 @@ sizes and types and raises a one-line :class:`~fedrisk.errors.ProtocolError`.
 payload                     kind  class       direction
 ==========================  ====  ==========  =========================================
 :class:`BoostPlan`          SPLN  public      label holder → feature holders (setup)
-:class:`BinLayout`          SLAY  public      feature holder → label holder (setup)
-:class:`EncryptedGradients` SGRD  ciphertext  label holder → feature holders (per tree)
-:class:`HistogramRequest`   SHRQ  public      label holder → one feature holder
-:class:`EncryptedHistograms` SHST ciphertext  feature holder → label holder
+:class:`BinLayout`          SLAY  ciphertext  feature holder → label holder (setup: its bins under its key)
+:class:`MaskedHistogramBatch` SMHB ciphertext label holder → one feature holder (per node, masked)
+:class:`MaskedTotals`       SMTT  masked      feature holder → label holder
 :class:`SplitDecisions`     SDEC  public      label holder → the split's owner only
 :class:`SplitPartitions`    SPRT  public      owner → label holder
 :class:`TrainingDone`       SDON  public      label holder → feature holders
@@ -41,10 +40,8 @@ __all__ = [
     "PAYLOAD_TYPES",
     "BinLayout",
     "BoostPlan",
-    "EncryptedGradients",
-    "EncryptedHistograms",
-    "HistogramRequest",
-    "NodeRequest",
+    "MaskedHistogramBatch",
+    "MaskedTotals",
     "SplitAnswers",
     "SplitDecisions",
     "SplitOrder",
@@ -121,133 +118,55 @@ class BoostPlan(VerticalPayload):
 
 @dataclass(frozen=True)
 class BinLayout(VerticalPayload):
-    """Feature holder → bank, once: its bins per feature and how histograms are packed.
+    """Feature holder → bank, once: its bins per feature, and its one-hot bin matrix encrypted under its own key.
 
-    ``layout`` is None when the party covers none of the rows (it then takes no part).
+    ``layout`` is None when the party covers none of the rows (it then takes no part,
+    and sends no key and no bins). Otherwise ``bins_context`` is the feature holder's
+    public BFV context (no Galois keys) and ``encrypted_bins`` the
+    :func:`fedrisk.crypto.encrypted_bins.encrypt_bin_matrix` ciphertexts.
     """
 
     KIND: ClassVar[bytes] = b"SLAY"
-    content_class: ClassVar[str] = "public"
+    content_class: ClassVar[str] = "ciphertext"
 
     fingerprint: str
     party: str
     n_features: int
     layout: HistogramLayout | None
+    bins_context: bytes = field(default=b"", repr=False)
+    encrypted_bins: tuple[bytes, ...] = field(default=(), repr=False)
 
     def _header(self) -> dict[str, Any]:
         return {"party": self.party, "n_features": self.n_features, "layout": None if self.layout is None else self.layout.to_dict()}
 
+    def _blobs(self) -> list[bytes]:
+        return [] if self.layout is None else [self.bins_context, *self.encrypted_bins]
+
     @classmethod
     def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> BinLayout:
         raw = h.get("layout")
-        if blobs or not (raw is None or isinstance(raw, dict)):
+        if not (raw is None or isinstance(raw, dict)):
             raise ProtocolError("bin layout is malformed")
         layout = None if raw is None else HistogramLayout.from_dict(raw)
         n_features = int_field(h, "n_features")
         if layout is not None and layout.n_features != n_features:
             raise ProtocolError("bin layout: feature count disagrees with its bins")
-        return cls(fp, str_field(h, "party"), n_features, layout)
-
-
-@dataclass(frozen=True)
-class EncryptedGradients(VerticalPayload):
-    """Bank → feature holders, once per tree: ``[[g + i·h]]`` on every aligned row."""
-
-    KIND: ClassVar[bytes] = b"SGRD"
-    content_class: ClassVar[str] = "ciphertext"
-
-    fingerprint: str
-    tree: int
-    n_values: int
-    ciphertexts: tuple[bytes, ...] = field(repr=False)
-
-    def _header(self) -> dict[str, Any]:
-        return {"tree": self.tree, "n": self.n_values}
-
-    def _blobs(self) -> list[bytes]:
-        return list(self.ciphertexts)
-
-    @classmethod
-    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedGradients:
-        return cls(fp, int_field(h, "tree"), int_field(h, "n"), tuple(blobs))
+        if (layout is None) != (not blobs) or (layout is not None and len(blobs) < 2):
+            raise ProtocolError("bin layout: encrypted bins and their key come with a layout, and only then")
+        if layout is None:
+            return cls(fp, str_field(h, "party"), n_features, None)
+        return cls(fp, str_field(h, "party"), n_features, layout, blobs[0], tuple(blobs[1:]))
 
     @property
     def nbytes(self) -> int:
-        return sum(len(b) for b in self.ciphertexts)
+        return len(self.bins_context) + sum(len(b) for b in self.encrypted_bins)
 
 
 @dataclass(frozen=True)
-class NodeRequest:
-    """One node a feature holder must compute a histogram for.
+class MaskedHistogramBatch(VerticalPayload):
+    """Bank → a feature holder: per node, its histogram under the holder's key, every coefficient masked, noise flooded."""
 
-    ``source`` is ``"rows"`` (the row set is in ``rows``) or ``"left_of"`` /
-    ``"right_of"`` (a child of ``parent``, which the receiver itself split).
-    """
-
-    node: int
-    source: str
-    parent: int = -1
-    rows: np.ndarray | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class HistogramRequest(VerticalPayload):
-    """Bank → a feature holder: the nodes of tree ``tree`` to compute histograms for."""
-
-    KIND: ClassVar[bytes] = b"SHRQ"
-    content_class: ClassVar[str] = "public"
-    SOURCES: ClassVar[frozenset[str]] = frozenset({"rows", "left_of", "right_of"})
-
-    fingerprint: str
-    party: str
-    tree: int
-    n_rows: int
-    nodes: tuple[NodeRequest, ...]
-
-    def _header(self) -> dict[str, Any]:
-        return {
-            "party": self.party,
-            "tree": self.tree,
-            "n_rows": self.n_rows,
-            "nodes": [{"node": r.node, "source": r.source, "parent": r.parent} for r in self.nodes],
-        }
-
-    def _blobs(self) -> list[bytes]:
-        blobs = []
-        for r in self.nodes:
-            if r.source == "rows":
-                if r.rows is None:
-                    raise ProtocolError(f"histogram request node {r.node} has source 'rows' but no row set")
-                blobs.append(_pack_rows(r.rows))
-        return blobs
-
-    @classmethod
-    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> HistogramRequest:
-        n = int_field(h, "n_rows")
-        items, it = [], iter(blobs)
-        for entry in _h_list(h, "nodes"):
-            if not isinstance(entry, dict) or entry.get("source") not in cls.SOURCES:
-                raise ProtocolError("histogram request has a malformed node entry")
-            node, parent = int_field(entry, "node"), entry.get("parent")
-            if not isinstance(parent, int) or isinstance(parent, bool):
-                raise ProtocolError("histogram request has a malformed parent")
-            rows = None
-            if entry["source"] == "rows":
-                blob = next(it, None)
-                if blob is None:
-                    raise ProtocolError("histogram request lacks a node's row set")
-                rows = _unpack_rows(blob, n, "node row set")
-            items.append(NodeRequest(node, entry["source"], parent, rows))
-        if next(it, None) is not None:
-            raise ProtocolError("histogram request carries extra data")
-        return cls(fp, str_field(h, "party"), int_field(h, "tree"), n, tuple(items))
-
-
-@dataclass(frozen=True)
-class EncryptedHistograms(VerticalPayload):
-    """Feature holder → bank: per requested node, its histogram ciphertexts (bin totals only; re-randomised, noise flooded)."""
-
-    KIND: ClassVar[bytes] = b"SHST"
+    KIND: ClassVar[bytes] = b"SMHB"
     content_class: ClassVar[str] = "ciphertext"
 
     fingerprint: str
@@ -264,11 +183,11 @@ class EncryptedHistograms(VerticalPayload):
         return list(self.ciphertexts)
 
     @classmethod
-    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> EncryptedHistograms:
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> MaskedHistogramBatch:
         nodes = tuple(_int_items(_h_list(h, "nodes"), "nodes"))
         per = int_field(h, "per_node")
-        if len(blobs) != per * len(nodes):
-            raise ProtocolError(f"encrypted histograms carry {len(blobs)} ciphertexts for {len(nodes)} nodes of {per}")
+        if len(blobs) != per * len(nodes) or len(set(nodes)) != len(nodes):
+            raise ProtocolError(f"masked histograms carry {len(blobs)} ciphertexts for {len(nodes)} nodes of {per}")
         return cls(fp, str_field(h, "party"), int_field(h, "tree"), nodes, per, tuple(blobs))
 
     def node_ciphertexts(self, i: int) -> tuple[bytes, ...]:
@@ -277,6 +196,33 @@ class EncryptedHistograms(VerticalPayload):
     @property
     def nbytes(self) -> int:
         return sum(len(b) for b in self.ciphertexts)
+
+
+@dataclass(frozen=True)
+class MaskedTotals(VerticalPayload):
+    """Feature holder → bank: per node, the decrypted total coefficients, still under the bank's uniform mask."""
+
+    KIND: ClassVar[bytes] = b"SMTT"
+    content_class: ClassVar[str] = "masked"
+
+    fingerprint: str
+    party: str
+    tree: int
+    nodes: tuple[int, ...]
+    totals: tuple[np.ndarray, ...] = field(repr=False)
+
+    def _header(self) -> dict[str, Any]:
+        return {"party": self.party, "tree": self.tree, "nodes": list(self.nodes)}
+
+    def _blobs(self) -> list[bytes]:
+        return [np.asarray(t, dtype="<u8").tobytes() for t in self.totals]
+
+    @classmethod
+    def _build(cls, fp: str, h: Mapping[str, Any], blobs: list[bytes]) -> MaskedTotals:
+        nodes = tuple(_int_items(_h_list(h, "nodes"), "nodes"))
+        if len(blobs) != len(nodes) or any(len(b) % 8 for b in blobs):
+            raise ProtocolError("masked totals are malformed")
+        return cls(fp, str_field(h, "party"), int_field(h, "tree"), nodes, tuple(np.frombuffer(b, dtype="<u8").astype(np.uint64) for b in blobs))
 
 
 @dataclass(frozen=True)
@@ -417,7 +363,7 @@ class SplitAnswers(VerticalPayload):
 
 PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
     cls.KIND: cls
-    for cls in (BoostPlan, BinLayout, EncryptedGradients, HistogramRequest, EncryptedHistograms, SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
+    for cls in (BoostPlan, BinLayout, MaskedHistogramBatch, MaskedTotals, SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
 }
 
 
