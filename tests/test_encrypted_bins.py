@@ -56,7 +56,7 @@ def test_totals_equal_the_plaintext_histograms(feature_holder_key, label_holder_
     for node, histogram in zip([*nodes, nodes[1]], histograms, strict=True):
         masked = eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout)
         assert masked.shape == (layout.groups * layout.columns_per_ciphertext,)
-        totals = evaluator.unmask(masked, histogram)
+        totals = evaluator.unmask(masked, histogram.mask)
         np.testing.assert_array_equal(totals, onehot[node].T.astype(np.int64) @ values[node])
     assert evaluator.outputs_ == 4 * layout.groups
     assert not np.array_equal(histograms[1].mask, histograms[3].mask)  # a fresh mask every time
@@ -81,7 +81,7 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_leaves_room(feature
     flooded = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout)
     (histogram,) = flooded.node_histograms([values])
     assert runtime.noise_budget(runtime.load(histogram.ciphertexts[0])) >= 8  # decryption stays exact with margin
-    totals = flooded.unmask(eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout), histogram)
+    totals = flooded.unmask(eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout), histogram.mask)
     expected = (onehot.T.astype(object) @ values.astype(object)) % t
     np.testing.assert_array_equal(np.mod(totals, t), expected.astype(np.int64))
 
@@ -139,7 +139,7 @@ def test_bad_inputs_are_one_line_refusals(feature_holder_key, label_holder_copy,
         evaluator.node_histograms([np.zeros(5, dtype=np.int64)])
     (histogram,) = evaluator.node_histograms([np.ones(onehot.shape[0], dtype=np.int64)])
     with pytest.raises(ProtocolError, match="masked totals must be"):
-        evaluator.unmask(np.zeros(3, dtype=np.uint64), histogram)
+        evaluator.unmask(np.zeros(3, dtype=np.uint64), histogram.mask)
     with pytest.raises(ProtocolError, match="2 ciphertexts, the layout 3"):
         eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts[:2], layout)
     with pytest.raises(ProtocolError, match="not at level"):

@@ -11,8 +11,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from fedrisk.crypto.bfv import BFVRuntime
-from fedrisk.crypto.encrypted_histogram import decrypt_histogram, make_histogram_context
+from fedrisk.crypto.bfv import BFVRuntime, load_public_bfv_context
+from fedrisk.crypto.encrypted_histogram import make_histogram_context
 from fedrisk.crypto.encrypted_matvec import context_fingerprint
 from fedrisk.crypto.frames import pack_frame
 from fedrisk.crypto.signing import SigningIdentity
@@ -21,12 +21,11 @@ from fedrisk.models.bundle import load_model_bundle, write_model_bundle
 from fedrisk.models.metrics import auc
 from fedrisk.models.secureboost import (
     PAYLOAD_TYPES,
+    BinLayout,
     BoostPlan,
     CoordinatorSB,
-    EncryptedGradients,
-    EncryptedHistograms,
-    HistogramRequest,
-    NodeRequest,
+    MaskedHistogramBatch,
+    MaskedTotals,
     SplitAnswers,
     SplitDecisions,
     TrainingDone,
@@ -248,56 +247,47 @@ def test_every_payload_is_declared_and_relayed_with_its_content_class(small):
         cls = PAYLOAD_TYPES[rec.data[5:9]]
         assert rec.content_class == cls.content_class == content_class_of(rec.data)
         assert rec.n_bytes == len(rec.data) and rec.kind == cls.__name__
-    assert {cls.content_class for cls in PAYLOAD_TYPES.values()} == {"ciphertext", "public"}
+    assert {cls.content_class for cls in PAYLOAD_TYPES.values()} == {"ciphertext", "masked", "public"}
 
 
-def test_feature_holders_receive_only_gradient_ciphertexts_and_public_split_messages(small, context):
+def test_feature_holders_receive_only_masked_histograms_and_public_split_messages(small, context):
     bank, _, model, transcript = small
     for party in (TAX, PLATFORM):
         to_holder = _records(transcript, receiver=party)
-        assert {r.kind for r in to_holder if r.content_class == "ciphertext"} == {"EncryptedGradients"}
-        assert {r.kind for r in to_holder if r.content_class == "public"} == {"BoostPlan", "HistogramRequest", "SplitDecisions", "TrainingDone"}
-        holder_context = model.feature_holders_[party].context
-        assert not holder_context.is_private()
-        grads = EncryptedGradients.from_bytes(_records(transcript, receiver=party, kind="EncryptedGradients")[0].data)
-        with pytest.raises(CryptoError):
-            bfv_decrypt(holder_context, grads.ciphertexts)
+        assert {r.kind for r in to_holder if r.content_class == "ciphertext"} == {"MaskedHistogramBatch"}
+        assert {r.kind for r in to_holder if r.content_class == "public"} == {"BoostPlan", "SplitDecisions", "TrainingDone"}
+        holder = model.feature_holders_[party]
+        assert not holder.context.is_private() and holder.bins_key_.is_private()  # the bank's context public; its own bins key
         for rec in _records(transcript, receiver=party, kind="SplitDecisions"):
             decisions = SplitDecisions.from_bytes(rec.data)
             assert decisions.party == party  # "your feature, your bin": only to the owner
-            assert all(s.feature < model.feature_holders_[party].n_features_in_ for s in decisions.splits)
-    # no label, gradient or hessian ever travels as a float in a public payload
+            assert all(s.feature < holder.n_features_in_ for s in decisions.splits)
+    # no label, gradient or hessian ever travels as a float in a public or masked payload
     y = bank["y"].to_numpy().astype(float)
     g, h = gradients(np.full(y.size, model.model_.base_score), y)
     secrets = {np.float64(v).tobytes() for v in np.r_[g[:200], h[:200]]}
     for rec in transcript:
-        if rec.content_class == "public":
+        if rec.content_class in ("public", "masked"):
             assert not any(s in rec.data for s in secrets)
 
 
-def test_label_holder_receives_only_aggregated_histograms(small, context):
+def test_label_holder_receives_only_masked_totals_and_keyless_bins(small, context):
     _, others, model, transcript = small
-    bank = model.label_holder_
     to_bank = _records(transcript, receiver=BANK)
-    assert {r.kind for r in to_bank} == {"BinLayout", "EncryptedHistograms", "SplitPartitions"}
-    assert {r.content_class for r in _records(transcript, receiver=BANK, kind="EncryptedHistograms")} == {"ciphertext"}
+    assert {r.kind for r in to_bank} == {"BinLayout", "MaskedTotals", "SplitPartitions"}
+    assert {r.content_class for r in _records(transcript, receiver=BANK, kind="MaskedTotals")} == {"masked"}
     # no feature value of another party appears in anything the bank receives
     values = {
         np.float64(v).tobytes() for t in (others[TAX], others[PLATFORM]) for v in t.to_numpy().ravel()[:300] if np.isfinite(v) and v != round(v)
     }  # 0.0 or 1.0 would match any run of zero bytes
     for rec in to_bank:
         assert not any(v in rec.data for v in values)
-    # every decrypted slot is a whole bin total: the L slots of a column (t ≡ f mod F) are
-    # equal — no partial sum over some of the rows exists in the clear
-    rec = _records(transcript, receiver=BANK, kind="EncryptedHistograms")[0]
-    hist = EncryptedHistograms.from_bytes(rec.data, context=context)
-    layout = bank.layouts_[hist.party]
-    slots = bfv_decrypt(context, hist.node_ciphertexts(0))
-    copies = slots.reshape(layout.n_ciphertexts, layout.copies, layout.columns_per_ciphertext)
-    assert layout.copies > 1 and np.array_equal(copies, np.broadcast_to(copies[:, :1], copies.shape))
-    assert np.max(np.abs(copies)) > 1  # and they are not all zero
-    G, H = decrypt_histogram(context, hist.node_ciphertexts(0), layout)
-    assert G.size == layout.n_columns and np.all(H > -1e-3) and H.max() < 2400 * 0.25
+    # the bins arrive under the holder's key, which the bank cannot open; the totals carry one value per bin column only
+    layout = BinLayout.from_bytes(_records(transcript, receiver=BANK, kind="BinLayout", sender=TAX)[0].data, context=context)
+    assert not load_public_bfv_context(layout.bins_context, "test").is_private()
+    for rec in _records(transcript, receiver=BANK, kind="MaskedTotals", sender=TAX):
+        totals = MaskedTotals.from_bytes(rec.data, context=context)
+        assert all(t.size == layout.layout.n_ciphertexts * layout.layout.columns_per_ciphertext for t in totals.totals)
     # the bank learns which node rows go left for splits on others' features, never the threshold
     for table in model.routing_tables_.values():
         for thr in table.threshold[np.isfinite(table.threshold)]:
@@ -310,19 +300,19 @@ def test_coordinator_holds_no_secret_key_and_enforces_routes(small, context):
     assert not coordinator.context.is_private()
     with pytest.raises(ValueError):
         ts.bfv_vector(coordinator.context, [1, 2]).decrypt()
-    grads = EncryptedGradients.from_bytes(_records(transcript, kind="EncryptedGradients")[0].data)
-    with pytest.raises(CryptoError):
-        bfv_decrypt(coordinator.context, grads.ciphertexts)
     with pytest.raises(CryptoError):
         CoordinatorSB(context, label_holder=BANK, feature_holders=[TAX])
     decisions = _records(transcript, kind="SplitDecisions", receiver=TAX)[0].data
     with pytest.raises(ProtocolError):
         coordinator.relay(BANK, PLATFORM, decisions)  # another party's split never reaches it
-    hist = _records(transcript, kind="EncryptedHistograms", sender=TAX)[0].data
+    histograms = _records(transcript, kind="MaskedHistogramBatch", receiver=TAX)[0].data
     with pytest.raises(ProtocolError):
-        coordinator.relay(PLATFORM, BANK, hist)  # in the name of another party
+        coordinator.relay(BANK, PLATFORM, histograms)  # another holder's histograms never reach it
+    totals = _records(transcript, kind="MaskedTotals", sender=TAX)[0].data
     with pytest.raises(ProtocolError):
-        coordinator.relay(BANK, TAX, hist)
+        coordinator.relay(PLATFORM, BANK, totals)  # in the name of another party
+    with pytest.raises(ProtocolError):
+        coordinator.relay(BANK, TAX, totals)
     foreign = TrainingDone(context_fingerprint(make_ckks_context(galois=False)), 3)
     with pytest.raises(ContextMismatchError):
         coordinator.relay(BANK, TAX, foreign.to_bytes())
@@ -334,19 +324,18 @@ def test_coordinator_holds_no_secret_key_and_enforces_routes(small, context):
 def test_payloads_under_another_context_are_refused(small, context):
     _, _, model, transcript = small
     other = make_ckks_context(galois=False)
-    data = _records(transcript, kind="EncryptedGradients", receiver=TAX)[0].data
+    data = _records(transcript, kind="MaskedHistogramBatch", receiver=TAX)[0].data
     with pytest.raises(ContextMismatchError):
-        EncryptedGradients.from_bytes(data, context=other)
-    forged = EncryptedGradients(context_fingerprint(other), 0, 10, ())
+        MaskedHistogramBatch.from_bytes(data, context=other)
     with pytest.raises(ContextMismatchError):
-        model.feature_holders_[TAX].receive_gradients(forged)
+        model.feature_holders_[TAX].masked_totals(MaskedHistogramBatch(context_fingerprint(other), TAX, 0, (), 1, ()))
     with pytest.raises(ContextMismatchError):
-        model.label_holder_.receive(EncryptedHistograms(context_fingerprint(other), TAX, 0, (), 1, ()))
+        model.label_holder_.receive(MaskedTotals(context_fingerprint(other), TAX, 0, (), ()))
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"not a frame at all", b"FRSK\x01SGRD" + b"\x00" * 8 + b"\xff\xff\xff\x00", b"FRSK\x07SGRD" + b"\x00" * 16],
+    [b"", b"not a frame at all", b"FRSK\x01SMHB" + b"\x00" * 8 + b"\xff\xff\xff\x00", b"FRSK\x07SMHB" + b"\x00" * 16],
 )
 def test_malformed_bytes_raise_one_line_protocol_errors(data):
     with pytest.raises(ProtocolError) as err:
@@ -356,18 +345,19 @@ def test_malformed_bytes_raise_one_line_protocol_errors(data):
 
 def test_malformed_payload_contents_are_refused(context):
     fp = context_fingerprint(context)
-    req = HistogramRequest(fp, TAX, 0, 10, (NodeRequest(0, "rows", -1, np.ones(10, bool)),))
-    good = req.to_bytes()
-    assert HistogramRequest.from_bytes(good).nodes[0].rows.all()
-    for bad in (
-        HistogramRequest(fp, TAX, 0, 10, (NodeRequest(0, "rows", -1, np.ones(10, bool)),))._header() | {"n_rows": 17},  # the row set has 2 bytes, not 3
-        {"party": TAX, "tree": 0, "n_rows": 10, "nodes": [{"node": 0, "source": "sideways", "parent": -1}]},
+    batch = MaskedHistogramBatch(fp, TAX, 0, (0, 1), 2, (b"a", b"b", b"c", b"d"))
+    assert MaskedHistogramBatch.from_bytes(batch.to_bytes()).node_ciphertexts(1) == (b"c", b"d")
+    for header, blobs in (
+        (batch._header() | {"per_node": 3}, batch._blobs()),  # 4 ciphertexts are not 2 nodes of 3
+        (batch._header() | {"nodes": [0, 0]}, batch._blobs()),  # one node twice
     ):
         with pytest.raises(ProtocolError) as err:
-            HistogramRequest.from_bytes(pack_frame(b"SHRQ", fp, bad, req._blobs()))
+            MaskedHistogramBatch.from_bytes(pack_frame(b"SMHB", fp, header, blobs))
         assert "\n" not in str(err.value)
+    with pytest.raises(ProtocolError, match="masked totals are malformed"):
+        MaskedTotals.from_bytes(pack_frame(b"SMTT", fp, {"party": TAX, "tree": 0, "nodes": [0]}, [b"\x00" * 7]))
     with pytest.raises(ProtocolError):
-        TrainingDone.from_bytes(good)  # wrong kind
+        TrainingDone.from_bytes(batch.to_bytes())  # wrong kind
     answers = SplitAnswers(fp, TAX, np.array([3, 5]), np.array([[True, False], [False, False], [True, True]]))
     back = SplitAnswers.from_bytes(answers.to_bytes())
     assert np.array_equal(back.go_left, answers.go_left) and list(back.split_ids) == [3, 5]
@@ -379,12 +369,12 @@ def test_label_holder_refuses_unrequested_or_repeated_histograms(context):
     label_holder = model.label_holder_
     fp = context_fingerprint(context)
     with pytest.raises(ProtocolError):  # training is over: nothing is expected
-        label_holder.receive(EncryptedHistograms(fp, TAX, 0, (0,), 1, (b"x",)))
+        label_holder.receive(MaskedTotals(fp, TAX, 0, (0,), (np.zeros(32, dtype=np.uint64),)))
     plan = BoostPlan(fp, BANK, (TAX,), 10, 8, 1, 2)
     assert BoostPlan.from_bytes(plan.to_bytes(), context=context) == plan
     holder = model.feature_holders_[TAX]
     with pytest.raises(ProtocolError):  # finished: the feature holder takes no more work
-        holder.histograms(HistogramRequest(fp, TAX, 0, 600, ()))
+        holder.masked_totals(MaskedHistogramBatch(fp, TAX, 0, (), 1, ()))
 
 
 # --------------------------------------------------------------------------- routing tables and bundles

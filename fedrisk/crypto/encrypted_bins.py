@@ -398,13 +398,13 @@ class MaskedHistogramEvaluator:
                 finished[v][j] = (blobs[2 * i], np.frombuffer(blobs[2 * i + 1], dtype="<u8").astype(np.uint64))
         return finished
 
-    def unmask(self, totals: np.ndarray, histogram: MaskedHistograms) -> np.ndarray:
-        """Column totals (centred int64, ``n_columns``) from the feature holder's masked totals of ``histogram``."""
+    def unmask(self, totals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Column totals (centred int64, ``n_columns``) from the feature holder's masked totals and the histogram's :attr:`MaskedHistograms.mask`."""
         t = self.runtime.plain_modulus
-        masked = np.asarray(totals)
-        if masked.dtype != np.uint64 or masked.shape != histogram.mask.shape or np.any(masked >= np.uint64(t)):
-            raise ProtocolError(f"masked totals must be {histogram.mask.size} residues mod t")
-        diff = np.where(masked >= histogram.mask, masked - histogram.mask, masked + (np.uint64(t) - histogram.mask)).astype(np.int64)
+        masked, mask = np.asarray(totals), np.asarray(mask, dtype=np.uint64)
+        if masked.dtype != np.uint64 or masked.shape != mask.shape or np.any(masked >= np.uint64(t)):
+            raise ProtocolError(f"masked totals must be {mask.size} residues mod t")
+        diff = np.where(masked >= mask, masked - mask, masked + (np.uint64(t) - mask)).astype(np.int64)
         return np.where(diff > t // 2, diff - t, diff)[: self.layout.n_columns]
 
     def close(self) -> None:

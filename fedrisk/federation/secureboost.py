@@ -103,7 +103,7 @@ def run_secureboost(
                     build_content(
                         session.header(0, spec.JOIN.request, p, spec.JOIN.request_class, fp),
                         {"plan": plan, "context": setup.blob("feature_holder_context")},
-                        {"rows": config_int(setup, "rows"), "train_mask": config_bytes(setup, "train_mask"), "n_jobs": config.n_jobs},
+                        {"rows": config_int(setup, "rows"), "train_mask": config_bytes(setup, "train_mask")},
                     ),
                 )
                 for p in fhs

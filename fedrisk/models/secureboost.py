@@ -98,7 +98,7 @@ import numpy as np
 import tenseal as ts
 
 from fedrisk.crypto.bfv import load_public_bfv_context, make_bfv_context, public_bfv_context_bytes
-from fedrisk.crypto.encrypted_bins import BinMatrixLayout, MaskedHistogramEvaluator, MaskedHistograms, decrypt_masked_totals, encrypt_bin_matrix
+from fedrisk.crypto.encrypted_bins import BinMatrixLayout, MaskedHistogramEvaluator, decrypt_masked_totals, encrypt_bin_matrix
 from fedrisk.crypto.encrypted_histogram import (
     HistogramLayout,
     make_histogram_context,
@@ -296,6 +296,7 @@ class LabelHolderSB:
         self.tree_ = -1
         self.done_ = False
         self._outbox: dict[str, list[VerticalPayload]] = {}
+        self._queued: dict[str, list[int]] = {}  # nodes whose masked histograms each party gets in the next outbox
         self.plan_ = BoostPlan(self.fingerprint, self.name, self.feature_holders_, n, self.params.n_bins, self.params.n_trees, self.params.max_depth)
         return self.plan_
 
@@ -322,16 +323,22 @@ class LabelHolderSB:
             raise ProtocolError(f"{payload.party!r} announces bins but covers no row")
         if layout is not None and max(layout.n_bins) > self.params.n_bins:
             raise ProtocolError(f"{payload.party!r} announces more than {self.params.n_bins} bins")
-        if layout is not None:
-            if layout.rows != self._y.size:
-                raise ProtocolError(f"{payload.party!r} bins cover {layout.rows} rows, the training {self._y.size}")
-            key = load_public_bfv_context(payload.bins_context, f"{payload.party}'s bin key")
-            bins = BinMatrixLayout(self._y.size, layout.n_columns)
-            self._evaluators[payload.party] = MaskedHistogramEvaluator(key, payload.encrypted_bins, bins, n_jobs=self.n_jobs)
+        self.load_bins(payload)
         self._layouts[payload.party] = layout
         if set(self._layouts) == set(self.feature_holders_):
             self.active_ = tuple(p for p in self.feature_holders_ if self._layouts[p] is not None)
             self._start_tree()
+
+    def load_bins(self, payload: BinLayout) -> None:
+        """Load a feature holder's encrypted bins into a histogram evaluator (also when a restarted bank rebuilds)."""
+        payload.check(self.context)
+        layout = payload.layout
+        if layout is None:
+            return
+        if layout.rows != self._y.size:
+            raise ProtocolError(f"{payload.party!r} bins cover {layout.rows} rows, the training {self._y.size}")
+        key = load_public_bfv_context(payload.bins_context, f"{payload.party}'s bin key")
+        self._evaluators[payload.party] = MaskedHistogramEvaluator(key, payload.encrypted_bins, BinMatrixLayout(self._y.size, layout.n_columns), n_jobs=self.n_jobs)
 
     @property
     def layouts_(self) -> dict[str, HistogramLayout | None]:
@@ -341,7 +348,7 @@ class LabelHolderSB:
     def outbox(self) -> dict[str, list[VerticalPayload]]:
         """Payloads to deliver now, per feature holder (decisions before requests)."""
         out, self._outbox = self._outbox, {}
-        queued, self._queued = getattr(self, "_queued", {}), {}
+        queued, self._queued = self._queued, {}
         merged: dict[str, list[VerticalPayload]] = {}
         for party in dict.fromkeys([*out, *queued]):
             items = out.get(party, [])
@@ -355,7 +362,7 @@ class LabelHolderSB:
                 values = [np.where(self._nodes[i].rows, self._packed, 0) for i in nodes]
                 histograms = self._evaluators[party].node_histograms(values)
                 for i, h in zip(nodes, histograms, strict=True):
-                    self._masks[(party, i)] = h
+                    self._masks[(party, i)] = h.mask  # the bank's own: never sent
                 per = len(histograms[0].ciphertexts)
                 batch.append(MaskedHistogramBatch(self.fingerprint, party, self.tree_, tuple(nodes), per, tuple(b for h in histograms for b in h.ciphertexts)))
             merged[party] = batch + rest
@@ -395,7 +402,7 @@ class LabelHolderSB:
         self._nodes = [Node(0, 0)]
         self._records = [new_node(0)]
         self._requested: dict[tuple[str, int], str] = {}  # (party, node) -> "pending"/"received"
-        self._masks: dict[tuple[str, int], MaskedHistograms] = {}
+        self._masks: dict[tuple[str, int], np.ndarray] = {}
         self._packed = quantisation(n).pack(self._g, self._h)
         self._set_rows(self._nodes[0], np.ones(n, dtype=bool))
         self._request(self._nodes[0], self.active_)
@@ -410,8 +417,6 @@ class LabelHolderSB:
         """Queue ``node``'s masked histogram for each party (computed when the round's outbox is taken)."""
         if node.depth >= self.params.max_depth:
             return
-        if not hasattr(self, "_queued"):
-            self._queued: dict[str, list[int]] = {}
         for party in parties:
             self._requested[(party, node.index)] = "pending"
             self._queued.setdefault(party, []).append(node.index)

@@ -68,7 +68,9 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         return {spec.SETUP.message_type: self._on_setup, spec.BANK.message_type: self._on_round}
 
     def close(self) -> None:
-        """A new run replaces this one: its recovery state (with the secret key) is no longer needed."""
+        """A new run replaces this one: stop the histogram evaluators' workers; its recovery state (with the secret key) is no longer needed."""
+        if self.model is not None:
+            self.model.close()
         self.discard_durable()
 
     def _make_model(self, context, params: dict[str, Any], aligned):
@@ -90,6 +92,11 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         context = load_key_holder_bfv_context(static.blob("context"), f"label holder {self.name!r}")
         self.model, _ = self._make_model(context, dict(values["params"]), aligned)
         self.baseline = dict(values["baseline"])
+        from fedrisk.models.secureboost import BinLayout
+
+        for name in sorted(static.blob_refs):
+            if name.startswith("bins:"):  # each feature holder's encrypted bins, kept once when they arrived
+                self.model.load_bins(BinLayout.from_bytes(static.blob(name), context=context))
 
     def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
         from fedrisk.parties.secureboost_state import StateEncoder, capture
@@ -158,6 +165,8 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
                 raise ProtocolError(f"a payload of {sender!r} was relayed as {item.party!r}")
             if isinstance(payload, BinLayout):
                 model.register_layout(payload)
+                if payload.layout is not None:
+                    self._keep_bins(exchange.header.run_id, payload.party, item.data)
             elif isinstance(payload, SplitAnswers):
                 self.answers[payload.party] = payload
             else:
@@ -173,6 +182,20 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
             config.update(self.final, done=True)
         header = exchange.header.reply(batch_class(items), model.fingerprint, step=spec.BANK.reply)
         return batch_content(header, items, config)
+
+    def _keep_bins(self, run_id: str, party: str, data: bytes) -> None:
+        """A feature holder's encrypted bins join the static state, once: a restarted bank rebuilds its evaluator from them.
+
+        Not the per-message state: that is hashed and written after every message, and the bins are ≈ 120 MB.
+        """
+        from fedrisk.parties.vertical_lr_state import from_json
+
+        durable = self._durable(run_id)
+        static = durable.static.load()
+        if static is None:
+            raise ProtocolError(f"label holder {self.name!r} has no setup state to keep {party!r}'s bins with")
+        values = {k: from_json(v) for k, v in static.state.items()}
+        durable.save_static(values, {**{name: static.blob(name) for name in static.blob_refs}, f"bins:{party}": data})
 
     def _evaluate_and_save(self, run_id: str) -> dict[str, Any]:
         from fedrisk.models.metrics import auc, ks
@@ -216,41 +239,41 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         super().__init__(runtime)
         self.model = None  # FeatureHolderSB
         self.train_mask: np.ndarray | None = None
-        self.gradients: bytes | None = None  # the current tree's EncryptedGradients, as the bank sent them
 
     def handlers(self) -> dict:
         return {spec.JOIN.message_type: self._on_join, spec.ROUND.message_type: self._on_round}
 
     def close(self) -> None:
-        """Stop the histogram kernel's worker processes (a new run replaces this one) and drop its recovery state."""
-        if self.model is not None:
-            self.model.close()
+        """A new run replaces this one: drop its recovery state (with its bins key)."""
         self.discard_durable()
 
-    def _make_model(self, context, plan, train: np.ndarray, n_jobs: int):
-        """The feature holder's model, set up on its training rows; returns ``(model, bin layout)``."""
+    def _make_model(self, context, plan, train: np.ndarray, bins_key=None):
+        """The feature holder's model, set up on its training rows (under ``bins_key``, or a fresh key of its own); returns ``(model, bin layout)``."""
         from fedrisk.models.secureboost import FeatureHolderSB
 
         X, cov = self._own_rows()
-        model = FeatureHolderSB(context, name=self.name, n_jobs=n_jobs)
+        model = FeatureHolderSB(context, name=self.name, bins_key=bins_key)
         layout = model.setup(X[train], cov[train], plan, feature_names=self._aligned().feature_names)
         return model, layout
 
     def _rebuild(self, static, aligned) -> None:
-        from fedrisk.models.secureboost import BoostPlan
+        from fedrisk.crypto.bfv import load_key_holder_bfv_context, load_public_bfv_context
+        from fedrisk.models.secureboost import BinLayout, BoostPlan
         from fedrisk.parties.vertical_lr_state import from_json
 
         values = {k: from_json(v) for k, v in static.state.items()}
-        from fedrisk.crypto.bfv import load_public_bfv_context
 
         context = load_public_bfv_context(static.blob("context"), f"feature holder {self.name!r}")
         plan = BoostPlan.from_bytes(static.blob("plan"), context=context)
         train = np.unpackbits(np.frombuffer(static.blob("train_mask"), dtype=np.uint8), count=int(values["rows"])).astype(bool)
-        model, layout = self._make_model(context, plan, train, int(values["n_jobs"]))
-        if layout.to_bytes() != static.blob("layout"):
-            model.close()
+        bins_key = None
+        if static.has_blob("bins_key"):
+            bins_key = load_key_holder_bfv_context(static.blob("bins_key"), f"feature holder {self.name!r}")
+        model, layout = self._make_model(context, plan, train, bins_key)
+        announced = BinLayout.from_bytes(static.blob("layout"), context=context)
+        if layout.layout != announced.layout or layout.bins_context != announced.bins_context:
             raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
-        self.model, self.train_mask, self.gradients = model, train, None
+        self.model, self.train_mask = model, train
 
     def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
         from fedrisk.parties.secureboost_state import capture
@@ -258,16 +281,13 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         model = self.model
         assert model is not None
         values, blobs = capture(model, self.FIELDS)
-        if self.gradients is not None:
-            blobs["gradients"] = self.gradients
         return int(max(model._tree, 0)), values, blobs
 
     def _apply(self, values: dict[str, Any], state) -> None:
-        from fedrisk.parties.secureboost_state import apply_feature_holder
+        from fedrisk.parties.secureboost_state import apply
 
         assert self.model is not None
-        self.gradients = state.blob("gradients") if state.has_blob("gradients") else None
-        apply_feature_holder(self.model, values, state, self.gradients)
+        apply(self.model, self.FIELDS, values, state)
 
     def _after_restore(self) -> None:
         if self.model is not None and self.model.done_:
@@ -296,11 +316,11 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         train = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=rows).astype(bool)
         if self.model is not None:
             self.model.close()
-        n_jobs = config_int(exchange, "n_jobs", 1)
-        model, layout = self._make_model(context, plan, train, n_jobs)
-        self.model, self.train_mask, self.gradients = model, train, None
+        model, layout = self._make_model(context, plan, train)
+        self.model, self.train_mask = model, train
         values, blobs = aligned_blobs(aligned)
-        values.update(rows=rows, n_jobs=n_jobs)
+        values.update(rows=rows)
+        assert model.bins_key_ is not None or layout.layout is None
         self._durable(exchange.header.run_id).save_static(
             values,
             {
@@ -309,6 +329,8 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
                 "plan": exchange.blob("plan"),
                 "train_mask": packed,
                 "layout": layout.to_bytes(),
+                # its own secret bins key (0600 like every recovery file): a restarted process decrypts under it again
+                **({"bins_key": model.bins_key_.serialize(save_public_key=True, save_secret_key=True)} if model.bins_key_ is not None else {}),
             },
         )
         items = [_item(layout)]
@@ -320,14 +342,8 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         model = self.model
         if model is None or self.train_mask is None:
             raise ProtocolError(f"feature holder {self.name!r} got a SecureBoost round before joining")
-        from fedrisk.models.secureboost import EncryptedGradients
-
-        received = [(item.data, parse_payload(item.data, context=model.context)) for item in batch_items(exchange)]
-        payloads = [payload for _, payload in received]
+        payloads = [parse_payload(item.data, context=model.context) for item in batch_items(exchange)]
         replies = model.handle(payloads)
-        for data, payload in received:
-            if isinstance(payload, EncryptedGradients):
-                self.gradients = data  # kept on disk with the state: a restarted kernel needs them again
         items = [_item(p) for p in replies]
         config: dict[str, Any] = {}
         if any(isinstance(p, TrainingDone) for p in payloads):

@@ -67,6 +67,9 @@ LABEL_HOLDER_FIELDS = (
     "_nodes",
     "_records",
     "_requested",
+    "_packed",
+    "_queued",
+    "_masks",
     "model_",
 )
 #: Mutable fields of a feature holder after setup (its kernel's gradients are restored from the payload).
@@ -217,26 +220,3 @@ def apply(model: Any, fields: tuple[str, ...], values: dict[str, Any], checkpoin
             setattr(model, name, decode(values[name], checkpoint))
     if "tree_" in fields and getattr(model, "tree_", -1) >= 0 and not getattr(model, "done_", False):
         model._t0 = time.perf_counter()  # the tree's wall time restarts in the new process
-
-
-def apply_feature_holder(model: Any, values: dict[str, Any], checkpoint: Checkpoint, gradients: bytes | None) -> None:
-    """Restore a freshly set-up :class:`~fedrisk.models.secureboost.FeatureHolderSB`.
-
-    Parameters
-    ----------
-    model : FeatureHolderSB
-        Set up again with the run's rows, plan and context.
-    values, checkpoint
-        What :func:`capture` saved with :data:`FEATURE_HOLDER_FIELDS`.
-    gradients : bytes or None
-        The current tree's ``EncryptedGradients`` payload as the bank sent it:
-        loaded into the histogram kernel again (checked as on arrival) before the
-        fields — the tree's row sets among them — are put back.
-    """
-    from fedrisk.models.secureboost import EncryptedGradients
-
-    if gradients is not None and not decode(values["done_"], checkpoint):
-        payload = EncryptedGradients.from_bytes(gradients, context=model.context)
-        model._tree = payload.tree - 1  # receive_gradients takes the tree after the current one
-        model.receive_gradients(payload)
-    apply(model, FEATURE_HOLDER_FIELDS, values, checkpoint)

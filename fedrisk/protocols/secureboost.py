@@ -80,7 +80,7 @@ class SecureBoostConfig:
 
     def setup_config(self) -> dict[str, object]:
         """The label holder's parameters as :data:`SETUP` carries them: the model's names (:class:`BoostParams`) and ``random_state``."""
-        return {**self.params().to_dict(), "random_state": self.seed}
+        return {**self.params().to_dict(), "random_state": self.seed, "n_jobs": self.n_jobs}
 
 
 def setup_params(exchange: Exchange) -> dict[str, Any]:
@@ -91,4 +91,5 @@ def setup_params(exchange: Exchange) -> dict[str, Any]:
         default = getattr(defaults, f.name)
         out[f.name] = config_int(exchange, f.name, default) if isinstance(default, int) else config_float(exchange, f.name, default)
     out["random_state"] = config_int(exchange, "random_state", SecureBoostConfig.seed)
+    out["n_jobs"] = config_int(exchange, "n_jobs", SecureBoostConfig.n_jobs)  # the bank's histogram workers
     return out
