@@ -137,7 +137,7 @@ def measure_reversed(codes: np.ndarray, grad: np.ndarray, hess: np.ndarray, node
     masked = [decrypt_masked_totals(key, h.ciphertexts, layout) for h in histograms]
     decrypt_cpu = _cpu() - start
     correct = all(
-        np.array_equal(evaluator.unmask(m, h), onehot[node].T.astype(np.int64) @ packed[node]) for m, h, node in zip(masked, histograms, nodes, strict=True)
+        np.array_equal(evaluator.unmask(m, h.mask), onehot[node].T.astype(np.int64) @ packed[node]) for m, h, node in zip(masked, histograms, nodes, strict=True)
     )
     sent = sum(len(b) for h in histograms for b in h.ciphertexts)
     return {

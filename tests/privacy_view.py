@@ -449,6 +449,50 @@ class _Parser:
                 value=scalars,
                 **base,
             )
+        if kind == b"SMTT" and payload is not None:  # SecureBoost's masked totals: uniform mod t under the bank's mask
+            values = np.concatenate([np.asarray(t, dtype=float) for t in payload.totals]) if payload.totals else np.zeros(0)
+            return Part(
+                kind=MASKED,
+                detail=f"{name}: {values.size} masked totals",
+                vectors=[("masked", values), *vectors],
+                readable=data,
+                fingerprint=fp,
+                value=scalars,
+                **base,
+            )
+        if kind == b"SLAY" and payload is not None and blobs:  # a feature holder's bins: its public key, then ciphertexts under it
+            found = self.context(bytes(blobs[0]))
+            if found is None or found[0] != PUBLIC_CONTEXT or found[3] is None:
+                return Part(
+                    kind=UNPARSED if found is None else found[0],
+                    detail=f"{name}: its key is {found[1] if found else 'no context'}",
+                    readable=data,
+                    fingerprint=fp,
+                    **base,
+                )
+            bins_fp = next(iter(found[2]))
+            self.ring.add(found[3])
+            kind_out, detail, levels = self._verify_ciphertexts(blobs[1:], bins_fp)
+            return Part(
+                kind=kind_out, detail=f"{name}: {detail}", vectors=vectors, readable=head_bytes, fingerprint=bins_fp, levels=levels, value=scalars, **base
+            )
+        if kind == b"SMHB" and blobs:  # masked histograms under the receiving holder's key (announced in its SLAY)
+            for other in self.ring.fingerprints - {fp}:
+                kind_out, detail, levels = self._verify_ciphertexts(blobs, other)
+                if kind_out == CIPHERTEXT:
+                    return Part(
+                        kind=CIPHERTEXT,
+                        detail=f"{name}: {detail}",
+                        vectors=vectors,
+                        readable=head_bytes,
+                        fingerprint=other,
+                        levels=levels,
+                        value=scalars,
+                        **base,
+                    )
+            return Part(
+                kind=FOREIGN, detail=f"{name}: ciphertexts under a key this role was never shown", vectors=vectors, readable=head_bytes, fingerprint=fp, **base
+            )
         rows = _row_sets(payload)
         if rows:
             return Part(
@@ -657,16 +701,26 @@ class _Parser:
         return MessageView(captured, header.content_class, header.step, header.round, parts, size)
 
 
-def view_of(messages: list[Captured], role: str) -> View:
-    """Classify every part of ``messages`` (what ``role`` holds) by parsing it."""
+def view_of(messages: list[Captured], role: str, own_keys: Iterable[ts.Context] = ()) -> View:
+    """Classify every part of ``messages`` (what ``role`` holds) by parsing it.
+
+    ``own_keys``: public copies of keys the role made itself (a SecureBoost feature holder's bins key),
+    under which it receives ciphertexts it never received the key of.
+    """
     ring = KeyRing()
+    for key in own_keys:
+        ring.add(key)
     parser = _Parser(ring)
-    # First pass: the public contexts this role received (needed to verify ciphertexts).
+    # First pass: the public contexts this role received (needed to verify ciphertexts), also inside frames (SecureBoost's bins keys).
     for captured in messages:
         for blob in _all_blobs(captured.content):
             found = parser.context(blob)
             if found is not None and found[0] == PUBLIC_CONTEXT:
                 ring.add(found[3], found[2])
+            for inner in _bins_keys(blob):
+                found = parser.context(inner)
+                if found is not None and found[0] == PUBLIC_CONTEXT:
+                    ring.add(found[3], found[2])
     return View(role, [parser.message(c) for c in messages], ring)
 
 
@@ -773,7 +827,7 @@ def byte_patterns(name: str, values: np.ndarray, *, window: int, step: int, bina
 CREDIT_CODE_RE = re.compile(rb"[0-9A-HJ-NPQRTUWXY]{2}[0-9]{6}[0-9A-HJ-NPQRTUWXY]{10}")
 
 
-def audit(view: View, secrets: Secrets, *, allowed: frozenset[str] = PUBLIC_OR_ENCRYPTED, fingerprint: str | None = None) -> list[Finding]:
+def audit(view: View, secrets: Secrets, *, allowed: frozenset[str] = PUBLIC_OR_ENCRYPTED, fingerprint: str | Iterable[str] | None = None) -> list[Finding]:
     """Every check on a view: classes, keys, and every probe. Returns the findings (empty = clean)."""
     return [
         *check_classes(view, allowed, fingerprint),
@@ -784,15 +838,16 @@ def audit(view: View, secrets: Secrets, *, allowed: frozenset[str] = PUBLIC_OR_E
     ]
 
 
-def check_classes(view: View, allowed: frozenset[str] = PUBLIC_OR_ENCRYPTED, fingerprint: str | None = None) -> list[Finding]:
-    """Each part must parse as an allowed class; ciphertexts under the federation key; masked values masked."""
+def check_classes(view: View, allowed: frozenset[str] = PUBLIC_OR_ENCRYPTED, fingerprint: str | Iterable[str] | None = None) -> list[Finding]:
+    """Each part must parse as an allowed class; ciphertexts under the federation key (or one of the federation's keys); masked values masked."""
     findings = []
+    accepted = None if fingerprint is None else ({fingerprint} if isinstance(fingerprint, str) else set(fingerprint))
     for part in view.parts:
         if part.kind in ALWAYS_FORBIDDEN or part.kind not in allowed:
             findings.append(Finding("class", part.where, f"{part.kind}: {part.detail}"))
         if part.kind == CIPHERTEXT and fingerprint is not None:
             key = view.ring.get(part.fingerprint)
-            if key is None or fingerprint not in key.fingerprints:
+            if key is None or accepted is None or not (accepted & key.fingerprints):
                 findings.append(Finding("key", part.where, f"ciphertext under {part.fingerprint}, not the federation key {fingerprint}"))
         if part.kind == MASKED:
             values = next(v for name, v in part.vectors if name == "masked")
@@ -1221,6 +1276,26 @@ def _walk_json(value: Any) -> tuple[dict, list[tuple[str, np.ndarray]]]:
 
     walk(value, "")
     return scalars, vectors
+
+
+def _bins_keys(blob: bytes) -> list[bytes]:
+    """The feature holders' bins keys inside SecureBoost ``SLAY`` frames, wherever a batch carries them."""
+    from fedrisk.crypto.frames import unpack_frame
+
+    out, todo = [], [bytes(blob)]
+    while todo:
+        data = todo.pop()
+        if data[:4] != b"FRSK":
+            continue
+        try:
+            kind, _, _, blobs = unpack_frame(data)
+        except Exception:
+            continue
+        if kind == b"SLAY" and blobs:
+            out.append(bytes(blobs[0]))
+        else:
+            todo += [bytes(b) for b in blobs if bytes(b[:4]) == b"FRSK"]
+    return out
 
 
 def _parse_payload(kind: bytes, data: bytes):
