@@ -214,9 +214,9 @@ def test_secureboost_setup_carries_the_models_names():
         header = ExchangeHeader("run", 0, SETUP.request, "coordinator", "bank", SETUP.request_class)
         return setup_params(read_content(build_content(header, config=config)))
 
-    config = SecureBoostConfig(trees=5, depth=2, l2=0.5, bins=16, learning_rate=0.1, seed=9)
+    config = SecureBoostConfig(trees=5, depth=2, l2=0.5, bins=16, learning_rate=0.1, seed=9, n_jobs=2)
     params = received(config.setup_config())
-    assert params == {**config.params().to_dict(), "random_state": 9}
+    assert params == {**config.params().to_dict(), "random_state": 9, "n_jobs": 2}  # the bank's histogram workers
     assert (params["n_trees"], params["max_depth"], params["reg_lambda"], params["n_bins"]) == (5, 2, 0.5, 16)
     assert set(params) <= set(inspect.signature(LabelHolderSB).parameters), "the setup names are the model's keywords"
-    assert received({}) == {**SecureBoostConfig().params().to_dict(), "random_state": SecureBoostConfig().seed}
+    assert received({}) == {**SecureBoostConfig().params().to_dict(), "random_state": SecureBoostConfig().seed, "n_jobs": SecureBoostConfig().n_jobs}

@@ -26,7 +26,6 @@ from fedrisk.errors import ProtocolError
 from fedrisk.checkpoint import CheckpointStore
 from fedrisk.models.secureboost import (
     BinLayout,
-    EncryptedGradients,
     FeatureHolderSB,
     LabelHolderSB,
     VerticalSecureBoost,
@@ -40,7 +39,6 @@ from fedrisk.parties.secureboost_state import (
     LABEL_HOLDER_FIELDS,
     StateEncoder,
     apply,
-    apply_feature_holder,
     capture,
     decode,
 )
@@ -63,8 +61,10 @@ def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
         bank = LabelHolderSB(context, name=BANK, **params)
         return bank, bank.setup(X_bank, y, {name: a[1] for name, a in aligned.items()}, feature_names=bank_names)
 
+    keys: dict[str, object] = {}
+
     def new_holder(name: str, plan) -> tuple[FeatureHolderSB, BinLayout]:
-        holder = FeatureHolderSB(public, name=name)
+        holder = FeatureHolderSB(public, name=name, bins_key=keys.get(name))  # a restarted holder reloads its own bins key
         X, cov, names = aligned[name]
         return holder, holder.setup(X, cov, plan, feature_names=names)
 
@@ -72,24 +72,26 @@ def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
     holders, layouts = {}, {}
     for name in aligned:
         holders[name], layouts[name] = new_holder(name, plan)
+        keys[name] = holders[name].bins_key_
         bank.register_layout(BinLayout.from_bytes(layouts[name].to_bytes(), context=context))
 
     def rebuilt_bank(old: LabelHolderSB) -> LabelHolderSB:
         saved = _through_disk(CheckpointStore(tmp_path / "bank"), *capture(old, LABEL_HOLDER_FIELDS))
+        old.close()
         fresh, _ = new_bank()
+        for layout in layouts.values():  # the bins, kept once in the bank's static state
+            fresh.load_bins(BinLayout.from_bytes(layout.to_bytes(), context=context))
         apply(fresh, LABEL_HOLDER_FIELDS, saved.state, saved)
         return fresh
 
-    def rebuilt_holder(name: str, old: FeatureHolderSB, gradients: bytes | None) -> FeatureHolderSB:
-        values, blobs = capture(old, FEATURE_HOLDER_FIELDS)
-        saved = _through_disk(CheckpointStore(tmp_path / name), values, {**blobs, **({"gradients": gradients} if gradients else {})})
-        old.close()
+    def rebuilt_holder(name: str, old: FeatureHolderSB) -> FeatureHolderSB:
+        saved = _through_disk(CheckpointStore(tmp_path / name), *capture(old, FEATURE_HOLDER_FIELDS))
         fresh, layout = new_holder(name, plan)
-        assert layout.to_bytes() == layouts[name].to_bytes()  # the same bins, announced the same way
-        apply_feature_holder(fresh, saved.state, saved, saved.blob("gradients") if saved.has_blob("gradients") else None)
+        # the same bins under the same key (the ciphertexts themselves are fresh encryptions)
+        assert layout.layout == layouts[name].layout and layout.bins_context == layouts[name].bins_context
+        apply(fresh, FEATURE_HOLDER_FIELDS, saved.state, saved)
         return fresh
 
-    gradients: dict[str, bytes | None] = dict.fromkeys(holders)
     rounds = 0
     while True:
         out = bank.outbox()
@@ -99,10 +101,9 @@ def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
         rounds += 1
         for party, payloads in out.items():
             got = [parse_payload(p.to_bytes(), context=public) for p in payloads]
-            gradients[party] = next((p.to_bytes() for p in payloads if isinstance(p, EncryptedGradients)), gradients[party])
             replies = holders[party].handle(got)
-            if rounds % 2:  # (every other round: a feature holder's setup pre-encodes its bins, ~0.5 s)
-                holders[party] = rebuilt_holder(party, holders[party], gradients[party])  # and so does this feature holder's
+            if rounds % 2:  # (every other round: a feature holder's setup encrypts its bins again, ~0.5 s)
+                holders[party] = rebuilt_holder(party, holders[party])  # and so does this feature holder's
             for reply in replies:
                 bank.receive(parse_payload(reply.to_bytes(), context=context))
     assert bank.done_ and rounds >= SMALL["n_trees"] * 2

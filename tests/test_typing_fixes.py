@@ -17,25 +17,6 @@ def _exchange(config: dict[str, object] | None = None, blobs: dict[str, bytes] |
     return Exchange(header=header, blobs=dict(blobs or {}), config=dict(config or {}))
 
 
-def test_histogram_request_with_a_rows_node_but_no_rows_is_refused():
-    """A 'rows' node without a row set used to serialise as a 1-byte blob (packbits of None)."""
-    from fedrisk.models.secureboost_payloads import HistogramRequest, NodeRequest
-
-    request = HistogramRequest(FP, "tax_bureau", 0, 10, (NodeRequest(0, "rows", -1, None),))
-    with pytest.raises(ProtocolError, match="no row set"):
-        request.to_bytes()
-
-
-def test_histogram_request_with_rows_still_round_trips():
-    from fedrisk.models.secureboost_payloads import HistogramRequest, NodeRequest
-
-    rows = np.arange(10) % 3 == 0
-    request = HistogramRequest(FP, "tax_bureau", 2, 10, (NodeRequest(0, "rows", -1, rows), NodeRequest(1, "left_of", 0)))
-    back = HistogramRequest.from_bytes(request.to_bytes())
-    assert back.nodes[0].rows is not None and np.array_equal(back.nodes[0].rows, rows)
-    assert back.nodes[1].source == "left_of" and back.nodes[1].rows is None
-
-
 def test_ckks_aggregation_before_the_public_context_is_a_protocol_error():
     """``add_encrypted(None, ...)`` used to fail with an unrelated error deep in the CKKS code."""
     from fedrisk.federation.horizontal import Aggregator
