@@ -713,7 +713,7 @@ def view_of(messages: list[Captured], role: str, own_keys: Iterable[ts.Context] 
     parser = _Parser(ring)
     # First pass: the public contexts this role received (needed to verify ciphertexts), also inside frames (SecureBoost's bins keys).
     for captured in messages:
-        for blob in _all_blobs(captured.content):
+        for blob in all_blobs(captured.content):
             found = parser.context(blob)
             if found is not None and found[0] == PUBLIC_CONTEXT:
                 ring.add(found[3], found[2])
@@ -1145,7 +1145,7 @@ def label_recovery(residual_estimate: np.ndarray, y: np.ndarray) -> Recovery:
 # --------------------------------------------------------------------------- helpers
 
 
-def _all_blobs(content: RecordDict) -> Iterable[bytes]:
+def all_blobs(content: RecordDict) -> Iterable[bytes]:
     for name in content.keys():
         record = content[name]
         if isinstance(record, ArrayRecord):

@@ -6,10 +6,13 @@ bins) runs over the InProcessGrid; each attacker parses everything its role
 received (:mod:`privacy_view`, never the declared class) and tries to read
 labels, gradients, the bank's features, raw IDs and the intersection size out of it.
 
-SecureBoost discloses node row sets to the feature holders by design (README,
-"Vertical SecureBoost"): row sets are the one label-dependent thing a feature
-holder may read, so they are probed only for labels in disguise (a "row set"
-that *is* the label vector), every other readable number for any correlation.
+SecureBoost discloses to a feature holder the row sets of the nodes split on its
+own features (README, "Vertical SecureBoost"): row sets are the one
+label-dependent thing it may read, so they are probed only for labels in
+disguise (a "row set" that *is* the label vector), every other readable number
+for any correlation. The feature holder holds a key of its own: the bank's
+masked histograms arrive under it, so the curious feature holder decrypts every
+one of them and must find uniform residues, nothing label-shaped.
 """
 
 from __future__ import annotations
@@ -57,6 +60,20 @@ def sb(tmp_path_factory, default_credit_dir):
     tap.close()
 
 
+def _holder_key(tap: Tap):
+    """The feature holder's own bins key, as the curious feature holder holds it (secret) and as its public copy."""
+    from fedrisk.crypto.bfv import load_public_bfv_context, public_bfv_context_bytes
+
+    key = tap.protocol("tax_bureau", "FeatureHolderSecureBoost").model.bins_key_
+    return key, load_public_bfv_context(public_bfv_context_bytes(key, galois=False), "test")
+
+
+def _federation_keys(tap: Tap, result: dict) -> set[str]:
+    from fedrisk.crypto.seal_runtime import context_fingerprint
+
+    return {result["key_fingerprint"], context_fingerprint(_holder_key(tap)[1])}
+
+
 def _gradients(tap: Tap) -> list[np.ndarray]:
     """The label holder's first-tree gradients g = p − y on its training rows (ground truth for the probes)."""
     bank = tap.protocol("bank", "LabelHolderAlignment").aligned
@@ -66,14 +83,53 @@ def _gradients(tap: Tap) -> list[np.ndarray]:
 
 def test_curious_feature_holder_sees_only_ciphertexts_row_sets_and_split_indices(sb):
     tap, result = sb["tap"], sb["result"]
-    view = view_of(tap.received_by("tax_bureau"), "tax_bureau")
+    view = view_of(tap.received_by("tax_bureau"), "tax_bureau", own_keys=[_holder_key(tap)[1]])
     secrets = vertical_secrets(tap, sb["data"], role="feature_holder", residuals=_gradients(tap))
-    findings = audit(view, secrets, allowed=FEATURE_HOLDER_MAY_SEE, fingerprint=result["key_fingerprint"])
+    findings = audit(view, secrets, allowed=FEATURE_HOLDER_MAY_SEE, fingerprint=_federation_keys(tap, result))
     assert not findings, "\n".join(map(str, findings))
     kinds = view.kinds()
-    assert kinds.get(CIPHERTEXT, 0) >= TREES  # [[g + ih]] once per tree, verified under the federation key
+    assert kinds.get(CIPHERTEXT, 0) >= TREES  # masked histograms, verified under its own key
     assert kinds.get(ROWS, 0) >= 1 and not kinds.get(MASKED) and not kinds.get(NUMBERS)
     assert all(not decrypts(k.context) for k in view.ring.keys) and view.ring.keys
+
+
+def test_curious_feature_holder_decrypts_only_uniform_residues(sb):
+    """It opens every masked histogram it received with its own secret key: uniform mod t (Kolmogorov–Smirnov), nothing label-shaped."""
+    from scipy import stats
+
+    from fedrisk.crypto.bfv import BFVRuntime
+    from fedrisk.crypto.frames import unpack_frame
+
+    tap = sb["tap"]
+    key, _ = _holder_key(tap)
+    runtime = BFVRuntime.for_context(key)
+    opened = []
+    for captured in tap.received_by("tax_bureau"):
+        for blob in _frames(captured.content):
+            kind, _, _, blobs = unpack_frame(blob)
+            if kind == b"SMHB":
+                opened += [runtime.decrypt_coefficients(runtime.load(b), np.arange(runtime.slots)) for b in blobs]
+    assert opened, "no masked histogram found: the attack read nothing"
+    values = np.concatenate(opened).astype(np.float64) / runtime.plain_modulus
+    assert stats.kstest(values, "uniform").pvalue > 1e-6, "what the feature holder decrypts is not uniform"
+
+
+def _frames(content) -> list[bytes]:
+    from privacy_view import all_blobs
+
+    out, todo = [], list(all_blobs(content))
+    while todo:
+        data = bytes(todo.pop())
+        if data[:4] != b"FRSK":
+            continue
+        out.append(data)
+        from fedrisk.crypto.frames import unpack_frame
+
+        try:
+            todo += [bytes(b) for b in unpack_frame(data)[3] if bytes(b[:4]) == b"FRSK"]
+        except Exception:
+            continue
+    return out
 
 
 def test_curious_feature_holder_infers_no_labels_from_anything_it_can_read(sb):
@@ -110,7 +166,7 @@ def test_curious_coordinator_sees_only_ciphertexts_public_payloads_and_no_secret
     tap, result = sb["tap"], sb["result"]
     view = view_of(tap.received_by("coordinator"), "coordinator")
     secrets = vertical_secrets(tap, sb["data"], role="coordinator", residuals=_gradients(tap))
-    findings = audit(view, secrets, allowed=FEATURE_HOLDER_MAY_SEE, fingerprint=result["key_fingerprint"])
+    findings = audit(view, secrets, allowed=FEATURE_HOLDER_MAY_SEE | {MASKED}, fingerprint=_federation_keys(tap, result))
     assert not findings, "\n".join(map(str, findings))
     assert all(not decrypts(k.context) for k in view.ring.keys) and view.ring.keys
 
