@@ -1,12 +1,12 @@
 """Design measurement: SecureBoost's histogram kernel against the reversed, coefficient-packed one.
 
-The reversed kernel is not yet wired into SecureBoost. This measures, in one
-process and one run, the CPU a tree's node histograms cost under two designs on the same bins and gradients
+SecureBoost runs on the reversed kernel since it was measured here; the current
+one still serves the WOE scorecard. This measures, in one process and one run, the CPU a tree's node histograms cost under two designs on the same bins and gradients
 (default-credit shape: 24,000 training rows, 120 bin columns, a depth-3 tree
 with histogram subtraction = 4 node histograms), so that the choice of the next
 SecureBoost kernel rests on figures taken side by side:
 
-* ``current``: :class:`fedrisk.crypto.encrypted_histogram.EncryptedHistogramKernel`
+* ``current``: :class:`fedrisk.crypto.encrypted_histogram.EncryptedHistogramKernel` (SecureBoost's before, the WOE scorecard's still)
   (the feature holder multiplies the label holder's BFV-encrypted gradients by
   its one-hot bins: slot packing, N = 16384, baby-step/giant-step rotations,
   flooding), one worker, so its time is core-seconds.
@@ -17,7 +17,7 @@ SecureBoost kernel rests on figures taken side by side:
   switch), re-randomises with the feature holder's public key, masks every
   coefficient uniformly mod ``t``, floods and switches down; the feature holder
   decrypts ``H + r`` and returns only the total coefficients, which the label
-  holder unmasks. Not yet the protocol SecureBoost runs.
+  holder unmasks. SecureBoost's kernel.
 
 ``python benchmarks/histogram_kernels.py`` prints one JSON object:
 ``current_core_s_per_tree``, ``reversed_core_s_per_tree``, ``speedup``, and per
@@ -137,7 +137,8 @@ def measure_reversed(codes: np.ndarray, grad: np.ndarray, hess: np.ndarray, node
     masked = [decrypt_masked_totals(key, h.ciphertexts, layout) for h in histograms]
     decrypt_cpu = _cpu() - start
     correct = all(
-        np.array_equal(evaluator.unmask(m, h.mask), onehot[node].T.astype(np.int64) @ packed[node]) for m, h, node in zip(masked, histograms, nodes, strict=True)
+        np.array_equal(evaluator.unmask(m, h.mask), onehot[node].T.astype(np.int64) @ packed[node])
+        for m, h, node in zip(masked, histograms, nodes, strict=True)
     )
     sent = sum(len(b) for h in histograms for b in h.ciphertexts)
     return {

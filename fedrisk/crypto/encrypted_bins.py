@@ -317,7 +317,14 @@ class MaskedHistogramEvaluator:
     """
 
     def __init__(
-        self, context: ts.Context, blobs: Sequence[bytes], layout: BinMatrixLayout, *, n_jobs: int = 1, flood_bits: int = FLOOD_BITS, wire_level: int = WIRE_LEVEL
+        self,
+        context: ts.Context,
+        blobs: Sequence[bytes],
+        layout: BinMatrixLayout,
+        *,
+        n_jobs: int = 1,
+        flood_bits: int = FLOOD_BITS,
+        wire_level: int = WIRE_LEVEL,
     ) -> None:
         if not isinstance(flood_bits, int) or not 0 <= flood_bits <= FLOOD_BITS:
             raise CryptoError(f"flooding width must be 0..{FLOOD_BITS} bits, got {flood_bits!r}")

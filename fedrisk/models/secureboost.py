@@ -1,24 +1,25 @@
-"""Vertical SecureBoost across a bank and feature holders, over BFV (exact encrypted histograms).
+"""Vertical SecureBoost across a bank and feature holders, over BFV (exact, masked histograms).
 
-The **label holder** (a bank) holds the default labels, its own features and the
-BFV secret key. **Feature holders** (tax bureau, platform) hold other features
-of the same SMEs, rows aligned by PSI to the bank's order with a coverage mask.
-The **coordinator** holds a public context only and relays every payload after
-checking its route and context. The tree algorithm is the one of
-:mod:`fedrisk.models.secureboost_tree` (second-order boosting of the logistic
-loss, level-wise trees, learned default directions); this module runs it across
-parties.
+The **label holder** (a bank) holds the default labels and its own features.
+**Feature holders** (tax bureau, platform) hold other features of the same SMEs,
+rows aligned by PSI to the bank's order with a coverage mask, and **each its own
+BFV key** (:mod:`fedrisk.crypto.encrypted_bins`). The **coordinator** holds
+public contexts only and relays every payload after checking its route and
+context. The tree algorithm is the one of :mod:`fedrisk.models.secureboost_tree`
+(second-order boosting of the logistic loss, level-wise trees, learned default
+directions); this module runs it across parties.
 
 Message flow (every arrow a serialised payload relayed by the coordinator; content
 class in brackets)::
 
     setup   bank ──BoostPlan [public]──▶ feature holders
-            feature holder ──BinLayout [public]──▶ bank            (bins per feature, packing)
-    tree t  bank ──EncryptedGradients [ciphertext]──▶ feature holders   ([[g_q + 2^k·h_q]], once per tree)
-            bank ──HistogramRequest [public]──▶ feature holders     (nodes: their row sets, or
-                                                                      "the left child of your split v")
-            feature holder ──EncryptedHistograms [ciphertext]──▶ bank   (per-bin totals per node, noise flooded)
-            bank decrypts, derives each sibling as parent − child, picks the best split
+            feature holder ──BinLayout [ciphertext]──▶ bank     (bins per feature, its public bins key,
+                                                                  its one-hot bin matrix encrypted under it, once)
+    tree t  bank ──MaskedHistogramBatch [ciphertext]──▶ one feature holder
+                    (per node: Σ bins · (g_q + 2^k h_q) over the node's rows, computed by the bank
+                     on the encrypted bins, re-randomised, every coefficient masked, noise flooded)
+            feature holder ──MaskedTotals [masked]──▶ bank     (the decrypted total coefficients, still masked)
+            bank unmasks, derives each sibling as parent − child, picks the best split
             bank ──SplitDecisions [public]──▶ owner only            ("your feature j, your bin b",
                                                                       split id, default direction, node rows)
             owner ──SplitPartitions [public]──▶ bank                (which of the node's rows go left)
@@ -27,58 +28,50 @@ class in brackets)::
     score   feature holder ──SplitAnswers [public]──▶ bank          (left/right per own split id and row)
 
 In a round the bank's :meth:`LabelHolderSB.outbox` returns what each feature
-holder must get now; :meth:`FeatureHolderSB.handle` returns the replies, which go
-to :meth:`LabelHolderSB.receive`. With one feature holder a tree takes at most
-``max_depth + 1`` rounds.
+holder must get now (the masked histograms of the nodes queued since the last
+round); :meth:`FeatureHolderSB.handle` returns the replies, which go to
+:meth:`LabelHolderSB.receive`. A split on a feature holder's feature costs one
+round more than a split on the bank's: the bank needs the partition before it
+can evaluate the left child.
 
 Threat model (honest-but-curious parties and coordinator, no coordinator–bank
 collusion, TLS on every link). What each party learns:
 
 * **Bank**: per node and feature holder, the exact per-bin totals of its own
   quantised g and h — SecureBoost's inherent disclosure, aggregated over the rows
-  of a bin, never a row's value nor a sum over part of a bin's rows: every slot it
-  decrypts holds a whole bin total. Beyond the totals its view is within
-  statistical distance 2^-49 of a simulation from the totals alone over a default
-  30-tree run (120 histograms; ≥ 2^-40 up to 2^15 histograms per run), given RLWE:
-  each histogram is re-randomised and its BFV noise flooded
-  (:mod:`fedrisk.crypto.encrypted_histogram`, *Run-level bound*). Also the number of bins of each
-  feature (≤ 32, which reveals how many distinct values a low-cardinality feature
-  has) and which features have missing values (the feature holder's public
-  layout, which also caps how small an intersection can hide among the bins); for the splits it chose on another
-  party's feature, that feature's index and bin index and which rows go left
-  (needed to route its own training rows) — never the threshold.
-* **Feature holder**: ciphertexts of g/h (never decryptable by it); the instance
-  space (row set) of each node it computes a histogram for, hence the partition
-  the tree makes of the training rows — as in SecureBoost; its own splits'
-  thresholds. Never labels, gradients, the bank's features, other parties'
-  features or splits, or leaf weights.
+  of a bin, never a row's value nor a sum over part of a bin's rows: a feature
+  holder returns only the total coefficients of each masked histogram. The bank
+  holds no key that opens a feature holder's data: its bins arrive encrypted
+  under the holder's own key. Also the number of bins of each feature (≤ 32) and
+  which features have missing values (the public layout); for the splits it
+  chose on another party's feature, that feature's index and bin index and which
+  rows go left — never the threshold.
+* **Feature holder**: what it decrypts is ``H + r`` with ``r`` uniform mod ``t`` in
+  every coefficient and the evaluation noise flooded (statistical distance
+  ≤ 2^-40 over a run of up to 4,096 masked histograms,
+  :mod:`fedrisk.crypto.encrypted_bins`): uniform residues, whatever the labels.
+  The row sets of the nodes split on **its own** features (to route them), its
+  own splits' thresholds. Never labels, gradients, the bank's features, other
+  parties' features or splits, leaf weights — nor, unlike the earlier kernel, the
+  row sets of the other nodes.
 * **Coordinator**: kinds, sizes and timing of payloads and the public ones'
-  contents (row sets, split/bin indices); it holds no secret key.
+  contents (row sets of split nodes, split/bin indices); the masked totals
+  (uniform); it holds no secret key.
 
-The bank decrypts a node's histogram from a party at most once and only
-ciphertexts shaped like a histogram output (the announced count, the output level
-of three primes, every copy of a column equal), so a cheating feature holder cannot
-echo the encrypted gradients back to have them decrypted. An actively malicious feature holder could still return a chosen
-linear function of ``g`` of the same shape; proofs of correct evaluation are
-outside this threat model (the audit ledger records each request). Payloads carry
-the context fingerprint and are refused under any other context.
+An actively malicious party is outside this model: a bank that evaluated its
+masked histogram on chosen values (one row's indicator) would read that row's
+bins, as it could with the earlier kernel by encrypting chosen gradients; the
+audit ledger records each request. Payloads carry the bank's context fingerprint
+and are refused under any other context.
 
-Cost (the per-operation model is in :mod:`fedrisk.crypto.encrypted_histogram`): per
-tree and feature holder, one encryption of ``[[g + ih]]`` (six ciphertexts for 24,000
-rows) and ``1 + 1 + 2 + … + 2^(D−2)`` histogram products (4 for depth 3, by histogram
-subtraction), each decrypted by the bank as one ciphertext pair; the bank's own
-features cost a ``bincount``. Rounds: at most ``D + 1`` per tree with one feature
-holder (a split owned by the bank needs no partition round; with several feature
-holders a split owned by one delays the others' requests by a round).
-Measured (``benchmarks/secureboost.py``, default credit, 24,000 training rows ×
-23 features, 30 trees, depth 3, 32 bins, two worker processes, load average ≈2,
-alternating with the previous masked kernel): 22.95–26.7 s wall against 21.4–25.7 s
-(+4–7 %), CPU 4.7–5.2 s in the parties' process (3.5–4.1 s before: the rotate-and-sum,
-5 rotations per node) and 34.5–40.4 s in the two workers (unchanged); 2.95 MB and
-≤ 4 rounds per tree. AUC with the default flooding 0.7761–0.7792 over ten draws
-against 0.7793 for the plaintext reference and scikit-learn: the flooding flips
-near-tie splits, so ``same_splits`` is false; with ``flood_std = 2^-20`` the model
-is the reference's split for split.
+Cost: the feature holder encrypts its bin matrix once (≈ 1.6 core-s and 123 MB
+seeded for 24,000 rows × 120 columns); per node the bank makes one plaintext
+product per row block and column group — no rotation, no key switch — on
+``n_jobs`` worker processes. Measured (``benchmarks/secureboost.py``, default
+credit, 24,000 training rows × 23 features, 30 trees, depth 3, 32 bins, two
+workers): 25.0 s in process against 46.0 s with the earlier kernel (the feature
+holder multiplying the bank's encrypted gradients with rotations), the same
+splits as the plaintext reference.
 
 Payload classes live in :mod:`fedrisk.models.secureboost_payloads` and are
 re-exported here; the tree algorithm, model and routing tables in
@@ -210,6 +203,9 @@ class LabelHolderSB:
         See :class:`~fedrisk.models.secureboost_tree.BoostParams`.
     random_state : int, optional
         Seed of the row subsampling.
+    n_jobs : int
+        Worker processes of each feature holder's histogram evaluator
+        (:class:`~fedrisk.crypto.encrypted_bins.MaskedHistogramEvaluator`).
 
     Attributes
     ----------
@@ -338,7 +334,9 @@ class LabelHolderSB:
         if layout.rows != self._y.size:
             raise ProtocolError(f"{payload.party!r} bins cover {layout.rows} rows, the training {self._y.size}")
         key = load_public_bfv_context(payload.bins_context, f"{payload.party}'s bin key")
-        self._evaluators[payload.party] = MaskedHistogramEvaluator(key, payload.encrypted_bins, BinMatrixLayout(self._y.size, layout.n_columns), n_jobs=self.n_jobs)
+        self._evaluators[payload.party] = MaskedHistogramEvaluator(
+            key, payload.encrypted_bins, BinMatrixLayout(self._y.size, layout.n_columns), n_jobs=self.n_jobs
+        )
 
     @property
     def layouts_(self) -> dict[str, HistogramLayout | None]:
@@ -359,7 +357,11 @@ class LabelHolderSB:
                 batch.append(SplitDecisions(self.fingerprint, party, decs[0].tree, decs[0].n_rows, tuple(s for d in decs for s in d.splits)))
             nodes = queued.get(party, [])
             if nodes:
-                values = [np.where(self._nodes[i].rows, self._packed, 0) for i in nodes]
+                values = []
+                for i in nodes:
+                    rows = self._nodes[i].rows
+                    assert rows is not None  # a node is queued once its rows are known
+                    values.append(np.where(rows, self._packed, 0))
                 histograms = self._evaluators[party].node_histograms(values)
                 for i, h in zip(nodes, histograms, strict=True):
                     self._masks[(party, i)] = h.mask  # the bank's own: never sent
@@ -613,17 +615,16 @@ class LabelHolderSB:
 
 
 class FeatureHolderSB:
-    """A feature holder's side (tax bureau, platform): own features, public context only.
+    """A feature holder's side (tax bureau, platform): own features, the bank's public context, a bins key of its own.
 
     Parameters
     ----------
     context : tenseal.Context
-        The bank's public context with Galois keys.
+        The bank's public context (payload fingerprints).
     name : str
-    n_jobs : int
-        Worker processes of the histogram kernel.
-    cache_bytes : int
-        Memory budget for pre-encoded one-hot plaintexts.
+    bins_key : tenseal.Context, optional
+        This party's own secret BFV context for its bins (a restarted party passes
+        the one it saved); a fresh one is made at :meth:`setup` otherwise.
 
     Attributes
     ----------
@@ -632,6 +633,8 @@ class FeatureHolderSB:
     routing_table_ : RoutingTable
         Own splits: split id → feature, bin, threshold, default direction.
     layout_ : HistogramLayout or None
+    bins_key_ : tenseal.Context or None
+        Its own secret BFV context: the bank's masked histograms decrypt under it.
     """
 
     def __init__(self, context: ts.Context, *, name: str, bins_key: ts.Context | None = None) -> None:

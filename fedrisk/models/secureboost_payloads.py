@@ -362,8 +362,7 @@ class SplitAnswers(VerticalPayload):
 
 
 PAYLOAD_TYPES: dict[bytes, type[VerticalPayload]] = {
-    cls.KIND: cls
-    for cls in (BoostPlan, BinLayout, MaskedHistogramBatch, MaskedTotals, SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
+    cls.KIND: cls for cls in (BoostPlan, BinLayout, MaskedHistogramBatch, MaskedTotals, SplitDecisions, SplitPartitions, TrainingDone, SplitAnswers)
 }
 
 

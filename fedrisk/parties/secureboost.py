@@ -7,9 +7,9 @@ threat model); this module feeds them what the coordinator relays. A round is
 two exchanges (the coordinator's side is :mod:`fedrisk.federation.secureboost`)::
 
     sb.round  coordinator → feature holder   what the bank's outbox holds for it:
-                                             [[g + ih]] [ciphertext], split decisions,
-                                             histogram requests, "done" [public]
-              feature holder → coordinator   encrypted histograms [ciphertext],
+                                             masked histograms under its own key [ciphertext],
+                                             split decisions, "done" [public]
+              feature holder → coordinator   masked totals [masked],
                                              split partitions [public]
     sb.bank   coordinator → label holder     every feature holder's replies
               label holder → coordinator     its next outbox, per feature holder
@@ -20,9 +20,10 @@ done each feature holder answers its splits for the validation rows (public, as
 at scoring time) so that the bank can measure the joint model, and each party
 writes a signed bundle of its own part.
 
-Each party keeps its protocol state on disk as it goes (label holder: the secret
-context, its rows, the tree being grown; feature holder: its rows, bins, routing
-table and the current tree's encrypted gradients), written before each answer
+Each party keeps its protocol state on disk as it goes (label holder: its
+context, its rows, each feature holder's encrypted bins — kept once, in the static
+state — and the tree being grown with its masks; feature holder: its rows, its own
+bins key, its routing table and row sets), written before each answer
 leaves, so a restarted party process picks the run up where its last answer
 left it (:mod:`fedrisk.parties.secureboost_state`).
 """

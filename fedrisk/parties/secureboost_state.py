@@ -16,11 +16,13 @@ Restoring rebuilds the model exactly as the setup did — same rows, same plan,
 same context, hence the same bins and the same bin layout — then puts the
 saved fields back. What SecureBoost adds over vertical LR is the tree being
 grown: the label holder's nodes (row sets, its own plaintext histograms, the
-decrypted per-bin sums of every feature holder, which splits are pending),
-its raw scores, subsampling generator and the trees so far; a feature holder's
-routing table, the row sets of its current tree and the current tree's
-encrypted gradients ``[[g + ih]]`` (kept as the payload bytes the bank sent,
-loaded into the histogram kernel again on restore).
+unmasked per-bin sums of every feature holder, which splits are pending), the
+masks of the histograms in flight, its raw scores, subsampling generator and the
+trees so far; a feature holder's routing table and the row sets of its current
+tree. Two things live in the static state because they are written once: each
+feature holder's encrypted bins at the label holder (≈ 120 MB, saved again with
+the static state when they arrive, not hashed after every message) and the
+feature holder's own bins key (0600), under which a restarted holder decrypts again.
 
 Field values are encoded by :class:`StateEncoder`: plain JSON for scalars,
 strings, lists, tuples, sets and dicts (any key), ``.npy`` blobs for arrays
@@ -72,7 +74,7 @@ LABEL_HOLDER_FIELDS = (
     "_masks",
     "model_",
 )
-#: Mutable fields of a feature holder after setup (its kernel's gradients are restored from the payload).
+#: Mutable fields of a feature holder after setup (its bins key is in the static state).
 FEATURE_HOLDER_FIELDS = ("_tree", "done_", "routing_table_", "_node_rows", "_partitions")
 
 

@@ -28,16 +28,18 @@ from fedrisk.wire import message_types as mt
 from fedrisk.wire.config_values import config_float, config_int, settings_from_run_config
 from fedrisk.wire.exchange import Exchange
 
-_BATCH = "batch_class of the message's payloads (ciphertext if any is, else public)"
+_BATCH = "batch_class of the message's payloads (ciphertext or masked if any is, else public)"
 
-#: The label holder makes the keys, bins its features and sends the plan, the public contexts and the row split.
+#: The label holder makes its context, bins its features and sends the plan, the public contexts and the row split.
 SETUP = Step(mt.SB_SETUP, "sb.setup", "sb.plan", ("public",), ("public",))
-#: Each feature holder takes the plan and the public context and answers its bin layout.
-JOIN = Step(mt.SB_JOIN, "sb.join", "sb.layout", ("public",), ("public",))
+#: Each feature holder takes the plan, makes its own bins key and answers its bin layout with its bins encrypted under it.
+JOIN = Step(
+    mt.SB_JOIN, "sb.join", "sb.layout", ("public",), ("ciphertext", "public"), varies="ciphertext with encrypted bins; public from a holder that covers no row"
+)
 #: The label holder gets every feature holder's replies and answers its next outbox (done, with its final metrics, at the end).
-BANK = Step(mt.SB_BANK_ROUND, "sb.bank", "sb.outbox", ("ciphertext", "public"), ("ciphertext", "public"), varies=_BATCH)
-#: Each feature holder gets what the outbox holds for it (gradients, histogram requests, splits, done) and answers.
-ROUND = Step(mt.SB_ROUND, "sb.round", "sb.replies", ("ciphertext", "public"), ("ciphertext", "public"), varies=_BATCH)
+BANK = Step(mt.SB_BANK_ROUND, "sb.bank", "sb.outbox", ("ciphertext", "masked", "public"), ("ciphertext", "public"), varies=_BATCH)
+#: Each feature holder gets what the outbox holds for it (masked histograms, splits, done) and answers masked totals and partitions.
+ROUND = Step(mt.SB_ROUND, "sb.round", "sb.replies", ("ciphertext", "public"), ("masked", "public"), varies=_BATCH)
 
 STEPS: tuple[Step, ...] = (SETUP, JOIN, BANK, ROUND)
 
