@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from fedrisk.crypto.bfv import BFVRuntime, load_public_bfv_context
-from fedrisk.crypto.encrypted_histogram import make_histogram_context
+from fedrisk.models.secureboost import make_label_holder_context
 from fedrisk.crypto.encrypted_matvec import context_fingerprint
 from fedrisk.crypto.frames import pack_frame
 from fedrisk.crypto.signing import SigningIdentity
@@ -62,7 +62,7 @@ def bfv_decrypt(context: ts.Context, blobs) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def context() -> ts.Context:
-    return make_histogram_context()
+    return make_label_holder_context()
 
 
 # --------------------------------------------------------------------------- real data

@@ -29,7 +29,7 @@ from fedrisk.models.secureboost import (
     FeatureHolderSB,
     LabelHolderSB,
     VerticalSecureBoost,
-    make_histogram_context,
+    make_label_holder_context,
     parse_payload,
 )
 from fedrisk.models.secureboost_tree import PlainSecureBoost
@@ -50,7 +50,7 @@ def _through_disk(store: CheckpointStore, values: dict, blobs: dict[str, bytes])
 
 
 def test_parties_rebuilt_after_every_round_grow_the_reference_trees(tmp_path):
-    context = make_histogram_context()
+    context = make_label_holder_context()
     public = public_copies(context).feature_holder
     bank_table, others = _small_tables()
     ids, X_bank, bank_names, y = table_parts(bank_table, "y", "label holder")

@@ -138,7 +138,7 @@ def public_copies(secret: ts.Context) -> PublicCopies[ts.Context]: ...
 def public_copies(secret: KeyHolderContext | ts.Context) -> PublicCopies[Any]:
     """Public contexts as the parties would receive them (deserialised from bytes), cached per key.
 
-    Feature holders get the public key and Galois keys; the coordinator only adds
+    Feature holders get the public key and the Galois keys if the key has any; the coordinator only adds
     ciphertexts and gets the public key alone. A CKKS key holder's copies are
     :class:`~fedrisk.crypto.ckks.PublicContext` recipes
     (:meth:`~fedrisk.crypto.ckks.KeyHolderContext.public_bytes`); SecureBoost's
@@ -161,7 +161,8 @@ def public_copies(secret: KeyHolderContext | ts.Context) -> PublicCopies[Any]:
 def _bfv_public_copies(secret: ts.Context) -> PublicCopies[ts.Context]:
     from fedrisk.crypto.bfv import load_public_bfv_context, public_bfv_context_bytes
 
-    fh = public_bfv_context_bytes(secret, galois=True)
+    # a key that rotates (the gradient-encrypting kernels) shares its Galois keys; SecureBoost's run key has none
+    fh = public_bfv_context_bytes(secret, galois=secret.has_galois_keys())
     co = public_bfv_context_bytes(secret, galois=False)
     return PublicCopies(load_public_bfv_context(fh, "feature holder"), len(fh), load_public_bfv_context(co, "coordinator"), len(co))
 

@@ -94,7 +94,6 @@ from fedrisk.crypto.bfv import load_public_bfv_context, make_bfv_context, public
 from fedrisk.crypto.encrypted_bins import BinMatrixLayout, MaskedHistogramEvaluator, decrypt_masked_totals, encrypt_bin_matrix
 from fedrisk.crypto.encrypted_histogram import (
     HistogramLayout,
-    make_histogram_context,
     one_hot_bins,
     quantisation,
 )
@@ -161,11 +160,22 @@ __all__ = [
     "label_holder_bundle",
     "load_feature_holder_bundle",
     "load_label_holder_bundle",
-    "make_histogram_context",
+    "make_label_holder_context",
     "train_secureboost",
 ]
 
 log = logging.getLogger("fedrisk.secureboost")
+
+
+def make_label_holder_context() -> ts.Context:
+    """The bank's fresh secret BFV context for one SecureBoost run.
+
+    Its fingerprint names the run on every payload, and a party refuses a payload
+    under any other. No Galois keys: the histograms are evaluated on each feature
+    holder's bins under that holder's own key, so nothing ever rotates under the
+    bank's (they would cost 1.7 s of key generation and tens of MB on the wire).
+    """
+    return make_bfv_context(galois=False)
 
 
 # =========================================================================== label holder
@@ -197,7 +207,7 @@ class LabelHolderSB:
     Parameters
     ----------
     context : tenseal.Context
-        The bank's CKKS context **with** its secret key.
+        The bank's BFV context **with** its secret key (:func:`make_label_holder_context`).
     name : str
     n_trees, max_depth, learning_rate, reg_lambda, min_child_weight, subsample, n_bins
         See :class:`~fedrisk.models.secureboost_tree.BoostParams`.
@@ -234,7 +244,7 @@ class LabelHolderSB:
         n_jobs: int = 1,
     ) -> None:
         if not context.is_private():
-            raise CryptoError("the label holder needs the CKKS context with its secret key")
+            raise CryptoError("the label holder needs its BFV context with the secret key")
         self.context = context
         self.name = name
         self.monotone = monotone
@@ -639,7 +649,7 @@ class FeatureHolderSB:
 
     def __init__(self, context: ts.Context, *, name: str, bins_key: ts.Context | None = None) -> None:
         if context.is_private():
-            raise CryptoError(f"feature holder {name!r} must hold only the public CKKS context")
+            raise CryptoError(f"feature holder {name!r} must hold only the public BFV context")
         if bins_key is not None and not bins_key.is_private():
             raise CryptoError(f"feature holder {name!r}: its bin key must hold its secret key")
         self.context = context
@@ -981,7 +991,7 @@ class VerticalSecureBoost(InProcessEstimator):
         label_holder_table : PartyTable, DataFrame (``id`` index or column, label column) or (X, y)
         feature_holder_tables : mapping name → PartyTable, DataFrame (joined on ID) or ndarray (already aligned)
         context : tenseal.Context, optional
-            The bank's secret context (default: a fresh one, see :func:`make_histogram_context`).
+            The bank's secret context (default: a fresh one, see :func:`make_label_holder_context`).
         transcript : list, optional
             Receives a :class:`WireRecord` per payload (``epoch`` = tree index).
         keep_bytes : bool
@@ -991,7 +1001,7 @@ class VerticalSecureBoost(InProcessEstimator):
 
     # ------------------------------------------------------------------ InProcessEstimator hooks
     def _new_context(self) -> ts.Context:
-        return make_histogram_context()
+        return make_label_holder_context()
 
     def _new_coordinator(self, context: ts.Context, feature_holders: list[str]) -> CoordinatorSB:
         return CoordinatorSB(context, label_holder=self.label_holder_name, feature_holders=feature_holders)

@@ -287,9 +287,9 @@ class VerticalStacking(BaseEstimator):
             from fedrisk.models.vertical_lr import make_context
 
             return make_context()
-        from fedrisk.models.secureboost import make_histogram_context
+        from fedrisk.models.secureboost import make_label_holder_context
 
-        return make_histogram_context()
+        return make_label_holder_context()
 
     @staticmethod
     def _decision(model: Any, bank: pd.DataFrame, holders: Mapping[str, Any], *, secure: bool = True) -> np.ndarray:

@@ -124,13 +124,13 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
 
     def _on_setup(self, exchange: Exchange) -> "RecordDict":
         from fedrisk.crypto.bfv import public_bfv_context_bytes
-        from fedrisk.crypto.encrypted_histogram import make_histogram_context
+        from fedrisk.models.secureboost import make_label_holder_context
         from fedrisk.parties.vertical_lr_state import aligned_blobs
 
         aligned = self._aligned()
         train = aligned.train_mask
         assert aligned.y is not None and train is not None
-        context = make_histogram_context()  # generated here; the secret key never leaves this process
+        context = make_label_holder_context()  # generated here; the secret key never leaves this process
         params = spec.setup_params(exchange)
         model, plan = self._make_model(context, params, aligned)
         self.model, self.answers, self.final = model, {}, None
@@ -142,7 +142,7 @@ class LabelHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         self._durable(exchange.header.run_id).save_static(values, {**blobs, "context": secret})
         blobs = {
             "plan": plan.to_bytes(),
-            "feature_holder_context": public_bfv_context_bytes(context, galois=True),
+            "feature_holder_context": public_bfv_context_bytes(context, galois=False),
             "coordinator_context": public_bfv_context_bytes(context, galois=False),
         }
         config = {
