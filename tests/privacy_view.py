@@ -285,7 +285,7 @@ class Part:
     readable: bytes | None = None  # bytes the role can read in the clear, for byte probes
     raw: bytes | None = None  # every byte (ciphertexts too), for the ID scan
     fingerprint: str = ""
-    levels: list[tuple[int, int, bool]] = field(default_factory=list)  # (level, serialised size, seeded) per SEAL ciphertext
+    levels: list[tuple[int, int, str]] = field(default_factory=list)  # (level, serialised size, form: "full"/"seeded"/"half") per ciphertext
     points: np.ndarray | None = None
 
 
@@ -420,8 +420,32 @@ class _Parser:
                 return UNPARSED, f"blob {i} is a transparent ciphertext: its content is in the clear", []
             if ct.size() < 2:
                 return UNPARSED, f"blob {i} has {ct.size()} polynomials", []
-            levels.append((key.runtime.level_of(ct), len(blob), seeded))
+            levels.append((key.runtime.level_of(ct), len(blob), "seeded" if seeded else "full"))
         return CIPHERTEXT, f"{len(blobs)} ciphertext(s) under {fingerprint}", levels
+
+    def _verify_masked_histograms(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, bool]]]:
+        """Each blob half a ciphertext under ``fingerprint``: all of ``c1``, ``c0`` at one total per 512-row block and
+        column — loaded as a SEAL ciphertext, and its bytes exactly what those residues re-packed give."""
+        from fedrisk.crypto import encrypted_bins as eb
+        from fedrisk.crypto.frames import pack_frame, unpack_frame
+
+        key = self.ring.get(fingerprint)
+        if key is None:
+            return FOREIGN, f"masked histograms under context {fingerprint}, which this role does not hold", []
+        levels = []
+        for i, blob in enumerate(blobs):
+            try:
+                kind, fp, header, parts = unpack_frame(bytes(blob))
+                layout = eb.BinMatrixLayout(1, 1, key.runtime.slots, int(header["rows_per_block"]))
+                ct = eb.load_masked_histogram(key.context, bytes(blob), layout)
+            except Exception as err:
+                return UNPARSED, f"blob {i} is not a masked histogram under {fingerprint}: {err}", []
+            if pack_frame(kind, fp, {"level": eb.WIRE_LEVEL, "rows_per_block": layout.rows_per_block}, parts) != bytes(blob):
+                return UNPARSED, f"blob {i} loads as a masked histogram but carries other bytes", []
+            if ct.is_transparent():
+                return UNPARSED, f"blob {i} is a transparent ciphertext: its content is in the clear", []
+            levels.append((key.runtime.level_of(ct), len(blob), "half"))
+        return CIPHERTEXT, f"{len(blobs)} masked histogram(s), half ciphertexts under {fingerprint}", levels
 
     def frame(self, data: bytes, base: dict, hints: dict) -> Part:
         from fedrisk.crypto.frames import unpack_frame
@@ -478,7 +502,7 @@ class _Parser:
             )
         if kind == b"SMHB" and blobs:  # masked histograms under the receiving holder's key (announced in its SLAY)
             for other in self.ring.fingerprints - {fp}:
-                kind_out, detail, levels = self._verify_ciphertexts(blobs, other)
+                kind_out, detail, levels = self._verify_masked_histograms(blobs, other)
                 if kind_out == CIPHERTEXT:
                     return Part(
                         kind=CIPHERTEXT,
@@ -1037,14 +1061,17 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
     for part in view.parts:
         if part.kind == CIPHERTEXT and part.levels:
             key = view.ring.get(part.fingerprint)
-            for level, size, seeded in part.levels:
-                by_key.setdefault(id(key), {}).setdefault((level, seeded), []).append((part, size))
+            for level, size, form in part.levels:
+                by_key.setdefault(id(key), {}).setdefault((level, form), []).append((part, size))
     for key in view.ring.keys:
-        for (level, seeded), seen in by_key.get(id(key), {}).items():
+        for (level, form), seen in by_key.get(id(key), {}).items():
             runtime = key.runtime
-            reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level, seeded)]
+            reference = [len(b) for _ in range(samples) for b in _zeros_at(runtime, level, form)]
             if not reference:
-                findings += [Finding("sizes", part.where, f"seeded ciphertext at level {level}: only fresh BFV encryptions travel seeded") for part, _ in seen]
+                findings += [
+                    Finding("sizes", part.where, f"{form} ciphertext at level {level}: only fresh BFV encryptions travel seeded, only masked histograms half")
+                    for part, _ in seen
+                ]
                 continue
             slack = tolerance * float(np.mean(reference))
             low, high = min(reference) - slack, max(reference) + slack
@@ -1060,12 +1087,21 @@ def ciphertext_size_findings(view: View, samples: int = 16, tolerance: float = 0
     return findings
 
 
-def _zeros_at(runtime: Any, level: int, seeded: bool = False) -> list[bytes]:
+def _zeros_at(runtime: Any, level: int, form: str = "full") -> list[bytes]:
     """Fresh encryptions of zeros at ``level`` (CKKS vector layout, or one BFV ciphertext; seeded:
-    SEAL's seeded form, under a fresh key with the same parameters since the receiver holds none)."""
+    SEAL's seeded form, under a fresh key with the same parameters since the receiver holds none;
+    half: a masked histogram's frame — ``c0`` at one position per 512-row block, all of ``c1``)."""
+    from fedrisk.crypto import encrypted_bins as eb
     from fedrisk.crypto.bfv import BFVRuntime
+    from fedrisk.crypto.frames import pack_frame
 
-    if seeded:
+    if form == "half":
+        if not isinstance(runtime, BFVRuntime) or level != eb.WIRE_LEVEL:
+            return []  # only masked histograms travel as half ciphertexts, and only at the wire level
+        k, n, b = len(runtime.moduli[level]), runtime.slots, runtime.slots // eb.ROWS_PER_BLOCK
+        header = {"level": level, "rows_per_block": eb.ROWS_PER_BLOCK}
+        return [pack_frame(b"BMHC", runtime.fingerprint, header, [bytes(8 * k * b), bytes(8 * k * n)])]
+    if form == "seeded":
         if not isinstance(runtime, BFVRuntime) or level != 0:
             return []  # only fresh BFV encryptions travel seeded: anything else is out of range
         return [_seeded_zero_runtime().encrypt_seeded(np.zeros(1, dtype=np.int64))]

@@ -97,6 +97,7 @@ def test_curious_feature_holder_decrypts_only_uniform_residues(sb):
     """It opens every masked histogram it received with its own secret key: uniform mod t (Kolmogorov–Smirnov), nothing label-shaped."""
     from scipy import stats
 
+    from fedrisk.crypto import encrypted_bins as eb
     from fedrisk.crypto.bfv import BFVRuntime
     from fedrisk.crypto.frames import unpack_frame
 
@@ -108,7 +109,9 @@ def test_curious_feature_holder_decrypts_only_uniform_residues(sb):
         for blob in _frames(captured.content):
             kind, _, _, blobs = unpack_frame(blob)
             if kind == b"SMHB":
-                opened += [runtime.decrypt_coefficients(runtime.load(b), np.arange(runtime.slots)) for b in blobs]
+                for b in blobs:  # c0 travels at the total positions only: those are all it can open
+                    layout = eb.BinMatrixLayout(1, 1, runtime.slots, int(unpack_frame(b)[2]["rows_per_block"]))
+                    opened.append(runtime.decrypt_coefficients(eb.load_masked_histogram(key, b, layout), layout.total_positions))
     assert opened, "no masked histogram found: the attack read nothing"
     values = np.concatenate(opened).astype(np.float64) / runtime.plain_modulus
     assert stats.kstest(values, "uniform").pvalue > 1e-6, "what the feature holder decrypts is not uniform"

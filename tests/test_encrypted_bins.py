@@ -11,6 +11,7 @@ from scipy import stats
 from fedrisk.crypto import encrypted_bins as eb
 from fedrisk.crypto.bfv import BFVRuntime, load_public_bfv_context, make_bfv_context, public_bfv_context_bytes
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
+from fedrisk.crypto.frames import pack_frame, unpack_frame
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,15 @@ def bins(feature_holder_key):
     return onehot, layout, blobs
 
 
-def _view_of_feature_holder(key, blobs: list[bytes]) -> np.ndarray:
-    """Every coefficient the feature holder can decrypt from what it receives (it returns only the totals)."""
+def _view_of_feature_holder(key, blobs: list[bytes], layout) -> np.ndarray:
+    """Every coefficient the feature holder can decrypt from what it receives: ``c0`` travels at the total positions only."""
     runtime = BFVRuntime.for_context(key)
-    return np.concatenate([runtime.decrypt_coefficients(runtime.load(b), np.arange(runtime.slots)) for b in blobs])
+    views = []
+    for blob in blobs:
+        _, _, _, (c0, _) = unpack_frame(blob)
+        assert len(c0) == 8 * len(runtime.moduli[eb.WIRE_LEVEL]) * layout.columns_per_ciphertext  # nothing beyond the totals' c0
+        views.append(runtime.decrypt_coefficients(eb.load_masked_histogram(key, blob, layout), layout.total_positions))
+    return np.concatenate(views)
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
@@ -59,6 +65,8 @@ def test_totals_equal_the_plaintext_histograms(feature_holder_key, label_holder_
         totals = evaluator.unmask(masked, histogram.mask)
         np.testing.assert_array_equal(totals, onehot[node].T.astype(np.int64) @ values[node])
     assert evaluator.outputs_ == 4 * layout.groups
+    ciphertext = 2 * 8 * len(BFVRuntime.for_context(feature_holder_key).moduli[eb.WIRE_LEVEL]) * layout.poly_degree
+    assert all(len(b) < 0.51 * ciphertext for h in histograms for b in h.ciphertexts)  # half a ciphertext on the wire
     assert not np.array_equal(histograms[1].mask, histograms[3].mask)  # a fresh mask every time
 
 
@@ -78,9 +86,14 @@ def test_noise_stays_below_the_stated_bound_and_the_flooding_leaves_room(feature
     noise_bits = delta_bits - budget - 1  # SEAL's invariant budget is log2(Δ / 2‖v‖), to the bit
     assert noise_bits <= eb.EVAL_NOISE_BITS, f"measured noise 2^{noise_bits:.0f} above the stated bound 2^{eb.EVAL_NOISE_BITS}"
 
+    unswitched = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout, wire_level=eb.PRODUCT_LEVEL)
+    (histogram,) = unswitched.node_histograms([values])
+    ct = runtime.load(histogram.ciphertexts[0])
+    runtime.evaluator.mod_switch_to_inplace(ct, runtime.parms_ids[eb.WIRE_LEVEL])  # as the compact output is made
+    assert runtime.noise_budget(ct) >= 8  # decryption stays exact with margin, on the two primes it leaves on
+
     flooded = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout)
     (histogram,) = flooded.node_histograms([values])
-    assert runtime.noise_budget(runtime.load(histogram.ciphertexts[0])) >= 8  # decryption stays exact with margin
     totals = flooded.unmask(eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout), histogram.mask)
     expected = (onehot.T.astype(object) @ values.astype(object)) % t
     np.testing.assert_array_equal(np.mod(totals, t), expected.astype(np.int64))
@@ -107,7 +120,7 @@ def test_the_feature_holder_decrypts_uniform_coefficients_and_a_missing_mask_is_
     gradients = np.where(labels, -(1 << 30), 1 << 28)  # a label-revealing pattern
     evaluator = eb.MaskedHistogramEvaluator(label_holder_copy, blobs, layout)
     (histogram,) = evaluator.node_histograms([gradients])
-    view = _view_of_feature_holder(feature_holder_key, histogram.ciphertexts)
+    view = _view_of_feature_holder(feature_holder_key, histogram.ciphertexts, layout)
     assert _looks_uniform(view, t)
     totals = eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts, layout)
     true = onehot.T.astype(np.int64) @ gradients
@@ -115,7 +128,7 @@ def test_the_feature_holder_decrypts_uniform_coefficients_and_a_missing_mask_is_
 
     monkeypatch.setattr(eb, "uniform_residues", lambda modulus, n: np.zeros(n, dtype=np.uint64))
     (leaky,) = evaluator.node_histograms([gradients])
-    leaked = _view_of_feature_holder(feature_holder_key, leaky.ciphertexts)
+    leaked = _view_of_feature_holder(feature_holder_key, leaky.ciphertexts, layout)
     assert not _looks_uniform(leaked, t)
     assert np.array_equal(eb.decrypt_masked_totals(feature_holder_key, leaky.ciphertexts, layout)[: onehot.shape[1]], np.mod(true, t).astype(np.uint64))
 
@@ -142,8 +155,20 @@ def test_bad_inputs_are_one_line_refusals(feature_holder_key, label_holder_copy,
         evaluator.unmask(np.zeros(3, dtype=np.uint64), histogram.mask)
     with pytest.raises(ProtocolError, match="2 ciphertexts, the layout 3"):
         eb.decrypt_masked_totals(feature_holder_key, histogram.ciphertexts[:2], layout)
-    with pytest.raises(ProtocolError, match="not at level"):
+    with pytest.raises(ProtocolError, match="not a frame"):
         eb.decrypt_masked_totals(feature_holder_key, blobs[:3], layout)  # fresh bins, not a masked histogram
+    kind, fp, header, (c0, c1) = unpack_frame(histogram.ciphertexts[0])
+    tampered = {
+        "not at level": pack_frame(kind, fp, {**header, "level": eb.PRODUCT_LEVEL}, [c0, c1]),
+        "under key": pack_frame(kind, "0" * len(fp), header, [c0, c1]),
+        "c0 at 32 positions": pack_frame(kind, fp, header, [c0 + c0, c1]),  # more of c0 than the totals'
+        "rows per block": pack_frame(kind, fp, {**header, "rows_per_block": 256}, [c0, c1]),
+        "not reduced": pack_frame(kind, fp, header, [c0, b"\xff" * len(c1)]),
+    }
+    for message, blob in tampered.items():
+        with pytest.raises(ProtocolError, match=message) as err:
+            eb.decrypt_masked_totals(feature_holder_key, [blob, *histogram.ciphertexts[1:]], layout)
+        assert "\n" not in str(err.value)
     evaluator.outputs_ = eb.RUN_CIPHERTEXTS - 1
     with pytest.raises(CryptoError, match="covers 4096 masked histograms"):
         evaluator.node_histograms([np.ones(onehot.shape[0], dtype=np.int64)])

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sa
+import zstandard
 
 from fedrisk.crypto.seal_runtime import ByteBridge, SealRuntime, load_public_tenseal, read_varint, seal_context
 from fedrisk.errors import CryptoError, ProtocolError
@@ -49,6 +51,8 @@ __all__ = [
     "ROW_STEPS",
     "BFVRuntime",
     "add_to_c0",
+    "ciphertext_from_polynomials",
+    "ciphertext_polynomials",
     "coefficient_plaintext",
     "keep_seeded_galois",
     "load_key_holder_bfv_context",
@@ -426,15 +430,51 @@ def add_to_c0(runtime: BFVRuntime, ct: Any, noise_rns: np.ndarray) -> None:
     k, n = len(runtime.moduli[level]), int(ct.poly_modulus_degree())
     if ct.is_ntt_form() or ct.size() != 2 or int(ct.coeff_modulus_size()) != k or noise_rns.shape != (k, n):
         raise CryptoError("flooding needs a two-polynomial coefficient-form ciphertext matching the noise's moduli")
-    if np.any(noise_rns >= np.asarray(runtime.moduli[level], dtype=np.uint64)[:, None]):
-        raise CryptoError("flooding noise is not reduced mod the ciphertext's primes")
-    flood = sa.Ciphertext(runtime.seal, runtime.parms_ids[level])
-    flood.resize(runtime.seal, runtime.parms_ids[level], 2)  # (0, 0) with ct's parameters, coefficient form
-    data = np.concatenate([noise_rns.astype("<u8").ravel(), np.zeros(k * n, dtype="<u8")])
-    body = struct.pack("<Q", data.size) + data.tobytes()
-    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body))
-    runtime._io.load(header + body, flood.dyn_array().load)
+    flood = ciphertext_from_polynomials(runtime, np.stack([noise_rns, np.zeros_like(noise_rns)]), level)
     runtime.evaluator.add_inplace(ct, flood)
+
+
+def ciphertext_polynomials(runtime: BFVRuntime, ct: Any) -> np.ndarray:
+    """A coefficient-form ciphertext's ``(c0, c1)`` as uint64 ``(2, primes, N)``: its RNS residues, read back from SEAL's own array format."""
+    if ct.is_ntt_form() or ct.size() != 2:
+        raise CryptoError("only a two-polynomial coefficient-form ciphertext can be read as polynomials")
+    blob = runtime._io.save(ct.dyn_array().save)
+    magic, size, _, _, mode, _, total = struct.unpack("<HBBBBHQ", blob[:16])
+    if magic != _SEAL_MAGIC or size != 16 or total != len(blob):
+        raise CryptoError("unexpected SEAL array serialisation")
+    body = blob[16:]
+    if mode == 1:
+        body = zlib.decompress(body)
+    elif mode == 2:
+        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=8 + 8 * ct.dyn_array().size())
+    elif mode != 0:
+        raise CryptoError(f"SEAL array compressed with unknown mode {mode}")
+    k, n = int(ct.coeff_modulus_size()), int(ct.poly_modulus_degree())
+    (count,) = struct.unpack("<Q", body[:8])
+    if count != 2 * k * n or len(body) != 8 + 8 * count:
+        raise CryptoError("SEAL array holds a different number of coefficients than the ciphertext")
+    return np.frombuffer(body, dtype="<u8", offset=8).astype(np.uint64).reshape(2, k, n)
+
+
+def ciphertext_from_polynomials(runtime: BFVRuntime, polys: np.ndarray, level: int) -> Any:
+    """The coefficient-form ciphertext ``(c0, c1)`` at ``level`` from uint64 ``(2, primes, N)`` residues, each checked below its prime."""
+    moduli = np.asarray(runtime.moduli[level], dtype=np.uint64)
+    k, n = moduli.size, int(runtime.slots)
+    data = np.asarray(polys)
+    if data.dtype != np.uint64 or data.shape != (2, k, n):
+        raise CryptoError(f"a ciphertext at level {level} needs (2, {k}, {n}) uint64 residues")
+    if np.any(data >= moduli[None, :, None]):
+        raise CryptoError("ciphertext residues are not reduced mod the level's primes")
+    ct = sa.Ciphertext(runtime.seal, runtime.parms_ids[level])
+    ct.resize(runtime.seal, runtime.parms_ids[level], 2)  # (0, 0) at the level, coefficient form
+    runtime._io.load(_seal_array(data.ravel()), ct.dyn_array().load)
+    return ct
+
+
+def _seal_array(data: np.ndarray) -> bytes:
+    """uint64 values in SEAL's own uncompressed ``DynArray`` serialisation."""
+    body = struct.pack("<Q", data.size) + data.astype("<u8").tobytes()
+    return struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body)) + body
 
 
 def coefficient_plaintext(runtime: BFVRuntime, coeffs: np.ndarray) -> Any:
@@ -450,9 +490,7 @@ def coefficient_plaintext(runtime: BFVRuntime, coeffs: np.ndarray) -> Any:
     if np.any(data >= np.uint64(runtime.plain_modulus)):
         raise CryptoError("plaintext coefficients are not reduced mod t")
     pt = sa.Plaintext(n)
-    body = struct.pack("<Q", n) + data.astype("<u8").tobytes()
-    header = struct.pack("<HBBBBHQ", _SEAL_MAGIC, 16, _SEAL_VERSION[0], _SEAL_VERSION[1], 0, 0, 16 + len(body))
-    runtime._io.load(header + body, pt.dyn_array().load)
+    runtime._io.load(_seal_array(data), pt.dyn_array().load)
     return pt
 
 

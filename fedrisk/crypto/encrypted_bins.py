@@ -24,13 +24,17 @@ In ``Σ_k B_kj · P_k`` the coefficient of ``X^(c·n + n − 1)`` is exactly col
 What each side sees, per node:
 
 * The label holder holds ciphertexts under the feature holder's key, and no key
-  to open them. It returns ``Σ_k B_kj · P_k + Enc_pk(0) + r + e_flood``,
+  to open them. It computes ``Σ_k B_kj · P_k + Enc_pk(0) + r + e_flood``,
   switched down to :data:`WIRE_LEVEL`: re-randomised with the feature holder's
-  public key (``c1`` independent of the products), every one of the ``N``
+  public key (``c1`` independent of the products), each of the ``b`` total
   coefficients masked by ``r`` uniform mod ``t`` (128-bit draws, bias below
-  ``2^-68`` per coefficient), and the noise flooded (below).
-* The feature holder decrypts ``H + r``: uniform in every coefficient, whatever
-  the gradients. It returns the ``b`` total coefficients of each ciphertext and
+  ``2^-68`` per coefficient) and its noise flooded (below). It sends all of
+  ``c1`` and ``c0`` at the total positions only (:func:`load_masked_histogram`):
+  decrypting a coefficient needs only its own ``c0`` and the whole ``c1``, so the
+  other coefficients — partial sums over row subsets — never leave, and a
+  masked histogram is half a ciphertext (256 KB).
+* The feature holder decrypts ``H + r`` at the total positions: uniform, whatever
+  the gradients. It returns those ``b`` coefficients of each ciphertext and
   nothing else (:func:`decrypt_masked_totals`).
 * The label holder subtracts its mask at those positions and has the column
   totals — the same totals the other kernel decrypts, and nothing per row.
@@ -41,7 +45,8 @@ the feature holder decrypts it is drowned in a uniform term of
 ``2^EVAL_NOISE_BITS / 2^FLOOD_BITS`` per coefficient; a kernel refuses more than
 :data:`RUN_CIPHERTEXTS` outputs, so over a run it is at most
 ``RUN_CIPHERTEXTS · N · 2^(EVAL_NOISE_BITS − FLOOD_BITS) = 2^-40``
-(:func:`run_statistical_distance`). :data:`EVAL_NOISE_BITS` is a stated bound,
+(:func:`run_statistical_distance`; counting every coefficient, although only
+``b = N/512`` per output can be decrypted, so the true bound is 2^-49). :data:`EVAL_NOISE_BITS` is a stated bound,
 measured by ``tests/test_encrypted_bins.py`` with values spread over all of
 ``Z_t`` (worse than any gradients). The products run on :data:`PRODUCT_LEVEL`
 (four of the five primes: ``Δ ≈ 2^181``, room for the flooding with about 30 bits
@@ -68,6 +73,8 @@ import tenseal.sealapi as sa
 from fedrisk.crypto.bfv import (
     BFVRuntime,
     add_to_c0,
+    ciphertext_from_polynomials,
+    ciphertext_polynomials,
     coefficient_plaintext,
     load_public_bfv_context,
     public_bfv_context_bytes,
@@ -91,6 +98,7 @@ __all__ = [
     "MaskedHistogramEvaluator",
     "decrypt_masked_totals",
     "encrypt_bin_matrix",
+    "load_masked_histogram",
     "run_statistical_distance",
 ]
 
@@ -192,18 +200,64 @@ def decrypt_masked_totals(context: ts.Context, blobs: Sequence[bytes], layout: B
     Raises
     ------
     ProtocolError
-        Not one ciphertext per column group, or not at :data:`WIRE_LEVEL`.
+        Not one masked histogram per column group, or one :func:`load_masked_histogram` refuses.
     """
     runtime = _runtime(context, private=True)
     if len(blobs) != layout.groups:
         raise ProtocolError(f"masked histogram has {len(blobs)} ciphertexts, the layout {layout.groups}")
-    out = []
-    for blob in blobs:
-        ct = runtime.load(blob)
-        if runtime.level_of(ct) != WIRE_LEVEL:
-            raise ProtocolError(f"masked histogram is not at level {WIRE_LEVEL}")
-        out.append(runtime.decrypt_coefficients(ct, layout.total_positions))
-    return np.concatenate(out)
+    positions = layout.total_positions
+    return np.concatenate([runtime.decrypt_coefficients(load_masked_histogram(context, blob, layout), positions) for blob in blobs])
+
+
+def _compact(runtime: BFVRuntime, ct: Any, layout: BinMatrixLayout) -> bytes:
+    """A masked histogram as it travels: all of ``c1``, and ``c0`` at the total positions only.
+
+    Decrypting coefficient ``i`` needs ``c0[i]`` and the whole of ``c1`` (``c1·s`` mixes every
+    coefficient), so the feature holder gets exactly what opens the totals: half the bytes.
+    """
+    polys = ciphertext_polynomials(runtime, ct)
+    level = runtime.level_of(ct)
+    header = {"level": level, "rows_per_block": layout.rows_per_block}
+    return pack_frame(_COMPACT_KIND, runtime.fingerprint, header, [polys[0][:, layout.total_positions].tobytes(), polys[1].tobytes()])
+
+
+def load_masked_histogram(context: ts.Context, blob: bytes, layout: BinMatrixLayout) -> Any:
+    """A received masked histogram as a SEAL ciphertext at :data:`WIRE_LEVEL` (``c0`` zero off the total positions).
+
+    Checked before SEAL sees it: the frame kind, the feature holder's key fingerprint,
+    the level and the layout, the exact byte counts, every residue below its prime.
+
+    Raises
+    ------
+    ProtocolError
+        Anything else than :func:`MaskedHistogramEvaluator`'s output for ``layout`` under ``context``, in one line.
+    """
+    runtime = BFVRuntime.for_context(context)
+    try:
+        kind, fp, header, parts = unpack_frame(blob)
+    except Exception as exc:  # frames raise on truncated or garbage bytes
+        raise ProtocolError(f"masked histogram is not a frame: {exc}") from None
+    if kind != _COMPACT_KIND:
+        raise ProtocolError(f"masked histogram is a {kind!r} frame, not {_COMPACT_KIND!r}")
+    if fp != runtime.fingerprint:
+        raise ProtocolError(f"masked histogram is under key {fp}, not this feature holder's {runtime.fingerprint}")
+    if header.get("level") != WIRE_LEVEL:
+        raise ProtocolError(f"masked histogram is not at level {WIRE_LEVEL}")
+    if header.get("rows_per_block") != layout.rows_per_block:
+        raise ProtocolError(f"masked histogram is for {header.get('rows_per_block')!r} rows per block, the layout {layout.rows_per_block}")
+    k, n, b = len(runtime.moduli[WIRE_LEVEL]), runtime.slots, layout.columns_per_ciphertext
+    if len(parts) != 2 or len(parts[0]) != 8 * k * b or len(parts[1]) != 8 * k * n:
+        raise ProtocolError(f"masked histogram must carry c0 at {b} positions and all of c1 on {k} primes")
+    polys = np.zeros((2, k, n), dtype=np.uint64)
+    polys[0][:, layout.total_positions] = np.frombuffer(parts[0], dtype="<u8").reshape(k, b)
+    polys[1] = np.frombuffer(parts[1], dtype="<u8").reshape(k, n)
+    try:
+        return ciphertext_from_polynomials(runtime, polys, WIRE_LEVEL)
+    except CryptoError as exc:
+        raise ProtocolError(f"masked histogram: {exc}") from None
+
+
+_COMPACT_KIND = b"BMHC"
 
 
 @dataclass(frozen=True)
@@ -266,23 +320,31 @@ class _BlockProducts:
         return out
 
     def finish(self, parts: Sequence[Any]) -> tuple[bytes, np.ndarray]:
-        """One output from a group's partial sums: re-randomise, mask every coefficient, flood, switch down, serialise.
+        """One output from a group's partial sums: re-randomise, mask and flood the total positions, switch down, serialise.
 
-        Returns the ciphertext and the mask at the total positions.
+        Returns the masked histogram (:func:`_compact` at :data:`WIRE_LEVEL`; SEAL's
+        whole ciphertext at :data:`PRODUCT_LEVEL`, where the tests measure noise) and
+        the mask at the total positions. Only the totals' ``c0`` leaves, so only they
+        need the mask and the flooding.
         """
-        rt, ev = self.runtime, self.runtime.evaluator
+        rt, ev, layout = self.runtime, self.runtime.evaluator, self.layout
         ct = rt.encrypt_zero(PRODUCT_LEVEL)  # c1 independent of the products
         for part in parts:
             if rt.level_of(part) != PRODUCT_LEVEL:
                 raise CryptoError("a partial histogram is not at the product level")
             ev.add_inplace(ct, part)
-        mask = uniform_residues(rt.plain_modulus, rt.slots)
+        positions = layout.total_positions
+        mask = np.zeros(rt.slots, dtype=np.uint64)
+        mask[positions] = uniform_residues(rt.plain_modulus, positions.size)
         ev.add_plain_inplace(ct, coefficient_plaintext(rt, mask))
         if self.flood_bits > 0:
-            add_to_c0(rt, ct, uniform_noise_rns(rt.moduli[PRODUCT_LEVEL], rt.slots, self.flood_bits))
-        if self.wire_level != PRODUCT_LEVEL:
-            ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level])
-        return bytes(rt.dump(ct)), mask[self.layout.total_positions]
+            noise = np.zeros((len(rt.moduli[PRODUCT_LEVEL]), rt.slots), dtype=np.uint64)
+            noise[:, positions] = uniform_noise_rns(rt.moduli[PRODUCT_LEVEL], positions.size, self.flood_bits)
+            add_to_c0(rt, ct, noise)
+        if self.wire_level == PRODUCT_LEVEL:
+            return bytes(rt.dump(ct)), mask[positions]
+        ev.mod_switch_to_inplace(ct, rt.parms_ids[self.wire_level])
+        return _compact(rt, ct, layout), mask[positions]
 
 
 def _block_ranges(blocks: int, workers: int) -> list[range]:
