@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 from fedrisk.parties.alignment import FeatureHolderAlignment, LabelHolderAlignment
 
 if TYPE_CHECKING:
-    from flwr.app import RecordDict
-
     from fedrisk.parties.protocol import Party
 
 __all__ = ["DurableRole"]
@@ -33,14 +31,12 @@ class DurableRole:
         self._durable_run = run_id
         return DurableVerticalState(self.runtime.state_dir, run_id, type(self).__name__)
 
-    def save_durable(self, run_id: str, request_key: str, reply: "RecordDict") -> None:
-        """Called by the runtime after each answer, before it leaves: the model's fields and the answer."""
-        from fedrisk.parties.relay import encode_content
-
+    def save_durable(self, run_id: str, request_key: str, reply: bytes) -> None:
+        """Called by the runtime after each answer, before it leaves: the model's fields and the answer (encoded, as it leaves)."""
         if self.model is None:
             return
         progress, values, blobs = self._capture()
-        self._durable(run_id).save_state(progress, values, blobs, request_key, encode_content(reply))
+        self._durable(run_id).save_state(progress, values, blobs, request_key, reply)
 
     def _capture(self) -> tuple[int, dict[str, Any], dict[str, bytes]]:
         """The model's mutable fields: (progress counter, JSON values, byte blobs)."""

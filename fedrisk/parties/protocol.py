@@ -67,8 +67,8 @@ class ClosingProtocol(PartyProtocol, Protocol):
 class DurableProtocol(PartyProtocol, Protocol):
     """A role whose state cannot be rebuilt from the coordinator's messages: kept on disk per answer."""
 
-    def save_durable(self, run_id: str, request_key: str, reply: RecordDict) -> None:
-        """Write the role's state and ``reply`` before the reply leaves."""
+    def save_durable(self, run_id: str, request_key: str, reply: bytes) -> None:
+        """Write the role's state and ``reply`` (the answer as the relay sends it) before the reply leaves."""
         ...
 
     def restore_durable(self, run_id: str) -> tuple[str, RecordDict] | None:

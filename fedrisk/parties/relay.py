@@ -38,7 +38,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024 * 1024
 
 #: Handler run by the party process: (message type, metadata, content) -> reply content.
-RelayHandler = Callable[[str, dict, RecordDict], RecordDict]
+RelayHandler = Callable[[str, dict, RecordDict], "RecordDict | bytes"]  # bytes: the reply already encoded
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -127,7 +127,7 @@ class _Handler(socketserver.BaseRequestHandler):
             content = decode_content(body)
             with self.server.lock:
                 reply = self.server.handler(message_type, header, content)
-            send_frame(self.request, {"ok": True}, encode_content(reply))
+            send_frame(self.request, {"ok": True}, reply if isinstance(reply, bytes) else encode_content(reply))
         except Exception as err:  # every failure goes back as a one-line error
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             try:

@@ -37,6 +37,7 @@ from fedrisk.errors import ProtocolError
 from fedrisk.wire import message_types as mt
 from fedrisk.wire.exchange import Exchange, ExchangeHeader, build_content, read_content
 from fedrisk.parties.identity import PartyIdentity
+from fedrisk.parties.relay import encode_content
 from fedrisk.parties.protocol import ClosingProtocol, DurableProtocol, Handler, PartyProtocol, Registry
 from fedrisk.parties.settings import PartySettings, ensure_private_dir
 
@@ -66,6 +67,7 @@ class PartyRuntime:
         self._replies: OrderedDict[str, RecordDict] = OrderedDict()
         #: Requests answered from the reply cache (a measure of redone steps).
         self.repeats = 0
+        self._last_encoded: tuple[RecordDict, bytes] | None = None
 
     # -- state loaded once -------------------------------------------------
     @cached_property
@@ -134,11 +136,22 @@ class PartyRuntime:
         if key is not None:
             owner = getattr(handler, "__self__", None)  # the role whose bound method answered
             if isinstance(owner, DurableProtocol):  # state and answer on disk before the answer leaves
-                owner.save_durable(exchange.header.run_id, key, reply)
+                encoded = encode_content(reply)
+                owner.save_durable(exchange.header.run_id, key, encoded)
+                self._last_encoded = (reply, encoded)  # the relay sends these bytes: encoded once (an SLAY is ≈ 120 MB)
             self._replies[key] = reply
             while len(self._replies) > REPLY_CACHE_SIZE:
                 self._replies.popitem(last=False)
         return reply
+
+    def handle_encoded(self, message_type: str, meta: dict, content: RecordDict) -> bytes:
+        """:meth:`handle`, the reply encoded as the relay sends it (the encoding the durable state kept, when there is one)."""
+        self._last_encoded = None
+        reply = self.handle(message_type, meta, content)
+        last, self._last_encoded = self._last_encoded, None
+        if last is not None and last[0] is reply:
+            return last[1]
+        return encode_content(reply)
 
     def _on_identity(self, exchange: Exchange) -> RecordDict:
         request = exchange.header

@@ -259,7 +259,8 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
 
     def _rebuild(self, static, aligned) -> None:
         from fedrisk.crypto.bfv import load_key_holder_bfv_context, load_public_bfv_context
-        from fedrisk.models.secureboost import BinLayout, BoostPlan
+        from fedrisk.crypto.encrypted_histogram import HistogramLayout
+        from fedrisk.models.secureboost import BoostPlan
         from fedrisk.parties.vertical_lr_state import from_json
 
         values = {k: from_json(v) for k, v in static.state.items()}
@@ -271,8 +272,10 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         if static.has_blob("bins_key"):
             bins_key = load_key_holder_bfv_context(static.blob("bins_key"), f"feature holder {self.name!r}")
         model, layout = self._make_model(context, plan, train, bins_key)
-        announced = BinLayout.from_bytes(static.blob("layout"), context=context)
-        if layout.layout != announced.layout or layout.bins_context != announced.bins_context:
+        announced = values["layout"]
+        if (None if announced is None else HistogramLayout.from_dict(dict(announced))) != layout.layout or layout.bins_context != (
+            static.blob("bins_public") if static.has_blob("bins_public") else b""
+        ):
             raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
         self.model, self.train_mask = model, train
 
@@ -320,7 +323,8 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         model, layout = self._make_model(context, plan, train)
         self.model, self.train_mask = model, train
         values, blobs = aligned_blobs(aligned)
-        values.update(rows=rows)
+        # what it announced, without the ≈ 120 MB of ciphertexts: a rebuilt holder checks its layout and key against these
+        values.update(rows=rows, layout=None if layout.layout is None else layout.layout.to_dict())
         assert model.bins_key_ is not None or layout.layout is None
         self._durable(exchange.header.run_id).save_static(
             values,
@@ -329,7 +333,7 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
                 "context": exchange.blob("context"),
                 "plan": exchange.blob("plan"),
                 "train_mask": packed,
-                "layout": layout.to_bytes(),
+                **({"bins_public": layout.bins_context} if layout.layout is not None else {}),
                 # its own secret bins key (0600 like every recovery file): a restarted process decrypts under it again
                 **({"bins_key": model.bins_key_.serialize(save_public_key=True, save_secret_key=True)} if model.bins_key_ is not None else {}),
             },

@@ -32,7 +32,7 @@ def serve(settings: PartySettings, socket_path: Path, ready_file: Path | None = 
 
     def handle(message_type, meta, content):
         started = time.perf_counter()
-        reply = runtime.handle(message_type, meta, content)
+        reply = runtime.handle_encoded(message_type, meta, content)
         log.info("party %s: %s answered in %.3f s", settings.name, message_type, time.perf_counter() - started)
         return reply
 
