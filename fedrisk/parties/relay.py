@@ -26,8 +26,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from flwr.app import RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import config_record_to_proto, metric_record_to_proto, recorddict_from_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 
 from fedrisk.errors import PartyUnavailableError, ProtocolError
@@ -76,7 +76,31 @@ def recv_frame(sock: socket.socket) -> tuple[dict, bytes]:
 
 
 def encode_content(content: RecordDict) -> bytes:
-    return recorddict_to_proto(content).SerializeToString()
+    """Flower's protobuf encoding of ``content`` (byte for byte ``recorddict_to_proto``'s).
+
+    Built in place: Flower's serde constructs each nested message from the one
+    below and copies every array's bytes at each level (0.9 s for a 120 MB
+    encrypted bin matrix); here they are copied once into the message, then once
+    by the serialisation (0.18 s).
+    """
+    proto = ProtoRecordDict()
+    for key, record in content.items():
+        item = proto.items.add(key=key)
+        if isinstance(record, ArrayRecord):
+            arrays = item.array_record
+            arrays.SetInParent()  # an empty record is still a record
+            for name, array in record.items():
+                value = arrays.items.add(key=name).value
+                value.SetInParent()
+                value.dtype, value.stype, value.data = array.dtype, array.stype, array.data
+                value.shape.extend(array.shape)
+        elif isinstance(record, MetricRecord):
+            item.metric_record.CopyFrom(metric_record_to_proto(record))
+        elif isinstance(record, ConfigRecord):
+            item.config_record.CopyFrom(config_record_to_proto(record))
+        else:
+            raise ProtocolError(f"relay cannot encode a record of type {type(record).__name__}")
+    return proto.SerializeToString()
 
 
 def decode_content(body: bytes) -> RecordDict:
