@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedrisk.crypto.keyfiles import write_secret_file
+from fedrisk.crypto.keyfiles import sync_directory, write_secret_file
 from fedrisk.errors import ConfigError, ProtocolError
 
 FORMAT = "fedrisk-checkpoint/1"
@@ -123,12 +123,16 @@ class CheckpointStore:
         """Write a checkpoint (blobs first, then the JSON that names them); returns it."""
         blob_dir = self.folder / "blobs"
         refs: dict[str, dict[str, Any]] = {}
+        written = False
         for name, data in (blobs or {}).items():
             digest = hashlib.sha256(data).hexdigest()
             target = blob_dir / f"{digest}.bin"
             if not target.exists():
-                write_secret_file(target, bytes(data))
+                write_secret_file(target, bytes(data), sync_directory=False)
+                written = True
             refs[name] = {"sha256": digest, "size": len(data)}
+        if written:  # every new blob's entry on disk before the JSON that names them
+            sync_directory(blob_dir)
         saved_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
         document = {
             "format": FORMAT,

@@ -31,6 +31,7 @@ __all__ = [
     "PUBLIC_FILE_MODE",
     "write_secret_file",
     "write_public_file",
+    "sync_directory",
     "read_secret_file",
     "check_secret_file_mode",
 ]
@@ -53,8 +54,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
-    """Write ``data`` to ``path`` atomically with the given final ``mode``."""
+def _atomic_write(path: str | os.PathLike[str], data: bytes, mode: int, *, sync_directory: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically with the given final ``mode`` (and its directory entry flushed if ``sync_directory``)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"file contents for {os.fspath(path)} must be bytes")
     target = Path(path)
@@ -81,11 +82,12 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
         if tmp_name:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
-    _fsync_dir(directory)
+    if sync_directory:
+        _fsync_dir(directory)
     return target
 
 
-def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_secret_file(path: str | os.PathLike[str], data: bytes, *, sync_directory: bool = True) -> Path:
     """Atomically write secret ``data`` to ``path`` with mode ``0600``.
 
     Parameters
@@ -94,13 +96,21 @@ def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
         Destination file; its parent directory is created if missing.
     data : bytes
         The secret bytes.
+    sync_directory : bool
+        Flush the directory entry too (default). A caller writing several files
+        into one directory passes False and calls :func:`sync_directory` once.
 
     Returns
     -------
     pathlib.Path
         The path written.
     """
-    return _atomic_write(path, data, SECRET_FILE_MODE)
+    return _atomic_write(path, data, SECRET_FILE_MODE, sync_directory=sync_directory)
+
+
+def sync_directory(directory: str | os.PathLike[str]) -> None:
+    """Flush ``directory``'s entries to disk (after files written with ``sync_directory=False``)."""
+    _fsync_dir(Path(directory))
 
 
 def write_public_file(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -42,13 +42,14 @@ RelayHandler = Callable[[str, dict, RecordDict], "RecordDict | bytes"]  # bytes:
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(min(size - len(chunks), 4 * 1024 * 1024))
-        if not chunk:
-            raise ProtocolError(f"relay connection closed after {len(chunks)} of {size} bytes")
-        chunks.extend(chunk)
-    return bytes(chunks)
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = sock.recv_into(view[got:], min(size - got, 16 * 1024 * 1024))
+        if not n:
+            raise ProtocolError(f"relay connection closed after {got} of {size} bytes")
+        got += n
+    return bytes(buffer)
 
 
 def send_frame(sock: socket.socket, header: dict, body: bytes) -> None:
