@@ -54,6 +54,7 @@ __all__ = [
     "ciphertext_from_polynomials",
     "ciphertext_polynomials",
     "coefficient_plaintext",
+    "has_galois_keys",
     "keep_seeded_galois",
     "load_key_holder_bfv_context",
     "load_public_bfv_context",
@@ -153,6 +154,11 @@ def make_bfv_context(*, galois: bool = True) -> ts.Context:
     context = ts.context_from(_with_galois_keys(blob, seeded))
     context._fedrisk_seeded_galois = seeded
     return context
+
+
+def has_galois_keys(context: ts.Context) -> bool:
+    """Whether a BFV context carries Galois keys to share (TenSEAL's own flag misses the seeded ones kept here)."""
+    return getattr(context, "_fedrisk_seeded_galois", None) is not None or bool(context.has_galois_keys())
 
 
 def public_bfv_context_bytes(context: ts.Context, *, galois: bool) -> bytes:

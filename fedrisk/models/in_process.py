@@ -159,10 +159,10 @@ def public_copies(secret: KeyHolderContext | ts.Context) -> PublicCopies[Any]:
 
 
 def _bfv_public_copies(secret: ts.Context) -> PublicCopies[ts.Context]:
-    from fedrisk.crypto.bfv import load_public_bfv_context, public_bfv_context_bytes
+    from fedrisk.crypto.bfv import has_galois_keys, load_public_bfv_context, public_bfv_context_bytes
 
     # a key that rotates (the gradient-encrypting kernels) shares its Galois keys; SecureBoost's run key has none
-    fh = public_bfv_context_bytes(secret, galois=secret.has_galois_keys())
+    fh = public_bfv_context_bytes(secret, galois=has_galois_keys(secret))
     co = public_bfv_context_bytes(secret, galois=False)
     return PublicCopies(load_public_bfv_context(fh, "feature holder"), len(fh), load_public_bfv_context(co, "coordinator"), len(co))
 
