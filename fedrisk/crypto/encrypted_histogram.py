@@ -138,10 +138,12 @@ Alternatives measured and not taken
 * **Roles reversed, coefficient packing**: :mod:`fedrisk.crypto.encrypted_bins`, which
   SecureBoost now runs on. The feature holder encrypts its bin matrix once
   under its own key, the label holder multiplies it by its plaintext masked
-  gradients (no rotation, no key switch), re-randomises, masks every coefficient
-  and floods, and the feature holder decrypts only masked totals.
+  gradients (no rotation, no key switch), re-randomises, masks and floods the
+  total coefficients, sends ``c1`` and only their ``c0``, and the feature holder
+  decrypts only masked totals.
   ``python benchmarks/histogram_kernels.py`` (2026-12-06, load ≈ 1.3): 1.12 core-s
-  per tree against this kernel's 2.16 (1.93×), 8.4 MB per tree against 3.4, and a
+  per tree against this kernel's 2.16 (1.93×), 8.4 MB per tree against 3.4 (4.2 MB
+  since masked histograms travel as half ciphertexts), and a
   123 MB seeded matrix once per run (1.6 core-s to encrypt, 1.1 to load); with two
   worker processes a tree's four node histograms take 0.54 s of wall time; a
   default-credit SecureBoost run went from 46.0 s to 25.0 s in process.

@@ -17,7 +17,8 @@ class in brackets)::
                                                                   its one-hot bin matrix encrypted under it, once)
     tree t  bank ──MaskedHistogramBatch [ciphertext]──▶ one feature holder
                     (per node: Σ bins · (g_q + 2^k h_q) over the node's rows, computed by the bank
-                     on the encrypted bins, re-randomised, every coefficient masked, noise flooded)
+                     on the encrypted bins, re-randomised, each total masked and its noise flooded,
+                     sent as c1 and the totals' c0 only)
             feature holder ──MaskedTotals [masked]──▶ bank     (the decrypted total coefficients, still masked)
             bank unmasks, derives each sibling as parent − child, picks the best split
             bank ──SplitDecisions [public]──▶ owner only            ("your feature j, your bin b",
@@ -46,8 +47,8 @@ collusion, TLS on every link). What each party learns:
   which features have missing values (the public layout); for the splits it
   chose on another party's feature, that feature's index and bin index and which
   rows go left — never the threshold.
-* **Feature holder**: what it decrypts is ``H + r`` with ``r`` uniform mod ``t`` in
-  every coefficient and the evaluation noise flooded (statistical distance
+* **Feature holder**: what it can decrypt is the totals of ``H + r`` (``c0`` travels at
+  the total positions only) with ``r`` uniform mod ``t`` and the evaluation noise flooded (statistical distance
   ≤ 2^-40 over a run of up to 4,096 masked histograms,
   :mod:`fedrisk.crypto.encrypted_bins`): uniform residues, whatever the labels.
   The row sets of the nodes split on **its own** features (to route them), its
@@ -67,9 +68,10 @@ and are refused under any other context.
 Cost: the feature holder encrypts its bin matrix once (≈ 1.6 core-s and 123 MB
 seeded for 24,000 rows × 120 columns); per node the bank makes one plaintext
 product per row block and column group — no rotation, no key switch — on
-``n_jobs`` worker processes. Measured (``benchmarks/secureboost.py``, default
+``n_jobs`` worker processes; a masked histogram travels as half a ciphertext
+(4.2 MB per tree). Measured (``benchmarks/secureboost.py``, default
 credit, 24,000 training rows × 23 features, 30 trees, depth 3, 32 bins, two
-workers): 25.0 s in process against 46.0 s with the earlier kernel (the feature
+workers): 19.3–20.5 s in process against 46.0 s with the earlier kernel (the feature
 holder multiplying the bank's encrypted gradients with rotations), the same
 splits as the plaintext reference.
 

@@ -164,7 +164,7 @@ class BinLayout(VerticalPayload):
 
 @dataclass(frozen=True)
 class MaskedHistogramBatch(VerticalPayload):
-    """Bank → a feature holder: per node, its histogram under the holder's key, every coefficient masked, noise flooded."""
+    """Bank → a feature holder: per node, its histogram under the holder's key, totals masked and flooded, half ciphertexts (:func:`fedrisk.crypto.encrypted_bins.load_masked_histogram`)."""
 
     KIND: ClassVar[bytes] = b"SMHB"
     content_class: ClassVar[str] = "ciphertext"
