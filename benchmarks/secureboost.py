@@ -41,7 +41,9 @@ exactly the rows the in-process fit trained on. It adds
 ``seconds_total_deployment`` (the coordinator's ledger, from the ``sb.setup``
 request to the last SecureBoost reply: key generation, the bank-only baseline,
 setup, every tree, the validation answers and the signed bundles),
-``deployment_ratio`` (÷ ``seconds_total``), ``auc_deployment`` (the hold-out
+``deployment_ratio`` (÷ ``seconds_total``), ``deployment_ratio_transport_floor``
+(the ratio if the parties and the coordinator added nothing to the in-process
+work: in-process seconds plus Flower's transport, ÷ in-process), ``auc_deployment`` (the hold-out
 scored from the signed bundles the run wrote: the bank's trees, the tax
 bureau's routing table answering its own splits), ``exchanges`` (coordinator
 requests of the protocol), ``seconds_per_exchange``, and where the time went
@@ -269,6 +271,10 @@ def deployment_figures(deployed: dict[str, Any], inprocess: dict[str, Any]) -> d
         "exchanges": exchanges,
         "seconds_per_exchange": round(seconds / max(1, exchanges), 4),
         "seconds_per_tree_deployment": round(sum(trees) / max(1, len(trees)), 4),
+        # the ratio if parties and coordinator cost nothing beyond the in-process work: Flower's transport alone
+        "deployment_ratio_transport_floor": round(
+            (float(inprocess["seconds_total"]) + float(timing.get("seconds_transport", 0.0))) / float(inprocess["seconds_total"]), 2
+        ),
         "rounds_deployment": int(result.get("rounds", 0)),
         "deployment_breakdown": {
             **{k: v for k, v in timing.items() if k not in ("exchanges", "seconds")},
