@@ -82,7 +82,7 @@ from fedrisk.crypto.bfv import (
     uniform_residues,
 )
 from fedrisk.crypto.frames import pack_frame, unpack_frame
-from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
+from fedrisk.crypto.worker_pool import WorkerPool, serve_frames
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
 __all__ = [
@@ -498,56 +498,48 @@ def _layout_header(layout: BinMatrixLayout) -> dict[str, int]:
 
 
 def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
-    """Serve EINI/ENOD/EFIN/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
+    """Serve EINI/ENOD/EFIN frames (:func:`~fedrisk.crypto.worker_pool.serve_frames`: pipes, never pickled)."""
+    context: ts.Context | None = None  # held here: the runtime keeps only a weak reference to it
     core: _BlockProducts | None = None
     kept: dict[tuple[int, int], Any] = {}
-    workers = 1
-    me = 0
-    while True:
-        try:
-            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
-        except EOFError:
-            return
-        try:
-            if kind == b"STOP":
-                return
-            if kind == b"EINI":
-                context = load_public_bfv_context(blobs[0], "histogram worker")
-                layout = BinMatrixLayout(int(header["n_rows"]), int(header["n_columns"]), int(header["poly_degree"]), int(header["rows_per_block"]))
-                workers, me = int(header["workers"]), int(header["worker"])
-                if not 0 <= me < workers <= layout.blocks:
-                    raise ProtocolError(f"worker {me} of {workers} does not fit {layout.blocks} blocks")
-                blocks = _block_ranges(layout.blocks, workers)[me]
-                core = _BlockProducts(BFVRuntime.for_context(context), layout, blocks, blobs[1:], int(header["flood_bits"]), int(header["wire_level"]))
-                send_frame(out, pack_frame(b"OKAY", fp, {}))
-            elif kind == b"ENOD":
-                if core is None:
-                    raise ProtocolError("worker got node values before EINI")
-                arrays = [np.frombuffer(b, dtype="<i8").astype(np.int64) for b in blobs]
-                kept.clear()
-                sent = []
-                for v, per_group in enumerate(core.partials(arrays)):
-                    for j, part in enumerate(per_group):
-                        if j % workers == me:
-                            kept[(v, j)] = part
-                        else:
-                            sent.append(b"" if part is None else core.runtime.dump(part))
-                send_frame(out, pack_frame(b"RSLT", fp, {}, sent))
-            elif kind == b"EFIN":
-                if core is None:
-                    raise ProtocolError("worker got partial sums before EINI")
-                counts, pos, replies = [int(c) for c in header["counts"]], 0, []
-                for (v, j), count in zip(sorted(kept), counts, strict=True):
-                    parts = [core.runtime.load(b) for b in blobs[pos : pos + count]]
-                    pos += count
-                    own = kept[(v, j)]
-                    blob, mask = core.finish(parts + ([] if own is None else [own]))
-                    replies += [blob, mask.astype("<u8").tobytes()]
-                send_frame(out, pack_frame(b"RSLT", fp, {}, replies))
-            else:
-                raise ProtocolError(f"unknown worker command {kind!r}")
-        except Exception as exc:  # report, keep serving
-            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+    workers, me = 1, 0
+
+    def handle(kind: bytes, header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, list[bytes]]:
+        nonlocal context, core, workers, me
+        if kind == b"EINI":
+            context = load_public_bfv_context(blobs[0], "histogram worker")
+            layout = BinMatrixLayout(int(header["n_rows"]), int(header["n_columns"]), int(header["poly_degree"]), int(header["rows_per_block"]))
+            workers, me = int(header["workers"]), int(header["worker"])
+            if not 0 <= me < workers <= layout.blocks:
+                raise ProtocolError(f"worker {me} of {workers} does not fit {layout.blocks} blocks")
+            blocks = _block_ranges(layout.blocks, workers)[me]
+            core = _BlockProducts(BFVRuntime.for_context(context), layout, blocks, blobs[1:], int(header["flood_bits"]), int(header["wire_level"]))
+            return b"OKAY", []
+        if core is None:
+            raise ProtocolError(f"worker got {kind!r} before EINI")
+        if kind == b"ENOD":
+            arrays = [np.frombuffer(b, dtype="<i8").astype(np.int64) for b in blobs]
+            kept.clear()
+            sent = []
+            for v, per_group in enumerate(core.partials(arrays)):
+                for j, part in enumerate(per_group):
+                    if j % workers == me:
+                        kept[(v, j)] = part
+                    else:
+                        sent.append(b"" if part is None else core.runtime.dump(part))
+            return b"RSLT", sent
+        if kind == b"EFIN":
+            counts, pos, replies = [int(c) for c in header["counts"]], 0, []
+            for (v, j), count in zip(sorted(kept), counts, strict=True):
+                parts = [core.runtime.load(b) for b in blobs[pos : pos + count]]
+                pos += count
+                own = kept[(v, j)]
+                blob, mask = core.finish(parts + ([] if own is None else [own]))
+                replies += [blob, mask.astype("<u8").tobytes()]
+            return b"RSLT", replies
+        raise ProtocolError(f"unknown worker command {kind!r}")
+
+    serve_frames(inp, out, handle)
 
 
 _BOOT = "import os, sys; from fedrisk.crypto.encrypted_bins import _serve; _serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"

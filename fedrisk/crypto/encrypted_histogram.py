@@ -163,8 +163,8 @@ import tenseal as ts
 import tenseal.sealapi as sa
 
 from fedrisk.crypto.bfv import BFVRuntime, add_to_c0, make_bfv_context, public_bfv_context_bytes, uniform_noise_rns
-from fedrisk.crypto.frames import pack_frame, unpack_frame
-from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
+from fedrisk.crypto.frames import pack_frame
+from fedrisk.crypto.worker_pool import WorkerPool, serve_frames
 from fedrisk.errors import CryptoError, DataValidationError, ProtocolError
 
 __all__ = [
@@ -682,42 +682,35 @@ def _rotate_and_sum(runtime: BFVRuntime, ct: Any, F: int) -> Any:
 
 
 def _serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
-    """Serve HINI/HGRD/HNOD/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
+    """Serve HINI/HGRD/HNOD frames (:func:`~fedrisk.crypto.worker_pool.serve_frames`: pipes, never pickled)."""
+    context: ts.Context | None = None  # held here: the runtime keeps only a weak reference to it
     kernel: _BSGSKernel | None = None
     runtime: BFVRuntime | None = None
-    while True:
-        try:
-            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
-        except EOFError:
-            return
-        try:
-            if kind == b"STOP":
-                return
-            if kind == b"HINI":
-                context = ts.context_from(blobs[0])
-                if len(blobs) > 2:  # the Galois keys apart, seeded: SEAL loads them at half the bytes
-                    context._fedrisk_seeded_galois = blobs[2]
-                runtime = BFVRuntime(context)
-                onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
-                kernel = _BSGSKernel(
-                    runtime, onehot, F=int(header["F"]), B=int(header["B"]), units=[tuple(u) for u in header["units"]], cache_plaintexts=bool(header["cache"])
-                )
-                send_frame(out, pack_frame(b"OKAY", fp, {}))
-            elif kind == b"HGRD":
-                if kernel is None or runtime is None:
-                    raise ProtocolError("worker got gradients before HINI")
-                kernel.set_gradients([runtime.load(b) for b in blobs])
-                send_frame(out, pack_frame(b"OKAY", fp, {}))
-            elif kind == b"HNOD":
-                if kernel is None or runtime is None:
-                    raise ProtocolError("worker got a node before HINI")
-                nodes = [np.unpackbits(np.frombuffer(b, dtype=np.uint8), count=kernel.n_rows).astype(bool) for b in blobs]
-                parts = [p for per_node in kernel.run(nodes) for p in per_node]
-                send_frame(out, pack_frame(b"RSLT", fp, {}, [b"" if p is None else runtime.dump(p) for p in parts]))
-            else:
-                raise ProtocolError(f"unknown worker command {kind!r}")
-        except Exception as exc:  # report, keep serving
-            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+
+    def handle(kind: bytes, header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, list[bytes]]:
+        nonlocal context, kernel, runtime
+        if kind == b"HINI":
+            context = ts.context_from(blobs[0])
+            if len(blobs) > 2:  # the Galois keys apart, seeded: SEAL loads them at half the bytes
+                context._fedrisk_seeded_galois = blobs[2]
+            runtime = BFVRuntime(context)
+            onehot = np.frombuffer(blobs[1], dtype=np.uint8).reshape(int(header["rows"]), int(header["cols"]))
+            kernel = _BSGSKernel(
+                runtime, onehot, F=int(header["F"]), B=int(header["B"]), units=[tuple(u) for u in header["units"]], cache_plaintexts=bool(header["cache"])
+            )
+            return b"OKAY", []
+        if kernel is None or runtime is None:
+            raise ProtocolError(f"worker got {kind!r} before HINI")
+        if kind == b"HGRD":
+            kernel.set_gradients([runtime.load(b) for b in blobs])
+            return b"OKAY", []
+        if kind == b"HNOD":
+            nodes = [np.unpackbits(np.frombuffer(b, dtype=np.uint8), count=kernel.n_rows).astype(bool) for b in blobs]
+            parts = [p for per_node in kernel.run(nodes) for p in per_node]
+            return b"RSLT", [b"" if p is None else runtime.dump(p) for p in parts]
+        raise ProtocolError(f"unknown worker command {kind!r}")
+
+    serve_frames(inp, out, handle)
 
 
 _BOOT = "import os, sys; from fedrisk.crypto.encrypted_histogram import _serve; _serve(os.fdopen(int(sys.argv[1]), 'rb'), os.fdopen(int(sys.argv[2]), 'wb'))"

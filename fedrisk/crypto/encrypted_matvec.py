@@ -207,7 +207,7 @@ import tenseal.sealapi as sa
 from fedrisk.crypto.frames import pack_frame, unpack_frame
 from fedrisk.crypto.seal_runtime import HEContext, SealRuntime, context_fingerprint, tenseal_of
 from fedrisk.crypto.secure_random import secure_normal, secure_uniform
-from fedrisk.crypto.worker_pool import WorkerPool, recv_frame, send_frame
+from fedrisk.crypto.worker_pool import WorkerPool, serve_frames
 from fedrisk.errors import ContextMismatchError, CryptoError, ProtocolError
 
 __all__ = [
@@ -789,42 +789,35 @@ def _value_bounds(X: np.ndarray, groups: Sequence[tuple[int, int]], slots: int, 
 
 
 def _worker_serve(inp: Any, out: Any) -> None:  # pragma: no cover - runs in a child process
-    """Serve INIT/MATV/STOP frames on a pipe pair (length-prefixed frames, never pickled)."""
+    """Serve INIT/MATV frames (:func:`~fedrisk.crypto.worker_pool.serve_frames`: pipes, never pickled)."""
+    context: ts.Context | None = None  # held here: the runtime keeps only a weak reference to it
     kernel: _PackedKernel | None = None
     runtime: CKKSRuntime | None = None
-    context = None
-    while True:
-        try:
-            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
-        except EOFError:
-            return
-        try:
-            if kind == b"STOP":
-                return
-            if kind == b"INIT":
-                context = ts.context_from(blobs[0])
-                runtime = CKKSRuntime(context)
-                shape = (int(header["rows"]), int(header["cols"]))
-                X = np.frombuffer(blobs[1], dtype="<f8").reshape(shape)
-                kernel = _PackedKernel(
-                    runtime,
-                    X,
-                    [(int(a), int(b)) for a, b in header["groups"]],
-                    level=int(header["level"]),
-                    x_scale=float(header["x_scale"]),
-                    cache_plaintexts=bool(header["cache"]),
-                    reduce=bool(header["reduce"]),
-                )
-                send_frame(out, pack_frame(b"OKAY", fp, {}))
-            elif kind == b"MATV":
-                if kernel is None or runtime is None:
-                    raise ProtocolError("worker got MATV before INIT")
-                result = kernel.run([runtime.load(b) for b in blobs])
-                send_frame(out, pack_frame(b"RSLT", fp, {}, [runtime.dump(c) for c in result]))
-            else:
-                raise ProtocolError(f"unknown worker command {kind!r}")
-        except Exception as exc:  # report, keep serving
-            send_frame(out, pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"}))
+
+    def handle(kind: bytes, header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, list[bytes]]:
+        nonlocal context, kernel, runtime
+        if kind == b"INIT":
+            context = ts.context_from(blobs[0])
+            runtime = CKKSRuntime(context)
+            shape = (int(header["rows"]), int(header["cols"]))
+            X = np.frombuffer(blobs[1], dtype="<f8").reshape(shape)
+            kernel = _PackedKernel(
+                runtime,
+                X,
+                [(int(a), int(b)) for a, b in header["groups"]],
+                level=int(header["level"]),
+                x_scale=float(header["x_scale"]),
+                cache_plaintexts=bool(header["cache"]),
+                reduce=bool(header["reduce"]),
+            )
+            return b"OKAY", []
+        if kind == b"MATV":
+            if kernel is None or runtime is None:
+                raise ProtocolError("worker got MATV before INIT")
+            return b"RSLT", [runtime.dump(c) for c in kernel.run([runtime.load(b) for b in blobs])]
+        raise ProtocolError(f"unknown worker command {kind!r}")
+
+    serve_frames(inp, out, handle)
 
 
 _WORKER_BOOT = (

@@ -13,13 +13,16 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fedrisk.crypto.frames import NO_FINGERPRINT, pack_frame, unpack_frame
 from fedrisk.errors import CryptoError
 
-__all__ = ["WorkerPool", "recv_frame", "send_frame"]
+__all__ = ["FrameHandler", "WorkerPool", "recv_frame", "send_frame", "serve_frames"]
+
+#: A worker's command handler: (kind, header, blobs) of a request → (kind, blobs) of its reply.
+FrameHandler = Callable[[bytes, dict[str, Any], list[bytes]], tuple[bytes, list[bytes]]]
 
 
 def _read_exact(stream: Any, n: int) -> bytes:
@@ -41,6 +44,28 @@ def send_frame(stream: Any, frame: bytes) -> None:
 def recv_frame(stream: Any) -> bytes:
     (n,) = struct.unpack("<Q", _read_exact(stream, 8))
     return _read_exact(stream, n)
+
+
+def serve_frames(inp: Any, out: Any, handle: FrameHandler) -> None:  # pragma: no cover - runs in a child process
+    """A worker's loop: answer each frame on ``inp`` on ``out`` until ``STOP`` or the pipe closes.
+
+    Every frame but ``STOP`` goes to ``handle``; its reply travels under the
+    request's fingerprint. An exception goes back as one ``ERRR`` line (which
+    :meth:`WorkerPool.scatter` raises in the caller) and the worker keeps serving.
+    """
+    while True:
+        try:
+            kind, fp, header, blobs = unpack_frame(recv_frame(inp))
+        except EOFError:
+            return
+        if kind == b"STOP":
+            return
+        try:
+            reply_kind, reply_blobs = handle(kind, header, blobs)
+            reply = pack_frame(reply_kind, fp, {}, reply_blobs)
+        except Exception as exc:  # report, keep serving
+            reply = pack_frame(b"ERRR", fp, {"error": f"{type(exc).__name__}: {exc}"})
+        send_frame(out, reply)
 
 
 class WorkerPool:
