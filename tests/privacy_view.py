@@ -400,7 +400,7 @@ class _Parser:
             return [Part(kind=ROWS, detail=f"bitmap over {rows.size} rows", vectors=[("bitmap", rows.astype(float))], readable=data, **base)]
         return [Part(kind=UNPARSED, detail="bytes that parse as no fedrisk payload", vectors=_interpretations(data), readable=data, **base)]
 
-    def _verify_ciphertexts(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, bool]]]:
+    def _verify_ciphertexts(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, str]]]:
         key = self.ring.get(fingerprint)
         if key is None:
             return FOREIGN, f"ciphertexts under context {fingerprint}, which this role does not hold", []
@@ -423,7 +423,7 @@ class _Parser:
             levels.append((key.runtime.level_of(ct), len(blob), "seeded" if seeded else "full"))
         return CIPHERTEXT, f"{len(blobs)} ciphertext(s) under {fingerprint}", levels
 
-    def _verify_masked_histograms(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, bool]]]:
+    def _verify_masked_histograms(self, blobs: list[bytes], fingerprint: str) -> tuple[str, str, list[tuple[int, int, str]]]:
         """Each blob half a ciphertext under ``fingerprint``: all of ``c1``, ``c0`` at one total per 512-row block and
         column — loaded as a SEAL ciphertext, and its bytes exactly what those residues re-packed give."""
         from fedrisk.crypto import encrypted_bins as eb
