@@ -462,22 +462,14 @@ class _Parser:
                 kind=UNPARSED, detail=f"{name} frame its own parser refuses: {payload}", vectors=_interpretations(data), readable=data, fingerprint=fp, **base
             )
         head_bytes = json.dumps(header).encode()
-        if payload is not None and hasattr(payload, "values") and kind == b"VMSK":
-            values = np.asarray(payload.values, dtype=float)
+        if payload is not None and kind in (b"VMSK", b"SMTT"):  # vertical LR's masked values; SecureBoost's totals, uniform mod t under the bank's mask
+            if kind == b"VMSK":
+                values = np.asarray(payload.values, dtype=float)
+            else:
+                values = np.concatenate([np.asarray(t, dtype=float) for t in payload.totals]) if payload.totals else np.zeros(0)
             return Part(
                 kind=MASKED,
-                detail=f"{name}: {values.size} masked values",
-                vectors=[("masked", values), *vectors],
-                readable=data,
-                fingerprint=fp,
-                value=scalars,
-                **base,
-            )
-        if kind == b"SMTT" and payload is not None:  # SecureBoost's masked totals: uniform mod t under the bank's mask
-            values = np.concatenate([np.asarray(t, dtype=float) for t in payload.totals]) if payload.totals else np.zeros(0)
-            return Part(
-                kind=MASKED,
-                detail=f"{name}: {values.size} masked totals",
+                detail=f"{name}: {values.size} masked {'values' if kind == b'VMSK' else 'totals'}",
                 vectors=[("masked", values), *vectors],
                 readable=data,
                 fingerprint=fp,

@@ -67,7 +67,6 @@ class PartyRuntime:
         self._replies: OrderedDict[str, RecordDict] = OrderedDict()
         #: Requests answered from the reply cache (a measure of redone steps).
         self.repeats = 0
-        self._last_encoded: tuple[RecordDict, bytes] | None = None
 
     # -- state loaded once -------------------------------------------------
     @cached_property
@@ -116,6 +115,15 @@ class PartyRuntime:
 
     def handle(self, message_type: str, meta: dict, content: RecordDict) -> RecordDict:
         """Answer one message; raises a one-line error the coordinator will see."""
+        return self._answer(message_type, content)[0]
+
+    def handle_encoded(self, message_type: str, meta: dict, content: RecordDict) -> bytes:
+        """:meth:`handle`, the reply encoded as the relay sends it (the bytes the durable state kept, when there are some)."""
+        reply, encoded = self._answer(message_type, content)
+        return encoded if encoded is not None else encode_content(reply)
+
+    def _answer(self, message_type: str, content: RecordDict) -> tuple[RecordDict, bytes | None]:
+        """The reply, and its encoding if the durable state needed it (encoded once: an SLAY is ≈ 120 MB)."""
         exchange = read_content(content)
         addressed_to_node = message_type == mt.IDENTITY and exchange.header.receiver.startswith("node:")
         if exchange.header.receiver != self.settings.name and not addressed_to_node:
@@ -131,27 +139,18 @@ class PartyRuntime:
             cached = self._replies.get(key)
             if cached is not None:
                 self.repeats += 1
-                return cached
+                return cached, None
         reply = handler(exchange)
+        encoded = None
         if key is not None:
             owner = getattr(handler, "__self__", None)  # the role whose bound method answered
             if isinstance(owner, DurableProtocol):  # state and answer on disk before the answer leaves
                 encoded = encode_content(reply)
                 owner.save_durable(exchange.header.run_id, key, encoded)
-                self._last_encoded = (reply, encoded)  # the relay sends these bytes: encoded once (an SLAY is ≈ 120 MB)
             self._replies[key] = reply
             while len(self._replies) > REPLY_CACHE_SIZE:
                 self._replies.popitem(last=False)
-        return reply
-
-    def handle_encoded(self, message_type: str, meta: dict, content: RecordDict) -> bytes:
-        """:meth:`handle`, the reply encoded as the relay sends it (the encoding the durable state kept, when there is one)."""
-        self._last_encoded = None
-        reply = self.handle(message_type, meta, content)
-        last, self._last_encoded = self._last_encoded, None
-        if last is not None and last[0] is reply:
-            return last[1]
-        return encode_content(reply)
+        return reply, encoded
 
     def _on_identity(self, exchange: Exchange) -> RecordDict:
         request = exchange.header

@@ -272,10 +272,9 @@ class FeatureHolderSecureBoost(DurableRole, AlignedRowsProtocol):
         if static.has_blob("bins_key"):
             bins_key = load_key_holder_bfv_context(static.blob("bins_key"), f"feature holder {self.name!r}")
         model, layout = self._make_model(context, plan, train, bins_key)
-        announced = values["layout"]
-        if (None if announced is None else HistogramLayout.from_dict(dict(announced))) != layout.layout or layout.bins_context != (
-            static.blob("bins_public") if static.has_blob("bins_public") else b""
-        ):
+        announced = None if values["layout"] is None else HistogramLayout.from_dict(dict(values["layout"]))
+        announced_key = static.blob("bins_public") if static.has_blob("bins_public") else b""
+        if layout.layout != announced or layout.bins_context != announced_key:
             raise ProtocolError(f"feature holder {self.name!r}: the rebuilt bins differ from the ones it announced")
         self.model, self.train_mask = model, train
 
